@@ -1,1 +1,34 @@
-//! x
+//! The Caliopen association's certificate authority (`caliopen-ca`).
+//!
+//! The association labels member instances by issuing them X.509 certificates
+//! that carry the Caliopen label extension, withdraws labels by revocation
+//! (CRL), publishes a signed member directory, and runs a service from which
+//! members fetch and watch the CRL and directory and renew their certificates
+//! (DESIGN.md §3).
+//!
+//! State lives in one directory: `ca.pem` (root, public), `ca.key.pem` (root
+//! key, 0600, refused when others can read it), `charter.toml`, `state/`
+//! (sled), `audit.log` (JSON lines, every issuance and revocation), and while
+//! `serve` runs, `admin.sock`, through which the command-line tool reaches
+//! the running authority.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod authority;
+mod csr;
+mod error;
+mod keyfile;
+mod member_cert;
+mod service;
+mod store;
+
+pub use admin::{connect as connect_admin, status_to_error, AdminService};
+pub use authority::{
+    files, parse_serial, Authority, Issued, ListEntry, Published, RevokeOutcome, RevokeTarget,
+    Settings, SignRequest,
+};
+pub use csr::{normalize_domain, parse_csr, CsrInfo, MAX_CSR_LEN};
+pub use error::{CaError, Result};
+pub use member_cert::key_identifier;
+pub use service::{service_identity, AssociationService, BoundService, MAX_WATCHERS};
+pub use store::{CertRecord, Revocation, Status};

@@ -161,7 +161,10 @@ mod tests {
     #[test]
     fn oid_constant_matches_its_dotted_form() {
         assert_eq!(encode_oid(LABEL_OID).unwrap(), LABEL_OID_DER);
-        assert_eq!(encode_oid("1.2.840.10045.2.1").unwrap(), [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]);
+        assert_eq!(
+            encode_oid("1.2.840.10045.2.1").unwrap(),
+            [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]
+        );
         assert!(encode_oid("3.1").is_none());
         assert!(encode_oid("1.40").is_none());
         assert!(encode_oid("1.x").is_none());

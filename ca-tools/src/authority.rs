@@ -1,0 +1,970 @@
+//! The association's certificate authority: one directory on disk, one
+//! process at a time (sled), every operation durable before it returns.
+
+use crate::csr::{normalize_domain, parse_csr};
+use crate::error::{CaError, Result};
+use crate::keyfile::{read_private, write_file_atomic, write_private_new};
+use crate::member_cert::{assemble_certificate, tbs_certificate, MemberCertSpec};
+use crate::store::{CertRecord, Revocation, Status, Store};
+use caliopen_charter::Charter;
+use caliopen_proto::directory::{DIRECTORY_ALGORITHM, DIRECTORY_PURPOSE};
+use caliopen_proto::label::{Label, LABEL_VERSION};
+use caliopen_proto::pb::directory::{Directory, DirectoryMember, SignedDirectory};
+use prost::Message;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SerialNumber, SigningKey,
+    PKCS_ECDSA_P256_SHA256,
+};
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use time::{Duration, OffsetDateTime};
+use tokio::sync::watch;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// File names inside the association directory.
+pub mod files {
+    /// Root certificate (public).
+    pub const CA_CERT: &str = "ca.pem";
+    /// Root private key (0600).
+    pub const CA_KEY: &str = "ca.key.pem";
+    /// The charter accepted by `sign`.
+    pub const CHARTER: &str = "charter.toml";
+    /// sled state database.
+    pub const STATE: &str = "state";
+    /// Append-only audit log (JSON lines, 0600).
+    pub const AUDIT_LOG: &str = "audit.log";
+    /// Admin socket of a running `serve` (0600).
+    pub const ADMIN_SOCKET: &str = "admin.sock";
+}
+
+/// Tunables; the defaults are what `caliopen-ca` uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Lifetime of a CRL (its `nextUpdate` − `thisUpdate`).
+    pub crl_validity: Duration,
+    /// Lifetime of a signed directory.
+    pub directory_validity: Duration,
+    /// Default member certificate lifetime in days.
+    pub default_days: u32,
+    /// Longest member certificate lifetime in days.
+    pub max_days: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            crl_validity: Duration::days(7),
+            directory_validity: Duration::days(7),
+            default_days: 30,
+            max_days: 397,
+        }
+    }
+}
+
+/// What the association currently publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Number of the current CRL.
+    pub crl_number: u64,
+    /// The current CRL, DER.
+    pub crl_der: Arc<Vec<u8>>,
+    /// `nextUpdate` of the current CRL (Unix seconds).
+    pub crl_next_update: i64,
+    /// Serial of the current directory.
+    pub directory_serial: u64,
+    /// The current directory, encoded `SignedDirectory`.
+    pub directory: Arc<Vec<u8>>,
+    /// `valid_until` of the current directory (Unix seconds).
+    pub directory_valid_until: i64,
+}
+
+/// A request to issue a member certificate.
+#[derive(Debug, Clone, Default)]
+pub struct SignRequest {
+    /// The CSR, PEM or DER.
+    pub csr: Vec<u8>,
+    /// The member's identifier.
+    pub member_id: String,
+    /// Charter version the operator signed.
+    pub charter_version: String,
+    /// Successor member's domain.
+    pub successor: Option<String>,
+    /// Mesh endpoints, `host:port`.
+    pub endpoints: Vec<String>,
+    /// Lifetime in days (`None`: the default).
+    pub days: Option<u32>,
+}
+
+/// An issued certificate.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Its record (serial, PEM, …).
+    pub record: CertRecord,
+}
+
+/// What to revoke.
+#[derive(Debug, Clone)]
+pub enum RevokeTarget {
+    /// One certificate, by serial (hex; colons and `0x` allowed).
+    Serial(String),
+    /// Every unrevoked certificate holding this domain.
+    Domain(String),
+}
+
+/// Result of a revocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevokeOutcome {
+    /// Serials revoked now.
+    pub newly_revoked: Vec<String>,
+    /// Serials that were revoked before.
+    pub already_revoked: Vec<String>,
+    /// Number of the current CRL afterwards.
+    pub crl_number: u64,
+}
+
+/// A listed certificate.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListEntry {
+    /// Standing now.
+    pub status: Status,
+    /// The record, without the PEM.
+    #[serde(flatten)]
+    pub record: CertRecord,
+}
+
+/// The association's CA, opened on its directory.
+pub struct Authority {
+    dir: PathBuf,
+    store: Store,
+    key: KeyPair,
+    root_der: Vec<u8>,
+    root_pem: String,
+    issuer_name_der: Vec<u8>,
+    root_key_id: Vec<u8>,
+    name: String,
+    charter: Charter,
+    settings: Settings,
+    write_lock: Mutex<()>,
+    published: watch::Sender<Published>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("dir", &self.dir)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn random_serial() -> Result<[u8; 16]> {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| CaError::Crypto("random generator failed".into()))?;
+    b[0] &= 0x7f; // positive
+    b[0] |= 0x40; // and always 16 bytes long
+    Ok(b)
+}
+
+/// Parses a serial given by an operator: hex, optionally with `0x` and colons.
+pub fn parse_serial(s: &str) -> Result<Vec<u8>> {
+    let t: String = s
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    let t = if t.len() % 2 == 1 { format!("0{t}") } else { t };
+    let bytes = hex::decode(&t)
+        .map_err(|_| CaError::BadInput(format!("invalid serial {s:?}: expected hex")))?;
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    if bytes.len() == skip {
+        return Err(CaError::BadInput(format!("invalid serial {s:?}")));
+    }
+    Ok(bytes[skip..].to_vec())
+}
+
+fn parse_reason(r: &str) -> Result<(RevocationReason, &'static str)> {
+    let norm: String = r
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    Ok(match norm.as_str() {
+        "" | "unspecified" => (RevocationReason::Unspecified, "unspecified"),
+        "keycompromise" => (RevocationReason::KeyCompromise, "keyCompromise"),
+        "cacompromise" => (RevocationReason::CaCompromise, "cACompromise"),
+        "affiliationchanged" => (RevocationReason::AffiliationChanged, "affiliationChanged"),
+        "superseded" => (RevocationReason::Superseded, "superseded"),
+        "cessationofoperation" => (
+            RevocationReason::CessationOfOperation,
+            "cessationOfOperation",
+        ),
+        "privilegewithdrawn" => (RevocationReason::PrivilegeWithdrawn, "privilegeWithdrawn"),
+        _ => {
+            return Err(CaError::BadInput(format!(
+                "unknown revocation reason {r:?} (use unspecified, keyCompromise, cACompromise, \
+                 affiliationChanged, superseded, cessationOfOperation or privilegeWithdrawn)"
+            )))
+        }
+    })
+}
+
+fn reason_from_name(name: &str) -> RevocationReason {
+    parse_reason(name)
+        .map(|(r, _)| r)
+        .unwrap_or(RevocationReason::Unspecified)
+}
+
+fn check_member_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && id.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(CaError::BadInput(format!(
+            "invalid member id {id:?}: 1-64 of a-z 0-9 . - starting with a letter or digit"
+        )))
+    }
+}
+
+fn check_endpoint(ep: &str) -> Result<String> {
+    let bad = || CaError::BadInput(format!("invalid endpoint {ep:?}: expected HOST:PORT"));
+    if let Ok(sa) = ep.parse::<std::net::SocketAddr>() {
+        if sa.port() == 0 {
+            return Err(bad());
+        }
+        return Ok(sa.to_string());
+    }
+    let (host, port) = ep.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Err(bad());
+    }
+    let host = if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        host.to_owned()
+    } else {
+        normalize_domain(host).map_err(|_| bad())?
+    };
+    Ok(format!("{host}:{port}"))
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data))
+}
+
+impl Authority {
+    /// Creates a new association in `dir`: root key (0600) and self-signed
+    /// root certificate, charter, state, first CRL and directory.
+    pub fn init(dir: &Path, name: &str, root_days: u32, settings: Settings) -> Result<Self> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(CaError::BadInput(
+                "invalid association name: 1-64 printable characters".into(),
+            ));
+        }
+        if !(1..=36500).contains(&root_days) {
+            return Err(CaError::BadInput(
+                "root lifetime must be 1-36500 days".into(),
+            ));
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| CaError::io(format!("create {}", dir.display()), e))?;
+        for f in [files::CA_CERT, files::CA_KEY, files::STATE] {
+            if dir.join(f).exists() {
+                return Err(CaError::State(format!(
+                    "{} already holds an association ({f} exists)",
+                    dir.display()
+                )));
+            }
+        }
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+        let t = now();
+        params.not_before = t - Duration::minutes(5);
+        params.not_after = t + Duration::days(root_days.into());
+        let cert = params.self_signed(&key)?;
+
+        write_private_new(&dir.join(files::CA_KEY), key.serialize_pem().as_bytes())?;
+        write_file_atomic(&dir.join(files::CA_CERT), cert.pem().as_bytes(), 0o644)?;
+        if !dir.join(files::CHARTER).exists() {
+            write_file_atomic(
+                &dir.join(files::CHARTER),
+                caliopen_charter::EMBEDDED_CHARTER_TOML.as_bytes(),
+                0o644,
+            )?;
+        }
+        let ca = Self::open(dir, settings)?;
+        ca.audit(&serde_json::json!({"event": "init", "name": name}))?;
+        Ok(ca)
+    }
+
+    /// Opens an existing association directory. Refuses a root key that
+    /// others can read.
+    pub fn open(dir: &Path, settings: Settings) -> Result<Self> {
+        let key_path = dir.join(files::CA_KEY);
+        if !key_path.exists() {
+            return Err(CaError::State(format!(
+                "{} holds no association (run `caliopen-ca init` first)",
+                dir.display()
+            )));
+        }
+        let key_pem = String::from_utf8(read_private(&key_path)?)
+            .map_err(|_| CaError::State(format!("{} is not PEM", key_path.display())))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| CaError::State(format!("{}: {e}", key_path.display())))?;
+        let cert_path = dir.join(files::CA_CERT);
+        let root_pem = fs::read_to_string(&cert_path)
+            .map_err(|e| CaError::io(format!("read {}", cert_path.display()), e))?;
+        let root_der = pem::parse(&root_pem)
+            .map_err(|e| CaError::State(format!("{}: {e}", cert_path.display())))?
+            .into_contents();
+        let (issuer_name_der, root_key_id, name, root_pub) = {
+            let (_, c) = X509Certificate::from_der(&root_der)
+                .map_err(|e| CaError::State(format!("{}: {e}", cert_path.display())))?;
+            let ski = c
+                .extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
+                        Some(k.0.to_vec())
+                    }
+                    _ => None,
+                })
+                .ok_or_else(|| CaError::State("root certificate has no SKI".into()))?;
+            let name = c
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            (
+                c.subject().as_raw().to_vec(),
+                ski,
+                name,
+                c.public_key().subject_public_key.data.to_vec(),
+            )
+        };
+        if root_pub != key.public_key_raw() {
+            return Err(CaError::State(format!(
+                "{} does not match {}",
+                key_path.display(),
+                cert_path.display()
+            )));
+        }
+        let charter_path = dir.join(files::CHARTER);
+        let charter = if charter_path.exists() {
+            let text = fs::read_to_string(&charter_path)
+                .map_err(|e| CaError::io(format!("read {}", charter_path.display()), e))?;
+            Charter::parse(&text)
+                .map_err(|e| CaError::State(format!("{}: {e}", charter_path.display())))?
+        } else {
+            Charter::embedded()
+        };
+        let store = Store::open(&dir.join(files::STATE))?;
+        let placeholder = Published {
+            crl_number: 0,
+            crl_der: Arc::new(Vec::new()),
+            crl_next_update: 0,
+            directory_serial: 0,
+            directory: Arc::new(Vec::new()),
+            directory_valid_until: 0,
+        };
+        let (published, _) = watch::channel(placeholder);
+        let ca = Self {
+            dir: dir.to_owned(),
+            store,
+            key,
+            root_der,
+            root_pem,
+            issuer_name_der,
+            root_key_id,
+            name,
+            charter,
+            settings,
+            write_lock: Mutex::new(()),
+            published,
+        };
+        ca.load_published()?;
+        Ok(ca)
+    }
+
+    /// Loads the stored CRL and directory into the published state, issuing
+    /// any that is missing.
+    fn load_published(&self) -> Result<()> {
+        let _g = self.lock();
+        if self.store.current_crl()?.is_none() {
+            self.issue_crl_locked()?;
+        }
+        if self.store.current_directory()?.is_none() {
+            self.issue_directory_locked()?;
+        }
+        self.store.flush()?;
+        self.republish()
+    }
+
+    fn republish(&self) -> Result<()> {
+        let crl_der = self.store.current_crl()?.unwrap_or_default();
+        let crl_next_update =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&crl_der)
+                .ok()
+                .and_then(|(_, c)| c.next_update())
+                .map(|t| t.timestamp())
+                .unwrap_or(0);
+        let directory = self.store.current_directory()?.unwrap_or_default();
+        let directory_valid_until = SignedDirectory::decode(directory.as_slice())
+            .ok()
+            .and_then(|s| Directory::decode(s.directory.as_slice()).ok())
+            .map(|d| d.valid_until)
+            .unwrap_or(0);
+        self.published.send_replace(Published {
+            crl_number: self.store.crl_number()?,
+            crl_der: Arc::new(crl_der),
+            crl_next_update,
+            directory_serial: self.store.directory_serial()?,
+            directory: Arc::new(directory),
+            directory_valid_until,
+        });
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding the lock cannot leave sled half-written (each
+        // operation flushes at its end), so a poisoned lock is still usable.
+        self.write_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The association directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The association's name (root CN).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The root certificate, PEM.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// The root certificate, DER.
+    pub fn root_der(&self) -> &[u8] {
+        &self.root_der
+    }
+
+    /// The root's key pair (for the service's own TLS certificate).
+    pub fn key(&self) -> &KeyPair {
+        &self.key
+    }
+
+    /// The charter in force.
+    pub fn charter(&self) -> &Charter {
+        &self.charter
+    }
+
+    /// Subscribes to what is published (CRL and directory).
+    pub fn subscribe(&self) -> watch::Receiver<Published> {
+        self.published.subscribe()
+    }
+
+    /// What is published now.
+    pub fn published(&self) -> Published {
+        self.published.borrow().clone()
+    }
+
+    fn audit(&self, event: &serde_json::Value) -> Result<()> {
+        let path = self.dir.join(files::AUDIT_LOG);
+        let mut line = serde_json::json!({"ts": now().unix_timestamp()});
+        if let (Some(obj), Some(ev)) = (line.as_object_mut(), event.as_object()) {
+            obj.extend(ev.clone());
+        }
+        let mut text = line.to_string();
+        text.push('\n');
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| CaError::io(format!("open {}", path.display()), e))?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(|e| CaError::io(format!("append to {}", path.display()), e))
+    }
+
+    /// Issues a member certificate from a CSR, after every policy check.
+    pub fn sign(&self, req: &SignRequest) -> Result<Issued> {
+        check_member_id(&req.member_id)?;
+        if !self.charter.accepts(&req.charter_version) {
+            return Err(CaError::BadInput(format!(
+                "unknown charter version {:?} (this association accepts {})",
+                req.charter_version,
+                std::iter::once(&self.charter.version)
+                    .chain(&self.charter.accepted_versions)
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let successor = req
+            .successor
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(normalize_domain)
+            .transpose()?;
+        let endpoints = req
+            .endpoints
+            .iter()
+            .map(|e| check_endpoint(e))
+            .collect::<Result<Vec<_>>>()?;
+        let days = req.days.unwrap_or(self.settings.default_days);
+        if days == 0 || days > self.settings.max_days {
+            return Err(CaError::BadInput(format!(
+                "--days must be 1-{}",
+                self.settings.max_days
+            )));
+        }
+        let csr = parse_csr(&req.csr)?;
+        let _g = self.lock();
+        let t = now();
+        for rec in self.store.all_certs()? {
+            if rec.status(t.unix_timestamp()) != Status::Active || rec.member_id == req.member_id {
+                continue;
+            }
+            if let Some(d) = csr.dns_names.iter().find(|d| rec.domains.contains(d)) {
+                return Err(CaError::Refused(format!(
+                    "domain {d} is already held by active member {} (serial {})",
+                    rec.member_id, rec.serial
+                )));
+            }
+        }
+        let record = self.issue_locked(
+            &csr,
+            Label {
+                version: LABEL_VERSION,
+                member_id: req.member_id.clone(),
+                charter_version: req.charter_version.clone(),
+                successor,
+            },
+            endpoints,
+            days,
+            None,
+        )?;
+        self.audit(&serde_json::json!({
+            "event": "issue", "serial": record.serial, "member_id": record.member_id,
+            "domains": record.domains, "charter_version": record.charter_version,
+            "not_after": record.not_after, "sha256": record.sha256,
+        }))?;
+        self.issue_directory_locked()?;
+        self.store.flush()?;
+        self.republish()?;
+        Ok(Issued { record })
+    }
+
+    fn issue_locked(
+        &self,
+        csr: &crate::csr::CsrInfo,
+        label: Label,
+        endpoints: Vec<String>,
+        days: u32,
+        renewed_from: Option<String>,
+    ) -> Result<CertRecord> {
+        let serial = random_serial()?;
+        let t = now();
+        let not_before = t - Duration::minutes(5);
+        let not_after = t + Duration::days(days.into());
+        let tbs = tbs_certificate(&MemberCertSpec {
+            serial: &serial,
+            issuer_name_der: &self.issuer_name_der,
+            issuer_key_id: &self.root_key_id,
+            not_before,
+            not_after,
+            spki_der: &csr.spki_der,
+            public_key_bits: &csr.public_key_bits,
+            domains: &csr.dns_names,
+            label: &label,
+        })?;
+        let sig = self.key.sign(&tbs)?;
+        let der = assemble_certificate(&tbs, &sig);
+        let certificate_pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.clone()));
+        let record = CertRecord {
+            serial: hex::encode(serial),
+            member_id: label.member_id,
+            domains: csr.dns_names.clone(),
+            endpoints,
+            charter_version: label.charter_version,
+            successor: label.successor,
+            not_before: not_before.unix_timestamp(),
+            not_after: not_after.unix_timestamp(),
+            sha256: sha256_hex(&der),
+            renewed_from,
+            revoked: None,
+            certificate_pem,
+        };
+        self.store.put_cert(&serial, &record)?;
+        Ok(record)
+    }
+
+    /// Renews the member whose current certificate is `client_cert_der`
+    /// (already authenticated by TLS), from a fresh CSR for the same domains.
+    pub fn renew(&self, client_cert_der: &[u8], csr_pem: &[u8]) -> Result<Issued> {
+        let (_, cert) = X509Certificate::from_der(client_cert_der)
+            .map_err(|e| CaError::BadInput(format!("client certificate unreadable: {e}")))?;
+        let serial = cert.raw_serial();
+        let csr = parse_csr(csr_pem)?;
+        let _g = self.lock();
+        let old = self.store.get_cert(serial)?.ok_or_else(|| {
+            CaError::Refused("client certificate was not issued by this association".into())
+        })?;
+        if old.sha256 != sha256_hex(client_cert_der) {
+            return Err(CaError::Refused(
+                "client certificate does not match the issued one".into(),
+            ));
+        }
+        match old.status(now().unix_timestamp()) {
+            Status::Active => {}
+            Status::Revoked => {
+                return Err(CaError::Refused(format!(
+                    "certificate {} is revoked: renewal refused",
+                    old.serial
+                )))
+            }
+            Status::Expired | Status::Pending => {
+                return Err(CaError::Refused(format!(
+                    "certificate {} is not valid now: renewal refused",
+                    old.serial
+                )))
+            }
+        }
+        let mut want = csr.dns_names.clone();
+        want.sort();
+        let mut have = old.domains.clone();
+        have.sort();
+        if want != have {
+            return Err(CaError::Refused(format!(
+                "renewal must ask for exactly the current domains ({})",
+                old.domains.join(", ")
+            )));
+        }
+        let days = u32::try_from((old.not_after - old.not_before + 86_399) / 86_400)
+            .unwrap_or(self.settings.default_days)
+            .clamp(1, self.settings.max_days);
+        let label = Label {
+            version: LABEL_VERSION,
+            member_id: old.member_id.clone(),
+            charter_version: old.charter_version.clone(),
+            successor: old.successor.clone(),
+        };
+        // Keep the member's domain order (the first is the subject CN).
+        let csr = crate::csr::CsrInfo {
+            dns_names: old.domains.clone(),
+            ..csr
+        };
+        let record = self.issue_locked(
+            &csr,
+            label,
+            old.endpoints.clone(),
+            days,
+            Some(old.serial.clone()),
+        )?;
+        self.audit(&serde_json::json!({
+            "event": "renew", "serial": record.serial, "renewed_from": old.serial,
+            "member_id": record.member_id, "not_after": record.not_after, "sha256": record.sha256,
+        }))?;
+        self.issue_directory_locked()?;
+        self.store.flush()?;
+        self.republish()?;
+        Ok(Issued { record })
+    }
+
+    /// Revokes by serial or domain. Idempotent: revoking what is revoked
+    /// changes nothing and succeeds. A new CRL and directory are issued when
+    /// anything changed.
+    pub fn revoke(&self, target: &RevokeTarget, reason: &str) -> Result<RevokeOutcome> {
+        let (_, reason_name) = parse_reason(reason)?;
+        let _g = self.lock();
+        let t = now().unix_timestamp();
+        let targets: Vec<(Vec<u8>, CertRecord)> = match target {
+            RevokeTarget::Serial(s) => {
+                let serial = parse_serial(s)?;
+                let rec = self.store.get_cert(&serial)?.ok_or_else(|| {
+                    CaError::NotFound(format!(
+                        "no certificate with serial {}",
+                        hex::encode(&serial)
+                    ))
+                })?;
+                vec![(serial, rec)]
+            }
+            RevokeTarget::Domain(d) => {
+                let d = normalize_domain(d)?;
+                let found: Vec<_> = self
+                    .store
+                    .all_certs()?
+                    .into_iter()
+                    .filter(|r| r.domains.contains(&d))
+                    .map(|r| (hex::decode(&r.serial).unwrap_or_default(), r))
+                    .collect();
+                if found.is_empty() {
+                    return Err(CaError::NotFound(format!(
+                        "no certificate holds domain {d}"
+                    )));
+                }
+                found
+            }
+        };
+        let mut out = RevokeOutcome::default();
+        for (serial, mut rec) in targets {
+            if rec.revoked.is_some() {
+                out.already_revoked.push(rec.serial);
+                continue;
+            }
+            rec.revoked = Some(Revocation {
+                at: t,
+                reason: reason_name.to_owned(),
+            });
+            self.store.put_cert(&serial, &rec)?;
+            self.audit(&serde_json::json!({
+                "event": "revoke", "serial": rec.serial, "member_id": rec.member_id,
+                "domains": rec.domains, "reason": reason_name,
+            }))?;
+            out.newly_revoked.push(rec.serial);
+        }
+        if !out.newly_revoked.is_empty() {
+            self.issue_crl_locked()?;
+            self.issue_directory_locked()?;
+            self.store.flush()?;
+            self.republish()?;
+        }
+        out.crl_number = self.store.crl_number()?;
+        Ok(out)
+    }
+
+    /// Issues a new CRL (number + 1) and makes it current.
+    pub fn issue_crl(&self) -> Result<(u64, Vec<u8>)> {
+        let _g = self.lock();
+        let r = self.issue_crl_locked()?;
+        self.store.flush()?;
+        self.republish()?;
+        Ok(r)
+    }
+
+    fn issue_crl_locked(&self) -> Result<(u64, Vec<u8>)> {
+        let number = self.store.crl_number()? + 1;
+        let mut revoked_certs = Vec::new();
+        for rec in self.store.all_certs()? {
+            if let Some(rv) = &rec.revoked {
+                let serial = hex::decode(&rec.serial)
+                    .map_err(|_| CaError::State(format!("corrupt serial {}", rec.serial)))?;
+                revoked_certs.push(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&serial),
+                    revocation_time: OffsetDateTime::from_unix_timestamp(rv.at)
+                        .map_err(|e| CaError::State(e.to_string()))?,
+                    reason_code: Some(reason_from_name(&rv.reason)),
+                    invalidity_date: None,
+                });
+            }
+        }
+        let t = now();
+        let params = CertificateRevocationListParams {
+            this_update: t,
+            next_update: t + self.settings.crl_validity,
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::PreSpecified(self.root_key_id.clone()),
+        };
+        let issuer =
+            Issuer::from_ca_cert_der(&CertificateDer::from(self.root_der.as_slice()), &self.key)?;
+        let crl = params.signed_by(&issuer)?;
+        let der = crl.der().to_vec();
+        self.store.set_crl(number, &der)?;
+        self.audit(&serde_json::json!({"event": "crl", "crl_number": number}))?;
+        Ok((number, der))
+    }
+
+    /// Issues a new signed directory (serial + 1) and makes it current.
+    pub fn issue_directory(&self) -> Result<(u64, Vec<u8>)> {
+        let _g = self.lock();
+        let r = self.issue_directory_locked()?;
+        self.store.flush()?;
+        self.republish()?;
+        Ok(r)
+    }
+
+    fn issue_directory_locked(&self) -> Result<(u64, Vec<u8>)> {
+        let serial = self.store.directory_serial()? + 1;
+        let t = now();
+        let now_s = t.unix_timestamp();
+        let mut active: Vec<CertRecord> = self
+            .store
+            .all_certs()?
+            .into_iter()
+            .filter(|r| r.status(now_s) == Status::Active)
+            .collect();
+        active.sort_by(|a, b| {
+            b.not_before
+                .cmp(&a.not_before)
+                .then(b.serial.cmp(&a.serial))
+        });
+        let mut members: BTreeMap<String, DirectoryMember> = BTreeMap::new();
+        for r in active {
+            let m = members
+                .entry(r.member_id.clone())
+                .or_insert_with(|| DirectoryMember {
+                    member_id: r.member_id.clone(),
+                    domains: r.domains.clone(),
+                    endpoints: r.endpoints.clone(),
+                    cert_sha256: Vec::new(),
+                    charter_version: r.charter_version.clone(),
+                    successor: r.successor.clone().unwrap_or_default(),
+                    not_after: r.not_after,
+                });
+            m.cert_sha256
+                .push(hex::decode(&r.sha256).map_err(|e| CaError::State(e.to_string()))?);
+            m.not_after = m.not_after.max(r.not_after);
+        }
+        let dir = Directory {
+            purpose: DIRECTORY_PURPOSE.into(),
+            serial,
+            issued_at: now_s,
+            valid_until: (t + self.settings.directory_validity).unix_timestamp(),
+            min_software_version: self.store.min_software_version()?,
+            association: self.name.clone(),
+            members: members.into_values().collect(),
+        };
+        let bytes = dir.encode_to_vec();
+        let signature = self.key.sign(&bytes)?;
+        let signed = SignedDirectory {
+            directory: bytes,
+            signature,
+            algorithm: DIRECTORY_ALGORITHM.into(),
+            signer_key_id: self.root_key_id.clone(),
+        }
+        .encode_to_vec();
+        self.store.set_directory(serial, &signed)?;
+        self.audit(&serde_json::json!({"event": "directory", "serial": serial}))?;
+        Ok((serial, signed))
+    }
+
+    /// Sets the security baseline and issues a directory carrying it.
+    pub fn set_baseline(&self, min_version: &str) -> Result<u64> {
+        let v = min_version.trim();
+        let ok = !v.is_empty()
+            && v.split('.').count() <= 4
+            && v.split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if !ok {
+            return Err(CaError::BadInput(format!(
+                "invalid version {min_version:?}: expected digits and dots, like 0.2.0"
+            )));
+        }
+        let _g = self.lock();
+        self.store.set_min_software_version(v)?;
+        self.audit(&serde_json::json!({"event": "baseline", "min_software_version": v}))?;
+        let (serial, _) = self.issue_directory_locked()?;
+        self.store.flush()?;
+        self.republish()?;
+        Ok(serial)
+    }
+
+    /// Every certificate ever issued with its standing now.
+    pub fn list(&self) -> Result<Vec<ListEntry>> {
+        let t = now().unix_timestamp();
+        let mut v: Vec<ListEntry> = self
+            .store
+            .all_certs()?
+            .into_iter()
+            .map(|record| ListEntry {
+                status: record.status(t),
+                record,
+            })
+            .collect();
+        v.sort_by(|a, b| a.record.not_before.cmp(&b.record.not_before));
+        Ok(v)
+    }
+
+    /// Reissues the CRL or the directory once half of its lifetime has
+    /// passed, so that members never hold an expired one. Returns true when
+    /// something was reissued.
+    pub fn refresh_if_due(&self) -> Result<bool> {
+        let p = self.published();
+        let t = now().unix_timestamp();
+        let crl_half = self.settings.crl_validity.whole_seconds() / 2;
+        let dir_half = self.settings.directory_validity.whole_seconds() / 2;
+        let mut did = false;
+        if p.crl_next_update - t < crl_half {
+            self.issue_crl()?;
+            did = true;
+        }
+        if p.directory_valid_until - t < dir_half {
+            self.issue_directory()?;
+            did = true;
+        }
+        Ok(did)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_parse_in_operator_forms() {
+        assert_eq!(parse_serial("0x0A:bc").unwrap(), vec![0x0a, 0xbc]);
+        assert_eq!(parse_serial("00abc").unwrap(), vec![0x0a, 0xbc]);
+        assert!(parse_serial("zz").is_err());
+        assert!(parse_serial("00").is_err());
+    }
+
+    #[test]
+    fn reasons_are_normalized() {
+        assert_eq!(parse_reason("key-compromise").unwrap().1, "keyCompromise");
+        assert_eq!(parse_reason("").unwrap().1, "unspecified");
+        assert!(parse_reason("because").is_err());
+    }
+
+    #[test]
+    fn endpoints_are_checked() {
+        assert_eq!(check_endpoint("127.0.0.1:7000").unwrap(), "127.0.0.1:7000");
+        assert_eq!(check_endpoint("[::1]:7000").unwrap(), "[::1]:7000");
+        assert_eq!(
+            check_endpoint("Mesh.Alpha.Test:443").unwrap(),
+            "mesh.alpha.test:443"
+        );
+        for bad in ["nope", "a.test:0", "a.test:x", ":80"] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+}

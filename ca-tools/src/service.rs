@@ -1,0 +1,337 @@
+//! `caliopen-ca serve`: the association service over TLS (tonic), plus the
+//! local admin socket through which the command-line tool reaches the
+//! running authority.
+
+use crate::admin::AdminService;
+use crate::authority::{files, Authority};
+use crate::error::{CaError, Result};
+use caliopen_proto::pb::association::association_server::{Association, AssociationServer};
+use caliopen_proto::pb::association::{
+    watch_event, CrlResponse, GetCrlRequest, GetDirectoryRequest, RenewRequest, RenewResponse,
+    WatchEvent, WatchRequest,
+};
+use caliopen_proto::pb::ca_admin::ca_admin_server::CaAdminServer;
+use caliopen_proto::pb::directory::SignedDirectory;
+use prost::Message;
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+use rustls_pki_types::CertificateDer;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+/// Most `Watch` subscribers served at once.
+pub const MAX_WATCHERS: usize = 10_000;
+/// How often the service checks whether the CRL or directory needs reissuing.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// Lifetime of the service's own TLS certificate (reissued at each start).
+pub const SERVICE_CERT_DAYS: i64 = 90;
+
+/// The association service's gRPC handlers.
+#[derive(Debug, Clone)]
+pub struct AssociationService {
+    ca: Arc<Authority>,
+    watchers: Arc<Semaphore>,
+}
+
+impl AssociationService {
+    /// Serves `ca`.
+    pub fn new(ca: Arc<Authority>) -> Self {
+        Self {
+            ca,
+            watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
+        }
+    }
+}
+
+fn crl_event(p: &crate::authority::Published) -> CrlResponse {
+    CrlResponse {
+        crl_number: p.crl_number,
+        crl_der: p.crl_der.as_ref().clone(),
+    }
+}
+
+fn directory_of(p: &crate::authority::Published) -> Result<SignedDirectory, Status> {
+    SignedDirectory::decode(p.directory.as_slice())
+        .map_err(|e| Status::internal(format!("stored directory unreadable: {e}")))
+}
+
+#[tonic::async_trait]
+impl Association for AssociationService {
+    async fn get_crl(
+        &self,
+        _request: Request<GetCrlRequest>,
+    ) -> Result<Response<CrlResponse>, Status> {
+        Ok(Response::new(crl_event(&self.ca.published())))
+    }
+
+    async fn get_directory(
+        &self,
+        _request: Request<GetDirectoryRequest>,
+    ) -> Result<Response<SignedDirectory>, Status> {
+        Ok(Response::new(directory_of(&self.ca.published())?))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<RenewResponse>, Status> {
+        let peer = request.remote_addr();
+        let leaf = request
+            .peer_certs()
+            .and_then(|c| c.first().map(|c| c.to_vec()))
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "renewal requires the member's current certificate as TLS client certificate",
+                )
+            })?;
+        let csr = request.into_inner().csr_pem;
+        let ca = self.ca.clone();
+        let res = tokio::task::spawn_blocking(move || ca.renew(&leaf, csr.as_bytes()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match res {
+            Ok(issued) => {
+                tracing::info!(?peer, serial = %issued.record.serial,
+                    renewed_from = ?issued.record.renewed_from, member = %issued.record.member_id,
+                    "certificate renewed");
+                Ok(Response::new(RenewResponse {
+                    certificate_pem: issued.record.certificate_pem,
+                    serial: issued.record.serial,
+                    not_after: issued.record.not_after,
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(?peer, error = %e, "renewal refused");
+                Err(e.into())
+            }
+        }
+    }
+
+    type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let permit = self
+            .watchers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("too many watchers"))?;
+        let peer = request.remote_addr();
+        let req = request.into_inner();
+        let mut rx = self.ca.subscribe();
+        let (tx, out) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut last_crl = req.known_crl_number;
+            let mut last_dir = req.known_directory_serial;
+            tracing::debug!(?peer, "watcher subscribed");
+            loop {
+                let p = rx.borrow_and_update().clone();
+                if p.crl_number > last_crl {
+                    last_crl = p.crl_number;
+                    let ev = WatchEvent {
+                        event: Some(watch_event::Event::Crl(crl_event(&p))),
+                    };
+                    if tx.send(Ok(ev)).await.is_err() {
+                        break;
+                    }
+                }
+                if p.directory_serial > last_dir {
+                    last_dir = p.directory_serial;
+                    let ev = directory_of(&p).map(|d| WatchEvent {
+                        event: Some(watch_event::Event::Directory(d)),
+                    });
+                    if tx.send(ev).await.is_err() {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { break },
+                    _ = tx.closed() => break,
+                }
+            }
+            tracing::debug!(?peer, "watcher left");
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+}
+
+/// Issues the service's own TLS certificate: signed by the root, for the
+/// listening IP (an unspecified address means loopback) and the given names.
+pub fn service_identity(
+    ca: &Authority,
+    listen: SocketAddr,
+    hostnames: &[String],
+) -> Result<(String, String)> {
+    let mut sans: Vec<SanType> = Vec::new();
+    let ip = listen.ip();
+    if ip.is_unspecified() {
+        sans.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        sans.push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        sans.push(SanType::DnsName(
+            "localhost"
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::Crypto(e.to_string()))?,
+        ));
+    } else {
+        sans.push(SanType::IpAddress(ip));
+    }
+    for h in hostnames {
+        let san = match h.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                h.as_str()
+                    .try_into()
+                    .map_err(|_| CaError::BadInput(format!("invalid --hostname {h:?}")))?,
+            ),
+        };
+        sans.push(san);
+    }
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("{} association service", ca.name()),
+    );
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    let mut serial = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut serial).map_err(|_| CaError::Crypto("rng".into()))?;
+    serial[0] = (serial[0] & 0x7f) | 0x40;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let t = time::OffsetDateTime::now_utc();
+    params.not_before = t - time::Duration::minutes(5);
+    params.not_after = t + time::Duration::days(SERVICE_CERT_DAYS);
+    let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(ca.root_der()), ca.key())?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A bound, not yet running association service.
+#[derive(Debug)]
+pub struct BoundService {
+    ca: Arc<Authority>,
+    listener: TcpListener,
+    tls: ServerTlsConfig,
+    admin: UnixListener,
+}
+
+impl BoundService {
+    /// Binds the TLS listener and the admin socket.
+    pub async fn bind(
+        ca: Arc<Authority>,
+        listen: SocketAddr,
+        hostnames: &[String],
+    ) -> Result<Self> {
+        let (cert_pem, key_pem) = service_identity(&ca, listen, hostnames)?;
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert_pem, key_pem))
+            .client_ca_root(Certificate::from_pem(ca.root_pem()))
+            .client_auth_optional(true)
+            .timeout(Duration::from_secs(10));
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| CaError::io(format!("listen on {listen}"), e))?;
+        let sock = ca.dir().join(files::ADMIN_SOCKET);
+        if sock.exists() {
+            // A live service answers; a stale socket from a crash is replaced.
+            if tokio::net::UnixStream::connect(&sock).await.is_ok() {
+                return Err(CaError::State(format!(
+                    "another `caliopen-ca serve` is running on {}",
+                    ca.dir().display()
+                )));
+            }
+            std::fs::remove_file(&sock)
+                .map_err(|e| CaError::io(format!("remove stale {}", sock.display()), e))?;
+        }
+        let admin = UnixListener::bind(&sock)
+            .map_err(|e| CaError::io(format!("bind {}", sock.display()), e))?;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| CaError::io(format!("chmod {}", sock.display()), e))?;
+        Ok(Self {
+            ca,
+            listener,
+            tls,
+            admin,
+        })
+    }
+
+    /// The TLS listener's address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| CaError::io("local address", e))
+    }
+
+    /// Runs until `shutdown` completes, then drains and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let token = CancellationToken::new();
+        let t = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            t.cancel();
+        });
+        let sock = self.ca.dir().join(files::ADMIN_SOCKET);
+
+        let refresh = {
+            let ca = self.ca.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = token.cancelled() => break,
+                    }
+                    let ca = ca.clone();
+                    match tokio::task::spawn_blocking(move || ca.refresh_if_due()).await {
+                        Ok(Ok(true)) => tracing::info!("CRL or directory reissued before expiry"),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "refresh failed"),
+                        Err(e) => tracing::error!(error = %e, "refresh task failed"),
+                    }
+                }
+            })
+        };
+
+        let public = Server::builder()
+            .tls_config(self.tls)
+            .map_err(|e| CaError::State(format!("TLS configuration: {e}")))?
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            .add_service(AssociationServer::new(AssociationService::new(
+                self.ca.clone(),
+            )))
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), {
+                let t = token.clone();
+                async move { t.cancelled().await }
+            });
+        let admin = Server::builder()
+            .add_service(CaAdminServer::new(AdminService::new(self.ca.clone())))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(self.admin), {
+                let t = token.clone();
+                async move { t.cancelled().await }
+            });
+        let (a, b) = tokio::join!(public, admin);
+        token.cancel();
+        let _ = refresh.await;
+        let _ = std::fs::remove_file(&sock);
+        a.map_err(|e| CaError::State(format!("association service: {e}")))?;
+        b.map_err(|e| CaError::State(format!("admin socket: {e}")))?;
+        Ok(())
+    }
+}
