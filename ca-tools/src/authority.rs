@@ -526,6 +526,12 @@ impl Authority {
 
     /// Issues a member certificate from a CSR, after every policy check.
     pub fn sign(&self, req: &SignRequest) -> Result<Issued> {
+        self.sign_at(req, now())
+    }
+
+    /// [`Authority::sign`] with an explicit clock: the certificate's validity
+    /// starts at `at` and the domain check considers members active at `at`.
+    pub fn sign_at(&self, req: &SignRequest, at: OffsetDateTime) -> Result<Issued> {
         check_member_id(&req.member_id)?;
         if !self.charter.accepts(&req.charter_version) {
             return Err(CaError::BadInput(format!(
@@ -558,7 +564,7 @@ impl Authority {
         }
         let csr = parse_csr(&req.csr)?;
         let _g = self.lock();
-        let t = now();
+        let t = at;
         for rec in self.store.all_certs()? {
             if rec.status(t.unix_timestamp()) != Status::Active || rec.member_id == req.member_id {
                 continue;
@@ -581,6 +587,7 @@ impl Authority {
             endpoints,
             days,
             None,
+            at,
         )?;
         self.audit(&serde_json::json!({
             "event": "issue", "serial": record.serial, "member_id": record.member_id,
@@ -600,9 +607,9 @@ impl Authority {
         endpoints: Vec<String>,
         days: u32,
         renewed_from: Option<String>,
+        t: OffsetDateTime,
     ) -> Result<CertRecord> {
         let serial = random_serial()?;
-        let t = now();
         let not_before = t - Duration::minutes(5);
         let not_after = t + Duration::days(days.into());
         let tbs = tbs_certificate(&MemberCertSpec {
@@ -698,6 +705,7 @@ impl Authority {
             old.endpoints.clone(),
             days,
             Some(old.serial.clone()),
+            now(),
         )?;
         self.audit(&serde_json::json!({
             "event": "renew", "serial": record.serial, "renewed_from": old.serial,
