@@ -919,7 +919,7 @@ impl Authority {
                 record,
             })
             .collect();
-        v.sort_by(|a, b| a.record.not_before.cmp(&b.record.not_before));
+        v.sort_by_key(|e| e.record.not_before);
         Ok(v)
     }
 

@@ -32,6 +32,8 @@ use tonic::{Request, Response, Status};
 pub const MAX_WATCHERS: usize = 10_000;
 /// How often the service checks whether the CRL or directory needs reissuing.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a stopping service waits for open requests to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime of the service's own TLS certificate (reissued at each start).
 pub const SERVICE_CERT_DAYS: i64 = 90;
 
@@ -40,14 +42,16 @@ pub const SERVICE_CERT_DAYS: i64 = 90;
 pub struct AssociationService {
     ca: Arc<Authority>,
     watchers: Arc<Semaphore>,
+    shutdown: CancellationToken,
 }
 
 impl AssociationService {
-    /// Serves `ca`.
-    pub fn new(ca: Arc<Authority>) -> Self {
+    /// Serves `ca`; `Watch` streams end when `shutdown` is cancelled.
+    pub fn new(ca: Arc<Authority>, shutdown: CancellationToken) -> Self {
         Self {
             ca,
             watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
+            shutdown,
         }
     }
 }
@@ -131,6 +135,7 @@ impl Association for AssociationService {
         let req = request.into_inner();
         let mut rx = self.ca.subscribe();
         let (tx, out) = mpsc::channel(4);
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let mut last_crl = req.known_crl_number;
@@ -159,6 +164,7 @@ impl Association for AssociationService {
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { break },
                     _ = tx.closed() => break,
+                    _ = shutdown.cancelled() => break,
                 }
             }
             tracing::debug!(?peer, "watcher left");
@@ -315,6 +321,7 @@ impl BoundService {
             .tcp_keepalive(Some(Duration::from_secs(60)))
             .add_service(AssociationServer::new(AssociationService::new(
                 self.ca.clone(),
+                token.clone(),
             )))
             .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), {
                 let t = token.clone();
@@ -326,7 +333,19 @@ impl BoundService {
                 let t = token.clone();
                 async move { t.cancelled().await }
             });
-        let (a, b) = tokio::join!(public, admin);
+        let servers = async { tokio::join!(public, admin) };
+        tokio::pin!(servers);
+        let drain_deadline = async {
+            token.cancelled().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        };
+        let (a, b) = tokio::select! {
+            r = &mut servers => r,
+            _ = drain_deadline => {
+                tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}: closing them");
+                (Ok(()), Ok(()))
+            }
+        };
         token.cancel();
         let _ = refresh.await;
         let _ = std::fs::remove_file(&sock);
