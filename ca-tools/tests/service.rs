@@ -291,6 +291,8 @@ async fn expired_and_foreign_certificates_cannot_renew() {
         )
         .expect("sign in the past");
     let key_pem = key.serialize_pem();
+    let listed = s.ca.list().expect("list");
+    assert_eq!(listed[0].status, caliopen_ca::Status::Expired);
     let csr = csr_for(&KeyPair::generate().expect("key"), &["old.test"]);
     // The library refuses it …
     let err =
@@ -483,6 +485,28 @@ async fn commands_reach_a_running_service_and_changes_are_pushed() {
     ]);
     let serial = out.split_whitespace().nth(2).expect("serial").to_owned();
     assert!(run(&["list", "--dir", d]).contains(&serial));
+    // A DER request goes through the socket as well.
+    let key2 = KeyPair::generate().expect("key");
+    let der_file = tmp.path().join("m2.der");
+    let params = CertificateParams::new(vec!["gamma.test".to_string()]).expect("params");
+    std::fs::write(
+        &der_file,
+        params.serialize_request(&key2).expect("csr").der(),
+    )
+    .expect("write");
+    run(&[
+        "sign",
+        "--dir",
+        d,
+        "--csr",
+        der_file.to_str().expect("utf-8"),
+        "--member-id",
+        "gamma",
+        "--charter-version",
+        "1.0",
+        "--out",
+        tmp.path().join("m2.pem").to_str().expect("utf-8"),
+    ]);
 
     let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).expect("ca.pem");
     let ch = Channel::from_shared(format!("https://{addr}"))
@@ -493,12 +517,53 @@ async fn commands_reach_a_running_service_and_changes_are_pushed() {
         .await
         .expect("connect");
     let mut c = AssociationClient::new(ch);
+    // `crl`, `directory` and `baseline` run inside the service: it publishes what they issue.
+    let crl_file = tmp.path().join("c.crl");
+    let out = run(&[
+        "crl",
+        "--dir",
+        d,
+        "--out",
+        crl_file.to_str().expect("utf-8"),
+    ]);
+    let n: u64 = out
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .expect("number");
     let known = c
         .get_crl(GetCrlRequest {})
         .await
         .expect("crl")
         .into_inner()
         .crl_number;
+    assert_eq!(known, n, "the service publishes the CRL the command issued");
+    run(&["baseline", "--dir", d, "--min-version", "0.1.0"]);
+    let dir_file = tmp.path().join("d.bin");
+    let out = run(&[
+        "directory",
+        "--dir",
+        d,
+        "--out",
+        dir_file.to_str().expect("utf-8"),
+    ]);
+    let serial_d: u64 = out
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .expect("serial");
+    let root_der = pem::parse(&ca_pem).expect("pem").into_contents();
+    let published = verify_signed_directory(
+        &c.get_directory(GetDirectoryRequest {})
+            .await
+            .expect("dir")
+            .into_inner(),
+        &[RootKey::from_cert_der(&root_der).expect("root")],
+    )
+    .expect("verify");
+    assert_eq!(published.serial, serial_d);
+    assert_eq!(published.min_software_version, "0.1.0");
+    assert_eq!(published.members.len(), 2);
     let mut stream = c
         .watch(WatchRequest {
             known_crl_number: known,
@@ -541,4 +606,68 @@ async fn commands_reach_a_running_service_and_changes_are_pushed() {
     assert!(!dir.join("admin.sock").exists());
     // And the commands work on the directory again.
     assert!(run(&["list", "--dir", d]).contains("revoked"));
+}
+
+/// A service killed with SIGKILL leaves its socket behind: the commands fall
+/// back to the state directory, and the next `serve` replaces the socket.
+#[test]
+fn a_killed_service_leaves_nothing_that_blocks() {
+    let bin = env!("CARGO_BIN_EXE_caliopen-ca");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("assoc");
+    let d = dir.to_str().expect("utf-8");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(bin)
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).expect("utf-8")
+    };
+    let serve = || {
+        let mut child = std::process::Command::new(bin)
+            .args(["serve", "--dir", d, "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert!(
+            line.starts_with("listening on https://127.0.0.1:"),
+            "{line:?}"
+        );
+        child
+    };
+    run(&["init", "--dir", d, "--name", "Crash Association"]);
+    let mut first = serve();
+    first.kill().expect("SIGKILL");
+    first.wait().expect("wait");
+    assert!(
+        dir.join("admin.sock").exists(),
+        "socket left behind by SIGKILL"
+    );
+    run(&["list", "--dir", d]);
+    let mut second = serve();
+    run(&["list", "--dir", d]);
+    // Two services on one directory: the second is refused with one line.
+    let o = std::process::Command::new(bin)
+        .args(["serve", "--dir", d, "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("caliopen-ca: error:"), "{err}");
+    let pid = second.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(second.wait().expect("wait").success());
 }

@@ -17,6 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// `println!` that reports a closed stdout as an error instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout(), $($t)*)?
+    };
+}
+
 #[derive(Parser)]
 #[command(
     name = "caliopen-ca",
@@ -227,7 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Authority::init(&d, &name, root_days, Settings::default())
             })
             .await??;
-            println!(
+            out!(
                 "association {:?} created in {}; root certificate: {}",
                 ca.name(),
                 dir.dir.display(),
@@ -254,9 +261,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let (pem, serial) = match backend(&dir.dir).await? {
                 Backend::Remote(mut c) => {
-                    let csr_pem = String::from_utf8(csr_bytes).map_err(|_| {
-                        anyhow::anyhow!("invalid CSR: not PEM text (convert DER with `openssl req -inform DER`)")
-                    })?;
+                    // The admin API carries PEM; a DER request is wrapped as such.
+                    let csr_pem = if csr_bytes.first() == Some(&0x30) {
+                        pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr_bytes))
+                    } else {
+                        String::from_utf8(csr_bytes)
+                            .map_err(|_| anyhow::anyhow!("invalid CSR: neither PEM text nor DER"))?
+                    };
                     let r = c
                         .sign(pb::SignRequest {
                             csr_pem,
@@ -285,7 +296,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             write_out(&out, pem.as_bytes())?;
-            println!("issued certificate {serial} -> {}", out.display());
+            out!("issued certificate {serial} -> {}", out.display());
         }
         Cmd::Revoke {
             dir,
@@ -323,12 +334,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             for s in &newly {
-                println!("revoked {s}");
+                out!("revoked {s}");
             }
             for s in &already {
-                println!("already revoked {s}");
+                out!("already revoked {s}");
             }
-            println!("current CRL number {crl_number}");
+            out!("current CRL number {crl_number}");
         }
         Cmd::Crl { dir, out } => {
             let (number, der) = match backend(&dir.dir).await? {
@@ -343,7 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Backend::Local(ca) => tokio::task::spawn_blocking(move || ca.issue_crl()).await??,
             };
             write_out(&out, crl_pem(der).as_bytes())?;
-            println!("CRL number {number} -> {}", out.display());
+            out!("CRL number {number} -> {}", out.display());
         }
         Cmd::Directory { dir, out } => {
             let (serial, bytes) = match backend(&dir.dir).await? {
@@ -360,7 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             write_out(&out, &bytes)?;
-            println!("directory serial {serial} -> {}", out.display());
+            out!("directory serial {serial} -> {}", out.display());
         }
         Cmd::List { dir, json } => {
             let entries: Vec<ListEntry> = match backend(&dir.dir).await? {
@@ -372,7 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .into_inner();
                     let v: Vec<serde_json::Value> = serde_json::from_str(&r.records_json)?;
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&v)?);
+                        out!("{}", serde_json::to_string_pretty(&v)?);
                         return Ok(());
                     }
                     serde_json::from_str::<Vec<RemoteEntry>>(&r.records_json)?
@@ -399,7 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tokio::task::spawn_blocking(move || ca.set_baseline(&min_version)).await??
                 }
             };
-            println!("baseline set; directory serial {serial}");
+            out!("baseline set; directory serial {serial}");
         }
         Cmd::VerifyDirectory { ca, input } => {
             let ca_text =
@@ -433,7 +444,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "valid_until": d.valid_until, "min_software_version": d.min_software_version,
                 "members": members,
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            out!("{}", serde_json::to_string_pretty(&v)?);
         }
         Cmd::Serve {
             dir,
@@ -450,7 +461,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let p = ca.published();
             tracing::info!(%addr, crl_number = p.crl_number, directory_serial = p.directory_serial,
                 "association service listening");
-            println!("listening on https://{addr}");
+            out!("listening on https://{addr}");
             std::io::stdout().flush()?;
             bound.run(shutdown_signal()).await?;
             tracing::info!("association service stopped");
@@ -529,6 +540,13 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `caliopen-ca list | head`: the reader left, nothing is wrong.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let msg = format!("{e:#}").replace(['\n', '\r'], " ");
             eprintln!("caliopen-ca: error: {msg}");
