@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/caliopen/directory.proto",
         "proto/caliopen/association.proto",
         "proto/caliopen/ca_admin.proto",
+        "proto/caliopen/mesh.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -14,6 +14,9 @@ pub use label::{Label, LabelError, LABEL_OID, LABEL_OID_DER};
 /// ALPN protocol id of the mesh.
 pub const MESH_ALPN: &[u8] = b"caliopen/1";
 
+/// Version of the mesh protocol spoken by this build.
+pub const MESH_PROTOCOL_VERSION: u32 = 1;
+
 /// Version of this software, as compared with the directory's security baseline.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -45,8 +48,17 @@ pub mod pb {
                 tonic::include_proto!("caliopen.caadmin.v1");
             }
         }
+        /// `caliopen.mesh`.
+        pub mod mesh {
+            /// The mesh protocol between members.
+            #[allow(missing_docs, clippy::all)]
+            pub mod v1 {
+                tonic::include_proto!("caliopen.mesh.v1");
+            }
+        }
     }
     pub use caliopen::association::v1 as association;
+    pub use caliopen::mesh::v1 as mesh;
     pub use caliopen::caadmin::v1 as ca_admin;
     pub use caliopen::directory::v1 as directory;
 }
