@@ -4,3 +4,9 @@
 
 pub mod trust;
 pub mod wire;
+pub mod node;
+pub mod tls;
+
+pub use node::{BoxFuture, HandlerError, MeshConfig, MeshError, MeshHandler, MeshNode, MeshStats};
+pub use tls::IdentitySlot;
+pub use trust::{PeerIdentity, Refusal, TrustError, TrustStore};

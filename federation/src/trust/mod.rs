@@ -7,6 +7,11 @@ mod policy;
 
 pub use policy::{check_member, PeerIdentity, Refusal, RefusalCounters};
 
+/// The rustls verifiers wrapping the policy (used by [`crate::tls`]).
+pub mod policy_verifiers {
+    pub use super::policy::{MeshClientVerifier, MeshServerVerifier};
+}
+
 use caliopen_proto::pb::directory::{Directory, SignedDirectory};
 use caliopen_proto::RootKey;
 use prost::Message;
