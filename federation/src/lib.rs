@@ -2,11 +2,13 @@
 //! endpoint, framing, peer RPCs, gossip and outbox (DESIGN.md §2–4).
 #![forbid(unsafe_code)]
 
+pub mod node;
+pub mod outbox;
+pub mod tls;
 pub mod trust;
 pub mod wire;
-pub mod node;
-pub mod tls;
 
 pub use node::{BoxFuture, HandlerError, MeshConfig, MeshError, MeshHandler, MeshNode, MeshStats};
+pub use outbox::{Outbox, OutboxError, OutboxEvent, RetryPolicy};
 pub use tls::IdentitySlot;
 pub use trust::{PeerIdentity, Refusal, TrustError, TrustStore};

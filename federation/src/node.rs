@@ -52,9 +52,17 @@ pub trait MeshHandler: Send + Sync + 'static {
     /// Stores a message for local recipients. Must be idempotent by
     /// `txn_id` and must return only once the message is durably stored.
     /// The sender domain binding has already been checked.
-    fn deliver(&self, peer: &PeerIdentity, req: Deliver) -> BoxFuture<Result<DeliverReply, HandlerError>>;
+    fn deliver(
+        &self,
+        peer: &PeerIdentity,
+        req: Deliver,
+    ) -> BoxFuture<Result<DeliverReply, HandlerError>>;
     /// Answers a k-anonymous public privacy level query.
-    fn privacy_query(&self, peer: &PeerIdentity, q: PrivacyQuery) -> BoxFuture<Result<PrivacyReply, HandlerError>>;
+    fn privacy_query(
+        &self,
+        peer: &PeerIdentity,
+        q: PrivacyQuery,
+    ) -> BoxFuture<Result<PrivacyReply, HandlerError>>;
 }
 
 /// Tunables of a mesh endpoint.
@@ -261,12 +269,14 @@ impl MeshNode {
                     .map_err(|_| MeshError::Io("idle timeout out of range".into()))?,
             ));
         let transport = Arc::new(transport);
-        let qsc = quinn::crypto::rustls::QuicServerConfig::try_from(server_config(&trust, &identity)?)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let qsc =
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_config(&trust, &identity)?)
+                .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(qsc));
         server.transport_config(transport.clone());
-        let qcc = quinn::crypto::rustls::QuicClientConfig::try_from(client_config(&trust, &identity)?)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let qcc =
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_config(&trust, &identity)?)
+                .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(qcc));
         client.transport_config(transport);
         let mut endpoint = quinn::Endpoint::server(server, listen)
@@ -358,17 +368,18 @@ impl MeshNode {
             let node = self.clone();
             self.inner.tracker.spawn(async move {
                 let remote = incoming.remote_address();
-                let conn = match tokio::time::timeout(node.inner.cfg.connect_timeout, incoming).await {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => {
-                        tracing::info!(%remote, error = %e, "incoming mesh handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%remote, "incoming mesh handshake timed out");
-                        return;
-                    }
-                };
+                let conn =
+                    match tokio::time::timeout(node.inner.cfg.connect_timeout, incoming).await {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(e)) => {
+                            tracing::info!(%remote, error = %e, "incoming mesh handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%remote, "incoming mesh handshake timed out");
+                            return;
+                        }
+                    };
                 let st = node.inner.trust.current();
                 let Some(identity) = peer_identity_of(&conn, &st) else {
                     conn.close(CLOSE_REVOKED.into(), b"not a member");
@@ -451,20 +462,35 @@ impl MeshNode {
         }
     }
 
-    async fn serve_stream(self, peer: PeerIdentity, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    async fn serve_stream(
+        self,
+        peer: PeerIdentity,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
         let max = self.inner.cfg.max_frame;
-        let read = tokio::time::timeout(self.inner.cfg.request_timeout, recv.read_to_end(max + 4)).await;
+        let read =
+            tokio::time::timeout(self.inner.cfg.request_timeout, recv.read_to_end(max + 4)).await;
         let response = match read {
             Err(_) => {
-                self.inner.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .frames_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 let _ = recv.stop(STREAM_MALFORMED.into());
                 error_response(error_reply::Code::Malformed, "request not received in time")
             }
             Ok(Err(quinn::ReadToEndError::TooLong)) => {
-                self.inner.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .frames_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(peer = %peer.member_id, "oversize mesh frame refused");
                 let _ = recv.stop(STREAM_MALFORMED.into());
-                error_response(error_reply::Code::Malformed, format!("frame exceeds {max} bytes"))
+                error_response(
+                    error_reply::Code::Malformed,
+                    format!("frame exceeds {max} bytes"),
+                )
             }
             Ok(Err(e)) => {
                 tracing::debug!(peer = %peer.member_id, error = %e, "mesh stream failed");
@@ -472,7 +498,10 @@ impl MeshNode {
             }
             Ok(Ok(data)) => match decode_single::<Request>(&data, max) {
                 Err(e) => {
-                    self.inner.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .stats
+                        .frames_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(peer = %peer.member_id, error = %e, "malformed mesh frame refused");
                     error_response(error_reply::Code::Malformed, e.to_string())
                 }
@@ -480,7 +509,10 @@ impl MeshNode {
                     if self.rate_ok(&peer.member_id) {
                         self.dispatch(&peer, req).await
                     } else {
-                        self.inner.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        self.inner
+                            .stats
+                            .rate_limited
+                            .fetch_add(1, Ordering::Relaxed);
                         error_response(error_reply::Code::RateLimited, "rate limit exceeded")
                     }
                 }
@@ -525,7 +557,10 @@ impl MeshNode {
             flagged.remove(peer);
             return true;
         }
-        self.inner.stats.below_baseline.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .below_baseline
+            .fetch_add(1, Ordering::Relaxed);
         let since = *flagged.entry(peer.to_owned()).or_insert_with(Instant::now);
         let within_grace = since.elapsed() < self.inner.cfg.baseline_grace;
         tracing::warn!(peer, version, baseline = %min, within_grace,
@@ -566,7 +601,10 @@ impl MeshNode {
             request::Body::Hello(h) => {
                 if !self.check_baseline(&peer.member_id, &h.software_version) {
                     self.close_peer(&peer.member_id, CLOSE_BELOW_BASELINE, b"below baseline");
-                    return error_response(error_reply::Code::Refused, "software below the security baseline");
+                    return error_response(
+                        error_reply::Code::Refused,
+                        "software below the security baseline",
+                    );
                 }
                 self.push_if_fresher(&peer.member_id, &h);
                 Response {
@@ -575,7 +613,10 @@ impl MeshNode {
             }
             request::Body::Deliver(d) => {
                 if d.txn_id.len() != 32 || d.rcpt_to.is_empty() {
-                    return error_response(error_reply::Code::Malformed, "txn_id must be 32 bytes and rcpt_to non-empty");
+                    return error_response(
+                        error_reply::Code::Malformed,
+                        "txn_id must be 32 bytes and rcpt_to non-empty",
+                    );
                 }
                 if !d.mail_from.is_empty() {
                     let domain = d
@@ -584,12 +625,18 @@ impl MeshNode {
                         .map(|(_, dom)| dom.to_ascii_lowercase())
                         .unwrap_or_default();
                     if !peer.domains.contains(&domain) {
-                        self.inner.stats.sender_refused.fetch_add(1, Ordering::Relaxed);
+                        self.inner
+                            .stats
+                            .sender_refused
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(peer = %peer.member_id, sender = %d.mail_from,
                             "delivery refused: sender domain not in the peer's certificate");
                         return error_response(
                             error_reply::Code::Refused,
-                            format!("sender domain {domain:?} is not served by {}", peer.member_id),
+                            format!(
+                                "sender domain {domain:?} is not served by {}",
+                                peer.member_id
+                            ),
                         );
                     }
                 }
@@ -600,29 +647,37 @@ impl MeshNode {
                             body: Some(response::Body::Deliver(r)),
                         }
                     }
-                    Err(HandlerError::Unavailable(m)) => error_response(error_reply::Code::Unavailable, m),
+                    Err(HandlerError::Unavailable(m)) => {
+                        error_response(error_reply::Code::Unavailable, m)
+                    }
                     Err(HandlerError::Refused(m)) => error_response(error_reply::Code::Refused, m),
                 }
             }
-            request::Body::PrivacyQuery(q) => match self.inner.handler.privacy_query(peer, q).await {
+            request::Body::PrivacyQuery(q) => match self.inner.handler.privacy_query(peer, q).await
+            {
                 Ok(r) => Response {
                     body: Some(response::Body::Privacy(r)),
                 },
-                Err(HandlerError::Unavailable(m)) => error_response(error_reply::Code::Unavailable, m),
+                Err(HandlerError::Unavailable(m)) => {
+                    error_response(error_reply::Code::Unavailable, m)
+                }
                 Err(HandlerError::Refused(m)) => error_response(error_reply::Code::Refused, m),
             },
             request::Body::CrlPush(c) => {
-                let r = self.inner.trust.offer_crl(&c.crl_der, Some(&peer.member_id));
+                let r = self
+                    .inner
+                    .trust
+                    .offer_crl(&c.crl_der, Some(&peer.member_id));
                 push_reply(r.map_err(|e| e.to_string()))
             }
             request::Body::DirectoryPush(d) => {
                 let Some(signed) = d.directory else {
                     return error_response(error_reply::Code::Malformed, "empty directory push");
                 };
-                let r = self
-                    .inner
-                    .trust
-                    .offer_directory(&signed, Some(&peer.member_id), now_unix());
+                let r =
+                    self.inner
+                        .trust
+                        .offer_directory(&signed, Some(&peer.member_id), now_unix());
                 push_reply(r.map_err(|e| e.to_string()))
             }
         }
@@ -656,7 +711,10 @@ impl MeshNode {
                 .collect();
             for m in doomed {
                 tracing::warn!(peer = %m, "closing the connection of a peer that lost its label");
-                self.inner.stats.closed_revoked.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .closed_revoked
+                    .fetch_add(1, Ordering::Relaxed);
                 self.close_peer(&m, CLOSE_REVOKED, b"revoked");
             }
             // Then gossip what is new to everyone but its source.
@@ -728,7 +786,12 @@ impl MeshNode {
         Err(last)
     }
 
-    async fn dial(&self, member: &str, addr: SocketAddr, server_name: &str) -> Result<quinn::Connection, MeshError> {
+    async fn dial(
+        &self,
+        member: &str,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<quinn::Connection, MeshError> {
         let err = |detail: String| MeshError::Connect {
             peer: member.to_owned(),
             detail,
@@ -743,7 +806,8 @@ impl MeshNode {
             .map_err(|_| err("handshake timed out".into()))?
             .map_err(|e| err(e.to_string()))?;
         let st = self.inner.trust.current();
-        let identity = peer_identity_of(&conn, &st).ok_or_else(|| err("peer is not a member".into()))?;
+        let identity =
+            peer_identity_of(&conn, &st).ok_or_else(|| err("peer is not a member".into()))?;
         if identity.member_id != member {
             conn.close(CLOSE_REVOKED.into(), b"unexpected member");
             return Err(err(format!("answered as {}", identity.member_id)));
@@ -753,10 +817,13 @@ impl MeshNode {
         let hello = Request {
             body: Some(request::Body::Hello(self.own_hello())),
         };
-        let answer = tokio::time::timeout(self.inner.cfg.request_timeout, request_on(&conn, &hello, self.inner.cfg.max_frame))
-            .await
-            .map_err(|_| err("hello timed out".into()))?
-            .map_err(|e| err(format!("hello: {e}")))?;
+        let answer = tokio::time::timeout(
+            self.inner.cfg.request_timeout,
+            request_on(&conn, &hello, self.inner.cfg.max_frame),
+        )
+        .await
+        .map_err(|_| err("hello timed out".into()))?
+        .map_err(|e| err(format!("hello: {e}")))?;
         let theirs = match answer.body {
             Some(response::Body::Hello(h)) => h,
             Some(response::Body::Error(e)) => {
@@ -778,9 +845,12 @@ impl MeshNode {
     /// Sends one request to `member` (dialing if needed) and returns its answer.
     pub async fn request(&self, member: &str, req: Request) -> Result<Response, MeshError> {
         let conn = self.connect(member).await?;
-        let r = tokio::time::timeout(self.inner.cfg.request_timeout, request_on(&conn, &req, self.inner.cfg.max_frame))
-            .await
-            .map_err(|_| MeshError::Timeout)??;
+        let r = tokio::time::timeout(
+            self.inner.cfg.request_timeout,
+            request_on(&conn, &req, self.inner.cfg.max_frame),
+        )
+        .await
+        .map_err(|_| MeshError::Timeout)??;
         if let Some(response::Body::Error(e)) = &r.body {
             return Err(MeshError::Remote {
                 code: error_reply::Code::try_from(e.code).unwrap_or(error_reply::Code::Unspecified),
@@ -797,17 +867,23 @@ impl MeshNode {
             .get(member)
             .map(|p| p.conn.clone())
             .ok_or_else(|| MeshError::UnknownPeer(member.to_owned()))?;
-        tokio::time::timeout(self.inner.cfg.request_timeout, request_on(&conn, &req, self.inner.cfg.max_frame))
-            .await
-            .map_err(|_| MeshError::Timeout)?
+        tokio::time::timeout(
+            self.inner.cfg.request_timeout,
+            request_on(&conn, &req, self.inner.cfg.max_frame),
+        )
+        .await
+        .map_err(|_| MeshError::Timeout)?
     }
 
     /// Delivers a message to `member`; returns once it stored it durably.
     pub async fn deliver(&self, member: &str, d: Deliver) -> Result<DeliverReply, MeshError> {
         match self
-            .request(member, Request {
-                body: Some(request::Body::Deliver(d)),
-            })
+            .request(
+                member,
+                Request {
+                    body: Some(request::Body::Deliver(d)),
+                },
+            )
             .await?
             .body
         {
@@ -817,11 +893,18 @@ impl MeshNode {
     }
 
     /// Asks `member` for the public privacy levels in a hash-prefix bucket.
-    pub async fn privacy_query(&self, member: &str, q: PrivacyQuery) -> Result<PrivacyReply, MeshError> {
+    pub async fn privacy_query(
+        &self,
+        member: &str,
+        q: PrivacyQuery,
+    ) -> Result<PrivacyReply, MeshError> {
         match self
-            .request(member, Request {
-                body: Some(request::Body::PrivacyQuery(q)),
-            })
+            .request(
+                member,
+                Request {
+                    body: Some(request::Body::PrivacyQuery(q)),
+                },
+            )
             .await?
             .body
         {
@@ -832,7 +915,10 @@ impl MeshNode {
 }
 
 fn still_member(st: &TrustState, id: &PeerIdentity) -> bool {
-    let revoked = st.crl.as_ref().is_some_and(|c| c.revoked.contains(&id.serial));
+    let revoked = st
+        .crl
+        .as_ref()
+        .is_some_and(|c| c.revoked.contains(&id.serial));
     let listed = st
         .member(&id.member_id)
         .is_some_and(|m| m.cert_sha256.iter().any(|f| *f == id.sha256));
@@ -873,7 +959,11 @@ fn push_reply(r: Result<bool, String>) -> Response {
 }
 
 /// One request on its own bidirectional stream of `conn`.
-pub async fn request_on(conn: &quinn::Connection, req: &Request, max_frame: usize) -> Result<Response, MeshError> {
+pub async fn request_on(
+    conn: &quinn::Connection,
+    req: &Request,
+    max_frame: usize,
+) -> Result<Response, MeshError> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await

@@ -70,6 +70,14 @@ impl IdentitySlot {
         Ok(())
     }
 
+    /// Installs an already loaded identity.
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(key);
+    }
+
     /// The current identity.
     pub fn get(&self) -> Option<Arc<CertifiedKey>> {
         self.0

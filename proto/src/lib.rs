@@ -58,7 +58,7 @@ pub mod pb {
         }
     }
     pub use caliopen::association::v1 as association;
-    pub use caliopen::mesh::v1 as mesh;
     pub use caliopen::caadmin::v1 as ca_admin;
     pub use caliopen::directory::v1 as directory;
+    pub use caliopen::mesh::v1 as mesh;
 }

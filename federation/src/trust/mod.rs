@@ -115,7 +115,10 @@ impl TrustState {
     }
 
     /// The directory entry of a member.
-    pub fn member(&self, member_id: &str) -> Option<&caliopen_proto::pb::directory::DirectoryMember> {
+    pub fn member(
+        &self,
+        member_id: &str,
+    ) -> Option<&caliopen_proto::pb::directory::DirectoryMember> {
         self.directory
             .as_ref()?
             .directory
@@ -241,12 +244,11 @@ impl TrustStore {
     }
 
     fn verify_crl(&self, st: &TrustState, der: &[u8]) -> Result<CrlInfo, TrustError> {
-        let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|e| {
-            TrustError::Malformed {
+        let (rest, crl) =
+            CertificateRevocationList::from_der(der).map_err(|e| TrustError::Malformed {
                 what: "CRL",
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         if !rest.is_empty() {
             return Err(TrustError::Malformed {
                 what: "CRL",
@@ -302,7 +304,11 @@ impl TrustStore {
         Ok(())
     }
 
-    fn swap(&self, f: impl FnOnce(&TrustState) -> Result<Option<TrustState>, TrustError>, source: Option<&str>) -> Result<bool, TrustError> {
+    fn swap(
+        &self,
+        f: impl FnOnce(&TrustState) -> Result<Option<TrustState>, TrustError>,
+        source: Option<&str>,
+    ) -> Result<bool, TrustError> {
         let mut guard = self
             .state
             .write()
@@ -443,12 +449,11 @@ impl TrustStore {
             self.offer_crl(&der, None)?;
         }
         if let Ok(bytes) = std::fs::read(dir.join("directory.bin")) {
-            let signed = SignedDirectory::decode(bytes.as_slice()).map_err(|e| {
-                TrustError::Malformed {
+            let signed =
+                SignedDirectory::decode(bytes.as_slice()).map_err(|e| TrustError::Malformed {
                     what: "directory",
                     detail: e.to_string(),
-                }
-            })?;
+                })?;
             match self.offer_directory(&signed, None, now) {
                 Ok(_) | Err(TrustError::Expired(_)) => {}
                 Err(e) => return Err(e),

@@ -133,13 +133,22 @@ pub fn check_member(end_entity: &[u8], st: &TrustState) -> Result<PeerIdentity, 
         .extensions()
         .iter()
         .find(|e| e.oid.as_bytes() == LABEL_OID_DER)
-        .ok_or((Refusal::NoLabel, "certificate carries no Caliopen label".to_owned()))?;
-    let label =
-        Label::from_der(ext.value).map_err(|e| (Refusal::BadLabel, e.to_string()))?;
+        .ok_or((
+            Refusal::NoLabel,
+            "certificate carries no Caliopen label".to_owned(),
+        ))?;
+    let label = Label::from_der(ext.value).map_err(|e| (Refusal::BadLabel, e.to_string()))?;
     if label.version != LABEL_VERSION {
-        return Err((Refusal::BadLabel, format!("label version {}", label.version)));
+        return Err((
+            Refusal::BadLabel,
+            format!("label version {}", label.version),
+        ));
     }
-    if !st.accepted_charters.iter().any(|c| *c == label.charter_version) {
+    if !st
+        .accepted_charters
+        .iter()
+        .any(|c| *c == label.charter_version)
+    {
         return Err((
             Refusal::CharterNotAccepted,
             format!("charter version {:?} not accepted", label.charter_version),
@@ -157,7 +166,10 @@ pub fn check_member(end_entity: &[u8], st: &TrustState) -> Result<PeerIdentity, 
     if !member.cert_sha256.iter().any(|f| *f == sha256) {
         return Err((
             Refusal::NotInDirectory,
-            format!("certificate is not one the directory lists for {:?}", label.member_id),
+            format!(
+                "certificate is not one the directory lists for {:?}",
+                label.member_id
+            ),
         ));
     }
     let mut domains = Vec::new();
@@ -188,15 +200,24 @@ pub fn check_member(end_entity: &[u8], st: &TrustState) -> Result<PeerIdentity, 
 impl TrustStore {
     fn refuse(&self, side: &'static str, r: Refusal, detail: &str) -> rustls::Error {
         self.refusals().add(r);
-        tracing::warn!(side, reason = r.as_str(), detail, "peer certificate refused");
+        tracing::warn!(
+            side,
+            reason = r.as_str(),
+            detail,
+            "peer certificate refused"
+        );
         match r {
             Refusal::Revoked => rustls::Error::InvalidCertificate(CertificateError::Revoked),
             Refusal::Expired => rustls::Error::InvalidCertificate(CertificateError::Expired),
             Refusal::UnknownIssuer => {
                 rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
             }
-            Refusal::WrongEku => rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose),
-            _ => rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure),
+            Refusal::WrongEku => {
+                rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose)
+            }
+            _ => {
+                rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+            }
         }
     }
 
@@ -214,7 +235,11 @@ impl TrustStore {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        if st.directory.as_ref().is_none_or(|d| d.directory.valid_until < now) {
+        if st
+            .directory
+            .as_ref()
+            .is_none_or(|d| d.directory.valid_until < now)
+        {
             return Err(self.refuse(side, Refusal::TrustIncomplete, "directory missing or stale"));
         }
         check_member(end_entity, st)
@@ -248,10 +273,17 @@ impl ClientCertVerifier for MeshClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let st = self.0.current();
         let Some(v) = st.client_verifier.clone() else {
-            return Err(self.0.refuse("server", Refusal::TrustIncomplete, "no CRL or directory yet"));
+            return Err(self.0.refuse(
+                "server",
+                Refusal::TrustIncomplete,
+                "no CRL or directory yet",
+            ));
         };
-        let webpki = v.verify_client_cert(end_entity, intermediates, now).map(|_| ());
-        self.0.check_after_webpki("server", &st, webpki, end_entity)?;
+        let webpki = v
+            .verify_client_cert(end_entity, intermediates, now)
+            .map(|_| ());
+        self.0
+            .check_after_webpki("server", &st, webpki, end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -303,12 +335,17 @@ impl ServerCertVerifier for MeshServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let st = self.0.current();
         let Some(v) = st.server_verifier.clone() else {
-            return Err(self.0.refuse("client", Refusal::TrustIncomplete, "no CRL or directory yet"));
+            return Err(self.0.refuse(
+                "client",
+                Refusal::TrustIncomplete,
+                "no CRL or directory yet",
+            ));
         };
         let webpki = v
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
             .map(|_| ());
-        self.0.check_after_webpki("client", &st, webpki, end_entity)?;
+        self.0
+            .check_after_webpki("client", &st, webpki, end_entity)?;
         Ok(ServerCertVerified::assertion())
     }
 
