@@ -2,12 +2,14 @@
 //! endpoint, framing, peer RPCs, gossip and outbox (DESIGN.md §2–4).
 #![forbid(unsafe_code)]
 
+pub mod association;
 pub mod node;
 pub mod outbox;
 pub mod tls;
 pub mod trust;
 pub mod wire;
 
+pub use association::AssociationLink;
 pub use node::{BoxFuture, HandlerError, MeshConfig, MeshError, MeshHandler, MeshNode, MeshStats};
 pub use outbox::{Outbox, OutboxError, OutboxEvent, RetryPolicy};
 pub use tls::IdentitySlot;

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -32,6 +32,8 @@ pub const CLOSE_BELOW_BASELINE: u32 = 0x11;
 pub const CLOSE_SHUTDOWN: u32 = 0x12;
 /// Stream error code: the request frame was malformed or oversize.
 pub const STREAM_MALFORMED: u32 = 0x20;
+
+const BELOW_BASELINE_MSG: &str = "software below the security baseline";
 
 /// A boxed future, as returned by [`MeshHandler`] methods.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -386,12 +388,13 @@ impl MeshNode {
                     return;
                 };
                 tracing::debug!(%remote, peer = %identity.member_id, "mesh connection accepted");
-                node.register(conn, identity);
+                node.register(conn, identity, false);
             });
         }
     }
 
-    fn register(&self, conn: quinn::Connection, identity: PeerIdentity) {
+    /// `greeted`: the peer's Hello was already checked (connections we dialed).
+    fn register(&self, conn: quinn::Connection, identity: PeerIdentity, greeted: bool) {
         let member = identity.member_id.clone();
         {
             let mut peers = self.lock_peers();
@@ -405,12 +408,18 @@ impl MeshNode {
         }
         let _ = self.inner.connected.send(member.clone());
         let node = self.clone();
+        let greeted = Arc::new(AtomicBool::new(greeted));
         self.inner.tracker.spawn(async move {
-            node.serve_connection(conn, identity).await;
+            node.serve_connection(conn, identity, greeted).await;
         });
     }
 
-    async fn serve_connection(self, conn: quinn::Connection, identity: PeerIdentity) {
+    async fn serve_connection(
+        self,
+        conn: quinn::Connection,
+        identity: PeerIdentity,
+        greeted: Arc<AtomicBool>,
+    ) {
         loop {
             let stream = tokio::select! {
                 s = conn.accept_bi() => s,
@@ -420,8 +429,9 @@ impl MeshNode {
                 Ok((send, recv)) => {
                     let node = self.clone();
                     let id = identity.clone();
+                    let greeted = greeted.clone();
                     self.inner.tracker.spawn(async move {
-                        node.serve_stream(id, send, recv).await;
+                        node.serve_stream(id, greeted, send, recv).await;
                     });
                 }
                 Err(e) => {
@@ -465,6 +475,7 @@ impl MeshNode {
     async fn serve_stream(
         self,
         peer: PeerIdentity,
+        greeted: Arc<AtomicBool>,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
@@ -507,7 +518,7 @@ impl MeshNode {
                 }
                 Ok(req) => {
                     if self.rate_ok(&peer.member_id) {
-                        self.dispatch(&peer, req).await
+                        self.dispatch(&peer, &greeted, req).await
                     } else {
                         self.inner
                             .stats
@@ -526,6 +537,10 @@ impl MeshNode {
         let _ = send.finish();
         // Let the peer read the answer before the stream is dropped.
         let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+        if matches!(&response.body, Some(response::Body::Error(e)) if e.message == BELOW_BASELINE_MSG)
+        {
+            self.close_peer(&peer.member_id, CLOSE_BELOW_BASELINE, b"below baseline");
+        }
     }
 
     fn own_hello(&self) -> Hello {
@@ -593,19 +608,20 @@ impl MeshNode {
         });
     }
 
-    async fn dispatch(&self, peer: &PeerIdentity, req: Request) -> Response {
+    async fn dispatch(&self, peer: &PeerIdentity, greeted: &AtomicBool, req: Request) -> Response {
         let Some(body) = req.body else {
             return error_response(error_reply::Code::Malformed, "empty request");
         };
+        if !matches!(body, request::Body::Hello(_)) && !greeted.load(Ordering::Acquire) {
+            return error_response(error_reply::Code::Refused, "send Hello first");
+        }
         match body {
             request::Body::Hello(h) => {
                 if !self.check_baseline(&peer.member_id, &h.software_version) {
-                    self.close_peer(&peer.member_id, CLOSE_BELOW_BASELINE, b"below baseline");
-                    return error_response(
-                        error_reply::Code::Refused,
-                        "software below the security baseline",
-                    );
+                    // serve_stream closes the connection once this answer is out.
+                    return error_response(error_reply::Code::Refused, BELOW_BASELINE_MSG);
                 }
+                greeted.store(true, Ordering::Release);
                 self.push_if_fresher(&peer.member_id, &h);
                 Response {
                     body: Some(response::Body::Hello(self.own_hello())),
@@ -837,7 +853,7 @@ impl MeshNode {
             return Err(err("peer software below the security baseline".into()));
         }
         tracing::info!(peer = member, %addr, version = %theirs.software_version, "mesh connection up");
-        self.register(conn.clone(), identity);
+        self.register(conn.clone(), identity, true);
         self.push_if_fresher(member, &theirs);
         Ok(conn)
     }
@@ -921,7 +937,7 @@ fn still_member(st: &TrustState, id: &PeerIdentity) -> bool {
         .is_some_and(|c| c.revoked.contains(&id.serial));
     let listed = st
         .member(&id.member_id)
-        .is_some_and(|m| m.cert_sha256.iter().any(|f| *f == id.sha256));
+        .is_some_and(|m| m.cert_sha256.contains(&id.sha256));
     !revoked && listed
 }
 

@@ -716,3 +716,87 @@ async fn outbox_retries_and_flushes_when_the_peer_restarts() {
     token.cancel();
     runner.await.expect("runner");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_below_the_baseline_are_flagged_then_refused() {
+    let fed = Fed::new();
+    let strict = fed
+        .member("strict", |c| c.baseline_grace = Duration::ZERO)
+        .await;
+    let lenient = fed.member("lenient", |_| {}).await;
+    let old = fed.member("old", |_| {}).await;
+    fed.ca.set_baseline("99.0.0").expect("baseline");
+    fed.sync(&[&strict, &lenient, &old]);
+    // Within the grace period: served, but flagged.
+    old.node
+        .deliver("lenient", deliver("x@old.test", "y@lenient.test", 1))
+        .await
+        .expect("within grace");
+    assert!(
+        lenient
+            .node
+            .stats()
+            .below_baseline
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    // Past it (grace zero): refused.
+    let err = old
+        .node
+        .connect("strict")
+        .await
+        .expect_err("below baseline");
+    assert!(err.to_string().contains("baseline"), "{err}");
+    assert_eq!(strict.inbox.len(), 0);
+    eventually("refused peer dropped", || {
+        strict.node.connected_peers().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_tiny_requests_is_rate_limited_per_peer() {
+    let fed = Fed::new();
+    let a = fed.member("alpha", |_| {}).await;
+    let b = fed
+        .member("beta", |c| {
+            c.rate_per_second = 1.0;
+            c.rate_burst = 5.0;
+        })
+        .await;
+    let c = fed.member("gamma", |_| {}).await;
+    fed.sync(&[&a, &b, &c]);
+    let q = || PrivacyQuery {
+        hash_prefix: vec![0x12],
+        prefix_bits: 8,
+    };
+    let mut limited = 0;
+    for _ in 0..30 {
+        match a.node.privacy_query("beta", q()).await {
+            Ok(_) => {}
+            Err(MeshError::Remote {
+                code: error_reply::Code::RateLimited,
+                ..
+            }) => limited += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(limited >= 20, "only {limited} of 30 limited");
+    assert_eq!(
+        b.node
+            .stats()
+            .rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed),
+        limited
+    );
+    // Another peer has its own budget.
+    let t0 = Instant::now();
+    c.node
+        .privacy_query("beta", q())
+        .await
+        .expect("other peer served");
+    println!(
+        "other peer served in {:?} while alpha was limited",
+        t0.elapsed()
+    );
+}

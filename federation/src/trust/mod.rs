@@ -138,7 +138,7 @@ impl TrustState {
             .directory
             .members
             .iter()
-            .find(|m| m.domains.iter().any(|x| *x == d))
+            .find(|m| m.domains.contains(&d))
     }
 }
 

@@ -144,11 +144,7 @@ pub fn check_member(end_entity: &[u8], st: &TrustState) -> Result<PeerIdentity, 
             format!("label version {}", label.version),
         ));
     }
-    if !st
-        .accepted_charters
-        .iter()
-        .any(|c| *c == label.charter_version)
-    {
+    if !st.accepted_charters.contains(&label.charter_version) {
         return Err((
             Refusal::CharterNotAccepted,
             format!("charter version {:?} not accepted", label.charter_version),
@@ -163,7 +159,7 @@ pub fn check_member(end_entity: &[u8], st: &TrustState) -> Result<PeerIdentity, 
             format!("member {:?} is not in the directory", label.member_id),
         )
     })?;
-    if !member.cert_sha256.iter().any(|f| *f == sha256) {
+    if !member.cert_sha256.contains(&sha256) {
         return Err((
             Refusal::NotInDirectory,
             format!(
