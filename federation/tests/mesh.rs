@@ -443,8 +443,39 @@ async fn revoked_expired_foreign_and_label_less_peers_are_refused() {
     let nolabel = params.signed_by(&key, &issuer).expect("sign").pem();
     let nolabel_key = key.serialize_pem();
 
+    // Wrong EKU: signed by the root, server authentication only.
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["wrongeku.test".to_owned()]).expect("params");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x43; 16]));
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    let wrongeku = params.signed_by(&key, &issuer).expect("sign").pem();
+    let wrongeku_key = key.serialize_pem();
+
+    // Self-signed.
+    let key = KeyPair::generate().expect("key");
+    let selfsigned = CertificateParams::new(vec!["self.test".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("sign")
+        .pem();
+    let selfsigned_key = key.serialize_pem();
+
     fed.sync(&[&a]);
     let cases = [
+        (
+            "wrongeku",
+            wrongeku.as_str(),
+            wrongeku_key.as_str(),
+            Refusal::WrongEku,
+        ),
+        (
+            "selfsigned",
+            selfsigned.as_str(),
+            selfsigned_key.as_str(),
+            Refusal::UnknownIssuer,
+        ),
         (
             "revoked",
             revoked.record.certificate_pem.as_str(),
@@ -799,4 +830,87 @@ async fn a_flood_of_tiny_requests_is_rate_limited_per_peer() {
         "other peer served in {:?} while alpha was limited",
         t0.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_reports_expiry_and_hands_back_entries_of_a_revoked_peer() {
+    let fed = Fed::new();
+    let a = fed
+        .member("alpha", |c| c.connect_timeout = Duration::from_millis(500))
+        .await;
+    let b = fed.member("beta", |_| {}).await;
+    let c = fed.member("gamma", |_| {}).await;
+    fed.sync(&[&a, &b, &c]);
+    // beta is down for good; gamma is up but about to be revoked.
+    b.node.shutdown().await;
+    let db = sled::Config::new().temporary(true).open().expect("sled");
+    let outbox = Outbox::open(
+        &db,
+        RetryPolicy {
+            base: Duration::from_millis(200),
+            max: Duration::from_millis(400),
+            lifetime: Duration::from_secs(2),
+        },
+    )
+    .expect("outbox");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let token = tokio_util::sync::CancellationToken::new();
+    let runner = tokio::spawn(outbox.clone().run(a.node.clone(), tx, token.clone()));
+    outbox
+        .enqueue("beta", deliver("alice@alpha.test", "bob@beta.test", 1))
+        .await
+        .expect("enqueue");
+    match tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("in time")
+        .expect("event")
+    {
+        OutboxEvent::Expired {
+            peer,
+            deliver,
+            last_error,
+        } => {
+            assert_eq!(peer, "beta");
+            assert_eq!(deliver.txn_id, txn(1));
+            assert!(!last_error.is_empty());
+        }
+        other => panic!("expected expiry, got {other:?}"),
+    }
+
+    // gamma is revoked while a message waits for it (held back by a long first delay).
+    c.node.shutdown().await;
+    outbox
+        .enqueue("gamma", deliver("alice@alpha.test", "carol@gamma.test", 2))
+        .await
+        .expect("enqueue");
+    fed.ca
+        .revoke(
+            &RevokeTarget::Domain("gamma.test".into()),
+            "cessationOfOperation",
+        )
+        .expect("revoke");
+    fed.sync(&[&a]);
+    let t0 = Instant::now();
+    loop {
+        match tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("in time")
+            .expect("event")
+        {
+            OutboxEvent::Reroute { peer, deliver } => {
+                assert_eq!(peer, "gamma");
+                assert_eq!(deliver.txn_id, txn(2));
+                break;
+            }
+            OutboxEvent::Expired { .. } => panic!("expired instead of rerouted"),
+            _ => {}
+        }
+    }
+    println!(
+        "entry for a revoked peer handed back for SMTP in {:?}",
+        t0.elapsed()
+    );
+    assert!(outbox.is_empty());
+    token.cancel();
+    runner.await.expect("runner");
 }
