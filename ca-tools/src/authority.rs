@@ -685,7 +685,9 @@ impl Authority {
                 old.domains.join(", ")
             )));
         }
-        let days = u32::try_from((old.not_after - old.not_before + 86_399) / 86_400)
+        // Same lifetime as the old certificate (rounded to whole days; its
+        // validity starts 5 minutes early).
+        let days = u32::try_from((old.not_after - old.not_before + 43_200) / 86_400)
             .unwrap_or(self.settings.default_days)
             .clamp(1, self.settings.max_days);
         let label = Label {

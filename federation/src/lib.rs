@@ -5,6 +5,7 @@
 pub mod association;
 pub mod node;
 pub mod outbox;
+pub mod renewal;
 pub mod tls;
 pub mod trust;
 pub mod wire;
@@ -12,5 +13,6 @@ pub mod wire;
 pub use association::AssociationLink;
 pub use node::{BoxFuture, HandlerError, MeshConfig, MeshError, MeshHandler, MeshNode, MeshStats};
 pub use outbox::{Outbox, OutboxError, OutboxEvent, RetryPolicy};
+pub use renewal::{IdentityFiles, Renewer};
 pub use tls::IdentitySlot;
 pub use trust::{PeerIdentity, Refusal, TrustError, TrustStore};

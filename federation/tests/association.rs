@@ -148,3 +148,122 @@ async fn an_unreachable_association_is_retried_without_panicking() {
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_renews_by_itself_at_two_thirds_of_its_lifetime() {
+    use caliopen_federation::{IdentityFiles, IdentitySlot, Renewer};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Arc::new(
+        Authority::init(
+            &tmp.path().join("a"),
+            "Renew Test",
+            3650,
+            Settings::default(),
+        )
+        .expect("init"),
+    );
+    let key = KeyPair::generate().expect("key");
+    let csr = CertificateParams::new(vec!["alpha.test".to_owned()])
+        .expect("p")
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    // One day of validity, 20 hours gone: past two thirds.
+    let issued = ca
+        .sign_at(
+            &SignRequest {
+                csr: csr.into_bytes(),
+                member_id: "alpha".into(),
+                charter_version: "1.0".into(),
+                days: Some(1),
+                ..Default::default()
+            },
+            time::OffsetDateTime::now_utc() - time::Duration::hours(20),
+        )
+        .expect("sign");
+    let bound = BoundService::bind(ca.clone(), "127.0.0.1:0".parse().expect("addr"), &[])
+        .await
+        .expect("bind");
+    let addr = bound.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let service = tokio::spawn(bound.run(async move { s.cancelled().await }));
+
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let identity = IdentitySlot::new();
+    identity
+        .set_pem(
+            &issued.record.certificate_pem,
+            &key.serialize_pem(),
+            &provider,
+        )
+        .expect("identity");
+    let files = IdentityFiles {
+        cert: tmp.path().join("member.pem"),
+        key: tmp.path().join("member.key"),
+    };
+    let renewer = Renewer::new(
+        AssociationLink::new(format!("https://{addr}"), ca.root_pem()),
+        identity.clone(),
+        issued.record.certificate_pem.clone(),
+        key.serialize_pem(),
+        Some(files.clone()),
+        provider,
+    );
+    let token = CancellationToken::new();
+    let task = tokio::spawn(renewer.clone().run(token.clone()));
+    let t0 = Instant::now();
+    while renewer.renewed.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no renewal");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new_pem = std::fs::read_to_string(&files.cert).expect("written");
+    assert_ne!(new_pem, issued.record.certificate_pem);
+    assert_eq!(renewer.certificate_pem(), new_pem);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&files.key)
+            .expect("key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let served = identity.get().expect("identity");
+    assert_eq!(
+        served.cert[0].as_ref(),
+        pem::parse(&new_pem).expect("pem").contents()
+    );
+    // The fresh certificate is a full 24 h long, so nothing more is due.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        renewer.renewed.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        renewer.failures.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    token.cancel();
+    task.await.expect("join");
+
+    // Once revoked, renewal is refused.
+    let serial = ca
+        .list()
+        .expect("list")
+        .last()
+        .expect("entry")
+        .record
+        .serial
+        .clone();
+    ca.revoke(&RevokeTarget::Serial(serial), "superseded")
+        .expect("revoke");
+    assert!(renewer.renew_now().await.is_err());
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), service)
+        .await
+        .expect("stops")
+        .expect("join")
+        .expect("clean");
+}

@@ -155,6 +155,15 @@ pub struct TrustChange {
     pub source: Option<String>,
 }
 
+/// The charter versions this build accepts from peers by default: those of
+/// the charter it ships (`charter/charter.toml`).
+pub fn default_accepted_charters() -> Vec<String> {
+    let c = caliopen_charter::Charter::embedded();
+    std::iter::once(c.version)
+        .chain(c.accepted_versions)
+        .collect()
+}
+
 /// The trust store.
 #[derive(Debug)]
 pub struct TrustStore {
