@@ -1,5 +1,9 @@
 //! The Caliopen instance daemon (DESIGN.md §2, §5).
 //!
-//! Not built yet: this crate is the place the instance issue (#4) fills. It
-//! holds no code so that nothing here pretends to work.
+//! Built so far: the durable store (`store`) and the SMTP session state
+//! machine (`smtp::session`). The listeners, router, SMTP client, admin API
+//! and command-line tool come next (issue #4).
 #![forbid(unsafe_code)]
+
+pub mod smtp;
+pub mod store;

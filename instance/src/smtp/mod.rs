@@ -1,0 +1,3 @@
+//! SMTP: the sans-IO session (`session`) and the listeners that drive it (`server`).
+
+pub mod session;
