@@ -1,0 +1,389 @@
+//! The SMTP listeners: accept TCP connections, drive a [`Session`] over
+//! them, upgrade to TLS on STARTTLS (or from the start on implicit TLS),
+//! enforce timeouts and a connection limit, and hand messages to the
+//! [`MailService`].
+
+use super::session::{Envelope, Kind, Output, Policy, RcptVerdict, Session, SessionConfig};
+use crate::store::{MessageMeta, Store, Transport, Via};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What a listener needs besides its socket.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// MX or submission.
+    pub kind: Kind,
+    /// Name in the greeting.
+    pub hostname: String,
+    /// Largest message (bytes).
+    pub max_message_size: usize,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// Idle timeout between commands.
+    pub command_timeout: Duration,
+    /// Timeout between two reads while the client sends a message.
+    pub data_timeout: Duration,
+    /// TLS for STARTTLS (or implicit TLS).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS from the first byte (port 465 style).
+    pub implicit_tls: bool,
+}
+
+impl ListenerConfig {
+    /// Defaults for a listener of `kind` named `hostname`.
+    pub fn new(kind: Kind, hostname: impl Into<String>) -> Self {
+        Self {
+            kind,
+            hostname: hostname.into(),
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_connections: 1000,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            tls: None,
+            implicit_tls: false,
+        }
+    }
+}
+
+/// Local mail service: who exists, password checks, durable storage.
+#[derive(Debug, Clone)]
+pub struct MailService {
+    store: Store,
+    domains: Arc<Vec<String>>,
+}
+
+/// Splits an address into (local part, lowercased domain).
+pub fn split_address(addr: &str) -> Option<(String, String)> {
+    let (l, d) = addr.rsplit_once('@')?;
+    if l.is_empty() || d.is_empty() {
+        return None;
+    }
+    Some((l.to_ascii_lowercase(), d.to_ascii_lowercase()))
+}
+
+impl MailService {
+    /// A service over `store` for the mail `domains` of this instance.
+    pub fn new(store: Store, domains: Vec<String>) -> Self {
+        Self {
+            store,
+            domains: Arc::new(
+                domains
+                    .into_iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The local part of `addr` when it is a local user's address.
+    pub fn local_user(&self, addr: &str) -> Option<String> {
+        let (l, d) = split_address(addr)?;
+        (self.domains.contains(&d) && self.store.user_exists(&l)).then_some(l)
+    }
+
+    fn is_local_domain(&self, addr: &str) -> bool {
+        split_address(addr).is_some_and(|(_, d)| self.domains.contains(&d))
+    }
+
+    /// Verifies a password (argon2, off the async threads). Returns the user's address.
+    pub async fn check_password(&self, user: &str, password: &str) -> Option<String> {
+        let local = self.local_user(user)?;
+        let rec = self.store.user(&local).ok()??;
+        let pw = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            use argon2::PasswordVerifier;
+            argon2::PasswordHash::new(&rec.password_hash)
+                .ok()
+                .is_some_and(|h| {
+                    argon2::Argon2::default()
+                        .verify_password(pw.as_bytes(), &h)
+                        .is_ok()
+                })
+        })
+        .await
+        .unwrap_or(false);
+        ok.then(|| user.to_ascii_lowercase())
+    }
+
+    /// Stores an accepted message for its local recipients, durably.
+    pub async fn accept(
+        &self,
+        env: Envelope,
+        transport: Transport,
+        via: Via,
+    ) -> Result<String, String> {
+        let mut per_user: Vec<(String, Vec<String>)> = Vec::new();
+        for r in &env.rcpt_to {
+            match self.local_user(r) {
+                Some(u) => match per_user.iter_mut().find(|(m, _)| *m == u) {
+                    Some((_, v)) => v.push(r.clone()),
+                    None => per_user.push((u, vec![r.clone()])),
+                },
+                None => return Err(format!("recipient {r} cannot be delivered")),
+            }
+        }
+        let subject = mail_parser::MessageParser::default()
+            .parse_headers(&env.data)
+            .and_then(|m| m.subject().map(str::to_owned))
+            .unwrap_or_default();
+        let template = MessageMeta {
+            id: 0,
+            mailbox: String::new(),
+            from: env.mail_from.clone(),
+            to: Vec::new(),
+            subject,
+            received_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            via,
+            transport,
+            size: env.data.len(),
+        };
+        let ids = self
+            .store
+            .deliver_local(&template, &per_user, &env.data)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ids
+            .iter()
+            .map(|i| format!("{i:x}"))
+            .collect::<Vec<_>>()
+            .join(","))
+    }
+}
+
+impl Policy for MailService {
+    fn rcpt(&self, kind: Kind, authenticated: bool, address: &str) -> RcptVerdict {
+        if self.is_local_domain(address) {
+            return if self.local_user(address).is_some() {
+                RcptVerdict::Accept
+            } else {
+                RcptVerdict::UnknownUser
+            };
+        }
+        let _ = (kind, authenticated);
+        // Outbound delivery (router, mesh outbox, SMTP queue) is not wired
+        // into the listeners yet: refuse rather than accept and lose.
+        RcptVerdict::RelayDenied
+    }
+
+    fn may_send_as(&self, user: &str, address: &str) -> bool {
+        user.eq_ignore_ascii_case(address)
+    }
+}
+
+/// A bound listener.
+#[derive(Debug)]
+pub struct SmtpListener {
+    cfg: ListenerConfig,
+    listener: TcpListener,
+}
+
+enum Outcome {
+    Closed,
+    StartTls,
+}
+
+impl SmtpListener {
+    /// Binds `addr`.
+    pub async fn bind(addr: SocketAddr, cfg: ListenerConfig) -> std::io::Result<Self> {
+        Ok(Self {
+            cfg,
+            listener: TcpListener::bind(addr).await?,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts until `token` is cancelled; sessions in progress are tracked by `tracker`.
+    pub async fn run(self, svc: MailService, token: CancellationToken, tracker: TaskTracker) {
+        let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
+        let cfg = Arc::new(self.cfg);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = token.cancelled() => break,
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                let mut tcp = tcp;
+                let _ = tcp
+                    .write_all(b"421 4.7.0 Too many connections, try later\r\n")
+                    .await;
+                continue;
+            };
+            let (svc, cfg, token) = (svc.clone(), cfg.clone(), token.clone());
+            tracker.spawn(async move {
+                let _permit = permit;
+                if let Err(e) = serve(tcp, peer, &svc, &cfg, &token).await {
+                    tracing::debug!(%peer, error = %e, "SMTP session ended with an error");
+                }
+            });
+        }
+    }
+}
+
+async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    svc: &MailService,
+    cfg: &ListenerConfig,
+    token: &CancellationToken,
+) -> std::io::Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let mut transport = Transport {
+        client: peer.to_string(),
+        ..Default::default()
+    };
+    let mut session = Session::new(SessionConfig {
+        hostname: cfg.hostname.clone(),
+        kind: cfg.kind,
+        max_message_size: cfg.max_message_size,
+        max_recipients: cfg.max_recipients,
+        max_errors: 20,
+        starttls: cfg.tls.is_some(),
+        tls_active: cfg.implicit_tls,
+    });
+    let tls_upgrade = |tcp: TcpStream| async {
+        let tls = cfg
+            .tls
+            .clone()
+            .ok_or_else(|| std::io::Error::other("TLS not configured"))?;
+        tokio::time::timeout(Duration::from_secs(30), TlsAcceptor::from(tls).accept(tcp))
+            .await
+            .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+    };
+    let mut tcp = tcp;
+    if !cfg.implicit_tls {
+        match drive(&mut tcp, &mut session, svc, cfg, &mut transport, token).await? {
+            Outcome::Closed => return Ok(()),
+            Outcome::StartTls => {}
+        }
+    }
+    let mut tls = tls_upgrade(tcp).await?;
+    {
+        let (_, conn) = tls.get_ref();
+        transport.tls_version = conn.protocol_version().map(|v| format!("{v:?}"));
+        transport.tls_cipher = conn
+            .negotiated_cipher_suite()
+            .map(|c| format!("{:?}", c.suite()));
+    }
+    session.tls_started();
+    match drive(&mut tls, &mut session, svc, cfg, &mut transport, token).await? {
+        Outcome::Closed | Outcome::StartTls => {}
+    }
+    let _ = tls.shutdown().await;
+    Ok(())
+}
+
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    session: &mut Session,
+    svc: &MailService,
+    cfg: &ListenerConfig,
+    transport: &mut Transport,
+    token: &CancellationToken,
+) -> std::io::Result<Outcome> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(o) = session.poll(svc) {
+            match o {
+                Output::Reply(r) => out.extend_from_slice(&r),
+                Output::Close => {
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
+                    return Ok(Outcome::Closed);
+                }
+                Output::StartTls => {
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
+                    return Ok(Outcome::StartTls);
+                }
+                Output::Store(env) => {
+                    transport.helo = env.helo.clone();
+                    transport.auth_user = env.auth_user.clone();
+                    let via = if env.auth_user.is_some() {
+                        Via::Local
+                    } else {
+                        Via::Smtp
+                    };
+                    let r = svc.accept(env, transport.clone(), via).await;
+                    if let Err(e) = &r {
+                        tracing::error!(error = %e, "message not stored");
+                    }
+                    session.stored(r);
+                }
+                Output::CheckAuth { user, password } => {
+                    let ok = svc.check_password(&user, &password).await;
+                    if ok.is_none() {
+                        tracing::warn!(client = %transport.client, "SMTP authentication failed");
+                    }
+                    session.auth_checked(ok);
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            stream.flush().await?;
+            out.clear();
+        }
+        let limit = if session.in_data() {
+            cfg.data_timeout
+        } else {
+            cfg.command_timeout
+        };
+        let n = tokio::select! {
+            r = tokio::time::timeout(limit, stream.read(&mut buf)) => match r {
+                Ok(r) => r?,
+                Err(_) => {
+                    let _ = stream.write_all(b"421 4.4.2 Idle timeout, closing connection\r\n").await;
+                    return Ok(Outcome::Closed);
+                }
+            },
+            _ = token.cancelled() => {
+                let _ = stream.write_all(b"421 4.3.2 Service shutting down\r\n").await;
+                return Ok(Outcome::Closed);
+            }
+        };
+        if n == 0 {
+            return Ok(Outcome::Closed);
+        }
+        session.feed(&buf[..n]);
+    }
+}
+
+/// Hashes a password for storage (argon2id, random salt, PHC string).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{rand_core::OsRng, SaltString};
+    use argon2::PasswordHasher;
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
