@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/caliopen/association.proto",
         "proto/caliopen/ca_admin.proto",
         "proto/caliopen/mesh.proto",
+        "proto/caliopen/instance_admin.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -5,5 +5,8 @@
 //! and command-line tool come next (issue #4).
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod config;
+pub mod daemon;
 pub mod smtp;
 pub mod store;

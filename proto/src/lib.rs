@@ -48,6 +48,14 @@ pub mod pb {
                 tonic::include_proto!("caliopen.caadmin.v1");
             }
         }
+        /// `caliopen.instanceadmin`.
+        pub mod instanceadmin {
+            /// Local administration of a running instance.
+            #[allow(missing_docs, clippy::all)]
+            pub mod v1 {
+                tonic::include_proto!("caliopen.instanceadmin.v1");
+            }
+        }
         /// `caliopen.mesh`.
         pub mod mesh {
             /// The mesh protocol between members.
@@ -60,5 +68,6 @@ pub mod pb {
     pub use caliopen::association::v1 as association;
     pub use caliopen::caadmin::v1 as ca_admin;
     pub use caliopen::directory::v1 as directory;
+    pub use caliopen::instanceadmin::v1 as instance_admin;
     pub use caliopen::mesh::v1 as mesh;
 }

@@ -246,6 +246,11 @@ impl Store {
         Ok(self.raw.get(id.to_be_bytes())?.map(|v| v.to_vec()))
     }
 
+    /// Flushes everything to disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.commit.sync().await.map_err(StoreError::Flush)
+    }
+
     /// Number of stored messages.
     pub fn message_count(&self) -> usize {
         self.messages.len()

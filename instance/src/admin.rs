@@ -1,0 +1,174 @@
+//! The local admin API (tonic over `DATA/admin.sock`, 0600, plus a bearer
+//! token from `DATA/admin.token`, 0600): the command-line tool's way into a
+//! running daemon, since only one process may open the database.
+
+use crate::smtp::server::MailService;
+use crate::store::MessageMeta;
+use caliopen_proto::pb::instance_admin::instance_admin_client::InstanceAdminClient;
+use caliopen_proto::pb::instance_admin::instance_admin_server::InstanceAdmin;
+use caliopen_proto::pb::instance_admin::{
+    ListMailRequest, ListMailResponse, PutUserRequest, PutUserResponse,
+};
+use std::path::Path;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Request, Response, Status};
+
+/// Socket file name in the data directory.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+/// Token file name in the data directory.
+pub const ADMIN_TOKEN: &str = "admin.token";
+
+/// Checks a local part: 1-64 of a-z 0-9 . _ - (lowercase), not starting with a dot.
+pub fn valid_localpart(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 64
+        && !l.starts_with('.')
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+/// The JSON shape of `caliopen mail list --json`.
+pub fn messages_json(list: &[MessageMeta]) -> serde_json::Value {
+    serde_json::Value::Array(
+        list.iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": format!("{:x}", m.id),
+                    "from": m.from,
+                    "to": m.to,
+                    "subject": m.subject,
+                    "received_at": m.received_at,
+                    "via": m.via,
+                    "size": m.size,
+                    "transport": m.transport,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Admin handlers.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    svc: MailService,
+    domains: Vec<String>,
+    token: String,
+}
+
+impl AdminService {
+    /// Serves `svc`; callers must present `token`.
+    pub fn new(svc: MailService, domains: Vec<String>, token: String) -> Self {
+        Self {
+            svc,
+            domains,
+            token,
+        }
+    }
+
+    fn check<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        let want = format!("Bearer {}", self.token);
+        let got = r
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        // Length and content compared without early exit.
+        let eq = got.len() == want.len()
+            && got
+                .bytes()
+                .zip(want.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if eq {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("bad or missing admin token"))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl InstanceAdmin for AdminService {
+    async fn put_user(
+        &self,
+        r: Request<PutUserRequest>,
+    ) -> Result<Response<PutUserResponse>, Status> {
+        self.check(&r)?;
+        let r = r.into_inner();
+        if !valid_localpart(&r.localpart) {
+            return Err(Status::invalid_argument(format!(
+                "invalid user name {:?}",
+                r.localpart
+            )));
+        }
+        if argon2::PasswordHash::new(&r.password_hash).is_err() {
+            return Err(Status::invalid_argument(
+                "password_hash is not a PHC string",
+            ));
+        }
+        self.svc
+            .store()
+            .put_user(&r.localpart, &r.password_hash)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(user = %r.localpart, "user created or updated");
+        Ok(Response::new(PutUserResponse {
+            addresses: self
+                .domains
+                .iter()
+                .map(|d| format!("{}@{d}", r.localpart))
+                .collect(),
+        }))
+    }
+
+    async fn list_mail(
+        &self,
+        r: Request<ListMailRequest>,
+    ) -> Result<Response<ListMailResponse>, Status> {
+        self.check(&r)?;
+        let l = r.into_inner().localpart;
+        if !self.svc.store().user_exists(&l) {
+            return Err(Status::not_found(format!("no user {l:?}")));
+        }
+        let list = self
+            .svc
+            .store()
+            .list(&l)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ListMailResponse {
+            messages_json: messages_json(&list).to_string(),
+        }))
+    }
+}
+
+/// Connects to the admin socket of a daemon running on `data_dir`, if one answers.
+pub async fn connect(data_dir: &Path) -> Option<(InstanceAdminClient<Channel>, String)> {
+    let sock = data_dir.join(ADMIN_SOCKET);
+    if !sock.exists() {
+        return None;
+    }
+    let token = std::fs::read_to_string(data_dir.join(ADMIN_TOKEN)).ok()?;
+    let channel = Endpoint::from_static("http://admin.sock")
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let sock = sock.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(sock).await?,
+                ))
+            }
+        }))
+        .await
+        .ok()?;
+    Some((InstanceAdminClient::new(channel), token.trim().to_owned()))
+}
+
+/// Adds the bearer token to a request.
+pub fn with_token<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}

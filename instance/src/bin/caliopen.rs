@@ -1,0 +1,393 @@
+//! `caliopen`: the instance daemon and its command-line tool (DESIGN.md §7).
+//!
+//! Thin: parses arguments, sets up logging, and calls the library. Commands
+//! that touch the database go through the running daemon's admin socket, or
+//! open the database themselves when no daemon runs.
+
+use anyhow::{bail, Context};
+use caliopen_instance::admin::{connect, messages_json, valid_localpart, with_token};
+use caliopen_instance::config::{Config, LogFormat};
+use caliopen_instance::daemon::{self, self_signed_tls, write_file};
+use caliopen_instance::smtp::server::hash_password;
+use caliopen_instance::store::Store;
+use caliopen_proto::pb::instance_admin::{ListMailRequest, PutUserRequest};
+use clap::{Parser, Subcommand};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// `println!` that reports a closed stdout as an error instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout(), $($t)*)?
+    };
+}
+
+#[derive(Parser)]
+#[command(
+    name = "caliopen",
+    version,
+    about = "A Caliopen instance: private correspondence, federated"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create an instance: DIR/caliopen.toml, the member key and CSR, a STARTTLS certificate.
+    Init {
+        /// Data directory to create.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Primary mail domain.
+        #[arg(long)]
+        domain: String,
+        /// MX listener address.
+        #[arg(long, value_name = "ADDR")]
+        smtp: Option<SocketAddr>,
+        /// Submission listener address.
+        #[arg(long, value_name = "ADDR")]
+        submission: Option<SocketAddr>,
+        /// Mesh (QUIC) address.
+        #[arg(long, value_name = "ADDR")]
+        mesh: Option<SocketAddr>,
+        /// Client API address (recorded; the client API is not built yet).
+        #[arg(long, value_name = "ADDR")]
+        api: Option<SocketAddr>,
+        /// Outbound relay HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        relay: Option<String>,
+    },
+    /// Run the daemon (without --config: embedded defaults, data in ./caliopen-data).
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// Read mailboxes.
+    Mail {
+        #[command(subcommand)]
+        cmd: MailCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a user (or set its password).
+    Add {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Local part of the address.
+        localpart: String,
+        /// Read the password from standard input (otherwise one is generated and printed).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MailCmd {
+    /// List a user's messages.
+    List {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "LOCALPART")]
+        user: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(format: LogFormat, filter: Option<&str>, default: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| filter.map(str::to_owned))
+        .unwrap_or_else(|| default.to_owned());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Human => b.init(),
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn init(
+    data: &Path,
+    domain: &str,
+    smtp: Option<SocketAddr>,
+    submission: Option<SocketAddr>,
+    mesh: Option<SocketAddr>,
+    api: Option<SocketAddr>,
+    relay: Option<String>,
+) -> anyhow::Result<()> {
+    let domain = domain.to_ascii_lowercase();
+    let cfg_path = data.join("caliopen.toml");
+    if cfg_path.exists() {
+        bail!("{} already exists", cfg_path.display());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+        .with_context(|| format!("create {}", data.display()))?;
+    let mut text = format!(
+        "# Caliopen instance configuration; every key is explained in deploy/caliopen.example.toml.\n\
+         data_dir = \".\"\ndomains = [{}]\nhostname = {}\n\n[smtp]\n",
+        toml_str(&domain),
+        toml_str(&format!("mx.{domain}"))
+    );
+    if let Some(a) = smtp {
+        text.push_str(&format!("listen = {}\n", toml_str(&a.to_string())));
+    }
+    if let Some(a) = submission {
+        text.push_str(&format!("submission = {}\n", toml_str(&a.to_string())));
+    }
+    if let Some(r) = relay {
+        text.push_str(&format!("relay = {}\n", toml_str(&r)));
+    }
+    text.push_str("\n[mesh]\n");
+    if let Some(a) = mesh {
+        text.push_str(&format!("listen = {}\n", toml_str(&a.to_string())));
+    }
+    if let Some(a) = api {
+        text.push_str(&format!("# Client API address (not served yet): {a}\n"));
+    }
+    // Refuse to write what we would refuse to read.
+    Config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    // The member key never leaves the instance; the CSR goes to the association.
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(vec![domain.clone()])?.serialize_request(&key)?;
+    write_file(
+        &data.join("member.key.pem"),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )
+    .map_err(anyhow::Error::msg)?;
+    write_file(&data.join("member.csr.pem"), csr.pem()?.as_bytes(), 0o644)
+        .map_err(anyhow::Error::msg)?;
+    let (cert, tkey) =
+        self_signed_tls(&[format!("mx.{domain}"), domain.clone()]).map_err(anyhow::Error::msg)?;
+    write_file(&data.join("tls.key"), tkey.as_bytes(), 0o600).map_err(anyhow::Error::msg)?;
+    write_file(&data.join("tls.pem"), cert.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
+    write_file(&cfg_path, text.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
+    out!("instance for {domain} created in {}", data.display());
+    out!("configuration: {}", cfg_path.display());
+    out!(
+        "member CSR for the association: {}",
+        data.join("member.csr.pem").display()
+    );
+    Ok(())
+}
+
+async fn user_add(config: &Path, localpart: &str, password_stdin: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let localpart = localpart.to_ascii_lowercase();
+    if !valid_localpart(&localpart) {
+        bail!("invalid user name {localpart:?}: 1-64 of a-z 0-9 . _ -");
+    }
+    let (password, generated) = if password_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .take(4096)
+            .read_to_string(&mut s)
+            .context("read password from stdin")?;
+        let p = s.trim_end_matches(['\r', '\n']).to_owned();
+        if p.len() < 8 {
+            bail!("password too short (8 characters at least)");
+        }
+        (p, false)
+    } else {
+        let mut b = [0u8; 15];
+        aws_lc_rs::rand::fill(&mut b).map_err(|_| anyhow::anyhow!("random generator failed"))?;
+        (hex::encode(b), true)
+    };
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password).map(|h| (h, password)))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let (hash, password) = hash;
+    let dir = cfg.data_dir();
+    if let Some((mut c, token)) = connect(&dir).await {
+        let r = c
+            .put_user(with_token(
+                PutUserRequest {
+                    localpart: localpart.clone(),
+                    password_hash: hash,
+                },
+                &token,
+            ))
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        out!("user {} ready", r.into_inner().addresses.join(", "));
+    } else {
+        let store = Store::open(&dir.join("db"))?;
+        store.put_user(&localpart, &hash).await?;
+        let addrs: Vec<String> = cfg
+            .domains
+            .iter()
+            .map(|d| format!("{localpart}@{d}"))
+            .collect();
+        out!("user {} ready", addrs.join(", "));
+    }
+    if generated {
+        out!("password: {password}");
+    }
+    Ok(())
+}
+
+async fn mail_list(config: &Path, user: &str, json: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let dir = cfg.data_dir();
+    let v: serde_json::Value = if let Some((mut c, token)) = connect(&dir).await {
+        let r = c
+            .list_mail(with_token(
+                ListMailRequest {
+                    localpart: user.to_owned(),
+                },
+                &token,
+            ))
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        serde_json::from_str(&r.into_inner().messages_json)?
+    } else {
+        let store = Store::open(&dir.join("db"))?;
+        if !store.user_exists(user) {
+            bail!("no user {user:?}");
+        }
+        messages_json(&store.list(user)?)
+    };
+    if json {
+        out!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    out!("{:<18} {:<6} {:<30} SUBJECT", "ID", "VIA", "FROM");
+    for m in v.as_array().into_iter().flatten() {
+        out!(
+            "{:<18} {:<6} {:<30} {}",
+            m["id"].as_str().unwrap_or(""),
+            m["via"].as_str().unwrap_or(""),
+            m["from"].as_str().unwrap_or(""),
+            m["subject"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Init {
+            data,
+            domain,
+            smtp,
+            submission,
+            mesh,
+            api,
+            relay,
+        } => init(&data, &domain, smtp, submission, mesh, api, relay),
+        Cmd::Run { config } => {
+            let cfg = match &config {
+                Some(p) => Config::load(p)?,
+                None => Config::embedded_defaults(),
+            };
+            init_logging(cfg.log.format, cfg.log.filter.as_deref(), "info");
+            daemon::run(cfg, shutdown_signal(), |b| {
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "smtp {} submission {}",
+                    b.smtp,
+                    b.submission
+                );
+                let _ = std::io::stdout().flush();
+            })
+            .await
+            .map_err(anyhow::Error::msg)
+        }
+        Cmd::User {
+            cmd:
+                UserCmd::Add {
+                    config,
+                    localpart,
+                    password_stdin,
+                },
+        } => user_add(&config, &localpart, password_stdin).await,
+        Cmd::Mail {
+            cmd: MailCmd::List { config, user, json },
+        } => mail_list(&config, &user, json).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.render().to_string();
+            let head = text.split("\n\nUsage:").next().unwrap_or("");
+            let line = head.split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!(
+                "caliopen: error: {} (see --help)",
+                line.trim_start_matches("error:").trim()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("caliopen: error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "caliopen: error: {}",
+                format!("{e:#}").replace(['\n', '\r'], " ")
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The instance configuration (`caliopen.toml`). Every option is documented
+//! in `deploy/caliopen.example.toml`. An invalid file is refused with one
+//! line naming the key.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        error: std::io::Error,
+    },
+    /// Not valid TOML, or a bad key or value.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// One line naming the key.
+        message: String,
+    },
+}
+
+fn default_hostname() -> String {
+    "localhost".into()
+}
+
+/// SMTP listeners and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// MX listener (port 25 in production).
+    #[serde(default = "default_smtp")]
+    pub listen: SocketAddr,
+    /// Submission listener (STARTTLS + AUTH).
+    #[serde(default = "default_submission")]
+    pub submission: SocketAddr,
+    /// Largest message accepted, bytes.
+    #[serde(default = "default_max_size")]
+    pub max_message_size: usize,
+    /// Most recipients per message.
+    #[serde(default = "default_max_rcpt")]
+    pub max_recipients: usize,
+    /// Most simultaneous SMTP connections per listener.
+    #[serde(default = "default_max_conn")]
+    pub max_connections: usize,
+    /// TLS certificate (PEM) for STARTTLS, relative to the data directory.
+    #[serde(default = "default_tls_cert")]
+    pub tls_cert: PathBuf,
+    /// Its private key (PEM).
+    #[serde(default = "default_tls_key")]
+    pub tls_key: PathBuf,
+    /// Outbound relay `HOST:PORT` (outbound SMTP is not built yet).
+    #[serde(default)]
+    pub relay: Option<String>,
+}
+
+fn default_smtp() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 2525))
+}
+fn default_submission() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5587))
+}
+fn default_max_size() -> usize {
+    25 * 1024 * 1024
+}
+fn default_max_rcpt() -> usize {
+    100
+}
+fn default_max_conn() -> usize {
+    1000
+}
+fn default_tls_cert() -> PathBuf {
+    "tls.pem".into()
+}
+fn default_tls_key() -> PathBuf {
+    "tls.key".into()
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_smtp(),
+            submission: default_submission(),
+            max_message_size: default_max_size(),
+            max_recipients: default_max_rcpt(),
+            max_connections: default_max_conn(),
+            tls_cert: default_tls_cert(),
+            tls_key: default_tls_key(),
+            relay: None,
+        }
+    }
+}
+
+/// Mesh settings (used once the instance holds a label).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSection {
+    /// UDP address of the QUIC endpoint.
+    #[serde(default = "default_mesh")]
+    pub listen: SocketAddr,
+}
+
+fn default_mesh() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        Self {
+            listen: default_mesh(),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Filter, as `RUST_LOG` (default `info`).
+    #[serde(default)]
+    pub filter: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// JSON lines.
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Data directory (database, keys, admin socket). Relative paths are
+    /// taken from the configuration file's directory.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Mail domains served (the first is the primary).
+    pub domains: Vec<String>,
+    /// Name used in SMTP greetings.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// SMTP.
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    /// Mesh.
+    #[serde(default)]
+    pub mesh: MeshSection,
+    /// Logs.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Where the configuration was read from (not in the file).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// The embedded defaults of `caliopen run` without a file: data in
+    /// `./caliopen-data`, domain `localhost`, unlabelled, loopback only.
+    pub fn embedded_defaults() -> Self {
+        Self {
+            data_dir: Some(PathBuf::from("caliopen-data")),
+            domains: vec!["localhost".into()],
+            hostname: default_hostname(),
+            smtp: SmtpConfig::default(),
+            mesh: MeshSection::default(),
+            log: LogConfig::default(),
+            source: None,
+        }
+    }
+
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
+            path: path.to_owned(),
+            error,
+        })?;
+        let mut c = Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        c.source = Some(path.to_owned());
+        Ok(c)
+    }
+
+    /// Parses and validates TOML text; the error is one line naming the key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let c: Config = toml::from_str(text).map_err(|e| {
+            let msg = e.message().replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let start = span.start.min(text.len());
+                    let line_no = text[..start].matches('\n').count() + 1;
+                    let line = text.lines().nth(line_no - 1).unwrap_or("");
+                    match line.split_once('=') {
+                        Some((key, _)) if !msg.starts_with("unknown field") => {
+                            format!("key `{}` (line {line_no}): {msg}", key.trim())
+                        }
+                        _ => format!("line {line_no}: {msg}"),
+                    }
+                }
+                None => msg,
+            }
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.domains.is_empty() {
+            return Err("key `domains`: at least one mail domain is required".into());
+        }
+        for d in &self.domains {
+            let ok = !d.is_empty()
+                && d.len() <= 253
+                && d.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                return Err(format!("key `domains`: invalid domain {d:?}"));
+            }
+        }
+        if self.smtp.max_message_size < 1024 {
+            return Err("key `smtp.max_message_size`: at least 1024 bytes".into());
+        }
+        if self.smtp.max_recipients == 0 {
+            return Err("key `smtp.max_recipients`: must be at least 1".into());
+        }
+        if self.smtp.max_connections == 0 {
+            return Err("key `smtp.max_connections`: must be at least 1".into());
+        }
+        if let Some(r) = &self.smtp.relay {
+            let ok = r
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(format!("key `smtp.relay`: expected HOST:PORT, got {r:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The data directory, resolved against the configuration file's directory.
+    pub fn data_dir(&self) -> PathBuf {
+        let d = self.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+        if d.is_absolute() {
+            return d;
+        }
+        match self.source.as_ref().and_then(|s| s.parent()) {
+            Some(base) if !base.as_os_str().is_empty() => base.join(d),
+            _ => d,
+        }
+    }
+
+    /// A path from the configuration, resolved against the data directory.
+    pub fn in_data(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.data_dir().join(p)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let text = include_str!("../../deploy/caliopen.example.toml");
+        let c = Config::parse(text).expect("example parses");
+        assert_eq!(c.domains[0], "alpha.example");
+    }
+
+    #[test]
+    fn errors_name_the_key_on_one_line() {
+        for (text, key) in [
+            ("domains = []", "domains"),
+            ("domains = ['a..b']", "domains"),
+            ("domains = ['a.test']\nfrobnicate = 1", "frobnicate"),
+            ("domains = ['a.test']\n[smtp]\nlisten = 'nope'", "listen"),
+            (
+                "domains = ['a.test']\n[smtp]\nmax_recipients = 0",
+                "smtp.max_recipients",
+            ),
+            ("domains = ['a.test']\n[smtp]\nrelay = 'x'", "smtp.relay"),
+            ("domains = ['a.test']\n[log]\nformat = 'xml'", "format"),
+            ("hostname = 'x'", "domains"),
+        ] {
+            let e = Config::parse(text).expect_err(text);
+            assert!(e.contains(key), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn data_dir_is_relative_to_the_file() {
+        let mut c = Config::parse("domains = ['a.test']\ndata_dir = 'data'").expect("parse");
+        c.source = Some(PathBuf::from("/etc/caliopen/caliopen.toml"));
+        assert_eq!(c.data_dir(), PathBuf::from("/etc/caliopen/data"));
+        assert_eq!(
+            c.in_data(Path::new("tls.pem")),
+            PathBuf::from("/etc/caliopen/data/tls.pem")
+        );
+    }
+}

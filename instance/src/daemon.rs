@@ -1,0 +1,207 @@
+//! `caliopen run`: opens the store, binds the SMTP listeners and the admin
+//! socket, and serves until the shutdown future completes; then stops
+//! accepting, drains sessions in progress and returns.
+
+use crate::admin::{AdminService, ADMIN_SOCKET, ADMIN_TOKEN};
+use crate::config::Config;
+use crate::smtp::server::{ListenerConfig, MailService, SmtpListener};
+use crate::smtp::session::Kind;
+use crate::store::Store;
+use caliopen_proto::pb::instance_admin::instance_admin_server::InstanceAdminServer;
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long open sessions get to finish after shutdown is requested.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Addresses the daemon is listening on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// MX listener.
+    pub smtp: SocketAddr,
+    /// Submission listener.
+    pub submission: SocketAddr,
+}
+
+/// Writes `data` to a new or replaced file with `mode`, fsynced.
+pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+    let r = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    })();
+    r.map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// A self-signed certificate and key (PEM) for STARTTLS, for `names`.
+pub fn self_signed_tls(names: &[String]) -> Result<(String, String), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut p = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().cloned().unwrap_or_default(),
+    );
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(825);
+    let cert = p.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn load_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, String> {
+    let cert_path = config.in_data(&config.smtp.tls_cert);
+    let key_path = config.in_data(&config.smtp.tls_key);
+    if !cert_path.exists() && !key_path.exists() {
+        let mut names = vec![config.hostname.clone()];
+        names.extend(config.domains.iter().cloned());
+        let (c, k) = self_signed_tls(&names)?;
+        write_file(&key_path, k.as_bytes(), 0o600)?;
+        write_file(&cert_path, c.as_bytes(), 0o644)?;
+        tracing::warn!(cert = %cert_path.display(), "no STARTTLS certificate: generated a self-signed one");
+    }
+    let cert_pem =
+        std::fs::read_to_string(&cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    let key_pem =
+        std::fs::read_to_string(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let certs: Vec<rustls_pki_types::CertificateDer<'static>> = pem::parse_many(&cert_pem)
+        .map_err(|e| format!("{}: {e}", cert_path.display()))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| p.into_contents().into())
+        .collect();
+    let key = pem::parse(&key_pem).map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let key: rustls_pki_types::PrivateKeyDer<'static> = match key.tag() {
+        "PRIVATE KEY" => rustls_pki_types::PrivatePkcs8KeyDer::from(key.into_contents()).into(),
+        "EC PRIVATE KEY" => rustls_pki_types::PrivateSec1KeyDer::from(key.into_contents()).into(),
+        "RSA PRIVATE KEY" => rustls_pki_types::PrivatePkcs1KeyDer::from(key.into_contents()).into(),
+        t => return Err(format!("{}: unsupported key type {t}", key_path.display())),
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("STARTTLS certificate: {e}"))?;
+    Ok(Arc::new(cfg))
+}
+
+fn admin_token(dir: &Path) -> Result<String, String> {
+    let path = dir.join(ADMIN_TOKEN);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let mode = std::fs::metadata(&path)
+            .map_err(|e| e.to_string())?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{} is readable beyond its owner (chmod 600 it)",
+                path.display()
+            ));
+        }
+        return Ok(t.trim().to_owned());
+    }
+    let mut b = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| "random generator failed".to_owned())?;
+    let t = hex::encode(b);
+    write_file(&path, t.as_bytes(), 0o600)?;
+    Ok(t)
+}
+
+/// Runs the daemon until `shutdown` completes. `on_bound` is told the
+/// listening addresses once they are bound.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound) + Send,
+) -> Result<(), String> {
+    let dir = config.data_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let store = Store::open(&dir.join("db")).map_err(|e| e.to_string())?;
+    let tls = load_tls(&config)?;
+    let svc = MailService::new(store.clone(), config.domains.clone());
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let mut bound = Vec::new();
+    for (kind, addr) in [
+        (Kind::Mx, config.smtp.listen),
+        (Kind::Submission, config.smtp.submission),
+    ] {
+        let mut lc = ListenerConfig::new(kind, config.hostname.clone());
+        lc.max_message_size = config.smtp.max_message_size;
+        lc.max_recipients = config.smtp.max_recipients;
+        lc.max_connections = config.smtp.max_connections;
+        lc.tls = Some(tls.clone());
+        let l = SmtpListener::bind(addr, lc)
+            .await
+            .map_err(|e| format!("listen on {addr}: {e}"))?;
+        let a = l.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(kind = ?kind, addr = %a, "SMTP listener up");
+        bound.push(a);
+        tracker.spawn(l.run(svc.clone(), token.clone(), tracker.clone()));
+    }
+
+    let sock = dir.join(ADMIN_SOCKET);
+    if sock.exists() {
+        if tokio::net::UnixStream::connect(&sock).await.is_ok() {
+            return Err(format!("another daemon answers on {}", sock.display()));
+        }
+        std::fs::remove_file(&sock).map_err(|e| format!("remove stale {}: {e}", sock.display()))?;
+    }
+    let admin_listener = tokio::net::UnixListener::bind(&sock)
+        .map_err(|e| format!("bind {}: {e}", sock.display()))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", sock.display()))?;
+    let admin = AdminService::new(svc.clone(), config.domains.clone(), admin_token(&dir)?);
+    let admin_task = {
+        let token = token.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(InstanceAdminServer::new(admin))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(admin_listener),
+                    async move { token.cancelled().await },
+                ),
+        )
+    };
+    on_bound(Bound {
+        smtp: bound[0],
+        submission: bound[1],
+    });
+    tracing::info!(data = %dir.display(), domains = ?config.domains, "caliopen instance running");
+
+    shutdown.await;
+    tracing::info!("shutting down: draining sessions");
+    token.cancel();
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions still open after {DRAIN_TIMEOUT:?}: closing them");
+    }
+    let _ = admin_task.await;
+    let _ = std::fs::remove_file(&sock);
+    // Everything acknowledged was flushed by group commit; flush once more for the rest.
+    let _ = store.flush().await;
+    tracing::info!("stopped");
+    Ok(())
+}
