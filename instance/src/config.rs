@@ -120,6 +120,33 @@ impl Default for MeshSection {
     }
 }
 
+/// The association this instance is a member of (written by `caliopen join`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssociationConfig {
+    /// `https://HOST:PORT` of the association service.
+    pub url: String,
+    /// The association's root certificate(s), PEM, relative to the data directory.
+    #[serde(default = "default_assoc_ca")]
+    pub ca: PathBuf,
+    /// Member certificate, PEM, relative to the data directory.
+    #[serde(default = "default_member_cert")]
+    pub cert: PathBuf,
+    /// Member private key, PEM (0600), relative to the data directory.
+    #[serde(default = "default_member_key")]
+    pub key: PathBuf,
+}
+
+fn default_assoc_ca() -> PathBuf {
+    "association-ca.pem".into()
+}
+fn default_member_cert() -> PathBuf {
+    "member.pem".into()
+}
+fn default_member_key() -> PathBuf {
+    "member.key.pem".into()
+}
+
 /// Logging.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +192,9 @@ pub struct Config {
     /// Logs.
     #[serde(default)]
     pub log: LogConfig,
+    /// Association membership (absent: unlabelled, no mesh).
+    #[serde(default)]
+    pub association: Option<AssociationConfig>,
     /// Where the configuration was read from (not in the file).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -181,6 +211,7 @@ impl Config {
             smtp: SmtpConfig::default(),
             mesh: MeshSection::default(),
             log: LogConfig::default(),
+            association: None,
             source: None,
         }
     }
@@ -246,6 +277,14 @@ impl Config {
         }
         if self.smtp.max_connections == 0 {
             return Err("key `smtp.max_connections`: must be at least 1".into());
+        }
+        if let Some(a) = &self.association {
+            if !a.url.starts_with("https://") {
+                return Err(format!(
+                    "key `association.url`: expected https://HOST:PORT, got {:?}",
+                    a.url
+                ));
+            }
         }
         if let Some(r) = &self.smtp.relay {
             let ok = r

@@ -139,6 +139,16 @@ pub async fn run(
     let svc = MailService::new(store.clone(), config.domains.clone());
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let mesh_node = match crate::mesh::start(&config, &svc, &token, &tracker).await? {
+        Some((node, route)) => {
+            svc.set_mesh(route);
+            Some(node)
+        }
+        None => {
+            tracing::info!("no [association] in the configuration: unlabelled, plain email only");
+            None
+        }
+    };
 
     let mut bound = Vec::new();
     for (kind, addr) in [
@@ -199,6 +209,9 @@ pub async fn run(
         tracing::warn!("sessions still open after {DRAIN_TIMEOUT:?}: closing them");
     }
     let _ = admin_task.await;
+    if let Some(node) = mesh_node {
+        node.shutdown().await;
+    }
     let _ = std::fs::remove_file(&sock);
     // Everything acknowledged was flushed by group commit; flush once more for the rest.
     let _ = store.flush().await;

@@ -8,5 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod dsn;
+pub mod mesh;
 pub mod smtp;
 pub mod store;

@@ -62,6 +62,20 @@ enum Cmd {
         #[arg(long, value_name = "HOST:PORT")]
         relay: Option<String>,
     },
+    /// Join the association: install the signed member certificate and the association's root.
+    Join {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The association's root certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// The member certificate the association signed from member.csr.pem.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// The association service, https://HOST:PORT.
+        #[arg(long, value_name = "URL")]
+        association: String,
+    },
     /// Run the daemon (without --config: embedded defaults, data in ./caliopen-data).
     Run {
         #[arg(long, value_name = "FILE")]
@@ -195,6 +209,64 @@ fn init(
     Ok(())
 }
 
+async fn join(config: &Path, ca: &Path, cert: &Path, url: &str) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    if cfg.association.is_some() {
+        bail!("{} already names an association", config.display());
+    }
+    let dir = cfg.data_dir();
+    let ca_pem = std::fs::read_to_string(ca).with_context(|| format!("read {}", ca.display()))?;
+    let cert_pem =
+        std::fs::read_to_string(cert).with_context(|| format!("read {}", cert.display()))?;
+    let key_pem = std::fs::read_to_string(dir.join("member.key.pem"))
+        .context("read the member key (run `caliopen init` first)")?;
+    // The certificate must carry a label, chain to the given root, and match our key.
+    let member = caliopen_instance::mesh::member_id_of(&cert_pem)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    caliopen_federation::IdentitySlot::new()
+        .set_pem(&cert_pem, &key_pem, &provider)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+    {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let root_der = pem::parse(&ca_pem)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?
+            .into_contents();
+        let leaf_der = pem::parse(&cert_pem)?.into_contents();
+        let (_, root) = X509Certificate::from_der(&root_der)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+        let (_, leaf) = X509Certificate::from_der(&leaf_der)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+        leaf.verify_signature(Some(root.public_key()))
+            .map_err(|_| {
+                anyhow::anyhow!("{} was not issued by {}", cert.display(), ca.display())
+            })?;
+    }
+    // The association must answer: fetch its CRL and directory now.
+    let trust = caliopen_federation::TrustStore::new(
+        &ca_pem,
+        caliopen_federation::trust::default_accepted_charters(),
+    )?;
+    let link = caliopen_federation::AssociationLink::new(url, ca_pem.clone());
+    link.poll_once(&trust)
+        .await
+        .map_err(|e| anyhow::anyhow!("association {url}: {e}"))?;
+    trust.save(&dir.join("trust"))?;
+    write_file(&dir.join("association-ca.pem"), ca_pem.as_bytes(), 0o644)
+        .map_err(anyhow::Error::msg)?;
+    write_file(&dir.join("member.pem"), cert_pem.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
+    let mut text = std::fs::read_to_string(config)?;
+    text.push_str(&format!("\n[association]\nurl = {}\n", toml_str(url)));
+    Config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_file(config, text.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
+    out!(
+        "joined as member {member}; directory serial {}, CRL number {}",
+        trust.current().directory_serial(),
+        trust.current().crl_number()
+    );
+    Ok(())
+}
+
 async fn user_add(config: &Path, localpart: &str, password_stdin: bool) -> anyhow::Result<()> {
     let cfg = Config::load(config)?;
     let localpart = localpart.to_ascii_lowercase();
@@ -314,6 +386,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             api,
             relay,
         } => init(&data, &domain, smtp, submission, mesh, api, relay),
+        Cmd::Join {
+            config,
+            ca,
+            cert,
+            association,
+        } => join(&config, &ca, &cert, &association).await,
         Cmd::Run { config } => {
             let cfg = match &config {
                 Some(p) => Config::load(p)?,

@@ -55,11 +55,21 @@ impl ListenerConfig {
     }
 }
 
-/// Local mail service: who exists, password checks, durable storage.
+/// Local mail service: who exists, password checks, durable storage, and
+/// the route to other members when the instance holds a label.
 #[derive(Debug, Clone)]
 pub struct MailService {
     store: Store,
     domains: Arc<Vec<String>>,
+    mesh: Arc<std::sync::OnceLock<crate::mesh::MeshRoute>>,
+}
+
+/// The decoded Subject header of a message ("" when absent).
+pub fn subject_of(data: &[u8]) -> String {
+    mail_parser::MessageParser::default()
+        .parse_headers(data)
+        .and_then(|m| m.subject().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Splits an address into (local part, lowercased domain).
@@ -82,7 +92,18 @@ impl MailService {
                     .map(|d| d.to_ascii_lowercase())
                     .collect(),
             ),
+            mesh: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Enables routing to other members (once the mesh is up).
+    pub fn set_mesh(&self, route: crate::mesh::MeshRoute) {
+        let _ = self.mesh.set(route);
+    }
+
+    fn member_for(&self, addr: &str) -> Option<String> {
+        let route = self.mesh.get()?;
+        split_address(addr).and_then(|(_, d)| route.member_for(&d))
     }
 
     /// The store.
@@ -120,7 +141,8 @@ impl MailService {
         ok.then(|| user.to_ascii_lowercase())
     }
 
-    /// Stores an accepted message for its local recipients, durably.
+    /// Routes an accepted message: local recipients are stored, recipients
+    /// of other members go to the mesh outbox; both durably, before this returns.
     pub async fn accept(
         &self,
         env: Envelope,
@@ -128,19 +150,41 @@ impl MailService {
         via: Via,
     ) -> Result<String, String> {
         let mut per_user: Vec<(String, Vec<String>)> = Vec::new();
+        let mut remote: Vec<String> = Vec::new();
         for r in &env.rcpt_to {
             match self.local_user(r) {
                 Some(u) => match per_user.iter_mut().find(|(m, _)| *m == u) {
                     Some((_, v)) => v.push(r.clone()),
                     None => per_user.push((u, vec![r.clone()])),
                 },
+                None if self.member_for(r).is_some() => remote.push(r.clone()),
                 None => return Err(format!("recipient {r} cannot be delivered")),
             }
         }
-        let subject = mail_parser::MessageParser::default()
-            .parse_headers(&env.data)
-            .and_then(|m| m.subject().map(str::to_owned))
-            .unwrap_or_default();
+        let mut queued = Vec::new();
+        if let (Some(route), false) = (self.mesh.get(), remote.is_empty()) {
+            for (member, rcpts) in crate::mesh::by_member(route, &remote) {
+                let deliver = caliopen_proto::pb::mesh::Deliver {
+                    txn_id: crate::mesh::txn_id(&member, &env.mail_from, &rcpts, &env.data),
+                    mail_from: env.mail_from.clone(),
+                    rcpt_to: rcpts,
+                    message: env.data.clone(),
+                    accepted_at: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64),
+                };
+                route
+                    .outbox
+                    .enqueue(&member, deliver)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                queued.push(format!("mesh:{member}"));
+            }
+        }
+        if per_user.is_empty() {
+            return Ok(queued.join(","));
+        }
+        let subject = subject_of(&env.data);
         let template = MessageMeta {
             id: 0,
             mailbox: String::new(),
@@ -159,11 +203,8 @@ impl MailService {
             .deliver_local(&template, &per_user, &env.data)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(ids
-            .iter()
-            .map(|i| format!("{i:x}"))
-            .collect::<Vec<_>>()
-            .join(","))
+        queued.extend(ids.iter().map(|i| format!("{i:x}")));
+        Ok(queued.join(","))
     }
 }
 
@@ -176,9 +217,12 @@ impl Policy for MailService {
                 RcptVerdict::UnknownUser
             };
         }
-        let _ = (kind, authenticated);
-        // Outbound delivery (router, mesh outbox, SMTP queue) is not wired
-        // into the listeners yet: refuse rather than accept and lose.
+        // Authenticated users may send to other labelled members (mesh).
+        // Outbound SMTP to the rest of the world is not built yet: refuse
+        // rather than accept and lose.
+        if kind == Kind::Submission && authenticated && self.member_for(address).is_some() {
+            return RcptVerdict::Accept;
+        }
         RcptVerdict::RelayDenied
     }
 

@@ -5,6 +5,8 @@
 //! - `messages`: message id (u64 BE) → [`MessageMeta`] (JSON).
 //! - `raw`: message id → the message bytes exactly as received.
 //! - `mailbox`: local part, 0x00, message id → empty (a user's mailbox index).
+//! - `mesh_txns`: mesh `txn_id` → the message ids it produced (idempotence).
+//! - `mesh_outbox`: owned by `caliopen_federation::Outbox` (mail waiting for a member).
 //!
 //! Writes are made durable by group commit ([`GroupCommit`]): a message is
 //! acknowledged only after the flush that covers it.
@@ -105,6 +107,7 @@ pub struct Store {
     messages: sled::Tree,
     raw: sled::Tree,
     mailbox: sled::Tree,
+    txns: sled::Tree,
     commit: Arc<GroupCommit>,
     user_cache: Arc<RwLock<HashSet<String>>>,
 }
@@ -136,11 +139,17 @@ impl Store {
             messages: db.open_tree("messages")?,
             raw: db.open_tree("raw")?,
             mailbox: db.open_tree("mailbox")?,
+            txns: db.open_tree("mesh_txns")?,
             users,
             commit: GroupCommit::start(db.clone()),
             user_cache: Arc::new(RwLock::new(cache)),
             db,
         })
+    }
+
+    /// The database (for trees owned by other components, like the mesh outbox).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     /// The group committer (for its counters).
@@ -188,7 +197,23 @@ impl Store {
         recipients: &[(String, Vec<String>)],
         raw: &[u8],
     ) -> Result<Vec<u64>, StoreError> {
-        let mut ids = Vec::with_capacity(recipients.len());
+        self.deliver_once(template, recipients, raw, None)
+            .await
+            .map(|(ids, _)| ids)
+    }
+
+    /// Like [`Store::deliver_local`], idempotent by `txn_id`: a transaction
+    /// seen before stores nothing and returns its ids with `true`. The check
+    /// and the copies are one sled transaction, so a crash between them can
+    /// neither lose nor duplicate.
+    pub async fn deliver_once(
+        &self,
+        template: &MessageMeta,
+        recipients: &[(String, Vec<String>)],
+        raw: &[u8],
+        txn_id: Option<&[u8]>,
+    ) -> Result<(Vec<u64>, bool), StoreError> {
+        let mut prepared = Vec::with_capacity(recipients.len());
         for (mailbox, to) in recipients {
             let id = self.db.generate_id()?;
             let meta = MessageMeta {
@@ -200,28 +225,45 @@ impl Store {
             };
             let meta_bytes =
                 serde_json::to_vec(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let key = id.to_be_bytes();
             let mut mkey = mailbox.as_bytes().to_vec();
             mkey.push(0);
-            mkey.extend_from_slice(&key);
-            // One transaction: a message is either wholly there or absent.
-            (&self.raw, &self.messages, &self.mailbox)
-                .transaction(|(r, m, b)| {
-                    r.insert(&key, raw)?;
-                    m.insert(&key, meta_bytes.as_slice())?;
-                    b.insert(mkey.as_slice(), &[])?;
-                    Ok(())
-                })
-                .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                    sled::transaction::TransactionError::Storage(s) => StoreError::Db(s),
-                    sled::transaction::TransactionError::Abort(()) => {
-                        StoreError::Corrupt("transaction aborted".into())
-                    }
-                })?;
-            ids.push(id);
+            mkey.extend_from_slice(&id.to_be_bytes());
+            prepared.push((id, meta_bytes, mkey));
         }
+        let ids: Vec<u64> = prepared.iter().map(|p| p.0).collect();
+        let ids_bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_be_bytes()).collect();
+        let outcome = (&self.raw, &self.messages, &self.mailbox, &self.txns)
+            .transaction(|(r, m, b, t)| {
+                if let Some(txn) = txn_id {
+                    if let Some(prev) = t.get(txn)? {
+                        return Ok(Some(prev.to_vec()));
+                    }
+                    t.insert(txn, ids_bytes.as_slice())?;
+                }
+                for (id, meta, mkey) in &prepared {
+                    let key = id.to_be_bytes();
+                    r.insert(&key, raw)?;
+                    m.insert(&key, meta.as_slice())?;
+                    b.insert(mkey.as_slice(), &[])?;
+                }
+                Ok(None)
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(s) => StoreError::Db(s),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Corrupt("transaction aborted".into())
+                }
+            })?;
         self.commit.sync().await.map_err(StoreError::Flush)?;
-        Ok(ids)
+        Ok(match outcome {
+            Some(prev) => (
+                prev.chunks_exact(8)
+                    .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
+                    .collect(),
+                true,
+            ),
+            None => (ids, false),
+        })
     }
 
     /// A mailbox's messages, oldest first.
