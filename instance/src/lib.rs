@@ -1,8 +1,10 @@
 //! The Caliopen instance daemon (DESIGN.md §2, §5).
 //!
-//! Built so far: the durable store (`store`) and the SMTP session state
-//! machine (`smtp::session`). The listeners, router, SMTP client, admin API
-//! and command-line tool come next (issue #4).
+//! Built: configuration (`config`), durable storage with group commit
+//! (`store`), the SMTP session state machine and listeners (`smtp`), the
+//! mesh side when the instance holds a label (`mesh`), bounces (`dsn`), the
+//! local admin API (`admin`) and the daemon itself (`daemon`). Not built yet
+//! (issue #4 continues): outbound SMTP, DKIM/SPF/DMARC, metrics and health.
 #![forbid(unsafe_code)]
 
 pub mod admin;
