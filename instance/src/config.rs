@@ -57,9 +57,19 @@ pub struct SmtpConfig {
     /// Its private key (PEM).
     #[serde(default = "default_tls_key")]
     pub tls_key: PathBuf,
-    /// Outbound relay `HOST:PORT` (outbound SMTP is not built yet).
+    /// Outbound relay `HOST:PORT` for mail to the world outside the labelled network.
     #[serde(default)]
     pub relay: Option<String>,
+    /// Extra trusted root (PEM) for the relay's STARTTLS certificate, relative to the data directory.
+    #[serde(default)]
+    pub relay_ca: Option<PathBuf>,
+    /// Hours an outbound message may wait before it bounces.
+    #[serde(default = "default_queue_hours")]
+    pub queue_lifetime_hours: u64,
+}
+
+fn default_queue_hours() -> u64 {
+    120
 }
 
 fn default_smtp() -> SocketAddr {
@@ -95,6 +105,8 @@ impl Default for SmtpConfig {
             tls_cert: default_tls_cert(),
             tls_key: default_tls_key(),
             relay: None,
+            relay_ca: None,
+            queue_lifetime_hours: default_queue_hours(),
         }
     }
 }

@@ -139,6 +139,38 @@ pub async fn run(
     let svc = MailService::new(store.clone(), config.domains.clone());
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    if let Some(relay) = &config.smtp.relay {
+        let (host, port) = relay
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| format!("smtp.relay: expected HOST:PORT, got {relay:?}"))?;
+        let ca_pem = match &config.smtp.relay_ca {
+            Some(p) => {
+                let p = config.in_data(p);
+                Some(std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?)
+            }
+            None => None,
+        };
+        let q = crate::outbound::SmtpQueue::open(
+            store.db(),
+            crate::outbound::RelayConfig {
+                host,
+                port,
+                ca_pem,
+                hello: config.hostname.clone(),
+                retry_base: Duration::from_secs(60),
+                retry_max: Duration::from_secs(3600),
+                lifetime: Duration::from_secs(config.smtp.queue_lifetime_hours * 3600),
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        tracker.spawn(
+            q.clone()
+                .run(svc.clone(), config.domains[0].clone(), token.clone()),
+        );
+        svc.set_queue(q);
+        tracing::info!(relay = %relay, "outbound SMTP through the relay");
+    }
     let mesh_node = match crate::mesh::start(&config, &svc, &token, &tracker).await? {
         Some((node, route)) => {
             svc.set_mesh(route);

@@ -12,5 +12,6 @@ pub mod config;
 pub mod daemon;
 pub mod dsn;
 pub mod mesh;
+pub mod outbound;
 pub mod smtp;
 pub mod store;

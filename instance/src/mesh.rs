@@ -5,7 +5,6 @@
 //! delivered with a DSN.
 
 use crate::config::Config;
-use crate::dsn;
 use crate::smtp::server::{split_address, MailService};
 use crate::store::{MessageMeta, Transport, Via};
 use caliopen_federation::node::BoxFuture;
@@ -269,10 +268,18 @@ pub async fn start(
                     OutboxEvent::Expired { peer, deliver, last_error } => {
                         bounce(&svc, &domain, &deliver, "4.4.7", &format!("{peer} unreachable until expiry: {last_error}")).await;
                     }
-                    OutboxEvent::Reroute { peer, deliver } => {
-                        // Outbound SMTP is not built yet: tell the sender rather than hold the message forever.
-                        bounce(&svc, &domain, &deliver, "5.4.4", &format!("{peer} left the labelled network and outbound SMTP is not available on this instance")).await;
-                    }
+                    OutboxEvent::Reroute { peer, deliver } => match svc.queue() {
+                        Some(q) => {
+                            tracing::info!(peer, "peer left the labelled network: sending by SMTP");
+                            if let Err(e) = q.enqueue(&deliver.mail_from, deliver.rcpt_to.clone(), &deliver.message).await {
+                                tracing::error!(error = %e, "could not queue for SMTP");
+                                bounce(&svc, &domain, &deliver, "4.3.0", &format!("could not queue for SMTP: {e}")).await;
+                            }
+                        }
+                        None => {
+                            bounce(&svc, &domain, &deliver, "5.4.4", &format!("{peer} left the labelled network and no SMTP relay is configured")).await;
+                        }
+                    },
                 }
             }
         });
@@ -289,39 +296,16 @@ pub async fn start(
 
 /// Delivers a DSN to the sender when the sender is a local user.
 async fn bounce(svc: &MailService, domain: &str, d: &Deliver, status: &str, why: &str) {
-    tracing::warn!(sender = %d.mail_from, status, why, "bouncing a mesh message");
-    let Some(local) = svc.local_user(&d.mail_from) else {
-        tracing::warn!(sender = %d.mail_from, "bounce dropped: the sender is not a local user");
-        return;
-    };
-    let failures: Vec<dsn::Failure> = d
-        .rcpt_to
-        .iter()
-        .map(|r| dsn::Failure {
-            recipient: r.clone(),
-            status: status.into(),
-            diagnostic: why.into(),
-        })
-        .collect();
-    let report = dsn::build(domain, &d.mail_from, &d.message, &failures, now_unix());
-    let template = MessageMeta {
-        id: 0,
-        mailbox: String::new(),
-        from: String::new(),
-        to: Vec::new(),
-        subject: "Undelivered Mail Returned to Sender".into(),
-        received_at: now_unix(),
-        via: Via::Local,
-        transport: Transport::default(),
-        size: report.len(),
-    };
-    if let Err(e) = svc
-        .store()
-        .deliver_local(&template, &[(local, vec![d.mail_from.clone()])], &report)
-        .await
-    {
-        tracing::error!(error = %e, "could not store a bounce");
-    }
+    crate::outbound::bounce(
+        svc,
+        domain,
+        &d.mail_from,
+        &d.rcpt_to,
+        &d.message,
+        status,
+        why,
+    )
+    .await;
 }
 
 /// Splits recipients by the member serving their domain.

@@ -62,6 +62,7 @@ pub struct MailService {
     store: Store,
     domains: Arc<Vec<String>>,
     mesh: Arc<std::sync::OnceLock<crate::mesh::MeshRoute>>,
+    queue: Arc<std::sync::OnceLock<crate::outbound::SmtpQueue>>,
 }
 
 /// The decoded Subject header of a message ("" when absent).
@@ -93,7 +94,18 @@ impl MailService {
                     .collect(),
             ),
             mesh: Arc::new(std::sync::OnceLock::new()),
+            queue: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Enables outbound SMTP through the relay queue.
+    pub fn set_queue(&self, q: crate::outbound::SmtpQueue) {
+        let _ = self.queue.set(q);
+    }
+
+    /// The outbound SMTP queue, when a relay is configured.
+    pub fn queue(&self) -> Option<&crate::outbound::SmtpQueue> {
+        self.queue.get()
     }
 
     /// Enables routing to other members (once the mesh is up).
@@ -151,6 +163,7 @@ impl MailService {
     ) -> Result<String, String> {
         let mut per_user: Vec<(String, Vec<String>)> = Vec::new();
         let mut remote: Vec<String> = Vec::new();
+        let mut outside: Vec<String> = Vec::new();
         for r in &env.rcpt_to {
             match self.local_user(r) {
                 Some(u) => match per_user.iter_mut().find(|(m, _)| *m == u) {
@@ -158,6 +171,9 @@ impl MailService {
                     None => per_user.push((u, vec![r.clone()])),
                 },
                 None if self.member_for(r).is_some() => remote.push(r.clone()),
+                None if self.queue.get().is_some() && !self.is_local_domain(r) => {
+                    outside.push(r.clone())
+                }
                 None => return Err(format!("recipient {r} cannot be delivered")),
             }
         }
@@ -180,6 +196,10 @@ impl MailService {
                     .map_err(|e| e.to_string())?;
                 queued.push(format!("mesh:{member}"));
             }
+        }
+        if let (Some(q), false) = (self.queue.get(), outside.is_empty()) {
+            q.enqueue(&env.mail_from, outside, &env.data).await?;
+            queued.push("smtp".into());
         }
         if per_user.is_empty() {
             return Ok(queued.join(","));
@@ -217,10 +237,13 @@ impl Policy for MailService {
                 RcptVerdict::UnknownUser
             };
         }
-        // Authenticated users may send to other labelled members (mesh).
-        // Outbound SMTP to the rest of the world is not built yet: refuse
-        // rather than accept and lose.
-        if kind == Kind::Submission && authenticated && self.member_for(address).is_some() {
+        // Authenticated users may send to other labelled members (mesh) and,
+        // when a relay is configured, to the rest of the world (SMTP queue).
+        // Without a relay, mail for the outside is refused rather than lost.
+        if kind == Kind::Submission
+            && authenticated
+            && (self.member_for(address).is_some() || self.queue.get().is_some())
+        {
             return RcptVerdict::Accept;
         }
         RcptVerdict::RelayDenied

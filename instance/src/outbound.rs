@@ -1,0 +1,314 @@
+//! Outbound SMTP: a durable queue of messages for the world outside the
+//! labelled network, delivered through the configured relay with lettre.
+//! STARTTLS is tried first and its outcome recorded; a relay that does not
+//! offer it (or fails it) gets the message in clear, logged as such.
+//! Transient failures are retried with capped exponential backoff; a
+//! permanent failure or the end of the lifetime bounces with a DSN.
+//!
+//! Trees: `smtp_queue` (sequence u64 BE → entry JSON), `smtp_queue_raw`
+//! (sequence → message bytes).
+
+use crate::dsn;
+use crate::smtp::server::MailService;
+use crate::store::{MessageMeta, Transport, Via};
+use lettre::address::Envelope;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// A failed relay attempt.
+#[derive(Debug)]
+enum SendError {
+    /// The relay refused for good (5xx): bounce.
+    Permanent(String),
+    /// Try again later (4xx, connection, TLS).
+    Transient(String),
+}
+
+/// Where and how to relay.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Relay host.
+    pub host: String,
+    /// Relay port.
+    pub port: u16,
+    /// Extra trusted root for the relay's certificate (PEM), besides the web PKI.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Name announced in EHLO.
+    pub hello: String,
+    /// First retry delay.
+    pub retry_base: Duration,
+    /// Longest delay between attempts.
+    pub retry_max: Duration,
+    /// How long a message may wait before it bounces.
+    pub lifetime: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    mail_from: String,
+    rcpt_to: Vec<String>,
+    attempts: u32,
+    next_attempt_ms: i64,
+    expires_at: i64,
+    last_error: String,
+}
+
+/// The outbound queue.
+#[derive(Debug, Clone)]
+pub struct SmtpQueue {
+    db: sled::Db,
+    meta: sled::Tree,
+    raw: sled::Tree,
+    wake: Arc<Notify>,
+    cfg: Arc<RelayConfig>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl SmtpQueue {
+    /// Opens the queue trees in `db`.
+    pub fn open(db: &sled::Db, cfg: RelayConfig) -> Result<Self, sled::Error> {
+        Ok(Self {
+            db: db.clone(),
+            meta: db.open_tree("smtp_queue")?,
+            raw: db.open_tree("smtp_queue_raw")?,
+            wake: Arc::new(Notify::new()),
+            cfg: Arc::new(cfg),
+        })
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    /// Queues a message; durable when it returns.
+    pub async fn enqueue(
+        &self,
+        mail_from: &str,
+        rcpt_to: Vec<String>,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let seq = self
+            .db
+            .generate_id()
+            .map_err(|e| e.to_string())?
+            .to_be_bytes();
+        let e = Entry {
+            mail_from: mail_from.to_owned(),
+            rcpt_to,
+            attempts: 0,
+            next_attempt_ms: now_ms(),
+            expires_at: now_ms() / 1000 + self.cfg.lifetime.as_secs() as i64,
+            last_error: String::new(),
+        };
+        let v = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
+        (&self.meta, &self.raw)
+            .transaction(|(m, r)| {
+                r.insert(&seq, data)?;
+                m.insert(&seq, v.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| format!("{e:?}"))?;
+        self.db.flush_async().await.map_err(|e| e.to_string())?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn transport(&self, tls: bool) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(self.cfg.host.clone())
+            .port(self.cfg.port)
+            .timeout(Some(Duration::from_secs(60)))
+            .hello_name(lettre::transport::smtp::extension::ClientId::Domain(
+                self.cfg.hello.clone(),
+            ));
+        if tls {
+            let mut p = TlsParameters::builder(self.cfg.host.clone());
+            if let Some(ca) = &self.cfg.ca_pem {
+                let cert = lettre::transport::smtp::client::Certificate::from_pem(ca)
+                    .map_err(|e| e.to_string())?;
+                p = p.add_root_certificate(cert);
+            }
+            b = b.tls(Tls::Required(p.build_rustls().map_err(|e| e.to_string())?));
+        }
+        Ok(b.build())
+    }
+
+    async fn send_one(&self, e: &Entry, data: &[u8]) -> Result<&'static str, SendError> {
+        let from = if e.mail_from.is_empty() {
+            None
+        } else {
+            e.mail_from.parse().ok()
+        };
+        let to = e.rcpt_to.iter().filter_map(|r| r.parse().ok()).collect();
+        let env = Envelope::new(from, to)
+            .map_err(|err| SendError::Permanent(format!("invalid envelope: {err}")))?;
+        // Opportunistic STARTTLS: try it, and fall back to clear text only
+        // when the TLS attempt itself failed (not when the relay refused the mail).
+        match self.transport(true) {
+            Ok(t) => match t.send_raw(&env, data).await {
+                Ok(_) => return Ok("starttls"),
+                Err(err) if err.is_permanent() => {
+                    return Err(SendError::Permanent(err.to_string()))
+                }
+                Err(err) if err.is_transient() => {
+                    return Err(SendError::Transient(err.to_string()))
+                }
+                Err(err) => {
+                    tracing::info!(error = %err, "STARTTLS to the relay failed; sending in clear")
+                }
+            },
+            Err(err) => {
+                tracing::warn!(error = %err, "relay TLS parameters unusable; sending in clear")
+            }
+        }
+        let t = self.transport(false).map_err(SendError::Transient)?;
+        t.send_raw(&env, data)
+            .await
+            .map(|_| "plain")
+            .map_err(|err| {
+                if err.is_permanent() {
+                    SendError::Permanent(err.to_string())
+                } else {
+                    SendError::Transient(err.to_string())
+                }
+            })
+    }
+
+    /// Delivers until `token` is cancelled.
+    pub async fn run(self, svc: MailService, domain: String, token: CancellationToken) {
+        loop {
+            let next = self.pass(&svc, &domain).await;
+            let wait = next
+                .map(|t| Duration::from_millis((t - now_ms()).clamp(0, 60_000) as u64))
+                .unwrap_or(Duration::from_secs(60));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = token.cancelled() => return,
+            }
+        }
+    }
+
+    async fn pass(&self, svc: &MailService, domain: &str) -> Option<i64> {
+        let mut next: Option<i64> = None;
+        let entries: Vec<(sled::IVec, Entry)> = self
+            .meta
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(k, v)| serde_json::from_slice(&v).ok().map(|e| (k, e)))
+            .collect();
+        for (k, mut e) in entries {
+            let now = now_ms();
+            if e.next_attempt_ms > now {
+                next = Some(next.map_or(e.next_attempt_ms, |n| n.min(e.next_attempt_ms)));
+                continue;
+            }
+            let Ok(Some(data)) = self.raw.get(&k) else {
+                let _ = self.meta.remove(&k);
+                continue;
+            };
+            let outcome = if e.expires_at * 1000 <= now {
+                Err((
+                    "4.4.7",
+                    format!("not delivered before expiry: {}", e.last_error),
+                ))
+            } else {
+                match self.send_one(&e, &data).await {
+                    Ok(tls) => {
+                        tracing::info!(relay = %self.cfg.host, tls, rcpts = e.rcpt_to.len(), "relayed by SMTP");
+                        Ok(())
+                    }
+                    Err(SendError::Permanent(why)) => Err(("5.0.0", why)),
+                    Err(SendError::Transient(err)) => {
+                        let delay = self
+                            .cfg
+                            .retry_base
+                            .saturating_mul(1u32 << e.attempts.min(16))
+                            .min(self.cfg.retry_max);
+                        e.attempts += 1;
+                        e.last_error = err.to_string();
+                        e.next_attempt_ms = now_ms() + delay.as_millis() as i64;
+                        tracing::info!(error = %err, retry_in = ?delay, "SMTP relay attempt failed");
+                        if let Ok(v) = serde_json::to_vec(&e) {
+                            let _ = self.meta.insert(&k, v);
+                        }
+                        next = Some(next.map_or(e.next_attempt_ms, |n| n.min(e.next_attempt_ms)));
+                        continue;
+                    }
+                }
+            };
+            if let Err((status, why)) = outcome {
+                bounce(svc, domain, &e.mail_from, &e.rcpt_to, &data, status, &why).await;
+            }
+            let _ = (&self.meta, &self.raw).transaction(|(m, r)| {
+                m.remove(&k)?;
+                r.remove(&k)?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            });
+            let _ = self.db.flush_async().await;
+        }
+        next
+    }
+}
+
+/// Delivers a DSN to a local sender.
+pub async fn bounce(
+    svc: &MailService,
+    domain: &str,
+    sender: &str,
+    rcpts: &[String],
+    original: &[u8],
+    status: &str,
+    why: &str,
+) {
+    tracing::warn!(sender, status, why, "bouncing a message");
+    let Some(local) = svc.local_user(sender) else {
+        tracing::warn!(sender, "bounce dropped: the sender is not a local user");
+        return;
+    };
+    let now = now_ms() / 1000;
+    let failures: Vec<dsn::Failure> = rcpts
+        .iter()
+        .map(|r| dsn::Failure {
+            recipient: r.clone(),
+            status: status.into(),
+            diagnostic: why.into(),
+        })
+        .collect();
+    let report = dsn::build(domain, sender, original, &failures, now);
+    let template = MessageMeta {
+        id: 0,
+        mailbox: String::new(),
+        from: String::new(),
+        to: Vec::new(),
+        subject: "Undelivered Mail Returned to Sender".into(),
+        received_at: now,
+        via: Via::Local,
+        transport: Transport::default(),
+        size: report.len(),
+    };
+    if let Err(e) = svc
+        .store()
+        .deliver_local(&template, &[(local, vec![sender.to_owned()])], &report)
+        .await
+    {
+        tracing::error!(error = %e, "could not store a bounce");
+    }
+}
+
+use sled::Transactional;
