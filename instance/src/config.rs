@@ -159,6 +159,15 @@ fn default_member_key() -> PathBuf {
     "member.key.pem".into()
 }
 
+/// Health and metrics endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address of `GET /health` and `GET /metrics` (absent: disabled).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
 /// Logging.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,6 +213,9 @@ pub struct Config {
     /// Logs.
     #[serde(default)]
     pub log: LogConfig,
+    /// Health and metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// Association membership (absent: unlabelled, no mesh).
     #[serde(default)]
     pub association: Option<AssociationConfig>,
@@ -223,6 +235,9 @@ impl Config {
             smtp: SmtpConfig::default(),
             mesh: MeshSection::default(),
             log: LogConfig::default(),
+            metrics: MetricsSection {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 9925))),
+            },
             association: None,
             source: None,
         }

@@ -28,6 +28,8 @@ pub struct Bound {
     pub smtp: SocketAddr,
     /// Submission listener.
     pub submission: SocketAddr,
+    /// Health and metrics endpoint, when enabled.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Writes `data` to a new or replaced file with `mode`, fsynced.
@@ -224,9 +226,28 @@ pub async fn run(
                 ),
         )
     };
+    let metrics_addr = match config.metrics.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("metrics listener {addr}: {e}"))?;
+            let a = l.local_addr().map_err(|e| e.to_string())?;
+            let sources = crate::metrics::MetricsSources {
+                metrics: svc.metrics().clone(),
+                svc: svc.clone(),
+                node: mesh_node.clone(),
+                outbox: svc.mesh_route().map(|r| r.outbox.clone()),
+            };
+            tracker.spawn(crate::metrics::serve(l, sources, token.clone()));
+            tracing::info!(addr = %a, "health and metrics endpoint up");
+            Some(a)
+        }
+        None => None,
+    };
     on_bound(Bound {
         smtp: bound[0],
         submission: bound[1],
+        metrics: metrics_addr,
     });
     tracing::info!(data = %dir.display(), domains = ?config.domains, "caliopen instance running");
 

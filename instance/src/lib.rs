@@ -3,8 +3,9 @@
 //! Built: configuration (`config`), durable storage with group commit
 //! (`store`), the SMTP session state machine and listeners (`smtp`), the
 //! mesh side when the instance holds a label (`mesh`), bounces (`dsn`), the
-//! local admin API (`admin`) and the daemon itself (`daemon`). Not built yet
-//! (issue #4 continues): outbound SMTP, DKIM/SPF/DMARC, metrics and health.
+//! local admin API (`admin`), outbound SMTP through a relay (`outbound`),
+//! health and metrics (`metrics`) and the daemon itself (`daemon`). Not
+//! built yet (issue #4 continues): direct MX delivery, DKIM/SPF/DMARC.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod dsn;
 pub mod mesh;
+pub mod metrics;
 pub mod outbound;
 pub mod smtp;
 pub mod store;

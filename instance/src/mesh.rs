@@ -114,6 +114,11 @@ impl MeshHandler for Handler {
                     .await
                     .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
                 duplicate = dup;
+                if !dup {
+                    svc.metrics()
+                        .stored_mesh
+                        .fetch_add(per_user.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 tracing::info!(
                     peer,
                     duplicate,
@@ -250,6 +255,7 @@ pub async fn start(
             while let Some(ev) = rx.recv().await {
                 match ev {
                     OutboxEvent::Delivered { peer, reply } => {
+                        svc.metrics().sent_mesh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let refused: Vec<_> = reply
                             .results
                             .iter()

@@ -231,6 +231,13 @@ impl SmtpQueue {
                 match self.send_one(&e, &data).await {
                     Ok(tls) => {
                         tracing::info!(relay = %self.cfg.host, tls, rcpts = e.rcpt_to.len(), "relayed by SMTP");
+                        let m = svc.metrics();
+                        let counter = if tls == "starttls" {
+                            &m.sent_smtp_tls
+                        } else {
+                            &m.sent_smtp_plain
+                        };
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         Ok(())
                     }
                     Err(SendError::Permanent(why)) => Err(("5.0.0", why)),
@@ -277,6 +284,9 @@ pub async fn bounce(
     why: &str,
 ) {
     tracing::warn!(sender, status, why, "bouncing a message");
+    svc.metrics()
+        .bounces
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Some(local) = svc.local_user(sender) else {
         tracing::warn!(sender, "bounce dropped: the sender is not a local user");
         return;

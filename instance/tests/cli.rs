@@ -35,6 +35,11 @@ fn caliopen(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
 }
 
 fn start(config: &Path) -> (Child, SocketAddr) {
+    let (c, smtp, _) = start_with_metrics(config);
+    (c, smtp)
+}
+
+fn start_with_metrics(config: &Path) -> (Child, SocketAddr, SocketAddr) {
     let mut child = Command::new(BIN)
         .args(["run", "--config", config.to_str().expect("utf-8")])
         .stdout(Stdio::piped())
@@ -51,7 +56,13 @@ fn start(config: &Path) -> (Child, SocketAddr) {
         .expect("smtp address")
         .parse()
         .expect("addr");
-    (child, smtp)
+    let metrics: SocketAddr = line
+        .split_whitespace()
+        .nth(5)
+        .expect("metrics address")
+        .parse()
+        .expect("addr");
+    (child, smtp, metrics)
 }
 
 /// Sends one message; true when the server answered 250 to the final dot.
@@ -118,6 +129,8 @@ fn init_user_run_deliver_list_and_stop() {
             "127.0.0.1:0",
             "--submission",
             "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
             "--mesh",
             "127.0.0.1:0",
         ],
@@ -177,7 +190,7 @@ fn init_user_run_deliver_list_and_stop() {
         "{err}"
     );
 
-    let (mut child, smtp) = start(&config);
+    let (mut child, smtp, metrics) = start_with_metrics(&config);
     // With the daemon running the command goes through its admin socket.
     let (ok, out, err) = caliopen(&["user", "add", "--config", c, "bob"], None);
     assert!(ok, "{err}");
@@ -199,6 +212,25 @@ fn init_user_run_deliver_list_and_stop() {
     assert_eq!(v[0]["subject"], "message 1");
     let (ok, out, _) = caliopen(&["mail", "list", "--config", c, "--user", "bob"], None);
     assert!(ok && out.contains("message 2"), "{out}");
+    let get = |path: &str| {
+        let mut t = TcpStream::connect(metrics).expect("metrics");
+        t.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .expect("write");
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut t, &mut body).expect("read");
+        body
+    };
+    assert!(get("/health").starts_with("HTTP/1.1 200"), "health");
+    let m = get("/metrics");
+    assert!(
+        m.contains("caliopen_messages_stored_total{via=\"smtp\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("caliopen_smtp_rcpt_refused_total{reason=\"unknown_user\"} 1"),
+        "{m}"
+    );
+    assert!(get("/nope").starts_with("HTTP/1.1 404"));
     let (ok, _, err) = caliopen(&["mail", "list", "--config", c, "--user", "nobody"], None);
     assert!(!ok && err.contains("nobody"), "{err}");
 
@@ -249,6 +281,8 @@ fn kill_9_during_inbound_mail_loses_no_acknowledged_message() {
                 "--smtp",
                 "127.0.0.1:0",
                 "--submission",
+                "127.0.0.1:0",
+                "--metrics",
                 "127.0.0.1:0"
             ],
             None

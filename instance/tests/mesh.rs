@@ -131,6 +131,8 @@ fn make_instance(
         "127.0.0.1:0",
         "--submission",
         "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
         "--mesh",
         &mesh,
     ]

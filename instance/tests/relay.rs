@@ -88,6 +88,8 @@ fn mail_for_the_outside_leaves_by_smtp_and_refusals_bounce() {
             "127.0.0.1:0",
             "--submission",
             "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
         ],
         None,
     );
@@ -118,6 +120,8 @@ fn mail_for_the_outside_leaves_by_smtp_and_refusals_bounce() {
             "--smtp",
             "127.0.0.1:0",
             "--submission",
+            "127.0.0.1:0",
+            "--metrics",
             "127.0.0.1:0",
             "--relay",
             &relay,

@@ -55,6 +55,9 @@ enum Cmd {
         /// Mesh (QUIC) address.
         #[arg(long, value_name = "ADDR")]
         mesh: Option<SocketAddr>,
+        /// Health and metrics endpoint address (default 127.0.0.1:9925).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
         /// Client API address (recorded; the client API is not built yet).
         #[arg(long, value_name = "ADDR")]
         api: Option<SocketAddr>,
@@ -140,12 +143,14 @@ fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn init(
     data: &Path,
     domain: &str,
     smtp: Option<SocketAddr>,
     submission: Option<SocketAddr>,
     mesh: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
     api: Option<SocketAddr>,
     relay: Option<String>,
 ) -> anyhow::Result<()> {
@@ -178,6 +183,11 @@ fn init(
     if let Some(a) = mesh {
         text.push_str(&format!("listen = {}\n", toml_str(&a.to_string())));
     }
+    let metrics = metrics.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9925)));
+    text.push_str(&format!(
+        "\n[metrics]\nlisten = {}\n",
+        toml_str(&metrics.to_string())
+    ));
     if let Some(a) = api {
         text.push_str(&format!("# Client API address (not served yet): {a}\n"));
     }
@@ -384,9 +394,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             smtp,
             submission,
             mesh,
+            metrics,
             api,
             relay,
-        } => init(&data, &domain, smtp, submission, mesh, api, relay),
+        } => init(&data, &domain, smtp, submission, mesh, metrics, api, relay),
         Cmd::Join {
             config,
             ca,
@@ -402,9 +413,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon::run(cfg, shutdown_signal(), |b| {
                 let _ = writeln!(
                     std::io::stdout(),
-                    "smtp {} submission {}",
+                    "smtp {} submission {} metrics {}",
                     b.smtp,
-                    b.submission
+                    b.submission,
+                    b.metrics.map_or("off".to_owned(), |a| a.to_string())
                 );
                 let _ = std::io::stdout().flush();
             })

@@ -63,6 +63,7 @@ pub struct MailService {
     domains: Arc<Vec<String>>,
     mesh: Arc<std::sync::OnceLock<crate::mesh::MeshRoute>>,
     queue: Arc<std::sync::OnceLock<crate::outbound::SmtpQueue>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The decoded Subject header of a message ("" when absent).
@@ -95,7 +96,18 @@ impl MailService {
             ),
             mesh: Arc::new(std::sync::OnceLock::new()),
             queue: Arc::new(std::sync::OnceLock::new()),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         }
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// The mesh route, when labelled.
+    pub fn mesh_route(&self) -> Option<&crate::mesh::MeshRoute> {
+        self.mesh.get()
     }
 
     /// Enables outbound SMTP through the relay queue.
@@ -195,11 +207,17 @@ impl MailService {
                     .await
                     .map_err(|e| e.to_string())?;
                 queued.push(format!("mesh:{member}"));
+                self.metrics
+                    .queued_mesh
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         if let (Some(q), false) = (self.queue.get(), outside.is_empty()) {
             q.enqueue(&env.mail_from, outside, &env.data).await?;
             queued.push("smtp".into());
+            self.metrics
+                .queued_smtp
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if per_user.is_empty() {
             return Ok(queued.join(","));
@@ -223,6 +241,12 @@ impl MailService {
             .deliver_local(&template, &per_user, &env.data)
             .await
             .map_err(|e| e.to_string())?;
+        let counter = match via {
+            Via::Smtp => &self.metrics.stored_smtp,
+            Via::Local => &self.metrics.stored_local,
+            Via::Mesh => &self.metrics.stored_mesh,
+        };
+        counter.fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
         queued.extend(ids.iter().map(|i| format!("{i:x}")));
         Ok(queued.join(","))
     }
@@ -234,6 +258,9 @@ impl Policy for MailService {
             return if self.local_user(address).is_some() {
                 RcptVerdict::Accept
             } else {
+                self.metrics
+                    .rcpt_unknown_user
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 RcptVerdict::UnknownUser
             };
         }
@@ -246,6 +273,9 @@ impl Policy for MailService {
         {
             return RcptVerdict::Accept;
         }
+        self.metrics
+            .rcpt_relay_denied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RcptVerdict::RelayDenied
     }
 

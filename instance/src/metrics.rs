@@ -1,0 +1,229 @@
+//! Health endpoint and Prometheus metrics, over a minimal HTTP/1.1 server on
+//! a local address (`[metrics] listen`): `GET /health` and `GET /metrics`.
+
+use crate::smtp::server::MailService;
+use caliopen_federation::{MeshNode, Outbox};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Counters of a running instance.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Messages stored for local users, by path: smtp, local, mesh.
+    pub stored_smtp: AtomicU64,
+    /// Submitted by a local user for a local user.
+    pub stored_local: AtomicU64,
+    /// Received from another member.
+    pub stored_mesh: AtomicU64,
+    /// Queued for another member (mesh outbox).
+    pub queued_mesh: AtomicU64,
+    /// Queued for the SMTP relay.
+    pub queued_smtp: AtomicU64,
+    /// Delivered to another member.
+    pub sent_mesh: AtomicU64,
+    /// Handed to the SMTP relay, with STARTTLS.
+    pub sent_smtp_tls: AtomicU64,
+    /// Handed to the SMTP relay in clear.
+    pub sent_smtp_plain: AtomicU64,
+    /// Bounces generated.
+    pub bounces: AtomicU64,
+    /// RCPT refused: unknown local user.
+    pub rcpt_unknown_user: AtomicU64,
+    /// RCPT refused: relaying denied.
+    pub rcpt_relay_denied: AtomicU64,
+}
+
+/// What the metrics page reads besides the counters.
+#[derive(Clone)]
+pub struct MetricsSources {
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The mail service (stores, queues).
+    pub svc: MailService,
+    /// The mesh node, when labelled.
+    pub node: Option<MeshNode>,
+    /// The mesh outbox, when labelled.
+    pub outbox: Option<Outbox>,
+}
+
+fn c(out: &mut String, name: &str, help: &str, labels: &[(&str, &str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (k, v, n) in labels {
+        let _ = writeln!(out, "{name}{{{k}=\"{v}\"}} {n}");
+    }
+}
+
+fn g(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+/// The Prometheus text exposition.
+pub fn render(s: &MetricsSources) -> String {
+    let m = &s.metrics;
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::new();
+    c(
+        &mut out,
+        "caliopen_messages_stored_total",
+        "Messages stored for local users, by path.",
+        &[
+            ("via", "smtp", l(&m.stored_smtp)),
+            ("via", "local", l(&m.stored_local)),
+            ("via", "mesh", l(&m.stored_mesh)),
+        ],
+    );
+    c(
+        &mut out,
+        "caliopen_messages_queued_total",
+        "Messages queued for delivery elsewhere, by path.",
+        &[
+            ("path", "mesh", l(&m.queued_mesh)),
+            ("path", "smtp", l(&m.queued_smtp)),
+        ],
+    );
+    c(
+        &mut out,
+        "caliopen_messages_sent_total",
+        "Messages delivered elsewhere, by path.",
+        &[
+            ("path", "mesh", l(&m.sent_mesh)),
+            ("path", "smtp_starttls", l(&m.sent_smtp_tls)),
+            ("path", "smtp_plain", l(&m.sent_smtp_plain)),
+        ],
+    );
+    c(
+        &mut out,
+        "caliopen_bounces_total",
+        "Delivery status notifications generated.",
+        &[("kind", "dsn", l(&m.bounces))],
+    );
+    c(
+        &mut out,
+        "caliopen_smtp_rcpt_refused_total",
+        "Recipients refused at RCPT, by reason.",
+        &[
+            ("reason", "unknown_user", l(&m.rcpt_unknown_user)),
+            ("reason", "relay_denied", l(&m.rcpt_relay_denied)),
+        ],
+    );
+    g(
+        &mut out,
+        "caliopen_smtp_queue_size",
+        "Messages waiting for the SMTP relay.",
+        s.svc.queue().map_or(0, |q| q.len() as u64),
+    );
+    g(
+        &mut out,
+        "caliopen_mesh_outbox_size",
+        "Messages waiting for another member.",
+        s.outbox.as_ref().map_or(0, |o| o.len() as u64),
+    );
+    if let Some(node) = &s.node {
+        g(
+            &mut out,
+            "caliopen_mesh_peers_connected",
+            "Members with a live mesh connection.",
+            node.connected_peers().len() as u64,
+        );
+        let st = node.stats();
+        let ll = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        c(
+            &mut out,
+            "caliopen_mesh_events_total",
+            "Mesh endpoint events.",
+            &[
+                ("event", "frame_refused", ll(&st.frames_refused)),
+                ("event", "rate_limited", ll(&st.rate_limited)),
+                ("event", "sender_refused", ll(&st.sender_refused)),
+                ("event", "closed_revoked", ll(&st.closed_revoked)),
+                ("event", "below_baseline", ll(&st.below_baseline)),
+                ("event", "gossip_sent", ll(&st.gossip_sent)),
+            ],
+        );
+        let refusals: Vec<(&str, &str, u64)> = node
+            .trust()
+            .refusals()
+            .snapshot()
+            .into_iter()
+            .map(|(r, n)| ("reason", r.as_str(), n))
+            .collect();
+        c(
+            &mut out,
+            "caliopen_mesh_peer_refusals_total",
+            "Peer certificates refused, by reason.",
+            &refusals,
+        );
+        let t = node.trust().current();
+        g(
+            &mut out,
+            "caliopen_trust_crl_number",
+            "CRL number held.",
+            t.crl_number(),
+        );
+        g(
+            &mut out,
+            "caliopen_trust_directory_serial",
+            "Directory serial held.",
+            t.directory_serial(),
+        );
+    }
+    out
+}
+
+/// Serves `/health` and `/metrics` until `token` is cancelled.
+pub async fn serve(listener: TcpListener, sources: MetricsSources, token: CancellationToken) {
+    loop {
+        let (mut sock, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = token.cancelled() => return,
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut n = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while n < buf.len() {
+                    let k = sock.read(&mut buf[n..]).await?;
+                    if k == 0 {
+                        break;
+                    }
+                    n += k;
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let line = String::from_utf8_lossy(&buf[..n]);
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let (status, ctype, body) = match (line.starts_with("GET "), path) {
+                (true, "/health") => ("200 OK", "text/plain", "ok\n".to_owned()),
+                (true, "/metrics") => ("200 OK", "text/plain; version=0.0.4", render(&sources)),
+                (true, _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+                (false, _) => (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "GET only\n".to_owned(),
+                ),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
