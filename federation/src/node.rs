@@ -617,6 +617,15 @@ impl MeshNode {
         }
         match body {
             request::Body::Hello(h) => {
+                if h.protocol_version != MESH_PROTOCOL_VERSION {
+                    return error_response(
+                        error_reply::Code::Unsupported,
+                        format!(
+                            "mesh protocol {} not supported (this member speaks {MESH_PROTOCOL_VERSION})",
+                            h.protocol_version
+                        ),
+                    );
+                }
                 if !self.check_baseline(&peer.member_id, &h.software_version) {
                     // serve_stream closes the connection once this answer is out.
                     return error_response(error_reply::Code::Refused, BELOW_BASELINE_MSG);
@@ -848,6 +857,13 @@ impl MeshNode {
             }
             _ => return Err(err("unexpected hello answer".into())),
         };
+        if theirs.protocol_version != MESH_PROTOCOL_VERSION {
+            conn.close(0u32.into(), b"protocol version");
+            return Err(err(format!(
+                "peer speaks mesh protocol {}",
+                theirs.protocol_version
+            )));
+        }
         if !self.check_baseline(member, &theirs.software_version) {
             conn.close(CLOSE_BELOW_BASELINE.into(), b"below baseline");
             return Err(err("peer software below the security baseline".into()));

@@ -643,6 +643,23 @@ async fn oversize_and_garbage_frames_fail_only_their_stream() {
             >= 3
     );
 
+    // A Hello for another protocol version is refused as unsupported.
+    let resp = request_on(
+        &conn,
+        &Request {
+            body: Some(request::Body::Hello(caliopen_proto::pb::mesh::Hello {
+                protocol_version: 99,
+                ..Default::default()
+            })),
+        },
+        1 << 20,
+    )
+    .await
+    .expect("answer");
+    assert!(
+        matches!(resp.body, Some(response::Body::Error(ref e)) if e.code == error_reply::Code::Unsupported as i32),
+        "{resp:?}"
+    );
     // The same connection and the other peers carry on.
     let ok = request_on(
         &conn,
