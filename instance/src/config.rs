@@ -60,9 +60,14 @@ pub struct SmtpConfig {
     /// Outbound relay `HOST:PORT` for mail to the world outside the labelled network.
     #[serde(default)]
     pub relay: Option<String>,
-    /// Extra trusted root (PEM) for the relay's STARTTLS certificate, relative to the data directory.
+    /// Extra trusted root(s) (PEM) for the relay's and routes' STARTTLS certificates,
+    /// relative to the data directory.
     #[serde(default)]
     pub relay_ca: Option<PathBuf>,
+    /// Per-domain SMTP routes, `domain = "HOST:PORT"`, used before the relay
+    /// (like a transport map).
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, String>,
     /// Hours an outbound message may wait before it bounces.
     #[serde(default = "default_queue_hours")]
     pub queue_lifetime_hours: u64,
@@ -106,6 +111,7 @@ impl Default for SmtpConfig {
             tls_key: default_tls_key(),
             relay: None,
             relay_ca: None,
+            routes: Default::default(),
             queue_lifetime_hours: default_queue_hours(),
         }
     }
@@ -157,6 +163,18 @@ fn default_member_cert() -> PathBuf {
 }
 fn default_member_key() -> PathBuf {
     "member.key.pem".into()
+}
+
+/// Splits `HOST:PORT` (port 1-65535).
+pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
+    let (h, p) = s.rsplit_once(':')?;
+    let p: u16 = p.parse().ok().filter(|p| *p > 0)?;
+    (!h.is_empty()).then(|| {
+        (
+            h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            p,
+        )
+    })
 }
 
 /// Health and metrics endpoint.
@@ -310,6 +328,13 @@ impl Config {
                 return Err(format!(
                     "key `association.url`: expected https://HOST:PORT, got {:?}",
                     a.url
+                ));
+            }
+        }
+        for (d, r) in &self.smtp.routes {
+            if parse_host_port(r).is_none() {
+                return Err(format!(
+                    "key `smtp.routes.{d}`: expected HOST:PORT, got {r:?}"
                 ));
             }
         }

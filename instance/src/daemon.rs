@@ -141,11 +141,20 @@ pub async fn run(
     let svc = MailService::new(store.clone(), config.domains.clone());
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    if let Some(relay) = &config.smtp.relay {
-        let (host, port) = relay
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-            .ok_or_else(|| format!("smtp.relay: expected HOST:PORT, got {relay:?}"))?;
+    if config.smtp.relay.is_some() || !config.smtp.routes.is_empty() {
+        let relay = match &config.smtp.relay {
+            Some(r) => Some(
+                crate::config::parse_host_port(r)
+                    .ok_or_else(|| format!("smtp.relay: expected HOST:PORT, got {r:?}"))?,
+            ),
+            None => None,
+        };
+        let mut routes = Vec::new();
+        for (d, r) in &config.smtp.routes {
+            let (h, p) = crate::config::parse_host_port(r)
+                .ok_or_else(|| format!("smtp.routes.{d}: expected HOST:PORT, got {r:?}"))?;
+            routes.push((d.to_ascii_lowercase(), h, p));
+        }
         let ca_pem = match &config.smtp.relay_ca {
             Some(p) => {
                 let p = config.in_data(p);
@@ -156,8 +165,8 @@ pub async fn run(
         let q = crate::outbound::SmtpQueue::open(
             store.db(),
             crate::outbound::RelayConfig {
-                host,
-                port,
+                relay,
+                routes,
                 ca_pem,
                 hello: config.hostname.clone(),
                 retry_base: Duration::from_secs(60),
@@ -171,7 +180,7 @@ pub async fn run(
                 .run(svc.clone(), config.domains[0].clone(), token.clone()),
         );
         svc.set_queue(q);
-        tracing::info!(relay = %relay, "outbound SMTP through the relay");
+        tracing::info!(relay = ?config.smtp.relay, routes = config.smtp.routes.len(), "outbound SMTP enabled");
     }
     let mesh_node = match crate::mesh::start(&config, &svc, &token, &tracker).await? {
         Some((node, route)) => {

@@ -29,14 +29,14 @@ enum SendError {
     Transient(String),
 }
 
-/// Where and how to relay.
+/// Where and how to send mail for the outside world.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// Relay host.
-    pub host: String,
-    /// Relay port.
-    pub port: u16,
-    /// Extra trusted root for the relay's certificate (PEM), besides the web PKI.
+    /// Default relay (host, port), for domains without a route.
+    pub relay: Option<(String, u16)>,
+    /// Per-domain routes (domain, host, port), tried before the relay.
+    pub routes: Vec<(String, String, u16)>,
+    /// Extra trusted roots for the relay's and routes' certificates (PEM, one or more), besides the web PKI.
     pub ca_pem: Option<Vec<u8>>,
     /// Name announced in EHLO.
     pub hello: String,
@@ -50,6 +50,8 @@ pub struct RelayConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
+    dest_host: String,
+    dest_port: u16,
     mail_from: String,
     rcpt_to: Vec<String>,
     attempts: u32,
@@ -96,9 +98,47 @@ impl SmtpQueue {
         self.meta.is_empty()
     }
 
-    /// Queues a message; durable when it returns.
+    /// Where mail for `domain` goes: its route, else the relay.
+    pub fn destination(&self, domain: &str) -> Option<(String, u16)> {
+        let d = domain.to_ascii_lowercase();
+        self.cfg
+            .routes
+            .iter()
+            .find(|(rd, _, _)| *rd == d)
+            .map(|(_, h, p)| (h.clone(), *p))
+            .or_else(|| self.cfg.relay.clone())
+    }
+
+    /// Queues a message, one entry per destination; durable when it returns.
     pub async fn enqueue(
         &self,
+        mail_from: &str,
+        rcpt_to: Vec<String>,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let mut by_dest: Vec<((String, u16), Vec<String>)> = Vec::new();
+        for r in rcpt_to {
+            let domain = r
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_owned())
+                .unwrap_or_default();
+            let dest = self
+                .destination(&domain)
+                .ok_or_else(|| format!("no route or relay for {r}"))?;
+            match by_dest.iter_mut().find(|(d, _)| *d == dest) {
+                Some((_, v)) => v.push(r),
+                None => by_dest.push((dest, vec![r])),
+            }
+        }
+        for (dest, rcpts) in by_dest {
+            self.enqueue_to(dest, mail_from, rcpts, data).await?;
+        }
+        Ok(())
+    }
+
+    async fn enqueue_to(
+        &self,
+        dest: (String, u16),
         mail_from: &str,
         rcpt_to: Vec<String>,
         data: &[u8],
@@ -109,6 +149,8 @@ impl SmtpQueue {
             .map_err(|e| e.to_string())?
             .to_be_bytes();
         let e = Entry {
+            dest_host: dest.0,
+            dest_port: dest.1,
             mail_from: mail_from.to_owned(),
             rcpt_to,
             attempts: 0,
@@ -129,19 +171,28 @@ impl SmtpQueue {
         Ok(())
     }
 
-    fn transport(&self, tls: bool) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
-        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(self.cfg.host.clone())
-            .port(self.cfg.port)
+    fn transport(
+        &self,
+        tls: bool,
+        host: &str,
+        port: u16,
+    ) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.to_owned())
+            .port(port)
             .timeout(Some(Duration::from_secs(60)))
             .hello_name(lettre::transport::smtp::extension::ClientId::Domain(
                 self.cfg.hello.clone(),
             ));
         if tls {
-            let mut p = TlsParameters::builder(self.cfg.host.clone());
+            let mut p = TlsParameters::builder(host.to_owned());
             if let Some(ca) = &self.cfg.ca_pem {
-                let cert = lettre::transport::smtp::client::Certificate::from_pem(ca)
-                    .map_err(|e| e.to_string())?;
-                p = p.add_root_certificate(cert);
+                let blocks = pem::parse_many(ca).map_err(|e| e.to_string())?;
+                for b in blocks.into_iter().filter(|b| b.tag() == "CERTIFICATE") {
+                    let cert =
+                        lettre::transport::smtp::client::Certificate::from_der(b.into_contents())
+                            .map_err(|e| e.to_string())?;
+                    p = p.add_root_certificate(cert);
+                }
             }
             b = b.tls(Tls::Required(p.build_rustls().map_err(|e| e.to_string())?));
         }
@@ -159,7 +210,7 @@ impl SmtpQueue {
             .map_err(|err| SendError::Permanent(format!("invalid envelope: {err}")))?;
         // Opportunistic STARTTLS: try it, and fall back to clear text only
         // when the TLS attempt itself failed (not when the relay refused the mail).
-        match self.transport(true) {
+        match self.transport(true, &e.dest_host, e.dest_port) {
             Ok(t) => match t.send_raw(&env, data).await {
                 Ok(_) => return Ok("starttls"),
                 Err(err) if err.is_permanent() => {
@@ -176,7 +227,9 @@ impl SmtpQueue {
                 tracing::warn!(error = %err, "relay TLS parameters unusable; sending in clear")
             }
         }
-        let t = self.transport(false).map_err(SendError::Transient)?;
+        let t = self
+            .transport(false, &e.dest_host, e.dest_port)
+            .map_err(SendError::Transient)?;
         t.send_raw(&env, data)
             .await
             .map(|_| "plain")
@@ -230,7 +283,7 @@ impl SmtpQueue {
             } else {
                 match self.send_one(&e, &data).await {
                     Ok(tls) => {
-                        tracing::info!(relay = %self.cfg.host, tls, rcpts = e.rcpt_to.len(), "relayed by SMTP");
+                        tracing::info!(to = %e.dest_host, port = e.dest_port, tls, rcpts = e.rcpt_to.len(), "relayed by SMTP");
                         let m = svc.metrics();
                         let counter = if tls == "starttls" {
                             &m.sent_smtp_tls

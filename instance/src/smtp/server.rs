@@ -115,6 +115,16 @@ impl MailService {
         let _ = self.queue.set(q);
     }
 
+    /// True when `addr` is outside and the SMTP queue has a destination for it.
+    fn can_send_out(&self, addr: &str) -> bool {
+        !self.is_local_domain(addr)
+            && split_address(addr).is_some_and(|(_, d)| {
+                self.queue
+                    .get()
+                    .is_some_and(|q| q.destination(&d).is_some())
+            })
+    }
+
     /// The outbound SMTP queue, when a relay is configured.
     pub fn queue(&self) -> Option<&crate::outbound::SmtpQueue> {
         self.queue.get()
@@ -183,9 +193,7 @@ impl MailService {
                     None => per_user.push((u, vec![r.clone()])),
                 },
                 None if self.member_for(r).is_some() => remote.push(r.clone()),
-                None if self.queue.get().is_some() && !self.is_local_domain(r) => {
-                    outside.push(r.clone())
-                }
+                None if self.can_send_out(r) => outside.push(r.clone()),
                 None => return Err(format!("recipient {r} cannot be delivered")),
             }
         }
@@ -269,7 +277,7 @@ impl Policy for MailService {
         // Without a relay, mail for the outside is refused rather than lost.
         if kind == Kind::Submission
             && authenticated
-            && (self.member_for(address).is_some() || self.queue.get().is_some())
+            && (self.member_for(address).is_some() || self.can_send_out(address))
         {
             return RcptVerdict::Accept;
         }
