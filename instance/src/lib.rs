@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod dsn;
 pub mod mesh;
 pub mod metrics;

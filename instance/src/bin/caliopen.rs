@@ -79,6 +79,12 @@ enum Cmd {
         #[arg(long, value_name = "URL")]
         association: String,
     },
+    /// A whole labelled federation on loopback: association, three members, the outside world.
+    Demo {
+        /// Leave the federation running afterwards (Ctrl-C stops it).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run the daemon (without --config: embedded defaults, data in ./caliopen-data).
     Run {
         #[arg(long, value_name = "FILE")]
@@ -404,6 +410,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cert,
             association,
         } => join(&config, &ca, &cert, &association).await,
+        Cmd::Demo { keep } => {
+            init_logging(LogFormat::Human, None, "warn");
+            caliopen_instance::demo::run(keep)
+                .await
+                .map_err(anyhow::Error::msg)
+        }
         Cmd::Run { config } => {
             let cfg = match &config {
                 Some(p) => Config::load(p)?,
