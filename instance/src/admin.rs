@@ -28,12 +28,16 @@ pub fn valid_localpart(l: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
-/// The JSON shape of `caliopen mail list --json`.
-pub fn messages_json(list: &[MessageMeta]) -> serde_json::Value {
+/// The JSON shape of `caliopen mail list --json`, with each message's
+/// privacy index computed from its delivery record and bytes.
+pub fn messages_json(store: &crate::store::Store, list: &[MessageMeta]) -> serde_json::Value {
     serde_json::Value::Array(
         list.iter()
             .map(|m| {
+                let raw = store.raw(m.id).ok().flatten().unwrap_or_default();
+                let privacy = crate::privacy::score_message(&crate::privacy::facts_of(m, &raw));
                 serde_json::json!({
+                    "privacy": privacy,
                     "id": format!("{:x}", m.id),
                     "from": m.from,
                     "to": m.to,
@@ -137,7 +141,7 @@ impl InstanceAdmin for AdminService {
             .list(&l)
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ListMailResponse {
-            messages_json: messages_json(&list).to_string(),
+            messages_json: messages_json(self.svc.store(), &list).to_string(),
         }))
     }
 }

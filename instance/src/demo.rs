@@ -53,6 +53,21 @@ fn ok(claim: &str, cond: bool) -> Result<(), String> {
     }
 }
 
+fn show_index(m: &serde_json::Value) -> u64 {
+    let p = &m["privacy"];
+    println!(
+        "    privacy index {} (technic {}, context {}, comportment {})",
+        p["total"], p["technic"], p["context"], p["comportment"]
+    );
+    for e in p["explanation"].as_array().into_iter().flatten() {
+        let effect = e["effect"].as_i64().unwrap_or(0);
+        if effect != 0 {
+            println!("      {:+} {}", effect, e["text"].as_str().unwrap_or(""));
+        }
+    }
+    p["total"].as_u64().unwrap_or(0)
+}
+
 async fn mailbox(node: &Node) -> Result<Vec<serde_json::Value>, String> {
     let (mut c, token) = connect(&node.dir)
         .await
@@ -334,6 +349,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
         .map_err(|e| e.to_string())?;
     let m = await_mail(&nodes[0], 1).await?;
     ok("stored in alice's mailbox, via smtp", m["via"] == "smtp")?;
+    let plain_index = show_index(&m);
     summary.push((
         "internet → alpha".into(),
         "smtp".into(),
@@ -352,6 +368,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
         "beta knows it came from member alpha",
         m["transport"]["peer_member"] == "alpha",
     )?;
+    let mesh_index = show_index(&m);
     summary.push((
         "alpha → beta".into(),
         "mesh".into(),
@@ -367,6 +384,11 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
         "with STARTTLS (TLS 1.3) on the way",
         m["transport"]["tls_version"] == "TLSv1_3",
     )?;
+    let tls_index = show_index(&m);
+    ok(
+        &format!("privacy index: mesh {mesh_index} > SMTP with TLS {tls_index} > plain SMTP {plain_index}"),
+        mesh_index > tls_index && tls_index > plain_index,
+    )?;
     summary.push((
         "alpha → outside".into(),
         "smtp + STARTTLS".into(),
@@ -377,6 +399,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
     submit(&nodes[0], "carol@gamma.test", "before revocation").await?;
     let m = await_mail(&nodes[2], 1).await?;
     ok("arrived via mesh", m["via"] == "mesh")?;
+    let before = show_index(&m);
 
     say("\n8. The association revokes gamma's label.");
     let t = Instant::now();
@@ -426,6 +449,11 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
         "arrived in carol's mailbox via smtp, no longer via mesh",
         m["via"] == "smtp",
     )?;
+    let after = show_index(&m);
+    ok(
+        &format!("with a lower privacy index: {after} < {before}"),
+        after < before,
+    )?;
     summary.push((
         "alpha → gamma (revoked)".into(),
         "smtp".into(),
@@ -437,7 +465,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
     for (a, b, c) in &summary {
         say(&format!("  {a:<26} {b:<16} {c}"));
     }
-    say("  (privacy indexes and public levels come with the privacy index work, issue #5)");
+    say("  (public privacy levels shared across the mesh come with issue #5)");
     say(&format!("\nAll checks passed in {:?}.", started.elapsed()));
 
     if keep {

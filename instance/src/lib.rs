@@ -16,5 +16,6 @@ pub mod dsn;
 pub mod mesh;
 pub mod metrics;
 pub mod outbound;
+pub mod privacy;
 pub mod smtp;
 pub mod store;

@@ -205,10 +205,27 @@ fn init_user_run_deliver_list_and_stop() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v.as_array().expect("array").len(), 1);
-    for key in ["id", "from", "to", "subject", "received_at", "via"] {
+    for key in [
+        "id",
+        "from",
+        "to",
+        "subject",
+        "received_at",
+        "via",
+        "privacy",
+    ] {
         assert!(v[0].get(key).is_some(), "{key} missing in {v}");
     }
     assert_eq!(v[0]["via"], "smtp");
+    for key in ["total", "technic", "context", "comportment", "explanation"] {
+        assert!(
+            v[0]["privacy"].get(key).is_some(),
+            "privacy.{key} missing in {v}"
+        );
+    }
+    assert!(v[0]["privacy"]["explanation"]
+        .as_array()
+        .is_some_and(|e| !e.is_empty()));
     assert_eq!(v[0]["subject"], "message 1");
     let (ok, out, _) = caliopen(&["mail", "list", "--config", c, "--user", "bob"], None);
     assert!(ok && out.contains("message 2"), "{out}");

@@ -19,6 +19,8 @@ fn the_demo_passes_every_check() {
         "with STARTTLS (TLS 1.3)",
         "alpha dropped gamma from its mesh",
         "arrived in carol's mailbox via smtp, no longer via mesh",
+        "privacy index: mesh",
+        "with a lower privacy index",
         "All checks passed",
     ] {
         assert!(out.contains(claim), "missing {claim:?} in:\n{out}");

@@ -358,18 +358,25 @@ async fn mail_list(config: &Path, user: &str, json: bool) -> anyhow::Result<()> 
         if !store.user_exists(user) {
             bail!("no user {user:?}");
         }
-        messages_json(&store.list(user)?)
+        messages_json(&store, &store.list(user)?)
     };
     if json {
         out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    out!("{:<18} {:<6} {:<30} SUBJECT", "ID", "VIA", "FROM");
+    out!(
+        "{:<18} {:<6} {:>7} {:<30} SUBJECT",
+        "ID",
+        "VIA",
+        "PRIVACY",
+        "FROM"
+    );
     for m in v.as_array().into_iter().flatten() {
         out!(
-            "{:<18} {:<6} {:<30} {}",
+            "{:<18} {:<6} {:>7} {:<30} {}",
             m["id"].as_str().unwrap_or(""),
             m["via"].as_str().unwrap_or(""),
+            m["privacy"]["total"].as_u64().unwrap_or(0),
             m["from"].as_str().unwrap_or(""),
             m["subject"].as_str().unwrap_or("")
         );
