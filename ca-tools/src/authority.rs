@@ -350,15 +350,10 @@ impl Authority {
         let (issuer_name_der, root_key_id, name, root_pub) = {
             let (_, c) = X509Certificate::from_der(&root_der)
                 .map_err(|e| CaError::State(format!("{}: {e}", cert_path.display())))?;
-            let ski = c
-                .extensions()
-                .iter()
-                .find_map(|e| match e.parsed_extension() {
-                    x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
-                        Some(k.0.to_vec())
-                    }
-                    _ => None,
-                })
+            let ski = caliopen_proto::RootKey::from_cert_der(&root_der)
+                .map(|k| k.key_id)
+                .ok()
+                .filter(|k| !k.is_empty())
                 .ok_or_else(|| CaError::State("root certificate has no SKI".into()))?;
             let name = c
                 .subject()

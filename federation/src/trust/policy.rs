@@ -193,7 +193,29 @@ pub fn check_member(end_entity: &[u8], st: &TrustState) -> Result<PeerIdentity, 
     })
 }
 
+/// The mesh is QUIC, hence TLS 1.3 only: a TLS 1.2 signature is never acceptable.
+fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls13RequiredForQuic,
+    ))
+}
+
 impl TrustStore {
+    /// TLS 1.3 handshake signature check with this store's provider (both verifiers).
+    fn verify_tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider().signature_verification_algorithms,
+        )
+    }
+
     fn refuse(&self, side: &'static str, r: Refusal, detail: &str) -> rustls::Error {
         self.refusals().add(r);
         tracing::warn!(
@@ -289,9 +311,7 @@ impl ClientCertVerifier for MeshClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -300,12 +320,7 @@ impl ClientCertVerifier for MeshClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.provider().signature_verification_algorithms,
-        )
+        self.0.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -351,9 +366,7 @@ impl ServerCertVerifier for MeshServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -362,12 +375,7 @@ impl ServerCertVerifier for MeshServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.provider().signature_verification_algorithms,
-        )
+        self.0.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
