@@ -680,5 +680,69 @@ impl Session {
     }
 }
 
+/// Drives a session over `chunks` with a fixed policy (users alice and bob
+/// at alpha.test; password "secret"), answering every request the session
+/// makes, and returns everything it replied. STARTTLS ends the drive (what
+/// follows would be TLS records). Used by the fuzz target and the corpus
+/// replay test; asserts the session's buffering stays bounded.
+pub fn drive_for_fuzzing(kind: Kind, chunks: &[&[u8]]) -> Vec<u8> {
+    struct FixedPolicy;
+    impl Policy for FixedPolicy {
+        fn rcpt(&self, kind: Kind, authenticated: bool, address: &str) -> RcptVerdict {
+            match address.rsplit_once('@') {
+                Some((u, "alpha.test")) if u == "alice" || u == "bob" => RcptVerdict::Accept,
+                Some((_, "alpha.test")) => RcptVerdict::UnknownUser,
+                _ if kind == Kind::Submission && authenticated => RcptVerdict::Accept,
+                _ => RcptVerdict::RelayDenied,
+            }
+        }
+        fn may_send_as(&self, user: &str, address: &str) -> bool {
+            user.eq_ignore_ascii_case(address)
+        }
+    }
+    let mut s = Session::new(SessionConfig {
+        hostname: "mx.alpha.test".into(),
+        kind,
+        max_message_size: 64 * 1024,
+        max_recipients: 50,
+        max_errors: 20,
+        starttls: true,
+        tls_active: false,
+    });
+    let mut out = Vec::new();
+    let mut stored = 0u32;
+    let mut tls = false;
+    let mut pump = |s: &mut Session, out: &mut Vec<u8>, tls: &mut bool| {
+        while let Some(o) = s.poll(&FixedPolicy) {
+            match o {
+                Output::Reply(r) => out.extend_from_slice(&r),
+                Output::Store(e) => {
+                    assert!(e.data.len() <= 64 * 1024 + 2, "oversize message accepted");
+                    stored += 1;
+                    s.stored(Ok(stored.to_string()));
+                }
+                Output::CheckAuth { user, password } => s.auth_checked(
+                    (user == "alice@alpha.test" && password == "secret").then_some(user),
+                ),
+                Output::StartTls => {
+                    *tls = true;
+                    return;
+                }
+                Output::Close => return,
+            }
+        }
+    };
+    pump(&mut s, &mut out, &mut tls);
+    for c in chunks {
+        if s.is_closed() || tls {
+            break;
+        }
+        s.feed(c);
+        pump(&mut s, &mut out, &mut tls);
+        assert!(s.buffered() <= c.len() + 8192, "unbounded buffering");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;
