@@ -103,6 +103,9 @@ enum State {
     Closed,
 }
 
+/// Longest command line accepted, CRLF included (RFC 5321 asks for 512 at least).
+pub const MAX_COMMAND_LINE: usize = 4096;
+
 /// One SMTP server session.
 pub struct Session {
     cfg: SessionConfig,
@@ -118,6 +121,7 @@ pub struct Session {
     rcpt_to: Vec<String>,
     auth_user: Option<String>,
     errors: usize,
+    skip_line: bool,
     out: std::collections::VecDeque<Output>,
 }
 
@@ -180,6 +184,7 @@ impl Session {
             rcpt_to: Vec::new(),
             auth_user: None,
             errors: 0,
+            skip_line: false,
             out,
         }
     }
@@ -267,10 +272,38 @@ impl Session {
     }
 
     fn step_command(&mut self, policy: &dyn Policy) {
-        let mut iter = self.input[self.pos..].iter();
-        let before = iter.len();
+        if self.skip_line {
+            // The rest of a refused line is never read as commands.
+            match self.input[self.pos..].iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    self.pos += i + 1;
+                    self.skip_line = false;
+                }
+                None => self.pos = self.input.len(),
+            }
+            return;
+        }
+        // The parser only ever sees one complete line, so that packet
+        // boundaries cannot change how commands are read (it may otherwise
+        // read past a line end while looking for a missing token).
+        let rest = &self.input[self.pos..];
+        let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
+            if rest.len() > MAX_COMMAND_LINE {
+                self.pos = self.input.len();
+                self.skip_line = true;
+                self.error("500 5.5.2 Line too long");
+            }
+            return;
+        };
+        let line_end = self.pos + nl + 1;
+        if nl + 1 > MAX_COMMAND_LINE {
+            self.pos = line_end;
+            self.error("500 5.5.2 Line too long");
+            return;
+        }
+        self.req = RequestReceiver::default();
+        let mut iter = self.input[self.pos..line_end].iter();
         let parsed = self.req.ingest(&mut iter);
-        let consumed = before - iter.len();
         let parsed = parsed.map(|r| match r {
             Request::Ehlo { host } => Request::Ehlo {
                 host: host.into_owned(),
@@ -335,12 +368,9 @@ impl Session {
                 is_last,
             },
         });
-        self.pos += consumed;
+        self.pos = line_end;
         match parsed {
-            Err(ParseError::NeedsMoreData { .. }) => {
-                // Everything buffered was taken into the receiver's line buffer.
-                self.pos = self.input.len();
-            }
+            Err(ParseError::NeedsMoreData { .. }) => self.error("500 5.5.2 Syntax error"),
             Err(ParseError::ResponseTooLong) => self.error("500 5.5.2 Line too long"),
             Err(ParseError::UnknownCommand) => self.error("500 5.5.1 Command unrecognized"),
             Err(ParseError::InvalidSenderAddress) => {
@@ -676,6 +706,7 @@ impl Session {
         self.req = RequestReceiver::default();
         self.input.clear();
         self.pos = 0;
+        self.skip_line = false;
         self.state = State::Command;
     }
 }
