@@ -8,31 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_caliopen");
+mod common;
 
-fn caliopen(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut c = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    if let Some(s) = stdin {
-        c.stdin
-            .take()
-            .expect("stdin")
-            .write_all(s.as_bytes())
-            .expect("write");
-    }
-    drop(c.stdin.take());
-    let o = c.wait_with_output().expect("wait");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+use common::run_caliopen as caliopen;
 
 fn start(config: &Path) -> (Child, SocketAddr) {
     let (c, smtp, _) = start_with_metrics(config);
@@ -40,29 +18,8 @@ fn start(config: &Path) -> (Child, SocketAddr) {
 }
 
 fn start_with_metrics(config: &Path) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["run", "--config", config.to_str().expect("utf-8")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn run");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    let smtp: SocketAddr = line
-        .split_whitespace()
-        .nth(1)
-        .expect("smtp address")
-        .parse()
-        .expect("addr");
-    let metrics: SocketAddr = line
-        .split_whitespace()
-        .nth(5)
-        .expect("metrics address")
-        .parse()
-        .expect("addr");
-    (child, smtp, metrics)
+    let (child, b) = common::spawn_daemon(config, Stdio::null(), &[]);
+    (child, b.smtp, b.metrics.expect("metrics address"))
 }
 
 /// Sends one message; true when the server answered 250 to the final dot.

@@ -3,7 +3,6 @@
 //! B over the mesh (`via = mesh`).
 
 use caliopen_ca::{Authority, BoundService, Settings, SignRequest};
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,32 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_caliopen");
+mod common;
 
-fn caliopen(args: &[&str], stdin: Option<&str>) -> String {
-    let mut c = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    if let Some(s) = stdin {
-        c.stdin
-            .take()
-            .expect("stdin")
-            .write_all(s.as_bytes())
-            .expect("write");
-    }
-    drop(c.stdin.take());
-    let o = c.wait_with_output().expect("wait");
-    assert!(
-        o.status.success(),
-        "caliopen {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::caliopen_ok as caliopen;
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -59,31 +35,10 @@ impl Instance {
         self.config.to_str().expect("utf-8")
     }
     fn start(&mut self) {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config", self.c()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(self.data.join("daemon.log")).expect("log"))
-            .spawn()
-            .expect("spawn run");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read");
-        self.smtp = Some(
-            line.split_whitespace()
-                .nth(1)
-                .expect("smtp")
-                .parse()
-                .expect("addr"),
-        );
-        self.submission = Some(
-            line.split_whitespace()
-                .nth(3)
-                .expect("submission")
-                .parse()
-                .expect("addr"),
-        );
+        let stderr = Stdio::from(std::fs::File::create(self.data.join("daemon.log")).expect("log"));
+        let (child, b) = common::spawn_daemon(&self.config, stderr, &[("RUST_LOG", "info")]);
+        self.smtp = Some(b.smtp);
+        self.submission = Some(b.submission);
         self.child = Some(child);
     }
     fn stop(&mut self) {

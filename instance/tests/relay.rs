@@ -2,38 +2,14 @@
 //! world to B's MX (standing in for any relay), with STARTTLS verified
 //! against B's certificate; a permanent refusal comes back as a DSN.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_caliopen");
+mod common;
 
-fn caliopen(args: &[&str], stdin: Option<&str>) -> String {
-    let mut c = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    if let Some(s) = stdin {
-        c.stdin
-            .take()
-            .expect("stdin")
-            .write_all(s.as_bytes())
-            .expect("write");
-    }
-    drop(c.stdin.take());
-    let o = c.wait_with_output().expect("wait");
-    assert!(
-        o.status.success(),
-        "caliopen {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::caliopen_ok as caliopen;
 
 struct Daemon(Child);
 
@@ -47,20 +23,9 @@ impl Drop for Daemon {
 }
 
 fn run(config: &Path, log: &Path) -> (Daemon, SocketAddr, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["run", "--config", config.to_str().expect("utf-8")])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).expect("log"))
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    let mut it = line.split_whitespace();
-    let smtp = it.nth(1).expect("smtp").parse().expect("addr");
-    let sub = it.nth(1).expect("submission").parse().expect("addr");
-    (Daemon(child), smtp, sub)
+    let stderr = Stdio::from(std::fs::File::create(log).expect("log"));
+    let (child, b) = common::spawn_daemon(config, stderr, &[]);
+    (Daemon(child), b.smtp, b.submission)
 }
 
 fn list(config: &Path, user: &str) -> serde_json::Value {

@@ -1,0 +1,82 @@
+//! Helpers shared by the tests that drive the `caliopen` binary.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_caliopen");
+
+/// Runs `caliopen ARGS` with `stdin`; returns (success, stdout, stderr).
+pub fn run_caliopen(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut c = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if let Some(s) = stdin {
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(s.as_bytes())
+            .expect("write");
+    }
+    drop(c.stdin.take());
+    let o = c.wait_with_output().expect("wait");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Runs `caliopen ARGS`, which must succeed; returns stdout.
+pub fn caliopen_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let (ok, out, err) = run_caliopen(args, stdin);
+    assert!(ok, "caliopen {args:?}: {err}");
+    out
+}
+
+/// The addresses a daemon printed once bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// MX listener.
+    pub smtp: SocketAddr,
+    /// Submission listener.
+    pub submission: SocketAddr,
+    /// Metrics endpoint, when enabled.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Starts `caliopen run --config CONFIG` (stderr to `stderr`) and waits for
+/// its "smtp A submission B metrics C" line.
+pub fn spawn_daemon(config: &Path, stderr: Stdio, envs: &[(&str, &str)]) -> (Child, Bound) {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", config.to_str().expect("utf-8")])
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn run");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let addr = |i: usize| -> SocketAddr {
+        words
+            .get(i)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no address at word {i} of {line:?}"))
+    };
+    let bound = Bound {
+        smtp: addr(1),
+        submission: addr(3),
+        metrics: words.get(5).and_then(|w| w.parse().ok()),
+    };
+    (child, bound)
+}
