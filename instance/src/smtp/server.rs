@@ -28,7 +28,8 @@ pub struct ListenerConfig {
     pub max_recipients: usize,
     /// Most simultaneous connections.
     pub max_connections: usize,
-    /// Idle timeout between commands.
+    /// Longest wait for a whole command after the previous reply (partial
+    /// input does not extend it), and for the client to take our replies.
     pub command_timeout: Duration,
     /// Timeout between two reads while the client sends a message.
     pub data_timeout: Duration,
@@ -415,18 +416,20 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> std::io::Result<Outcome> {
     let mut out: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
+    // A command must arrive whole within `command_timeout` of the previous
+    // reply: the deadline is not pushed back by each byte, so a client
+    // trickling one byte at a time (slowloris) is timed out like an idle one.
+    let mut command_deadline = tokio::time::Instant::now() + cfg.command_timeout;
     loop {
         while let Some(o) = session.poll(svc) {
             match o {
                 Output::Reply(r) => out.extend_from_slice(&r),
                 Output::Close => {
-                    stream.write_all(&out).await?;
-                    stream.flush().await?;
+                    send_replies(stream, &out, cfg.command_timeout).await?;
                     return Ok(Outcome::Closed);
                 }
                 Output::StartTls => {
-                    stream.write_all(&out).await?;
-                    stream.flush().await?;
+                    send_replies(stream, &out, cfg.command_timeout).await?;
                     return Ok(Outcome::StartTls);
                 }
                 Output::Store(env) => {
@@ -453,25 +456,25 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
-            stream.flush().await?;
+            send_replies(stream, &out, cfg.command_timeout).await?;
             out.clear();
+            command_deadline = tokio::time::Instant::now() + cfg.command_timeout;
         }
         let limit = if session.in_data() {
             cfg.data_timeout
         } else {
-            cfg.command_timeout
+            command_deadline.saturating_duration_since(tokio::time::Instant::now())
         };
         let n = tokio::select! {
             r = tokio::time::timeout(limit, stream.read(&mut buf)) => match r {
                 Ok(r) => r?,
                 Err(_) => {
-                    let _ = stream.write_all(b"421 4.4.2 Idle timeout, closing connection\r\n").await;
+                    let _ = send_replies(stream, b"421 4.4.2 Idle timeout, closing connection\r\n", Duration::from_secs(5)).await;
                     return Ok(Outcome::Closed);
                 }
             },
             _ = token.cancelled() => {
-                let _ = stream.write_all(b"421 4.3.2 Service shutting down\r\n").await;
+                let _ = send_replies(stream, b"421 4.3.2 Service shutting down\r\n", Duration::from_secs(5)).await;
                 return Ok(Outcome::Closed);
             }
         };
@@ -480,6 +483,27 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         }
         session.feed(&buf[..n]);
     }
+}
+
+/// Writes replies; a client that stops reading them (its receive window full,
+/// e.g. after pipelining a flood of commands) is dropped after `limit`
+/// instead of holding the session forever.
+async fn send_replies<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
+    tokio::time::timeout(limit, async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client stopped reading replies",
+        )
+    })?
 }
 
 /// Hashes a password for storage (argon2id, random salt, PHC string).
