@@ -169,6 +169,9 @@ pub struct MeshStats {
     pub below_baseline: AtomicU64,
     /// CRL and directory pushes sent.
     pub gossip_sent: AtomicU64,
+    /// CRL and directory pushes refused (bad signature, older than held,
+    /// expired, malformed).
+    pub pushes_refused: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -693,7 +696,7 @@ impl MeshNode {
                     .inner
                     .trust
                     .offer_crl(&c.crl_der, Some(&peer.member_id));
-                push_reply(r.map_err(|e| e.to_string()))
+                self.push_outcome(peer, "CRL", r)
             }
             request::Body::DirectoryPush(d) => {
                 let Some(signed) = d.directory else {
@@ -703,9 +706,26 @@ impl MeshNode {
                     self.inner
                         .trust
                         .offer_directory(&signed, Some(&peer.member_id), now_unix());
-                push_reply(r.map_err(|e| e.to_string()))
+                self.push_outcome(peer, "directory", r)
             }
         }
+    }
+
+    /// Counts and logs a refused push, then answers it.
+    fn push_outcome(
+        &self,
+        peer: &PeerIdentity,
+        what: &str,
+        r: Result<bool, crate::trust::TrustError>,
+    ) -> Response {
+        if let Err(e) = &r {
+            self.inner
+                .stats
+                .pushes_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %peer.member_id, what, error = %e, "pushed trust data refused");
+        }
+        push_reply(r.map_err(|e| e.to_string()))
     }
 
     fn close_peer(&self, member: &str, code: u32, reason: &[u8]) {

@@ -146,6 +146,7 @@ pub fn render(s: &MetricsSources) -> String {
                 ("event", "closed_revoked", ll(&st.closed_revoked)),
                 ("event", "below_baseline", ll(&st.below_baseline)),
                 ("event", "gossip_sent", ll(&st.gossip_sent)),
+                ("event", "push_refused", ll(&st.pushes_refused)),
             ],
         );
         let refusals: Vec<(&str, &str, u64)> = node
