@@ -360,7 +360,11 @@ impl MeshNode {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
         self.lock_peers().clear();
-        self.inner.endpoint.wait_idle().await;
+        // Give the close frames time to leave, but do not wait for every
+        // connection to drain: a handshake that was abandoned half-way (a
+        // peer's stale attempt arriving as we came up) otherwise keeps the
+        // endpoint busy until its idle timeout, and shutdown took a minute.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
     }
 
     async fn accept_loop(self) {
