@@ -33,6 +33,10 @@ pub const CLOSE_SHUTDOWN: u32 = 0x12;
 /// Stream error code: the request frame was malformed or oversize.
 pub const STREAM_MALFORMED: u32 = 0x20;
 
+/// Longest wait, after dialing a peer that announced fresher trust data,
+/// for that data to arrive.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
 const BELOW_BASELINE_MSG: &str = "software below the security baseline";
 
 /// A boxed future, as returned by [`MeshHandler`] methods.
@@ -402,23 +406,54 @@ impl MeshNode {
 
     /// `greeted`: the peer's Hello was already checked (connections we dialed).
     fn register(&self, conn: quinn::Connection, identity: PeerIdentity, greeted: bool) {
+        self.pool(conn.clone(), identity.clone());
+        self.serve(conn, identity, greeted);
+    }
+
+    /// Makes `conn` the live connection to its member and announces it.
+    fn pool(&self, conn: quinn::Connection, identity: PeerIdentity) {
         let member = identity.member_id.clone();
-        {
-            let mut peers = self.lock_peers();
-            peers.insert(
-                member.clone(),
-                Peer {
-                    conn: conn.clone(),
-                    identity: identity.clone(),
-                },
-            );
-        }
-        let _ = self.inner.connected.send(member.clone());
+        self.lock_peers()
+            .insert(member.clone(), Peer { conn, identity });
+        let _ = self.inner.connected.send(member);
+    }
+
+    /// Serves the streams the peer opens on `conn`.
+    fn serve(&self, conn: quinn::Connection, identity: PeerIdentity, greeted: bool) {
         let node = self.clone();
         let greeted = Arc::new(AtomicBool::new(greeted));
         self.inner.tracker.spawn(async move {
             node.serve_connection(conn, identity, greeted).await;
         });
+    }
+
+    /// After the Hello of a peer we dialed: when it announced a newer CRL or
+    /// directory than ours (we were cut off, say), waits a bounded time for
+    /// the push it sends on seeing our older numbers, then checks again that
+    /// the peer is still a member. Without this, mail could reach a member
+    /// revoked while we were not listening.
+    async fn catch_up_with(&self, theirs: &Hello, identity: &PeerIdentity) -> bool {
+        let fresh = |st: &TrustState| {
+            st.crl_number() >= theirs.crl_number && st.directory_serial() >= theirs.directory_serial
+        };
+        if fresh(&self.inner.trust.current()) {
+            return true;
+        }
+        let mut rx = self.inner.trust.subscribe();
+        let waited = tokio::time::timeout(self.inner.cfg.request_timeout.min(CATCH_UP), async {
+            while !fresh(&self.inner.trust.current()) {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(peer = %identity.member_id, crl = theirs.crl_number,
+                directory = theirs.directory_serial,
+                "peer announced trust data it did not send us; going on with ours");
+        }
+        still_member(&self.inner.trust.current(), identity)
     }
 
     async fn serve_connection(
@@ -892,8 +927,22 @@ impl MeshNode {
             conn.close(CLOSE_BELOW_BASELINE.into(), b"below baseline");
             return Err(err("peer software below the security baseline".into()));
         }
+        // Serve the connection (the peer's pushes arrive on it) before it is
+        // pooled: nothing is sent to the peer until we are as fresh as it is.
+        self.serve(conn.clone(), identity.clone(), true);
+        if !self.catch_up_with(&theirs, &identity).await {
+            self.inner
+                .stats
+                .closed_revoked
+                .fetch_add(1, Ordering::Relaxed);
+            conn.close(CLOSE_REVOKED.into(), b"revoked");
+            return Err(err(
+                "peer is no longer a member (revoked or delisted, as its own trust data says)"
+                    .into(),
+            ));
+        }
         tracing::info!(peer = member, %addr, version = %theirs.software_version, "mesh connection up");
-        self.register(conn.clone(), identity, true);
+        self.pool(conn.clone(), identity);
         self.push_if_fresher(member, &theirs);
         Ok(conn)
     }

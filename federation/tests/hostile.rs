@@ -558,3 +558,73 @@ async fn a_hostile_labelled_peer_is_refused_and_counted_while_others_are_served(
         Err(e) => panic!("mallory's legitimate delivery: {e}"),
     }
 }
+
+/// After a partition a member may hold stale trust data while the peer it
+/// dials already knows it was revoked. The peer's Hello announces the newer
+/// CRL: the dialer must take it (the peer pushes it) and re-check the peer
+/// before sending it anything, not deliver mail to a revoked member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_stale_trust_learns_the_revocation_before_delivering() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Authority::init(
+        &tmp.path().join("assoc"),
+        "Stale Trust Test",
+        3650,
+        Settings::default(),
+    )
+    .expect("init");
+    let mut delivered = 0;
+    let rounds = 10;
+    for round in 0..rounds {
+        let alpha = member(&ca, &format!("alpha{round}"), |_| {}).await;
+        let gamma = member(&ca, &format!("gamma{round}"), |_| {}).await;
+        sync(&ca, &[&alpha, &gamma]);
+        ca.revoke(
+            &caliopen_ca::RevokeTarget::Domain(format!("gamma{round}.test")),
+            "privilegeWithdrawn",
+        )
+        .expect("revoke");
+        // Only gamma (and the association) know; alpha was cut off.
+        sync(&ca, &[&gamma]);
+        let before = (
+            alpha.trust.current().crl_number(),
+            alpha.trust.current().directory_serial(),
+        );
+        let r = alpha
+            .node
+            .deliver(
+                &format!("gamma{round}"),
+                deliver(
+                    &format!("a@alpha{round}.test"),
+                    &format!("c@gamma{round}.test"),
+                    round,
+                ),
+            )
+            .await;
+        if r.is_ok() || !gamma.inbox.tree.is_empty() {
+            delivered += 1;
+        }
+        let after = (
+            alpha.trust.current().crl_number(),
+            alpha.trust.current().directory_serial(),
+        );
+        println!(
+            "round {round}: deliver to the revoked peer -> {}; stored there: {}; alpha's (CRL, directory) {before:?} -> {after:?}",
+            match &r {
+                Ok(_) => "acknowledged".to_owned(),
+                Err(e) => format!("failed ({e})"),
+            },
+            gamma.inbox.tree.len()
+        );
+        assert!(
+            after.0 > before.0 || after.1 > before.1,
+            "alpha did not take the newer trust data its peer announced"
+        );
+        alpha.node.shutdown().await;
+        gamma.node.shutdown().await;
+    }
+    assert_eq!(
+        delivered, 0,
+        "{delivered} of {rounds} messages went to a revoked member"
+    );
+}
