@@ -436,9 +436,7 @@ impl MeshNode {
         let fresh = |st: &TrustState| {
             st.crl_number() >= theirs.crl_number && st.directory_serial() >= theirs.directory_serial
         };
-        if fresh(&self.inner.trust.current()) {
-            return true;
-        }
+        // Subscribe first: the push may already be on its way (or taken).
         let mut rx = self.inner.trust.subscribe();
         let waited = tokio::time::timeout(self.inner.cfg.request_timeout.min(CATCH_UP), async {
             while !fresh(&self.inner.trust.current()) {
@@ -448,6 +446,7 @@ impl MeshNode {
             }
         })
         .await;
+        // Checked in every case: the push may have been taken before we looked.
         if waited.is_err() {
             tracing::warn!(peer = %identity.member_id, crl = theirs.crl_number,
                 directory = theirs.directory_serial,

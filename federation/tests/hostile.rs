@@ -574,7 +574,7 @@ async fn a_member_with_stale_trust_learns_the_revocation_before_delivering() {
     )
     .expect("init");
     let mut delivered = 0;
-    let rounds = 10;
+    let rounds = 20;
     for round in 0..rounds {
         let alpha = member(&ca, &format!("alpha{round}"), |_| {}).await;
         let gamma = member(&ca, &format!("gamma{round}"), |_| {}).await;
