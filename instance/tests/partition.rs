@@ -103,7 +103,6 @@ impl Drop for Netns {
 
 /// Why the test cannot run here, if it cannot.
 fn unsupported() -> Option<String> {
-    // SAFETY-free check of root: `id -u`.
     let uid = Command::new("id")
         .arg("-u")
         .output()
@@ -177,7 +176,14 @@ fn a_cut_off_member_queues_and_enforces_a_revocation_made_meanwhile_once_healed(
     let host_ip = Ipv4Addr::new(10, 213, o3, o4 + 1);
     let ns_ip = Ipv4Addr::new(10, 213, o3, o4 + 2);
     let name = format!("clp{}", std::process::id());
-    let ns = Netns::create(&name, host_ip, ns_ip).expect("namespace");
+    let ns = match Netns::create(&name, host_ip, ns_ip) {
+        Ok(ns) => ns,
+        Err(e) => {
+            // Root in a container without CAP_SYS_ADMIN, for instance.
+            println!("SKIPPED partition test: cannot make a network namespace here: {e}");
+            return;
+        }
+    };
 
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
