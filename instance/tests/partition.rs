@@ -317,6 +317,10 @@ fn a_cut_off_member_queues_and_enforces_a_revocation_made_meanwhile_once_healed(
         t_heal.elapsed()
     );
     assert_eq!(carol.len(), 2, "{carol:?}");
+    assert_eq!(
+        during["via"], "smtp",
+        "mail queued for gamma went over the mesh after gamma's revocation: {during}"
+    );
     ns_submit(&ns, &alpha, "carol@gamma.test", "after");
     let carol = gamma.wait_for("carol", 3, Duration::from_secs(60));
     let after = carol
