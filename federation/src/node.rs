@@ -178,6 +178,15 @@ pub struct MeshStats {
     pub pushes_refused: AtomicU64,
 }
 
+/// What a connection's stream tasks share.
+#[derive(Debug)]
+struct ConnState {
+    /// The peer's Hello was accepted.
+    greeted: AtomicBool,
+    /// (CRL number, directory serial) its Hello announced.
+    announced: Mutex<(u64, u64)>,
+}
+
 #[derive(Debug)]
 struct Peer {
     conn: quinn::Connection,
@@ -421,7 +430,10 @@ impl MeshNode {
     /// Serves the streams the peer opens on `conn`.
     fn serve(&self, conn: quinn::Connection, identity: PeerIdentity, greeted: bool) {
         let node = self.clone();
-        let greeted = Arc::new(AtomicBool::new(greeted));
+        let greeted = Arc::new(ConnState {
+            greeted: AtomicBool::new(greeted),
+            announced: Mutex::new((0, 0)),
+        });
         self.inner.tracker.spawn(async move {
             node.serve_connection(conn, identity, greeted).await;
         });
@@ -432,10 +444,8 @@ impl MeshNode {
     /// the push it sends on seeing our older numbers, then checks again that
     /// the peer is still a member. Without this, mail could reach a member
     /// revoked while we were not listening.
-    async fn catch_up_with(&self, theirs: &Hello, identity: &PeerIdentity) -> bool {
-        let fresh = |st: &TrustState| {
-            st.crl_number() >= theirs.crl_number && st.directory_serial() >= theirs.directory_serial
-        };
+    async fn catch_up_with(&self, (crl, directory): (u64, u64), identity: &PeerIdentity) -> bool {
+        let fresh = |st: &TrustState| st.crl_number() >= crl && st.directory_serial() >= directory;
         // Subscribe first: the push may already be on its way (or taken).
         let mut rx = self.inner.trust.subscribe();
         let waited = tokio::time::timeout(self.inner.cfg.request_timeout.min(CATCH_UP), async {
@@ -448,8 +458,7 @@ impl MeshNode {
         .await;
         // Checked in every case: the push may have been taken before we looked.
         if waited.is_err() {
-            tracing::warn!(peer = %identity.member_id, crl = theirs.crl_number,
-                directory = theirs.directory_serial,
+            tracing::warn!(peer = %identity.member_id, crl, directory,
                 "peer announced trust data it did not send us; going on with ours");
         }
         still_member(&self.inner.trust.current(), identity)
@@ -459,7 +468,7 @@ impl MeshNode {
         self,
         conn: quinn::Connection,
         identity: PeerIdentity,
-        greeted: Arc<AtomicBool>,
+        greeted: Arc<ConnState>,
     ) {
         loop {
             let stream = tokio::select! {
@@ -516,7 +525,7 @@ impl MeshNode {
     async fn serve_stream(
         self,
         peer: PeerIdentity,
-        greeted: Arc<AtomicBool>,
+        greeted: Arc<ConnState>,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
@@ -649,12 +658,31 @@ impl MeshNode {
         });
     }
 
-    async fn dispatch(&self, peer: &PeerIdentity, greeted: &AtomicBool, req: Request) -> Response {
+    async fn dispatch(&self, peer: &PeerIdentity, greeted: &ConnState, req: Request) -> Response {
         let Some(body) = req.body else {
             return error_response(error_reply::Code::Malformed, "empty request");
         };
-        if !matches!(body, request::Body::Hello(_)) && !greeted.load(Ordering::Acquire) {
+        if !matches!(body, request::Body::Hello(_)) && !greeted.greeted.load(Ordering::Acquire) {
             return error_response(error_reply::Code::Refused, "send Hello first");
+        }
+        if matches!(
+            body,
+            request::Body::Deliver(_) | request::Body::PrivacyQuery(_)
+        ) {
+            // A peer that dialed us knowing fresher trust data than ours (we
+            // were cut off) pushes it: take it before serving the peer, and
+            // serve it only if it is still a member.
+            let announced = *greeted
+                .announced
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !self.catch_up_with(announced, peer).await {
+                tracing::warn!(peer = %peer.member_id, "request refused: the peer is no longer a member");
+                return error_response(
+                    error_reply::Code::Refused,
+                    "your certificate is revoked or no longer listed",
+                );
+            }
         }
         match body {
             request::Body::Hello(h) => {
@@ -671,7 +699,12 @@ impl MeshNode {
                     // serve_stream closes the connection once this answer is out.
                     return error_response(error_reply::Code::Refused, BELOW_BASELINE_MSG);
                 }
-                greeted.store(true, Ordering::Release);
+                greeted.greeted.store(true, Ordering::Release);
+                *greeted
+                    .announced
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    (h.crl_number, h.directory_serial);
                 self.push_if_fresher(&peer.member_id, &h);
                 Response {
                     body: Some(response::Body::Hello(self.own_hello())),
@@ -929,7 +962,10 @@ impl MeshNode {
         // Serve the connection (the peer's pushes arrive on it) before it is
         // pooled: nothing is sent to the peer until we are as fresh as it is.
         self.serve(conn.clone(), identity.clone(), true);
-        if !self.catch_up_with(&theirs, &identity).await {
+        if !self
+            .catch_up_with((theirs.crl_number, theirs.directory_serial), &identity)
+            .await
+        {
             self.inner
                 .stats
                 .closed_revoked

@@ -628,3 +628,58 @@ async fn a_member_with_stale_trust_learns_the_revocation_before_delivering() {
         "{delivered} of {rounds} messages went to a revoked member"
     );
 }
+
+/// The other direction: the revoked member (which knows it was revoked)
+/// dials a member that was cut off and still trusts it. The member takes
+/// the fresher trust data the dialer announces before taking its mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_stale_trust_refuses_mail_from_a_peer_revoked_meanwhile() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Authority::init(
+        &tmp.path().join("assoc"),
+        "Stale Trust Test",
+        3650,
+        Settings::default(),
+    )
+    .expect("init");
+    let rounds = 20;
+    let mut stored = 0;
+    for round in 0..rounds {
+        let alpha = member(&ca, &format!("alpha{round}"), |_| {}).await;
+        let gamma = member(&ca, &format!("gamma{round}"), |_| {}).await;
+        sync(&ca, &[&alpha, &gamma]);
+        ca.revoke(
+            &caliopen_ca::RevokeTarget::Domain(format!("gamma{round}.test")),
+            "privilegeWithdrawn",
+        )
+        .expect("revoke");
+        sync(&ca, &[&gamma]);
+        let t0 = Instant::now();
+        let r = gamma
+            .node
+            .deliver(
+                &format!("alpha{round}"),
+                deliver(
+                    &format!("c@gamma{round}.test"),
+                    &format!("a@alpha{round}.test"),
+                    round,
+                ),
+            )
+            .await;
+        stored += alpha.inbox.tree.len();
+        if round == 0 {
+            println!(
+                "revoked member's delivery to a stale member: {r:?} in {:?}",
+                t0.elapsed()
+            );
+        }
+        assert!(r.is_err(), "round {round}: acknowledged: {r:?}");
+        // Dropped without a shutdown: each waits up to 2 s for its closed
+        // connection to drain, which would only slow the test down.
+        drop((alpha, gamma));
+    }
+    assert_eq!(
+        stored, 0,
+        "{stored} of {rounds} messages from a revoked member were stored"
+    );
+}
