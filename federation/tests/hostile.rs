@@ -465,19 +465,24 @@ async fn a_hostile_labelled_peer_is_refused_and_counted_while_others_are_served(
             let Ok((mut s, mut r)) = c.open_bi().await else {
                 return "endless: no stream";
             };
-            // Announce 60 KB, then trickle bytes and never finish.
+            // Announce 60 KB, then trickle bytes and never finish; read the
+            // answer meanwhile (one read, never cancelled).
             let _ = s.write_all(&(60_000u32).to_be_bytes()).await;
-            let t0 = Instant::now();
-            let mut answer = Vec::new();
-            while t0.elapsed() < Duration::from_secs(8) {
-                if s.write_all(&[0x0a]).await.is_err() {
-                    break;
+            let writer = async {
+                let t0 = Instant::now();
+                while t0.elapsed() < Duration::from_secs(8) {
+                    if s.write_all(&[0x0a]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                tokio::select! {
-                    x = r.read_to_end(BIG) => { answer = x.unwrap_or_default(); break }
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-            }
+            };
+            let reader = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(BIG));
+            let ((), read) = tokio::join!(writer, reader);
+            let answer = match read {
+                Ok(Ok(a)) => a,
+                _ => Vec::new(),
+            };
             if answer.is_empty() {
                 "endless: no answer"
             } else {
