@@ -86,6 +86,7 @@ pub fn split_address(addr: &str) -> Option<(String, String)> {
 impl MailService {
     /// A service over `store` for the mail `domains` of this instance.
     pub fn new(store: Store, domains: Vec<String>) -> Self {
+        store.set_domains(&domains);
         Self {
             store,
             domains: Arc::new(
@@ -195,6 +196,36 @@ impl MailService {
                 None if self.member_for(r).is_some() => remote.push(r.clone()),
                 None if self.can_send_out(r) => outside.push(r.clone()),
                 None => return Err(format!("recipient {r} cannot be delivered")),
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if let Some(owner) = transport
+            .auth_user
+            .as_deref()
+            .and_then(|u| self.local_user(u))
+        {
+            // The sender's contact book: each recipient, with the path it takes.
+            // Outbound STARTTLS is opportunistic: the path to the outside is
+            // counted as not protected, since nothing guarantees it is.
+            let tls = crate::store::PathClass::Plain;
+            let paths: Vec<(String, crate::store::PathClass)> = per_user
+                .iter()
+                .flat_map(|(_, v)| {
+                    v.iter()
+                        .map(|a| (a.clone(), crate::store::PathClass::Local))
+                })
+                .chain(
+                    remote
+                        .iter()
+                        .map(|a| (a.clone(), crate::store::PathClass::Mesh)),
+                )
+                .chain(outside.iter().map(|a| (a.clone(), tls)))
+                .collect();
+            if let Err(e) = self.store.record_sent(&owner, &paths, &env.data, now).await {
+                // The contact book is derived data: never refuse mail for it.
+                tracing::warn!(error = %e, "could not update the contact book");
             }
         }
         let mut queued = Vec::new();
