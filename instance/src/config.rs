@@ -186,6 +186,31 @@ pub struct MetricsSection {
     pub listen: Option<SocketAddr>,
 }
 
+/// The client API (gRPC with reflection; TLS with the SMTP certificate).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// TCP address of the client API (absent: only on the local admin socket).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Minutes a login token stays valid.
+    #[serde(default = "default_token_minutes")]
+    pub token_minutes: u64,
+}
+
+fn default_token_minutes() -> u64 {
+    60
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            token_minutes: default_token_minutes(),
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +259,9 @@ pub struct Config {
     /// Health and metrics endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// Client API.
+    #[serde(default)]
+    pub api: ApiSection,
     /// Association membership (absent: unlabelled, no mesh).
     #[serde(default)]
     pub association: Option<AssociationConfig>,
@@ -256,6 +284,7 @@ impl Config {
             metrics: MetricsSection {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 9925))),
             },
+            api: ApiSection::default(),
             association: None,
             source: None,
         }
@@ -322,6 +351,9 @@ impl Config {
         }
         if self.smtp.max_connections == 0 {
             return Err("key `smtp.max_connections`: must be at least 1".into());
+        }
+        if !(1..=24 * 60).contains(&self.api.token_minutes) {
+            return Err("key `api.token_minutes`: between 1 and 1440".into());
         }
         if let Some(a) = &self.association {
             if !a.url.starts_with("https://") {

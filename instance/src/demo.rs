@@ -282,6 +282,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             mesh,
             log: Default::default(),
             metrics: MetricsSection::default(),
+            api: Default::default(),
             association,
             source: None,
         });

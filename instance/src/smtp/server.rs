@@ -101,6 +101,11 @@ impl MailService {
         }
     }
 
+    /// The primary mail domain.
+    pub fn primary_domain(&self) -> &str {
+        self.domains.first().map_or("localhost", String::as_str)
+    }
+
     /// The counters.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics

@@ -538,6 +538,14 @@ impl Store {
         Ok(out)
     }
 
+    /// A message's record.
+    pub fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
+        self.messages
+            .get(id.to_be_bytes())?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
     /// A message's bytes, exactly as received.
     pub fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.raw.get(id.to_be_bytes())?.map(|v| v.to_vec()))
