@@ -1,6 +1,7 @@
 //! From a stored message to [`MessageFacts`]: the delivery record plus what
 //! the message itself shows (MIME structure, Autocrypt, Received hops,
-//! DKIM signature). Contacts and public levels are not known yet here.
+//! DKIM signature). What the contact book knows is added by
+//! [`super::with_contact`].
 
 use super::{AuthResult, Crypto, MessageFacts, Path};
 use crate::store::{AutocryptKey, MessageMeta, Via};
@@ -131,6 +132,14 @@ fn crypto_of(msg: &mail_parser::Message<'_>) -> (Option<Crypto>, Option<Crypto>)
             _ => {}
         }
     }
+    if enc.is_none() {
+        let inline = msg
+            .body_text(0)
+            .is_some_and(|t| t.trim_start().starts_with("-----BEGIN PGP MESSAGE-----"));
+        if inline {
+            enc = Some(Crypto::PgpInline);
+        }
+    }
     (enc, sig)
 }
 
@@ -159,15 +168,23 @@ pub fn facts_of(meta: &MessageMeta, raw: &[u8]) -> MessageFacts {
     let Some(msg) = MessageParser::default().parse(raw) else {
         return f;
     };
+    let author = msg
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .and_then(crate::privacy::public::normalise_address);
     for h in msg.headers() {
         let name = h.name().to_ascii_lowercase();
         match name.as_str() {
             "received" => f.external_hops += 1,
             "dkim-signature" => f.dkim = AuthResult::Unchecked,
             "autocrypt" => {
-                if let Some((_, mutual, _)) = parse_autocrypt(&header_text(raw, h)) {
-                    f.autocrypt = true;
-                    f.autocrypt_mutual = mutual;
+                // Only a key for the author counts (Autocrypt 1.1 §2.3).
+                if let Some((addr, mutual, _)) = parse_autocrypt(&header_text(raw, h)) {
+                    if Some(&addr) == author.as_ref() {
+                        f.autocrypt = true;
+                        f.autocrypt_mutual = mutual;
+                    }
                 }
             }
             _ => {}
@@ -203,7 +220,7 @@ mod tests {
 
     #[test]
     fn structure_is_recognised() {
-        let pgp = b"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b\r\nReceived: from a\r\nReceived: from b\r\nAutocrypt: addr=x@y.test; prefer-encrypt=mutual; keydata=AAAA\r\n\r\n--b--\r\n";
+        let pgp = b"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b\r\nReceived: from a\r\nReceived: from b\r\nAutocrypt: addr=x@y.test; prefer-encrypt=mutual; keydata=AAAA\r\nFrom: x@y.test\r\n\r\n--b--\r\n";
         let f = facts_of(&meta(Via::Smtp, Some("TLSv1_3")), pgp);
         assert_eq!(f.encrypted, Some(Crypto::PgpMime));
         assert_eq!(f.external_hops, 2);

@@ -55,6 +55,8 @@ pub enum Crypto {
     PgpMime,
     /// S/MIME (RFC 8551).
     SMime,
+    /// Inline OpenPGP armour in a text body (RFC 4880 §6.2), without PGP/MIME.
+    PgpInline,
 }
 
 /// Everything the index looks at for one message.
@@ -190,6 +192,12 @@ pub fn score_message(f: &MessageFacts) -> PrivacyIndex {
             Technic,
             35,
             "Encrypted end to end with S/MIME: only the recipient can read it.",
+        ),
+        Some(Crypto::PgpInline) => a.add(
+            "crypto.encrypted_pgp_inline",
+            Technic,
+            30,
+            "Encrypted end to end with inline OpenPGP: the text is protected, attachments and the subject may not be.",
         ),
         None => hints.push(
             "Exchange keys with this correspondent to encrypt your messages end to end.".to_owned(),
