@@ -145,11 +145,17 @@ impl PeerLimiter {
     }
 }
 
+/// One entry of a bucket: a full address hash and its level.
+pub type LevelEntry = ([u8; 32], u8);
+
+/// Cache key: member, prefix bits, prefix.
+type BucketKey = (String, u32, Vec<u8>);
+
 /// One cached answer: the bucket's entries.
 #[derive(Debug, Clone)]
 pub struct Bucket {
     /// (full hash, level) pairs.
-    pub entries: Vec<([u8; 32], u8)>,
+    pub entries: Vec<LevelEntry>,
     expires: Instant,
 }
 
@@ -157,7 +163,7 @@ pub struct Bucket {
 /// TTL the answerer gave (capped at one hour) and a bounded size.
 #[derive(Debug, Default)]
 pub struct AnswerCache {
-    map: Mutex<HashMap<(String, u32, Vec<u8>), Bucket>>,
+    map: Mutex<HashMap<BucketKey, Bucket>>,
 }
 
 /// Most buckets kept.
@@ -176,14 +182,7 @@ impl AnswerCache {
     }
 
     /// Keeps an answer.
-    pub fn put(
-        &self,
-        member: &str,
-        bits: u32,
-        prefix: &[u8],
-        entries: Vec<([u8; 32], u8)>,
-        ttl: u32,
-    ) {
+    pub fn put(&self, member: &str, bits: u32, prefix: &[u8], entries: Vec<LevelEntry>, ttl: u32) {
         let now = Instant::now();
         let mut m = self
             .map

@@ -503,7 +503,7 @@ impl Store {
         prefix: &[u8],
         bits: u32,
         cap: usize,
-    ) -> Result<Option<Vec<([u8; 32], u8)>>, StoreError> {
+    ) -> Result<Option<Vec<crate::privacy::public::LevelEntry>>, StoreError> {
         let whole = &prefix[..(bits / 8) as usize];
         let mut out = Vec::new();
         for kv in self.levels.scan_prefix(whole) {
