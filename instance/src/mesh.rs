@@ -394,17 +394,21 @@ pub async fn start(
                 match ev {
                     OutboxEvent::Delivered { peer, reply } => {
                         svc.metrics().sent_mesh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let refused: Vec<_> = reply
-                            .results
+                        tracing::info!(peer, duplicate = reply.duplicate, "delivered over the mesh");
+                    }
+                    OutboxEvent::RecipientsRefused { peer, deliver, refused } => {
+                        // Bounce to the sender, naming only the refused recipients.
+                        let why = refused
                             .iter()
-                            .filter(|r| r.status == recipient_result::Status::RejectedPermanent as i32)
-                            .collect();
-                        tracing::info!(peer, duplicate = reply.duplicate, refused = refused.len(), "delivered over the mesh");
-                        // The Delivered event does not carry the message, so a
-                        // per-recipient refusal is logged, not bounced (known gap).
-                        for r in refused {
-                            tracing::warn!(peer, rcpt = %r.rcpt, detail = %r.detail, "recipient refused by the peer");
-                        }
+                            .map(|r| format!("{}: {}", r.rcpt, r.detail))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        tracing::warn!(peer, refused = refused.len(), "recipients refused by the peer");
+                        let only = Deliver {
+                            rcpt_to: refused.into_iter().map(|r| r.rcpt).collect(),
+                            ..deliver
+                        };
+                        bounce(&svc, &domain, &only, "5.1.1", &format!("refused by {peer}: {why}")).await;
                     }
                     OutboxEvent::Failed { peer, deliver, reason } => {
                         bounce(&svc, &domain, &deliver, "5.0.0", &format!("refused by {peer}: {reason}")).await;

@@ -482,6 +482,63 @@ print("sent")
 
     public_levels_across_the_mesh(&a, &b).await;
 
+    // A recipient B does not have: B refuses it over the mesh, A bounces it to alice.
+    let script = format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(cafile="{tls}")
+ctx.check_hostname = False
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=10)
+s.starttls(context=ctx)
+s.login("alice@alpha.test", "alice password")
+s.sendmail("alice@alpha.test", ["ghost@beta.test"], b"From: alice@alpha.test\r\nTo: ghost@beta.test\r\nSubject: to nobody\r\n\r\nHello?\r\n")
+s.quit()
+"#,
+        tls = a.data.join("tls.pem").display(),
+        port = a.submission.expect("submission").port()
+    );
+    let o = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("python3")
+    })
+    .await
+    .expect("join");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t0 = Instant::now();
+    let dsn = loop {
+        let list = caliopen(
+            &[
+                "mail",
+                "list",
+                "--config",
+                a.c(),
+                "--user",
+                "alice",
+                "--json",
+            ],
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_str(&list).expect("json");
+        if let Some(m) = v.as_array().and_then(|l| {
+            l.iter()
+                .find(|m| m["subject"] == "Undelivered Mail Returned to Sender")
+                .cloned()
+        }) {
+            break m;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no bounce; A's log:\n{}",
+            std::fs::read_to_string(a.data.join("daemon.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("peer's refusal bounced to the sender in {:?}", t0.elapsed());
+    assert_eq!(dsn["from"], "", "a bounce has the null sender: {dsn}");
+
     // The association revokes B: A hears it through Watch, and its next
     // message for B leaves by SMTP (through the relay, here B's own MX).
     let ca4 = ca.clone();
