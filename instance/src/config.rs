@@ -211,6 +211,36 @@ impl Default for ApiSection {
     }
 }
 
+/// DNS: sender checks (DKIM, SPF, DMARC) of inbound mail and MX lookups
+/// for direct delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// Make DNS lookups at all (off: no sender checks, no direct delivery).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Name servers `IP:PORT` (empty: the system configuration).
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
+    /// Seconds one lookup may take.
+    #[serde(default = "default_dns_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_dns_timeout() -> u64 {
+    5
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            servers: Vec::new(),
+            timeout_seconds: default_dns_timeout(),
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,6 +292,9 @@ pub struct Config {
     /// Client API.
     #[serde(default)]
     pub api: ApiSection,
+    /// DNS.
+    #[serde(default)]
+    pub dns: DnsSection,
     /// Association membership (absent: unlabelled, no mesh).
     #[serde(default)]
     pub association: Option<AssociationConfig>,
@@ -285,6 +318,7 @@ impl Config {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 9925))),
             },
             api: ApiSection::default(),
+            dns: DnsSection::default(),
             association: None,
             source: None,
         }
@@ -351,6 +385,9 @@ impl Config {
         }
         if self.smtp.max_connections == 0 {
             return Err("key `smtp.max_connections`: must be at least 1".into());
+        }
+        if !(1..=60).contains(&self.dns.timeout_seconds) {
+            return Err("key `dns.timeout_seconds`: between 1 and 60".into());
         }
         if !(1..=24 * 60).contains(&self.api.token_minutes) {
             return Err("key `api.token_minutes`: between 1 and 1440".into());

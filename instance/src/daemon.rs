@@ -142,6 +142,13 @@ pub async fn run(
     let store = Store::open(&dir.join("db")).map_err(|e| e.to_string())?;
     let tls = load_tls(&config)?;
     let svc = MailService::new(store.clone(), config.domains.clone());
+    let timeout = Duration::from_secs(config.dns.timeout_seconds);
+    svc.set_auth(if config.dns.enabled {
+        tracing::info!(servers = ?config.dns.servers, "DNS on: DKIM, SPF and DMARC are checked on inbound mail");
+        crate::auth::SenderAuth::new(&config.dns.servers, timeout)?
+    } else {
+        crate::auth::SenderAuth::offline()?
+    });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     if config.smtp.relay.is_some() || !config.smtp.routes.is_empty() {

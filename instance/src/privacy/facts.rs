@@ -193,6 +193,19 @@ pub fn facts_of(meta: &MessageMeta, raw: &[u8]) -> MessageFacts {
     let (enc, sig) = crypto_of(&msg);
     f.encrypted = enc;
     f.signed = sig;
+    // Verdicts recorded at reception replace "present, not checked".
+    let t = &meta.transport;
+    if let Some(r) = crate::auth::auth_result(t.dkim.as_deref()) {
+        if r != AuthResult::None || f.dkim == AuthResult::None {
+            f.dkim = r;
+        }
+    }
+    if let Some(r) = crate::auth::auth_result(t.spf.as_deref()) {
+        f.spf = r;
+    }
+    if let Some(r) = crate::auth::auth_result(t.dmarc.as_deref()) {
+        f.dmarc = r;
+    }
     f
 }
 

@@ -63,6 +63,7 @@ pub struct MailService {
     domains: Arc<Vec<String>>,
     mesh: Arc<std::sync::OnceLock<crate::mesh::MeshRoute>>,
     queue: Arc<std::sync::OnceLock<crate::outbound::SmtpQueue>>,
+    auth: Arc<std::sync::OnceLock<crate::auth::SenderAuth>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -97,8 +98,41 @@ impl MailService {
             ),
             mesh: Arc::new(std::sync::OnceLock::new()),
             queue: Arc::new(std::sync::OnceLock::new()),
+            auth: Arc::new(std::sync::OnceLock::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
         }
+    }
+
+    /// Sets the resolver and sender checks.
+    pub fn set_auth(&self, a: crate::auth::SenderAuth) {
+        let _ = self.auth.set(a);
+    }
+
+    /// The resolver and sender checks, when set.
+    pub fn auth(&self) -> Option<&crate::auth::SenderAuth> {
+        self.auth.get()
+    }
+
+    /// Records DKIM/SPF/DMARC verdicts of a message from the internet.
+    pub async fn check_sender(&self, env: &Envelope, t: &mut Transport) {
+        let Some(a) = self.auth.get() else { return };
+        let ip = t
+            .client
+            .parse::<std::net::SocketAddr>()
+            .map(|s| s.ip())
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let v = a
+            .check(
+                &env.data,
+                ip,
+                &env.helo,
+                &env.mail_from,
+                self.primary_domain(),
+            )
+            .await;
+        t.dkim = v.dkim;
+        t.spf = v.spf;
+        t.dmarc = v.dmarc;
     }
 
     /// The primary mail domain.
@@ -473,7 +507,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     } else {
                         Via::Smtp
                     };
-                    let r = svc.accept(env, transport.clone(), via).await;
+                    let mut t = transport.clone();
+                    if via == Via::Smtp {
+                        svc.check_sender(&env, &mut t).await;
+                    }
+                    let r = svc.accept(env, t, via).await;
                     if let Err(e) = &r {
                         tracing::error!(error = %e, "message not stored");
                     }

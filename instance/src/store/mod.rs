@@ -73,6 +73,15 @@ pub struct Transport {
     pub auth_user: Option<String>,
     /// The mesh member it came from.
     pub peer_member: Option<String>,
+    /// DKIM verdict ("pass", "fail", "none", "temperror"…), when checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<String>,
+    /// SPF verdict of the MAIL FROM (or HELO) identity, when checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spf: Option<String>,
+    /// DMARC verdict of the From: domain, when checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc: Option<String>,
 }
 
 /// What is kept about a stored message besides its bytes.
