@@ -299,6 +299,23 @@ impl SenderAuth {
         }
     }
 
+    /// The addresses of `host` through this resolver (never the system's).
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        if !self.enabled {
+            return Err("DNS is disabled ([dns] enabled = false)".into());
+        }
+        let name = format!("{}.", host.trim_end_matches('.'));
+        match tokio::time::timeout(self.timeout * 2, self.resolver.resolver().lookup_ip(name)).await
+        {
+            Err(_) => Err(format!("address lookup for {host} timed out")),
+            Ok(Err(e)) => Err(format!("address lookup for {host}: {e}")),
+            Ok(Ok(l)) => Ok(l.iter().take(4).collect()),
+        }
+    }
+
     /// The mail exchangers of `domain`, best first (empty when it has none
     /// or DNS is off); RFC 5321 §5.1: no MX record means the domain itself.
     pub async fn mx(&self, domain: &str) -> Result<Vec<String>, String> {

@@ -71,6 +71,13 @@ pub struct SmtpConfig {
     /// Hours an outbound message may wait before it bounces.
     #[serde(default = "default_queue_hours")]
     pub queue_lifetime_hours: u64,
+    /// Port of direct delivery to MX hosts (when `[dns] enabled` and no relay).
+    #[serde(default = "default_delivery_port")]
+    pub delivery_port: u16,
+}
+
+fn default_delivery_port() -> u16 {
+    25
 }
 
 fn default_queue_hours() -> u64 {
@@ -113,6 +120,7 @@ impl Default for SmtpConfig {
             relay_ca: None,
             routes: Default::default(),
             queue_lifetime_hours: default_queue_hours(),
+            delivery_port: default_delivery_port(),
         }
     }
 }

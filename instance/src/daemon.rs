@@ -143,15 +143,21 @@ pub async fn run(
     let tls = load_tls(&config)?;
     let svc = MailService::new(store.clone(), config.domains.clone());
     let timeout = Duration::from_secs(config.dns.timeout_seconds);
-    svc.set_auth(if config.dns.enabled {
+    let resolver = if config.dns.enabled {
         tracing::info!(servers = ?config.dns.servers, "DNS on: DKIM, SPF and DMARC are checked on inbound mail");
-        crate::auth::SenderAuth::new(&config.dns.servers, timeout)?
+        Some(crate::auth::SenderAuth::new(&config.dns.servers, timeout)?)
     } else {
-        crate::auth::SenderAuth::offline()?
+        None
+    };
+    svc.set_auth(match &resolver {
+        Some(r) => r.clone(),
+        None => crate::auth::SenderAuth::offline()?,
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    if config.smtp.relay.is_some() || !config.smtp.routes.is_empty() {
+    // Direct delivery to MX hosts needs DNS and is used when no relay is set.
+    let direct = resolver.filter(|_| config.smtp.relay.is_none());
+    if config.smtp.relay.is_some() || !config.smtp.routes.is_empty() || direct.is_some() {
         let relay = match &config.smtp.relay {
             Some(r) => Some(
                 crate::config::parse_host_port(r)
@@ -182,6 +188,8 @@ pub async fn run(
                 retry_base: Duration::from_secs(60),
                 retry_max: Duration::from_secs(3600),
                 lifetime: Duration::from_secs(config.smtp.queue_lifetime_hours * 3600),
+                direct: direct.clone(),
+                mx_port: config.smtp.delivery_port,
             },
         )
         .map_err(|e| e.to_string())?;
@@ -190,7 +198,7 @@ pub async fn run(
                 .run(svc.clone(), config.domains[0].clone(), token.clone()),
         );
         svc.set_queue(q);
-        tracing::info!(relay = ?config.smtp.relay, routes = config.smtp.routes.len(), "outbound SMTP enabled");
+        tracing::info!(relay = ?config.smtp.relay, routes = config.smtp.routes.len(), direct = direct.is_some(), "outbound SMTP enabled");
     }
     let mesh_node = match crate::mesh::start(&config, &svc, &token, &tracker).await? {
         Some((node, route)) => {
