@@ -310,6 +310,7 @@ pub fn member_id_of(cert_pem: &str) -> Result<String, String> {
 pub async fn start(
     config: &Config,
     svc: &MailService,
+    queues: &sled::Db,
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<Option<(MeshNode, MeshRoute)>, String> {
@@ -382,8 +383,7 @@ pub async fn start(
     );
     tracker.spawn(renewer.run(token.clone()));
 
-    let outbox =
-        Outbox::open(svc.store().db(), RetryPolicy::default()).map_err(|e| e.to_string())?;
+    let outbox = Outbox::open(queues, RetryPolicy::default()).map_err(|e| e.to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     tracker.spawn(outbox.clone().run(node.clone(), tx, token.clone()));
     {

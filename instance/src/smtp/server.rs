@@ -4,7 +4,7 @@
 //! [`MailService`].
 
 use super::session::{Envelope, Kind, Output, Policy, RcptVerdict, Session, SessionConfig};
-use crate::store::{MessageMeta, Store, Transport, Via};
+use crate::store::{MailStore, MessageMeta, Transport, Via};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +59,7 @@ impl ListenerConfig {
 /// the route to other members when the instance holds a label.
 #[derive(Debug, Clone)]
 pub struct MailService {
-    store: Store,
+    store: Arc<dyn MailStore>,
     domains: Arc<Vec<String>>,
     mesh: Arc<std::sync::OnceLock<crate::mesh::MeshRoute>>,
     queue: Arc<std::sync::OnceLock<crate::outbound::SmtpQueue>>,
@@ -86,10 +86,10 @@ pub fn split_address(addr: &str) -> Option<(String, String)> {
 
 impl MailService {
     /// A service over `store` for the mail `domains` of this instance.
-    pub fn new(store: Store, domains: Vec<String>) -> Self {
+    pub fn new(store: impl MailStore + 'static, domains: Vec<String>) -> Self {
         store.set_domains(&domains);
         Self {
-            store,
+            store: Arc::new(store),
             domains: Arc::new(
                 domains
                     .into_iter()
@@ -181,8 +181,8 @@ impl MailService {
     }
 
     /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn MailStore {
+        self.store.as_ref()
     }
 
     /// The local part of `addr` when it is a local user's address.

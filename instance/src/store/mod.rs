@@ -17,11 +17,13 @@
 
 mod book;
 mod commit;
+mod engine;
 
 pub use book::{
     contact_key, AutocryptKey, ContactRecord, Counters, PathClass, SeenLevel, UserStats,
 };
 pub use commit::GroupCommit;
+pub use engine::{MailStore, Recipients, StoreFuture};
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
