@@ -193,7 +193,7 @@ impl SenderAuth {
 
     /// DKIM only, against the cache first (no other check).
     pub async fn dkim(&self, raw: &[u8]) -> Option<String> {
-        let msg = AuthenticatedMessage::parse(raw)?;
+        let msg = parse_authenticated(raw)?;
         if msg.dkim_headers.is_empty() {
             return Some("none".into());
         }
@@ -226,7 +226,7 @@ impl SenderAuth {
                 ..Default::default()
             };
         }
-        let Some(msg) = AuthenticatedMessage::parse(raw) else {
+        let Some(msg) = parse_authenticated(raw) else {
             return Verdicts::default();
         };
         let run = async {
@@ -359,6 +359,18 @@ impl SenderAuth {
             Ok(Err(e)) => Err(format!("MX lookup for {domain}: {e}")),
         }
     }
+}
+
+/// mail-auth's parser, with a panic read as "not parsable" (see
+/// `privacy::parse_guarded`).
+fn parse_authenticated(raw: &[u8]) -> Option<AuthenticatedMessage<'_>> {
+    std::panic::catch_unwind(|| AuthenticatedMessage::parse(raw)).unwrap_or_else(|_| {
+        tracing::warn!(
+            size = raw.len(),
+            "mail-auth's parser panicked; no sender checks"
+        );
+        None
+    })
 }
 
 fn best_dkim<'a>(results: impl Iterator<Item = &'a DkimResult>) -> &'static str {

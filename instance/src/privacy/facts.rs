@@ -7,6 +7,31 @@ use super::{AuthResult, Crypto, MessageFacts, Path};
 use crate::store::{AutocryptKey, MessageMeta, Via};
 use mail_parser::{MessageParser, MimeHeaders};
 
+/// Parses a message with mail-parser, turning a panic inside the parser
+/// into "not parsable" (mail-parser 0.11.9 panics on some malformed nested
+/// multiparts, found by fuzzing; such a message must still be stored and
+/// listed). The parser keeps no state across calls.
+pub fn parse_guarded(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
+    std::panic::catch_unwind(|| MessageParser::default().parse(raw)).unwrap_or_else(|_| {
+        tracing::warn!(
+            size = raw.len(),
+            "mail-parser panicked on a message; read as unstructured"
+        );
+        None
+    })
+}
+
+/// Like [`parse_guarded`], headers only.
+pub fn parse_headers_guarded(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
+    std::panic::catch_unwind(|| MessageParser::default().parse_headers(raw)).unwrap_or_else(|_| {
+        tracing::warn!(
+            size = raw.len(),
+            "mail-parser panicked on headers; read as unstructured"
+        );
+        None
+    })
+}
+
 /// What one message tells about its author, for the contact book.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Correspondence {
@@ -66,7 +91,7 @@ fn header_text(raw: &[u8], h: &mail_parser::Header<'_>) -> String {
 /// What `raw` (envelope sender `mail_from`) tells about its author.
 pub fn correspondence_of(raw: &[u8], mail_from: &str, received_at: i64) -> Correspondence {
     let mut c = Correspondence::default();
-    let Some(msg) = MessageParser::default().parse(raw) else {
+    let Some(msg) = parse_guarded(raw) else {
         c.author = crate::privacy::public::normalise_address(mail_from);
         return c;
     };
@@ -165,7 +190,7 @@ pub fn facts_of(meta: &MessageMeta, raw: &[u8]) -> MessageFacts {
         contact_has_key: false,
         sender_public_level: None,
     };
-    let Some(msg) = MessageParser::default().parse(raw) else {
+    let Some(msg) = parse_guarded(raw) else {
         return f;
     };
     let author = msg
@@ -243,6 +268,16 @@ mod tests {
         assert_eq!(f.encrypted, Some(Crypto::SMime));
         assert_eq!(f.dkim, AuthResult::Unchecked);
         assert_eq!(f.path, Path::Mesh);
+    }
+
+    #[test]
+    fn a_message_that_makes_mail_parser_panic_is_read_as_unstructured() {
+        // Found by the privacy_mail fuzz target: a 133-byte nested multipart.
+        let raw = b" wit\nContent-Type: multipart; boundary=\"D7F-\n\nTh\0\0h--D7F--7F\nContent-Type:message/rfc822\n\nContent-Type: message/rfc822\nCon\n\n\n--D7F---";
+        let f = facts_of(&meta(Via::Smtp, None), raw);
+        assert_eq!(f.path, Path::Smtp);
+        let c = correspondence_of(raw, "x@y.test", 0);
+        assert_eq!(c.author.as_deref(), Some("x@y.test"));
     }
 
     #[test]

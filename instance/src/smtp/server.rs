@@ -69,8 +69,7 @@ pub struct MailService {
 
 /// The decoded Subject header of a message ("" when absent).
 pub fn subject_of(data: &[u8]) -> String {
-    mail_parser::MessageParser::default()
-        .parse_headers(data)
+    crate::privacy::parse_headers_guarded(data)
         .and_then(|m| m.subject().map(str::to_owned))
         .unwrap_or_default()
 }
