@@ -51,6 +51,22 @@ pub enum HandlerError {
     /// Refused by policy.
     #[error("refused: {0}")]
     Refused(String),
+    /// The request is not well formed.
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// The peer asks too often.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+}
+
+fn handler_error_response(e: HandlerError) -> Response {
+    let (code, m) = match e {
+        HandlerError::Unavailable(m) => (error_reply::Code::Unavailable, m),
+        HandlerError::Refused(m) => (error_reply::Code::Refused, m),
+        HandlerError::Malformed(m) => (error_reply::Code::Malformed, m),
+        HandlerError::RateLimited(m) => (error_reply::Code::RateLimited, m),
+    };
+    error_response(code, m)
 }
 
 /// What the instance provides to the mesh: durable delivery and privacy answers.
@@ -746,10 +762,7 @@ impl MeshNode {
                             body: Some(response::Body::Deliver(r)),
                         }
                     }
-                    Err(HandlerError::Unavailable(m)) => {
-                        error_response(error_reply::Code::Unavailable, m)
-                    }
-                    Err(HandlerError::Refused(m)) => error_response(error_reply::Code::Refused, m),
+                    Err(e) => handler_error_response(e),
                 }
             }
             request::Body::PrivacyQuery(q) => match self.inner.handler.privacy_query(peer, q).await
@@ -757,10 +770,7 @@ impl MeshNode {
                 Ok(r) => Response {
                     body: Some(response::Body::Privacy(r)),
                 },
-                Err(HandlerError::Unavailable(m)) => {
-                    error_response(error_reply::Code::Unavailable, m)
-                }
-                Err(HandlerError::Refused(m)) => error_response(error_reply::Code::Refused, m),
+                Err(e) => handler_error_response(e),
             },
             request::Body::CrlPush(c) => {
                 let r = self

@@ -8,7 +8,9 @@
 //! value = `OutboxRecord` (protobuf).
 
 use crate::node::{MeshError, MeshNode};
-use caliopen_proto::pb::mesh::{error_reply, Deliver, DeliverReply, OutboxRecord};
+use caliopen_proto::pb::mesh::{
+    error_reply, recipient_result, Deliver, DeliverReply, OutboxRecord, RecipientResult,
+};
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +59,16 @@ pub enum OutboxEvent {
         peer: String,
         /// The peer's answer.
         reply: DeliverReply,
+    },
+    /// Sent after `Delivered` when the peer refused some recipients for
+    /// good (unknown users…): the message, for a bounce to those recipients.
+    RecipientsRefused {
+        /// Peer.
+        peer: String,
+        /// The message as it was sent.
+        deliver: Deliver,
+        /// The recipients refused permanently, with the peer's reason.
+        refused: Vec<RecipientResult>,
     },
     /// The peer refused it for good (bounce).
     Failed {
@@ -313,17 +325,75 @@ impl Outbox {
         events: &mpsc::Sender<OutboxEvent>,
     ) -> Result<Option<i64>, OutboxError> {
         let mut iter = recs.into_iter();
+        let mut retry_due: Option<i64> = None;
         while let Some((k, mut rec)) = iter.next() {
             let deliver = rec.deliver.clone().unwrap_or_default();
             match node.deliver(peer, deliver.clone()).await {
                 Ok(reply) => {
-                    self.tree.remove(&k)?;
+                    let temporary: Vec<&RecipientResult> = reply
+                        .results
+                        .iter()
+                        .filter(|r| r.status == recipient_result::Status::RejectedTemporary as i32)
+                        .collect();
+                    if temporary.is_empty() {
+                        self.tree.remove(&k)?;
+                    } else {
+                        // The same entry, for the deferred recipients only (a
+                        // new txn_id: the peer stored the others under the old
+                        // one), replaces the delivered one in a single write.
+                        let rcpts: Vec<String> = temporary.iter().map(|r| r.rcpt.clone()).collect();
+                        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                        ctx.update(b"caliopen-retry");
+                        ctx.update(&deliver.txn_id);
+                        for r in &rcpts {
+                            ctx.update(&(r.len() as u64).to_be_bytes());
+                            ctx.update(r.as_bytes());
+                        }
+                        let mut again = rec.clone();
+                        let mut d = deliver.clone();
+                        d.txn_id = ctx.finish().as_ref().to_vec();
+                        d.rcpt_to = rcpts;
+                        again.deliver = Some(d);
+                        let delay = self.policy.delay(again.attempts, jitter());
+                        again.attempts += 1;
+                        again.next_attempt_ms = now_ms() + delay.as_millis() as i64;
+                        again.last_error = temporary
+                            .iter()
+                            .map(|r| format!("{}: {}", r.rcpt, r.detail))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        retry_due = Some(
+                            retry_due
+                                .map_or(again.next_attempt_ms, |x| x.min(again.next_attempt_ms)),
+                        );
+                        tracing::info!(
+                            peer,
+                            deferred = temporary.len(),
+                            "recipients deferred by the peer"
+                        );
+                        self.tree.insert(&k, again.encode_to_vec())?;
+                    }
+                    let refused: Vec<RecipientResult> = reply
+                        .results
+                        .iter()
+                        .filter(|r| r.status == recipient_result::Status::RejectedPermanent as i32)
+                        .cloned()
+                        .collect();
                     let _ = events
                         .send(OutboxEvent::Delivered {
                             peer: peer.to_owned(),
                             reply,
                         })
                         .await;
+                    if !refused.is_empty() {
+                        let _ = events
+                            .send(OutboxEvent::RecipientsRefused {
+                                peer: peer.to_owned(),
+                                deliver,
+                                refused,
+                            })
+                            .await;
+                    }
                 }
                 Err(MeshError::Remote { code, message })
                     if code == error_reply::Code::Refused
@@ -361,7 +431,7 @@ impl Outbox {
             }
         }
         self.db.flush_async().await?;
-        Ok(None)
+        Ok(retry_due)
     }
 }
 

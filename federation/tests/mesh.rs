@@ -25,6 +25,8 @@ struct Inbox {
     db: sled::Db,
     tree: sled::Tree,
     domain: String,
+    /// Recipients already deferred once (`later…@` is deferred on first sight).
+    deferred: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Inbox {
@@ -35,6 +37,7 @@ impl Inbox {
             db,
             tree,
             domain: domain.to_owned(),
+            deferred: Default::default(),
         })
     }
     fn len(&self) -> usize {
@@ -55,9 +58,14 @@ impl MeshHandler for Inbox {
                 let ours = r
                     .rsplit_once('@')
                     .is_some_and(|(_, dom)| dom.eq_ignore_ascii_case(&self.domain));
+                let later = ours
+                    && r.starts_with("later")
+                    && self.deferred.lock().expect("lock").insert(r.clone());
                 RecipientResult {
                     rcpt: r.clone(),
-                    status: if ours {
+                    status: if later {
+                        recipient_result::Status::RejectedTemporary
+                    } else if ours {
                         recipient_result::Status::Accepted
                     } else {
                         recipient_result::Status::RejectedPermanent
@@ -766,6 +774,74 @@ async fn outbox_retries_and_flushes_when_the_peer_restarts() {
     assert!(t0.elapsed() < Duration::from_secs(10));
     assert_eq!(inbox.len(), 3);
     assert!(outbox.is_empty());
+    token.cancel();
+    runner.await.expect("runner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_recipient_refusals_bounce_and_deferrals_retry() {
+    let fed = Fed::new();
+    let a = fed.member("alpha", |_| {}).await;
+    let b = fed.member("beta", |_| {}).await;
+    fed.sync(&[&a, &b]);
+    let db = sled::Config::new().temporary(true).open().expect("sled");
+    let outbox = Outbox::open(
+        &db,
+        RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            lifetime: Duration::from_secs(3600),
+        },
+    )
+    .expect("outbox");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let token = tokio_util::sync::CancellationToken::new();
+    let runner = tokio::spawn(outbox.clone().run(a.node.clone(), tx, token.clone()));
+    let mut d = deliver("alice@alpha.test", "bob@beta.test", 9);
+    d.rcpt_to = vec![
+        "bob@beta.test".into(),
+        "later@beta.test".into(),
+        "ghost@nowhere.test".into(),
+    ];
+    outbox.enqueue("beta", d).await.expect("enqueue");
+    async fn next(rx: &mut tokio::sync::mpsc::Receiver<OutboxEvent>) -> OutboxEvent {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("event in time")
+            .expect("event")
+    }
+    let first = match next(&mut rx).await {
+        OutboxEvent::Delivered { reply, .. } => reply,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(first.results.len(), 3);
+    match next(&mut rx).await {
+        OutboxEvent::RecipientsRefused {
+            peer,
+            deliver,
+            refused,
+        } => {
+            assert_eq!(peer, "beta");
+            assert_eq!(refused.len(), 1);
+            assert_eq!(refused[0].rcpt, "ghost@nowhere.test");
+            assert_eq!(deliver.txn_id, txn(9), "the message as sent");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // The deferred recipient comes back alone, under a new txn_id, and is taken.
+    let second = match next(&mut rx).await {
+        OutboxEvent::Delivered { reply, .. } => reply,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(second.results.len(), 1);
+    assert_eq!(second.results[0].rcpt, "later@beta.test");
+    assert_eq!(
+        second.results[0].status,
+        recipient_result::Status::Accepted as i32
+    );
+    assert_ne!(second.txn_id, txn(9));
+    assert_eq!(b.inbox.len(), 2, "two transactions stored at beta");
+    eventually("outbox empty", || outbox.is_empty()).await;
     token.cancel();
     runner.await.expect("runner");
 }

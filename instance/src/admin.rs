@@ -7,7 +7,8 @@ use crate::store::MessageMeta;
 use caliopen_proto::pb::instance_admin::instance_admin_client::InstanceAdminClient;
 use caliopen_proto::pb::instance_admin::instance_admin_server::InstanceAdmin;
 use caliopen_proto::pb::instance_admin::{
-    ListMailRequest, ListMailResponse, PutUserRequest, PutUserResponse,
+    IssueUserTokenRequest, IssueUserTokenResponse, ListMailRequest, ListMailResponse,
+    PutUserRequest, PutUserResponse,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -29,13 +30,12 @@ pub fn valid_localpart(l: &str) -> bool {
 }
 
 /// The JSON shape of `caliopen mail list --json`, with each message's
-/// privacy index computed from its delivery record and bytes.
-pub fn messages_json(store: &crate::store::Store, list: &[MessageMeta]) -> serde_json::Value {
+/// privacy index computed from its delivery record, bytes and the contact book.
+pub fn messages_json(svc: &MailService, list: &[MessageMeta]) -> serde_json::Value {
     serde_json::Value::Array(
         list.iter()
             .map(|m| {
-                let raw = store.raw(m.id).ok().flatten().unwrap_or_default();
-                let privacy = crate::privacy::score_message(&crate::privacy::facts_of(m, &raw));
+                let privacy = crate::api::message_index(svc, m);
                 serde_json::json!({
                     "privacy": privacy,
                     "id": format!("{:x}", m.id),
@@ -58,15 +58,25 @@ pub struct AdminService {
     svc: MailService,
     domains: Vec<String>,
     token: String,
+    sessions: std::sync::Arc<crate::api::Sessions>,
 }
 
+/// Lifetime of the client API tokens the admin API issues.
+const OPERATOR_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
 impl AdminService {
-    /// Serves `svc`; callers must present `token`.
-    pub fn new(svc: MailService, domains: Vec<String>, token: String) -> Self {
+    /// Serves `svc`; callers must present `token`. User tokens are issued into `sessions`.
+    pub fn new(
+        svc: MailService,
+        domains: Vec<String>,
+        token: String,
+        sessions: std::sync::Arc<crate::api::Sessions>,
+    ) -> Self {
         Self {
             svc,
             domains,
             token,
+            sessions,
         }
     }
 
@@ -141,13 +151,28 @@ impl InstanceAdmin for AdminService {
             .list(&l)
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ListMailResponse {
-            messages_json: messages_json(self.svc.store(), &list).to_string(),
+            messages_json: messages_json(&self.svc, &list).to_string(),
         }))
+    }
+
+    async fn issue_user_token(
+        &self,
+        r: Request<IssueUserTokenRequest>,
+    ) -> Result<Response<IssueUserTokenResponse>, Status> {
+        self.check(&r)?;
+        let l = r.into_inner().localpart;
+        if !self.svc.store().user_exists(&l) {
+            return Err(Status::not_found(format!("no user {l:?}")));
+        }
+        let (token, expires_at) = self.sessions.issue(&l, OPERATOR_TOKEN_LIFETIME)?;
+        tracing::info!(user = %l, "client token issued to the operator");
+        Ok(Response::new(IssueUserTokenResponse { token, expires_at }))
     }
 }
 
-/// Connects to the admin socket of a daemon running on `data_dir`, if one answers.
-pub async fn connect(data_dir: &Path) -> Option<(InstanceAdminClient<Channel>, String)> {
+/// Connects to the admin socket of a daemon running on `data_dir`, if one
+/// answers: the channel (which also serves the client API) and the admin token.
+pub async fn channel(data_dir: &Path) -> Option<(Channel, String)> {
     let sock = data_dir.join(ADMIN_SOCKET);
     if !sock.exists() {
         return None;
@@ -165,7 +190,13 @@ pub async fn connect(data_dir: &Path) -> Option<(InstanceAdminClient<Channel>, S
         }))
         .await
         .ok()?;
-    Some((InstanceAdminClient::new(channel), token.trim().to_owned()))
+    Some((channel, token.trim().to_owned()))
+}
+
+/// Connects to the admin API of a daemon running on `data_dir`, if one answers.
+pub async fn connect(data_dir: &Path) -> Option<(InstanceAdminClient<Channel>, String)> {
+    let (ch, token) = channel(data_dir).await?;
+    Some((InstanceAdminClient::new(ch), token))
 }
 
 /// Adds the bearer token to a request.

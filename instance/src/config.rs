@@ -71,6 +71,13 @@ pub struct SmtpConfig {
     /// Hours an outbound message may wait before it bounces.
     #[serde(default = "default_queue_hours")]
     pub queue_lifetime_hours: u64,
+    /// Port of direct delivery to MX hosts (when `[dns] enabled` and no relay).
+    #[serde(default = "default_delivery_port")]
+    pub delivery_port: u16,
+}
+
+fn default_delivery_port() -> u16 {
+    25
 }
 
 fn default_queue_hours() -> u64 {
@@ -113,6 +120,7 @@ impl Default for SmtpConfig {
             relay_ca: None,
             routes: Default::default(),
             queue_lifetime_hours: default_queue_hours(),
+            delivery_port: default_delivery_port(),
         }
     }
 }
@@ -186,6 +194,61 @@ pub struct MetricsSection {
     pub listen: Option<SocketAddr>,
 }
 
+/// The client API (gRPC with reflection; TLS with the SMTP certificate).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// TCP address of the client API (absent: only on the local admin socket).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Minutes a login token stays valid.
+    #[serde(default = "default_token_minutes")]
+    pub token_minutes: u64,
+}
+
+fn default_token_minutes() -> u64 {
+    60
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            token_minutes: default_token_minutes(),
+        }
+    }
+}
+
+/// DNS: sender checks (DKIM, SPF, DMARC) of inbound mail and MX lookups
+/// for direct delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// Make DNS lookups at all (off: no sender checks, no direct delivery).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Name servers `IP:PORT` (empty: the system configuration).
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
+    /// Seconds one lookup may take.
+    #[serde(default = "default_dns_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_dns_timeout() -> u64 {
+    5
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            servers: Vec::new(),
+            timeout_seconds: default_dns_timeout(),
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +297,12 @@ pub struct Config {
     /// Health and metrics endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// Client API.
+    #[serde(default)]
+    pub api: ApiSection,
+    /// DNS.
+    #[serde(default)]
+    pub dns: DnsSection,
     /// Association membership (absent: unlabelled, no mesh).
     #[serde(default)]
     pub association: Option<AssociationConfig>,
@@ -256,6 +325,8 @@ impl Config {
             metrics: MetricsSection {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 9925))),
             },
+            api: ApiSection::default(),
+            dns: DnsSection::default(),
             association: None,
             source: None,
         }
@@ -322,6 +393,12 @@ impl Config {
         }
         if self.smtp.max_connections == 0 {
             return Err("key `smtp.max_connections`: must be at least 1".into());
+        }
+        if !(1..=60).contains(&self.dns.timeout_seconds) {
+            return Err("key `dns.timeout_seconds`: between 1 and 60".into());
+        }
+        if !(1..=24 * 60).contains(&self.api.token_minutes) {
+            return Err("key `api.token_minutes`: between 1 and 1440".into());
         }
         if let Some(a) = &self.association {
             if !a.url.starts_with("https://") {

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::smtp::server::{ListenerConfig, MailService, SmtpListener};
 use crate::smtp::session::Kind;
 use crate::store::Store;
+use caliopen_proto::pb::client::client_server::ClientServer;
 use caliopen_proto::pb::instance_admin::instance_admin_server::InstanceAdminServer;
 use std::future::Future;
 use std::io::Write;
@@ -30,6 +31,8 @@ pub struct Bound {
     pub submission: SocketAddr,
     /// Health and metrics endpoint, when enabled.
     pub metrics: Option<SocketAddr>,
+    /// Client API (TLS), when enabled.
+    pub api: Option<SocketAddr>,
 }
 
 /// Writes `data` to a new or replaced file with `mode`, fsynced.
@@ -139,9 +142,22 @@ pub async fn run(
     let store = Store::open(&dir.join("db")).map_err(|e| e.to_string())?;
     let tls = load_tls(&config)?;
     let svc = MailService::new(store.clone(), config.domains.clone());
+    let timeout = Duration::from_secs(config.dns.timeout_seconds);
+    let resolver = if config.dns.enabled {
+        tracing::info!(servers = ?config.dns.servers, "DNS on: DKIM, SPF and DMARC are checked on inbound mail");
+        Some(crate::auth::SenderAuth::new(&config.dns.servers, timeout)?)
+    } else {
+        None
+    };
+    svc.set_auth(match &resolver {
+        Some(r) => r.clone(),
+        None => crate::auth::SenderAuth::offline()?,
+    });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    if config.smtp.relay.is_some() || !config.smtp.routes.is_empty() {
+    // Direct delivery to MX hosts needs DNS and is used when no relay is set.
+    let direct = resolver.filter(|_| config.smtp.relay.is_none());
+    if config.smtp.relay.is_some() || !config.smtp.routes.is_empty() || direct.is_some() {
         let relay = match &config.smtp.relay {
             Some(r) => Some(
                 crate::config::parse_host_port(r)
@@ -172,6 +188,8 @@ pub async fn run(
                 retry_base: Duration::from_secs(60),
                 retry_max: Duration::from_secs(3600),
                 lifetime: Duration::from_secs(config.smtp.queue_lifetime_hours * 3600),
+                direct: direct.clone(),
+                mx_port: config.smtp.delivery_port,
             },
         )
         .map_err(|e| e.to_string())?;
@@ -180,9 +198,9 @@ pub async fn run(
                 .run(svc.clone(), config.domains[0].clone(), token.clone()),
         );
         svc.set_queue(q);
-        tracing::info!(relay = ?config.smtp.relay, routes = config.smtp.routes.len(), "outbound SMTP enabled");
+        tracing::info!(relay = ?config.smtp.relay, routes = config.smtp.routes.len(), direct = direct.is_some(), "outbound SMTP enabled");
     }
-    let mesh_node = match crate::mesh::start(&config, &svc, &token, &tracker).await? {
+    let mesh_node = match crate::mesh::start(&config, &svc, store.db(), &token, &tracker).await? {
         Some((node, route)) => {
             svc.set_mesh(route);
             Some(node)
@@ -223,12 +241,25 @@ pub async fn run(
         .map_err(|e| format!("bind {}: {e}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("chmod {}: {e}", sock.display()))?;
-    let admin = AdminService::new(svc.clone(), config.domains.clone(), admin_token(&dir)?);
+    let sessions = Arc::new(crate::api::Sessions::default());
+    let client = crate::api::ClientService::new(
+        svc.clone(),
+        sessions.clone(),
+        Duration::from_secs(config.api.token_minutes * 60),
+    );
+    let admin = AdminService::new(
+        svc.clone(),
+        config.domains.clone(),
+        admin_token(&dir)?,
+        sessions,
+    );
     let admin_task = {
         let token = token.clone();
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(InstanceAdminServer::new(admin))
+                .add_service(ClientServer::new(client.clone()))
+                .add_service(crate::api::reflection()?)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::UnixListenerStream::new(admin_listener),
                     async move { token.cancelled().await },
@@ -253,10 +284,44 @@ pub async fn run(
         }
         None => None,
     };
+    let api_addr = match config.api.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("api listener {addr}: {e}"))?;
+            let a = l.local_addr().map_err(|e| e.to_string())?;
+            let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            let identity = tonic::transport::Identity::from_pem(
+                read(&config.in_data(&config.smtp.tls_cert))?,
+                read(&config.in_data(&config.smtp.tls_key))?,
+            );
+            let server = tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| format!("api TLS: {e}"))?
+                .timeout(Duration::from_secs(60))
+                .concurrency_limit_per_connection(64)
+                .add_service(ClientServer::new(client))
+                .add_service(crate::api::reflection()?);
+            let token = token.clone();
+            tracker.spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                if let Err(e) = server
+                    .serve_with_incoming_shutdown(incoming, async move { token.cancelled().await })
+                    .await
+                {
+                    tracing::error!(error = %e, "client API stopped");
+                }
+            });
+            tracing::info!(addr = %a, "client API up (TLS)");
+            Some(a)
+        }
+        None => None,
+    };
     on_bound(Bound {
         smtp: bound[0],
         submission: bound[1],
         metrics: metrics_addr,
+        api: api_addr,
     });
     tracing::info!(data = %dir.display(), domains = ?config.domains, "caliopen instance running");
 

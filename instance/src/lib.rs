@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api;
+pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod demo;

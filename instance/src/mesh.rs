@@ -5,6 +5,10 @@
 //! delivered with a DSN.
 
 use crate::config::Config;
+use crate::privacy::public::{
+    address_hash, check_query, in_bucket, normalise_address, prefix_of, AnswerCache, PeerLimiter,
+    ANSWER_TTL_SECONDS, DEFAULT_PREFIX_BITS, MAX_BUCKET_ENTRIES, MAX_PREFIX_BITS,
+};
 use crate::smtp::server::{split_address, MailService};
 use crate::store::{MessageMeta, Transport, Via};
 use caliopen_federation::node::BoxFuture;
@@ -14,7 +18,8 @@ use caliopen_federation::{
     Outbox, OutboxEvent, PeerIdentity, Renewer, RetryPolicy, TrustStore,
 };
 use caliopen_proto::pb::mesh::{
-    recipient_result, Deliver, DeliverReply, PrivacyQuery, PrivacyReply, RecipientResult,
+    recipient_result, Deliver, DeliverReply, PrivacyEntry, PrivacyQuery, PrivacyReply,
+    RecipientResult,
 };
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +34,25 @@ pub struct MeshRoute {
     pub trust: Arc<TrustStore>,
     /// The durable outbox.
     pub outbox: Outbox,
+    /// The mesh endpoint.
+    pub node: MeshNode,
+    /// Answers to public level queries, by member and bucket.
+    pub answers: Arc<AnswerCache>,
+}
+
+/// A public level looked up across the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelAnswer {
+    /// The member asked.
+    pub member: String,
+    /// The level, when the member publishes one for the address.
+    pub level: Option<u8>,
+    /// Prefix bits sent.
+    pub prefix_bits: u32,
+    /// Entries in the bucket answered (the anonymity set within that member).
+    pub bucket_size: usize,
+    /// Served from the cache.
+    pub cached: bool,
 }
 
 impl MeshRoute {
@@ -40,6 +64,73 @@ impl MeshRoute {
             .filter(|m| *m != self.member_id)
     }
 }
+
+impl MeshRoute {
+    /// Asks the member serving `address`'s domain for its public level with a
+    /// k-anonymous query: only a hash prefix leaves this instance. `None`
+    /// when the domain is not another member's.
+    pub async fn public_level(&self, address: &str) -> Result<Option<LevelAnswer>, String> {
+        let norm =
+            normalise_address(address).ok_or_else(|| format!("{address:?} is not an address"))?;
+        let Some(member) = split_address(&norm).and_then(|(_, d)| self.member_for(&d)) else {
+            return Ok(None);
+        };
+        let hash = address_hash(&norm);
+        let mut bits = DEFAULT_PREFIX_BITS;
+        loop {
+            let prefix = prefix_of(&hash, bits);
+            let find = |entries: &[([u8; 32], u8)]| {
+                entries.iter().find(|(h, _)| *h == hash).map(|(_, l)| *l)
+            };
+            if let Some(b) = self.answers.get(&member, bits, &prefix) {
+                return Ok(Some(LevelAnswer {
+                    level: find(&b.entries),
+                    member,
+                    prefix_bits: bits,
+                    bucket_size: b.entries.len(),
+                    cached: true,
+                }));
+            }
+            let q = PrivacyQuery {
+                hash_prefix: prefix.clone(),
+                prefix_bits: bits,
+            };
+            match self.node.privacy_query(&member, q).await {
+                Ok(reply) => {
+                    let entries: Vec<([u8; 32], u8)> = reply
+                        .entries
+                        .iter()
+                        .filter_map(|e| {
+                            let h: [u8; 32] = e.address_hash.as_slice().try_into().ok()?;
+                            // An entry outside the bucket asked for is the peer's error.
+                            in_bucket(&h, &prefix, bits).then_some((h, e.level.min(100) as u8))
+                        })
+                        .collect();
+                    let level = find(&entries);
+                    let size = entries.len();
+                    self.answers
+                        .put(&member, bits, &prefix, entries, reply.ttl_seconds);
+                    return Ok(Some(LevelAnswer {
+                        member,
+                        level,
+                        prefix_bits: bits,
+                        bucket_size: size,
+                        cached: false,
+                    }));
+                }
+                Err(caliopen_federation::MeshError::Remote { message, .. })
+                    if message.contains(BUCKET_TOO_LARGE) && bits + 4 <= MAX_PREFIX_BITS =>
+                {
+                    bits += 4;
+                }
+                Err(e) => return Err(format!("{member}: {e}")),
+            }
+        }
+    }
+}
+
+/// Words of the refusal that asks for a longer prefix.
+const BUCKET_TOO_LARGE: &str = "bucket too large";
 
 /// Idempotency key of a mesh delivery: SHA-256 over the member, envelope and content.
 pub fn txn_id(member: &str, mail_from: &str, rcpt_to: &[String], data: &[u8]) -> Vec<u8> {
@@ -58,6 +149,7 @@ pub fn txn_id(member: &str, mail_from: &str, rcpt_to: &[String], data: &[u8]) ->
 
 struct Handler {
     svc: MailService,
+    limiter: PeerLimiter,
 }
 
 impl MeshHandler for Handler {
@@ -136,14 +228,57 @@ impl MeshHandler for Handler {
 
     fn privacy_query(
         &self,
-        _peer: &PeerIdentity,
-        _q: PrivacyQuery,
+        peer: &PeerIdentity,
+        q: PrivacyQuery,
     ) -> BoxFuture<Result<PrivacyReply, HandlerError>> {
-        Box::pin(async {
-            Err(HandlerError::Refused(
-                "this instance does not publish public privacy levels yet".into(),
+        use std::sync::atomic::Ordering::Relaxed;
+        let metrics = self.svc.metrics().clone();
+        let r = if !self.limiter.allow(&peer.member_id) {
+            metrics.privacy_rate_limited.fetch_add(1, Relaxed);
+            Err(HandlerError::RateLimited(
+                "too many privacy queries; slow down".into(),
             ))
-        })
+        } else if let Err(e) = check_query(&q.hash_prefix, q.prefix_bits) {
+            metrics.privacy_refused.fetch_add(1, Relaxed);
+            Err(HandlerError::Malformed(e.to_string()))
+        } else {
+            match self
+                .svc
+                .store()
+                .public_bucket(&q.hash_prefix, q.prefix_bits, MAX_BUCKET_ENTRIES)
+            {
+                Err(e) => Err(HandlerError::Unavailable(e.to_string())),
+                Ok(None) => {
+                    metrics.privacy_refused.fetch_add(1, Relaxed);
+                    Err(HandlerError::Refused(format!(
+                        "{BUCKET_TOO_LARGE}: ask with more than {} bits",
+                        q.prefix_bits
+                    )))
+                }
+                Ok(Some(entries)) => {
+                    metrics.privacy_answered.fetch_add(1, Relaxed);
+                    // What this member learns: the asker, and a prefix.
+                    tracing::info!(
+                        peer = %peer.member_id,
+                        prefix_bits = q.prefix_bits,
+                        prefix = %hex::encode(&q.hash_prefix),
+                        entries = entries.len(),
+                        "privacy query answered"
+                    );
+                    Ok(PrivacyReply {
+                        entries: entries
+                            .into_iter()
+                            .map(|(h, l)| PrivacyEntry {
+                                address_hash: h.to_vec(),
+                                level: u32::from(l),
+                            })
+                            .collect(),
+                        ttl_seconds: ANSWER_TTL_SECONDS,
+                    })
+                }
+            }
+        };
+        Box::pin(async move { r })
     }
 }
 
@@ -175,6 +310,7 @@ pub fn member_id_of(cert_pem: &str) -> Result<String, String> {
 pub async fn start(
     config: &Config,
     svc: &MailService,
+    queues: &sled::Db,
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<Option<(MeshNode, MeshRoute)>, String> {
@@ -206,7 +342,10 @@ pub async fn start(
         config.mesh.listen,
         trust.clone(),
         identity.clone(),
-        Arc::new(Handler { svc: svc.clone() }),
+        Arc::new(Handler {
+            svc: svc.clone(),
+            limiter: PeerLimiter::new(20.0, 100.0),
+        }),
     )
     .await
     .map_err(|e| format!("mesh: {e}"))?;
@@ -244,8 +383,7 @@ pub async fn start(
     );
     tracker.spawn(renewer.run(token.clone()));
 
-    let outbox =
-        Outbox::open(svc.store().db(), RetryPolicy::default()).map_err(|e| e.to_string())?;
+    let outbox = Outbox::open(queues, RetryPolicy::default()).map_err(|e| e.to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     tracker.spawn(outbox.clone().run(node.clone(), tx, token.clone()));
     {
@@ -256,17 +394,21 @@ pub async fn start(
                 match ev {
                     OutboxEvent::Delivered { peer, reply } => {
                         svc.metrics().sent_mesh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let refused: Vec<_> = reply
-                            .results
+                        tracing::info!(peer, duplicate = reply.duplicate, "delivered over the mesh");
+                    }
+                    OutboxEvent::RecipientsRefused { peer, deliver, refused } => {
+                        // Bounce to the sender, naming only the refused recipients.
+                        let why = refused
                             .iter()
-                            .filter(|r| r.status == recipient_result::Status::RejectedPermanent as i32)
-                            .collect();
-                        tracing::info!(peer, duplicate = reply.duplicate, refused = refused.len(), "delivered over the mesh");
-                        // The Delivered event does not carry the message, so a
-                        // per-recipient refusal is logged, not bounced (known gap).
-                        for r in refused {
-                            tracing::warn!(peer, rcpt = %r.rcpt, detail = %r.detail, "recipient refused by the peer");
-                        }
+                            .map(|r| format!("{}: {}", r.rcpt, r.detail))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        tracing::warn!(peer, refused = refused.len(), "recipients refused by the peer");
+                        let only = Deliver {
+                            rcpt_to: refused.into_iter().map(|r| r.rcpt).collect(),
+                            ..deliver
+                        };
+                        bounce(&svc, &domain, &only, "5.1.1", &format!("refused by {peer}: {why}")).await;
                     }
                     OutboxEvent::Failed { peer, deliver, reason } => {
                         bounce(&svc, &domain, &deliver, "5.0.0", &format!("refused by {peer}: {reason}")).await;
@@ -291,11 +433,13 @@ pub async fn start(
         });
     }
     Ok(Some((
-        node,
+        node.clone(),
         MeshRoute {
             member_id,
             trust,
             outbox,
+            node,
+            answers: Arc::new(AnswerCache::default()),
         },
     )))
 }

@@ -36,6 +36,16 @@ pub struct Metrics {
     pub rcpt_unknown_user: AtomicU64,
     /// RCPT refused: relaying denied.
     pub rcpt_relay_denied: AtomicU64,
+    /// Public level queries from peers answered.
+    pub privacy_answered: AtomicU64,
+    /// Public level queries refused (malformed, bucket too large).
+    pub privacy_refused: AtomicU64,
+    /// Public level queries refused by the per-peer rate limit.
+    pub privacy_rate_limited: AtomicU64,
+    /// Public level queries this instance sent.
+    pub privacy_asked: AtomicU64,
+    /// Public level lookups served from the cache.
+    pub privacy_cache_hits: AtomicU64,
 }
 
 /// What the metrics page reads besides the counters.
@@ -112,6 +122,18 @@ pub fn render(s: &MetricsSources) -> String {
         &[
             ("reason", "unknown_user", l(&m.rcpt_unknown_user)),
             ("reason", "relay_denied", l(&m.rcpt_relay_denied)),
+        ],
+    );
+    c(
+        &mut out,
+        "caliopen_privacy_queries_total",
+        "Public level queries: answered to peers, refused, rate-limited; asked of peers, from cache.",
+        &[
+            ("outcome", "answered", l(&m.privacy_answered)),
+            ("outcome", "refused", l(&m.privacy_refused)),
+            ("outcome", "rate_limited", l(&m.privacy_rate_limited)),
+            ("outcome", "asked", l(&m.privacy_asked)),
+            ("outcome", "cache_hit", l(&m.privacy_cache_hits)),
         ],
     );
     g(

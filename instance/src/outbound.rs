@@ -1,5 +1,8 @@
 //! Outbound SMTP: a durable queue of messages for the world outside the
-//! labelled network, delivered through the configured relay with lettre.
+//! labelled network, delivered with lettre through a per-domain route, the
+//! configured relay, or — when DNS is on and no relay is set — directly to
+//! the domain's MX hosts (looked up at each attempt, best preference first,
+//! the domain itself when it has no MX record, a null MX refused).
 //! STARTTLS is tried first and its outcome recorded; a relay that does not
 //! offer it (or fails it) gets the message in clear, logged as such.
 //! Transient failures are retried with capped exponential backoff; a
@@ -46,6 +49,10 @@ pub struct RelayConfig {
     pub retry_max: Duration,
     /// How long a message may wait before it bounces.
     pub lifetime: Duration,
+    /// Direct delivery to MX hosts (the resolver), used when no route or relay applies.
+    pub direct: Option<crate::auth::SenderAuth>,
+    /// Port of direct delivery (25).
+    pub mx_port: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +65,18 @@ struct Entry {
     next_attempt_ms: i64,
     expires_at: i64,
     last_error: String,
+    /// Direct delivery: the domain whose MX hosts are looked up at each attempt.
+    #[serde(default)]
+    direct_domain: Option<String>,
+}
+
+/// Where a queued message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A fixed host (route or relay).
+    Host(String, u16),
+    /// The MX hosts of a domain.
+    Mx(String),
 }
 
 /// The outbound queue.
@@ -98,15 +117,17 @@ impl SmtpQueue {
         self.meta.is_empty()
     }
 
-    /// Where mail for `domain` goes: its route, else the relay.
-    pub fn destination(&self, domain: &str) -> Option<(String, u16)> {
+    /// Where mail for `domain` goes: its route, else the relay, else its MX
+    /// hosts when direct delivery is on.
+    pub fn destination(&self, domain: &str) -> Option<Destination> {
         let d = domain.to_ascii_lowercase();
         self.cfg
             .routes
             .iter()
             .find(|(rd, _, _)| *rd == d)
-            .map(|(_, h, p)| (h.clone(), *p))
-            .or_else(|| self.cfg.relay.clone())
+            .map(|(_, h, p)| Destination::Host(h.clone(), *p))
+            .or_else(|| self.cfg.relay.clone().map(|(h, p)| Destination::Host(h, p)))
+            .or_else(|| (self.cfg.direct.is_some() && !d.is_empty()).then_some(Destination::Mx(d)))
     }
 
     /// Queues a message, one entry per destination; durable when it returns.
@@ -116,7 +137,7 @@ impl SmtpQueue {
         rcpt_to: Vec<String>,
         data: &[u8],
     ) -> Result<(), String> {
-        let mut by_dest: Vec<((String, u16), Vec<String>)> = Vec::new();
+        let mut by_dest: Vec<(Destination, Vec<String>)> = Vec::new();
         for r in rcpt_to {
             let domain = r
                 .rsplit_once('@')
@@ -138,7 +159,7 @@ impl SmtpQueue {
 
     async fn enqueue_to(
         &self,
-        dest: (String, u16),
+        dest: Destination,
         mail_from: &str,
         rcpt_to: Vec<String>,
         data: &[u8],
@@ -148,9 +169,14 @@ impl SmtpQueue {
             .generate_id()
             .map_err(|e| e.to_string())?
             .to_be_bytes();
+        let (dest_host, dest_port, direct_domain) = match dest {
+            Destination::Host(h, p) => (h, p, None),
+            Destination::Mx(d) => (String::new(), self.cfg.mx_port, Some(d)),
+        };
         let e = Entry {
-            dest_host: dest.0,
-            dest_port: dest.1,
+            dest_host,
+            dest_port,
+            direct_domain,
             mail_from: mail_from.to_owned(),
             rcpt_to,
             attempts: 0,
@@ -171,20 +197,25 @@ impl SmtpQueue {
         Ok(())
     }
 
-    fn transport(
+    /// A transport to `connect` (a name or an address) on `port`, with
+    /// STARTTLS required and verified against `host` when `tls`.
+    fn transport_with(
         &self,
         tls: bool,
+        accept_any_cert: bool,
+        connect: &str,
         host: &str,
         port: u16,
     ) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
-        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.to_owned())
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(connect.to_owned())
             .port(port)
             .timeout(Some(Duration::from_secs(60)))
             .hello_name(lettre::transport::smtp::extension::ClientId::Domain(
                 self.cfg.hello.clone(),
             ));
         if tls {
-            let mut p = TlsParameters::builder(host.to_owned());
+            let mut p = TlsParameters::builder(host.to_owned())
+                .dangerous_accept_invalid_certs(accept_any_cert);
             if let Some(ca) = &self.cfg.ca_pem {
                 let blocks = pem::parse_many(ca).map_err(|e| e.to_string())?;
                 for b in blocks.into_iter().filter(|b| b.tag() == "CERTIFICATE") {
@@ -199,7 +230,67 @@ impl SmtpQueue {
         Ok(b.build())
     }
 
+    /// Direct delivery: each MX host in turn until one answers for good.
+    async fn send_direct(
+        &self,
+        e: &Entry,
+        domain: &str,
+        data: &[u8],
+    ) -> Result<&'static str, SendError> {
+        let Some(resolver) = &self.cfg.direct else {
+            return Err(SendError::Transient("direct delivery is off".into()));
+        };
+        let hosts = match resolver.mx(domain).await {
+            Ok(h) => h,
+            Err(err) if err.contains("null MX") => return Err(SendError::Permanent(err)),
+            Err(err) => return Err(SendError::Transient(err)),
+        };
+        let mut last = String::from("no MX host");
+        for host in hosts.iter().take(5) {
+            // Addresses come from our resolver: the system's is never asked.
+            let ips = match resolver.addresses(host).await {
+                Ok(ips) if !ips.is_empty() => ips,
+                Ok(_) => {
+                    last = format!("{host}: no address");
+                    continue;
+                }
+                Err(err) => {
+                    last = err;
+                    continue;
+                }
+            };
+            for ip in ips {
+                let attempt = Entry {
+                    dest_host: host.clone(),
+                    ..e.clone()
+                };
+                match self.send_host(&attempt, &ip.to_string(), data, true).await {
+                    Ok(tls) => return Ok(tls),
+                    Err(SendError::Permanent(p)) => return Err(SendError::Permanent(p)),
+                    Err(SendError::Transient(t)) => {
+                        tracing::info!(mx = %host, %ip, error = %t, "MX host failed; trying the next");
+                        last = format!("{host} ({ip}): {t}");
+                    }
+                }
+            }
+        }
+        Err(SendError::Transient(last))
+    }
+
     async fn send_one(&self, e: &Entry, data: &[u8]) -> Result<&'static str, SendError> {
+        match &e.direct_domain {
+            Some(d) => self.send_direct(e, d, data).await,
+            None => self.send_host(e, &e.dest_host, data, false).await,
+        }
+    }
+
+    async fn send_host(
+        &self,
+        e: &Entry,
+        connect: &str,
+        data: &[u8],
+        mx: bool,
+    ) -> Result<&'static str, SendError> {
         let from = if e.mail_from.is_empty() {
             None
         } else {
@@ -210,7 +301,7 @@ impl SmtpQueue {
             .map_err(|err| SendError::Permanent(format!("invalid envelope: {err}")))?;
         // Opportunistic STARTTLS: try it, and fall back to clear text only
         // when the TLS attempt itself failed (not when the relay refused the mail).
-        match self.transport(true, &e.dest_host, e.dest_port) {
+        match self.transport_with(true, false, connect, &e.dest_host, e.dest_port) {
             Ok(t) => match t.send_raw(&env, data).await {
                 Ok(_) => return Ok("starttls"),
                 Err(err) if err.is_permanent() => {
@@ -218,6 +309,27 @@ impl SmtpQueue {
                 }
                 Err(err) if err.is_transient() => {
                     return Err(SendError::Transient(err.to_string()))
+                }
+                Err(err) if mx => {
+                    // MX hosts rarely hold certificates for their names: encrypt
+                    // without authentication rather than not at all (RFC 7435).
+                    tracing::info!(error = %err, host = %e.dest_host, "verified STARTTLS failed; trying unauthenticated TLS");
+                    if let Ok(t) =
+                        self.transport_with(true, true, connect, &e.dest_host, e.dest_port)
+                    {
+                        match t.send_raw(&env, data).await {
+                            Ok(_) => return Ok("starttls-unverified"),
+                            Err(err) if err.is_permanent() => {
+                                return Err(SendError::Permanent(err.to_string()))
+                            }
+                            Err(err) if err.is_transient() => {
+                                return Err(SendError::Transient(err.to_string()))
+                            }
+                            Err(err) => {
+                                tracing::info!(error = %err, "STARTTLS failed; sending in clear")
+                            }
+                        }
+                    }
                 }
                 Err(err) => {
                     tracing::info!(error = %err, "STARTTLS to the relay failed; sending in clear")
@@ -228,7 +340,7 @@ impl SmtpQueue {
             }
         }
         let t = self
-            .transport(false, &e.dest_host, e.dest_port)
+            .transport_with(false, false, connect, &e.dest_host, e.dest_port)
             .map_err(SendError::Transient)?;
         t.send_raw(&env, data)
             .await
@@ -283,9 +395,9 @@ impl SmtpQueue {
             } else {
                 match self.send_one(&e, &data).await {
                     Ok(tls) => {
-                        tracing::info!(to = %e.dest_host, port = e.dest_port, tls, rcpts = e.rcpt_to.len(), "relayed by SMTP");
+                        tracing::info!(to = %e.direct_domain.as_deref().map_or(e.dest_host.as_str(), |d| d), direct = e.direct_domain.is_some(), port = e.dest_port, tls, rcpts = e.rcpt_to.len(), "sent by SMTP");
                         let m = svc.metrics();
-                        let counter = if tls == "starttls" {
+                        let counter = if tls.starts_with("starttls") {
                             &m.sent_smtp_tls
                         } else {
                             &m.sent_smtp_plain

@@ -3,6 +3,8 @@
 //! B over the mesh (`via = mesh`).
 
 use caliopen_ca::{Authority, BoundService, Settings, SignRequest};
+use caliopen_proto::pb::client as pb;
+use caliopen_proto::pb::client::client_client::ClientClient;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,6 +30,7 @@ struct Instance {
     child: Option<Child>,
     smtp: Option<SocketAddr>,
     submission: Option<SocketAddr>,
+    api: Option<SocketAddr>,
 }
 
 impl Instance {
@@ -39,6 +42,7 @@ impl Instance {
         let (child, b) = common::spawn_daemon(&self.config, stderr, &[("RUST_LOG", "info")]);
         self.smtp = Some(b.smtp);
         self.submission = Some(b.submission);
+        self.api = b.api;
         self.child = Some(child);
     }
     fn stop(&mut self) {
@@ -87,6 +91,8 @@ fn make_instance(
         "--submission",
         "127.0.0.1:0",
         "--metrics",
+        "127.0.0.1:0",
+        "--api",
         "127.0.0.1:0",
         "--mesh",
         &mesh,
@@ -146,6 +152,219 @@ fn make_instance(
         child: None,
         smtp: None,
         submission: None,
+        api: None,
+    }
+}
+
+/// Logs in to an instance's client API over TLS (its own certificate as the root).
+async fn client(
+    inst: &Instance,
+    address: &str,
+    password: &str,
+) -> (ClientClient<tonic::transport::Channel>, String) {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let pem = std::fs::read(inst.data.join("tls.pem")).expect("tls.pem");
+    let ch = Endpoint::from_shared(format!("https://{}", inst.api.expect("api listener")))
+        .expect("uri")
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(pem))
+                .domain_name("localhost"),
+        )
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect to the client API");
+    let mut c = ClientClient::new(ch);
+    let token = c
+        .login(pb::LoginRequest {
+            address: address.into(),
+            password: password.into(),
+        })
+        .await
+        .expect("login")
+        .into_inner()
+        .token;
+    (c, token)
+}
+
+fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    r
+}
+
+/// A user at A asks for contacts at B: the answer comes from B over the
+/// mesh, B sees only an 8-bit prefix, and an opted-out user is not answered.
+async fn public_levels_across_the_mesh(a: &Instance, b: &Instance) {
+    // carol at B opts out through her own client API session.
+    caliopen(
+        &[
+            "user",
+            "add",
+            "--config",
+            b.c(),
+            "carol",
+            "--password-stdin",
+        ],
+        Some("carol password\n"),
+    );
+    let (mut cc, ct) = client(b, "carol@beta.test", "carol password").await;
+    let me = cc
+        .set_public_level(bearer(pb::SetPublicLevelRequest { publish: false }, &ct))
+        .await
+        .expect("opt out")
+        .into_inner();
+    assert!(!me.published);
+    // A wrong password is refused with a status, not a token.
+    let mut bad = cc.clone();
+    let e = bad
+        .login(pb::LoginRequest {
+            address: "carol@beta.test".into(),
+            password: "nope".into(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = bad
+        .me(bearer(pb::MeRequest {}, "not-a-token"))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // Bob's level as B computes it.
+    let (mut bc, bt) = client(b, "bob@beta.test", "bob password").await;
+    let bob = bc
+        .me(bearer(pb::MeRequest {}, &bt))
+        .await
+        .expect("me")
+        .into_inner();
+    assert!(bob.published);
+    // The schema is discoverable by reflection.
+    {
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        let pem = std::fs::read(b.data.join("tls.pem")).expect("tls.pem");
+        let ch =
+            tonic::transport::Endpoint::from_shared(format!("https://{}", b.api.expect("api")))
+                .expect("uri")
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                        .domain_name("localhost"),
+                )
+                .expect("tls")
+                .connect()
+                .await
+                .expect("connect");
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = ServerReflectionClient::new(ch)
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let first = stream.message().await.expect("answer").expect("one");
+        let Some(MessageResponse::ListServicesResponse(l)) = first.message_response else {
+            panic!("unexpected reflection answer {first:?}");
+        };
+        let names: Vec<_> = l.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"caliopen.client.v1.Client"), "{names:?}");
+    }
+
+    let t0 = Instant::now();
+    let out = caliopen(
+        &[
+            "privacy",
+            "--config",
+            a.c(),
+            "--user",
+            "alice",
+            "--contact",
+            "bob@beta.test",
+            "--json",
+        ],
+        None,
+    );
+    println!(
+        "public level of bob asked across the mesh in {:?}",
+        t0.elapsed()
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let c = &v["contact"];
+    assert_eq!(c["lookup"]["member"], "beta", "{v}");
+    assert_eq!(c["lookup"]["found"], true, "{v}");
+    assert_eq!(c["lookup"]["prefix_bits"], 8, "{v}");
+    assert_eq!(c["public_level"]["level"], bob.public_level, "{v}");
+    assert_eq!(c["public_level"]["member"], "beta", "{v}");
+    assert_eq!(c["labelled_member"], "beta", "{v}");
+    assert!(
+        c["privacy"]["explanation"]
+            .as_array()
+            .expect("explanation")
+            .iter()
+            .any(|e| e["feature"] == "contact.public_level"),
+        "{v}"
+    );
+    // Alice wrote to bob over the mesh: he is in her contact book.
+    assert_eq!(c["known"], true, "{v}");
+    assert_eq!(c["sent"], 1, "{v}");
+
+    let out = caliopen(
+        &[
+            "privacy",
+            "--config",
+            a.c(),
+            "--user",
+            "alice",
+            "--contact",
+            "carol@beta.test",
+            "--json",
+        ],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["contact"]["lookup"]["member"], "beta", "{v}");
+    assert_eq!(v["contact"]["lookup"]["found"], false, "{v}");
+    assert!(v["contact"]["public_level"].is_null(), "{v}");
+    // The human form names the member and the prefix.
+    let text = caliopen(
+        &[
+            "privacy",
+            "--config",
+            a.c(),
+            "--user",
+            "alice",
+            "--contact",
+            "bob@beta.test",
+        ],
+        None,
+    );
+    assert!(text.contains("8-bit hash prefix"), "{text}");
+
+    // What B saw: prefixes only, never an address or a full hash.
+    let log = std::fs::read_to_string(b.data.join("daemon.log")).expect("log");
+    let answered: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("privacy query answered"))
+        .collect();
+    assert!(!answered.is_empty(), "{log}");
+    for l in &answered {
+        assert!(l.contains("prefix_bits=8"), "{l}");
+        assert!(!l.contains("bob@") && !l.contains("carol@"), "{l}");
+    }
+    for addr in ["bob@beta.test", "carol@beta.test"] {
+        let full = hex::encode(caliopen_instance::privacy::public::address_hash(addr));
+        assert!(
+            !log.contains(&full),
+            "B's log holds the full hash of {addr}"
+        );
     }
 }
 
@@ -260,6 +479,65 @@ print("sent")
     assert_eq!(msg["subject"], "over the mesh");
     assert_eq!(msg["from"], "alice@alpha.test");
     assert_eq!(msg["transport"]["peer_member"], "alpha");
+
+    public_levels_across_the_mesh(&a, &b).await;
+
+    // A recipient B does not have: B refuses it over the mesh, A bounces it to alice.
+    let script = format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(cafile="{tls}")
+ctx.check_hostname = False
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=10)
+s.starttls(context=ctx)
+s.login("alice@alpha.test", "alice password")
+s.sendmail("alice@alpha.test", ["ghost@beta.test"], b"From: alice@alpha.test\r\nTo: ghost@beta.test\r\nSubject: to nobody\r\n\r\nHello?\r\n")
+s.quit()
+"#,
+        tls = a.data.join("tls.pem").display(),
+        port = a.submission.expect("submission").port()
+    );
+    let o = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("python3")
+    })
+    .await
+    .expect("join");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t0 = Instant::now();
+    let dsn = loop {
+        let list = caliopen(
+            &[
+                "mail",
+                "list",
+                "--config",
+                a.c(),
+                "--user",
+                "alice",
+                "--json",
+            ],
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_str(&list).expect("json");
+        if let Some(m) = v.as_array().and_then(|l| {
+            l.iter()
+                .find(|m| m["subject"] == "Undelivered Mail Returned to Sender")
+                .cloned()
+        }) {
+            break m;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no bounce; A's log:\n{}",
+            std::fs::read_to_string(a.data.join("daemon.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("peer's refusal bounced to the sender in {:?}", t0.elapsed());
+    assert_eq!(dsn["from"], "", "a bounce has the null sender: {dsn}");
 
     // The association revokes B: A hears it through Watch, and its next
     // message for B leaves by SMTP (through the relay, here B's own MX).

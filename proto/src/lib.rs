@@ -20,6 +20,10 @@ pub const MESH_PROTOCOL_VERSION: u32 = 1;
 /// Version of this software, as compared with the directory's security baseline.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The encoded `FileDescriptorSet` of every schema, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/caliopen_descriptor.bin"));
+
 /// Generated protobuf and gRPC code, one module per protobuf package.
 pub mod pb {
     /// Protobuf packages under `caliopen.`.
@@ -56,6 +60,14 @@ pub mod pb {
                 tonic::include_proto!("caliopen.instanceadmin.v1");
             }
         }
+        /// `caliopen.client`.
+        pub mod client {
+            /// The client API of an instance.
+            #[allow(missing_docs, clippy::all)]
+            pub mod v1 {
+                tonic::include_proto!("caliopen.client.v1");
+            }
+        }
         /// `caliopen.mesh`.
         pub mod mesh {
             /// The mesh protocol between members.
@@ -67,6 +79,7 @@ pub mod pb {
     }
     pub use caliopen::association::v1 as association;
     pub use caliopen::caadmin::v1 as ca_admin;
+    pub use caliopen::client::v1 as client;
     pub use caliopen::directory::v1 as directory;
     pub use caliopen::instanceadmin::v1 as instance_admin;
     pub use caliopen::mesh::v1 as mesh;

@@ -8,8 +8,9 @@ use anyhow::{bail, Context};
 use caliopen_instance::admin::{connect, messages_json, valid_localpart, with_token};
 use caliopen_instance::config::{Config, LogFormat};
 use caliopen_instance::daemon::{self, self_signed_tls, write_file};
-use caliopen_instance::smtp::server::hash_password;
+use caliopen_instance::smtp::server::{hash_password, MailService};
 use caliopen_instance::store::Store;
+use caliopen_proto::pb::client as pbc;
 use caliopen_proto::pb::instance_admin::{ListMailRequest, PutUserRequest};
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
@@ -58,7 +59,7 @@ enum Cmd {
         /// Health and metrics endpoint address (default 127.0.0.1:9925).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<SocketAddr>,
-        /// Client API address (recorded; the client API is not built yet).
+        /// Client API address (gRPC over TLS with the instance certificate).
         #[arg(long, value_name = "ADDR")]
         api: Option<SocketAddr>,
         /// Outbound relay HOST:PORT.
@@ -99,6 +100,19 @@ enum Cmd {
     Mail {
         #[command(subcommand)]
         cmd: MailCmd,
+    },
+    /// A contact's privacy index and public level (asked across the mesh), and the user's own.
+    Privacy {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "LOCALPART")]
+        user: String,
+        /// The contact's address.
+        #[arg(long, value_name = "ADDRESS")]
+        contact: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -195,7 +209,7 @@ fn init(
         toml_str(&metrics.to_string())
     ));
     if let Some(a) = api {
-        text.push_str(&format!("# Client API address (not served yet): {a}\n"));
+        text.push_str(&format!("\n[api]\nlisten = {}\n", toml_str(&a.to_string())));
     }
     // Refuse to write what we would refuse to read.
     Config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -358,7 +372,8 @@ async fn mail_list(config: &Path, user: &str, json: bool) -> anyhow::Result<()> 
         if !store.user_exists(user) {
             bail!("no user {user:?}");
         }
-        messages_json(&store, &store.list(user)?)
+        let svc = MailService::new(store.clone(), cfg.domains.clone());
+        messages_json(&svc, &store.list(user)?)
     };
     if json {
         out!("{}", serde_json::to_string_pretty(&v)?);
@@ -380,6 +395,182 @@ async fn mail_list(config: &Path, user: &str, json: bool) -> anyhow::Result<()> 
             m["from"].as_str().unwrap_or(""),
             m["subject"].as_str().unwrap_or("")
         );
+    }
+    Ok(())
+}
+
+fn index_json(i: Option<&pbc::PrivacyIndex>) -> serde_json::Value {
+    let Some(i) = i else {
+        return serde_json::Value::Null;
+    };
+    serde_json::json!({
+        "version": i.version,
+        "total": i.total,
+        "technic": i.technic,
+        "context": i.context,
+        "comportment": i.comportment,
+        "explanation": i.explanation.iter().map(|e| serde_json::json!({
+            "feature": e.feature,
+            "dimension": e.dimension,
+            "effect": e.effect,
+            "text": e.text,
+        })).collect::<Vec<_>>(),
+        "hints": i.hints,
+    })
+}
+
+async fn privacy(config: &Path, user: &str, contact: &str, json: bool) -> anyhow::Result<()> {
+    use caliopen_proto::pb::client::client_client::ClientClient;
+    use caliopen_proto::pb::instance_admin::instance_admin_client::InstanceAdminClient;
+    use caliopen_proto::pb::instance_admin::IssueUserTokenRequest;
+    let cfg = Config::load(config)?;
+    let dir = cfg.data_dir();
+    let address = format!("{user}@{}", cfg.domains[0]);
+    let (c, me, live) =
+        if let Some((ch, admin_token)) = caliopen_instance::admin::channel(&dir).await {
+            let t = InstanceAdminClient::new(ch.clone())
+                .issue_user_token(with_token(
+                    IssueUserTokenRequest {
+                        localpart: user.to_owned(),
+                    },
+                    &admin_token,
+                ))
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner()
+                .token;
+            let mut client = ClientClient::new(ch);
+            let c = client
+                .get_contact(with_token(
+                    pbc::GetContactRequest {
+                        address: contact.to_owned(),
+                        refresh_public_level: true,
+                    },
+                    &t,
+                ))
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            let me = client
+                .me(with_token(pbc::MeRequest {}, &t))
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            (c, me, true)
+        } else {
+            let store = Store::open(&dir.join("db"))?;
+            if !store.user_exists(user) {
+                bail!("no user {user:?}");
+            }
+            let svc = MailService::new(store, cfg.domains.clone());
+            let c = caliopen_instance::api::get_contact(&svc, user, contact, false)
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            let me = caliopen_instance::api::me_view(&svc, user, &address)
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            (c, me, false)
+        };
+    if json {
+        let v = serde_json::json!({
+            "contact": {
+                "address": c.address,
+                "name": c.name,
+                "known": c.known,
+                "received": c.received,
+                "sent": c.sent,
+                "has_key": c.has_key,
+                "labelled_member": (!c.labelled_member.is_empty()).then_some(&c.labelled_member),
+                "public_level": c.public_level.as_ref().map(|l| serde_json::json!({
+                    "level": l.level, "member": l.member, "fetched_at": l.fetched_at,
+                })),
+                "lookup": c.lookup.as_ref().map(|l| serde_json::json!({
+                    "member": l.member, "found": l.found, "prefix_bits": l.prefix_bits,
+                    "bucket_size": l.bucket_size, "cached": l.cached,
+                    "error": (!l.error.is_empty()).then_some(&l.error),
+                })),
+                "privacy": index_json(c.privacy.as_ref()),
+            },
+            "me": {
+                "address": me.address,
+                "public_level": me.public_level,
+                "published": me.published,
+                "privacy": index_json(me.privacy.as_ref()),
+                "hints": me.hints,
+                "achievements": me.achievements.iter().map(|a| serde_json::json!({
+                    "id": a.id, "title": a.title, "earned": a.earned,
+                })).collect::<Vec<_>>(),
+            },
+            "daemon_running": live,
+        });
+        out!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let show = |i: Option<&pbc::PrivacyIndex>| -> anyhow::Result<()> {
+        let Some(i) = i else { return Ok(()) };
+        out!(
+            "  privacy {}/100 (technic {}, context {}, comportment {})",
+            i.total,
+            i.technic,
+            i.context,
+            i.comportment
+        );
+        for e in &i.explanation {
+            out!("    {:+4} {:<11} {}", e.effect, e.dimension, e.text);
+        }
+        Ok(())
+    };
+    out!(
+        "contact {}{}",
+        c.address,
+        if c.known {
+            ""
+        } else {
+            " (not in the contact book)"
+        }
+    );
+    match (&c.public_level, &c.lookup) {
+        (_, Some(l)) if !l.error.is_empty() => out!("  public level: lookup failed: {}", l.error),
+        (Some(p), Some(l)) => out!(
+            "  public level {} (asked {} with a {}-bit hash prefix; bucket of {}{})",
+            p.level,
+            l.member,
+            l.prefix_bits,
+            l.bucket_size,
+            if l.cached { ", cached" } else { "" }
+        ),
+        (None, Some(l)) => out!(
+            "  no public level: {} publishes none for this address (bucket of {})",
+            l.member,
+            l.bucket_size
+        ),
+        (Some(p), None) => out!(
+            "  public level {} (from {}, not refreshed)",
+            p.level,
+            p.member
+        ),
+        (None, None) if !live => out!("  public level not asked: the daemon is not running"),
+        (None, None) => out!("  public level: not on a labelled member"),
+    }
+    show(c.privacy.as_ref())?;
+    for h in c.privacy.iter().flat_map(|i| i.hints.iter()) {
+        out!("  hint: {h}");
+    }
+    out!(
+        "you ({}): level {}{}",
+        me.address,
+        me.public_level,
+        if me.published {
+            ", published"
+        } else {
+            ", not published"
+        }
+    );
+    show(me.privacy.as_ref())?;
+    for h in &me.hints {
+        out!("  hint: {h}");
+    }
+    for a in &me.achievements {
+        out!("  [{}] {}", if a.earned { "x" } else { " " }, a.title);
     }
     Ok(())
 }
@@ -432,10 +623,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon::run(cfg, shutdown_signal(), |b| {
                 let _ = writeln!(
                     std::io::stdout(),
-                    "smtp {} submission {} metrics {}",
+                    "smtp {} submission {} metrics {} api {}",
                     b.smtp,
                     b.submission,
-                    b.metrics.map_or("off".to_owned(), |a| a.to_string())
+                    b.metrics.map_or("off".to_owned(), |a| a.to_string()),
+                    b.api.map_or("off".to_owned(), |a| a.to_string())
                 );
                 let _ = std::io::stdout().flush();
             })
@@ -453,6 +645,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Mail {
             cmd: MailCmd::List { config, user, json },
         } => mail_list(&config, &user, json).await,
+        Cmd::Privacy {
+            config,
+            user,
+            contact,
+            json,
+        } => privacy(&config, &user, &contact, json).await,
     }
 }
 

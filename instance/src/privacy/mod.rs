@@ -10,8 +10,14 @@
 //! scores them.
 
 mod facts;
+mod people;
+pub mod public;
 
-pub use facts::facts_of;
+pub use facts::{
+    correspondence_of, facts_of, parse_autocrypt, parse_guarded, parse_headers_guarded,
+    Correspondence,
+};
+pub use people::{achievements, score_contact, score_user, user_level, Achievement, ContactFacts};
 
 use serde::Serialize;
 
@@ -52,6 +58,8 @@ pub enum Crypto {
     PgpMime,
     /// S/MIME (RFC 8551).
     SMime,
+    /// Inline OpenPGP armour in a text body (RFC 4880 §6.2), without PGP/MIME.
+    PgpInline,
 }
 
 /// Everything the index looks at for one message.
@@ -129,12 +137,12 @@ pub struct PrivacyIndex {
     pub hints: Vec<String>,
 }
 
-struct Acc {
-    items: Vec<Explanation>,
+pub(crate) struct Acc {
+    pub(crate) items: Vec<Explanation>,
 }
 
 impl Acc {
-    fn add(
+    pub(crate) fn add(
         &mut self,
         feature: &'static str,
         dimension: Dimension,
@@ -148,7 +156,7 @@ impl Acc {
             text: text.into(),
         });
     }
-    fn sum(&self, d: Dimension) -> u8 {
+    pub(crate) fn sum(&self, d: Dimension) -> u8 {
         self.items
             .iter()
             .filter(|e| e.dimension == d)
@@ -187,6 +195,12 @@ pub fn score_message(f: &MessageFacts) -> PrivacyIndex {
             Technic,
             35,
             "Encrypted end to end with S/MIME: only the recipient can read it.",
+        ),
+        Some(Crypto::PgpInline) => a.add(
+            "crypto.encrypted_pgp_inline",
+            Technic,
+            30,
+            "Encrypted end to end with inline OpenPGP: the text is protected, attachments and the subject may not be.",
         ),
         None => hints.push(
             "Exchange keys with this correspondent to encrypt your messages end to end.".to_owned(),
@@ -346,19 +360,38 @@ pub fn score_message(f: &MessageFacts) -> PrivacyIndex {
         hints.push("Your correspondent is not on a labelled instance: invite them to one to raise this index.".to_owned());
     }
 
-    let technic = a.sum(Technic);
-    let context = a.sum(Context);
-    let comportment = a.sum(Comportment);
-    let total = ((u32::from(technic) * 2 + u32::from(context) + u32::from(comportment)) / 4) as u8;
-    PrivacyIndex {
-        version: ENGINE_VERSION,
-        total,
-        technic,
-        context,
-        comportment,
-        explanation: a.items,
-        hints,
+    a.finish(hints)
+}
+
+impl Acc {
+    /// The index: each dimension is the sum of its effects, clamped to
+    /// 0–100; the total weighs technic twice.
+    pub(crate) fn finish(self, hints: Vec<String>) -> PrivacyIndex {
+        let technic = self.sum(Dimension::Technic);
+        let context = self.sum(Dimension::Context);
+        let comportment = self.sum(Dimension::Comportment);
+        let total =
+            ((u32::from(technic) * 2 + u32::from(context) + u32::from(comportment)) / 4) as u8;
+        PrivacyIndex {
+            version: ENGINE_VERSION,
+            total,
+            technic,
+            context,
+            comportment,
+            explanation: self.items,
+            hints,
+        }
     }
+}
+
+/// Completes a message's facts with what the contact book knows of its author.
+pub fn with_contact(mut f: MessageFacts, c: Option<&crate::store::ContactRecord>) -> MessageFacts {
+    if let Some(c) = c {
+        f.known_contact = c.known();
+        f.contact_has_key = c.autocrypt.is_some();
+        f.sender_public_level = c.public_level.as_ref().map(|l| l.level);
+    }
+    f
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! [`MailService`].
 
 use super::session::{Envelope, Kind, Output, Policy, RcptVerdict, Session, SessionConfig};
-use crate::store::{MessageMeta, Store, Transport, Via};
+use crate::store::{MailStore, MessageMeta, Transport, Via};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,17 +60,17 @@ impl ListenerConfig {
 /// the route to other members when the instance holds a label.
 #[derive(Debug, Clone)]
 pub struct MailService {
-    store: Store,
+    store: Arc<dyn MailStore>,
     domains: Arc<Vec<String>>,
     mesh: Arc<std::sync::OnceLock<crate::mesh::MeshRoute>>,
     queue: Arc<std::sync::OnceLock<crate::outbound::SmtpQueue>>,
+    auth: Arc<std::sync::OnceLock<crate::auth::SenderAuth>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The decoded Subject header of a message ("" when absent).
 pub fn subject_of(data: &[u8]) -> String {
-    mail_parser::MessageParser::default()
-        .parse_headers(data)
+    crate::privacy::parse_headers_guarded(data)
         .and_then(|m| m.subject().map(str::to_owned))
         .unwrap_or_default()
 }
@@ -86,9 +86,10 @@ pub fn split_address(addr: &str) -> Option<(String, String)> {
 
 impl MailService {
     /// A service over `store` for the mail `domains` of this instance.
-    pub fn new(store: Store, domains: Vec<String>) -> Self {
+    pub fn new(store: impl MailStore + 'static, domains: Vec<String>) -> Self {
+        store.set_domains(&domains);
         Self {
-            store,
+            store: Arc::new(store),
             domains: Arc::new(
                 domains
                     .into_iter()
@@ -97,8 +98,46 @@ impl MailService {
             ),
             mesh: Arc::new(std::sync::OnceLock::new()),
             queue: Arc::new(std::sync::OnceLock::new()),
+            auth: Arc::new(std::sync::OnceLock::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
         }
+    }
+
+    /// Sets the resolver and sender checks.
+    pub fn set_auth(&self, a: crate::auth::SenderAuth) {
+        let _ = self.auth.set(a);
+    }
+
+    /// The resolver and sender checks, when set.
+    pub fn auth(&self) -> Option<&crate::auth::SenderAuth> {
+        self.auth.get()
+    }
+
+    /// Records DKIM/SPF/DMARC verdicts of a message from the internet.
+    pub async fn check_sender(&self, env: &Envelope, t: &mut Transport) {
+        let Some(a) = self.auth.get() else { return };
+        let ip = t
+            .client
+            .parse::<std::net::SocketAddr>()
+            .map(|s| s.ip())
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let v = a
+            .check(
+                &env.data,
+                ip,
+                &env.helo,
+                &env.mail_from,
+                self.primary_domain(),
+            )
+            .await;
+        t.dkim = v.dkim;
+        t.spf = v.spf;
+        t.dmarc = v.dmarc;
+    }
+
+    /// The primary mail domain.
+    pub fn primary_domain(&self) -> &str {
+        self.domains.first().map_or("localhost", String::as_str)
     }
 
     /// The counters.
@@ -142,8 +181,8 @@ impl MailService {
     }
 
     /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn MailStore {
+        self.store.as_ref()
     }
 
     /// The local part of `addr` when it is a local user's address.
@@ -196,6 +235,36 @@ impl MailService {
                 None if self.member_for(r).is_some() => remote.push(r.clone()),
                 None if self.can_send_out(r) => outside.push(r.clone()),
                 None => return Err(format!("recipient {r} cannot be delivered")),
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if let Some(owner) = transport
+            .auth_user
+            .as_deref()
+            .and_then(|u| self.local_user(u))
+        {
+            // The sender's contact book: each recipient, with the path it takes.
+            // Outbound STARTTLS is opportunistic: the path to the outside is
+            // counted as not protected, since nothing guarantees it is.
+            let tls = crate::store::PathClass::Plain;
+            let paths: Vec<(String, crate::store::PathClass)> = per_user
+                .iter()
+                .flat_map(|(_, v)| {
+                    v.iter()
+                        .map(|a| (a.clone(), crate::store::PathClass::Local))
+                })
+                .chain(
+                    remote
+                        .iter()
+                        .map(|a| (a.clone(), crate::store::PathClass::Mesh)),
+                )
+                .chain(outside.iter().map(|a| (a.clone(), tls)))
+                .collect();
+            if let Err(e) = self.store.record_sent(&owner, &paths, &env.data, now).await {
+                // The contact book is derived data: never refuse mail for it.
+                tracing::warn!(error = %e, "could not update the contact book");
             }
         }
         let mut queued = Vec::new();
@@ -440,7 +509,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     } else {
                         Via::Smtp
                     };
-                    let r = svc.accept(env, transport.clone(), via).await;
+                    let mut t = transport.clone();
+                    if via == Via::Smtp {
+                        svc.check_sender(&env, &mut t).await;
+                    }
+                    let r = svc.accept(env, t, via).await;
                     if let Err(e) = &r {
                         tracing::error!(error = %e, "message not stored");
                     }

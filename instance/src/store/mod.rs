@@ -6,14 +6,24 @@
 //! - `raw`: message id → the message bytes exactly as received.
 //! - `mailbox`: local part, 0x00, message id → empty (a user's mailbox index).
 //! - `mesh_txns`: mesh `txn_id` → the message ids it produced (idempotence).
+//! - `contacts`: local part, 0x00, normalised address → [`ContactRecord`] (JSON).
+//! - `user_stats`: local part → [`UserStats`] (JSON: counters, firsts, opt-out).
+//! - `public_levels`: SHA-256 of a user's normalised address → level (1 byte);
+//!   only opted-in users; what mesh peers may ask for by hash prefix.
 //! - `mesh_outbox`: owned by `caliopen_federation::Outbox` (mail waiting for a member).
 //!
 //! Writes are made durable by group commit ([`GroupCommit`]): a message is
 //! acknowledged only after the flush that covers it.
 
+mod book;
 mod commit;
+mod engine;
 
+pub use book::{
+    contact_key, AutocryptKey, ContactRecord, Counters, PathClass, SeenLevel, UserStats,
+};
 pub use commit::GroupCommit;
+pub use engine::{MailStore, Recipients, StoreFuture};
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -65,6 +75,15 @@ pub struct Transport {
     pub auth_user: Option<String>,
     /// The mesh member it came from.
     pub peer_member: Option<String>,
+    /// DKIM verdict ("pass", "fail", "none", "temperror"…), when checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<String>,
+    /// SPF verdict of the MAIL FROM (or HELO) identity, when checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spf: Option<String>,
+    /// DMARC verdict of the From: domain, when checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc: Option<String>,
 }
 
 /// What is kept about a stored message besides its bytes.
@@ -108,6 +127,10 @@ pub struct Store {
     raw: sled::Tree,
     mailbox: sled::Tree,
     txns: sled::Tree,
+    contacts: sled::Tree,
+    stats: sled::Tree,
+    levels: sled::Tree,
+    domains: Arc<RwLock<Vec<String>>>,
     commit: Arc<GroupCommit>,
     user_cache: Arc<RwLock<HashSet<String>>>,
 }
@@ -140,6 +163,10 @@ impl Store {
             raw: db.open_tree("raw")?,
             mailbox: db.open_tree("mailbox")?,
             txns: db.open_tree("mesh_txns")?,
+            contacts: db.open_tree("contacts")?,
+            stats: db.open_tree("user_stats")?,
+            levels: db.open_tree("public_levels")?,
+            domains: Arc::new(RwLock::new(Vec::new())),
             users,
             commit: GroupCommit::start(db.clone()),
             user_cache: Arc::new(RwLock::new(cache)),
@@ -165,6 +192,8 @@ impl Store {
         };
         let v = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.users.insert(localpart.as_bytes(), v)?;
+        let stats = self.user_stats(localpart)?;
+        self.publish_level(localpart, &stats)?;
         self.commit.sync().await.map_err(StoreError::Flush)?;
         self.user_cache
             .write()
@@ -232,8 +261,20 @@ impl Store {
         }
         let ids: Vec<u64> = prepared.iter().map(|p| p.0).collect();
         let ids_bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_be_bytes()).collect();
-        let outcome = (&self.raw, &self.messages, &self.mailbox, &self.txns)
-            .transaction(|(r, m, b, t)| {
+        let corr = crate::privacy::correspondence_of(raw, &template.from, template.received_at);
+        let class = path_class(template);
+        let domains = self.served_domains();
+        let owners: Vec<&str> = recipients.iter().map(|(m, _)| m.as_str()).collect();
+        let outcome = (
+            &self.raw,
+            &self.messages,
+            &self.mailbox,
+            &self.txns,
+            &self.contacts,
+            &self.stats,
+            &self.levels,
+        )
+            .transaction(|(r, m, b, t, c, st, lv)| {
                 if let Some(txn) = txn_id {
                     if let Some(prev) = t.get(txn)? {
                         return Ok(Some(prev.to_vec()));
@@ -246,14 +287,47 @@ impl Store {
                     m.insert(&key, meta.as_slice())?;
                     b.insert(mkey.as_slice(), &[])?;
                 }
+                for owner in &owners {
+                    let mut stats: UserStats = tx_json(st.get(owner.as_bytes())?)?;
+                    let before = stats.clone();
+                    stats.received.count(class, corr.encrypted, corr.signed);
+                    stats.mark(class, corr.encrypted, template.received_at);
+                    if let Some(author) =
+                        corr.author.as_ref().filter(|a| !is_own(owner, a, &domains))
+                    {
+                        let key = contact_key(owner, author);
+                        let old: Option<ContactRecord> =
+                            c.get(&key)?.map(|v| tx_json(Some(v))).transpose()?;
+                        let mut rec = old.clone().unwrap_or_else(|| ContactRecord {
+                            address: author.clone(),
+                            first_seen: template.received_at,
+                            ..Default::default()
+                        });
+                        rec.received.count(class, corr.encrypted, corr.signed);
+                        rec.last_seen = rec.last_seen.max(template.received_at);
+                        if !corr.author_name.is_empty() {
+                            rec.name = corr.author_name.clone();
+                        }
+                        if let Some(k) = &corr.autocrypt {
+                            if rec
+                                .autocrypt
+                                .as_ref()
+                                .is_none_or(|o| o.seen_at <= k.seen_at)
+                            {
+                                rec.autocrypt = Some(k.clone());
+                            }
+                        }
+                        let had_key = old.as_ref().is_some_and(|o| o.autocrypt.is_some());
+                        stats.contacts += u64::from(old.is_none());
+                        stats.contacts_with_key += u64::from(!had_key && rec.autocrypt.is_some());
+                        c.insert(key, tx_bytes(&rec)?)?;
+                    }
+                    st.insert(owner.as_bytes(), tx_bytes(&stats)?)?;
+                    tx_publish(lv, owner, &before, &stats, &domains)?;
+                }
                 Ok(None)
             })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(s) => StoreError::Db(s),
-                sled::transaction::TransactionError::Abort(()) => {
-                    StoreError::Corrupt("transaction aborted".into())
-                }
-            })?;
+            .map_err(tx_error)?;
         self.commit.sync().await.map_err(StoreError::Flush)?;
         Ok(match outcome {
             Some(prev) => (
@@ -264,6 +338,198 @@ impl Store {
             ),
             None => (ids, false),
         })
+    }
+
+    /// Sets the mail domains this store serves (for users' public addresses).
+    pub fn set_domains(&self, domains: &[String]) {
+        *self
+            .domains
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+    }
+
+    fn served_domains(&self) -> Vec<String> {
+        self.domains
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A user's counters and settings (defaults for a user never seen).
+    pub fn user_stats(&self, localpart: &str) -> Result<UserStats, StoreError> {
+        match self.stats.get(localpart.as_bytes())? {
+            None => Ok(UserStats::default()),
+            Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())),
+        }
+    }
+
+    fn publish_level(&self, localpart: &str, stats: &UserStats) -> Result<(), StoreError> {
+        let level = crate::privacy::user_level(stats);
+        for k in level_keys(localpart, &self.served_domains()) {
+            if stats.public_opt_out {
+                self.levels.remove(k)?;
+            } else {
+                self.levels.insert(k, &[level])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opts a user out of (or back into) publishing their public level.
+    pub async fn set_public_opt_out(
+        &self,
+        localpart: &str,
+        opt_out: bool,
+    ) -> Result<(), StoreError> {
+        let domains = self.served_domains();
+        (&self.stats, &self.levels)
+            .transaction(|(st, lv)| {
+                let mut stats: UserStats = tx_json(st.get(localpart.as_bytes())?)?;
+                let before = UserStats {
+                    public_opt_out: !opt_out,
+                    ..stats.clone()
+                };
+                stats.public_opt_out = opt_out;
+                st.insert(localpart.as_bytes(), tx_bytes(&stats)?)?;
+                tx_publish(lv, localpart, &before, &stats, &domains)?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.commit.sync().await.map_err(StoreError::Flush)
+    }
+
+    /// Counts a message `owner` sent: one contact per recipient, each with
+    /// the path it takes. Durable when this returns.
+    pub async fn record_sent(
+        &self,
+        owner: &str,
+        recipients: &[(String, PathClass)],
+        raw: &[u8],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let corr = crate::privacy::correspondence_of(raw, "", now);
+        let domains = self.served_domains();
+        let rcpts: Vec<(String, PathClass)> = recipients
+            .iter()
+            .filter_map(|(a, p)| crate::privacy::public::normalise_address(a).map(|a| (a, *p)))
+            .filter(|(a, _)| !is_own(owner, a, &domains))
+            .collect();
+        (&self.contacts, &self.stats, &self.levels)
+            .transaction(|(c, st, lv)| {
+                let mut stats: UserStats = tx_json(st.get(owner.as_bytes())?)?;
+                let before = stats.clone();
+                let best = rcpts
+                    .iter()
+                    .map(|(_, p)| *p)
+                    .min_by_key(|p| match p {
+                        PathClass::Mesh => 0,
+                        PathClass::Local => 1,
+                        PathClass::Tls => 2,
+                        PathClass::Plain => 3,
+                    })
+                    .unwrap_or(PathClass::Plain);
+                stats.sent.count(best, corr.encrypted, corr.signed);
+                stats.mark(best, corr.encrypted, now);
+                for (addr, path) in &rcpts {
+                    let key = contact_key(owner, addr);
+                    let old: Option<ContactRecord> =
+                        c.get(&key)?.map(|v| tx_json(Some(v))).transpose()?;
+                    let mut rec = old.clone().unwrap_or_else(|| ContactRecord {
+                        address: addr.clone(),
+                        first_seen: now,
+                        ..Default::default()
+                    });
+                    rec.sent.count(*path, corr.encrypted, corr.signed);
+                    rec.last_seen = rec.last_seen.max(now);
+                    stats.contacts += u64::from(old.is_none());
+                    c.insert(key, tx_bytes(&rec)?)?;
+                }
+                st.insert(owner.as_bytes(), tx_bytes(&stats)?)?;
+                tx_publish(lv, owner, &before, &stats, &domains)?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.commit.sync().await.map_err(StoreError::Flush)
+    }
+
+    /// A user's contacts, by address.
+    pub fn contacts(&self, owner: &str) -> Result<Vec<ContactRecord>, StoreError> {
+        let mut prefix = owner.as_bytes().to_vec();
+        prefix.push(0);
+        self.contacts
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (_, v) = kv?;
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// One contact of a user.
+    pub fn contact(&self, owner: &str, address: &str) -> Result<Option<ContactRecord>, StoreError> {
+        self.contacts
+            .get(contact_key(owner, address))?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    /// Remembers a contact's public level heard from the mesh (creates the
+    /// contact when the user looked them up first).
+    pub async fn set_seen_level(
+        &self,
+        owner: &str,
+        address: &str,
+        seen: Option<SeenLevel>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let key = contact_key(owner, address);
+        (&self.contacts, &self.stats)
+            .transaction(|(c, st)| {
+                let old: Option<ContactRecord> =
+                    c.get(&key)?.map(|v| tx_json(Some(v))).transpose()?;
+                if old.is_none() {
+                    let mut stats: UserStats = tx_json(st.get(owner.as_bytes())?)?;
+                    stats.contacts += 1;
+                    st.insert(owner.as_bytes(), tx_bytes(&stats)?)?;
+                }
+                let mut rec = old.unwrap_or_else(|| ContactRecord {
+                    address: address.to_owned(),
+                    first_seen: now,
+                    last_seen: now,
+                    ..Default::default()
+                });
+                rec.public_level = seen.clone();
+                c.insert(key.as_slice(), tx_bytes(&rec)?)?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.commit.sync().await.map_err(StoreError::Flush)
+    }
+
+    /// The opted-in public levels whose address hash falls in the bucket
+    /// (`prefix`, `bits`); `None` when there are more than `cap`.
+    pub fn public_bucket(
+        &self,
+        prefix: &[u8],
+        bits: u32,
+        cap: usize,
+    ) -> Result<Option<Vec<crate::privacy::public::LevelEntry>>, StoreError> {
+        let whole = &prefix[..(bits / 8) as usize];
+        let mut out = Vec::new();
+        for kv in self.levels.scan_prefix(whole) {
+            let (k, v) = kv?;
+            if k.len() != 32 || !crate::privacy::public::in_bucket(&k, prefix, bits) {
+                continue;
+            }
+            if out.len() == cap {
+                return Ok(None);
+            }
+            let mut h = [0u8; 32];
+            h.copy_from_slice(&k);
+            out.push((h, v.first().copied().unwrap_or(0)));
+        }
+        Ok(Some(out))
     }
 
     /// A mailbox's messages, oldest first.
@@ -283,6 +549,14 @@ impl Store {
         Ok(out)
     }
 
+    /// A message's record.
+    pub fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
+        self.messages
+            .get(id.to_be_bytes())?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
     /// A message's bytes, exactly as received.
     pub fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.raw.get(id.to_be_bytes())?.map(|v| v.to_vec()))
@@ -299,4 +573,76 @@ impl Store {
     }
 }
 
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
 use sled::Transactional;
+
+type TxResult<T> = Result<T, ConflictableTransactionError<String>>;
+
+fn tx_json<T: serde::de::DeserializeOwned + Default>(v: Option<sled::IVec>) -> TxResult<T> {
+    match v {
+        None => Ok(T::default()),
+        Some(v) => serde_json::from_slice(&v)
+            .map_err(|e| ConflictableTransactionError::Abort(format!("corrupt record: {e}"))),
+    }
+}
+
+fn tx_bytes<T: Serialize>(v: &T) -> TxResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| ConflictableTransactionError::Abort(e.to_string()))
+}
+
+fn tx_error(e: TransactionError<String>) -> StoreError {
+    match e {
+        TransactionError::Storage(s) => StoreError::Db(s),
+        TransactionError::Abort(m) => StoreError::Corrupt(m),
+    }
+}
+
+/// Keys of a user's addresses in `public_levels`.
+fn level_keys(owner: &str, domains: &[String]) -> Vec<[u8; 32]> {
+    domains
+        .iter()
+        .filter_map(|d| crate::privacy::public::normalise_address(&format!("{owner}@{d}")))
+        .map(|a| crate::privacy::public::address_hash(&a))
+        .collect()
+}
+
+/// Updates the published level of `owner` inside a transaction when it changed.
+fn tx_publish(
+    lv: &TransactionalTree,
+    owner: &str,
+    before: &UserStats,
+    after: &UserStats,
+    domains: &[String],
+) -> Result<(), UnabortableTransactionError> {
+    let old = crate::privacy::user_level(before);
+    let new = crate::privacy::user_level(after);
+    if old == new && before.public_opt_out == after.public_opt_out {
+        return Ok(());
+    }
+    for k in level_keys(owner, domains) {
+        if after.public_opt_out {
+            lv.remove(&k)?;
+        } else {
+            lv.insert(&k, &[new])?;
+        }
+    }
+    Ok(())
+}
+
+/// True when `addr` is one of `owner`'s own addresses.
+fn is_own(owner: &str, addr: &str, domains: &[String]) -> bool {
+    addr.rsplit_once('@')
+        .is_some_and(|(l, d)| l == owner && domains.iter().any(|x| x == d))
+}
+
+/// How a stored message travelled.
+pub fn path_class(m: &MessageMeta) -> PathClass {
+    match m.via {
+        Via::Mesh => PathClass::Mesh,
+        Via::Local => PathClass::Local,
+        Via::Smtp if m.transport.tls_version.is_some() => PathClass::Tls,
+        Via::Smtp => PathClass::Plain,
+    }
+}

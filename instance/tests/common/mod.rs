@@ -50,10 +50,12 @@ pub struct Bound {
     pub submission: SocketAddr,
     /// Metrics endpoint, when enabled.
     pub metrics: Option<SocketAddr>,
+    /// Client API, when enabled.
+    pub api: Option<SocketAddr>,
 }
 
 /// Starts `caliopen run --config CONFIG` (stderr to `stderr`) and waits for
-/// its "smtp A submission B metrics C" line.
+/// its "smtp A submission B metrics C api D" line.
 pub fn spawn_daemon(config: &Path, stderr: Stdio, envs: &[(&str, &str)]) -> (Child, Bound) {
     let mut child = Command::new(BIN)
         .args(["run", "--config", config.to_str().expect("utf-8")])
@@ -77,6 +79,7 @@ pub fn spawn_daemon(config: &Path, stderr: Stdio, envs: &[(&str, &str)]) -> (Chi
         smtp: addr(1),
         submission: addr(3),
         metrics: words.get(5).and_then(|w| w.parse().ok()),
+        api: words.get(7).and_then(|w| w.parse().ok()),
     };
     (child, bound)
 }

@@ -1,0 +1,538 @@
+//! The client API (`caliopen.client.v1.Client`, gRPC with server
+//! reflection): log in with a password for an expiring token, read messages
+//! and contacts with their privacy index, send, see one's own level, hints
+//! and achievements, and publish or withdraw one's public level. Served over
+//! TLS on `[api] listen` when configured, and always on the local admin
+//! socket (where `caliopen privacy` reaches it with a token the admin API
+//! issues). Errors are gRPC status codes with a one-line message.
+
+use crate::privacy::{self, PrivacyIndex};
+use crate::smtp::server::{split_address, MailService};
+use crate::store::{ContactRecord, MessageMeta, SeenLevel, Transport, Via};
+use caliopen_proto::pb::client as pb;
+use caliopen_proto::pb::client::client_server::Client;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+/// Most recipients of one `Send`.
+const MAX_SEND_RECIPIENTS: usize = 100;
+/// Largest body of one `Send`.
+const MAX_SEND_BODY: usize = 1024 * 1024;
+/// Failed logins allowed per address before a pause.
+const MAX_FAILURES: u32 = 5;
+/// The pause.
+const FAILURE_WINDOW: Duration = Duration::from_secs(300);
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Login tokens in memory (a restart logs everyone out), stored by their
+/// SHA-256 so the map never holds a usable token.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    tokens: Mutex<HashMap<[u8; 32], (String, i64)>>,
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+fn token_key(token: &str) -> [u8; 32] {
+    crate::privacy::public::address_hash(token)
+}
+
+impl Sessions {
+    /// Issues a token for `localpart`, valid `lifetime`.
+    pub fn issue(&self, localpart: &str, lifetime: Duration) -> Result<(String, i64), Status> {
+        let mut raw = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut raw).map_err(|_| Status::internal("no randomness"))?;
+        let token = hex::encode(raw);
+        let expires = now_unix() + lifetime.as_secs() as i64;
+        let mut m = self
+            .tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = now_unix();
+        m.retain(|_, (_, e)| *e > now);
+        m.insert(token_key(&token), (localpart.to_owned(), expires));
+        Ok((token, expires))
+    }
+
+    /// The user a bearer token stands for.
+    pub fn check<T>(&self, r: &Request<T>) -> Result<String, Status> {
+        let token = r
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing bearer token: call Login first"))?;
+        let m = self
+            .tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match m.get(&token_key(token.trim())) {
+            Some((u, e)) if *e > now_unix() => Ok(u.clone()),
+            Some(_) => Err(Status::unauthenticated("token expired: log in again")),
+            None => Err(Status::unauthenticated("unknown token: log in again")),
+        }
+    }
+
+    fn throttled(&self, address: &str) -> bool {
+        let mut f = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match f.get(address) {
+            Some((n, at)) if at.elapsed() < FAILURE_WINDOW => *n >= MAX_FAILURES,
+            Some(_) => {
+                f.remove(address);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn failed(&self, address: &str) {
+        let mut f = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if f.len() > 100_000 {
+            f.retain(|_, (_, at)| at.elapsed() < FAILURE_WINDOW);
+        }
+        let e = f.entry(address.to_owned()).or_insert((0, Instant::now()));
+        e.0 += 1;
+        e.1 = Instant::now();
+    }
+}
+
+/// The index of a stored message, with what the contact book knows of its author.
+pub fn message_index(svc: &MailService, m: &MessageMeta) -> PrivacyIndex {
+    let raw = svc.store().raw(m.id).ok().flatten().unwrap_or_default();
+    let facts = privacy::facts_of(m, &raw);
+    let author = privacy::correspondence_of(&raw, &m.from, m.received_at).author;
+    let contact = author.and_then(|a| svc.store().contact(&m.mailbox, &a).ok().flatten());
+    privacy::score_message(&privacy::with_contact(facts, contact.as_ref()))
+}
+
+fn pb_index(i: &PrivacyIndex) -> pb::PrivacyIndex {
+    pb::PrivacyIndex {
+        version: i.version,
+        total: u32::from(i.total),
+        technic: u32::from(i.technic),
+        context: u32::from(i.context),
+        comportment: u32::from(i.comportment),
+        explanation: i
+            .explanation
+            .iter()
+            .map(|e| pb::Explanation {
+                feature: e.feature.to_owned(),
+                dimension: format!("{:?}", e.dimension).to_ascii_lowercase(),
+                effect: e.effect,
+                text: e.text.clone(),
+            })
+            .collect(),
+        hints: i.hints.clone(),
+    }
+}
+
+fn via_str(v: Via) -> &'static str {
+    match v {
+        Via::Mesh => "mesh",
+        Via::Smtp => "smtp",
+        Via::Local => "local",
+    }
+}
+
+fn summary(svc: &MailService, m: &MessageMeta) -> pb::MessageSummary {
+    pb::MessageSummary {
+        id: format!("{:x}", m.id),
+        from: m.from.clone(),
+        to: m.to.clone(),
+        subject: m.subject.clone(),
+        received_at: m.received_at,
+        via: via_str(m.via).into(),
+        size: m.size as u64,
+        privacy: Some(pb_index(&message_index(svc, m))),
+    }
+}
+
+/// The labelled member serving `address`'s domain, and whether it is this instance's.
+fn whereabouts(svc: &MailService, address: &str) -> (Option<String>, bool) {
+    let same = svc.local_user(address).is_some();
+    let member = svc
+        .mesh_route()
+        .and_then(|r| split_address(address).and_then(|(_, d)| r.member_for(&d)));
+    (member, same)
+}
+
+/// A contact with its index.
+pub fn contact_view(svc: &MailService, rec: &ContactRecord, known: bool) -> pb::Contact {
+    let (member, same) = whereabouts(svc, &rec.address);
+    let index = privacy::score_contact(&privacy::ContactFacts {
+        record: rec,
+        labelled_member: member.clone(),
+        same_instance: same,
+    });
+    pb::Contact {
+        address: rec.address.clone(),
+        name: rec.name.clone(),
+        first_seen: rec.first_seen,
+        last_seen: rec.last_seen,
+        received: rec.received.messages,
+        sent: rec.sent.messages,
+        has_key: rec.autocrypt.is_some(),
+        key_sha256: rec
+            .autocrypt
+            .as_ref()
+            .map(|k| k.key_sha256.clone())
+            .unwrap_or_default(),
+        labelled_member: member.unwrap_or_default(),
+        public_level: rec.public_level.as_ref().map(|l| pb::PublicLevel {
+            level: u32::from(l.level),
+            member: l.member.clone(),
+            fetched_at: l.fetched_at,
+        }),
+        privacy: Some(pb_index(&index)),
+        lookup: None,
+        known,
+    }
+}
+
+/// The user's own view: index, level, hints (theirs and their contacts'), achievements.
+pub fn me_view(
+    svc: &MailService,
+    localpart: &str,
+    address: &str,
+) -> Result<pb::MeResponse, Status> {
+    let stats = svc
+        .store()
+        .user_stats(localpart)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let index = privacy::score_user(&stats);
+    let mut hints = index.hints.clone();
+    let contacts = svc
+        .store()
+        .contacts(localpart)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    for c in contacts.iter().take(1000) {
+        let (member, _) = whereabouts(svc, &c.address);
+        if let Some(m) = member {
+            if c.sent.mesh == 0 {
+                hints.push(format!(
+                    "{} is on a labelled instance ({m}): write to them, your mail will take the mesh.",
+                    c.address
+                ));
+            }
+        }
+        if c.autocrypt.is_some() && c.sent.encrypted == 0 && c.sent.messages > 0 {
+            hints.push(format!(
+                "{} has a key: encrypt your messages to them.",
+                c.address
+            ));
+        }
+    }
+    Ok(pb::MeResponse {
+        address: address.to_owned(),
+        public_level: u32::from(index.total),
+        privacy: Some(pb_index(&index)),
+        published: !stats.public_opt_out,
+        hints,
+        achievements: privacy::achievements(&stats)
+            .into_iter()
+            .map(|a| pb::Achievement {
+                id: a.id.into(),
+                title: a.title.into(),
+                earned: a.earned,
+                at: a.at.unwrap_or(0),
+            })
+            .collect(),
+    })
+}
+
+/// Looks a contact up (asking the mesh first when `refresh`).
+pub async fn get_contact(
+    svc: &MailService,
+    localpart: &str,
+    address: &str,
+    refresh: bool,
+) -> Result<pb::Contact, Status> {
+    let addr = privacy::public::normalise_address(address)
+        .ok_or_else(|| Status::invalid_argument(format!("{address:?} is not an address")))?;
+    let mut lookup = None;
+    if refresh {
+        if let Some(route) = svc.mesh_route() {
+            use std::sync::atomic::Ordering::Relaxed;
+            match route.public_level(&addr).await {
+                Ok(None) => {}
+                Ok(Some(a)) => {
+                    if a.cached {
+                        svc.metrics().privacy_cache_hits.fetch_add(1, Relaxed);
+                    } else {
+                        svc.metrics().privacy_asked.fetch_add(1, Relaxed);
+                    }
+                    let seen = a.level.map(|level| SeenLevel {
+                        level,
+                        member: a.member.clone(),
+                        fetched_at: now_unix(),
+                    });
+                    svc.store()
+                        .set_seen_level(localpart, &addr, seen, now_unix())
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    lookup = Some(pb::LevelLookup {
+                        member: a.member,
+                        found: a.level.is_some(),
+                        prefix_bits: a.prefix_bits,
+                        bucket_size: a.bucket_size as u32,
+                        cached: a.cached,
+                        error: String::new(),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "public level lookup failed");
+                    lookup = Some(pb::LevelLookup {
+                        error: e,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    let stored = svc
+        .store()
+        .contact(localpart, &addr)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let known = stored.is_some();
+    let rec = stored.unwrap_or_else(|| ContactRecord {
+        address: addr.clone(),
+        ..Default::default()
+    });
+    let mut c = contact_view(svc, &rec, known);
+    c.lookup = lookup;
+    Ok(c)
+}
+
+/// The client API handlers.
+#[derive(Debug, Clone)]
+pub struct ClientService {
+    svc: MailService,
+    sessions: std::sync::Arc<Sessions>,
+    lifetime: Duration,
+}
+
+impl ClientService {
+    /// Serves `svc`, with tokens valid `lifetime`.
+    pub fn new(svc: MailService, sessions: std::sync::Arc<Sessions>, lifetime: Duration) -> Self {
+        Self {
+            svc,
+            sessions,
+            lifetime,
+        }
+    }
+
+    fn address_of(&self, localpart: &str) -> String {
+        format!("{localpart}@{}", self.svc.primary_domain())
+    }
+}
+
+#[tonic::async_trait]
+impl Client for ClientService {
+    async fn login(
+        &self,
+        r: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let r = r.into_inner();
+        let address = r.address.trim().to_ascii_lowercase();
+        if self.sessions.throttled(&address) {
+            return Err(Status::resource_exhausted(
+                "too many failed logins for this address; wait five minutes",
+            ));
+        }
+        let Some(local) = self.svc.local_user(&address) else {
+            self.sessions.failed(&address);
+            return Err(Status::unauthenticated("wrong address or password"));
+        };
+        if self
+            .svc
+            .check_password(&address, &r.password)
+            .await
+            .is_none()
+        {
+            self.sessions.failed(&address);
+            tracing::warn!(user = %local, "client API login refused");
+            return Err(Status::unauthenticated("wrong address or password"));
+        }
+        let (token, expires_at) = self.sessions.issue(&local, self.lifetime)?;
+        tracing::info!(user = %local, "client API login");
+        Ok(Response::new(pb::LoginResponse { token, expires_at }))
+    }
+
+    async fn list_messages(
+        &self,
+        r: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        let list = self
+            .svc
+            .store()
+            .list(&user)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: list.iter().map(|m| summary(&self.svc, m)).collect(),
+        }))
+    }
+
+    async fn get_message(
+        &self,
+        r: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let user = self.sessions.check(&r)?;
+        let id = u64::from_str_radix(r.get_ref().id.trim(), 16)
+            .map_err(|_| Status::invalid_argument("id: expected a hexadecimal message id"))?;
+        let meta = self
+            .svc
+            .store()
+            .meta(id)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .filter(|m| m.mailbox == user)
+            .ok_or_else(|| Status::not_found(format!("no message {id:x} in your mailbox")))?;
+        let raw = self
+            .svc
+            .store()
+            .raw(id)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .unwrap_or_default();
+        Ok(Response::new(pb::Message {
+            summary: Some(summary(&self.svc, &meta)),
+            raw,
+        }))
+    }
+
+    async fn send(
+        &self,
+        r: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        let r = r.into_inner();
+        if r.to.is_empty() || r.to.len() > MAX_SEND_RECIPIENTS {
+            return Err(Status::invalid_argument(format!(
+                "to: between 1 and {MAX_SEND_RECIPIENTS} recipients"
+            )));
+        }
+        if r.body.len() > MAX_SEND_BODY {
+            return Err(Status::invalid_argument("body: at most 1 MiB"));
+        }
+        let from = self.address_of(&user);
+        let mut builder = lettre::Message::builder()
+            .from(
+                from.parse()
+                    .map_err(|e| Status::internal(format!("own address: {e}")))?,
+            )
+            .subject(r.subject.clone());
+        let mut rcpts = Vec::new();
+        for t in &r.to {
+            let addr = privacy::public::normalise_address(t)
+                .ok_or_else(|| Status::invalid_argument(format!("to: {t:?} is not an address")))?;
+            builder = builder.to(addr
+                .parse()
+                .map_err(|e| Status::invalid_argument(format!("to: {t:?}: {e}")))?);
+            rcpts.push(addr);
+        }
+        let msg = builder
+            .header(lettre::message::header::ContentType::TEXT_PLAIN)
+            .body(r.body)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let message_id = msg
+            .headers()
+            .get_raw("Message-ID")
+            .unwrap_or_default()
+            .to_owned();
+        let env = crate::smtp::session::Envelope {
+            helo: "client-api".into(),
+            mail_from: from.clone(),
+            rcpt_to: rcpts,
+            data: msg.formatted(),
+            auth_user: Some(from.clone()),
+        };
+        let transport = Transport {
+            helo: "client-api".into(),
+            client: "client-api".into(),
+            auth_user: Some(from),
+            ..Default::default()
+        };
+        let routes = self
+            .svc
+            .accept(env, transport, Via::Local)
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::SendResponse {
+            routes: routes.split(',').map(str::to_owned).collect(),
+            message_id,
+        }))
+    }
+
+    async fn list_contacts(
+        &self,
+        r: Request<pb::ListContactsRequest>,
+    ) -> Result<Response<pb::ListContactsResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        let list = self
+            .svc
+            .store()
+            .contacts(&user)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ListContactsResponse {
+            contacts: list
+                .iter()
+                .map(|c| contact_view(&self.svc, c, true))
+                .collect(),
+        }))
+    }
+
+    async fn get_contact(
+        &self,
+        r: Request<pb::GetContactRequest>,
+    ) -> Result<Response<pb::Contact>, Status> {
+        let user = self.sessions.check(&r)?;
+        let r = r.into_inner();
+        get_contact(&self.svc, &user, &r.address, r.refresh_public_level)
+            .await
+            .map(Response::new)
+    }
+
+    async fn me(&self, r: Request<pb::MeRequest>) -> Result<Response<pb::MeResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        me_view(&self.svc, &user, &self.address_of(&user)).map(Response::new)
+    }
+
+    async fn set_public_level(
+        &self,
+        r: Request<pb::SetPublicLevelRequest>,
+    ) -> Result<Response<pb::MeResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        let publish = r.into_inner().publish;
+        self.svc
+            .store()
+            .set_public_opt_out(&user, !publish)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(user = %user, publish, "public level setting changed");
+        me_view(&self.svc, &user, &self.address_of(&user)).map(Response::new)
+    }
+}
+
+/// The reflection service for every Caliopen schema.
+pub fn reflection() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    String,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(caliopen_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))
+}

@@ -1,0 +1,358 @@
+//! DNS-backed mail on loopback, against a small authoritative DNS server
+//! run by this test on 127.0.0.1 (no query leaves the machine): A delivers
+//! directly to B's MX found by an MX lookup, B checks SPF and DMARC of that
+//! mail and DKIM of a message signed with the test key, and a null MX
+//! bounces.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::caliopen_ok as caliopen;
+
+const TYPE_A: u16 = 1;
+const TYPE_MX: u16 = 15;
+const TYPE_TXT: u16 = 16;
+
+/// Records: (lowercase name without the final dot, type) → RDATAs.
+type Zone = HashMap<(String, u16), Vec<Vec<u8>>>;
+
+fn name_wire(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+fn txt(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in s.as_bytes().chunks(255) {
+        out.push(chunk.len() as u8);
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+fn mx(pref: u16, host: &str) -> Vec<u8> {
+    let mut out = pref.to_be_bytes().to_vec();
+    out.extend(name_wire(host));
+    out
+}
+
+/// Answers one query from `zone`; `None` for a packet that is not a query.
+fn answer(zone: &Zone, q: &[u8]) -> Option<Vec<u8>> {
+    if q.len() < 12 || q[2] & 0x80 != 0 || u16::from_be_bytes([q[4], q[5]]) != 1 {
+        return None;
+    }
+    let mut pos = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *q.get(pos)? as usize;
+        pos += 1;
+        if len == 0 {
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        labels.push(String::from_utf8_lossy(q.get(pos..pos + len)?).to_ascii_lowercase());
+        pos += len;
+    }
+    let qtype = u16::from_be_bytes([*q.get(pos)?, *q.get(pos + 1)?]);
+    let question_end = pos + 4;
+    q.get(pos..question_end)?;
+    let name = labels.join(".");
+    let known = zone.keys().any(|(n, _)| *n == name);
+    let rdatas = zone.get(&(name, qtype)).cloned().unwrap_or_default();
+    let mut r = Vec::with_capacity(512);
+    r.extend_from_slice(&q[0..2]);
+    let rd = q[2] & 0x01;
+    r.push(0x84 | rd); // response, authoritative, RD copied
+    r.push(if known { 0 } else { 3 }); // NOERROR / NXDOMAIN
+    r.extend_from_slice(&1u16.to_be_bytes());
+    r.extend_from_slice(&(rdatas.len() as u16).to_be_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0]);
+    r.extend_from_slice(&q[12..question_end]);
+    for rdata in rdatas {
+        r.extend_from_slice(&[0xc0, 0x0c]); // the question's name
+        r.extend_from_slice(&qtype.to_be_bytes());
+        r.extend_from_slice(&1u16.to_be_bytes());
+        r.extend_from_slice(&60u32.to_be_bytes());
+        r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        r.extend_from_slice(&rdata);
+    }
+    Some(r)
+}
+
+struct DnsServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    queries: Arc<AtomicUsize>,
+}
+
+impl DnsServer {
+    fn start(zone: Zone) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind dns");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let addr = sock.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let queries = Arc::new(AtomicUsize::new(0));
+        let (s, n) = (stop.clone(), queries.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((len, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some(r) = answer(&zone, &buf[..len]) {
+                    n.fetch_add(1, Ordering::Relaxed);
+                    let _ = sock.send_to(&r, from);
+                }
+            }
+        });
+        Self {
+            addr,
+            stop,
+            queries,
+        }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn instance(root: &Path, name: &str, domain: &str, dns: SocketAddr, extra_smtp: &str) -> String {
+    let data = root.join(name);
+    caliopen(
+        &[
+            "init",
+            "--data",
+            data.to_str().expect("utf-8"),
+            "--domain",
+            domain,
+            "--smtp",
+            "127.0.0.1:0",
+            "--submission",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        None,
+    );
+    let cfg = data.join("caliopen.toml");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let text = text.replacen("[smtp]\n", &format!("[smtp]\n{extra_smtp}"), 1)
+        + &format!("\n[dns]\nenabled = true\nservers = [\"{dns}\"]\ntimeout_seconds = 2\n");
+    std::fs::write(&cfg, text).expect("write config");
+    cfg.to_str().expect("utf-8").to_owned()
+}
+
+fn list(cfg: &str, user: &str) -> Vec<serde_json::Value> {
+    let out = caliopen(
+        &["mail", "list", "--config", cfg, "--user", user, "--json"],
+        None,
+    );
+    serde_json::from_str::<serde_json::Value>(&out)
+        .expect("json")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn wait_for(cfg: &str, user: &str, n: usize, log: &Path) -> Vec<serde_json::Value> {
+    let t0 = Instant::now();
+    loop {
+        let l = list(cfg, user);
+        if l.len() >= n {
+            return l;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{user} has {} of {n} messages; log:\n{}",
+            l.len(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn python(script: &str) {
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn direct_mx_delivery_and_sender_checks_with_a_loopback_dns() {
+    let mut zone: Zone = HashMap::new();
+    let mut add = |n: &str, t: u16, r: Vec<u8>| {
+        zone.entry((n.to_owned(), t)).or_default().push(r);
+    };
+    add("beta.test", TYPE_MX, mx(10, "mx.beta.test"));
+    add("mx.beta.test", TYPE_A, vec![127, 0, 0, 1]);
+    add("alpha.test", TYPE_TXT, txt("v=spf1 ip4:127.0.0.1 -all"));
+    add("_dmarc.alpha.test", TYPE_TXT, txt("v=DMARC1; p=reject"));
+    add("example.test", TYPE_TXT, txt("v=spf1 ip4:127.0.0.1 -all"));
+    add("_dmarc.example.test", TYPE_TXT, txt("v=DMARC1; p=none"));
+    add(
+        "caliopen-test._domainkey.example.test",
+        TYPE_TXT,
+        txt("v=DKIM1; k=ed25519; p=KljoPXc81OxIhm7hSM7y/UtEmzOssBhnsmKoeA8Kptc="),
+    );
+    add("nomail.test", TYPE_MX, mx(0, "."));
+    let dns = DnsServer::start(zone);
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let b_cfg = instance(tmp.path(), "b", "beta.test", dns.addr, "");
+    caliopen(
+        &["user", "add", "--config", &b_cfg, "bob", "--password-stdin"],
+        Some("bob password\n"),
+    );
+    let b_log = tmp.path().join("b.log");
+    let (child, b) = common::spawn_daemon(
+        Path::new(&b_cfg),
+        Stdio::from(std::fs::File::create(&b_log).expect("log")),
+        &[("RUST_LOG", "info")],
+    );
+    let _b = Daemon(child);
+
+    // A has no relay: with DNS on, it delivers to the MX of each domain,
+    // on B's port (port 25 in production).
+    let a_cfg = instance(
+        tmp.path(),
+        "a",
+        "alpha.test",
+        dns.addr,
+        &format!("delivery_port = {}\n", b.smtp.port()),
+    );
+    caliopen(
+        &[
+            "user",
+            "add",
+            "--config",
+            &a_cfg,
+            "alice",
+            "--password-stdin",
+        ],
+        Some("alice password\n"),
+    );
+    let a_log = tmp.path().join("a.log");
+    let (child, a) = common::spawn_daemon(
+        Path::new(&a_cfg),
+        Stdio::from(std::fs::File::create(&a_log).expect("log")),
+        &[("RUST_LOG", "info")],
+    );
+    let _a = Daemon(child);
+
+    let a_tls = tmp.path().join("a/tls.pem");
+    python(&format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(cafile="{tls}")
+ctx.check_hostname = False
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=10)
+s.starttls(context=ctx)
+s.login("alice@alpha.test", "alice password")
+s.sendmail("alice@alpha.test", ["bob@beta.test"], b"From: alice@alpha.test\r\nTo: bob@beta.test\r\nSubject: found by MX\r\n\r\nHi Bob.\r\n")
+s.sendmail("alice@alpha.test", ["x@nomail.test"], b"From: alice@alpha.test\r\nTo: x@nomail.test\r\nSubject: to a null MX\r\n\r\nHello?\r\n")
+s.quit()
+"#,
+        tls = a_tls.display(),
+        port = a.submission.port()
+    ));
+    let got = wait_for(&b_cfg, "bob", 1, &a_log);
+    let m = &got[0];
+    assert_eq!(m["subject"], "found by MX", "{m}");
+    assert_eq!(m["via"], "smtp");
+    assert_eq!(m["transport"]["tls_version"], "TLSv1_3", "{m}");
+    assert_eq!(m["transport"]["spf"], "pass", "{m}");
+    assert_eq!(m["transport"]["dmarc"], "pass", "{m}");
+    assert_eq!(m["transport"]["dkim"], "none", "{m}");
+    let features: Vec<&str> = m["privacy"]["explanation"]
+        .as_array()
+        .expect("explanation")
+        .iter()
+        .filter_map(|e| e["feature"].as_str())
+        .collect();
+    assert!(features.contains(&"auth.spf_pass"), "{features:?}");
+    assert!(features.contains(&"auth.dmarc_pass"), "{features:?}");
+    let a_text = std::fs::read_to_string(&a_log).expect("log");
+    assert!(a_text.contains("direct=true"), "{a_text}");
+    assert!(a_text.contains("starttls-unverified"), "{a_text}");
+
+    // The null MX bounces to alice at once (permanent).
+    let bounces = wait_for(&a_cfg, "alice", 1, &a_log);
+    assert_eq!(bounces[0]["subject"], "Undelivered Mail Returned to Sender");
+
+    // A DKIM-signed message from the outside: B verifies it with the key from DNS.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/privacy/24-dkim-valid.eml");
+    let tampered = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/privacy/25-dkim-tampered.eml");
+    python(&format!(
+        r#"
+import smtplib
+for path in ["{good}", "{bad}"]:
+    s = smtplib.SMTP("127.0.0.1", {port}, timeout=10)
+    s.sendmail("bob@example.test", ["bob@beta.test"], open(path, "rb").read())
+    s.quit()
+"#,
+        good = fixture.display(),
+        bad = tampered.display(),
+        port = b.smtp.port()
+    ));
+    let got = wait_for(&b_cfg, "bob", 3, &b_log);
+    let signed = got
+        .iter()
+        .find(|m| m["subject"] == "Signed by its domain")
+        .expect("signed message");
+    assert_eq!(signed["transport"]["dkim"], "pass", "{signed}");
+    assert_eq!(signed["transport"]["spf"], "pass", "{signed}");
+    let altered = got
+        .iter()
+        .find(|m| m["subject"] == "Signed by its domain, then altered")
+        .expect("altered message");
+    assert_eq!(altered["transport"]["dkim"], "fail", "{altered}");
+    assert!(
+        signed["privacy"]["technic"].as_u64() > altered["privacy"]["technic"].as_u64(),
+        "{signed} {altered}"
+    );
+    println!(
+        "{} DNS queries answered by the loopback server",
+        dns.queries.load(Ordering::Relaxed)
+    );
+}
