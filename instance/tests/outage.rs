@@ -40,6 +40,8 @@ async fn sender(relay: SocketAddr, lifetime: Duration) -> Sender {
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_millis(400),
             lifetime,
+            direct: None,
+            mx_port: 25,
         },
     )
     .expect("queue");

@@ -407,6 +407,7 @@ fn spawn_wrapped(
             smtp: addr(1),
             submission: addr(3),
             metrics: words.get(5).and_then(|w| w.parse().ok()),
+            api: words.get(7).and_then(|w| w.parse().ok()),
         },
     )
 }
