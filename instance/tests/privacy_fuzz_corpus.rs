@@ -1,6 +1,9 @@
 //! Replays the privacy index fuzz corpus on stable: the committed inputs of
 //! `fuzz/corpus/privacy_mail` and every message of `tests/corpus/eml` (its
 //! seed), through the same checks as `fuzz/fuzz_targets/privacy_mail.rs`.
+//! `crash-mail-parser-nested-multipart` in that corpus is the 133-byte input
+//! that made mail-parser 0.11.9 panic inside `facts_of` (found by the target,
+//! fixed on main by guarding the parse).
 
 use caliopen_instance::privacy::{facts_of, score_message};
 use caliopen_instance::store::{MessageMeta, Transport, Via};
@@ -75,22 +78,4 @@ fn privacy_corpus_and_eml_corpus_replay() {
         }
     }
     assert!(n >= 70, "corpus too small: {n}");
-}
-
-/// Found by the `privacy_mail` fuzz target: 133 bytes (a multipart whose
-/// boundary reappears inside nested message/rfc822 parts) make mail-parser
-/// 0.11.9 panic ("Invalid part ID, could not find multipart.") inside
-/// `facts_of`. Such a message is accepted by the MX (only its headers are
-/// parsed there); afterwards `caliopen mail list` for its recipient fails
-/// ("h2 protocol error" through the admin API, a panic offline). The fix
-/// belongs in `privacy/facts.rs` (e.g. `catch_unwind` around the parse, with
-/// header-only facts as the fallback); un-ignore this test then, and move the
-/// input into `fuzz/corpus/privacy_mail`.
-#[test]
-#[ignore = "fails until facts_of survives the mail-parser panic (reported)"]
-fn a_hostile_nested_multipart_does_not_panic_the_privacy_index() {
-    let f = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/corpus/hostile/mail-parser-multipart-panic.eml");
-    let raw = std::fs::read(&f).expect("read");
-    check(&raw, &f.display().to_string());
 }
