@@ -390,3 +390,30 @@ fn crash_kill_9_under_mixed_traffic_loses_and_duplicates_nothing() {
 fn stress_kill_9_at_24_random_moments_under_mixed_traffic() {
     crash_run(24, 4);
 }
+
+/// A SIGTERM that arrives as soon as the daemon has printed its addresses
+/// (systemd stopping a unit that just started) must be a clean shutdown.
+/// Fails today: `bin/caliopen.rs` registers its SIGTERM handler only when
+/// `shutdown_signal()` is first polled, after start-up, so an early SIGTERM
+/// kills the process with the default action (exit by signal 15).
+/// Un-ignore once the handler is installed before `daemon::run`.
+#[test]
+#[ignore = "reported: SIGTERM handler installed late (bin/caliopen.rs)"]
+fn sigterm_right_after_start_is_a_clean_shutdown() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut failures = Vec::new();
+    let mut a = Instance::init(tmp.path(), "alpha", "alpha.test", None, None, None);
+    for round in 0..20 {
+        a.start();
+        let mut c = a.child.take().expect("child");
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill");
+        let st = c.wait().expect("wait");
+        if !st.success() {
+            failures.push(format!("round {round}: {st}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
