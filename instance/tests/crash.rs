@@ -417,3 +417,73 @@ fn sigterm_right_after_start_is_a_clean_shutdown() {
     }
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// Found by the stress run: `caliopen mail list` through the admin API
+/// fails once the listing exceeds tonic's default 4 MiB message size
+/// ("decoded message length too large"), i.e. for a mailbox of a few
+/// thousand messages, while the daemon runs. Un-ignore once the admin API
+/// pages the listing or raises its limits (`admin.rs`, `bin/caliopen.rs`).
+#[test]
+#[ignore = "reported: admin API listing limited to 4 MiB"]
+fn stress_mail_list_of_a_large_mailbox_through_the_admin_api() {
+    use caliopen_instance::store::{MessageMeta, Store, Transport, Via};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut a = Instance::init(tmp.path(), "alpha", "alpha.test", None, None, None);
+    a.add_user("alice", "alice password");
+    let n = 3000;
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let store = Store::open(&a.data.join("db")).expect("store");
+            for i in 0..n {
+                let subject = format!("{i} {}", "x".repeat(1000));
+                let raw = format!("Subject: {subject}\r\n\r\nbody\r\n");
+                let meta = MessageMeta {
+                    id: 0,
+                    mailbox: String::new(),
+                    from: "x@ext.test".into(),
+                    to: vec!["alice@alpha.test".into()],
+                    subject,
+                    received_at: 0,
+                    via: Via::Smtp,
+                    transport: Transport::default(),
+                    size: raw.len(),
+                };
+                store
+                    .deliver_local(
+                        &meta,
+                        &[("alice".into(), vec!["alice@alpha.test".into()])],
+                        raw.as_bytes(),
+                    )
+                    .await
+                    .expect("deliver");
+            }
+        });
+    }
+    assert_eq!(a.list("alice").len(), n, "offline listing");
+    a.start();
+    let (ok, out, err) = common::run_caliopen(
+        &[
+            "mail",
+            "list",
+            "--config",
+            a.c(),
+            "--user",
+            "alice",
+            "--json",
+        ],
+        None,
+    );
+    assert!(ok, "listing through the running daemon: {err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .expect("json")
+            .as_array()
+            .map(Vec::len),
+        Some(n)
+    );
+    a.stop();
+}
