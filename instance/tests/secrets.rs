@@ -2,7 +2,8 @@
 //!
 //! A full labelled scenario (association, two members, users with
 //! passwords, SMTP AUTH PLAIN and LOGIN, a failed login, mesh delivery,
-//! inbound MX mail, the CLI going through the admin API with its token) runs
+//! inbound MX mail, the CLI going through the admin API with its token, the
+//! client API's login and token, `caliopen privacy`) runs
 //! at `debug` level in both log formats; then every byte the daemons and the
 //! command-line tool wrote is searched for the member keys, the STARTTLS
 //! keys, the association's root key, the admin tokens and the passwords, in
@@ -80,6 +81,58 @@ fn mode(p: &Path) -> u32 {
         & 0o777
 }
 
+/// Logs in to the client API (a wrong password first), lists messages with
+/// the token; returns the token.
+fn client_api(inst: &Instance, address: &str, password: &str) -> String {
+    use caliopen_proto::pb::client::client_client::ClientClient;
+    use caliopen_proto::pb::client::{ListMessagesRequest, LoginRequest};
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let api = inst.bound.and_then(|b| b.api).expect("client API address");
+    let pem = std::fs::read(inst.data.join("tls.pem")).expect("tls.pem");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let ch = Endpoint::from_shared(format!("https://{api}"))
+            .expect("uri")
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(pem))
+                    .domain_name("localhost"),
+            )
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect to the client API");
+        let mut c = ClientClient::new(ch);
+        let bad = c
+            .login(LoginRequest {
+                address: address.into(),
+                password: WRONG_PW.into(),
+            })
+            .await;
+        assert!(bad.is_err(), "a wrong password logged in");
+        let token = c
+            .login(LoginRequest {
+                address: address.into(),
+                password: password.into(),
+            })
+            .await
+            .expect("login")
+            .into_inner()
+            .token;
+        assert!(token.len() >= 32, "short token");
+        let mut r = tonic::Request::new(ListMessagesRequest::default());
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        c.list_messages(r).await.expect("list with the token");
+        token
+    })
+}
+
 #[test]
 fn a_full_scenario_logs_no_key_token_or_password_and_secret_files_are_0600() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -110,6 +163,8 @@ fn a_full_scenario_logs_no_key_token_or_password_and_secret_files_are_0600() {
         i.env.push(("RUST_LOG".into(), "debug".into()));
     }
     b.set("log", "format = \"json\"");
+    // The client API too: passwords and user tokens go through it.
+    a.set("api", "listen = \"127.0.0.1:0\"");
 
     // CLI output is captured too: users added offline and (below) online.
     let (o, e) = a.add_user("alice", ALICE_PW);
@@ -118,6 +173,17 @@ fn a_full_scenario_logs_no_key_token_or_password_and_secret_files_are_0600() {
     cli_out += &(o + &e);
     a.start();
     b.start();
+    // The admin socket, while the daemon runs, is the owner's alone.
+    for inst in [&a, &b] {
+        let sock = inst.data.join("admin.sock");
+        assert_eq!(
+            mode(&sock),
+            0o600,
+            "{} is {:o}",
+            sock.display(),
+            mode(&sock)
+        );
+    }
     // Online: through the admin socket with the bearer token.
     let (o, e) = a.add_user("carol", CAROL_PW);
     cli_out += &(o + &e);
@@ -157,6 +223,23 @@ fn a_full_scenario_logs_no_key_token_or_password_and_secret_files_are_0600() {
     assert!(bob.iter().any(|m| m["via"] == "mesh"), "{bob:?}");
     assert_eq!(a.wait_for("carol", 1, Duration::from_secs(5)).len(), 1);
     cli_out += &serde_json::to_string(&a.list("alice")).expect("json");
+    // Client API: a failed and a good login, a listing with the token.
+    let client_token = client_api(&a, "carol@alpha.test", CAROL_PW);
+    // The operator's view of a contact (a user token issued through the admin API).
+    let (ok, out, err) = common::run_caliopen(
+        &[
+            "privacy",
+            "--config",
+            a.c(),
+            "--user",
+            "alice",
+            "--contact",
+            "bob@beta.test",
+        ],
+        None,
+    );
+    assert!(ok, "privacy: {err}");
+    cli_out += &(out + &err);
 
     // Restart A with JSON logs, and B with human logs: both formats see a
     // second round of the same operations.
@@ -197,6 +280,11 @@ fn a_full_scenario_logs_no_key_token_or_password_and_secret_files_are_0600() {
         needles.push((format!("{name} admin token"), token.to_owned()));
         needles.push((format!("{name} admin token (half)"), token[..16].to_owned()));
     }
+    needles.push(("client API token".into(), client_token.clone()));
+    needles.push((
+        "client API token (half)".into(),
+        client_token[..client_token.len() / 2].to_owned(),
+    ));
     needles.extend(key_needles(
         &assoc.dir.join("ca.key.pem"),
         "association root key",
