@@ -17,6 +17,10 @@ use tonic::{Request, Response, Status};
 
 /// Socket file name in the data directory.
 pub const ADMIN_SOCKET: &str = "admin.sock";
+/// Largest admin answer the command-line tool accepts (a listing of about a
+/// million messages).
+pub const MAX_ADMIN_MESSAGE: usize = 1 << 30;
+
 /// Token file name in the data directory.
 pub const ADMIN_TOKEN: &str = "admin.token";
 
@@ -196,7 +200,11 @@ pub async fn channel(data_dir: &Path) -> Option<(Channel, String)> {
 /// Connects to the admin API of a daemon running on `data_dir`, if one answers.
 pub async fn connect(data_dir: &Path) -> Option<(InstanceAdminClient<Channel>, String)> {
     let (ch, token) = channel(data_dir).await?;
-    Some((InstanceAdminClient::new(ch), token))
+    // A listing of a large mailbox is far over tonic's default 4 MiB.
+    Some((
+        InstanceAdminClient::new(ch).max_decoding_message_size(MAX_ADMIN_MESSAGE),
+        token,
+    ))
 }
 
 /// Adds the bearer token to a request.

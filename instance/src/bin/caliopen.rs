@@ -575,19 +575,18 @@ async fn privacy(config: &Path, user: &str, contact: &str, json: bool) -> anyhow
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM or SIGINT, with the handlers installed now (not when first
+/// polled): a stop that arrives while the daemon starts is a clean shutdown.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -620,7 +619,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Config::embedded_defaults(),
             };
             init_logging(cfg.log.format, cfg.log.filter.as_deref(), "info");
-            daemon::run(cfg, shutdown_signal(), |b| {
+            let stop = shutdown_signal()?;
+            daemon::run(cfg, stop, |b| {
                 let _ = writeln!(
                     std::io::stdout(),
                     "smtp {} submission {} metrics {} api {}",
