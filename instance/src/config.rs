@@ -51,6 +51,9 @@ pub struct SmtpConfig {
     /// Most simultaneous SMTP connections per listener.
     #[serde(default = "default_max_conn")]
     pub max_connections: usize,
+    /// Most simultaneous SMTP connections from one IP address, per listener.
+    #[serde(default = "default_max_conn_ip")]
+    pub max_connections_per_ip: usize,
     /// TLS certificate (PEM) for STARTTLS, relative to the data directory.
     #[serde(default = "default_tls_cert")]
     pub tls_cert: PathBuf,
@@ -96,6 +99,9 @@ fn default_max_size() -> usize {
 fn default_max_rcpt() -> usize {
     100
 }
+fn default_max_conn_ip() -> usize {
+    100
+}
 fn default_max_conn() -> usize {
     1000
 }
@@ -114,6 +120,7 @@ impl Default for SmtpConfig {
             max_message_size: default_max_size(),
             max_recipients: default_max_rcpt(),
             max_connections: default_max_conn(),
+            max_connections_per_ip: default_max_conn_ip(),
             tls_cert: default_tls_cert(),
             tls_key: default_tls_key(),
             relay: None,
@@ -393,6 +400,9 @@ impl Config {
         }
         if self.smtp.max_connections == 0 {
             return Err("key `smtp.max_connections`: must be at least 1".into());
+        }
+        if self.smtp.max_connections_per_ip == 0 {
+            return Err("key `smtp.max_connections_per_ip`: must be at least 1".into());
         }
         if !(1..=60).contains(&self.dns.timeout_seconds) {
             return Err("key `dns.timeout_seconds`: between 1 and 60".into());

@@ -220,6 +220,7 @@ pub async fn run(
         lc.max_message_size = config.smtp.max_message_size;
         lc.max_recipients = config.smtp.max_recipients;
         lc.max_connections = config.smtp.max_connections;
+        lc.max_connections_per_ip = config.smtp.max_connections_per_ip;
         lc.tls = Some(tls.clone());
         let l = SmtpListener::bind(addr, lc)
             .await

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub rcpt_unknown_user: AtomicU64,
     /// RCPT refused: relaying denied.
     pub rcpt_relay_denied: AtomicU64,
+    /// SMTP connections refused: too many from one address.
+    pub smtp_refused_per_ip: AtomicU64,
     /// Public level queries from peers answered.
     pub privacy_answered: AtomicU64,
     /// Public level queries refused (malformed, bucket too large).
@@ -123,6 +125,12 @@ pub fn render(s: &MetricsSources) -> String {
             ("reason", "unknown_user", l(&m.rcpt_unknown_user)),
             ("reason", "relay_denied", l(&m.rcpt_relay_denied)),
         ],
+    );
+    c(
+        &mut out,
+        "caliopen_smtp_connections_refused_total",
+        "SMTP connections refused, by reason.",
+        &[("reason", "per_ip_limit", l(&m.smtp_refused_per_ip))],
     );
     c(
         &mut out,

@@ -465,3 +465,48 @@ async fn many_connections_get_421_beyond_the_limit_and_the_server_recovers() {
     assert_eq!(mx.subjects(), vec!["after".to_owned()]);
     mx.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_slot() {
+    use tokio::io::{AsyncBufReadExt, BufReader as TokioBufReader};
+    let mx = Mx::start(|c| {
+        c.max_connections = 20;
+        c.max_connections_per_ip = 3;
+    })
+    .await;
+    async fn greet(from: &str, to: SocketAddr) -> (tokio::net::TcpStream, String) {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(format!("{from}:0").parse().expect("addr"))
+            .expect("bind");
+        let s = sock.connect(to).await.expect("connect");
+        let (r, w) = s.into_split();
+        let mut line = String::new();
+        let mut r = TokioBufReader::new(r);
+        tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
+            .await
+            .expect("greeting in time")
+            .expect("read");
+        (r.into_inner().reunite(w).expect("reunite"), line)
+    }
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (s, line) = greet("127.0.0.1", mx.addr).await;
+        assert!(line.starts_with("220"), "{line}");
+        held.push(s);
+    }
+    let (_s, line) = greet("127.0.0.1", mx.addr).await;
+    assert!(
+        line.starts_with("421") && line.contains("your address"),
+        "{line}"
+    );
+    // Another address is still served.
+    let (_other, line) = greet("127.0.0.2", mx.addr).await;
+    assert!(line.starts_with("220"), "{line}");
+    // A slot freed by one address is given back.
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_again, line) = greet("127.0.0.1", mx.addr).await;
+    assert!(line.starts_with("220"), "{line}");
+    drop(held);
+    mx.stop().await;
+}

@@ -5,7 +5,8 @@
 
 use super::session::{Envelope, Kind, Output, Policy, RcptVerdict, Session, SessionConfig};
 use crate::store::{MailStore, MessageMeta, Transport, Via};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,6 +29,9 @@ pub struct ListenerConfig {
     pub max_recipients: usize,
     /// Most simultaneous connections.
     pub max_connections: usize,
+    /// Most simultaneous connections from one IP address (so that a few
+    /// slow clients cannot hold every slot).
+    pub max_connections_per_ip: usize,
     /// Longest wait for a whole command after the previous reply (partial
     /// input does not extend it), and for the client to take our replies.
     pub command_timeout: Duration,
@@ -48,6 +52,7 @@ impl ListenerConfig {
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
             max_connections: 1000,
+            max_connections_per_ip: 100,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             tls: None,
@@ -391,6 +396,7 @@ impl SmtpListener {
     /// Accepts until `token` is cancelled; sessions in progress are tracked by `tracker`.
     pub async fn run(self, svc: MailService, token: CancellationToken, tracker: TaskTracker) {
         let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
+        let per_ip: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         let cfg = Arc::new(self.cfg);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -404,20 +410,79 @@ impl SmtpListener {
                 },
                 _ = token.cancelled() => break,
             };
+            let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), cfg.max_connections_per_ip) else {
+                svc.metrics()
+                    .smtp_refused_per_ip
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut tcp = tcp;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tcp.write_all(
+                        b"421 4.7.0 Too many connections from your address, try later\r\n",
+                    ),
+                )
+                .await;
+                continue;
+            };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 let mut tcp = tcp;
-                let _ = tcp
-                    .write_all(b"421 4.7.0 Too many connections, try later\r\n")
-                    .await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tcp.write_all(b"421 4.7.0 Too many connections, try later\r\n"),
+                )
+                .await;
                 continue;
             };
             let (svc, cfg, token) = (svc.clone(), cfg.clone(), token.clone());
             tracker.spawn(async move {
                 let _permit = permit;
+                let _ip_slot = ip_slot;
                 if let Err(e) = serve(tcp, peer, &svc, &cfg, &token).await {
                     tracing::debug!(%peer, error = %e, "SMTP session ended with an error");
                 }
             });
+        }
+    }
+}
+
+/// One connection counted against its address; released on drop.
+struct IpSlot {
+    map: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(
+        map: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        max: usize,
+    ) -> Option<Self> {
+        let mut m = map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
         }
     }
 }
