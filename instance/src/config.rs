@@ -74,9 +74,31 @@ pub struct SmtpConfig {
     /// Hours an outbound message may wait before it bounces.
     #[serde(default = "default_queue_hours")]
     pub queue_lifetime_hours: u64,
+    /// First delay before retrying a failed outbound delivery (doubles each time).
+    #[serde(default = "default_smtp_retry")]
+    pub retry_initial_seconds: u64,
+    /// Longest delay between outbound attempts.
+    #[serde(default = "default_smtp_retry_max")]
+    pub retry_max_seconds: u64,
     /// Port of direct delivery to MX hosts (when `[dns] enabled` and no relay).
     #[serde(default = "default_delivery_port")]
     pub delivery_port: u16,
+}
+
+fn default_smtp_retry() -> u64 {
+    60
+}
+fn default_smtp_retry_max() -> u64 {
+    3600
+}
+fn default_mesh_retry() -> u64 {
+    5
+}
+fn default_mesh_retry_max() -> u64 {
+    900
+}
+fn default_mesh_lifetime() -> u64 {
+    120
 }
 
 fn default_delivery_port() -> u16 {
@@ -128,6 +150,8 @@ impl Default for SmtpConfig {
             routes: Default::default(),
             queue_lifetime_hours: default_queue_hours(),
             delivery_port: default_delivery_port(),
+            retry_initial_seconds: default_smtp_retry(),
+            retry_max_seconds: default_smtp_retry_max(),
         }
     }
 }
@@ -139,6 +163,15 @@ pub struct MeshSection {
     /// UDP address of the QUIC endpoint.
     #[serde(default = "default_mesh")]
     pub listen: SocketAddr,
+    /// First delay before retrying a member that could not be reached (doubles, with jitter).
+    #[serde(default = "default_mesh_retry")]
+    pub retry_initial_seconds: u64,
+    /// Longest delay between attempts.
+    #[serde(default = "default_mesh_retry_max")]
+    pub retry_max_seconds: u64,
+    /// Hours a message may wait for a member before it bounces.
+    #[serde(default = "default_mesh_lifetime")]
+    pub lifetime_hours: u64,
 }
 
 fn default_mesh() -> SocketAddr {
@@ -149,6 +182,9 @@ impl Default for MeshSection {
     fn default() -> Self {
         Self {
             listen: default_mesh(),
+            retry_initial_seconds: default_mesh_retry(),
+            retry_max_seconds: default_mesh_retry_max(),
+            lifetime_hours: default_mesh_lifetime(),
         }
     }
 }
@@ -400,6 +436,29 @@ impl Config {
         }
         if self.smtp.max_connections == 0 {
             return Err("key `smtp.max_connections`: must be at least 1".into());
+        }
+        for (key, first, max) in [
+            (
+                "smtp",
+                self.smtp.retry_initial_seconds,
+                self.smtp.retry_max_seconds,
+            ),
+            (
+                "mesh",
+                self.mesh.retry_initial_seconds,
+                self.mesh.retry_max_seconds,
+            ),
+        ] {
+            if first == 0 || max < first {
+                return Err(format!(
+                    "key `{key}.retry_max_seconds`: must be at least `{key}.retry_initial_seconds` (at least 1)"
+                ));
+            }
+        }
+        if self.mesh.lifetime_hours == 0 || self.smtp.queue_lifetime_hours == 0 {
+            return Err(
+                "key `mesh.lifetime_hours` / `smtp.queue_lifetime_hours`: at least 1".into(),
+            );
         }
         if self.smtp.max_connections_per_ip == 0 {
             return Err("key `smtp.max_connections_per_ip`: must be at least 1".into());

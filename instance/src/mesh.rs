@@ -383,7 +383,12 @@ pub async fn start(
     );
     tracker.spawn(renewer.run(token.clone()));
 
-    let outbox = Outbox::open(queues, RetryPolicy::default()).map_err(|e| e.to_string())?;
+    let policy = RetryPolicy {
+        base: std::time::Duration::from_secs(config.mesh.retry_initial_seconds),
+        max: std::time::Duration::from_secs(config.mesh.retry_max_seconds),
+        lifetime: std::time::Duration::from_secs(config.mesh.lifetime_hours * 3600),
+    };
+    let outbox = Outbox::open(queues, policy).map_err(|e| e.to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     tracker.spawn(outbox.clone().run(node.clone(), tx, token.clone()));
     {
