@@ -156,6 +156,39 @@ fn make_instance(
     }
 }
 
+/// alice submits one message at A (smtplib, STARTTLS, AUTH).
+async fn alice_sends(a: &Instance, to: &str, subject: &str) {
+    let script = format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(cafile="{tls}")
+ctx.check_hostname = False
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=10)
+s.starttls(context=ctx)
+s.login("alice@alpha.test", "alice password")
+s.sendmail("alice@alpha.test", ["{to}"], b"From: alice@alpha.test\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nHello.\r\n")
+s.quit()
+"#,
+        tls = a.data.join("tls.pem").display(),
+        port = a.submission.expect("submission").port()
+    );
+    let o = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("python3")
+    })
+    .await
+    .expect("join");
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Logs in to an instance's client API over TLS (its own certificate as the root).
 async fn client(
     inst: &Instance,
@@ -425,37 +458,7 @@ async fn a_message_from_a_to_b_goes_over_the_mesh() {
     );
     a.start();
 
-    let port = a.submission.expect("submission").port();
-    let tls = a.data.join("tls.pem");
-    let script = format!(
-        r#"
-import smtplib, ssl
-ctx = ssl.create_default_context(cafile="{tls}")
-ctx.check_hostname = False
-s = smtplib.SMTP("127.0.0.1", {port}, timeout=10)
-s.starttls(context=ctx)
-s.login("alice@alpha.test", "alice password")
-s.sendmail("alice@alpha.test", ["bob@beta.test"], b"From: alice@alpha.test\r\nTo: bob@beta.test\r\nSubject: over the mesh\r\n\r\nHi Bob.\r\n")
-s.quit()
-print("sent")
-"#,
-        tls = tls.display()
-    );
-    let o = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .expect("python3")
-    })
-    .await
-    .expect("join");
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    alice_sends(&a, "bob@beta.test", "over the mesh").await;
 
     let t0 = Instant::now();
     let msg = loop {
@@ -483,30 +486,7 @@ print("sent")
     public_levels_across_the_mesh(&a, &b).await;
 
     // A recipient B does not have: B refuses it over the mesh, A bounces it to alice.
-    let script = format!(
-        r#"
-import smtplib, ssl
-ctx = ssl.create_default_context(cafile="{tls}")
-ctx.check_hostname = False
-s = smtplib.SMTP("127.0.0.1", {port}, timeout=10)
-s.starttls(context=ctx)
-s.login("alice@alpha.test", "alice password")
-s.sendmail("alice@alpha.test", ["ghost@beta.test"], b"From: alice@alpha.test\r\nTo: ghost@beta.test\r\nSubject: to nobody\r\n\r\nHello?\r\n")
-s.quit()
-"#,
-        tls = a.data.join("tls.pem").display(),
-        port = a.submission.expect("submission").port()
-    );
-    let o = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .expect("python3")
-    })
-    .await
-    .expect("join");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    alice_sends(&a, "ghost@beta.test", "to nobody").await;
     let t0 = Instant::now();
     let dsn = loop {
         let list = caliopen(
@@ -552,21 +532,6 @@ s.quit()
     .expect("join")
     .expect("revoke");
     let t_revoked = Instant::now();
-    let port = a.submission.expect("submission").port();
-    let script = format!(
-        r#"
-import smtplib, ssl, time
-ctx = ssl.create_default_context(cafile="{tls}")
-ctx.check_hostname = False
-deadline = time.time() + 15
-s = smtplib.SMTP("127.0.0.1", {port}, timeout=10)
-s.starttls(context=ctx)
-s.login("alice@alpha.test", "alice password")
-s.sendmail("alice@alpha.test", ["bob@beta.test"], b"From: alice@alpha.test\r\nTo: bob@beta.test\r\nSubject: after revocation\r\n\r\nHi again.\r\n")
-s.quit()
-"#,
-        tls = a.data.join("tls.pem").display()
-    );
     // Wait until A has dropped B from its directory (it then routes by SMTP).
     let a_trust = a.data.join("trust/directory.bin");
     let roots = [caliopen_proto::RootKey::from_cert_der(ca.root_der()).expect("root")];
@@ -585,16 +550,7 @@ s.quit()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("revocation reached A in {:?}", t_revoked.elapsed());
-    let o = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .expect("python3")
-    })
-    .await
-    .expect("join");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    alice_sends(&a, "bob@beta.test", "after revocation").await;
     let t0 = Instant::now();
     let second = loop {
         let list = caliopen(

@@ -4,23 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::caliopen_ok as caliopen;
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
+use common::Daemon;
 
 fn run(config: &Path, log: &Path) -> (Daemon, SocketAddr, SocketAddr) {
     let stderr = Stdio::from(std::fs::File::create(log).expect("log"));

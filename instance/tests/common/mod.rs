@@ -83,3 +83,15 @@ pub fn spawn_daemon(config: &Path, stderr: Stdio, envs: &[(&str, &str)]) -> (Chi
     };
     (child, bound)
 }
+
+/// A running daemon, stopped with SIGTERM (and reaped) when dropped.
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
