@@ -145,8 +145,20 @@ impl Outbox {
             last_error: String::new(),
         };
         self.tree.insert(key, rec.encode_to_vec())?;
-        self.db.flush_async().await?;
+        self.flush().await?;
         self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Makes every write so far durable. Not sled's `flush_async`: in sled
+    /// 0.34 concurrent `flush_async` callers can wait forever
+    /// (spacejam/sled#1308; the benchmark's 64 concurrent enqueues hung on
+    /// it). A blocking flush on tokio's blocking pool completes.
+    async fn flush(&self) -> Result<(), OutboxError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| OutboxError::Db(sled::Error::Io(std::io::Error::other(e))))??;
         Ok(())
     }
 
@@ -286,7 +298,7 @@ impl Outbox {
             }
             per_peer.entry(rec.peer.clone()).or_default().push((k, rec));
         }
-        self.db.flush_async().await?;
+        self.flush().await?;
         let mut tasks = tokio::task::JoinSet::new();
         for (peer, recs) in per_peer {
             let node = node.clone();
@@ -355,12 +367,12 @@ impl Outbox {
                         self.tree.insert(k, rec.encode_to_vec())?;
                     }
                     tracing::info!(peer, error = %e, "mesh delivery deferred");
-                    self.db.flush_async().await?;
+                    self.flush().await?;
                     return Ok(due);
                 }
             }
         }
-        self.db.flush_async().await?;
+        self.flush().await?;
         Ok(None)
     }
 }

@@ -147,6 +147,14 @@ impl MeshHandler for Handler {
     }
 }
 
+/// The handler a labelled instance installs on its mesh node: mail from
+/// members is stored durably in `svc`'s store (group commit) before the
+/// `DeliverReply`. Public so that the benchmark harness can run the real
+/// delivery path in process.
+pub fn store_handler(svc: MailService) -> Arc<dyn MeshHandler> {
+    Arc::new(Handler { svc })
+}
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
