@@ -94,7 +94,7 @@ pub async fn run(work: &std::path::Path, p: &StorageParams, report: &mut Report)
                 };
                 let to = vec![format!("{user}@bench.test")];
                 let ids = store.deliver_local(&meta, &[(user, to)], &body).await?;
-                if i % 97 == 0 {
+                if i.is_multiple_of(97) {
                     sample.extend(ids);
                 }
             }

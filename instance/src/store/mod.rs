@@ -141,7 +141,7 @@ impl Store {
             mailbox: db.open_tree("mailbox")?,
             txns: db.open_tree("mesh_txns")?,
             users,
-            commit: GroupCommit::start(db.clone()),
+            commit: GroupCommit::start(db.clone(), Some(path.to_owned())),
             user_cache: Arc::new(RwLock::new(cache)),
             db,
         })
