@@ -184,26 +184,13 @@ pub async fn run(work: &std::path::Path, p: &StorageParams, report: &mut Report)
         &format!("one message's bytes ({} B avg)", got / probes.max(1)),
     );
     drop(store);
-    // Reopening: what a restarted daemon pays before serving.
-    let t0 = Instant::now();
-    let store = Store::open(&path)?;
-    let reopen = t0.elapsed();
-    let count = store.message_count();
-    report.add(
-        "storage",
-        &case,
-        "reopen s",
-        reopen.as_secs_f64(),
-        None,
-        &format!("{count} messages found after reopening"),
-    );
-    drop(store);
     Ok(())
 }
 
 fn add_pcts(report: &mut Report, case: &str, what: &str, lat: &mut [Duration], note: &str) {
-    let p50 = percentile(lat, 50.0).map_or(f64::NAN, ms);
-    let p99 = percentile(lat, 99.0).map_or(f64::NAN, ms);
-    report.add("storage", case, &format!("{what} p50 ms"), p50, None, note);
-    report.add("storage", case, &format!("{what} p99 ms"), p99, None, "");
+    let us = |d: Duration| ms(d) * 1000.0;
+    let p50 = percentile(lat, 50.0).map_or(f64::NAN, us);
+    let p99 = percentile(lat, 99.0).map_or(f64::NAN, us);
+    report.add("storage", case, &format!("{what} p50 µs"), p50, None, note);
+    report.add("storage", case, &format!("{what} p99 µs"), p99, None, "");
 }
