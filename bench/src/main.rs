@@ -47,6 +47,12 @@ struct Args {
     /// Messages per 2 KB relay case (100 KB cases send a fifth; default 10000, quick 1000).
     #[arg(long)]
     relay_messages: Option<usize>,
+    /// Relay body sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "2048,102400")]
+    relay_sizes: Vec<usize>,
+    /// Relay concurrency (streams, producers, SMTP sessions).
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    relay_streams: Vec<usize>,
     /// Mesh sizes (default: 100,500,1000; quick 20,50).
     #[arg(long, value_delimiter = ',')]
     scale: Option<Vec<usize>>,
@@ -135,12 +141,17 @@ fn main() -> Result<()> {
         let r = rt.block_on(async {
             let mut sub = Report::default();
             let res = async {
-                for (size, count) in [(2048, n), (100 * 1024, (n / 5).max(100))] {
+                for &size in &a.relay_sizes {
+                    let count = if size > 16 * 1024 {
+                        (n / 5).max(100)
+                    } else {
+                        n
+                    };
                     mesh::relay(
                         &work,
                         &mesh::RelayParams {
                             messages: count,
-                            streams: vec![1, 64],
+                            streams: a.relay_streams.clone(),
                             sizes: vec![size],
                         },
                         &mut sub,
@@ -211,6 +222,7 @@ fn main() -> Result<()> {
     std::fs::write(a.out.join("latest.json"), json)?;
     let md = report.markdown();
     std::fs::write(a.out.join("latest.md"), &md)?;
+    std::fs::write(a.out.join("summary.md"), report.summary_markdown())?;
     println!("{md}");
     eprintln!(
         "written: {}/latest.json, {}/latest.md",

@@ -225,6 +225,7 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
             let n = p.messages;
             // 1. Mesh node: S concurrent Deliver requests on one connection.
             let before = store_b.message_count();
+            let commits0 = commits(&store_b);
             let next = Arc::new(AtomicUsize::new(0));
             let t0 = Instant::now();
             let mut set = tokio::task::JoinSet::new();
@@ -266,7 +267,10 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
                 el,
                 &mut lat,
                 (size <= 4096 && s >= 64).then_some((">= 10000", "< 5")),
-                &format!("{stored} stored at B"),
+                &format!(
+                    "{stored} stored at B; {}",
+                    commit_note(&store_b, commits0, stored, el)
+                ),
             );
 
             // 2. From A's durable outbox to B's durable ack.
@@ -341,6 +345,7 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
 
             // 3. SMTP into the same instance B: S sessions.
             let before = store_b.message_count();
+            let commits0 = commits(&store_b);
             let per = n.div_ceil(s);
             let t0 = Instant::now();
             let mut set = tokio::task::JoinSet::new();
@@ -363,7 +368,10 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
                 el,
                 &mut lat,
                 None,
-                &format!("{stored} stored at B; MAIL..250 after DATA"),
+                &format!(
+                    "{stored} stored at B; MAIL..250 after DATA; {}",
+                    commit_note(&store_b, commits0, stored, el)
+                ),
             );
         }
     }
@@ -373,6 +381,20 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
     b.node.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     Ok(())
+}
+
+fn commits(store: &Store) -> u64 {
+    store.committer().flushes.load(Ordering::Relaxed)
+}
+
+/// How many group commits B made for `stored` messages over `el`.
+fn commit_note(store: &Store, before: u64, stored: usize, el: Duration) -> String {
+    let c = commits(store).saturating_sub(before).max(1);
+    format!(
+        "{c} group commits at B ({:.1} msg/commit, {:.2} ms/commit)",
+        stored as f64 / c as f64,
+        el.as_secs_f64() * 1000.0 / c as f64
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

