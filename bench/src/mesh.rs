@@ -226,6 +226,7 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
             // 1. Mesh node: S concurrent Deliver requests on one connection.
             let before = store_b.message_count();
             let commits0 = commits(&store_b);
+            let cpu0 = crate::sys::cpu_time();
             let next = Arc::new(AtomicUsize::new(0));
             let t0 = Instant::now();
             let mut set = tokio::task::JoinSet::new();
@@ -268,8 +269,9 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
                 &mut lat,
                 (size <= 4096 && s >= 64).then_some((">= 10000", "< 5")),
                 &format!(
-                    "{stored} stored at B; {}",
-                    commit_note(&store_b, commits0, stored, el)
+                    "{stored} stored at B; {}; {}",
+                    commit_note(&store_b, commits0, stored, el),
+                    cpu_note(cpu0, el)
                 ),
             );
 
@@ -346,6 +348,7 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
             // 3. SMTP into the same instance B: S sessions.
             let before = store_b.message_count();
             let commits0 = commits(&store_b);
+            let cpu0 = crate::sys::cpu_time();
             let per = n.div_ceil(s);
             let t0 = Instant::now();
             let mut set = tokio::task::JoinSet::new();
@@ -369,8 +372,9 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
                 &mut lat,
                 None,
                 &format!(
-                    "{stored} stored at B; MAIL..250 after DATA; {}",
-                    commit_note(&store_b, commits0, stored, el)
+                    "{stored} stored at B; MAIL..250 after DATA; {}; {}",
+                    commit_note(&store_b, commits0, stored, el),
+                    cpu_note(cpu0, el)
                 ),
             );
         }
@@ -381,6 +385,16 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
     b.node.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     Ok(())
+}
+
+/// CPU used by both instances (this process) over a case, in cores.
+fn cpu_note(cpu0: Duration, el: Duration) -> String {
+    let used = crate::sys::cpu_time().saturating_sub(cpu0);
+    format!(
+        "both instances used {:.2} of {} cores",
+        used.as_secs_f64() / el.as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
 }
 
 fn commits(store: &Store) -> u64 {

@@ -147,3 +147,19 @@ pub fn machine(dir: &Path) -> String {
         .unwrap_or_default();
     format!("{cpu}, {cores} cores, {mem_gb:.0} GiB RAM, Linux {kernel}, data on {fs}")
 }
+
+/// CPU time (user + system) this process has used so far, from
+/// `/proc/self/stat` (clock ticks of 10 ms).
+pub fn cpu_time() -> Duration {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            Some(Duration::from_millis((utime + stime) * 10))
+        })
+        .unwrap_or_default()
+}
