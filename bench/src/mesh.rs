@@ -541,7 +541,7 @@ pub async fn scale(work: &std::path::Path, n: usize, report: &mut Report) -> Res
             after.saturating_sub(before) as f64 / ok.max(1) as f64 / 1024.0,
             None,
             &format!(
-                "RSS delta over {ok} more connections (to a second hub), both ends of each counted"
+                "RSS delta over {ok} more connections (to a second hub), both ends of each counted; a lower bound: glibc reuses memory freed during setup"
             ),
         );
     }
