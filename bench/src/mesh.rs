@@ -212,7 +212,8 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
     let mx_addr = mx.local_addr()?;
     tracker.spawn(mx.run(svc_b.clone(), token.clone(), tracker.clone()));
 
-    let outbox = Outbox::open(store_a.db(), RetryPolicy::default())?;
+    let outbox = Outbox::open(store_a.db(), RetryPolicy::default())?
+        .with_durability(Arc::new(store_a.clone()));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<OutboxEvent>(4096);
     tracker.spawn(outbox.clone().run(a.node.clone(), tx, token.clone()));
 

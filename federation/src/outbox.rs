@@ -94,6 +94,18 @@ pub enum OutboxError {
     /// A stored entry did not decode.
     #[error("corrupt outbox entry: {0}")]
     Corrupt(String),
+    /// The durability hook failed: nothing may be reported as queued.
+    #[error("outbox flush failed: {0}")]
+    Flush(String),
+}
+
+/// Makes the outbox's writes durable. sled's own flush is no durability
+/// barrier on Linux (it ends with `sync_file_range`); an instance passes its
+/// store's group committer, which also `fdatasync`s, so that enqueues from
+/// concurrent sessions share one sync.
+pub trait Durability: Send + Sync + std::fmt::Debug + 'static {
+    /// Returns once every write made to the database before the call is durable.
+    fn sync(&self) -> crate::node::BoxFuture<Result<(), String>>;
 }
 
 /// Concurrent streams the outbox uses towards one connected peer (the mesh
@@ -108,6 +120,7 @@ pub struct Outbox {
     tree: sled::Tree,
     notify: Arc<Notify>,
     policy: RetryPolicy,
+    durability: Option<Arc<dyn Durability>>,
 }
 
 fn now_ms() -> i64 {
@@ -130,7 +143,14 @@ impl Outbox {
             tree: db.open_tree("mesh_outbox")?,
             notify: Arc::new(Notify::new()),
             policy,
+            durability: None,
         })
+    }
+
+    /// Uses `d` to make writes durable instead of sled's flush alone.
+    pub fn with_durability(mut self, d: Arc<dyn Durability>) -> Self {
+        self.durability = Some(d);
+        self
     }
 
     /// Queues `deliver` for `peer`; durable when it returns.
@@ -160,6 +180,9 @@ impl Outbox {
     /// (spacejam/sled#1308; the benchmark's 64 concurrent enqueues hung on
     /// it). A blocking flush on tokio's blocking pool completes.
     async fn flush(&self) -> Result<(), OutboxError> {
+        if let Some(d) = &self.durability {
+            return d.sync().await.map_err(OutboxError::Flush);
+        }
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await

@@ -252,8 +252,9 @@ pub async fn start(
     );
     tracker.spawn(renewer.run(token.clone()));
 
-    let outbox =
-        Outbox::open(svc.store().db(), RetryPolicy::default()).map_err(|e| e.to_string())?;
+    let outbox = Outbox::open(svc.store().db(), RetryPolicy::default())
+        .map_err(|e| e.to_string())?
+        .with_durability(Arc::new(svc.store().clone()));
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     tracker.spawn(outbox.clone().run(node.clone(), tx, token.clone()));
     {

@@ -300,3 +300,12 @@ impl Store {
 }
 
 use sled::Transactional;
+
+/// The mesh outbox lives in this database: its enqueues are made durable by
+/// the same group commit as the mailboxes.
+impl caliopen_federation::Durability for Store {
+    fn sync(&self) -> caliopen_federation::BoxFuture<Result<(), String>> {
+        let store = self.clone();
+        Box::pin(async move { store.flush().await.map_err(|e| e.to_string()) })
+    }
+}
