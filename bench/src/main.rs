@@ -229,7 +229,11 @@ fn main() -> Result<()> {
         a.out.display(),
         a.out.display()
     );
-    Ok(())
+    // The stores' committer tasks keep their databases open until the
+    // runtime drops them, and sled then persists its whole page cache
+    // (minutes after a million messages): scratch data, so leave at once.
+    rt.shutdown_background();
+    std::process::exit(0)
 }
 
 fn smtp_section(a: &Args, report: &mut Report) -> Result<()> {
