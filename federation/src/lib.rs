@@ -12,7 +12,7 @@ pub mod wire;
 
 pub use association::AssociationLink;
 pub use node::{BoxFuture, HandlerError, MeshConfig, MeshError, MeshHandler, MeshNode, MeshStats};
-pub use outbox::{Outbox, OutboxError, OutboxEvent, RetryPolicy};
+pub use outbox::{Durability, Outbox, OutboxError, OutboxEvent, RetryPolicy};
 pub use renewal::{IdentityFiles, Renewer};
 pub use tls::IdentitySlot;
 pub use trust::{PeerIdentity, Refusal, TrustError, TrustStore};

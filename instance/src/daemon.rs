@@ -200,7 +200,7 @@ pub async fn run(
         svc.set_queue(q);
         tracing::info!(relay = ?config.smtp.relay, routes = config.smtp.routes.len(), direct = direct.is_some(), "outbound SMTP enabled");
     }
-    let mesh_node = match crate::mesh::start(&config, &svc, store.db(), &token, &tracker).await? {
+    let mesh_node = match crate::mesh::start(&config, &svc, &store, &token, &tracker).await? {
         Some((node, route)) => {
             svc.set_mesh(route);
             Some(node)

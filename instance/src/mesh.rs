@@ -282,6 +282,22 @@ impl MeshHandler for Handler {
     }
 }
 
+/// The handler a labelled instance installs on its mesh node: mail from
+/// members is stored durably in `svc`'s store (group commit) before the
+/// `DeliverReply`. Public so that the benchmark harness can run the real
+/// delivery path in process.
+pub fn store_handler(svc: MailService) -> Arc<dyn MeshHandler> {
+    Arc::new(Handler {
+        svc,
+        limiter: PeerLimiter::new(PRIVACY_QUERIES_PER_SECOND, PRIVACY_QUERY_BURST),
+    })
+}
+
+/// Public level queries a peer may make per second, sustained.
+pub const PRIVACY_QUERIES_PER_SECOND: f64 = 20.0;
+/// And at once.
+pub const PRIVACY_QUERY_BURST: f64 = 100.0;
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -310,7 +326,7 @@ pub fn member_id_of(cert_pem: &str) -> Result<String, String> {
 pub async fn start(
     config: &Config,
     svc: &MailService,
-    queues: &sled::Db,
+    queues: &crate::store::Store,
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<Option<(MeshNode, MeshRoute)>, String> {
@@ -342,10 +358,7 @@ pub async fn start(
         config.mesh.listen,
         trust.clone(),
         identity.clone(),
-        Arc::new(Handler {
-            svc: svc.clone(),
-            limiter: PeerLimiter::new(20.0, 100.0),
-        }),
+        store_handler(svc.clone()),
     )
     .await
     .map_err(|e| format!("mesh: {e}"))?;
@@ -388,7 +401,10 @@ pub async fn start(
         max: std::time::Duration::from_secs(config.mesh.retry_max_seconds),
         lifetime: std::time::Duration::from_secs(config.mesh.lifetime_hours * 3600),
     };
-    let outbox = Outbox::open(queues, policy).map_err(|e| e.to_string())?;
+    // The outbox lives in the store's database: the store's group commit makes it durable.
+    let outbox = Outbox::open(queues.db(), policy)
+        .map_err(|e| e.to_string())?
+        .with_durability(Arc::new(queues.clone()));
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     tracker.spawn(outbox.clone().run(node.clone(), tx, token.clone()));
     {

@@ -192,7 +192,12 @@ impl SmtpQueue {
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError<()>| format!("{e:?}"))?;
-        self.db.flush_async().await.map_err(|e| e.to_string())?;
+        // Not `flush_async`: concurrent callers can hang in sled 0.34 (spacejam/sled#1308).
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         self.wake.notify_one();
         Ok(())
     }
@@ -432,7 +437,8 @@ impl SmtpQueue {
                 r.remove(&k)?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             });
-            let _ = self.db.flush_async().await;
+            let db = self.db.clone();
+            let _ = tokio::task::spawn_blocking(move || db.flush()).await;
         }
         next
     }

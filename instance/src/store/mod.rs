@@ -168,7 +168,7 @@ impl Store {
             levels: db.open_tree("public_levels")?,
             domains: Arc::new(RwLock::new(Vec::new())),
             users,
-            commit: GroupCommit::start(db.clone()),
+            commit: GroupCommit::start(db.clone(), Some(path.to_owned())),
             user_cache: Arc::new(RwLock::new(cache)),
             db,
         })
@@ -644,5 +644,14 @@ pub fn path_class(m: &MessageMeta) -> PathClass {
         Via::Local => PathClass::Local,
         Via::Smtp if m.transport.tls_version.is_some() => PathClass::Tls,
         Via::Smtp => PathClass::Plain,
+    }
+}
+
+/// The mesh outbox lives in this database: its enqueues are made durable by
+/// the same group commit as the mailboxes.
+impl caliopen_federation::Durability for Store {
+    fn sync(&self) -> caliopen_federation::BoxFuture<Result<(), String>> {
+        let store = self.clone();
+        Box::pin(async move { store.flush().await.map_err(|e| e.to_string()) })
     }
 }

@@ -1,0 +1,15 @@
+//! The Caliopen benchmark harness (issue #7): SMTP acceptance and delivery
+//! against Postfix, mesh relay, mesh scale, storage scale, and the physical
+//! bounds (the disk's fsync rate, loopback TCP throughput), all measured in
+//! one run and written as JSON plus a Markdown table.
+//!
+//! Every figure in a report is measured by the run that writes it.
+#![forbid(unsafe_code)]
+
+pub mod mesh;
+pub mod report;
+pub mod smtp;
+pub mod storage;
+pub mod sys;
+
+pub use report::{percentile, Report, Row};

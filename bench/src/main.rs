@@ -1,0 +1,371 @@
+//! `caliopen-bench`: runs the benchmarks of issue #7 and writes
+//! `OUT/latest.json` and `OUT/latest.md`. See `bench/run.sh` for the one
+//! command that prepares Postfix and builds everything first.
+
+use anyhow::{Context, Result};
+use caliopen_bench::{mesh, smtp, storage, sys, Report};
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "caliopen-bench", about = "Caliopen benchmarks (issue #7)")]
+struct Args {
+    /// Small counts: a smoke run of every section in a minute or two.
+    #[arg(long)]
+    quick: bool,
+    /// Sections to run (comma-separated): sys, smtp, relay, scale, storage.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sys,smtp,relay,scale,storage"
+    )]
+    only: Vec<String>,
+    /// Where results are written.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Scratch directory for data (on the disk being measured).
+    #[arg(long, default_value = "/var/tmp/caliopen-bench")]
+    work: PathBuf,
+    /// The `caliopen` binary (release build).
+    #[arg(long, default_value = "target/release/caliopen")]
+    caliopen: PathBuf,
+    /// Postfix's SMTP listener (from bench/postfix.sh); without it, the
+    /// Postfix side is skipped.
+    #[arg(long)]
+    postfix: Option<SocketAddr>,
+    /// The Maildir Postfix delivers into.
+    #[arg(long)]
+    postfix_maildir: Option<PathBuf>,
+    /// The recipient Postfix delivers into that Maildir.
+    #[arg(long, default_value = "benchmb@bench.test")]
+    postfix_rcpt: String,
+    /// Messages per SMTP case (default: 5000, quick 500).
+    #[arg(long)]
+    smtp_messages: Option<usize>,
+    /// Messages per 2 KB relay case (100 KB cases send a fifth; default 10000, quick 1000).
+    #[arg(long)]
+    relay_messages: Option<usize>,
+    /// Relay body sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "2048,102400")]
+    relay_sizes: Vec<usize>,
+    /// Relay concurrency (streams, producers, SMTP sessions).
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    relay_streams: Vec<usize>,
+    /// Mesh sizes (default: 100,500,1000; quick 20,50).
+    #[arg(long, value_delimiter = ',')]
+    scale: Option<Vec<usize>>,
+    /// Accounts in the storage run (default 50000, quick 500).
+    #[arg(long)]
+    accounts: Option<usize>,
+    /// Messages in the storage run (default 1000000, quick 10000).
+    #[arg(long)]
+    store_messages: Option<usize>,
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    std::fs::create_dir_all(&a.work).with_context(|| format!("create {}", a.work.display()))?;
+    std::fs::create_dir_all(&a.out)?;
+    let mut report = Report {
+        machine: sys::machine(&a.work),
+        started: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        mode: if a.quick { "quick" } else { "full" }.into(),
+        ..Default::default()
+    };
+    eprintln!("machine: {}", report.machine);
+    let on = |s: &str| a.only.iter().any(|o| o == s);
+    let q = a.quick;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+
+    if on("sys") {
+        eprintln!("== physical bounds");
+        let secs = if q { 1 } else { 3 };
+        for (kind, what) in [
+            (sys::SyncKind::AppendFsync, "append 512 B + fsync"),
+            (
+                sys::SyncKind::OverwriteFdatasync,
+                "overwrite 512 B + fdatasync",
+            ),
+        ] {
+            match sys::fsync_rate(&a.work, kind, Duration::from_secs(secs)) {
+                Ok(r) => report.add(
+                    "bounds",
+                    &format!("disk: {what}"),
+                    "syncs/s",
+                    r,
+                    None,
+                    "serial, in the data dir",
+                ),
+                Err(e) => report.skipped.push(format!("fsync rate: {e}")),
+            }
+        }
+        let bytes = if q { 256 << 20 } else { 2 << 30 };
+        match sys::loopback_throughput(bytes) {
+            Ok(r) => report.add(
+                "bounds",
+                "loopback TCP",
+                "MB/s",
+                r,
+                None,
+                "one stream, 256 KiB writes",
+            ),
+            Err(e) => report.skipped.push(format!("loopback: {e}")),
+        }
+    }
+
+    if on("smtp") {
+        eprintln!("== SMTP acceptance and delivery (smtp-source)");
+        if let Err(e) = smtp_section(&a, &mut report) {
+            eprintln!("smtp section failed: {e:#}");
+            report.skipped.push(format!("smtp: {e:#}"));
+        }
+    }
+
+    if on("relay") {
+        eprintln!("== mesh relay");
+        let n = a.relay_messages.unwrap_or(if q { 1000 } else { 10_000 });
+        let work = a.work.clone();
+        let r = rt.block_on(async {
+            let mut sub = Report::default();
+            let res = async {
+                for &size in &a.relay_sizes {
+                    let count = if size > 16 * 1024 {
+                        (n / 5).max(100)
+                    } else {
+                        n
+                    };
+                    mesh::relay(
+                        &work,
+                        &mesh::RelayParams {
+                            messages: count,
+                            streams: a.relay_streams.clone(),
+                            sizes: vec![size],
+                        },
+                        &mut sub,
+                    )
+                    .await?;
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            (sub, res)
+        });
+        report.rows.extend(r.0.rows);
+        if let Err(e) = r.1 {
+            eprintln!("relay section failed: {e:#}");
+            report.skipped.push(format!("mesh relay: {e:#}"));
+        }
+    }
+    report.skipped.push(
+        "privacy queries (item 3): the k-anonymous PrivacyQuery is being built on main; not in this branch yet".into(),
+    );
+
+    if on("scale") {
+        eprintln!("== mesh scale");
+        let sizes = a.scale.clone().unwrap_or(if q {
+            vec![20, 50]
+        } else {
+            vec![100, 500, 1000]
+        });
+        for n in sizes {
+            let work = a.work.clone();
+            let r = rt.block_on(async {
+                let mut sub = Report::default();
+                let res = mesh::scale(&work, n, &mut sub).await;
+                (sub, res)
+            });
+            report.rows.extend(r.0.rows);
+            if let Err(e) = r.1 {
+                eprintln!("scale {n} failed: {e:#}");
+                report.skipped.push(format!("mesh scale {n}: {e:#}"));
+            }
+        }
+    }
+
+    if on("storage") {
+        eprintln!("== storage scale");
+        let p = storage::StorageParams {
+            accounts: a.accounts.unwrap_or(if q { 500 } else { 50_000 }),
+            messages: a
+                .store_messages
+                .unwrap_or(if q { 10_000 } else { 1_000_000 }),
+            size: 2048,
+            writers: 64,
+        };
+        let work = a.work.clone();
+        let r = rt.block_on(async {
+            let mut sub = Report::default();
+            let res = storage::run(&work, &p, &mut sub).await;
+            (sub, res)
+        });
+        report.rows.extend(r.0.rows);
+        if let Err(e) = r.1 {
+            eprintln!("storage failed: {e:#}");
+            report.skipped.push(format!("storage: {e:#}"));
+        }
+    }
+
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(a.out.join("latest.json"), json)?;
+    let md = report.markdown();
+    std::fs::write(a.out.join("latest.md"), &md)?;
+    std::fs::write(a.out.join("summary.md"), report.summary_markdown())?;
+    println!("{md}");
+    eprintln!(
+        "written: {}/latest.json, {}/latest.md",
+        a.out.display(),
+        a.out.display()
+    );
+    // The stores' committer tasks keep their databases open until the
+    // runtime drops them, and sled then persists its whole page cache
+    // (minutes after a million messages): scratch data, so leave at once.
+    rt.shutdown_background();
+    std::process::exit(0)
+}
+
+fn smtp_section(a: &Args, report: &mut Report) -> Result<()> {
+    let n = a.smtp_messages.unwrap_or(if a.quick { 500 } else { 5000 });
+    let timeout = Duration::from_secs(900);
+    let dir = a.work.join("caliopen-smtp");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let daemon = smtp::Daemon::start(&a.caliopen, &dir, "bench.test", "benchmb")
+        .with_context(|| format!("start {}", a.caliopen.display()))?;
+    let cal_rcpt = "benchmb@bench.test";
+    let postfix = match (a.postfix, &a.postfix_maildir) {
+        (Some(addr), Some(md)) => Some((addr, md.clone())),
+        _ => {
+            report
+                .skipped
+                .push("Postfix side of SMTP: no --postfix/--postfix-maildir given".into());
+            None
+        }
+    };
+    // Warm both up (process pools, caches) outside the timings.
+    if let Some((addr, md)) = &postfix {
+        let c = |p: &Path| smtp::maildir_count(p);
+        smtp::timed_run(*addr, 2, 50, 2048, &a.postfix_rcpt, &|| c(md), timeout)?;
+    }
+    smtp::timed_run(
+        daemon.smtp,
+        2,
+        50,
+        2048,
+        cal_rcpt,
+        &|| daemon.stored_smtp(),
+        timeout,
+    )?;
+    for size in [2048usize, 100 * 1024] {
+        for sessions in [1usize, 20] {
+            let case = format!(
+                "{} KB, {sessions} session{}",
+                size / 1024,
+                if sessions > 1 { "s" } else { "" }
+            );
+            let mut pf = None;
+            if let Some((addr, md)) = &postfix {
+                smtp::maildir_clear(md)?;
+                let (acc, del) = smtp::timed_run(
+                    *addr,
+                    sessions,
+                    n,
+                    size,
+                    &a.postfix_rcpt,
+                    &|| smtp::maildir_count(md),
+                    timeout,
+                )?;
+                let (ra, rd) = (n as f64 / acc.as_secs_f64(), n as f64 / del.as_secs_f64());
+                report.add(
+                    "smtp",
+                    &format!("Postfix {case}"),
+                    "msg/s delivered",
+                    rd,
+                    None,
+                    &format!(
+                        "{n} msgs until all are files in the Maildir (default settings, fsync on)"
+                    ),
+                );
+                report.add(
+                    "smtp",
+                    &format!("Postfix {case}"),
+                    "msg/s accepted",
+                    ra,
+                    None,
+                    "until smtp-source had every 250",
+                );
+                pf = Some((ra, rd));
+            }
+            let (acc, del) = smtp::timed_run(
+                daemon.smtp,
+                sessions,
+                n,
+                size,
+                cal_rcpt,
+                &|| daemon.stored_smtp(),
+                timeout,
+            )?;
+            let (ra, rd) = (n as f64 / acc.as_secs_f64(), n as f64 / del.as_secs_f64());
+            report.add(
+                "smtp",
+                &format!("caliopen {case}"),
+                "msg/s delivered",
+                rd,
+                None,
+                &format!(
+                    "{n} msgs until all are counted stored (after the group commit's fdatasync)"
+                ),
+            );
+            report.add(
+                "smtp",
+                &format!("caliopen {case}"),
+                "msg/s accepted",
+                ra,
+                None,
+                "until smtp-source had every 250",
+            );
+            if let Some((pa, pd)) = pf {
+                let target = if sessions >= 20 { ">= 3" } else { ">= 1.5" };
+                report.add(
+                    "smtp",
+                    &format!("caliopen/Postfix {case}"),
+                    "ratio delivered",
+                    rd / pd,
+                    Some(target),
+                    "same run, same disk",
+                );
+                report.add(
+                    "smtp",
+                    &format!("caliopen/Postfix {case}"),
+                    "ratio accepted",
+                    ra / pa,
+                    None,
+                    "",
+                );
+            }
+        }
+    }
+    report.add(
+        "smtp",
+        "caliopen daemon",
+        "RSS MiB",
+        daemon.rss() as f64 / 1048576.0,
+        None,
+        "after all SMTP cases",
+    );
+    daemon.stop()?;
+    Ok(())
+}

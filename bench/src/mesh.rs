@@ -1,0 +1,598 @@
+//! The mesh in process: a real association CA, real certificates, real QUIC
+//! with mutual TLS; relay throughput and latency into an instance store, and
+//! scale (handshakes, memory per connection, revocation by gossip).
+
+use crate::report::{ms, percentile, Report};
+use crate::smtp;
+use anyhow::{bail, Context, Result};
+use caliopen_ca::{Authority, RevokeTarget, Settings, SignRequest};
+use caliopen_federation::node::BoxFuture;
+use caliopen_federation::{
+    HandlerError, IdentitySlot, MeshConfig, MeshHandler, MeshNode, Outbox, OutboxEvent,
+    PeerIdentity, RetryPolicy, TrustStore,
+};
+use caliopen_instance::smtp::server::{ListenerConfig, MailService, SmtpListener};
+use caliopen_instance::smtp::session::Kind;
+use caliopen_instance::store::Store;
+use caliopen_proto::pb::directory::SignedDirectory;
+use caliopen_proto::pb::mesh::{Deliver, DeliverReply, PrivacyQuery, PrivacyReply};
+use prost::Message;
+use rcgen::{CertificateParams, KeyPair};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A throwaway association.
+pub struct Fed {
+    _tmp: tempfile::TempDir,
+    /// The CA.
+    pub ca: Arc<Authority>,
+}
+
+/// A started member.
+pub struct Member {
+    /// Member id.
+    pub id: String,
+    /// Its node.
+    pub node: MeshNode,
+    /// Its trust store.
+    pub trust: Arc<TrustStore>,
+    /// Certificate serial (hex).
+    pub serial: String,
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Fed {
+    /// A new association in a temporary directory under `work`.
+    pub fn new(work: &std::path::Path) -> Result<Self> {
+        let tmp = tempfile::tempdir_in(work)?;
+        let ca = Arc::new(Authority::init(
+            &tmp.path().join("assoc"),
+            "Bench Association",
+            3650,
+            Settings::default(),
+        )?);
+        Ok(Self { _tmp: tmp, ca })
+    }
+
+    /// Starts a node for `id` (domain `ID.test`) on loopback and has the
+    /// association sign it with its bound address.
+    pub async fn member(
+        &self,
+        id: &str,
+        cfg: MeshConfig,
+        handler: Arc<dyn MeshHandler>,
+    ) -> Result<Member> {
+        let domain = format!("{id}.test");
+        let trust = Arc::new(TrustStore::new(self.ca.root_pem(), vec!["1.0".into()])?);
+        let identity = IdentitySlot::new();
+        let node = MeshNode::start(
+            cfg,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            trust.clone(),
+            identity.clone(),
+            handler,
+        )
+        .await?;
+        let addr = node.local_addr()?;
+        let key = KeyPair::generate()?;
+        let csr = CertificateParams::new(vec![domain])?
+            .serialize_request(&key)?
+            .pem()?
+            .into_bytes();
+        let issued = self.ca.sign(&SignRequest {
+            csr,
+            member_id: id.into(),
+            charter_version: "1.0".into(),
+            endpoints: vec![addr.to_string()],
+            ..Default::default()
+        })?;
+        identity.set_pem(
+            &issued.record.certificate_pem,
+            &key.serialize_pem(),
+            trust.provider(),
+        )?;
+        Ok(Member {
+            id: id.into(),
+            node,
+            trust,
+            serial: issued.record.serial,
+        })
+    }
+
+    /// The current CRL (DER) and directory.
+    pub fn published(&self) -> Result<(Vec<u8>, SignedDirectory)> {
+        let p = self.ca.published();
+        Ok((
+            p.crl_der.as_ref().clone(),
+            SignedDirectory::decode(p.directory.as_slice())?,
+        ))
+    }
+
+    /// Gives every member what the association publishes now (as its
+    /// association link would).
+    pub fn sync(&self, members: &[&Member]) -> Result<()> {
+        let (crl, dir) = self.published()?;
+        for m in members {
+            m.trust.offer_crl(&crl, None)?;
+            m.trust.offer_directory(&dir, None, now())?;
+        }
+        Ok(())
+    }
+}
+
+/// A handler that stores nothing (scale runs only connect and gossip).
+struct NullHandler;
+
+impl MeshHandler for NullHandler {
+    fn deliver(
+        &self,
+        _peer: &PeerIdentity,
+        _d: Deliver,
+    ) -> BoxFuture<Result<DeliverReply, HandlerError>> {
+        Box::pin(async { Err(HandlerError::Refused("scale run".into())) })
+    }
+    fn privacy_query(
+        &self,
+        _peer: &PeerIdentity,
+        _q: PrivacyQuery,
+    ) -> BoxFuture<Result<PrivacyReply, HandlerError>> {
+        Box::pin(async { Err(HandlerError::Refused("scale run".into())) })
+    }
+}
+
+static TXN: AtomicU64 = AtomicU64::new(0);
+
+fn txn_id(tag: u64) -> Vec<u8> {
+    let mut t = vec![0u8; 32];
+    t[..8].copy_from_slice(&tag.to_be_bytes());
+    t[8..16].copy_from_slice(&TXN.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    t
+}
+
+/// Parameters of the relay benchmark.
+#[derive(Debug, Clone)]
+pub struct RelayParams {
+    /// Messages per case.
+    pub messages: usize,
+    /// Concurrent streams (or SMTP sessions) per case.
+    pub streams: Vec<usize>,
+    /// Body sizes.
+    pub sizes: Vec<usize>,
+}
+
+/// Mesh relay between two in-process instances (stores with group commit,
+/// the instance's own mesh handler), beside SMTP into the same instance B.
+pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report) -> Result<()> {
+    let fed = Fed::new(work)?;
+    let dir_a = tempfile::tempdir_in(work)?;
+    let dir_b = tempfile::tempdir_in(work)?;
+    let store_a = Store::open(&dir_a.path().join("db"))?;
+    let store_b = Store::open(&dir_b.path().join("db"))?;
+    store_b.put_user("bob", "not-a-real-hash").await?;
+    let svc_a = MailService::new(store_a.clone(), vec!["alpha.test".into()]);
+    let svc_b = MailService::new(store_b.clone(), vec!["beta.test".into()]);
+    let a = fed
+        .member(
+            "alpha",
+            MeshConfig::new("alpha"),
+            caliopen_instance::mesh::store_handler(svc_a),
+        )
+        .await?;
+    let mut cfg_b = MeshConfig::new("beta");
+    // The default per-peer budget (2,000 requests/s, burst 4,000) would cap
+    // one peer's relay below the target; the benchmark measures the path.
+    cfg_b.rate_per_second = 1e7;
+    cfg_b.rate_burst = 1e7;
+    let b = fed
+        .member(
+            "beta",
+            cfg_b,
+            caliopen_instance::mesh::store_handler(svc_b.clone()),
+        )
+        .await?;
+    fed.sync(&[&a, &b])?;
+    // Connect once (long-lived connection, as in production).
+    a.node.connect("beta").await?;
+
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mx = SmtpListener::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        ListenerConfig::new(Kind::Mx, "beta.test"),
+    )
+    .await?;
+    let mx_addr = mx.local_addr()?;
+    tracker.spawn(mx.run(svc_b.clone(), token.clone(), tracker.clone()));
+
+    let outbox = Outbox::open(store_a.db(), RetryPolicy::default())?
+        .with_durability(Arc::new(store_a.clone()));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<OutboxEvent>(4096);
+    tracker.spawn(outbox.clone().run(a.node.clone(), tx, token.clone()));
+
+    let from = "alice@alpha.test";
+    let to = "bob@beta.test";
+    for &size in &p.sizes {
+        let body = smtp::message(from, to, "mesh relay benchmark", size);
+        let kb = format!("{}KB", size / 1024);
+        for &s in &p.streams {
+            let n = p.messages;
+            // 1. Mesh node: S concurrent Deliver requests on one connection.
+            let before = store_b.message_count();
+            let commits0 = commits(&store_b);
+            let cpu0 = crate::sys::cpu_time();
+            let next = Arc::new(AtomicUsize::new(0));
+            let t0 = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..s {
+                let node = a.node.clone();
+                let next = next.clone();
+                let body = body.clone();
+                set.spawn(async move {
+                    let mut lat = Vec::new();
+                    while next.fetch_add(1, Ordering::Relaxed) < n {
+                        let d = Deliver {
+                            txn_id: txn_id(1),
+                            mail_from: from.into(),
+                            rcpt_to: vec![to.into()],
+                            message: body.clone(),
+                            accepted_at: now(),
+                        };
+                        let t = Instant::now();
+                        let r = node.deliver("beta", d).await?;
+                        if r.duplicate {
+                            bail!("unexpected duplicate");
+                        }
+                        lat.push(t.elapsed());
+                    }
+                    Ok(lat)
+                });
+            }
+            let mut lat = Vec::new();
+            while let Some(r) = set.join_next().await {
+                lat.extend(r??);
+            }
+            let el = t0.elapsed();
+            let stored = store_b.message_count() - before;
+            add_latency_rows(
+                report,
+                "mesh-relay",
+                &format!("node→B durable ack, {kb}, {s} streams"),
+                n,
+                el,
+                &mut lat,
+                (size <= 4096 && s >= 64).then_some((">= 10000", "< 5")),
+                &format!(
+                    "{stored} stored at B; {}; {}",
+                    commit_note(&store_b, commits0, stored, el),
+                    cpu_note(cpu0, el)
+                ),
+            );
+
+            // 2. From A's durable outbox to B's durable ack.
+            let before = store_b.message_count();
+            let started: Arc<Mutex<HashMap<Vec<u8>, Instant>>> = Arc::default();
+            let next = Arc::new(AtomicUsize::new(0));
+            let t0 = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..s {
+                let outbox = outbox.clone();
+                let next = next.clone();
+                let body = body.clone();
+                let started = started.clone();
+                set.spawn(async move {
+                    while next.fetch_add(1, Ordering::Relaxed) < n {
+                        let id = txn_id(2);
+                        started
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(id.clone(), Instant::now());
+                        outbox
+                            .enqueue(
+                                "beta",
+                                Deliver {
+                                    txn_id: id,
+                                    mail_from: from.into(),
+                                    rcpt_to: vec![to.into()],
+                                    message: body.clone(),
+                                    accepted_at: now(),
+                                },
+                            )
+                            .await?;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            let mut lat = Vec::with_capacity(n);
+            let deadline = Duration::from_secs(30);
+            while lat.len() < n {
+                let ev = tokio::time::timeout(deadline, rx.recv())
+                    .await
+                    .context("outbox: no event")?
+                    .context("outbox stopped")?;
+                match ev {
+                    OutboxEvent::Delivered { reply, .. } => {
+                        let t = started
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(&reply.txn_id);
+                        if let Some(t) = t {
+                            lat.push(t.elapsed());
+                        }
+                    }
+                    other => bail!("outbox: unexpected event {other:?}"),
+                }
+            }
+            while let Some(r) = set.join_next().await {
+                r??;
+            }
+            let el = t0.elapsed();
+            let stored = store_b.message_count() - before;
+            add_latency_rows(
+                report,
+                "mesh-relay",
+                &format!("A outbox→B durable ack, {kb}, {s} producers"),
+                n,
+                el,
+                &mut lat,
+                (size <= 4096 && s >= 64).then_some((">= 10000", "< 5")),
+                &format!("{stored} stored at B; latency from enqueue start"),
+            );
+
+            // 3. SMTP into the same instance B: S sessions.
+            let before = store_b.message_count();
+            let commits0 = commits(&store_b);
+            let cpu0 = crate::sys::cpu_time();
+            let per = n.div_ceil(s);
+            let t0 = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..s {
+                let body = body.clone();
+                let count = per.min(n.saturating_sub(i * per));
+                set.spawn(async move { smtp::session(mx_addr, from, to, &body, count).await });
+            }
+            let mut lat = Vec::new();
+            while let Some(r) = set.join_next().await {
+                lat.extend(r??);
+            }
+            let el = t0.elapsed();
+            let stored = store_b.message_count() - before;
+            add_latency_rows(
+                report,
+                "mesh-relay",
+                &format!("SMTP→B 250, {kb}, {s} sessions"),
+                lat.len(),
+                el,
+                &mut lat,
+                None,
+                &format!(
+                    "{stored} stored at B; MAIL..250 after DATA; {}; {}",
+                    commit_note(&store_b, commits0, stored, el),
+                    cpu_note(cpu0, el)
+                ),
+            );
+        }
+    }
+    token.cancel();
+    tracker.close();
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+    Ok(())
+}
+
+/// CPU used by both instances (this process) over a case, in cores.
+fn cpu_note(cpu0: Duration, el: Duration) -> String {
+    let used = crate::sys::cpu_time().saturating_sub(cpu0);
+    format!(
+        "both instances used {:.2} of {} cores",
+        used.as_secs_f64() / el.as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}
+
+fn commits(store: &Store) -> u64 {
+    store.committer().flushes.load(Ordering::Relaxed)
+}
+
+/// How many group commits B made for `stored` messages over `el`.
+fn commit_note(store: &Store, before: u64, stored: usize, el: Duration) -> String {
+    let c = commits(store).saturating_sub(before).max(1);
+    format!(
+        "{c} group commits at B ({:.1} msg/commit, {:.2} ms/commit)",
+        stored as f64 / c as f64,
+        el.as_secs_f64() * 1000.0 / c as f64
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_latency_rows(
+    report: &mut Report,
+    section: &str,
+    case: &str,
+    n: usize,
+    elapsed: Duration,
+    lat: &mut [Duration],
+    targets: Option<(&str, &str)>,
+    note: &str,
+) {
+    let rate = n as f64 / elapsed.as_secs_f64();
+    let p50 = percentile(lat, 50.0).map_or(f64::NAN, ms);
+    let p99 = percentile(lat, 99.0).map_or(f64::NAN, ms);
+    report.add(section, case, "msg/s", rate, targets.map(|t| t.0), note);
+    report.add(section, case, "p50 ms", p50, None, "");
+    report.add(section, case, "p99 ms", p99, targets.map(|t| t.1), "");
+}
+
+/// Handshakes in flight at once in the scale run.
+pub const HANDSHAKE_WINDOW: usize = 16;
+
+/// Mesh scale: `n` members in this process, all dialing one hub.
+pub async fn scale(work: &std::path::Path, n: usize, report: &mut Report) -> Result<()> {
+    let fed = Fed::new(work)?;
+    let rss0 = crate::sys::rss_bytes();
+    let t0 = Instant::now();
+    let mut members = Vec::with_capacity(n);
+    for i in 0..n {
+        members.push(
+            fed.member(
+                &format!("m{i}"),
+                MeshConfig::new(format!("m{i}")),
+                Arc::new(NullHandler),
+            )
+            .await?,
+        );
+    }
+    let refs: Vec<&Member> = members.iter().collect();
+    fed.sync(&refs)?;
+    let setup = t0.elapsed();
+    let rss1 = crate::sys::rss_bytes();
+    let case = format!("{n} members");
+
+    // Handshakes: every member dials the hub at once (mutual TLS, policy on
+    // both sides, Hello exchange).
+    let hub = members.first().context("no members")?;
+    let hub_id = hub.id.clone();
+    // At most HANDSHAKE_WINDOW in flight: an unbounded burst of Initial
+    // packets overflows the hub's UDP receive buffer and measures QUIC loss
+    // recovery timers instead of handshake cost.
+    let window = Arc::new(tokio::sync::Semaphore::new(HANDSHAKE_WINDOW));
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for m in members.iter().skip(1) {
+        let node = m.node.clone();
+        let hub_id = hub_id.clone();
+        let window = window.clone();
+        set.spawn(async move {
+            let _permit = window.acquire_owned().await;
+            node.connect(&hub_id).await.map(|_| ())
+        });
+    }
+    let mut failed = 0;
+    while let Some(r) = set.join_next().await {
+        if r.is_err() || r.is_ok_and(|x| x.is_err()) {
+            failed += 1;
+        }
+    }
+    let hs = t0.elapsed();
+    // Let the hub register every peer.
+    let t1 = Instant::now();
+    while hub.node.connected_peers().len() < n - 1 - failed
+        && t1.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let conns = (n - 1 - failed) as f64;
+    report.add(
+        "mesh-scale",
+        &case,
+        "handshakes/s",
+        conns / hs.as_secs_f64(),
+        None,
+        &format!(
+            "{} of {} members dialed one hub, {HANDSHAKE_WINDOW} at a time (mTLS + policy both sides + Hello), both ends in this process on the same cores; {failed} failed",
+            n - 1 - failed,
+            n - 1
+        ),
+    );
+    report.add(
+        "mesh-scale",
+        &case,
+        "KiB/member",
+        (rss1.saturating_sub(rss0)) as f64 / n as f64 / 1024.0,
+        None,
+        &format!("RSS per started node (endpoint, trust store holding the {n}-member directory); setup {:.1} s", setup.as_secs_f64()),
+    );
+    // Memory per connection: a second round of connections, to a second
+    // hub, once the allocator's free lists from setup and the first round
+    // are used up, so that the RSS delta is the connections' own.
+    if let Some(hub2) = members.get(1) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = crate::sys::rss_bytes();
+        let hub2_id = hub2.id.clone();
+        let mut set = tokio::task::JoinSet::new();
+        for m in members.iter().skip(2) {
+            let node = m.node.clone();
+            let hub2_id = hub2_id.clone();
+            let window = window.clone();
+            set.spawn(async move {
+                let _permit = window.acquire_owned().await;
+                node.connect(&hub2_id).await.map(|_| ())
+            });
+        }
+        let mut ok = 0usize;
+        while let Some(r) = set.join_next().await {
+            if matches!(r, Ok(Ok(()))) {
+                ok += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = crate::sys::rss_bytes();
+        report.add(
+            "mesh-scale",
+            &case,
+            "KiB/connection",
+            after.saturating_sub(before) as f64 / ok.max(1) as f64 / 1024.0,
+            None,
+            &format!(
+                "RSS delta over {ok} more connections (to a second hub), both ends of each counted; a lower bound: glibc reuses memory freed during setup"
+            ),
+        );
+    }
+
+    // Revocation: the association revokes the last member; the new CRL
+    // reaches one member (as through its Watch stream); gossip carries it.
+    let victim = members.last().context("no members")?;
+    let before = hub.trust.current().crl_number();
+    fed.ca.revoke(
+        &RevokeTarget::Serial(victim.serial.clone()),
+        "keyCompromise",
+    )?;
+    let (crl, _) = fed.published()?;
+    let first = members.get(2).context("need three members")?;
+    let t0 = Instant::now();
+    first.trust.offer_crl(&crl, None)?;
+    let others: Vec<&Member> = members.iter().take(n - 1).collect();
+    loop {
+        let reached = others
+            .iter()
+            .filter(|m| m.trust.current().crl_number() > before)
+            .count();
+        if reached == others.len() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("revocation reached {reached} of {} in 60 s", others.len());
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let gossip = t0.elapsed();
+    while hub.node.connected_peers().contains(&victim.id) && t0.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let closed = t0.elapsed();
+    report.add(
+        "mesh-scale",
+        &case,
+        "revocation ms",
+        ms(gossip),
+        None,
+        &format!(
+            "CRL offered to one member, gossip (member→hub→all) until all {} others hold it; hub closed the revoked member's connection after {:.1} ms",
+            n - 2,
+            ms(closed)
+        ),
+    );
+    for m in &members {
+        m.node.shutdown().await;
+    }
+    Ok(())
+}
