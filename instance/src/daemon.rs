@@ -192,7 +192,8 @@ pub async fn run(
                 mx_port: config.smtp.delivery_port,
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_durability(Arc::new(store.clone()));
         tracker.spawn(
             q.clone()
                 .run(svc.clone(), config.domains[0].clone(), token.clone()),

@@ -87,6 +87,7 @@ pub struct SmtpQueue {
     raw: sled::Tree,
     wake: Arc<Notify>,
     cfg: Arc<RelayConfig>,
+    durability: Option<Arc<dyn caliopen_federation::Durability>>,
 }
 
 fn now_ms() -> i64 {
@@ -104,7 +105,29 @@ impl SmtpQueue {
             raw: db.open_tree("smtp_queue_raw")?,
             wake: Arc::new(Notify::new()),
             cfg: Arc::new(cfg),
+            durability: None,
         })
+    }
+
+    /// Makes enqueues durable through `d` (the store's group commit, which
+    /// fsyncs) instead of sled's flush alone (which does not reach the disk).
+    pub fn with_durability(mut self, d: Arc<dyn caliopen_federation::Durability>) -> Self {
+        self.durability = Some(d);
+        self
+    }
+
+    /// Returns once every write so far is durable.
+    async fn persist(&self) -> Result<(), String> {
+        if let Some(d) = &self.durability {
+            return d.sync().await;
+        }
+        // Not `flush_async`: concurrent callers can hang in sled 0.34 (spacejam/sled#1308).
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Messages waiting.
@@ -192,12 +215,7 @@ impl SmtpQueue {
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError<()>| format!("{e:?}"))?;
-        // Not `flush_async`: concurrent callers can hang in sled 0.34 (spacejam/sled#1308).
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        self.persist().await?;
         self.wake.notify_one();
         Ok(())
     }
@@ -437,8 +455,9 @@ impl SmtpQueue {
                 r.remove(&k)?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             });
-            let db = self.db.clone();
-            let _ = tokio::task::spawn_blocking(move || db.flush()).await;
+            if let Err(e) = self.persist().await {
+                tracing::warn!(error = %e, "SMTP queue removal not yet durable (a resend may follow)");
+            }
         }
         next
     }
