@@ -15,11 +15,11 @@ struct Args {
     /// Small counts: a smoke run of every section in a minute or two.
     #[arg(long)]
     quick: bool,
-    /// Sections to run (comma-separated): sys, smtp, relay, scale, storage.
+    /// Sections to run (comma-separated): sys, smtp, relay, privacy, scale, storage.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "sys,smtp,relay,scale,storage"
+        default_value = "sys,smtp,relay,privacy,scale,storage"
     )]
     only: Vec<String>,
     /// Where results are written.
@@ -169,9 +169,25 @@ fn main() -> Result<()> {
             report.skipped.push(format!("mesh relay: {e:#}"));
         }
     }
-    report.skipped.push(
-        "privacy queries (item 3): the k-anonymous PrivacyQuery is being built on main; not in this branch yet".into(),
-    );
+    if on("privacy") {
+        eprintln!("== privacy queries");
+        let (users, queries, peers) = if q {
+            (200, 2000, 10)
+        } else {
+            (2000, 20_000, 100)
+        };
+        let work = a.work.clone();
+        let r = rt.block_on(async {
+            let mut sub = Report::default();
+            let res = mesh::privacy(&work, users, queries, peers, &mut sub).await;
+            (sub, res)
+        });
+        report.rows.extend(r.0.rows);
+        if let Err(e) = r.1 {
+            eprintln!("privacy section failed: {e:#}");
+            report.skipped.push(format!("privacy queries: {e:#}"));
+        }
+    }
 
     if on("scale") {
         eprintln!("== mesh scale");

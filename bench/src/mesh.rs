@@ -431,6 +431,139 @@ fn add_latency_rows(
     report.add(section, case, "p99 ms", p99, targets.map(|t| t.1), "");
 }
 
+/// Public level queries (issue #7 item 3): an answering member B with
+/// `users` opted-in users; queries per second and latency from one peer
+/// (`concurrency` requests in flight) and from `peers` peers at once. B's
+/// per-peer policy limit (20/s, burst 100) is lifted to measure the path;
+/// the limit itself is what production peers get.
+pub async fn privacy(
+    work: &std::path::Path,
+    users: usize,
+    queries: usize,
+    peers: usize,
+    report: &mut Report,
+) -> Result<()> {
+    let fed = Fed::new(work)?;
+    let dir_b = tempfile::tempdir_in(work)?;
+    let store_b = Store::open(&dir_b.path().join("db"))?;
+    let svc_b = MailService::new(store_b.clone(), vec!["beta.test".into()]);
+    let t0 = Instant::now();
+    for i in 0..users {
+        store_b
+            .put_user(&format!("user{i}"), "not-a-real-hash")
+            .await?;
+    }
+    eprintln!(
+        "  {users} opted-in users at beta in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let mut cfg_b = MeshConfig::new("beta");
+    cfg_b.rate_per_second = 1e7;
+    cfg_b.rate_burst = 1e7;
+    let b = fed
+        .member(
+            "beta",
+            cfg_b,
+            caliopen_instance::mesh::store_handler_with_limit(svc_b, 1e9, 1e9),
+        )
+        .await?;
+    let mut askers = Vec::with_capacity(peers);
+    for i in 0..peers.max(1) {
+        askers.push(
+            fed.member(
+                &format!("p{i}"),
+                MeshConfig::new(format!("p{i}")),
+                Arc::new(NullHandler),
+            )
+            .await?,
+        );
+    }
+    let mut all: Vec<&Member> = askers.iter().collect();
+    all.push(&b);
+    fed.sync(&all)?;
+    for a in &askers {
+        a.node.connect("beta").await?;
+    }
+    let bits = caliopen_instance::privacy::public::DEFAULT_PREFIX_BITS;
+    let query = move |i: usize| {
+        let h = caliopen_instance::privacy::public::address_hash(&format!("user{i}@beta.test"));
+        PrivacyQuery {
+            hash_prefix: caliopen_instance::privacy::public::prefix_of(&h, bits),
+            prefix_bits: bits,
+        }
+    };
+    // (case, askers used, in flight per asker)
+    let cases = [
+        ("1 peer".to_owned(), 1usize, 16usize),
+        (format!("{peers} peers"), peers.max(1), 2usize),
+    ];
+    for (case, n_askers, inflight) in cases {
+        let next = Arc::new(AtomicUsize::new(0));
+        let entries = Arc::new(AtomicUsize::new(0));
+        let t0 = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for a in askers.iter().take(n_askers) {
+            for _ in 0..inflight {
+                let node = a.node.clone();
+                let (next, entries) = (next.clone(), entries.clone());
+                set.spawn(async move {
+                    let mut lat = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= queries {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let r = node.privacy_query("beta", query(i % users.max(1))).await?;
+                        lat.push(t.elapsed());
+                        entries.fetch_add(r.entries.len(), Ordering::Relaxed);
+                    }
+                    anyhow::Ok(lat)
+                });
+            }
+        }
+        let mut lat = Vec::new();
+        while let Some(r) = set.join_next().await {
+            lat.extend(r??);
+        }
+        let el = t0.elapsed();
+        let rate = queries as f64 / el.as_secs_f64();
+        report.add(
+            "privacy",
+            &case,
+            "queries/s",
+            rate,
+            None,
+            &format!(
+                "{bits}-bit prefixes over {users} opted-in users ({:.1} entries per answer); {} in flight",
+                entries.load(Ordering::Relaxed) as f64 / queries.max(1) as f64,
+                n_askers * inflight
+            ),
+        );
+        report.add(
+            "privacy",
+            &case,
+            "p50 ms",
+            percentile(&mut lat, 50.0).map_or(f64::NAN, ms),
+            None,
+            "",
+        );
+        report.add(
+            "privacy",
+            &case,
+            "p99 ms",
+            percentile(&mut lat, 99.0).map_or(f64::NAN, ms),
+            None,
+            "",
+        );
+    }
+    for a in &askers {
+        a.node.shutdown().await;
+    }
+    b.node.shutdown().await;
+    Ok(())
+}
+
 /// Handshakes in flight at once in the scale run.
 pub const HANDSHAKE_WINDOW: usize = 16;
 

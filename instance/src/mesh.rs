@@ -287,9 +287,19 @@ impl MeshHandler for Handler {
 /// `DeliverReply`. Public so that the benchmark harness can run the real
 /// delivery path in process.
 pub fn store_handler(svc: MailService) -> Arc<dyn MeshHandler> {
+    store_handler_with_limit(svc, PRIVACY_QUERIES_PER_SECOND, PRIVACY_QUERY_BURST)
+}
+
+/// [`store_handler`] with another per-peer budget for privacy queries (the
+/// benchmark measures the answering path without the policy limit).
+pub fn store_handler_with_limit(
+    svc: MailService,
+    queries_per_second: f64,
+    burst: f64,
+) -> Arc<dyn MeshHandler> {
     Arc::new(Handler {
         svc,
-        limiter: PeerLimiter::new(PRIVACY_QUERIES_PER_SECOND, PRIVACY_QUERY_BURST),
+        limiter: PeerLimiter::new(queries_per_second, burst),
     })
 }
 
