@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     if data.len() > 1 {
         let cut = data[0] as usize % data.len();
         let mut d = FrameDecoder::new(1 << 20);
-        let split = d.push(&data[..cut]).and_then(|_| d.push(&data[cut..])).and_then(|_| d.finish::<Request>());
+        let split = d
+            .push(&data[..cut])
+            .and_then(|_| d.push(&data[cut..]))
+            .and_then(|_| d.finish::<Request>());
         assert_eq!(whole.is_ok(), split.is_ok());
     }
 });
