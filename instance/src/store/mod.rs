@@ -132,6 +132,7 @@ pub struct Store {
     levels: sled::Tree,
     domains: Arc<RwLock<Vec<String>>>,
     commit: Arc<GroupCommit>,
+    batcher: tokio::sync::mpsc::Sender<(Job, JobReply)>,
     user_cache: Arc<RwLock<HashSet<String>>>,
 }
 
@@ -158,7 +159,11 @@ impl Store {
             .keys()
             .filter_map(|k| k.ok().map(|k| String::from_utf8_lossy(&k).into_owned()))
             .collect();
-        Ok(Self {
+        // The writer task holds a Store whose own sender goes nowhere, so that
+        // it stops when the last real Store (and its sender) is dropped.
+        let (unused, _) = tokio::sync::mpsc::channel(1);
+        let writer = Self {
+            batcher: unused,
             messages: db.open_tree("messages")?,
             raw: db.open_tree("raw")?,
             mailbox: db.open_tree("mailbox")?,
@@ -171,7 +176,9 @@ impl Store {
             commit: GroupCommit::start(db.clone(), Some(path.to_owned())),
             user_cache: Arc::new(RwLock::new(cache)),
             db,
-        })
+        };
+        let batcher = writer.start_batcher();
+        Ok(Self { batcher, ..writer })
     }
 
     /// The database (for trees owned by other components, like the mesh outbox).
@@ -242,6 +249,24 @@ impl Store {
         raw: &[u8],
         txn_id: Option<&[u8]>,
     ) -> Result<(Vec<u64>, bool), StoreError> {
+        let job = self.prepare(template, recipients, raw, txn_id)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.batcher
+            .send((job, tx))
+            .await
+            .map_err(|_| StoreError::Flush("the store is closing".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Flush("the store is closing".into()))?
+    }
+
+    /// Everything a delivery writes, computed before the transaction.
+    fn prepare(
+        &self,
+        template: &MessageMeta,
+        recipients: &[(String, Vec<String>)],
+        raw: &[u8],
+        txn_id: Option<&[u8]>,
+    ) -> Result<Job, StoreError> {
         let mut prepared = Vec::with_capacity(recipients.len());
         for (mailbox, to) in recipients {
             let id = self.db.generate_id()?;
@@ -260,12 +285,25 @@ impl Store {
             prepared.push((id, meta_bytes, mkey));
         }
         let ids: Vec<u64> = prepared.iter().map(|p| p.0).collect();
-        let ids_bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_be_bytes()).collect();
-        let corr = crate::privacy::correspondence_of(raw, &template.from, template.received_at);
-        let class = path_class(template);
+        Ok(Job {
+            ids_bytes: ids.iter().flat_map(|i| i.to_be_bytes()).collect(),
+            ids,
+            prepared,
+            corr: crate::privacy::correspondence_of(raw, &template.from, template.received_at),
+            class: path_class(template),
+            received_at: template.received_at,
+            owners: recipients.iter().map(|(m, _)| m.clone()).collect(),
+            raw: raw.to_vec(),
+            txn_id: txn_id.map(<[u8]>::to_vec),
+        })
+    }
+
+    /// Writes a batch of deliveries in one sled transaction (each delivery
+    /// still all-or-nothing and idempotent by its `txn_id`). Returns, per
+    /// job, the ids of an earlier delivery of the same transaction.
+    fn write_batch(&self, jobs: &[&Job]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let domains = self.served_domains();
-        let owners: Vec<&str> = recipients.iter().map(|(m, _)| m.as_str()).collect();
-        let outcome = (
+        (
             &self.raw,
             &self.messages,
             &self.mailbox,
@@ -275,69 +313,68 @@ impl Store {
             &self.levels,
         )
             .transaction(|(r, m, b, t, c, st, lv)| {
-                if let Some(txn) = txn_id {
-                    if let Some(prev) = t.get(txn)? {
-                        return Ok(Some(prev.to_vec()));
-                    }
-                    t.insert(txn, ids_bytes.as_slice())?;
-                }
-                for (id, meta, mkey) in &prepared {
-                    let key = id.to_be_bytes();
-                    r.insert(&key, raw)?;
-                    m.insert(&key, meta.as_slice())?;
-                    b.insert(mkey.as_slice(), &[])?;
-                }
-                for owner in &owners {
-                    let mut stats: UserStats = tx_json(st.get(owner.as_bytes())?)?;
-                    let before = stats.clone();
-                    stats.received.count(class, corr.encrypted, corr.signed);
-                    stats.mark(class, corr.encrypted, template.received_at);
-                    if let Some(author) =
-                        corr.author.as_ref().filter(|a| !is_own(owner, a, &domains))
-                    {
-                        let key = contact_key(owner, author);
-                        let old: Option<ContactRecord> =
-                            c.get(&key)?.map(|v| tx_json(Some(v))).transpose()?;
-                        let mut rec = old.clone().unwrap_or_else(|| ContactRecord {
-                            address: author.clone(),
-                            first_seen: template.received_at,
-                            ..Default::default()
-                        });
-                        rec.received.count(class, corr.encrypted, corr.signed);
-                        rec.last_seen = rec.last_seen.max(template.received_at);
-                        if !corr.author_name.is_empty() {
-                            rec.name = corr.author_name.clone();
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    if let Some(txn) = &job.txn_id {
+                        if let Some(prev) = t.get(txn)? {
+                            outcomes.push(Some(prev.to_vec()));
+                            continue;
                         }
-                        if let Some(k) = &corr.autocrypt {
-                            if rec
-                                .autocrypt
-                                .as_ref()
-                                .is_none_or(|o| o.seen_at <= k.seen_at)
-                            {
-                                rec.autocrypt = Some(k.clone());
-                            }
-                        }
-                        let had_key = old.as_ref().is_some_and(|o| o.autocrypt.is_some());
-                        stats.contacts += u64::from(old.is_none());
-                        stats.contacts_with_key += u64::from(!had_key && rec.autocrypt.is_some());
-                        c.insert(key, tx_bytes(&rec)?)?;
+                        t.insert(txn.as_slice(), job.ids_bytes.as_slice())?;
                     }
-                    st.insert(owner.as_bytes(), tx_bytes(&stats)?)?;
-                    tx_publish(lv, owner, &before, &stats, &domains)?;
+                    write_job(job, (r, m, b, c, st, lv), &domains)?;
+                    outcomes.push(None);
                 }
-                Ok(None)
+                Ok(outcomes)
             })
-            .map_err(tx_error)?;
-        self.commit.sync().await.map_err(StoreError::Flush)?;
-        Ok(match outcome {
-            Some(prev) => (
-                prev.chunks_exact(8)
-                    .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
-                    .collect(),
-                true,
-            ),
-            None => (ids, false),
-        })
+            .map_err(tx_error)
+    }
+
+    /// The writer task: takes the deliveries waiting, writes them in one
+    /// transaction, and answers each after the group commit that covers it.
+    fn start_batcher(&self) -> tokio::sync::mpsc::Sender<(Job, JobReply)> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Job, JobReply)>(1024);
+        let store = self.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => batch.push(j),
+                        Err(_) => break,
+                    }
+                }
+                let jobs: Vec<&Job> = batch.iter().map(|(j, _)| j).collect();
+                let outcomes = match store.write_batch(&jobs) {
+                    Ok(o) => o.into_iter().map(Ok).collect::<Vec<_>>(),
+                    // One bad job must not fail the others: write them one by one.
+                    Err(_) if batch.len() > 1 => batch
+                        .iter()
+                        .map(|(j, _)| store.write_batch(&[j]).map(|mut o| o.pop().flatten()))
+                        .collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                let commit = store.commit.clone();
+                tokio::spawn(async move {
+                    let synced = commit.sync().await;
+                    for ((job, reply), outcome) in batch.into_iter().zip(outcomes) {
+                        let r = match (&synced, outcome) {
+                            (Err(e), _) => Err(StoreError::Flush(e.clone())),
+                            (Ok(()), Err(e)) => Err(e),
+                            (Ok(()), Ok(Some(prev))) => Ok((
+                                prev.chunks_exact(8)
+                                    .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
+                                    .collect(),
+                                true,
+                            )),
+                            (Ok(()), Ok(None)) => Ok((job.ids, false)),
+                        };
+                        let _ = reply.send(r);
+                    }
+                });
+            }
+        });
+        tx
     }
 
     /// Sets the mail domains this store serves (for users' public addresses).
@@ -579,6 +616,85 @@ use sled::transaction::{
 use sled::Transactional;
 
 type TxResult<T> = Result<T, ConflictableTransactionError<String>>;
+
+/// Most deliveries written in one transaction.
+const MAX_BATCH: usize = 128;
+
+/// One delivery, prepared for the writer task.
+#[derive(Debug)]
+struct Job {
+    prepared: Vec<(u64, Vec<u8>, Vec<u8>)>,
+    ids: Vec<u64>,
+    ids_bytes: Vec<u8>,
+    corr: crate::privacy::Correspondence,
+    class: PathClass,
+    received_at: i64,
+    owners: Vec<String>,
+    raw: Vec<u8>,
+    txn_id: Option<Vec<u8>>,
+}
+
+/// Where the writer answers a delivery.
+type JobReply = tokio::sync::oneshot::Sender<Result<(Vec<u64>, bool), StoreError>>;
+
+/// Writes one delivery inside a transaction: its copies and mailbox
+/// entries, the author's contact record, the owners' counters and levels.
+fn write_job(
+    job: &Job,
+    (r, m, b, c, st, lv): (
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+    ),
+    domains: &[String],
+) -> TxResult<()> {
+    let corr = &job.corr;
+    for (id, meta, mkey) in &job.prepared {
+        let key = id.to_be_bytes();
+        r.insert(&key, job.raw.as_slice())?;
+        m.insert(&key, meta.as_slice())?;
+        b.insert(mkey.as_slice(), &[])?;
+    }
+    for owner in &job.owners {
+        let mut stats: UserStats = tx_json(st.get(owner.as_bytes())?)?;
+        let before = stats.clone();
+        stats.received.count(job.class, corr.encrypted, corr.signed);
+        stats.mark(job.class, corr.encrypted, job.received_at);
+        if let Some(author) = corr.author.as_ref().filter(|a| !is_own(owner, a, domains)) {
+            let key = contact_key(owner, author);
+            let old: Option<ContactRecord> = c.get(&key)?.map(|v| tx_json(Some(v))).transpose()?;
+            let mut rec = old.clone().unwrap_or_else(|| ContactRecord {
+                address: author.clone(),
+                first_seen: job.received_at,
+                ..Default::default()
+            });
+            rec.received.count(job.class, corr.encrypted, corr.signed);
+            rec.last_seen = rec.last_seen.max(job.received_at);
+            if !corr.author_name.is_empty() {
+                rec.name = corr.author_name.clone();
+            }
+            if let Some(k) = &corr.autocrypt {
+                if rec
+                    .autocrypt
+                    .as_ref()
+                    .is_none_or(|o| o.seen_at <= k.seen_at)
+                {
+                    rec.autocrypt = Some(k.clone());
+                }
+            }
+            let had_key = old.as_ref().is_some_and(|o| o.autocrypt.is_some());
+            stats.contacts += u64::from(old.is_none());
+            stats.contacts_with_key += u64::from(!had_key && rec.autocrypt.is_some());
+            c.insert(key, tx_bytes(&rec)?)?;
+        }
+        st.insert(owner.as_bytes(), tx_bytes(&stats)?)?;
+        tx_publish(lv, owner, &before, &stats, domains)?;
+    }
+    Ok(())
+}
 
 fn tx_json<T: serde::de::DeserializeOwned + Default>(v: Option<sled::IVec>) -> TxResult<T> {
     match v {
