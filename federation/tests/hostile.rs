@@ -4,6 +4,8 @@
 //! peer keeps being served during the attack (its latency is measured and
 //! printed before and during; only success is asserted, never timing).
 
+mod common;
+
 use caliopen_ca::{Authority, Settings, SignRequest};
 use caliopen_federation::node::{request_on, BoxFuture};
 use caliopen_federation::{
@@ -63,13 +65,7 @@ impl MeshHandler for Inbox {
             .collect();
         let (tree, db) = (self.tree.clone(), self.db.clone());
         Box::pin(async move {
-            let fresh = tree
-                .compare_and_swap(&d.txn_id, None as Option<&[u8]>, Some(d.encode_to_vec()))
-                .map_err(|e| HandlerError::Unavailable(e.to_string()))?
-                .is_ok();
-            db.flush_async()
-                .await
-                .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+            let fresh = common::store_once(&tree, &db, &d).await?;
             Ok(DeliverReply {
                 txn_id: d.txn_id,
                 results,

@@ -1,6 +1,8 @@
 //! A labelled mesh on loopback: real association CA, real certificates, real
 //! QUIC with mutual TLS between several members.
 
+mod common;
+
 use caliopen_ca::{Authority, RevokeTarget, Settings, SignRequest};
 use caliopen_federation::node::{request_on, BoxFuture};
 use caliopen_federation::{
@@ -81,13 +83,7 @@ impl MeshHandler for Inbox {
         let tree = self.tree.clone();
         let db = self.db.clone();
         Box::pin(async move {
-            let fresh = tree
-                .compare_and_swap(&d.txn_id, None as Option<&[u8]>, Some(d.encode_to_vec()))
-                .map_err(|e| HandlerError::Unavailable(e.to_string()))?
-                .is_ok();
-            db.flush_async()
-                .await
-                .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+            let fresh = common::store_once(&tree, &db, &d).await?;
             Ok(DeliverReply {
                 txn_id: d.txn_id,
                 results,

@@ -3,6 +3,8 @@
 //! none is stored twice, even when an answer is lost and the Deliver is sent
 //! again.
 
+mod common;
+
 use caliopen_ca::{Authority, Settings, SignRequest};
 use caliopen_federation::node::BoxFuture;
 use caliopen_federation::{
@@ -40,13 +42,7 @@ impl MeshHandler for Inbox {
         let slow = d.txn_id == self.slow_txn && !self.slowed.swap(true, Ordering::SeqCst);
         let delay = self.delay;
         Box::pin(async move {
-            let fresh = tree
-                .compare_and_swap(&d.txn_id, None as Option<&[u8]>, Some(d.encode_to_vec()))
-                .map_err(|e| HandlerError::Unavailable(e.to_string()))?
-                .is_ok();
-            db.flush_async()
-                .await
-                .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+            let fresh = common::store_once(&tree, &db, &d).await?;
             if slow {
                 tokio::time::sleep(delay).await;
             }
