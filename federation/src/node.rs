@@ -368,6 +368,12 @@ impl MeshNode {
         v
     }
 
+    /// True when `member` has a live connection (cheaper than
+    /// [`MeshNode::connected_peers`] on a hot path).
+    pub fn is_connected(&self, member: &str) -> bool {
+        self.lock_peers().contains_key(member)
+    }
+
     /// Announces each peer whose connection comes up (for outbox flushes).
     pub fn subscribe_connected(&self) -> broadcast::Receiver<String> {
         self.inner.connected.subscribe()

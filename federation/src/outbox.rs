@@ -8,11 +8,13 @@
 //! value = `OutboxRecord` (protobuf).
 
 use crate::node::{MeshError, MeshNode};
+use crate::trust::TrustState;
 use caliopen_proto::pb::mesh::{
     error_reply, recipient_result, Deliver, DeliverReply, OutboxRecord, RecipientResult,
 };
 use prost::Message;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -121,11 +123,17 @@ pub trait Durability: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// Concurrent streams the outbox uses towards one connected peer (the mesh
-/// allows 256 per connection). Mail carries no ordering guarantee; within a
-/// lane, entries go in queue order.
+/// allows 256 per connection). Mail carries no ordering guarantee; a peer's
+/// lanes take its entries from one queue, oldest first.
 pub const LANES_PER_PEER: usize = 32;
 
 /// The outbox.
+///
+/// An entry is sent as soon as it is durable: `enqueue` hands it to the
+/// running delivery loop's lanes at once (no waiting for a scan of the
+/// tree). Each entry being sent is *claimed* in memory, so the periodic
+/// pass over the tree — for retries, expiry, peers that lost their label and
+/// entries left from before a restart — never sends it twice.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     db: sled::Db,
@@ -133,6 +141,48 @@ pub struct Outbox {
     notify: Arc<Notify>,
     policy: RetryPolicy,
     durability: Option<Arc<dyn Durability>>,
+    dispatch: Arc<Mutex<Dispatch>>,
+    lanes_idle: Arc<Notify>,
+}
+
+/// The running loop's means of sending (set while `run` runs).
+#[derive(Debug, Clone)]
+struct Runner {
+    node: MeshNode,
+    events: mpsc::Sender<OutboxEvent>,
+    token: CancellationToken,
+}
+
+/// What is being sent now, in memory.
+#[derive(Debug, Default)]
+struct Dispatch {
+    runner: Option<Runner>,
+    /// Keys handed to a lane and not yet settled.
+    claimed: HashSet<sled::IVec>,
+    peers: HashMap<String, PeerLanes>,
+    /// Lanes running, all peers together.
+    lanes: usize,
+}
+
+#[derive(Debug, Default)]
+struct PeerLanes {
+    queue: VecDeque<(sled::IVec, OutboxRecord)>,
+    running: usize,
+    /// After a failed attempt, new entries wait for the pass (and the
+    /// backoff) instead of each paying a failed dial; cleared when the peer
+    /// connects.
+    backoff_until: i64,
+}
+
+/// How one attempt ended, for its lane.
+enum Attempt {
+    /// Settled: delivered, refused or handed back.
+    Settled,
+    /// Delivered in part: the entry stays for the deferred recipients, and
+    /// the pass must schedule its retry once the lane lets go of it.
+    Deferred,
+    /// The peer could not be reached: back off this entry and the queue.
+    Unreachable(String),
 }
 
 fn now_ms() -> i64 {
@@ -156,6 +206,8 @@ impl Outbox {
             notify: Arc::new(Notify::new()),
             policy,
             durability: None,
+            dispatch: Arc::default(),
+            lanes_idle: Arc::new(Notify::new()),
         })
     }
 
@@ -165,7 +217,15 @@ impl Outbox {
         self
     }
 
-    /// Queues `deliver` for `peer`; durable when it returns.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Dispatch> {
+        self.dispatch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `deliver` for `peer`; durable when it returns. While the
+    /// delivery loop runs, the entry goes out at once (unless the peer is
+    /// backing off after a failure).
     pub async fn enqueue(&self, peer: &str, deliver: Deliver) -> Result<(), OutboxError> {
         let seq = self.db.generate_id()?;
         let mut key = peer.as_bytes().to_vec();
@@ -181,9 +241,10 @@ impl Outbox {
             enqueued_at: now / 1000,
             last_error: String::new(),
         };
-        self.tree.insert(key, rec.encode_to_vec())?;
+        let key = sled::IVec::from(key);
+        self.tree.insert(key.clone(), rec.encode_to_vec())?;
         self.flush().await?;
-        self.notify.notify_one();
+        self.dispatch(peer, vec![(key, rec)], false);
         Ok(())
     }
 
@@ -232,26 +293,22 @@ impl Outbox {
             .collect()
     }
 
-    fn entries(&self) -> Result<Vec<(sled::IVec, OutboxRecord)>, OutboxError> {
-        self.tree
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let rec = OutboxRecord::decode(v.as_ref())
-                    .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
-                Ok((k, rec))
-            })
-            .collect()
-    }
-
     /// Runs the delivery loop until `token` is cancelled, reporting every
-    /// outcome on `events`.
+    /// outcome on `events`. Sends in flight when it is cancelled are
+    /// abandoned: their entries stay, and the peer's idempotence by txn_id
+    /// makes a later re-send harmless.
     pub async fn run(
         self,
         node: MeshNode,
         events: mpsc::Sender<OutboxEvent>,
         token: CancellationToken,
     ) {
+        let lane_token = token.child_token();
+        self.lock().runner = Some(Runner {
+            node: node.clone(),
+            events: events.clone(),
+            token: lane_token.clone(),
+        });
         let mut connected = node.subscribe_connected();
         loop {
             let next_due = match self.pass(&node, &events).await {
@@ -270,33 +327,229 @@ impl Outbox {
                 peer = connected.recv() => {
                     // Flush a reconnecting peer's queue at once.
                     if let Ok(peer) = peer {
-                        let _ = self.make_due(&peer);
+                        if let Some(p) = self.lock().peers.get_mut(&peer) {
+                            p.backoff_until = 0;
+                        }
+                        if let Err(e) = self.make_due(&peer) {
+                            tracing::error!(error = %e, "outbox: making a peer's entries due failed");
+                        }
                     }
                 }
                 _ = token.cancelled() => break,
             }
         }
+        // Stop the lanes and wait for them to let go of their entries.
+        lane_token.cancel();
+        loop {
+            let idle = self.lanes_idle.notified();
+            if self.lock().lanes == 0 {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), idle).await;
+        }
+        let mut d = self.lock();
+        d.runner = None;
+        d.claimed.clear();
+        d.peers.clear();
     }
 
+    /// Makes `peer`'s waiting entries due now (its connection came up).
+    /// Entries being sent are left to their lanes; a record is only
+    /// replaced if it is still the one read, so a concurrent removal wins.
     fn make_due(&self, peer: &str) -> Result<(), OutboxError> {
         let mut prefix = peer.as_bytes().to_vec();
         prefix.push(0);
         let now = now_ms();
         for kv in self.tree.scan_prefix(prefix) {
             let (k, v) = kv?;
+            if self.lock().claimed.contains(&k) {
+                continue;
+            }
             let mut rec = OutboxRecord::decode(v.as_ref())
                 .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
             if rec.next_attempt_ms > now {
                 rec.next_attempt_ms = now;
-                self.tree.insert(k, rec.encode_to_vec())?;
+                let _ = self
+                    .tree
+                    .compare_and_swap(k, Some(v), Some(rec.encode_to_vec()))?;
             }
         }
         Ok(())
     }
 
-    /// One pass over due entries, peers in parallel, each connected peer's
-    /// entries over up to [`LANES_PER_PEER`] concurrent streams (each lane in
-    /// order). Returns when the next entry is due.
+    /// Hands entries of `peer` to its lanes, starting lanes as needed: up to
+    /// [`LANES_PER_PEER`] for a connected peer, one for another (so a peer
+    /// that is down costs one failed dial, not one per lane). Entries
+    /// already claimed are skipped; nothing happens while the loop is not
+    /// running (the entries wait in the tree for it). `due` is true for
+    /// entries the pass found due, which go even while the peer backs off.
+    fn dispatch(&self, peer: &str, entries: Vec<(sled::IVec, OutboxRecord)>, due: bool) {
+        let (runner, start) = {
+            let mut d = self.lock();
+            let Some(runner) = d.runner.clone() else {
+                return;
+            };
+            let now = now_ms();
+            let Dispatch { claimed, peers, .. } = &mut *d;
+            let p = peers.entry(peer.to_owned()).or_default();
+            if !due && p.backoff_until > now {
+                return;
+            }
+            for (k, rec) in entries {
+                if claimed.insert(k.clone()) {
+                    p.queue.push_back((k, rec));
+                }
+            }
+            let allowed = if runner.node.is_connected(peer) {
+                LANES_PER_PEER
+            } else {
+                1
+            };
+            let start = allowed.saturating_sub(p.running).min(p.queue.len());
+            p.running += start;
+            d.lanes += start;
+            (runner, start)
+        };
+        for _ in 0..start {
+            let this = self.clone();
+            let runner = runner.clone();
+            let peer = peer.to_owned();
+            tokio::spawn(async move { this.lane(runner, peer).await });
+        }
+    }
+
+    /// One lane: takes `peer`'s entries from its queue until it is empty.
+    async fn lane(self, runner: Runner, peer: String) {
+        let mut backed_off = false;
+        loop {
+            let next = {
+                let mut d = self.lock();
+                let entry = if runner.token.is_cancelled() {
+                    None
+                } else {
+                    d.peers.get_mut(&peer).and_then(|p| p.queue.pop_front())
+                };
+                if entry.is_none() {
+                    let Dispatch {
+                        claimed,
+                        peers,
+                        lanes,
+                        ..
+                    } = &mut *d;
+                    if let Some(p) = peers.get_mut(&peer) {
+                        p.running = p.running.saturating_sub(1);
+                        if runner.token.is_cancelled() {
+                            for (k, _) in p.queue.drain(..) {
+                                claimed.remove(&k);
+                            }
+                        }
+                    }
+                    *lanes = lanes.saturating_sub(1);
+                }
+                entry
+            };
+            let Some((k, rec)) = next else { break };
+            let outcome = tokio::select! {
+                r = self.attempt(&runner, &peer, &k, rec.clone()) => r,
+                _ = runner.token.cancelled() => Ok(Attempt::Settled),
+            };
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(peer, error = %e, "outbox: settling an entry failed");
+                    Attempt::Unreachable(e.to_string())
+                }
+            };
+            match outcome {
+                Attempt::Settled => {
+                    self.lock().claimed.remove(&k);
+                }
+                Attempt::Deferred => {
+                    self.lock().claimed.remove(&k);
+                    self.notify.notify_one();
+                }
+                Attempt::Unreachable(error) => {
+                    backed_off = true;
+                    // This entry and every entry queued behind it for the
+                    // peer back off together.
+                    let queued: Vec<(sled::IVec, OutboxRecord)> = {
+                        let mut d = self.lock();
+                        d.peers
+                            .get_mut(&peer)
+                            .map(|p| p.queue.drain(..).collect())
+                            .unwrap_or_default()
+                    };
+                    let mut due = i64::MAX;
+                    for (k, mut rec) in std::iter::once((k, rec)).chain(queued) {
+                        let delay = self.policy.delay(rec.attempts, jitter());
+                        rec.attempts += 1;
+                        rec.next_attempt_ms = now_ms() + delay.as_millis() as i64;
+                        rec.last_error.clone_from(&error);
+                        due = due.min(rec.next_attempt_ms);
+                        if let Err(e) = self.tree.insert(&k, rec.encode_to_vec()) {
+                            tracing::error!(peer, error = %e, "outbox: recording a backoff failed");
+                        }
+                        self.lock().claimed.remove(&k);
+                    }
+                    if let Some(p) = self.lock().peers.get_mut(&peer) {
+                        p.backoff_until = p.backoff_until.max(due);
+                    }
+                    tracing::info!(peer, error = %error, "mesh delivery deferred");
+                }
+            }
+        }
+        // Removals need no sync of their own (a re-send after a crash is
+        // idempotent at the peer); backoffs and deferrals are synced so that
+        // a restart keeps the schedule. The pass then learns when to wake.
+        if let Err(e) = self.flush().await {
+            tracing::error!(peer, error = %e, "outbox flush failed");
+        }
+        if backed_off {
+            self.notify.notify_one();
+        }
+        self.lanes_idle.notify_waiters();
+    }
+
+    /// Settles an entry without sending it when it can no longer go: a
+    /// peer that lost its label gets it back for SMTP, an expired one is
+    /// reported. Returns true when it was settled so.
+    async fn settle_unsendable(
+        &self,
+        k: &sled::IVec,
+        rec: &OutboxRecord,
+        st: &TrustState,
+        now: i64,
+        events: &mpsc::Sender<OutboxEvent>,
+    ) -> Result<bool, OutboxError> {
+        let deliver = || rec.deliver.clone().unwrap_or_default();
+        if st.member(&rec.peer).is_none() && st.directory.is_some() {
+            self.tree.remove(k)?;
+            tracing::info!(peer = %rec.peer, "peer left the mesh: message handed back for SMTP");
+            let _ = events
+                .send(OutboxEvent::Reroute {
+                    peer: rec.peer.clone(),
+                    deliver: deliver(),
+                })
+                .await;
+            return Ok(true);
+        }
+        if rec.expires_at * 1000 <= now {
+            self.tree.remove(k)?;
+            let _ = events
+                .send(OutboxEvent::Expired {
+                    peer: rec.peer.clone(),
+                    deliver: deliver(),
+                    last_error: rec.last_error.clone(),
+                })
+                .await;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// One pass over the entries not being sent: settles those of peers
+    /// that lost their label and those expired, hands the due ones to their
+    /// peers' lanes, and returns when the next one is due.
     async fn pass(
         &self,
         node: &MeshNode,
@@ -304,32 +557,18 @@ impl Outbox {
     ) -> Result<Option<i64>, OutboxError> {
         let now = now_ms();
         let st = node.trust().current();
-        let mut per_peer: std::collections::BTreeMap<String, Vec<(sled::IVec, OutboxRecord)>> =
-            Default::default();
+        let mut per_peer: BTreeMap<String, Vec<(sled::IVec, OutboxRecord)>> = BTreeMap::new();
         let mut next_due: Option<i64> = None;
-        for (k, rec) in self.entries()? {
-            let deliver = rec.deliver.clone().unwrap_or_default();
-            let revoked = st.member(&rec.peer).is_none();
-            if revoked && st.directory.is_some() {
-                self.tree.remove(&k)?;
-                tracing::info!(peer = %rec.peer, "peer left the mesh: message handed back for SMTP");
-                let _ = events
-                    .send(OutboxEvent::Reroute {
-                        peer: rec.peer,
-                        deliver,
-                    })
-                    .await;
+        let mut settled = false;
+        for kv in self.tree.iter() {
+            let (k, v) = kv?;
+            if self.lock().claimed.contains(&k) {
                 continue;
             }
-            if rec.expires_at * 1000 <= now {
-                self.tree.remove(&k)?;
-                let _ = events
-                    .send(OutboxEvent::Expired {
-                        peer: rec.peer,
-                        deliver,
-                        last_error: rec.last_error,
-                    })
-                    .await;
+            let rec = OutboxRecord::decode(v.as_ref())
+                .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
+            if self.settle_unsendable(&k, &rec, &st, now, events).await? {
+                settled = true;
                 continue;
             }
             if rec.next_attempt_ms > now {
@@ -339,160 +578,117 @@ impl Outbox {
             }
             per_peer.entry(rec.peer.clone()).or_default().push((k, rec));
         }
-        self.flush().await?;
-        let mut tasks = tokio::task::JoinSet::new();
-        let connected = node.connected_peers();
-        for (peer, recs) in per_peer {
-            // A connected peer's entries go out on up to LANES_PER_PEER
-            // concurrent streams (one at a time capped a peer at one round
-            // trip plus its group commit per message: about 1,100 msg/s in the
-            // benchmark of issue #7). An unconnected peer gets one lane, so a
-            // peer that is down costs one failed dial per pass, not one per lane.
-            let lanes = if connected.contains(&peer) {
-                LANES_PER_PEER.min(recs.len()).max(1)
-            } else {
-                1
-            };
-            let mut split: Vec<Vec<(sled::IVec, OutboxRecord)>> = vec![Vec::new(); lanes];
-            for (i, r) in recs.into_iter().enumerate() {
-                if let Some(lane) = split.get_mut(i % lanes) {
-                    lane.push(r);
-                }
-            }
-            for recs in split {
-                let node = node.clone();
-                let this = self.clone();
-                let events = events.clone();
-                let peer = peer.clone();
-                tasks.spawn(async move { this.send_peer(&node, &peer, recs, &events).await });
-            }
+        if settled {
+            self.flush().await?;
         }
-        while let Some(r) = tasks.join_next().await {
-            match r {
-                Ok(Ok(Some(d))) => next_due = Some(next_due.map_or(d, |x| x.min(d))),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "outbox peer pass failed"),
-                Err(e) => tracing::error!(error = %e, "outbox task failed"),
-            }
+        for (peer, recs) in per_peer {
+            self.dispatch(&peer, recs, true);
         }
         Ok(next_due)
     }
 
-    async fn send_peer(
+    /// Sends one claimed entry and settles it, unless the peer cannot be
+    /// reached.
+    async fn attempt(
         &self,
-        node: &MeshNode,
+        runner: &Runner,
         peer: &str,
-        recs: Vec<(sled::IVec, OutboxRecord)>,
-        events: &mpsc::Sender<OutboxEvent>,
-    ) -> Result<Option<i64>, OutboxError> {
-        let mut iter = recs.into_iter();
-        let mut retry_due: Option<i64> = None;
-        while let Some((k, mut rec)) = iter.next() {
-            let deliver = rec.deliver.clone().unwrap_or_default();
-            match node.deliver(peer, deliver.clone()).await {
-                Ok(reply) => {
-                    let temporary: Vec<&RecipientResult> = reply
-                        .results
-                        .iter()
-                        .filter(|r| r.status == recipient_result::Status::RejectedTemporary as i32)
-                        .collect();
-                    if temporary.is_empty() {
-                        self.tree.remove(&k)?;
-                    } else {
-                        // The same entry, for the deferred recipients only (a
-                        // new txn_id: the peer stored the others under the old
-                        // one), replaces the delivered one in a single write.
-                        let rcpts: Vec<String> = temporary.iter().map(|r| r.rcpt.clone()).collect();
-                        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-                        ctx.update(b"caliopen-retry");
-                        ctx.update(&deliver.txn_id);
-                        for r in &rcpts {
-                            ctx.update(&(r.len() as u64).to_be_bytes());
-                            ctx.update(r.as_bytes());
-                        }
-                        let mut again = rec.clone();
-                        let mut d = deliver.clone();
-                        d.txn_id = ctx.finish().as_ref().to_vec();
-                        d.rcpt_to = rcpts;
-                        again.deliver = Some(d);
-                        let delay = self.policy.delay(again.attempts, jitter());
-                        again.attempts += 1;
-                        again.next_attempt_ms = now_ms() + delay.as_millis() as i64;
-                        again.last_error = temporary
-                            .iter()
-                            .map(|r| format!("{}: {}", r.rcpt, r.detail))
-                            .collect::<Vec<_>>()
-                            .join("; ");
-                        retry_due = Some(
-                            retry_due
-                                .map_or(again.next_attempt_ms, |x| x.min(again.next_attempt_ms)),
-                        );
-                        tracing::info!(
-                            peer,
-                            deferred = temporary.len(),
-                            "recipients deferred by the peer"
-                        );
-                        self.tree.insert(&k, again.encode_to_vec())?;
+        k: &sled::IVec,
+        rec: OutboxRecord,
+    ) -> Result<Attempt, OutboxError> {
+        let events = &runner.events;
+        let st = runner.node.trust().current();
+        if self
+            .settle_unsendable(k, &rec, &st, now_ms(), events)
+            .await?
+        {
+            return Ok(Attempt::Settled);
+        }
+        let deliver = rec.deliver.clone().unwrap_or_default();
+        match runner.node.deliver(peer, deliver.clone()).await {
+            Ok(reply) => {
+                let temporary: Vec<&RecipientResult> = reply
+                    .results
+                    .iter()
+                    .filter(|r| r.status == recipient_result::Status::RejectedTemporary as i32)
+                    .collect();
+                let deferred = !temporary.is_empty();
+                if !deferred {
+                    self.tree.remove(k)?;
+                } else {
+                    // The same entry, for the deferred recipients only (a
+                    // new txn_id: the peer stored the others under the old
+                    // one), replaces the delivered one in a single write.
+                    let rcpts: Vec<String> = temporary.iter().map(|r| r.rcpt.clone()).collect();
+                    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                    ctx.update(b"caliopen-retry");
+                    ctx.update(&deliver.txn_id);
+                    for r in &rcpts {
+                        ctx.update(&(r.len() as u64).to_be_bytes());
+                        ctx.update(r.as_bytes());
                     }
-                    let refused: Vec<RecipientResult> = reply
-                        .results
+                    let mut again = rec;
+                    let mut d = deliver.clone();
+                    d.txn_id = ctx.finish().as_ref().to_vec();
+                    d.rcpt_to = rcpts;
+                    again.deliver = Some(d);
+                    let delay = self.policy.delay(again.attempts, jitter());
+                    again.attempts += 1;
+                    again.next_attempt_ms = now_ms() + delay.as_millis() as i64;
+                    again.last_error = temporary
                         .iter()
-                        .filter(|r| r.status == recipient_result::Status::RejectedPermanent as i32)
-                        .cloned()
-                        .collect();
-                    let _ = events
-                        .send(OutboxEvent::Delivered {
-                            peer: peer.to_owned(),
-                            reply,
-                        })
-                        .await;
-                    if !refused.is_empty() {
-                        let _ = events
-                            .send(OutboxEvent::RecipientsRefused {
-                                peer: peer.to_owned(),
-                                deliver,
-                                refused,
-                            })
-                            .await;
-                    }
+                        .map(|r| format!("{}: {}", r.rcpt, r.detail))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    tracing::info!(
+                        peer,
+                        deferred = temporary.len(),
+                        "recipients deferred by the peer"
+                    );
+                    self.tree.insert(k, again.encode_to_vec())?;
                 }
-                Err(MeshError::Remote { code, message })
-                    if code == error_reply::Code::Refused
-                        || code == error_reply::Code::Malformed =>
-                {
-                    self.tree.remove(&k)?;
+                let refused: Vec<RecipientResult> = reply
+                    .results
+                    .iter()
+                    .filter(|r| r.status == recipient_result::Status::RejectedPermanent as i32)
+                    .cloned()
+                    .collect();
+                let _ = events
+                    .send(OutboxEvent::Delivered {
+                        peer: peer.to_owned(),
+                        reply,
+                    })
+                    .await;
+                if !refused.is_empty() {
                     let _ = events
-                        .send(OutboxEvent::Failed {
+                        .send(OutboxEvent::RecipientsRefused {
                             peer: peer.to_owned(),
                             deliver,
-                            reason: message,
+                            refused,
                         })
                         .await;
                 }
-                Err(e) => {
-                    // The peer is unreachable: back off this entry and the rest of its queue.
-                    let mut due = None;
-                    for (k, rec) in
-                        std::iter::once((k, std::mem::take(&mut rec))).chain(iter.by_ref())
-                    {
-                        let mut rec = rec;
-                        let delay = self.policy.delay(rec.attempts, jitter());
-                        rec.attempts += 1;
-                        rec.next_attempt_ms = now_ms() + delay.as_millis() as i64;
-                        rec.last_error = e.to_string();
-                        due = Some(
-                            due.map_or(rec.next_attempt_ms, |d: i64| d.min(rec.next_attempt_ms)),
-                        );
-                        self.tree.insert(k, rec.encode_to_vec())?;
-                    }
-                    tracing::info!(peer, error = %e, "mesh delivery deferred");
-                    self.flush().await?;
-                    return Ok(due);
-                }
+                Ok(if deferred {
+                    Attempt::Deferred
+                } else {
+                    Attempt::Settled
+                })
             }
+            Err(MeshError::Remote { code, message })
+                if code == error_reply::Code::Refused || code == error_reply::Code::Malformed =>
+            {
+                self.tree.remove(k)?;
+                let _ = events
+                    .send(OutboxEvent::Failed {
+                        peer: peer.to_owned(),
+                        deliver,
+                        reason: message,
+                    })
+                    .await;
+                Ok(Attempt::Settled)
+            }
+            Err(e) => Ok(Attempt::Unreachable(e.to_string())),
         }
-        self.flush().await?;
-        Ok(retry_due)
     }
 }
 
