@@ -27,6 +27,10 @@ pub struct GroupCommit {
     wake: Notify,
     /// Number of fsyncs performed.
     pub flushes: AtomicU64,
+    /// Time spent in sled's flush (writing its buffers out), in µs.
+    pub flush_us: AtomicU64,
+    /// Time spent in fdatasync/fsync after it, in µs.
+    pub sync_us: AtomicU64,
 }
 
 impl GroupCommit {
@@ -40,6 +44,8 @@ impl GroupCommit {
             done,
             wake: Notify::new(),
             flushes: AtomicU64::new(0),
+            flush_us: AtomicU64::new(0),
+            sync_us: AtomicU64::new(0),
         });
         let committer = gc.clone();
         // The committer lives as long as the runtime: one per database.
@@ -55,14 +61,20 @@ impl GroupCommit {
                 }
                 let db = gc.db.clone();
                 let mut f = files.take();
+                let timing = gc.clone();
                 let r = tokio::task::spawn_blocking(move || {
-                    let r = db
-                        .flush()
-                        .map_err(|e| e.to_string())
-                        .and_then(|_| match &mut f {
-                            Some(f) => f.sync().map_err(|e| format!("fsync: {e}")),
-                            None => Ok(()),
-                        });
+                    let t0 = std::time::Instant::now();
+                    let flushed = db.flush().map_err(|e| e.to_string());
+                    let t1 = std::time::Instant::now();
+                    let r = flushed.and_then(|_| match &mut f {
+                        Some(f) => f.sync().map_err(|e| format!("fsync: {e}")),
+                        None => Ok(()),
+                    });
+                    let us = |d: std::time::Duration| d.as_micros() as u64;
+                    timing.flush_us.fetch_add(us(t1 - t0), Ordering::Relaxed);
+                    timing
+                        .sync_us
+                        .fetch_add(us(t1.elapsed()), Ordering::Relaxed);
                     (r, f)
                 })
                 .await;

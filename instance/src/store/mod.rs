@@ -330,50 +330,62 @@ impl Store {
             .map_err(tx_error)
     }
 
-    /// The writer task: takes the deliveries waiting, writes them in one
+    /// The writer: takes the deliveries waiting, writes them in one
     /// transaction, and answers each after the group commit that covers it.
+    /// It is a thread of its own, not a task: a batch's sled transaction is
+    /// CPU work of a millisecond or more, which on a runtime worker would
+    /// hold up every connection scheduled there (the mesh relay benchmark of
+    /// issue #7 saw one of two workers taken by it).
     fn start_batcher(&self) -> tokio::sync::mpsc::Sender<(Job, JobReply)> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Job, JobReply)>(1024);
         let store = self.clone();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(j) => batch.push(j),
-                        Err(_) => break,
+        let runtime = tokio::runtime::Handle::current();
+        let spawned = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(j) => batch.push(j),
+                            Err(_) => break,
+                        }
                     }
+                    let jobs: Vec<&Job> = batch.iter().map(|(j, _)| j).collect();
+                    let outcomes = match store.write_batch(&jobs) {
+                        Ok(o) => o.into_iter().map(Ok).collect::<Vec<_>>(),
+                        // One bad job must not fail the others: write them one by one.
+                        Err(_) if batch.len() > 1 => batch
+                            .iter()
+                            .map(|(j, _)| store.write_batch(&[j]).map(|mut o| o.pop().flatten()))
+                            .collect(),
+                        Err(e) => vec![Err(e)],
+                    };
+                    let commit = store.commit.clone();
+                    runtime.spawn(async move {
+                        let synced = commit.sync().await;
+                        for ((job, reply), outcome) in batch.into_iter().zip(outcomes) {
+                            let r = match (&synced, outcome) {
+                                (Err(e), _) => Err(StoreError::Flush(e.clone())),
+                                (Ok(()), Err(e)) => Err(e),
+                                (Ok(()), Ok(Some(prev))) => Ok((
+                                    prev.chunks_exact(8)
+                                        .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
+                                        .collect(),
+                                    true,
+                                )),
+                                (Ok(()), Ok(None)) => Ok((job.ids, false)),
+                            };
+                            let _ = reply.send(r);
+                        }
+                    });
                 }
-                let jobs: Vec<&Job> = batch.iter().map(|(j, _)| j).collect();
-                let outcomes = match store.write_batch(&jobs) {
-                    Ok(o) => o.into_iter().map(Ok).collect::<Vec<_>>(),
-                    // One bad job must not fail the others: write them one by one.
-                    Err(_) if batch.len() > 1 => batch
-                        .iter()
-                        .map(|(j, _)| store.write_batch(&[j]).map(|mut o| o.pop().flatten()))
-                        .collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                let commit = store.commit.clone();
-                tokio::spawn(async move {
-                    let synced = commit.sync().await;
-                    for ((job, reply), outcome) in batch.into_iter().zip(outcomes) {
-                        let r = match (&synced, outcome) {
-                            (Err(e), _) => Err(StoreError::Flush(e.clone())),
-                            (Ok(()), Err(e)) => Err(e),
-                            (Ok(()), Ok(Some(prev))) => Ok((
-                                prev.chunks_exact(8)
-                                    .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
-                                    .collect(),
-                                true,
-                            )),
-                            (Ok(()), Ok(None)) => Ok((job.ids, false)),
-                        };
-                        let _ = reply.send(r);
-                    }
-                });
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            // Without its writer the store can take no delivery: say so on
+            // every one (the channel's receiver is gone with the closure).
+            tracing::error!(error = %e, "the store's writer thread could not start");
+        }
         tx
     }
 
