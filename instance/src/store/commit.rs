@@ -1,5 +1,5 @@
 //! Group commit: many writers, one fsync. A writer makes its changes, then
-//! awaits [`GroupCommit::sync`]; a single committer task flushes sled once
+//! awaits [`GroupCommit::sync`]; a single committer thread flushes sled once
 //! for every writer that arrived before the flush began.
 //!
 //! sled 0.34's `flush` is not a durability barrier on Linux: it ends with
@@ -15,8 +15,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use tokio::sync::{watch, Notify};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// The group committer of one sled database.
 #[derive(Debug)]
@@ -24,7 +25,9 @@ pub struct GroupCommit {
     db: sled::Db,
     requested: AtomicU64,
     done: watch::Sender<(u64, Option<String>)>,
-    wake: Notify,
+    /// Wakes the committer thread (the mutex orders a request against the
+    /// thread's check, so no wake-up is lost).
+    wake: (Mutex<()>, Condvar),
     /// Number of fsyncs performed.
     pub flushes: AtomicU64,
     /// Time spent in sled's flush (writing its buffers out), in µs.
@@ -34,72 +37,84 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the committer task for `db`, whose files are in `dir` (`None`
-    /// for a temporary database: sled's flush only).
+    /// Starts the committer thread for `db`, whose files are in `dir`
+    /// (`None` for a temporary database: sled's flush only). The thread
+    /// commits back to back while writers wait, and ends once the
+    /// committer is dropped. A thread rather than a task: each commit is
+    /// blocking IO, and handing every one to the blocking pool and back
+    /// cost more than the fdatasync itself under load.
     pub fn start(db: sled::Db, dir: Option<PathBuf>) -> Arc<Self> {
         let (done, _) = watch::channel((0, None));
         let gc = Arc::new(Self {
             db,
             requested: AtomicU64::new(0),
             done,
-            wake: Notify::new(),
+            wake: (Mutex::new(()), Condvar::new()),
             flushes: AtomicU64::new(0),
             flush_us: AtomicU64::new(0),
             sync_us: AtomicU64::new(0),
         });
-        let committer = gc.clone();
-        // The committer lives as long as the runtime: one per database.
-        tokio::spawn(async move {
-            let gc = committer;
-            let mut files = dir.map(DurableFiles::new);
-            loop {
-                let notified = gc.wake.notified();
-                let target = gc.requested.load(Ordering::Acquire);
-                if gc.done.borrow().0 >= target {
-                    notified.await;
-                    continue;
-                }
-                let db = gc.db.clone();
-                let mut f = files.take();
-                let timing = gc.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    let t0 = std::time::Instant::now();
-                    let flushed = db.flush().map_err(|e| e.to_string());
-                    let t1 = std::time::Instant::now();
-                    let r = flushed.and_then(|_| match &mut f {
-                        Some(f) => f.sync().map_err(|e| format!("fsync: {e}")),
-                        None => Ok(()),
-                    });
-                    let us = |d: std::time::Duration| d.as_micros() as u64;
-                    timing.flush_us.fetch_add(us(t1 - t0), Ordering::Relaxed);
-                    timing
-                        .sync_us
-                        .fetch_add(us(t1.elapsed()), Ordering::Relaxed);
-                    (r, f)
-                })
-                .await;
-                let err = match r {
-                    Ok((r, f)) => {
-                        files = f;
-                        r.err()
-                    }
-                    Err(e) => Some(e.to_string()),
-                };
-                if let Some(e) = &err {
-                    tracing::error!(error = %e, "storage flush failed");
-                }
-                gc.flushes.fetch_add(1, Ordering::Relaxed);
-                gc.done.send_replace((target, err));
-            }
-        });
+        let weak = Arc::downgrade(&gc);
+        let files = dir.map(DurableFiles::new);
+        if let Err(e) = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || Self::committer(&weak, files))
+        {
+            // Writers would wait forever: fail them at once instead.
+            tracing::error!(error = %e, "the store's commit thread could not start");
+            gc.done
+                .send_replace((u64::MAX, Some(format!("no commit thread: {e}"))));
+        }
         gc
+    }
+
+    fn committer(weak: &Weak<Self>, mut files: Option<DurableFiles>) {
+        loop {
+            let Some(gc) = weak.upgrade() else { return };
+            let target = gc.requested.load(Ordering::Acquire);
+            if gc.done.borrow().0 >= target {
+                let guard = gc
+                    .wake
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if gc.requested.load(Ordering::Acquire) <= gc.done.borrow().0 {
+                    // Wakes up now and then to notice that the store is gone.
+                    let _ = gc.wake.1.wait_timeout(guard, Duration::from_millis(500));
+                }
+                continue;
+            }
+            let t0 = Instant::now();
+            let flushed = gc.db.flush().map_err(|e| e.to_string());
+            let t1 = Instant::now();
+            let r = flushed.and_then(|_| match &mut files {
+                Some(f) => f.sync().map_err(|e| format!("fsync: {e}")),
+                None => Ok(()),
+            });
+            let us = |d: Duration| d.as_micros() as u64;
+            gc.flush_us.fetch_add(us(t1 - t0), Ordering::Relaxed);
+            gc.sync_us.fetch_add(us(t1.elapsed()), Ordering::Relaxed);
+            let err = r.err();
+            if let Some(e) = &err {
+                tracing::error!(error = %e, "storage flush failed");
+            }
+            gc.flushes.fetch_add(1, Ordering::Relaxed);
+            gc.done.send_replace((target, err));
+        }
     }
 
     /// Returns once everything written before the call is on disk.
     pub async fn sync(&self) -> Result<(), String> {
         let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
         let mut rx = self.done.subscribe();
-        self.wake.notify_one();
+        {
+            let _guard = self
+                .wake
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.wake.1.notify_one();
+        }
         loop {
             {
                 let (done, err) = &*rx.borrow_and_update();
