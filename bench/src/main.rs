@@ -53,6 +53,11 @@ struct Args {
     /// Relay concurrency (streams, producers, SMTP sessions).
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     relay_streams: Vec<usize>,
+    /// The mesh relay's target rate (msg/s): the 2 KB cases with 64 or more
+    /// streams are also run paced at it, for latency under that load
+    /// (0: skip).
+    #[arg(long, default_value_t = 10_000.0)]
+    relay_rate: f64,
     /// Mesh sizes (default: 100,500,1000; quick 20,50).
     #[arg(long, value_delimiter = ',')]
     scale: Option<Vec<usize>>,
@@ -153,6 +158,7 @@ fn main() -> Result<()> {
                             messages: count,
                             streams: a.relay_streams.clone(),
                             sizes: vec![size],
+                            rate: (a.relay_rate > 0.0).then_some(a.relay_rate),
                         },
                         &mut sub,
                     )
