@@ -421,6 +421,7 @@ impl Outbox {
     /// One lane: takes `peer`'s entries from its queue until it is empty.
     async fn lane(self, runner: Runner, peer: String) {
         let mut backed_off = false;
+        let mut rescheduled = false;
         loop {
             let next = {
                 let mut d = self.lock();
@@ -465,6 +466,7 @@ impl Outbox {
                     self.lock().claimed.remove(&k);
                 }
                 Attempt::Deferred => {
+                    rescheduled = true;
                     self.lock().claimed.remove(&k);
                     self.notify.notify_one();
                 }
@@ -499,10 +501,13 @@ impl Outbox {
             }
         }
         // Removals need no sync of their own (a re-send after a crash is
-        // idempotent at the peer); backoffs and deferrals are synced so that
-        // a restart keeps the schedule. The pass then learns when to wake.
-        if let Err(e) = self.flush().await {
-            tracing::error!(peer, error = %e, "outbox flush failed");
+        // idempotent at the peer, and the next commit of the database
+        // carries them); backoffs and deferrals are synced so that a
+        // restart keeps the schedule. The pass then learns when to wake.
+        if backed_off || rescheduled {
+            if let Err(e) = self.flush().await {
+                tracing::error!(peer, error = %e, "outbox flush failed");
+            }
         }
         if backed_off {
             self.notify.notify_one();
