@@ -1016,3 +1016,86 @@ async fn outbox_reports_expiry_and_hands_back_entries_of_a_revoked_peer() {
     token.cancel();
     runner.await.expect("runner");
 }
+
+/// Message `i`; every tenth also goes to a recipient beta defers once, so
+/// that the outbox's pass runs (to schedule the retry) while lanes hold
+/// other entries.
+fn numbered(i: u16) -> Deliver {
+    let mut d = deliver("alice@alpha.test", "bob@beta.test", 0);
+    d.txn_id = vec![7; 32];
+    d.txn_id[..2].copy_from_slice(&i.to_be_bytes());
+    if i % 10 == 0 {
+        d.rcpt_to.push(format!("later{i}@beta.test"));
+    }
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_sends_each_entry_once_while_its_pass_and_lanes_overlap() {
+    // (Without the claims, passes triggered by the deferrals re-send entries
+    // lanes hold: beta then answers `duplicate`.)
+    let fed = Fed::new();
+    let a = fed.member("alpha", |_| {}).await;
+    let b = fed.member("beta", |_| {}).await;
+    fed.sync(&[&a, &b]);
+    a.node.connect("beta").await.expect("connect");
+    let db = sled::Config::new().temporary(true).open().expect("sled");
+    let outbox = Outbox::open(
+        &db,
+        RetryPolicy {
+            base: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+            lifetime: Duration::from_secs(3600),
+        },
+    )
+    .expect("outbox");
+    // 200 entries wait in the tree before the loop starts: its first pass
+    // hands them to the lanes...
+    for i in 0..200 {
+        outbox.enqueue("beta", numbered(i)).await.expect("enqueue");
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let token = tokio_util::sync::CancellationToken::new();
+    let runner = tokio::spawn(outbox.clone().run(a.node.clone(), tx, token.clone()));
+    // ...while 200 more come from 8 producers at once, straight to the lanes.
+    let mut producers = tokio::task::JoinSet::new();
+    for p in 0..8u16 {
+        let outbox = outbox.clone();
+        producers.spawn(async move {
+            for j in 0..25u16 {
+                outbox
+                    .enqueue("beta", numbered(200 + p * 25 + j))
+                    .await
+                    .expect("enqueue");
+            }
+        });
+    }
+    // 400 deliveries, and 40 retries for the deferred recipients.
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 440 {
+        match tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("event in time")
+            .expect("event")
+        {
+            OutboxEvent::Delivered { reply, .. } => {
+                assert!(!reply.duplicate, "an entry was sent twice");
+                assert!(seen.insert(reply.txn_id), "reported twice");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    while let Some(r) = producers.join_next().await {
+        r.expect("producer");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "nothing more is sent"
+    );
+    assert_eq!(b.inbox.len(), 440);
+    eventually("outbox empty", || outbox.is_empty()).await;
+    token.cancel();
+    runner.await.expect("runner");
+}
