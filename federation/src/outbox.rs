@@ -242,9 +242,14 @@ impl Outbox {
             last_error: String::new(),
         };
         let key = sled::IVec::from(key);
-        self.tree.insert(key.clone(), rec.encode_to_vec())?;
+        let value = rec.encode_to_vec();
+        self.tree.insert(key.clone(), value.as_slice())?;
         self.flush().await?;
-        self.dispatch(peer, vec![(key, rec)], false);
+        // Unless the peer backs off (the pass sends it when due) or the
+        // pass took it meanwhile.
+        if !self.backing_off(peer) && self.claim(&key, &value)? {
+            self.queue_claimed(peer, vec![(key, rec)]);
+        }
         Ok(())
     }
 
@@ -377,29 +382,50 @@ impl Outbox {
         Ok(())
     }
 
-    /// Hands entries of `peer` to its lanes, starting lanes as needed: up to
-    /// [`LANES_PER_PEER`] for a connected peer, one for another (so a peer
-    /// that is down costs one failed dial, not one per lane). Entries
-    /// already claimed are skipped; nothing happens while the loop is not
-    /// running (the entries wait in the tree for it). `due` is true for
-    /// entries the pass found due, which go even while the peer backs off.
-    fn dispatch(&self, peer: &str, entries: Vec<(sled::IVec, OutboxRecord)>, due: bool) {
+    /// Claims entry `k` for sending: only while the loop runs, when no
+    /// lane holds it, and when the tree still holds `v` for it. The last
+    /// check closes the race with a lane that settled the entry after `v`
+    /// was read (a lane changes an entry only while it holds the claim, and
+    /// lets go after the change).
+    fn claim(&self, k: &sled::IVec, v: &[u8]) -> Result<bool, OutboxError> {
+        let mut d = self.lock();
+        if d.runner.is_none() || d.claimed.contains(k) {
+            return Ok(false);
+        }
+        if self.tree.get(k)?.as_deref() != Some(v) {
+            return Ok(false);
+        }
+        d.claimed.insert(k.clone());
+        Ok(true)
+    }
+
+    fn release(&self, k: &sled::IVec) {
+        self.lock().claimed.remove(k);
+    }
+
+    /// True while `peer` backs off after a failed attempt.
+    fn backing_off(&self, peer: &str) -> bool {
+        self.lock()
+            .peers
+            .get(peer)
+            .is_some_and(|p| p.backoff_until > now_ms())
+    }
+
+    /// Hands claimed entries of `peer` to its lanes, starting lanes as
+    /// needed: up to [`LANES_PER_PEER`] for a connected peer, one for
+    /// another (so a peer that is down costs one failed dial, not one per
+    /// lane).
+    fn queue_claimed(&self, peer: &str, entries: Vec<(sled::IVec, OutboxRecord)>) {
         let (runner, start) = {
             let mut d = self.lock();
             let Some(runner) = d.runner.clone() else {
+                for (k, _) in entries {
+                    d.claimed.remove(&k);
+                }
                 return;
             };
-            let now = now_ms();
-            let Dispatch { claimed, peers, .. } = &mut *d;
-            let p = peers.entry(peer.to_owned()).or_default();
-            if !due && p.backoff_until > now {
-                return;
-            }
-            for (k, rec) in entries {
-                if claimed.insert(k.clone()) {
-                    p.queue.push_back((k, rec));
-                }
-            }
+            let p = d.peers.entry(peer.to_owned()).or_default();
+            p.queue.extend(entries);
             let allowed = if runner.node.is_connected(peer) {
                 LANES_PER_PEER
             } else {
@@ -515,9 +541,15 @@ impl Outbox {
         self.lanes_idle.notify_waiters();
     }
 
-    /// Settles an entry without sending it when it can no longer go: a
-    /// peer that lost its label gets it back for SMTP, an expired one is
-    /// reported. Returns true when it was settled so.
+    /// True when an entry can no longer go: its peer lost its label, or
+    /// it expired.
+    fn unsendable(rec: &OutboxRecord, st: &TrustState, now: i64) -> bool {
+        (st.member(&rec.peer).is_none() && st.directory.is_some()) || rec.expires_at * 1000 <= now
+    }
+
+    /// Settles a claimed entry without sending it when it can no longer
+    /// go: a peer that lost its label gets it back for SMTP, an expired one
+    /// is reported. Returns true when it was settled so.
     async fn settle_unsendable(
         &self,
         k: &sled::IVec,
@@ -567,18 +599,22 @@ impl Outbox {
         let mut settled = false;
         for kv in self.tree.iter() {
             let (k, v) = kv?;
-            if self.lock().claimed.contains(&k) {
-                continue;
-            }
             let rec = OutboxRecord::decode(v.as_ref())
                 .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
-            if self.settle_unsendable(&k, &rec, &st, now, events).await? {
-                settled = true;
-                continue;
-            }
-            if rec.next_attempt_ms > now {
+            let unsendable = Self::unsendable(&rec, &st, now);
+            if !unsendable && rec.next_attempt_ms > now {
                 next_due =
                     Some(next_due.map_or(rec.next_attempt_ms, |d| d.min(rec.next_attempt_ms)));
+                continue;
+            }
+            // Held by a lane, or settled since it was read: not ours.
+            if !self.claim(&k, &v)? {
+                continue;
+            }
+            if unsendable {
+                let r = self.settle_unsendable(&k, &rec, &st, now, events).await;
+                self.release(&k);
+                settled |= r?;
                 continue;
             }
             per_peer.entry(rec.peer.clone()).or_default().push((k, rec));
@@ -587,7 +623,7 @@ impl Outbox {
             self.flush().await?;
         }
         for (peer, recs) in per_peer {
-            self.dispatch(&peer, recs, true);
+            self.queue_claimed(&peer, recs);
         }
         Ok(next_due)
     }

@@ -1024,7 +1024,7 @@ fn numbered(i: u16) -> Deliver {
     let mut d = deliver("alice@alpha.test", "bob@beta.test", 0);
     d.txn_id = vec![7; 32];
     d.txn_id[..2].copy_from_slice(&i.to_be_bytes());
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         d.rcpt_to.push(format!("later{i}@beta.test"));
     }
     d
