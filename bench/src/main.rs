@@ -58,6 +58,9 @@ struct Args {
     /// (0: skip).
     #[arg(long, default_value_t = 10_000.0)]
     relay_rate: f64,
+    /// Relay cases (comma-separated): node, outbox, smtp (default: all).
+    #[arg(long, value_delimiter = ',')]
+    relay_cases: Vec<String>,
     /// Mesh sizes (default: 100,500,1000; quick 20,50).
     #[arg(long, value_delimiter = ',')]
     scale: Option<Vec<usize>>,
@@ -159,6 +162,7 @@ fn main() -> Result<()> {
                             streams: a.relay_streams.clone(),
                             sizes: vec![size],
                             rate: (a.relay_rate > 0.0).then_some(a.relay_rate),
+                            cases: a.relay_cases.clone(),
                         },
                         &mut sub,
                     )

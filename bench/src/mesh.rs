@@ -169,6 +169,14 @@ pub struct RelayParams {
     /// The target rate, at which the 2 KB, 64-stream cases are also run
     /// paced (open loop) to measure latency under that load.
     pub rate: Option<f64>,
+    /// Cases to run: node, outbox, smtp (empty: all).
+    pub cases: Vec<String>,
+}
+
+impl RelayParams {
+    fn runs(&self, case: &str) -> bool {
+        self.cases.is_empty() || self.cases.iter().any(|c| c == case)
+    }
 }
 
 /// Mesh relay between two in-process instances (stores with group commit,
@@ -307,30 +315,37 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
                     (true, _) => (None, Some("< 5")),
                     _ => (None, None),
                 };
-                let before = store_b.message_count();
-                let commits0 = commits(&store_b);
-                let cpu0 = crate::sys::cpu_time();
-                let (el, mut lat) = drive(n, s, rate, send_node.clone()).await?;
-                let stored = store_b.message_count() - before;
-                add_latency_rows(
-                    report,
-                    "mesh-relay",
-                    &label("node→B durable ack"),
-                    n,
-                    el,
-                    &mut lat,
-                    (rate_target, p99_target),
-                    &format!(
-                        "{stored} stored at B; {}; {}",
-                        commit_note(&store_b, commits0, stored, el),
-                        cpu_note(cpu0, el)
-                    ),
-                );
-                let before = store_b.message_count();
-                let cpu0 = crate::sys::cpu_time();
-                let (el, mut lat) = drive(n, s, rate, send_outbox.clone()).await?;
-                let stored = store_b.message_count() - before;
-                add_latency_rows(
+                if p.runs("node") {
+                    let before = store_b.message_count();
+                    let commits0 = commits(&store_b);
+                    let cpu0 = crate::sys::cpu_time();
+                    let (el, mut lat) = drive(n, s, rate, send_node.clone()).await?;
+                    let stored = store_b.message_count() - before;
+                    add_latency_rows(
+                        report,
+                        "mesh-relay",
+                        &label("node→B durable ack"),
+                        n,
+                        el,
+                        &mut lat,
+                        (rate_target, p99_target),
+                        &format!(
+                            "{stored} stored at B; {}; {}",
+                            commit_note(&store_b, commits0, stored, el),
+                            cpu_note(cpu0, el)
+                        ),
+                    );
+                }
+                if p.runs("outbox") {
+                    let before = store_b.message_count();
+                    let commits_a = commits(&store_a);
+                    let commits0 = commits(&store_b);
+                    let cpu0 = crate::sys::cpu_time();
+                    let (el, mut lat) = drive(n, s, rate, send_outbox.clone()).await?;
+                    let stored = store_b.message_count() - before;
+                    let a_note =
+                        commit_note(&store_a, commits_a, n, el).replace(" at B ", " at A ");
+                    add_latency_rows(
                     report,
                     "mesh-relay",
                     &label("A outbox→B durable ack"),
@@ -339,10 +354,12 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
                     &mut lat,
                     (rate_target, p99_target),
                     &format!(
-                        "{stored} stored at B; from enqueue (A's durable write) to the Delivered event after B's durable ack; {}",
+                        "{stored} stored at B; from enqueue (A's durable write) to the Delivered event after B's durable ack; {a_note}; {}; {}",
+                        commit_note(&store_b, commits0, stored, el),
                         cpu_note(cpu0, el)
                     ),
                 );
+                }
             }
             // The router stops once the last handle on `waiting` is gone.
             drop(send_outbox);
@@ -350,6 +367,9 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
             rx = router.await?;
 
             // 3. SMTP into the same instance B: S sessions.
+            if !p.runs("smtp") {
+                continue;
+            }
             let before = store_b.message_count();
             let commits0 = commits(&store_b);
             let cpu0 = crate::sys::cpu_time();
@@ -450,24 +470,26 @@ fn cpu_note(cpu0: Duration, el: Duration) -> String {
 }
 
 /// B's committer counters: commits, µs in sled's flush, µs in fdatasync.
-fn commits(store: &Store) -> (u64, u64, u64) {
+fn commits(store: &Store) -> (u64, u64, u64, u64) {
     let c = store.committer();
     (
         c.flushes.load(Ordering::Relaxed),
         c.flush_us.load(Ordering::Relaxed),
         c.sync_us.load(Ordering::Relaxed),
+        store.batches_written(),
     )
 }
 
 /// How many group commits B made for `stored` messages over `el`, and
 /// where a commit's time went.
-fn commit_note(store: &Store, before: (u64, u64, u64), stored: usize, el: Duration) -> String {
+fn commit_note(store: &Store, before: (u64, u64, u64, u64), stored: usize, el: Duration) -> String {
     let now = commits(store);
     let c = now.0.saturating_sub(before.0).max(1);
     let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / c as f64 / 1000.0;
     format!(
-        "{c} group commits at B ({:.1} msg/commit, one every {:.2} ms; each {:.2} ms in sled's flush + {:.2} ms in fdatasync)",
+        "{c} group commits at B ({:.1} msg/commit, {} transactions, one commit every {:.2} ms; each {:.2} ms in sled's flush + {:.2} ms in fdatasync)",
         stored as f64 / c as f64,
+        now.3.saturating_sub(before.3),
         el.as_secs_f64() * 1000.0 / c as f64,
         per(now.1, before.1),
         per(now.2, before.2),

@@ -134,6 +134,8 @@ pub struct Store {
     commit: Arc<GroupCommit>,
     batcher: tokio::sync::mpsc::Sender<(Job, JobReply)>,
     user_cache: Arc<RwLock<HashSet<String>>>,
+    /// Delivery batches written (one sled transaction each).
+    batches: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn now_unix() -> i64 {
@@ -175,6 +177,7 @@ impl Store {
             users,
             commit: GroupCommit::start(db.clone(), Some(path.to_owned())),
             user_cache: Arc::new(RwLock::new(cache)),
+            batches: Arc::default(),
             db,
         };
         let batcher = writer.start_batcher();
@@ -184,6 +187,11 @@ impl Store {
     /// The database (for trees owned by other components, like the mesh outbox).
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// Delivery batches written so far (each one sled transaction).
+    pub fn batches_written(&self) -> u64 {
+        self.batches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The group committer (for its counters).
@@ -352,6 +360,9 @@ impl Store {
                         }
                     }
                     let jobs: Vec<&Job> = batch.iter().map(|(j, _)| j).collect();
+                    store
+                        .batches
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let outcomes = match store.write_batch(&jobs) {
                         Ok(o) => o.into_iter().map(Ok).collect::<Vec<_>>(),
                         // One bad job must not fail the others: write them one by one.
