@@ -28,6 +28,8 @@ pub struct GroupCommit {
     /// Wakes the committer thread (the mutex orders a request against the
     /// thread's check, so no wake-up is lost).
     wake: (Mutex<()>, Condvar),
+    /// Signalled after each commit (for [`GroupCommit::wait_idle`]).
+    idle: Condvar,
     /// Number of fsyncs performed.
     pub flushes: AtomicU64,
     /// Time spent in sled's flush (writing its buffers out), in µs.
@@ -50,6 +52,7 @@ impl GroupCommit {
             requested: AtomicU64::new(0),
             done,
             wake: (Mutex::new(()), Condvar::new()),
+            idle: Condvar::new(),
             flushes: AtomicU64::new(0),
             flush_us: AtomicU64::new(0),
             sync_us: AtomicU64::new(0),
@@ -100,6 +103,34 @@ impl GroupCommit {
             }
             gc.flushes.fetch_add(1, Ordering::Relaxed);
             gc.done.send_replace((target, err));
+            let _guard = gc
+                .wake
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            gc.idle.notify_all();
+        }
+    }
+
+    /// Blocks (a thread, not a task) while a commit is asked for or under
+    /// way, at most `max`. The store's writer uses it to gather the
+    /// deliveries that arrive meanwhile into one transaction.
+    pub fn wait_idle(&self, max: Duration) {
+        let deadline = Instant::now() + max;
+        let mut guard = self
+            .wake
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while self.requested.load(Ordering::Acquire) > self.done.borrow().0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            guard = match self.idle.wait_timeout(guard, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
         }
     }
 

@@ -352,6 +352,12 @@ impl Store {
             .name("store-writer".into())
             .spawn(move || {
                 while let Some(first) = rx.blocking_recv() {
+                    // Deliveries arriving while a commit is under way could
+                    // not be acknowledged before the next one anyway: they
+                    // join this batch, so that one transaction (sled writes
+                    // its log buffer out twice per transaction) serves what
+                    // one commit will.
+                    store.commit.wait_idle(MAX_GATHER);
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
@@ -642,6 +648,9 @@ type TxResult<T> = Result<T, ConflictableTransactionError<String>>;
 
 /// Most deliveries written in one transaction.
 const MAX_BATCH: usize = 128;
+
+/// The longest the writer holds a delivery back for a commit under way.
+const MAX_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// One delivery, prepared for the writer task.
 #[derive(Debug)]
