@@ -691,6 +691,19 @@ impl MeshNode {
             body,
             request::Body::Deliver(_) | request::Body::PrivacyQuery(_)
         ) {
+            // A member that learnt of its own revocation (or delisting) has
+            // left the mesh: it takes nothing more over it. A sender with
+            // staler trust data backs off and, once it learns, falls back to
+            // SMTP, rather than storing mail here over a link it will cut
+            // (the answer could then be lost, and the mail sent twice).
+            let st = self.inner.trust.current();
+            if st.directory.is_some() && st.member(&self.inner.cfg.member_id).is_none() {
+                tracing::warn!(peer = %peer.member_id, "request refused: this member's label was withdrawn");
+                return error_response(
+                    error_reply::Code::Unavailable,
+                    "this member's label was withdrawn: use SMTP",
+                );
+            }
             // A peer that dialed us knowing fresher trust data than ours (we
             // were cut off) pushes it: take it before serving the peer, and
             // serve it only if it is still a member.

@@ -14,22 +14,64 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// The group committer of one sled database.
+/// The group committer of one sled database. Dropping it stops and joins
+/// its thread (after the commits asked for), so that the database is closed
+/// when the last handle on it is gone, not some time later.
 #[derive(Debug)]
 pub struct GroupCommit {
+    state: Arc<CommitState>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::ops::Deref for GroupCommit {
+    type Target = CommitState;
+    fn deref(&self) -> &CommitState {
+        &self.state
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Release);
+        {
+            let _guard = self
+                .state
+                .wake
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.state.wake.1.notify_all();
+        }
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            if h.thread().id() != std::thread::current().id() && h.join().is_err() {
+                tracing::error!("the store's commit thread panicked");
+            }
+        }
+    }
+}
+
+/// What the committer thread and the writers share.
+#[derive(Debug)]
+pub struct CommitState {
     db: sled::Db,
     requested: AtomicU64,
     done: watch::Sender<(u64, Option<String>)>,
     /// Wakes the committer thread (the mutex orders a request against the
     /// thread's check, so no wake-up is lost).
     wake: (Mutex<()>, Condvar),
-    /// Signalled after each commit (for [`GroupCommit::wait_idle`]).
+    /// Signalled after each commit (for [`CommitState::wait_idle`]).
     idle: Condvar,
+    stop: AtomicBool,
     /// Number of fsyncs performed.
     pub flushes: AtomicU64,
     /// Time spent in sled's flush (writing its buffers out), in µs.
@@ -41,74 +83,86 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Starts the committer thread for `db`, whose files are in `dir`
     /// (`None` for a temporary database: sled's flush only). The thread
-    /// commits back to back while writers wait, and ends once the
-    /// committer is dropped. A thread rather than a task: each commit is
-    /// blocking IO, and handing every one to the blocking pool and back
-    /// cost more than the fdatasync itself under load.
+    /// commits back to back while writers wait. A thread rather than a
+    /// task: each commit is blocking IO, and handing every one to the
+    /// blocking pool and back cost more than the fdatasync itself under
+    /// load.
     pub fn start(db: sled::Db, dir: Option<PathBuf>) -> Arc<Self> {
         let (done, _) = watch::channel((0, None));
-        let gc = Arc::new(Self {
+        let state = Arc::new(CommitState {
             db,
             requested: AtomicU64::new(0),
             done,
             wake: (Mutex::new(()), Condvar::new()),
             idle: Condvar::new(),
+            stop: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
             flush_us: AtomicU64::new(0),
             sync_us: AtomicU64::new(0),
         });
-        let weak = Arc::downgrade(&gc);
         let files = dir.map(DurableFiles::new);
-        if let Err(e) = std::thread::Builder::new()
+        let st = state.clone();
+        let thread = match std::thread::Builder::new()
             .name("store-commit".into())
-            .spawn(move || Self::committer(&weak, files))
+            .spawn(move || st.committer(files))
         {
-            // Writers would wait forever: fail them at once instead.
-            tracing::error!(error = %e, "the store's commit thread could not start");
-            gc.done
-                .send_replace((u64::MAX, Some(format!("no commit thread: {e}"))));
-        }
-        gc
+            Ok(h) => Some(h),
+            Err(e) => {
+                // Writers would wait forever: fail them at once instead.
+                tracing::error!(error = %e, "the store's commit thread could not start");
+                state
+                    .done
+                    .send_replace((u64::MAX, Some(format!("no commit thread: {e}"))));
+                None
+            }
+        };
+        Arc::new(Self {
+            state,
+            thread: Mutex::new(thread),
+        })
     }
+}
 
-    fn committer(weak: &Weak<Self>, mut files: Option<DurableFiles>) {
+impl CommitState {
+    fn committer(&self, mut files: Option<DurableFiles>) {
         loop {
-            let Some(gc) = weak.upgrade() else { return };
-            let target = gc.requested.load(Ordering::Acquire);
-            if gc.done.borrow().0 >= target {
-                let guard = gc
+            let target = self.requested.load(Ordering::Acquire);
+            if self.done.borrow().0 >= target {
+                let guard = self
                     .wake
                     .0
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if gc.requested.load(Ordering::Acquire) <= gc.done.borrow().0 {
-                    // Wakes up now and then to notice that the store is gone.
-                    let _ = gc.wake.1.wait_timeout(guard, Duration::from_millis(500));
+                if self.requested.load(Ordering::Acquire) <= self.done.borrow().0 {
+                    if self.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let _ = self.wake.1.wait_timeout(guard, Duration::from_millis(500));
                 }
                 continue;
             }
             let t0 = Instant::now();
-            let flushed = gc.db.flush().map_err(|e| e.to_string());
+            let flushed = self.db.flush().map_err(|e| e.to_string());
             let t1 = Instant::now();
             let r = flushed.and_then(|_| match &mut files {
                 Some(f) => f.sync().map_err(|e| format!("fsync: {e}")),
                 None => Ok(()),
             });
             let us = |d: Duration| d.as_micros() as u64;
-            gc.flush_us.fetch_add(us(t1 - t0), Ordering::Relaxed);
-            gc.sync_us.fetch_add(us(t1.elapsed()), Ordering::Relaxed);
+            self.flush_us.fetch_add(us(t1 - t0), Ordering::Relaxed);
+            self.sync_us.fetch_add(us(t1.elapsed()), Ordering::Relaxed);
             let err = r.err();
             if let Some(e) = &err {
                 tracing::error!(error = %e, "storage flush failed");
             }
-            gc.flushes.fetch_add(1, Ordering::Relaxed);
-            gc.done.send_replace((target, err));
-            let _guard = gc
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            self.done.send_replace((target, err));
+            let _guard = self
                 .wake
                 .0
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            gc.idle.notify_all();
+            self.idle.notify_all();
         }
     }
 

@@ -118,6 +118,23 @@ pub struct UserRecord {
     pub created_at: i64,
 }
 
+/// The writer thread, joined when the last [`Store`] handle is dropped:
+/// its own handle on the database (and the committer's, which it holds
+/// last) must be gone for the database to be closed, so that another
+/// process can open it right after.
+#[derive(Debug)]
+struct WriterThread(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            if h.thread().id() != std::thread::current().id() && h.join().is_err() {
+                tracing::error!("the store's writer thread panicked");
+            }
+        }
+    }
+}
+
 /// The store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -133,6 +150,9 @@ pub struct Store {
     domains: Arc<RwLock<Vec<String>>>,
     commit: Arc<GroupCommit>,
     batcher: tokio::sync::mpsc::Sender<(Job, JobReply)>,
+    /// Joins the writer thread when the last handle goes (declared after
+    /// `batcher`, whose drop is what ends the thread).
+    _writer: Option<Arc<WriterThread>>,
     user_cache: Arc<RwLock<HashSet<String>>>,
     /// Delivery batches written (one sled transaction each).
     batches: Arc<std::sync::atomic::AtomicU64>,
@@ -166,6 +186,7 @@ impl Store {
         let (unused, _) = tokio::sync::mpsc::channel(1);
         let writer = Self {
             batcher: unused,
+            _writer: None,
             messages: db.open_tree("messages")?,
             raw: db.open_tree("raw")?,
             mailbox: db.open_tree("mailbox")?,
@@ -180,8 +201,12 @@ impl Store {
             batches: Arc::default(),
             db,
         };
-        let batcher = writer.start_batcher();
-        Ok(Self { batcher, ..writer })
+        let (batcher, thread) = writer.start_batcher();
+        Ok(Self {
+            batcher,
+            _writer: thread.map(|h| Arc::new(WriterThread(Some(h)))),
+            ..writer
+        })
     }
 
     /// The database (for trees owned by other components, like the mesh outbox).
@@ -344,7 +369,12 @@ impl Store {
     /// CPU work of a millisecond or more, which on a runtime worker would
     /// hold up every connection scheduled there (the mesh relay benchmark of
     /// issue #7 saw one of two workers taken by it).
-    fn start_batcher(&self) -> tokio::sync::mpsc::Sender<(Job, JobReply)> {
+    fn start_batcher(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::Sender<(Job, JobReply)>,
+        Option<std::thread::JoinHandle<()>>,
+    ) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Job, JobReply)>(1024);
         let store = self.clone();
         let runtime = tokio::runtime::Handle::current();
@@ -398,12 +428,15 @@ impl Store {
                     });
                 }
             });
-        if let Err(e) = spawned {
-            // Without its writer the store can take no delivery: say so on
-            // every one (the channel's receiver is gone with the closure).
-            tracing::error!(error = %e, "the store's writer thread could not start");
+        match spawned {
+            Ok(h) => (tx, Some(h)),
+            Err(e) => {
+                // Without its writer the store can take no delivery: each
+                // fails (the channel's receiver is gone with the closure).
+                tracing::error!(error = %e, "the store's writer thread could not start");
+                (tx, None)
+            }
         }
-        tx
     }
 
     /// Sets the mail domains this store serves (for users' public addresses).
