@@ -382,18 +382,26 @@ impl Store {
             .name("store-writer".into())
             .spawn(move || {
                 while let Some(first) = rx.blocking_recv() {
-                    // Deliveries arriving while a commit is under way could
-                    // not be acknowledged before the next one anyway: they
-                    // join this batch, so that one transaction (sled writes
-                    // its log buffer out twice per transaction) serves what
-                    // one commit will.
-                    store.commit.wait_idle(MAX_GATHER);
                     let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(j) => batch.push(j),
-                            Err(_) => break,
+                    let drain = |batch: &mut Vec<(Job, JobReply)>,
+                                 rx: &mut tokio::sync::mpsc::Receiver<(Job, JobReply)>| {
+                        while batch.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(j) => batch.push(j),
+                                Err(_) => break,
+                            }
                         }
+                    };
+                    drain(&mut batch, &mut rx);
+                    // Small deliveries arriving while a commit is under way
+                    // could not be acknowledged before the next one anyway:
+                    // they join this batch, so that one transaction (sled
+                    // writes its log buffer out twice per transaction)
+                    // serves what one commit will. Large ones are not held:
+                    // their transaction costs what their bytes cost.
+                    if batch.iter().map(|(j, _)| j.raw.len()).sum::<usize>() < GATHER_BYTES {
+                        store.commit.wait_idle(MAX_GATHER);
+                        drain(&mut batch, &mut rx);
                     }
                     let jobs: Vec<&Job> = batch.iter().map(|(j, _)| j).collect();
                     store
@@ -681,6 +689,9 @@ type TxResult<T> = Result<T, ConflictableTransactionError<String>>;
 
 /// Most deliveries written in one transaction.
 const MAX_BATCH: usize = 128;
+
+/// Below this many message bytes, the writer gathers for a commit under way.
+const GATHER_BYTES: usize = 128 * 1024;
 
 /// The longest the writer holds a delivery back for a commit under way.
 const MAX_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
