@@ -1099,3 +1099,41 @@ async fn the_outbox_sends_each_entry_once_while_its_pass_and_lanes_overlap() {
     token.cancel();
     runner.await.expect("runner");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_knows_it_is_revoked_takes_nothing_more_over_the_mesh() {
+    let fed = Fed::new();
+    let a = fed.member("alpha", |_| {}).await;
+    let b = fed.member("beta", |_| {}).await;
+    fed.sync(&[&a, &b]);
+    a.node.connect("beta").await.expect("connect");
+    a.node
+        .deliver("beta", deliver("alice@alpha.test", "bob@beta.test", 1))
+        .await
+        .expect("delivered while beta is a member");
+    fed.ca
+        .revoke(
+            &RevokeTarget::Domain(b.domain.clone()),
+            "privilegeWithdrawn",
+        )
+        .expect("revoke");
+    // Only beta hears of it (given as if it came from alpha, so that beta's
+    // gossip does not carry it to alpha): alpha's trust data is stale.
+    let (crl, dir) = fed.published();
+    b.trust.offer_crl(&crl, Some("alpha")).expect("crl");
+    b.trust
+        .offer_directory(&dir, Some("alpha"), now())
+        .expect("dir");
+    let refused = a
+        .node
+        .deliver("beta", deliver("alice@alpha.test", "bob@beta.test", 2))
+        .await;
+    match refused {
+        Err(MeshError::Remote { code, message }) => {
+            assert_eq!(code, error_reply::Code::Unavailable, "{message}");
+            assert!(message.contains("use SMTP"), "{message}");
+        }
+        other => panic!("a revoked member must not take mail: {other:?}"),
+    }
+    assert_eq!(b.inbox.len(), 1, "nothing stored after the revocation");
+}
