@@ -256,8 +256,7 @@ fn main() -> Result<()> {
         a.out.display(),
         a.out.display()
     );
-    // The stores' committer tasks keep their databases open until the
-    // runtime drops them, and sled then persists its whole page cache
+    // Dropping the stores would have sled persist its whole page cache
     // (minutes after a million messages): scratch data, so leave at once.
     rt.shutdown_background();
     std::process::exit(0)

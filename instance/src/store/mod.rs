@@ -181,7 +181,7 @@ impl Store {
             .keys()
             .filter_map(|k| k.ok().map(|k| String::from_utf8_lossy(&k).into_owned()))
             .collect();
-        // The writer task holds a Store whose own sender goes nowhere, so that
+        // The writer thread holds a Store whose own sender goes nowhere, so that
         // it stops when the last real Store (and its sender) is dropped.
         let (unused, _) = tokio::sync::mpsc::channel(1);
         let writer = Self {
@@ -696,7 +696,7 @@ const GATHER_BYTES: usize = 128 * 1024;
 /// The longest the writer holds a delivery back for a commit under way.
 const MAX_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// One delivery, prepared for the writer task.
+/// One delivery, prepared for the writer thread.
 #[derive(Debug)]
 struct Job {
     prepared: Vec<(u64, Vec<u8>, Vec<u8>)>,
