@@ -128,6 +128,16 @@ impl Fed {
     }
 }
 
+/// A member's mesh configuration without the per-peer request budget: the
+/// default (2,000 requests/s, burst 4,000) would cap one peer's relay or
+/// queries below the targets, and the benchmark measures the path.
+fn unthrottled(id: &str) -> MeshConfig {
+    let mut cfg = MeshConfig::new(id);
+    cfg.rate_per_second = 1e7;
+    cfg.rate_burst = 1e7;
+    cfg
+}
+
 /// A handler that stores nothing (scale runs only connect and gossip).
 struct NullHandler;
 
@@ -197,15 +207,10 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
             caliopen_instance::mesh::store_handler(svc_a),
         )
         .await?;
-    let mut cfg_b = MeshConfig::new("beta");
-    // The default per-peer budget (2,000 requests/s, burst 4,000) would cap
-    // one peer's relay below the target; the benchmark measures the path.
-    cfg_b.rate_per_second = 1e7;
-    cfg_b.rate_burst = 1e7;
     let b = fed
         .member(
             "beta",
-            cfg_b,
+            unthrottled("beta"),
             caliopen_instance::mesh::store_handler(svc_b.clone()),
         )
         .await?;
@@ -595,13 +600,10 @@ pub async fn privacy(
         "  {users} opted-in users at beta in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    let mut cfg_b = MeshConfig::new("beta");
-    cfg_b.rate_per_second = 1e7;
-    cfg_b.rate_burst = 1e7;
     let b = fed
         .member(
             "beta",
-            cfg_b,
+            unthrottled("beta"),
             caliopen_instance::mesh::store_handler_with_limit(svc_b, 1e9, 1e9),
         )
         .await?;

@@ -174,6 +174,15 @@ struct PeerLanes {
     backoff_until: i64,
 }
 
+/// Why an entry can no longer go.
+#[derive(Debug, Clone, Copy)]
+enum Unsendable {
+    /// Its peer lost its label (left the directory): send it by SMTP.
+    PeerLeft,
+    /// It waited past its lifetime: bounce.
+    Expired,
+}
+
 /// How one attempt ended, for its lane.
 enum Attempt {
     /// Settled: delivered, refused or handed back.
@@ -541,47 +550,42 @@ impl Outbox {
         self.lanes_idle.notify_waiters();
     }
 
-    /// True when an entry can no longer go: its peer lost its label, or
-    /// it expired.
-    fn unsendable(rec: &OutboxRecord, st: &TrustState, now: i64) -> bool {
-        (st.member(&rec.peer).is_none() && st.directory.is_some()) || rec.expires_at * 1000 <= now
+    /// Why an entry can no longer go, if it cannot.
+    fn unsendable(rec: &OutboxRecord, st: &TrustState, now: i64) -> Option<Unsendable> {
+        if st.member(&rec.peer).is_none() && st.directory.is_some() {
+            Some(Unsendable::PeerLeft)
+        } else if rec.expires_at * 1000 <= now {
+            Some(Unsendable::Expired)
+        } else {
+            None
+        }
     }
 
-    /// Settles a claimed entry without sending it when it can no longer
-    /// go: a peer that lost its label gets it back for SMTP, an expired one
-    /// is reported. Returns true when it was settled so.
+    /// Settles a claimed entry that can no longer go: a peer that lost its
+    /// label gets it back for SMTP, an expired one is reported.
     async fn settle_unsendable(
         &self,
         k: &sled::IVec,
         rec: &OutboxRecord,
-        st: &TrustState,
-        now: i64,
+        why: Unsendable,
         events: &mpsc::Sender<OutboxEvent>,
-    ) -> Result<bool, OutboxError> {
-        let deliver = || rec.deliver.clone().unwrap_or_default();
-        if st.member(&rec.peer).is_none() && st.directory.is_some() {
-            self.tree.remove(k)?;
-            tracing::info!(peer = %rec.peer, "peer left the mesh: message handed back for SMTP");
-            let _ = events
-                .send(OutboxEvent::Reroute {
-                    peer: rec.peer.clone(),
-                    deliver: deliver(),
-                })
-                .await;
-            return Ok(true);
-        }
-        if rec.expires_at * 1000 <= now {
-            self.tree.remove(k)?;
-            let _ = events
-                .send(OutboxEvent::Expired {
-                    peer: rec.peer.clone(),
-                    deliver: deliver(),
-                    last_error: rec.last_error.clone(),
-                })
-                .await;
-            return Ok(true);
-        }
-        Ok(false)
+    ) -> Result<(), OutboxError> {
+        self.tree.remove(k)?;
+        let peer = rec.peer.clone();
+        let deliver = rec.deliver.clone().unwrap_or_default();
+        let event = match why {
+            Unsendable::PeerLeft => {
+                tracing::info!(peer = %rec.peer, "peer left the mesh: message handed back for SMTP");
+                OutboxEvent::Reroute { peer, deliver }
+            }
+            Unsendable::Expired => OutboxEvent::Expired {
+                peer,
+                deliver,
+                last_error: rec.last_error.clone(),
+            },
+        };
+        let _ = events.send(event).await;
+        Ok(())
     }
 
     /// One pass over the entries not being sent: settles those of peers
@@ -602,7 +606,7 @@ impl Outbox {
             let rec = OutboxRecord::decode(v.as_ref())
                 .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
             let unsendable = Self::unsendable(&rec, &st, now);
-            if !unsendable && rec.next_attempt_ms > now {
+            if unsendable.is_none() && rec.next_attempt_ms > now {
                 next_due =
                     Some(next_due.map_or(rec.next_attempt_ms, |d| d.min(rec.next_attempt_ms)));
                 continue;
@@ -611,10 +615,11 @@ impl Outbox {
             if !self.claim(&k, &v)? {
                 continue;
             }
-            if unsendable {
-                let r = self.settle_unsendable(&k, &rec, &st, now, events).await;
+            if let Some(why) = unsendable {
+                let r = self.settle_unsendable(&k, &rec, why, events).await;
                 self.release(&k);
-                settled |= r?;
+                r?;
+                settled = true;
                 continue;
             }
             per_peer.entry(rec.peer.clone()).or_default().push((k, rec));
@@ -639,10 +644,8 @@ impl Outbox {
     ) -> Result<Attempt, OutboxError> {
         let events = &runner.events;
         let st = runner.node.trust().current();
-        if self
-            .settle_unsendable(k, &rec, &st, now_ms(), events)
-            .await?
-        {
+        if let Some(why) = Self::unsendable(&rec, &st, now_ms()) {
+            self.settle_unsendable(k, &rec, why, events).await?;
             return Ok(Attempt::Settled);
         }
         let deliver = rec.deliver.clone().unwrap_or_default();
