@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod association;
+pub mod journal;
 pub mod node;
 pub mod outbox;
 pub mod renewal;
@@ -11,6 +12,7 @@ pub mod trust;
 pub mod wire;
 
 pub use association::AssociationLink;
+pub use journal::{Journal, JournalError};
 pub use node::{BoxFuture, HandlerError, MeshConfig, MeshError, MeshHandler, MeshNode, MeshStats};
 pub use outbox::{Durability, Outbox, OutboxError, OutboxEvent, RetryPolicy};
 pub use renewal::{IdentityFiles, Renewer};

@@ -1,12 +1,15 @@
 //! The durable per-peer outbox: messages waiting for a member's durable
-//! acknowledgement. Entries live in a sled tree (flushed before `enqueue`
-//! returns), are retried with capped exponential backoff and jitter, flushed
-//! at once when the peer's connection comes up, expired with a report so the
-//! caller can bounce, and handed back for SMTP when the peer loses its label.
+//! acknowledgement. Entries live in an append-only [`Journal`] of their own
+//! (synced before `enqueue` returns), are retried with capped exponential
+//! backoff and jitter, flushed at once when the peer's connection comes up,
+//! expired with a report so the caller can bounce, and handed back for SMTP
+//! when the peer loses its label.
 //!
-//! Tree `mesh_outbox`: key = peer id, 0x00, enqueue sequence (u64 BE);
-//! value = `OutboxRecord` (protobuf).
+//! Journal key = enqueue sequence; value = `OutboxRecord` (protobuf). What
+//! the delivery loop needs to schedule (peer, next attempt, expiry) is kept
+//! in memory; a message's body is read back from the journal when it is sent.
 
+use crate::journal::{Journal, JournalError};
 use crate::node::{MeshError, MeshNode};
 use crate::trust::TrustState;
 use caliopen_proto::pb::mesh::{
@@ -14,6 +17,8 @@ use caliopen_proto::pb::mesh::{
 };
 use prost::Message;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -104,19 +109,19 @@ pub enum OutboxEvent {
 pub enum OutboxError {
     /// Storage failure.
     #[error("outbox storage: {0}")]
+    Journal(#[from] JournalError),
+    /// Reading entries left in an older instance's sled tree failed.
+    #[error("outbox import from sled: {0}")]
     Db(#[from] sled::Error),
     /// A stored entry did not decode.
     #[error("corrupt outbox entry: {0}")]
     Corrupt(String),
-    /// The durability hook failed: nothing may be reported as queued.
-    #[error("outbox flush failed: {0}")]
-    Flush(String),
 }
 
-/// Makes the outbox's writes durable. sled's own flush is no durability
-/// barrier on Linux (it ends with `sync_file_range`); an instance passes its
-/// store's group committer, which also `fdatasync`s, so that enqueues from
-/// concurrent sessions share one sync.
+/// Makes a sled-backed queue's writes durable (the SMTP queue uses it).
+/// sled's own flush is no durability barrier on Linux (it ends with
+/// `sync_file_range`); an instance passes its store's group committer, which
+/// also `fdatasync`s, so that writes from concurrent sessions share one sync.
 pub trait Durability: Send + Sync + std::fmt::Debug + 'static {
     /// Returns once every write made to the database before the call is durable.
     fn sync(&self) -> crate::node::BoxFuture<Result<(), String>>;
@@ -130,17 +135,18 @@ pub const LANES_PER_PEER: usize = 64;
 /// The outbox.
 ///
 /// An entry is sent as soon as it is durable: `enqueue` hands it to the
-/// running delivery loop's lanes at once (no waiting for a scan of the
-/// tree). Each entry being sent is *claimed* in memory, so the periodic
-/// pass over the tree — for retries, expiry, peers that lost their label and
-/// entries left from before a restart — never sends it twice.
+/// running delivery loop's lanes at once (no waiting for a scan). Each entry
+/// being sent is *claimed* in memory, so the periodic pass over the entries
+/// — for retries, expiry, peers that lost their label and entries left from
+/// before a restart — never sends it twice. An entry changes (is removed,
+/// rescheduled) only while claimed, and the pass claims under the same lock
+/// that it reads the schedule under.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    db: sled::Db,
-    tree: sled::Tree,
+    journal: Journal,
+    next_seq: Arc<AtomicU64>,
     notify: Arc<Notify>,
     policy: RetryPolicy,
-    durability: Option<Arc<dyn Durability>>,
     dispatch: Arc<Mutex<Dispatch>>,
     lanes_idle: Arc<Notify>,
 }
@@ -153,12 +159,32 @@ struct Runner {
     token: CancellationToken,
 }
 
-/// What is being sent now, in memory.
+/// What an entry's schedule needs, in memory (its body stays on disk).
+#[derive(Debug, Clone)]
+struct Meta {
+    peer: String,
+    next_attempt_ms: i64,
+    expires_at: i64,
+}
+
+impl Meta {
+    fn of(rec: &OutboxRecord) -> Self {
+        Self {
+            peer: rec.peer.clone(),
+            next_attempt_ms: rec.next_attempt_ms,
+            expires_at: rec.expires_at,
+        }
+    }
+}
+
+/// The entries and what is being sent now, in memory.
 #[derive(Debug, Default)]
 struct Dispatch {
     runner: Option<Runner>,
+    /// Every durable entry, by key.
+    entries: BTreeMap<u64, Meta>,
     /// Keys handed to a lane and not yet settled.
-    claimed: HashSet<sled::IVec>,
+    claimed: HashSet<u64>,
     peers: HashMap<String, PeerLanes>,
     /// Lanes running, all peers together.
     lanes: usize,
@@ -166,7 +192,7 @@ struct Dispatch {
 
 #[derive(Debug, Default)]
 struct PeerLanes {
-    queue: VecDeque<(sled::IVec, OutboxRecord)>,
+    queue: VecDeque<(u64, OutboxRecord)>,
     running: usize,
     /// After a failed attempt, new entries wait for the pass (and the
     /// backoff) instead of each paying a failed dial; cleared when the peer
@@ -185,12 +211,16 @@ enum Unsendable {
 
 /// How one attempt ended, for its lane.
 enum Attempt {
-    /// Settled: delivered, refused or handed back.
+    /// Settled and let go of: delivered, refused or handed back.
     Settled,
-    /// Delivered in part: the entry stays for the deferred recipients, and
-    /// the pass must schedule its retry once the lane lets go of it.
-    Deferred,
-    /// The peer could not be reached: back off this entry and the queue.
+    /// Delivered in part and let go of: the entry stays, rewritten for the
+    /// deferred recipients (to be synced up to this journal position), and
+    /// the pass schedules its retry.
+    Deferred(u64),
+    /// The loop stops: the entry is left as it is, to be let go of.
+    Abandoned,
+    /// The peer could not be reached (the entry is still held): back off
+    /// this entry and the queue.
     Unreachable(String),
 }
 
@@ -207,23 +237,86 @@ fn jitter() -> f64 {
 }
 
 impl Outbox {
-    /// Opens the outbox tree in `db`.
-    pub fn open(db: &sled::Db, policy: RetryPolicy) -> Result<Self, OutboxError> {
+    /// Opens (or creates) the outbox's journal in `dir` and reads back the
+    /// entries waiting there.
+    pub fn open(dir: &Path, policy: RetryPolicy) -> Result<Self, OutboxError> {
+        let journal = Journal::open(dir)?;
+        let mut entries = BTreeMap::new();
+        for key in journal.keys() {
+            let Some(v) = journal.get(key)? else {
+                continue;
+            };
+            match OutboxRecord::decode(v.as_slice()) {
+                Ok(rec) => {
+                    entries.insert(key, Meta::of(&rec));
+                }
+                // The journal's CRC passed, so this is no torn write: keep
+                // it on disk for an operator to look at, but never send it.
+                Err(e) => {
+                    tracing::error!(key, error = %e, "outbox: an entry does not decode; left in place")
+                }
+            }
+        }
+        let next = journal.keys().last().map_or(1, |k| k + 1);
         Ok(Self {
-            db: db.clone(),
-            tree: db.open_tree("mesh_outbox")?,
+            journal,
+            next_seq: Arc::new(AtomicU64::new(next)),
             notify: Arc::new(Notify::new()),
             policy,
-            durability: None,
-            dispatch: Arc::default(),
+            dispatch: Arc::new(Mutex::new(Dispatch {
+                entries,
+                ..Dispatch::default()
+            })),
             lanes_idle: Arc::new(Notify::new()),
         })
     }
 
-    /// Uses `d` to make writes durable instead of sled's flush alone.
-    pub fn with_durability(mut self, d: Arc<dyn Durability>) -> Self {
-        self.durability = Some(d);
-        self
+    /// Moves the entries an older version left in `db`'s `mesh_outbox` tree
+    /// into the journal (before [`Outbox::run`]). Returns how many moved. A
+    /// crash between the journal's sync and the tree's flush leaves them in
+    /// both, so they would be imported and sent twice: the peer's
+    /// idempotence by txn_id makes that harmless.
+    pub async fn import_sled(&self, db: &sled::Db) -> Result<usize, OutboxError> {
+        let tree = db.open_tree("mesh_outbox")?;
+        if tree.is_empty() {
+            return Ok(0);
+        }
+        let mut moved = Vec::new();
+        let mut lsn = 0;
+        for kv in tree.iter() {
+            let (_, v) = kv?;
+            let rec = match OutboxRecord::decode(v.as_ref()) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox import: an entry does not decode; left in sled");
+                    continue;
+                }
+            };
+            let key = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            lsn = self.journal.put(key, &v)?;
+            moved.push((key, Meta::of(&rec)));
+        }
+        self.journal.sync(lsn).await?;
+        let n = moved.len();
+        {
+            let mut d = self.lock();
+            d.entries.extend(moved);
+        }
+        tree.clear()?;
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| OutboxError::Db(sled::Error::Io(std::io::Error::other(e))))??;
+        tracing::info!(
+            entries = n,
+            "outbox: entries moved from sled to the journal"
+        );
+        Ok(n)
+    }
+
+    /// The journal under the outbox (for its counters).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Dispatch> {
@@ -236,10 +329,7 @@ impl Outbox {
     /// delivery loop runs, the entry goes out at once (unless the peer is
     /// backing off after a failure).
     pub async fn enqueue(&self, peer: &str, deliver: Deliver) -> Result<(), OutboxError> {
-        let seq = self.db.generate_id()?;
-        let mut key = peer.as_bytes().to_vec();
-        key.push(0);
-        key.extend_from_slice(&seq.to_be_bytes());
+        let key = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
         let rec = OutboxRecord {
             peer: peer.to_owned(),
@@ -250,61 +340,81 @@ impl Outbox {
             enqueued_at: now / 1000,
             last_error: String::new(),
         };
-        let key = sled::IVec::from(key);
-        let value = rec.encode_to_vec();
-        self.tree.insert(key.clone(), value.as_slice())?;
-        self.flush().await?;
-        // Unless the peer backs off (the pass sends it when due) or the
-        // pass took it meanwhile.
-        if !self.backing_off(peer) && self.claim(&key, &value)? {
+        let lsn = self.journal.put(key, &rec.encode_to_vec())?;
+        self.journal.sync(lsn).await?;
+        // Only now does the pass see it; it goes at once unless the peer
+        // backs off (the pass sends it when due).
+        let send = {
+            let mut d = self.lock();
+            d.entries.insert(key, Meta::of(&rec));
+            let backing_off = d
+                .peers
+                .get(peer)
+                .is_some_and(|p| p.backoff_until > now_ms());
+            let send = d.runner.is_some() && !backing_off;
+            if send {
+                d.claimed.insert(key);
+            }
+            send
+        };
+        if send {
             self.queue_claimed(peer, vec![(key, rec)]);
         }
         Ok(())
     }
 
-    /// Makes every write so far durable. Not sled's `flush_async`: in sled
-    /// 0.34 concurrent `flush_async` callers can wait forever
-    /// (spacejam/sled#1308; the benchmark's 64 concurrent enqueues hung on
-    /// it). A blocking flush on tokio's blocking pool completes.
-    async fn flush(&self) -> Result<(), OutboxError> {
-        if let Some(d) = &self.durability {
-            return d.sync().await.map_err(OutboxError::Flush);
-        }
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| OutboxError::Db(sled::Error::Io(std::io::Error::other(e))))??;
-        Ok(())
+    /// Makes the journal durable up to now.
+    async fn sync_all(&self) -> Result<(), OutboxError> {
+        // A removal of an absent key writes nothing and returns the
+        // journal's position.
+        let lsn = self.journal.remove(u64::MAX)?;
+        Ok(self.journal.sync(lsn).await?)
     }
 
     /// Entries waiting.
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.lock().entries.len()
     }
 
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.lock().entries.is_empty()
     }
 
     /// Entries waiting for `peer`.
     pub fn pending_for(&self, peer: &str) -> usize {
-        let mut prefix = peer.as_bytes().to_vec();
-        prefix.push(0);
-        self.tree.scan_prefix(prefix).count()
+        self.lock()
+            .entries
+            .values()
+            .filter(|m| m.peer == peer)
+            .count()
     }
 
     /// The entries waiting for `peer`, in order.
     pub fn entries_for(&self, peer: &str) -> Result<Vec<OutboxRecord>, OutboxError> {
-        let mut prefix = peer.as_bytes().to_vec();
-        prefix.push(0);
-        self.tree
-            .scan_prefix(prefix)
-            .map(|kv| {
-                let (_, v) = kv?;
-                OutboxRecord::decode(v.as_ref()).map_err(|e| OutboxError::Corrupt(e.to_string()))
+        let keys: Vec<u64> = self
+            .lock()
+            .entries
+            .iter()
+            .filter(|(_, m)| m.peer == peer)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(rec) = self.read(k)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    fn read(&self, key: u64) -> Result<Option<OutboxRecord>, OutboxError> {
+        self.journal
+            .get(key)?
+            .map(|v| {
+                OutboxRecord::decode(v.as_slice()).map_err(|e| OutboxError::Corrupt(e.to_string()))
             })
-            .collect()
+            .transpose()
     }
 
     /// Runs the delivery loop until `token` is cancelled, reporting every
@@ -341,12 +451,7 @@ impl Outbox {
                 peer = connected.recv() => {
                     // Flush a reconnecting peer's queue at once.
                     if let Ok(peer) = peer {
-                        if let Some(p) = self.lock().peers.get_mut(&peer) {
-                            p.backoff_until = 0;
-                        }
-                        if let Err(e) = self.make_due(&peer) {
-                            tracing::error!(error = %e, "outbox: making a peer's entries due failed");
-                        }
+                        self.make_due(&peer);
                     }
                 }
                 _ = token.cancelled() => break,
@@ -368,63 +473,58 @@ impl Outbox {
     }
 
     /// Makes `peer`'s waiting entries due now (its connection came up).
-    /// Entries being sent are left to their lanes; a record is only
-    /// replaced if it is still the one read, so a concurrent removal wins.
-    fn make_due(&self, peer: &str) -> Result<(), OutboxError> {
-        let mut prefix = peer.as_bytes().to_vec();
-        prefix.push(0);
+    /// Entries being sent are left to their lanes. Only the in-memory
+    /// schedule changes: after a restart every entry is looked at again.
+    fn make_due(&self, peer: &str) {
         let now = now_ms();
-        for kv in self.tree.scan_prefix(prefix) {
-            let (k, v) = kv?;
-            if self.lock().claimed.contains(&k) {
-                continue;
-            }
-            let mut rec = OutboxRecord::decode(v.as_ref())
-                .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
-            if rec.next_attempt_ms > now {
-                rec.next_attempt_ms = now;
-                let _ = self
-                    .tree
-                    .compare_and_swap(k, Some(v), Some(rec.encode_to_vec()))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Claims entry `k` for sending: only while the loop runs, when no
-    /// lane holds it, and when the tree still holds `v` for it. The last
-    /// check closes the race with a lane that settled the entry after `v`
-    /// was read (a lane changes an entry only while it holds the claim, and
-    /// lets go after the change).
-    fn claim(&self, k: &sled::IVec, v: &[u8]) -> Result<bool, OutboxError> {
         let mut d = self.lock();
-        if d.runner.is_none() || d.claimed.contains(k) {
-            return Ok(false);
+        if let Some(p) = d.peers.get_mut(peer) {
+            p.backoff_until = 0;
         }
-        if self.tree.get(k)?.as_deref() != Some(v) {
-            return Ok(false);
+        let Dispatch {
+            entries, claimed, ..
+        } = &mut *d;
+        for (k, m) in entries.iter_mut() {
+            if m.peer == peer && !claimed.contains(k) && m.next_attempt_ms > now {
+                m.next_attempt_ms = now;
+            }
         }
-        d.claimed.insert(k.clone());
-        Ok(true)
     }
 
-    fn release(&self, k: &sled::IVec) {
-        self.lock().claimed.remove(k);
+    fn release(&self, k: u64) {
+        self.lock().claimed.remove(&k);
     }
 
-    /// True while `peer` backs off after a failed attempt.
-    fn backing_off(&self, peer: &str) -> bool {
-        self.lock()
-            .peers
-            .get(peer)
-            .is_some_and(|p| p.backoff_until > now_ms())
+    /// Removes a claimed entry and lets go of it. The removal needs no sync
+    /// of its own: a re-send after a crash is idempotent at the peer, and
+    /// the next sync carries it.
+    fn settle(&self, k: u64) -> Result<(), OutboxError> {
+        let r = self.journal.remove(k);
+        let mut d = self.lock();
+        if r.is_ok() {
+            d.entries.remove(&k);
+        }
+        d.claimed.remove(&k);
+        r.map(|_| ()).map_err(OutboxError::from)
+    }
+
+    /// Rewrites a claimed entry (its next attempt, its recipients) and lets
+    /// go of it; returns the journal position to sync on.
+    fn reschedule(&self, k: u64, rec: &OutboxRecord) -> Result<u64, OutboxError> {
+        let r = self.journal.put(k, &rec.encode_to_vec());
+        let mut d = self.lock();
+        if r.is_ok() {
+            d.entries.insert(k, Meta::of(rec));
+        }
+        d.claimed.remove(&k);
+        r.map_err(OutboxError::from)
     }
 
     /// Hands claimed entries of `peer` to its lanes, starting lanes as
     /// needed: up to [`LANES_PER_PEER`] for a connected peer, one for
     /// another (so a peer that is down costs one failed dial, not one per
     /// lane).
-    fn queue_claimed(&self, peer: &str, entries: Vec<(sled::IVec, OutboxRecord)>) {
+    fn queue_claimed(&self, peer: &str, entries: Vec<(u64, OutboxRecord)>) {
         let (runner, start) = {
             let mut d = self.lock();
             let Some(runner) = d.runner.clone() else {
@@ -456,7 +556,7 @@ impl Outbox {
     /// One lane: takes `peer`'s entries from its queue until it is empty.
     async fn lane(self, runner: Runner, peer: String) {
         let mut backed_off = false;
-        let mut rescheduled = false;
+        let mut synced_to = None;
         loop {
             let next = {
                 let mut d = self.lock();
@@ -486,8 +586,8 @@ impl Outbox {
             };
             let Some((k, rec)) = next else { break };
             let outcome = tokio::select! {
-                r = self.attempt(&runner, &peer, &k, rec.clone()) => r,
-                _ = runner.token.cancelled() => Ok(Attempt::Settled),
+                r = self.attempt(&runner, &peer, k, rec.clone()) => r,
+                _ = runner.token.cancelled() => Ok(Attempt::Abandoned),
             };
             let outcome = match outcome {
                 Ok(o) => o,
@@ -497,19 +597,17 @@ impl Outbox {
                 }
             };
             match outcome {
-                Attempt::Settled => {
-                    self.lock().claimed.remove(&k);
-                }
-                Attempt::Deferred => {
-                    rescheduled = true;
-                    self.lock().claimed.remove(&k);
+                Attempt::Abandoned => self.release(k),
+                Attempt::Settled => {}
+                Attempt::Deferred(lsn) => {
+                    synced_to = Some(lsn);
                     self.notify.notify_one();
                 }
                 Attempt::Unreachable(error) => {
                     backed_off = true;
                     // This entry and every entry queued behind it for the
                     // peer back off together.
-                    let queued: Vec<(sled::IVec, OutboxRecord)> = {
+                    let queued: Vec<(u64, OutboxRecord)> = {
                         let mut d = self.lock();
                         d.peers
                             .get_mut(&peer)
@@ -523,10 +621,12 @@ impl Outbox {
                         rec.next_attempt_ms = now_ms() + delay.as_millis() as i64;
                         rec.last_error.clone_from(&error);
                         due = due.min(rec.next_attempt_ms);
-                        if let Err(e) = self.tree.insert(&k, rec.encode_to_vec()) {
-                            tracing::error!(peer, error = %e, "outbox: recording a backoff failed");
+                        match self.reschedule(k, &rec) {
+                            Ok(lsn) => synced_to = Some(lsn),
+                            Err(e) => {
+                                tracing::error!(peer, error = %e, "outbox: recording a backoff failed");
+                            }
                         }
-                        self.lock().claimed.remove(&k);
                     }
                     if let Some(p) = self.lock().peers.get_mut(&peer) {
                         p.backoff_until = p.backoff_until.max(due);
@@ -535,13 +635,11 @@ impl Outbox {
                 }
             }
         }
-        // Removals need no sync of their own (a re-send after a crash is
-        // idempotent at the peer, and the next commit of the database
-        // carries them); backoffs and deferrals are synced so that a
-        // restart keeps the schedule. The pass then learns when to wake.
-        if backed_off || rescheduled {
-            if let Err(e) = self.flush().await {
-                tracing::error!(peer, error = %e, "outbox flush failed");
+        // Backoffs and deferrals are synced so that a restart keeps the
+        // schedule. The pass then learns when to wake.
+        if let Some(lsn) = synced_to {
+            if let Err(e) = self.journal.sync(lsn).await {
+                tracing::error!(peer, error = %e, "outbox sync failed");
             }
         }
         if backed_off {
@@ -551,10 +649,10 @@ impl Outbox {
     }
 
     /// Why an entry can no longer go, if it cannot.
-    fn unsendable(rec: &OutboxRecord, st: &TrustState, now: i64) -> Option<Unsendable> {
-        if st.member(&rec.peer).is_none() && st.directory.is_some() {
+    fn unsendable(m: &Meta, st: &TrustState, now: i64) -> Option<Unsendable> {
+        if st.member(&m.peer).is_none() && st.directory.is_some() {
             Some(Unsendable::PeerLeft)
-        } else if rec.expires_at * 1000 <= now {
+        } else if m.expires_at * 1000 <= now {
             Some(Unsendable::Expired)
         } else {
             None
@@ -565,12 +663,12 @@ impl Outbox {
     /// label gets it back for SMTP, an expired one is reported.
     async fn settle_unsendable(
         &self,
-        k: &sled::IVec,
+        k: u64,
         rec: &OutboxRecord,
         why: Unsendable,
         events: &mpsc::Sender<OutboxEvent>,
     ) -> Result<(), OutboxError> {
-        self.tree.remove(k)?;
+        self.settle(k)?;
         let peer = rec.peer.clone();
         let deliver = rec.deliver.clone().unwrap_or_default();
         let event = match why {
@@ -598,53 +696,83 @@ impl Outbox {
     ) -> Result<Option<i64>, OutboxError> {
         let now = now_ms();
         let st = node.trust().current();
-        let mut per_peer: BTreeMap<String, Vec<(sled::IVec, OutboxRecord)>> = BTreeMap::new();
         let mut next_due: Option<i64> = None;
+        // Claimed under the lock the schedule is read under: no lane can
+        // settle one of these meanwhile.
+        let mut taken: Vec<(u64, Option<Unsendable>)> = Vec::new();
+        {
+            let mut d = self.lock();
+            let Dispatch {
+                entries, claimed, ..
+            } = &mut *d;
+            for (&k, m) in entries.iter() {
+                if claimed.contains(&k) {
+                    continue;
+                }
+                let unsendable = Self::unsendable(m, &st, now);
+                if unsendable.is_none() && m.next_attempt_ms > now {
+                    next_due =
+                        Some(next_due.map_or(m.next_attempt_ms, |d| d.min(m.next_attempt_ms)));
+                    continue;
+                }
+                claimed.insert(k);
+                taken.push((k, unsendable));
+            }
+        }
+        let mut per_peer: BTreeMap<String, Vec<(u64, OutboxRecord)>> = BTreeMap::new();
         let mut settled = false;
-        for kv in self.tree.iter() {
-            let (k, v) = kv?;
-            let rec = OutboxRecord::decode(v.as_ref())
-                .map_err(|e| OutboxError::Corrupt(e.to_string()))?;
-            let unsendable = Self::unsendable(&rec, &st, now);
-            if unsendable.is_none() && rec.next_attempt_ms > now {
-                next_due =
-                    Some(next_due.map_or(rec.next_attempt_ms, |d| d.min(rec.next_attempt_ms)));
+        let mut failure = None;
+        for (k, unsendable) in taken {
+            if failure.is_some() {
+                self.release(k);
                 continue;
             }
-            // Held by a lane, or settled since it was read: not ours.
-            if !self.claim(&k, &v)? {
-                continue;
-            }
+            let rec = match self.read(k) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => {
+                    self.release(k);
+                    continue;
+                }
+                Err(e) => {
+                    self.release(k);
+                    failure = Some(e);
+                    continue;
+                }
+            };
             if let Some(why) = unsendable {
-                let r = self.settle_unsendable(&k, &rec, why, events).await;
-                self.release(&k);
-                r?;
+                if let Err(e) = self.settle_unsendable(k, &rec, why, events).await {
+                    self.release(k);
+                    failure = Some(e);
+                }
                 settled = true;
                 continue;
             }
             per_peer.entry(rec.peer.clone()).or_default().push((k, rec));
         }
         if settled {
-            self.flush().await?;
+            self.sync_all().await?;
         }
         for (peer, recs) in per_peer {
             self.queue_claimed(&peer, recs);
         }
-        Ok(next_due)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(next_due),
+        }
     }
 
-    /// Sends one claimed entry and settles it, unless the peer cannot be
-    /// reached.
+    /// Sends one claimed entry and settles it (which lets go of it),
+    /// unless the peer cannot be reached.
     async fn attempt(
         &self,
         runner: &Runner,
         peer: &str,
-        k: &sled::IVec,
+        k: u64,
         rec: OutboxRecord,
     ) -> Result<Attempt, OutboxError> {
         let events = &runner.events;
         let st = runner.node.trust().current();
-        if let Some(why) = Self::unsendable(&rec, &st, now_ms()) {
+        if let Some(why) = Self::unsendable(&Meta::of(&rec), &st, now_ms()) {
             self.settle_unsendable(k, &rec, why, events).await?;
             return Ok(Attempt::Settled);
         }
@@ -656,9 +784,9 @@ impl Outbox {
                     .iter()
                     .filter(|r| r.status == recipient_result::Status::RejectedTemporary as i32)
                     .collect();
-                let deferred = !temporary.is_empty();
-                if !deferred {
-                    self.tree.remove(k)?;
+                let deferred = if temporary.is_empty() {
+                    self.settle(k)?;
+                    None
                 } else {
                     // The same entry, for the deferred recipients only (a
                     // new txn_id: the peer stored the others under the old
@@ -689,8 +817,8 @@ impl Outbox {
                         deferred = temporary.len(),
                         "recipients deferred by the peer"
                     );
-                    self.tree.insert(k, again.encode_to_vec())?;
-                }
+                    Some(self.reschedule(k, &again)?)
+                };
                 let refused: Vec<RecipientResult> = reply
                     .results
                     .iter()
@@ -712,16 +840,12 @@ impl Outbox {
                         })
                         .await;
                 }
-                Ok(if deferred {
-                    Attempt::Deferred
-                } else {
-                    Attempt::Settled
-                })
+                Ok(deferred.map_or(Attempt::Settled, Attempt::Deferred))
             }
             Err(MeshError::Remote { code, message })
                 if code == error_reply::Code::Refused || code == error_reply::Code::Malformed =>
             {
-                self.tree.remove(k)?;
+                self.settle(k)?;
                 let _ = events
                     .send(OutboxEvent::Failed {
                         peer: peer.to_owned(),

@@ -700,9 +700,9 @@ async fn outbox_retries_and_flushes_when_the_peer_restarts() {
     let b_cert = b.identity.get().expect("identity");
     drop(b);
 
-    let db = sled::Config::new().temporary(true).open().expect("sled");
+    let outbox_dir = tempfile::tempdir().expect("tempdir");
     let outbox = Outbox::open(
-        &db,
+        outbox_dir.path(),
         RetryPolicy {
             base: Duration::from_secs(30),
             max: Duration::from_secs(60),
@@ -780,9 +780,9 @@ async fn per_recipient_refusals_bounce_and_deferrals_retry() {
     let a = fed.member("alpha", |_| {}).await;
     let b = fed.member("beta", |_| {}).await;
     fed.sync(&[&a, &b]);
-    let db = sled::Config::new().temporary(true).open().expect("sled");
+    let outbox_dir = tempfile::tempdir().expect("tempdir");
     let outbox = Outbox::open(
-        &db,
+        outbox_dir.path(),
         RetryPolicy {
             base: Duration::from_millis(100),
             max: Duration::from_secs(1),
@@ -945,9 +945,9 @@ async fn outbox_reports_expiry_and_hands_back_entries_of_a_revoked_peer() {
     fed.sync(&[&a, &b, &c]);
     // beta is down for good; gamma is up but about to be revoked.
     b.node.shutdown().await;
-    let db = sled::Config::new().temporary(true).open().expect("sled");
+    let outbox_dir = tempfile::tempdir().expect("tempdir");
     let outbox = Outbox::open(
-        &db,
+        outbox_dir.path(),
         RetryPolicy {
             base: Duration::from_millis(200),
             max: Duration::from_millis(400),
@@ -1039,9 +1039,9 @@ async fn the_outbox_sends_each_entry_once_while_its_pass_and_lanes_overlap() {
     let b = fed.member("beta", |_| {}).await;
     fed.sync(&[&a, &b]);
     a.node.connect("beta").await.expect("connect");
-    let db = sled::Config::new().temporary(true).open().expect("sled");
+    let outbox_dir = tempfile::tempdir().expect("tempdir");
     let outbox = Outbox::open(
-        &db,
+        outbox_dir.path(),
         RetryPolicy {
             base: Duration::from_millis(50),
             max: Duration::from_secs(1),
@@ -1136,4 +1136,83 @@ async fn a_member_that_knows_it_is_revoked_takes_nothing_more_over_the_mesh() {
         other => panic!("a revoked member must not take mail: {other:?}"),
     }
     assert_eq!(b.inbox.len(), 1, "nothing stored after the revocation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_keeps_its_entries_across_a_restart_and_takes_over_an_older_sled_queue() {
+    use caliopen_proto::pb::mesh::OutboxRecord;
+    use prost::Message;
+    let fed = Fed::new();
+    let a = fed.member("alpha", |_| {}).await;
+    let b = fed.member("beta", |_| {}).await;
+    fed.sync(&[&a, &b]);
+    let policy = RetryPolicy {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+        lifetime: Duration::from_secs(3600),
+    };
+    // An older version queued two entries in its sled tree (key: peer, 0, sequence).
+    let db = sled::Config::new().temporary(true).open().expect("sled");
+    let tree = db.open_tree("mesh_outbox").expect("tree");
+    for n in 1..=2u8 {
+        let rec = OutboxRecord {
+            peer: "beta".into(),
+            deliver: Some(deliver("alice@alpha.test", "bob@beta.test", n)),
+            attempts: 1,
+            next_attempt_ms: 0,
+            expires_at: now() + 3600,
+            enqueued_at: now(),
+            last_error: "beta was down".into(),
+        };
+        let mut key = b"beta\0".to_vec();
+        key.extend_from_slice(&u64::from(n).to_be_bytes());
+        tree.insert(key, rec.encode_to_vec()).expect("insert");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let outbox = Outbox::open(dir.path(), policy.clone()).expect("outbox");
+        assert_eq!(outbox.import_sled(&db).await.expect("import"), 2);
+        assert!(tree.is_empty(), "moved out of sled");
+        assert_eq!(outbox.import_sled(&db).await.expect("import"), 0);
+        // Queued while the delivery loop is not running: kept, not sent.
+        for n in 3..=4 {
+            outbox
+                .enqueue("beta", deliver("alice@alpha.test", "bob@beta.test", n))
+                .await
+                .expect("enqueue");
+        }
+        assert_eq!(outbox.len(), 4);
+    }
+    // Reopened (a restart): the four entries are read back in order and sent.
+    let outbox = Outbox::open(dir.path(), policy.clone()).expect("reopen");
+    let waiting = outbox.entries_for("beta").expect("entries");
+    assert_eq!(
+        waiting
+            .iter()
+            .map(|r| r.deliver.as_ref().map(|d| d.txn_id.clone()))
+            .collect::<Vec<_>>(),
+        (1..=4).map(|n| Some(txn(n))).collect::<Vec<_>>()
+    );
+    assert_eq!(waiting[0].last_error, "beta was down");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let token = tokio_util::sync::CancellationToken::new();
+    let runner = tokio::spawn(outbox.clone().run(a.node.clone(), tx, token.clone()));
+    for _ in 0..4 {
+        match tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("event in time")
+            .expect("event")
+        {
+            OutboxEvent::Delivered { reply, .. } => assert!(!reply.duplicate),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(b.inbox.len(), 4);
+    eventually("outbox empty", || outbox.is_empty()).await;
+    token.cancel();
+    runner.await.expect("runner");
+    drop(outbox);
+    // The removals need no sync of their own, but a clean stop keeps them.
+    let outbox = Outbox::open(dir.path(), policy).expect("reopen");
+    assert!(outbox.is_empty(), "{} entries came back", outbox.len());
 }

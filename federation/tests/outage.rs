@@ -175,9 +175,9 @@ async fn a_peer_down_for_several_retry_periods_gets_everything_once_when_back() 
         )
         .expect("dir");
 
-    let db = sled::Config::new().temporary(true).open().expect("sled");
+    let outbox_dir = tempfile::tempdir().expect("tempdir");
     let outbox = Outbox::open(
-        &db,
+        outbox_dir.path(),
         RetryPolicy {
             base: Duration::from_millis(250),
             max: Duration::from_millis(500),

@@ -411,10 +411,14 @@ pub async fn start(
         max: std::time::Duration::from_secs(config.mesh.retry_max_seconds),
         lifetime: std::time::Duration::from_secs(config.mesh.lifetime_hours * 3600),
     };
-    // The outbox lives in the store's database: the store's group commit makes it durable.
-    let outbox = Outbox::open(queues.db(), policy)
-        .map_err(|e| e.to_string())?
-        .with_durability(Arc::new(queues.clone()));
+    // The outbox has a journal of its own (one write and a shared fdatasync
+    // per entry); entries an older version left in the store's database move there.
+    let outbox = Outbox::open(&config.data_dir().join("mesh-outbox"), policy)
+        .map_err(|e| format!("mesh outbox: {e}"))?;
+    outbox
+        .import_sled(queues.db())
+        .await
+        .map_err(|e| format!("mesh outbox: {e}"))?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     tracker.spawn(outbox.clone().run(node.clone(), tx, token.clone()));
     {

@@ -1,0 +1,955 @@
+//! An append-only journal with group commit: the mesh outbox's storage.
+//!
+//! Why not sled: a durable enqueue into sled costs a tree insert, sled's
+//! flush (its IO buffer written out and `sync_file_range`d, on its own
+//! threads) and then an `fdatasync`; the entry's removal costs another tree
+//! write. The benchmark of issue #7 found this the largest cost of the path
+//! from A's outbox to B's durable acknowledgement. Here an entry costs one
+//! `pwrite` and a share of one `fdatasync`, and its removal one small
+//! `pwrite` that needs no sync of its own.
+//!
+//! # Layout
+//! A directory of segment files `{id:016x}.seg`, written in order. Each
+//! record is
+//!
+//! ```text
+//! magic u32 | crc32 u32 | segment id u64 | kind u8 | key u64 | length u32 | payload
+//! ```
+//!
+//! (little-endian; the CRC covers everything after itself). A `Put` makes
+//! the payload the key's value, a `Remove` (empty payload) deletes the key;
+//! replaying the segments in order gives the live entries, the last record
+//! of a key winning.
+//!
+//! # Durability
+//! [`Journal::put`] and [`Journal::remove`] write the record at once (into
+//! the page cache) and return its log position; [`Journal::sync`] returns
+//! once everything up to a position is on disk. One committer thread
+//! `fdatasync`s for every waiter that arrived before it began. Segments grow
+//! in zero-filled chunks, so that most syncs overwrite allocated blocks and
+//! commit no file metadata; a new segment is synced with its directory
+//! before anything in it counts as durable.
+//!
+//! On open, each segment is read up to its first record that does not check
+//! (magic, CRC, segment id, kind, length). In the last segment that is the
+//! torn tail of a crash: the file is cut there, so that a later record can
+//! never be followed by stale bytes that would parse. In an earlier segment
+//! it is damage, and it is reported.
+//!
+//! # Reclaiming space
+//! A segment whose entries have all been removed or rewritten is deleted
+//! once the records that superseded them are durable, oldest first (a
+//! `Remove` in a newer segment must outlive the `Put` it cancels). When the
+//! oldest segment still holds live entries (mail for a peer that is down)
+//! while the others hold at least as many dead bytes, its live entries are
+//! copied forward and it goes too: the copying never exceeds what it frees.
+//! After a sync fails, the journal refuses every further write (the page
+//! cache can no longer be trusted): the operator restarts the instance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+const MAGIC: u32 = 0xCA11_0B0C;
+const HEADER: usize = 4 + 4 + 8 + 1 + 8 + 4;
+const KIND_PUT: u8 = 1;
+const KIND_REMOVE: u8 = 2;
+/// Segments grow by zero-filled chunks of this size.
+const ZERO_CHUNK: u64 = 1 << 20;
+/// The largest value a record may carry.
+pub const MAX_VALUE: usize = 256 << 20;
+/// Default segment size: a segment is closed once a record would take it
+/// past this (one larger record may still go alone into a segment).
+pub const SEGMENT_SIZE: u64 = 32 << 20;
+
+/// Why the journal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// A file operation failed.
+    #[error("journal {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Another process holds the journal.
+    #[error("journal {0} is in use by another process")]
+    Locked(PathBuf),
+    /// An earlier sync failed: nothing more is written until a restart.
+    #[error("journal failed earlier ({0}): restart the instance")]
+    Failed(String),
+    /// The value is too large for a record.
+    #[error("journal value of {0} bytes exceeds the limit of {MAX_VALUE}")]
+    TooLarge(usize),
+    /// The committer thread is gone.
+    #[error("journal closed")]
+    Closed,
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> JournalError {
+    JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Counters for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    /// `fdatasync` rounds performed.
+    pub commits: AtomicU64,
+    /// Time spent in them, in µs.
+    pub sync_us: AtomicU64,
+    /// Records written.
+    pub records: AtomicU64,
+    /// Entries copied forward out of an old segment.
+    pub relocated: AtomicU64,
+    /// Segments deleted.
+    pub segments_deleted: AtomicU64,
+}
+
+/// A handle on the journal (cheap to clone). The last handle dropped stops
+/// the committer thread after the syncs asked for.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    segment_size: u64,
+    state: Mutex<State>,
+    shared: Arc<Shared>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    _lock: File,
+}
+
+#[derive(Debug)]
+struct State {
+    segments: BTreeMap<u64, Segment>,
+    active: u64,
+    /// Write offset in the active segment.
+    off: u64,
+    /// Bytes of the active segment already allocated (zero-filled).
+    allocated: u64,
+    /// Log position: bytes written since the journal was opened.
+    lsn: u64,
+    index: HashMap<u64, Loc>,
+    compacting: bool,
+}
+
+#[derive(Debug)]
+struct Segment {
+    file: Arc<File>,
+    /// Bytes of records written.
+    size: u64,
+    /// Entries whose current record is here, and their bytes.
+    live: u64,
+    live_bytes: u64,
+    /// Log position of the last record that took an entry away from here:
+    /// the segment may go once that is durable.
+    released_at: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    seg: u64,
+    off: u64,
+    len: u32,
+}
+
+impl Loc {
+    fn bytes(&self) -> u64 {
+        HEADER as u64 + u64::from(self.len)
+    }
+}
+
+/// What the writers and the committer thread share.
+#[derive(Debug)]
+struct Shared {
+    commit: Mutex<Commit>,
+    wake: Condvar,
+    stats: JournalStats,
+}
+
+#[derive(Debug, Default)]
+struct Commit {
+    written: u64,
+    durable: u64,
+    /// Segments written since the last sync.
+    dirty: Vec<(u64, Arc<File>)>,
+    waiters: Vec<(u64, oneshot::Sender<Result<(), String>>)>,
+    failed: Option<String>,
+    stop: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn segment_name(id: u64) -> String {
+    format!("{id:016x}.seg")
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
+}
+
+/// One record read back: its kind, key, payload range and total length.
+struct Parsed {
+    kind: u8,
+    key: u64,
+    payload: std::ops::Range<usize>,
+}
+
+/// Parses the record at the start of `buf`, if it checks.
+fn parse(buf: &[u8], seg: u64) -> Option<Parsed> {
+    let h = buf.get(..HEADER)?;
+    let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    if u32_at(0) != MAGIC || u64_at(8) != seg {
+        return None;
+    }
+    let kind = h[16];
+    let key = u64_at(17);
+    let len = u32_at(25) as usize;
+    if !(kind == KIND_PUT || kind == KIND_REMOVE) || len > MAX_VALUE {
+        return None;
+    }
+    let body = buf.get(8..HEADER + len)?;
+    if crc32fast::hash(body) != u32_at(4) {
+        return None;
+    }
+    Some(Parsed {
+        kind,
+        key,
+        payload: HEADER..HEADER + len,
+    })
+}
+
+fn encode(seg: u64, kind: u8, key: u64, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HEADER + payload.len());
+    b.extend_from_slice(&MAGIC.to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&seg.to_le_bytes());
+    b.push(kind);
+    b.extend_from_slice(&key.to_le_bytes());
+    b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(payload);
+    let crc = crc32fast::hash(&b[8..]);
+    b[4..8].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`, replaying its segments.
+    pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        Self::open_with(dir, SEGMENT_SIZE)
+    }
+
+    /// [`Journal::open`] with another segment size (tests use small ones).
+    pub fn open_with(dir: &Path, segment_size: u64) -> Result<Self, JournalError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::Locked(dir.to_owned()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path, e)),
+        }
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+            let entry = entry.map_err(|e| io_err(dir, e))?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
+                continue;
+            };
+            if let Ok(id) = u64::from_str_radix(stem, 16) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut segments = BTreeMap::new();
+        let mut index: HashMap<u64, Loc> = HashMap::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let path = dir.join(segment_name(id));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?;
+            let data = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+            let mut pos = 0usize;
+            while let Some(p) = parse(&data[pos..], id) {
+                let loc = Loc {
+                    seg: id,
+                    off: pos as u64,
+                    len: p.payload.len() as u32,
+                };
+                if p.kind == KIND_PUT {
+                    index.insert(p.key, loc);
+                } else {
+                    index.remove(&p.key);
+                }
+                pos += p.payload.end;
+            }
+            let last = i + 1 == ids.len();
+            if pos < data.len() {
+                let rest_is_zero = data[pos..].iter().all(|&b| b == 0);
+                if last {
+                    if !rest_is_zero {
+                        tracing::warn!(segment = %path.display(), offset = pos, "journal: cutting a torn tail after a crash");
+                    }
+                    file.set_len(pos as u64).map_err(|e| io_err(&path, e))?;
+                    file.sync_all().map_err(|e| io_err(&path, e))?;
+                } else if !rest_is_zero {
+                    tracing::error!(segment = %path.display(), offset = pos, "journal: damaged record; the rest of this segment is lost");
+                }
+            }
+            segments.insert(
+                id,
+                Segment {
+                    file: Arc::new(file),
+                    size: pos as u64,
+                    live: 0,
+                    live_bytes: 0,
+                    released_at: 0,
+                },
+            );
+        }
+        for loc in index.values() {
+            if let Some(s) = segments.get_mut(&loc.seg) {
+                s.live += 1;
+                s.live_bytes += loc.bytes();
+            }
+        }
+        let (active, off) = match segments.iter().next_back() {
+            Some((&id, s)) => (id, s.size),
+            None => {
+                let path = dir.join(segment_name(1));
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| io_err(&path, e))?;
+                sync_dir(dir)?;
+                segments.insert(
+                    1,
+                    Segment {
+                        file: Arc::new(file),
+                        size: 0,
+                        live: 0,
+                        live_bytes: 0,
+                        released_at: 0,
+                    },
+                );
+                (1, 0)
+            }
+        };
+        let shared = Arc::new(Shared {
+            commit: Mutex::new(Commit::default()),
+            wake: Condvar::new(),
+            stats: JournalStats::default(),
+        });
+        let committer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("outbox-commit".into())
+                .spawn(move || committer(&shared))
+                .map_err(|e| io_err(dir, e))?
+        };
+        let inner = Arc::new(Inner {
+            dir: dir.to_owned(),
+            segment_size: segment_size.max(HEADER as u64 * 2),
+            state: Mutex::new(State {
+                segments,
+                active,
+                off,
+                allocated: off,
+                lsn: 0,
+                index,
+                compacting: false,
+            }),
+            shared,
+            committer: Mutex::new(Some(committer)),
+            _lock: lock_file,
+        });
+        // Segments left dead by the last run go now.
+        inner.delete_dead(&mut lock(&inner.state));
+        Ok(Self { inner })
+    }
+
+    /// Sets `key` to `value`; returns the log position to [`Journal::sync`] on.
+    pub fn put(&self, key: u64, value: &[u8]) -> Result<u64, JournalError> {
+        if value.len() > MAX_VALUE {
+            return Err(JournalError::TooLarge(value.len()));
+        }
+        let mut st = lock(&self.inner.state);
+        self.inner.append(&mut st, KIND_PUT, key, value)
+    }
+
+    /// Removes `key` (nothing is written if it is absent); returns the log
+    /// position to [`Journal::sync`] on.
+    pub fn remove(&self, key: u64) -> Result<u64, JournalError> {
+        let mut st = lock(&self.inner.state);
+        if !st.index.contains_key(&key) {
+            return Ok(st.lsn);
+        }
+        self.inner.append(&mut st, KIND_REMOVE, key, &[])
+    }
+
+    /// Returns once everything written up to `lsn` is durable.
+    pub async fn sync(&self, lsn: u64) -> Result<(), JournalError> {
+        match self.inner.shared.wait_for(lsn) {
+            None => Ok(()),
+            Some(rx) => rx
+                .await
+                .map_err(|_| JournalError::Closed)?
+                .map_err(JournalError::Failed),
+        }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: u64) -> Result<Option<Vec<u8>>, JournalError> {
+        let (loc, file) = {
+            let st = lock(&self.inner.state);
+            let Some(loc) = st.index.get(&key).copied() else {
+                return Ok(None);
+            };
+            let Some(seg) = st.segments.get(&loc.seg) else {
+                return Ok(None);
+            };
+            (loc, seg.file.clone())
+        };
+        // Outside the lock: a segment deleted meanwhile stays readable
+        // through its open file.
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.off + HEADER as u64)
+            .map_err(|e| io_err(&self.inner.dir.join(segment_name(loc.seg)), e))?;
+        Ok(Some(buf))
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self) -> Vec<u64> {
+        let mut k: Vec<u64> = lock(&self.inner.state).index.keys().copied().collect();
+        k.sort_unstable();
+        k
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        lock(&self.inner.state).index.len()
+    }
+
+    /// True when there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Segment files on disk.
+    pub fn segments(&self) -> usize {
+        lock(&self.inner.state).segments.len()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &JournalStats {
+        &self.inner.shared.stats
+    }
+
+    /// The journal's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+impl Inner {
+    /// Writes one record and updates the index.
+    fn append(
+        self: &Arc<Self>,
+        st: &mut State,
+        kind: u8,
+        key: u64,
+        payload: &[u8],
+    ) -> Result<u64, JournalError> {
+        if let Some(f) = &lock(&self.shared.commit).failed {
+            return Err(JournalError::Failed(f.clone()));
+        }
+        let len = (HEADER + payload.len()) as u64;
+        if st.off > 0 && st.off + len > self.segment_size {
+            self.roll(st)?;
+        }
+        let active = st.active;
+        let (file, path) = {
+            let seg = st.segments.get(&active).ok_or(JournalError::Closed)?;
+            (seg.file.clone(), self.dir.join(segment_name(active)))
+        };
+        if st.off + len > st.allocated {
+            // Zero-fill ahead, so that the syncs that follow overwrite
+            // allocated blocks and commit no metadata.
+            let end = (st.off + len).div_ceil(ZERO_CHUNK) * ZERO_CHUNK;
+            let zeros = vec![0u8; (end - st.allocated) as usize];
+            file.write_all_at(&zeros, st.allocated)
+                .map_err(|e| io_err(&path, e))?;
+            st.allocated = end;
+        }
+        let rec = encode(active, kind, key, payload);
+        file.write_all_at(&rec, st.off)
+            .map_err(|e| io_err(&path, e))?;
+        let off = st.off;
+        st.off += len;
+        st.lsn += len;
+        let lsn = st.lsn;
+        let old = if kind == KIND_PUT {
+            st.index.insert(
+                key,
+                Loc {
+                    seg: active,
+                    off,
+                    len: payload.len() as u32,
+                },
+            )
+        } else {
+            st.index.remove(&key)
+        };
+        if let Some(old) = old {
+            if let Some(s) = st.segments.get_mut(&old.seg) {
+                s.live = s.live.saturating_sub(1);
+                s.live_bytes = s.live_bytes.saturating_sub(old.bytes());
+                s.released_at = lsn;
+            }
+        }
+        if let Some(s) = st.segments.get_mut(&active) {
+            s.size = st.off;
+            if kind == KIND_PUT {
+                s.live += 1;
+                s.live_bytes += len;
+            }
+        }
+        self.shared.stats.records.fetch_add(1, Ordering::Relaxed);
+        let mut c = lock(&self.shared.commit);
+        c.written = c.written.max(lsn);
+        if !c.dirty.iter().any(|(id, _)| *id == active) {
+            c.dirty.push((active, file));
+        }
+        Ok(lsn)
+    }
+
+    /// Closes the active segment and starts the next; deletes the dead
+    /// segments and starts copying the oldest live one forward if that pays.
+    fn roll(self: &Arc<Self>, st: &mut State) -> Result<(), JournalError> {
+        let id = st.active + 1;
+        let path = self.dir.join(segment_name(id));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        // The new file must survive a crash before any record in it counts.
+        sync_dir(&self.dir)?;
+        st.segments.insert(
+            id,
+            Segment {
+                file: Arc::new(file),
+                size: 0,
+                live: 0,
+                live_bytes: 0,
+                released_at: 0,
+            },
+        );
+        st.active = id;
+        st.off = 0;
+        st.allocated = 0;
+        self.delete_dead(st);
+        self.maybe_compact(st);
+        Ok(())
+    }
+
+    /// Deletes the oldest segments while they hold no live entry and what
+    /// superseded their entries is durable.
+    fn delete_dead(&self, st: &mut State) {
+        let durable = lock(&self.shared.commit).durable;
+        let mut deleted = false;
+        while let Some((&id, s)) = st.segments.iter().next() {
+            if id == st.active || s.live > 0 || s.released_at > durable {
+                break;
+            }
+            let path = self.dir.join(segment_name(id));
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::error!(segment = %path.display(), error = %e, "journal: could not delete a dead segment");
+                break;
+            }
+            st.segments.remove(&id);
+            self.shared
+                .stats
+                .segments_deleted
+                .fetch_add(1, Ordering::Relaxed);
+            deleted = true;
+        }
+        if deleted {
+            if let Err(e) = sync_dir(&self.dir) {
+                tracing::error!(error = %e, "journal: could not sync its directory");
+            }
+        }
+    }
+
+    /// Copies the oldest segment's live entries forward (on a thread of its
+    /// own) when the other closed segments hold at least as many dead bytes:
+    /// the copy never writes more than it lets go.
+    fn maybe_compact(self: &Arc<Self>, st: &mut State) {
+        if st.compacting {
+            return;
+        }
+        let Some((&oldest, s)) = st.segments.iter().next() else {
+            return;
+        };
+        if oldest == st.active || s.live == 0 {
+            return;
+        }
+        let need = s.live_bytes;
+        let dead: u64 = st
+            .segments
+            .iter()
+            .filter(|(&id, _)| id != st.active)
+            .map(|(_, s)| s.size.saturating_sub(s.live_bytes))
+            .sum();
+        if dead < need {
+            return;
+        }
+        st.compacting = true;
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("outbox-compact".into())
+            .spawn(move || this.relocate(oldest));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "journal: could not start compaction");
+            st.compacting = false;
+        }
+    }
+
+    /// Copies segment `seg`'s live entries to the active segment, waits for
+    /// the copies to be durable and deletes what is dead.
+    fn relocate(self: Arc<Self>, seg: u64) {
+        let keys: Vec<u64> = lock(&self.state)
+            .index
+            .iter()
+            .filter(|(_, l)| l.seg == seg)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut last = 0;
+        let mut moved = 0u64;
+        for key in keys {
+            let mut st = lock(&self.state);
+            let Some(loc) = st.index.get(&key).copied() else {
+                continue;
+            };
+            if loc.seg != seg {
+                continue;
+            }
+            let Some(file) = st.segments.get(&seg).map(|s| s.file.clone()) else {
+                break;
+            };
+            let mut buf = vec![0u8; loc.len as usize];
+            let r = file
+                .read_exact_at(&mut buf, loc.off + HEADER as u64)
+                .map_err(|e| io_err(&self.dir.join(segment_name(seg)), e))
+                .and_then(|()| self.append(&mut st, KIND_PUT, key, &buf));
+            match r {
+                Ok(lsn) => {
+                    last = lsn;
+                    moved += 1;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "journal: compaction stopped");
+                    break;
+                }
+            }
+        }
+        if last > 0 {
+            if let Some(rx) = self.shared.wait_for(last) {
+                if let Ok(Err(e)) | Err(e) = rx.blocking_recv().map_err(|e| e.to_string()) {
+                    tracing::error!(error = %e, "journal: compaction's sync failed");
+                }
+            }
+        }
+        self.shared
+            .stats
+            .relocated
+            .fetch_add(moved, Ordering::Relaxed);
+        let mut st = lock(&self.state);
+        self.delete_dead(&mut st);
+        st.compacting = false;
+        tracing::debug!(segment = seg, moved, "journal: compacted");
+    }
+}
+
+impl Shared {
+    /// None if `lsn` is durable already; else a receiver for the commit
+    /// that covers it.
+    fn wait_for(&self, lsn: u64) -> Option<oneshot::Receiver<Result<(), String>>> {
+        let mut c = lock(&self.commit);
+        // Nothing past what was written can be waited for.
+        let lsn = lsn.min(c.written);
+        if c.durable >= lsn {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Some(f) = &c.failed {
+            let _ = tx.send(Err(f.clone()));
+        } else {
+            c.waiters.push((lsn, tx));
+            self.wake.notify_one();
+        }
+        Some(rx)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        lock(&self.shared.commit).stop = true;
+        self.shared.wake.notify_all();
+        if let Some(h) = lock(&self.committer).take() {
+            if h.thread().id() != std::thread::current().id() && h.join().is_err() {
+                tracing::error!("the outbox journal's commit thread panicked");
+            }
+        }
+    }
+}
+
+/// The committer thread: one `fdatasync` round for every waiter that
+/// arrived before it began.
+fn committer(shared: &Shared) {
+    let mut c = lock(&shared.commit);
+    loop {
+        let pending = c.waiters.iter().any(|(lsn, _)| *lsn > c.durable);
+        if !pending {
+            if c.stop {
+                // A clean stop leaves nothing unsynced (removals included).
+                if c.failed.is_none() {
+                    for (_, f) in c.dirty.drain(..) {
+                        if let Err(e) = f.sync_data() {
+                            tracing::error!(error = %e, "outbox journal: final sync failed");
+                        }
+                    }
+                }
+                break;
+            }
+            c = shared.wake.wait(c).unwrap_or_else(PoisonError::into_inner);
+            continue;
+        }
+        let target = c.written;
+        let files = std::mem::take(&mut c.dirty);
+        drop(c);
+        let t0 = Instant::now();
+        let r = files
+            .iter()
+            .try_for_each(|(_, f)| f.sync_data())
+            .map_err(|e| format!("fdatasync: {e}"));
+        shared
+            .stats
+            .sync_us
+            .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+        shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+        c = lock(&shared.commit);
+        match r {
+            Ok(()) => {
+                c.durable = c.durable.max(target);
+                let durable = c.durable;
+                let (done, wait): (Vec<_>, Vec<_>) =
+                    c.waiters.drain(..).partition(|(lsn, _)| *lsn <= durable);
+                c.waiters = wait;
+                for (_, tx) in done {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "outbox journal: sync failed; refusing further writes");
+                c.failed = Some(e.clone());
+                for (_, tx) in c.waiters.drain(..) {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_record_round_trips_and_damage_is_caught() {
+        let r = encode(7, KIND_PUT, 42, b"hello");
+        let p = parse(&r, 7).expect("parses");
+        assert_eq!(
+            (p.kind, p.key, &r[p.payload]),
+            (KIND_PUT, 42, &b"hello"[..])
+        );
+        assert!(parse(&r, 8).is_none(), "another segment's record");
+        for i in 0..r.len() {
+            let mut bad = r.clone();
+            bad[i] ^= 0x40;
+            assert!(parse(&bad, 7).is_none(), "flipped byte {i} not caught");
+        }
+        assert!(parse(&r[..r.len() - 1], 7).is_none(), "torn record");
+        assert!(parse(&[0u8; 64], 7).is_none(), "zero fill");
+    }
+
+    #[test]
+    fn entries_survive_a_reopen_and_removals_stick() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        rt().block_on(async {
+            let j = Journal::open(dir.path()).expect("open");
+            let mut last = 0;
+            for k in 0..100u64 {
+                last = j.put(k, format!("value {k}").as_bytes()).expect("put");
+            }
+            j.put(5, b"five again").expect("put");
+            j.remove(7).expect("remove");
+            j.sync(last).await.expect("sync");
+            let l = j.remove(8).expect("remove");
+            j.sync(l).await.expect("sync");
+        });
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.len(), 98);
+        assert_eq!(j.get(5).expect("get").as_deref(), Some(&b"five again"[..]));
+        assert_eq!(j.get(7).expect("get"), None);
+        assert_eq!(j.get(99).expect("get").as_deref(), Some(&b"value 99"[..]));
+        assert_eq!(j.keys().first(), Some(&0));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_never_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        rt().block_on(async {
+            let j = Journal::open(dir.path()).expect("open");
+            let l = j.put(1, b"kept").expect("put");
+            j.sync(l).await.expect("sync");
+        });
+        let seg = dir.path().join(segment_name(1));
+        let len = std::fs::metadata(&seg).expect("meta").len();
+        // A record torn by a crash, after the one that was synced.
+        let torn = encode(1, KIND_PUT, 2, &[7u8; 300]);
+        let f = OpenOptions::new().write(true).open(&seg).expect("open");
+        let kept_end = (HEADER + 4) as u64;
+        f.write_all_at(&torn[..100], kept_end).expect("write");
+        drop(f);
+        assert!(len >= kept_end);
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.keys(), vec![1]);
+        assert_eq!(
+            std::fs::metadata(&seg).expect("meta").len(),
+            kept_end,
+            "the torn tail is cut"
+        );
+        rt().block_on(async {
+            let l = j.put(3, b"after").expect("put");
+            j.sync(l).await.expect("sync");
+        });
+        drop(j);
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.keys(), vec![1, 3]);
+    }
+
+    #[test]
+    fn dead_segments_go_and_a_pinned_entry_is_copied_forward() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let value = vec![9u8; 1000];
+        rt().block_on(async {
+            let j = Journal::open_with(dir.path(), 8 * 1024).expect("open");
+            // Key 0 stays (mail for a peer that is down); the rest come and go.
+            let l = j.put(0, b"pinned").expect("put");
+            j.sync(l).await.expect("sync");
+            for k in 1..400u64 {
+                let l = j.put(k, &value).expect("put");
+                j.sync(l).await.expect("sync");
+                j.remove(k).expect("remove");
+            }
+            let l = j.put(400, b"last").expect("put");
+            j.sync(l).await.expect("sync");
+            // Compaction runs on its own thread: wait for it.
+            for _ in 0..200 {
+                if j.stats().relocated.load(Ordering::Relaxed) > 0 && j.segments() <= 3 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert!(
+                j.stats().relocated.load(Ordering::Relaxed) >= 1,
+                "key 0 was copied forward"
+            );
+            assert!(j.segments() <= 3, "{} segments left", j.segments());
+            assert!(j.stats().segments_deleted.load(Ordering::Relaxed) >= 40);
+        });
+        let j = Journal::open_with(dir.path(), 8 * 1024).expect("reopen");
+        assert_eq!(j.keys(), vec![0, 400]);
+        assert_eq!(j.get(0).expect("get").as_deref(), Some(&b"pinned"[..]));
+    }
+
+    #[test]
+    fn a_second_opener_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _j = Journal::open(dir.path()).expect("open");
+        assert!(matches!(
+            Journal::open(dir.path()),
+            Err(JournalError::Locked(_))
+        ));
+    }
+
+    #[test]
+    fn concurrent_writers_all_become_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(dir.path()).expect("open");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for t in 0..16u64 {
+                let j = j.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..50u64 {
+                        let l = j.put(t * 1000 + i, &[1u8; 2048]).expect("put");
+                        j.sync(l).await.expect("sync");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("task");
+            }
+        });
+        assert_eq!(j.len(), 800);
+        drop(j);
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.len(), 800);
+        assert_eq!(j.get(15_049).expect("get"), Some(vec![1u8; 2048]));
+    }
+}
