@@ -25,10 +25,13 @@
 //! [`Journal::put`] and [`Journal::remove`] write the record at once (into
 //! the page cache) and return its log position; [`Journal::sync`] returns
 //! once everything up to a position is on disk. One committer thread
-//! `fdatasync`s for every waiter that arrived before it began. Segments grow
-//! in zero-filled chunks, so that most syncs overwrite allocated blocks and
-//! commit no file metadata; a new segment is synced with its directory
-//! before anything in it counts as durable.
+//! `fdatasync`s for every waiter that arrived before it began. Segments are
+//! zero-filled to their size and synced, with their directory, before the
+//! first record goes in, so that a sync only ever overwrites allocated
+//! blocks and commits no file metadata (which on ext4 would wait for a
+//! journal commit). A background thread prepares the next segment while the
+//! active one fills (1 MiB for the first, four times larger each time up to
+//! [`SEGMENT_SIZE`]), so that a busy instance never waits for that.
 //!
 //! On open, each segment is read up to its first record that does not check
 //! (magic, CRC, segment id, kind, length). In the last segment that is the
@@ -43,15 +46,19 @@
 //! oldest segment still holds live entries (mail for a peer that is down)
 //! while the others hold at least as many dead bytes, its live entries are
 //! copied forward and it goes too: the copying never exceeds what it frees.
-//! After a sync fails, the journal refuses every further write (the page
-//! cache can no longer be trusted): the operator restarts the instance.
+//! A dead segment large enough is recycled as the next one instead of
+//! deleted (its blocks stay allocated; its old records carry another
+//! segment id, and a closed segment ends with an end mark). Preparing,
+//! deleting and copying happen on the same background thread. After a sync
+//! fails, the journal refuses every further write (the page cache can no
+//! longer be trusted): the operator restarts the instance.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
@@ -59,7 +66,9 @@ const MAGIC: u32 = 0xCA11_0B0C;
 const HEADER: usize = 4 + 4 + 8 + 1 + 8 + 4;
 const KIND_PUT: u8 = 1;
 const KIND_REMOVE: u8 = 2;
-/// Segments grow by zero-filled chunks of this size.
+/// Written when a segment is closed: nothing follows in it.
+const KIND_END: u8 = 3;
+/// Zero-filling writes this much at a time; the first segment has this size.
 const ZERO_CHUNK: u64 = 1 << 20;
 /// The largest value a record may carry.
 pub const MAX_VALUE: usize = 256 << 20;
@@ -112,6 +121,8 @@ pub struct JournalStats {
     pub relocated: AtomicU64,
     /// Segments deleted.
     pub segments_deleted: AtomicU64,
+    /// Dead segments reused as the next one.
+    pub recycled: AtomicU64,
 }
 
 /// A handle on the journal (cheap to clone). The last handle dropped stops
@@ -128,7 +139,41 @@ struct Inner {
     state: Mutex<State>,
     shared: Arc<Shared>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    chores: Arc<Chores>,
+    chore_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     _lock: File,
+}
+
+/// Work for the background thread: preparing the next segment, deleting
+/// dead ones and copying a pinned one forward.
+#[derive(Debug, Default)]
+struct Chores {
+    todo: Mutex<ChoreFlags>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ChoreFlags {
+    prepare: bool,
+    reclaim: bool,
+    stop: bool,
+}
+
+impl Chores {
+    fn ask(&self, prepare: bool, reclaim: bool) {
+        let mut t = lock(&self.todo);
+        t.prepare |= prepare;
+        t.reclaim |= reclaim;
+        self.wake.notify_one();
+    }
+}
+
+/// A segment made ready ahead of need: zero-filled and synced.
+#[derive(Debug)]
+struct Prepared {
+    id: u64,
+    file: Arc<File>,
+    capacity: u64,
 }
 
 #[derive(Debug)]
@@ -142,7 +187,10 @@ struct State {
     /// Log position: bytes written since the journal was opened.
     lsn: u64,
     index: HashMap<u64, Loc>,
-    compacting: bool,
+    /// The next segment, once the background thread has prepared it.
+    next: Option<Prepared>,
+    /// The id being prepared.
+    preparing: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -204,40 +252,70 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
         .map_err(|e| io_err(dir, e))
 }
 
-/// One record read back: its kind, key, payload range and total length.
+/// What the bytes at a position in segment `seg` hold.
+enum Read {
+    /// A record of this segment.
+    Record(Parsed),
+    /// A clean end: zero fill, the segment's end mark, or a whole record
+    /// of the segment this file was before it was recycled.
+    End,
+    /// Bytes that do not check: a torn write, or damage.
+    Bad,
+}
+
+/// One record read back: its kind, key and payload range.
 struct Parsed {
     kind: u8,
     key: u64,
     payload: std::ops::Range<usize>,
 }
 
-/// Parses the record at the start of `buf`, if it checks.
-fn parse(buf: &[u8], seg: u64) -> Option<Parsed> {
-    let h = buf.get(..HEADER)?;
+/// Reads what is at the start of `buf` in segment `seg`.
+fn read_at(buf: &[u8], seg: u64) -> Read {
+    let Some(h) = buf.get(..HEADER) else {
+        return if buf.iter().all(|&b| b == 0) {
+            Read::End
+        } else {
+            Read::Bad
+        };
+    };
+    if h.iter().all(|&b| b == 0) {
+        return Read::End;
+    }
     let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
     let u64_at = |i: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&h[i..i + 8]);
         u64::from_le_bytes(b)
     };
-    if u32_at(0) != MAGIC || u64_at(8) != seg {
-        return None;
-    }
     let kind = h[16];
     let key = u64_at(17);
     let len = u32_at(25) as usize;
-    if !(kind == KIND_PUT || kind == KIND_REMOVE) || len > MAX_VALUE {
-        return None;
+    if u32_at(0) != MAGIC || !(KIND_PUT..=KIND_END).contains(&kind) || len > MAX_VALUE {
+        return Read::Bad;
     }
-    let body = buf.get(8..HEADER + len)?;
+    let Some(body) = buf.get(8..HEADER + len) else {
+        return Read::Bad;
+    };
     if crc32fast::hash(body) != u32_at(4) {
-        return None;
+        return Read::Bad;
     }
-    Some(Parsed {
+    if u64_at(8) != seg || kind == KIND_END {
+        return Read::End;
+    }
+    Read::Record(Parsed {
         kind,
         key,
         payload: HEADER..HEADER + len,
     })
+}
+
+/// The record at the start of `buf` in segment `seg`, if there is one.
+fn parse(buf: &[u8], seg: u64) -> Option<Parsed> {
+    match read_at(buf, seg) {
+        Read::Record(p) => Some(p),
+        Read::End | Read::Bad => None,
+    }
 }
 
 fn encode(seg: u64, kind: u8, key: u64, payload: &[u8]) -> Vec<u8> {
@@ -262,6 +340,7 @@ impl Journal {
 
     /// [`Journal::open`] with another segment size (tests use small ones).
     pub fn open_with(dir: &Path, segment_size: u64) -> Result<Self, JournalError> {
+        let segment_size = segment_size.max(HEADER as u64 * 2);
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let lock_path = dir.join("LOCK");
         let lock_file = OpenOptions::new()
@@ -291,6 +370,7 @@ impl Journal {
         ids.sort_unstable();
         let mut segments = BTreeMap::new();
         let mut index: HashMap<u64, Loc> = HashMap::new();
+        let mut last_capacity = 0;
         for (i, &id) in ids.iter().enumerate() {
             let path = dir.join(segment_name(id));
             let file = OpenOptions::new()
@@ -300,7 +380,12 @@ impl Journal {
                 .map_err(|e| io_err(&path, e))?;
             let data = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
             let mut pos = 0usize;
-            while let Some(p) = parse(&data[pos..], id) {
+            let clean = loop {
+                let p = match read_at(&data[pos..], id) {
+                    Read::Record(p) => p,
+                    Read::End => break true,
+                    Read::Bad => break false,
+                };
                 let loc = Loc {
                     seg: id,
                     off: pos as u64,
@@ -312,19 +397,36 @@ impl Journal {
                     index.remove(&p.key);
                 }
                 pos += p.payload.end;
-            }
+            };
             let last = i + 1 == ids.len();
-            if pos < data.len() {
-                let rest_is_zero = data[pos..].iter().all(|&b| b == 0);
-                if last {
-                    if !rest_is_zero {
-                        tracing::warn!(segment = %path.display(), offset = pos, "journal: cutting a torn tail after a crash");
-                    }
-                    file.set_len(pos as u64).map_err(|e| io_err(&path, e))?;
-                    file.sync_all().map_err(|e| io_err(&path, e))?;
-                } else if !rest_is_zero {
-                    tracing::error!(segment = %path.display(), offset = pos, "journal: damaged record; the rest of this segment is lost");
+            // Only prepared, still empty segments may follow the one a crash
+            // interrupted.
+            let tail = || {
+                ids[i + 1..].iter().all(|&later| {
+                    std::fs::read(dir.join(segment_name(later)))
+                        .map(|d| parse(&d, later).is_none())
+                        .unwrap_or(false)
+                })
+            };
+            let mut capacity = data.len() as u64;
+            if last && data[pos..].iter().any(|&b| b != 0) {
+                // Appends go on from here: cut what follows, so that no
+                // record of a crashed run that was never acknowledged can
+                // line up behind a new one and be read back.
+                if !clean {
+                    tracing::warn!(segment = %path.display(), offset = pos, "journal: cutting a torn tail after a crash");
                 }
+                file.set_len(pos as u64).map_err(|e| io_err(&path, e))?;
+                file.sync_all().map_err(|e| io_err(&path, e))?;
+                capacity = pos as u64;
+            } else if !clean && tail() {
+                // Never written again: left as it is.
+                tracing::warn!(segment = %path.display(), offset = pos, "journal: a torn tail after a crash");
+            } else if !clean {
+                tracing::error!(segment = %path.display(), offset = pos, "journal: unreadable record (damage, or a crash before the segment was closed); what follows in this segment is lost");
+            }
+            if last {
+                last_capacity = capacity;
             }
             segments.insert(
                 id,
@@ -343,28 +445,21 @@ impl Journal {
                 s.live_bytes += loc.bytes();
             }
         }
-        let (active, off) = match segments.iter().next_back() {
-            Some((&id, s)) => (id, s.size),
+        let (active, off, allocated) = match segments.iter().next_back() {
+            Some((&id, s)) => (id, s.size, last_capacity.max(s.size)),
             None => {
-                let path = dir.join(segment_name(1));
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(|e| io_err(&path, e))?;
-                sync_dir(dir)?;
+                let p = prepare_segment(dir, 1, ZERO_CHUNK.min(segment_size), false)?;
                 segments.insert(
                     1,
                     Segment {
-                        file: Arc::new(file),
+                        file: p.file,
                         size: 0,
                         live: 0,
                         live_bytes: 0,
                         released_at: 0,
                     },
                 );
-                (1, 0)
+                (1, 0, p.capacity)
             }
         };
         let shared = Arc::new(Shared {
@@ -379,24 +474,36 @@ impl Journal {
                 .spawn(move || committer(&shared))
                 .map_err(|e| io_err(dir, e))?
         };
+        let chores = Arc::new(Chores::default());
         let inner = Arc::new(Inner {
             dir: dir.to_owned(),
-            segment_size: segment_size.max(HEADER as u64 * 2),
+            segment_size,
             state: Mutex::new(State {
                 segments,
                 active,
                 off,
-                allocated: off,
+                allocated,
                 lsn: 0,
                 index,
-                compacting: false,
+                next: None,
+                preparing: None,
             }),
             shared,
             committer: Mutex::new(Some(committer)),
+            chores: chores.clone(),
+            chore_thread: Mutex::new(None),
             _lock: lock_file,
         });
-        // Segments left dead by the last run go now.
-        inner.delete_dead(&mut lock(&inner.state));
+        let weak = Arc::downgrade(&inner);
+        let thread = std::thread::Builder::new()
+            .name("outbox-segments".into())
+            .spawn(move || chore_loop(&weak, &chores))
+            .map_err(|e| io_err(dir, e))?;
+        *lock(&inner.chore_thread) = Some(thread);
+        // Segments left dead by the last run go now; copying, if any, on
+        // the background thread.
+        inner.delete_dead();
+        inner.chores.ask(false, true);
         Ok(Self { inner })
     }
 
@@ -483,10 +590,74 @@ impl Journal {
     }
 }
 
+/// Creates segment `id` zero-filled to `capacity` and syncs it and the
+/// directory. `gently`: a chunk at a time with a pause between, so that the
+/// fill does not hold the disk for the commits meanwhile.
+fn prepare_segment(
+    dir: &Path,
+    id: u64,
+    capacity: u64,
+    gently: bool,
+) -> Result<Prepared, JournalError> {
+    let path = dir.join(segment_name(id));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    let zeros = vec![0u8; ZERO_CHUNK as usize];
+    let mut at = 0;
+    while at < capacity {
+        let n = (capacity - at).min(ZERO_CHUNK) as usize;
+        file.write_all_at(&zeros[..n], at)
+            .map_err(|e| io_err(&path, e))?;
+        at += n as u64;
+        if gently && at < capacity {
+            file.sync_data().map_err(|e| io_err(&path, e))?;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    file.sync_all().map_err(|e| io_err(&path, e))?;
+    sync_dir(dir)?;
+    Ok(Prepared {
+        id,
+        file: Arc::new(file),
+        capacity,
+    })
+}
+
+/// The background thread: prepares segments, deletes dead ones, copies a
+/// pinned one forward. It holds the journal only while it works.
+fn chore_loop(weak: &Weak<Inner>, chores: &Chores) {
+    loop {
+        let (prepare, reclaim) = {
+            let mut t = lock(&chores.todo);
+            while !(t.prepare || t.reclaim || t.stop) {
+                t = chores.wake.wait(t).unwrap_or_else(PoisonError::into_inner);
+            }
+            if t.stop {
+                return;
+            }
+            (
+                std::mem::take(&mut t.prepare),
+                std::mem::take(&mut t.reclaim),
+            )
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        if prepare {
+            inner.prepare_next();
+        }
+        if reclaim {
+            inner.reclaim();
+        }
+    }
+}
+
 impl Inner {
     /// Writes one record and updates the index.
     fn append(
-        self: &Arc<Self>,
+        &self,
         st: &mut State,
         kind: u8,
         key: u64,
@@ -496,7 +667,8 @@ impl Inner {
             return Err(JournalError::Failed(f.clone()));
         }
         let len = (HEADER + payload.len()) as u64;
-        if st.off > 0 && st.off + len > self.segment_size {
+        // Room is kept for the end mark.
+        if st.off > 0 && st.off + len + HEADER as u64 > st.allocated.max(self.first_capacity()) {
             self.roll(st)?;
         }
         let active = st.active;
@@ -505,8 +677,8 @@ impl Inner {
             (seg.file.clone(), self.dir.join(segment_name(active)))
         };
         if st.off + len > st.allocated {
-            // Zero-fill ahead, so that the syncs that follow overwrite
-            // allocated blocks and commit no metadata.
+            // Only a record larger than its segment gets here (or the first
+            // after a torn tail was cut): allocate in place.
             let end = (st.off + len).div_ceil(ZERO_CHUNK) * ZERO_CHUNK;
             let zeros = vec![0u8; (end - st.allocated) as usize];
             file.write_all_at(&zeros, st.allocated)
@@ -546,6 +718,11 @@ impl Inner {
                 s.live_bytes += len;
             }
         }
+        // Half full: have the next one ready in time.
+        if st.off * 2 > st.allocated && st.next.is_none() && st.preparing.is_none() {
+            st.preparing = Some(st.active + 1);
+            self.chores.ask(true, false);
+        }
         self.shared.stats.records.fetch_add(1, Ordering::Relaxed);
         let mut c = lock(&self.shared.commit);
         c.written = c.written.max(lsn);
@@ -555,102 +732,197 @@ impl Inner {
         Ok(lsn)
     }
 
-    /// Closes the active segment and starts the next; deletes the dead
-    /// segments and starts copying the oldest live one forward if that pays.
-    fn roll(self: &Arc<Self>, st: &mut State) -> Result<(), JournalError> {
-        let id = st.active + 1;
-        let path = self.dir.join(segment_name(id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, e))?;
-        // The new file must survive a crash before any record in it counts.
-        sync_dir(&self.dir)?;
+    /// Capacity of the first segment.
+    fn first_capacity(&self) -> u64 {
+        ZERO_CHUNK.min(self.segment_size)
+    }
+
+    /// Capacity of the segment after one of `capacity`.
+    fn grow(&self, capacity: u64) -> u64 {
+        capacity
+            .saturating_mul(4)
+            .min(self.segment_size)
+            .max(self.first_capacity())
+    }
+
+    /// Closes the active segment and starts the next: the prepared one, or
+    /// (if traffic outran the background thread) one made here.
+    fn roll(&self, st: &mut State) -> Result<(), JournalError> {
+        // The end mark: what follows in the file (zeros, or what it held
+        // before it was recycled) is not read. Synced with the segment's
+        // last records; if a crash loses it, opening says so and loses
+        // nothing acknowledged.
+        if let Some(seg) = st.segments.get(&st.active) {
+            let path = self.dir.join(segment_name(st.active));
+            seg.file
+                .write_all_at(&encode(st.active, KIND_END, 0, &[]), st.off)
+                .map_err(|e| io_err(&path, e))?;
+            let file = seg.file.clone();
+            let mut c = lock(&self.shared.commit);
+            if !c.dirty.iter().any(|(id, _)| *id == st.active) {
+                c.dirty.push((st.active, file));
+            }
+        }
+        let next = match st.next.take() {
+            Some(p) if p.id == st.active + 1 => p,
+            _ => {
+                // Past the id being prepared, which is then thrown away.
+                let id = st.active.max(st.preparing.unwrap_or(0)) + 1;
+                prepare_segment(&self.dir, id, self.grow(st.allocated), false)?
+            }
+        };
         st.segments.insert(
-            id,
+            next.id,
             Segment {
-                file: Arc::new(file),
+                file: next.file,
                 size: 0,
                 live: 0,
                 live_bytes: 0,
                 released_at: 0,
             },
         );
-        st.active = id;
+        st.active = next.id;
         st.off = 0;
-        st.allocated = 0;
-        self.delete_dead(st);
-        self.maybe_compact(st);
+        st.allocated = next.capacity;
+        self.chores.ask(false, true);
         Ok(())
     }
 
-    /// Deletes the oldest segments while they hold no live entry and what
-    /// superseded their entries is durable.
-    fn delete_dead(&self, st: &mut State) {
-        let durable = lock(&self.shared.commit).durable;
-        let mut deleted = false;
-        while let Some((&id, s)) = st.segments.iter().next() {
-            if id == st.active || s.live > 0 || s.released_at > durable {
-                break;
+    /// Prepares the next segment (on the background thread).
+    fn prepare_next(&self) {
+        let (id, capacity) = {
+            let mut st = lock(&self.state);
+            let id = st.active + 1;
+            if st.next.is_some() {
+                return;
             }
+            st.preparing = Some(id);
+            (id, self.grow(st.allocated))
+        };
+        let r = prepare_segment(&self.dir, id, capacity, true);
+        let mut st = lock(&self.state);
+        st.preparing = None;
+        match r {
+            Ok(p) if st.active < id => st.next = Some(p),
+            Ok(_) => {
+                // The appenders could not wait and went past it.
+                let path = self.dir.join(segment_name(id));
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::error!(segment = %path.display(), error = %e, "journal: could not delete an unused segment");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "journal: could not prepare the next segment"),
+        }
+    }
+
+    /// Deletes what is dead, then copies the oldest segment forward if that
+    /// pays (on the background thread, and once at open).
+    fn reclaim(&self) {
+        self.delete_dead();
+        if let Some(seg) = self.worth_copying() {
+            self.relocate(seg);
+        }
+    }
+
+    /// Deletes the oldest segments while they hold no live entry and what
+    /// superseded their entries is durable. One of them, if it is large
+    /// enough and no next segment is ready, is recycled instead: renamed to
+    /// be the next segment, its blocks already allocated (what it held
+    /// belongs to another segment id and is never read as this one's).
+    fn delete_dead(&self) {
+        let durable = lock(&self.shared.commit).durable;
+        let mut gone = Vec::new();
+        let mut recycle = None;
+        {
+            let mut st = lock(&self.state);
+            while let Some((&id, s)) = st.segments.iter().next() {
+                if id == st.active || s.live > 0 || s.released_at > durable {
+                    break;
+                }
+                if let Some(s) = st.segments.remove(&id) {
+                    gone.push((id, s.file));
+                }
+            }
+            if st.next.is_none() && st.preparing.is_none() {
+                let want = self.grow(st.allocated);
+                let fits = |f: &File| f.metadata().is_ok_and(|m| m.len() >= want);
+                if let Some(i) = gone.iter().position(|(_, f)| fits(f)) {
+                    let (old, file) = gone.remove(i);
+                    let new = st.active + 1;
+                    st.preparing = Some(new);
+                    recycle = Some((old, file, new));
+                }
+            }
+        }
+        if gone.is_empty() && recycle.is_none() {
+            return;
+        }
+        for (id, _) in gone {
             let path = self.dir.join(segment_name(id));
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::error!(segment = %path.display(), error = %e, "journal: could not delete a dead segment");
-                break;
             }
-            st.segments.remove(&id);
             self.shared
                 .stats
                 .segments_deleted
                 .fetch_add(1, Ordering::Relaxed);
-            deleted = true;
         }
-        if deleted {
-            if let Err(e) = sync_dir(&self.dir) {
-                tracing::error!(error = %e, "journal: could not sync its directory");
+        if let Some((old, file, new)) = recycle {
+            let from = self.dir.join(segment_name(old));
+            let to = self.dir.join(segment_name(new));
+            let renamed = std::fs::rename(&from, &to)
+                .map_err(|e| io_err(&from, e))
+                .and_then(|()| sync_dir(&self.dir))
+                .and_then(|()| file.metadata().map_err(|e| io_err(&to, e)));
+            let mut st = lock(&self.state);
+            st.preparing = None;
+            match renamed {
+                Ok(m) if st.active < new => {
+                    st.next = Some(Prepared {
+                        id: new,
+                        file,
+                        capacity: m.len(),
+                    });
+                    self.shared.stats.recycled.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {
+                    // The appenders went past it meanwhile.
+                    if let Err(e) = std::fs::remove_file(&to) {
+                        tracing::error!(segment = %to.display(), error = %e, "journal: could not delete an unused segment");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "journal: could not recycle a dead segment");
+                    let _ = std::fs::remove_file(&from);
+                }
             }
+        }
+        if let Err(e) = sync_dir(&self.dir) {
+            tracing::error!(error = %e, "journal: could not sync its directory");
         }
     }
 
-    /// Copies the oldest segment's live entries forward (on a thread of its
-    /// own) when the other closed segments hold at least as many dead bytes:
-    /// the copy never writes more than it lets go.
-    fn maybe_compact(self: &Arc<Self>, st: &mut State) {
-        if st.compacting {
-            return;
-        }
-        let Some((&oldest, s)) = st.segments.iter().next() else {
-            return;
-        };
+    /// The oldest segment, if it still holds live entries (mail for a peer
+    /// that is down) while the other closed segments hold at least as many
+    /// dead bytes: copying it never writes more than it lets go.
+    fn worth_copying(&self) -> Option<u64> {
+        let st = lock(&self.state);
+        let (&oldest, s) = st.segments.iter().next()?;
         if oldest == st.active || s.live == 0 {
-            return;
+            return None;
         }
-        let need = s.live_bytes;
         let dead: u64 = st
             .segments
             .iter()
             .filter(|(&id, _)| id != st.active)
             .map(|(_, s)| s.size.saturating_sub(s.live_bytes))
             .sum();
-        if dead < need {
-            return;
-        }
-        st.compacting = true;
-        let this = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("outbox-compact".into())
-            .spawn(move || this.relocate(oldest));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "journal: could not start compaction");
-            st.compacting = false;
-        }
+        (dead >= s.live_bytes).then_some(oldest)
     }
 
     /// Copies segment `seg`'s live entries to the active segment, waits for
     /// the copies to be durable and deletes what is dead.
-    fn relocate(self: Arc<Self>, seg: u64) {
+    fn relocate(&self, seg: u64) {
         let keys: Vec<u64> = lock(&self.state)
             .index
             .iter()
@@ -697,9 +969,7 @@ impl Inner {
             .stats
             .relocated
             .fetch_add(moved, Ordering::Relaxed);
-        let mut st = lock(&self.state);
-        self.delete_dead(&mut st);
-        st.compacting = false;
+        self.delete_dead();
         tracing::debug!(segment = seg, moved, "journal: compacted");
     }
 }
@@ -727,10 +997,20 @@ impl Shared {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        {
+            let mut t = lock(&self.chores.todo);
+            t.stop = true;
+            self.chores.wake.notify_all();
+        }
+        if let Some(h) = lock(&self.chore_thread).take() {
+            if h.thread().id() != std::thread::current().id() && h.join().is_err() {
+                tracing::error!("the outbox journal's segment thread panicked");
+            }
+        }
         lock(&self.shared.commit).stop = true;
         self.shared.wake.notify_all();
         if let Some(h) = lock(&self.committer).take() {
-            if h.thread().id() != std::thread::current().id() && h.join().is_err() {
+            if h.join().is_err() {
                 tracing::error!("the outbox journal's commit thread panicked");
             }
         }
@@ -879,6 +1159,38 @@ mod tests {
     }
 
     #[test]
+    fn a_torn_tail_before_a_prepared_segment_is_left_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        rt().block_on(async {
+            let j = Journal::open(dir.path()).expect("open");
+            let l = j.put(1, b"kept").expect("put");
+            j.sync(l).await.expect("sync");
+        });
+        // The crash tore a record in segment 1 while segment 2 was prepared.
+        let torn = encode(1, KIND_PUT, 2, &[7u8; 300]);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(segment_name(1)))
+            .expect("open");
+        f.write_all_at(&torn[..100], (HEADER + 4) as u64)
+            .expect("write");
+        drop(f);
+        prepare_segment(dir.path(), 2, 4096, false).expect("prepare");
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.keys(), vec![1]);
+        rt().block_on(async {
+            let l = j.put(3, b"after").expect("put");
+            j.sync(l).await.expect("sync");
+        });
+        drop(j);
+        let seg2 = std::fs::read(dir.path().join(segment_name(2))).expect("read");
+        assert!(parse(&seg2, 2).is_some(), "appends went on in segment 2");
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.keys(), vec![1, 3]);
+        assert_eq!(j.get(3).expect("get").as_deref(), Some(&b"after"[..]));
+    }
+
+    #[test]
     fn dead_segments_go_and_a_pinned_entry_is_copied_forward() {
         let dir = tempfile::tempdir().expect("tempdir");
         let value = vec![9u8; 1000];
@@ -906,7 +1218,13 @@ mod tests {
                 "key 0 was copied forward"
             );
             assert!(j.segments() <= 3, "{} segments left", j.segments());
-            assert!(j.stats().segments_deleted.load(Ordering::Relaxed) >= 40);
+            let deleted = j.stats().segments_deleted.load(Ordering::Relaxed);
+            let recycled = j.stats().recycled.load(Ordering::Relaxed);
+            assert!(
+                deleted + recycled >= 40,
+                "{deleted} deleted, {recycled} recycled"
+            );
+            assert!(recycled >= 1, "dead segments are reused");
         });
         let j = Journal::open_with(dir.path(), 8 * 1024).expect("reopen");
         assert_eq!(j.keys(), vec![0, 400]);
