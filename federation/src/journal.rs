@@ -1232,6 +1232,74 @@ mod tests {
     }
 
     #[test]
+    fn damaged_segments_open_without_panic_and_keep_what_precedes_the_damage() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..200 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut file = Vec::new();
+            let mut starts = Vec::new();
+            for k in 0..20u64 {
+                starts.push(file.len());
+                let len = (rand() % 300) as usize;
+                file.extend_from_slice(&encode(1, KIND_PUT, k, &vec![k as u8; len]));
+            }
+            // Damage from some point on: flipped bytes, a cut, or garbage.
+            let at = (rand() as usize) % file.len();
+            match round % 3 {
+                0 => {
+                    for _ in 0..1 + rand() % 8 {
+                        let i = at + (rand() as usize) % (file.len() - at);
+                        file[i] ^= 1 << (rand() % 8);
+                    }
+                }
+                1 => file.truncate(at),
+                _ => {
+                    file.truncate(at);
+                    for _ in 0..rand() % 500 {
+                        file.push(rand() as u8);
+                    }
+                }
+            }
+            std::fs::write(dir.path().join(segment_name(1)), &file).expect("write");
+            let j = Journal::open(dir.path()).expect("a damaged segment still opens");
+            let intact = starts
+                .iter()
+                .zip(starts.iter().skip(1).chain([&usize::MAX]))
+                .take_while(|(_, &end)| end <= at)
+                .count() as u64;
+            let keys = j.keys();
+            assert!(
+                keys.len() as u64 >= intact && keys.iter().all(|&k| k < 20),
+                "round {round}: {keys:?}, {intact} intact"
+            );
+            for k in keys {
+                let v = j.get(k).expect("get").expect("present");
+                assert!(
+                    v.iter().all(|&b| b == k as u8),
+                    "round {round}: key {k} altered"
+                );
+            }
+            for k in 0..intact {
+                assert!(
+                    j.get(k).expect("get").is_some(),
+                    "round {round}: key {k} lost"
+                );
+            }
+            // And the journal goes on.
+            rt().block_on(async {
+                let l = j.put(100, b"after").expect("put");
+                j.sync(l).await.expect("sync");
+            });
+        }
+    }
+
+    #[test]
     fn a_second_opener_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let _j = Journal::open(dir.path()).expect("open");
