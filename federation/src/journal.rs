@@ -68,6 +68,8 @@ const KIND_PUT: u8 = 1;
 const KIND_REMOVE: u8 = 2;
 /// Written when a segment is closed: nothing follows in it.
 const KIND_END: u8 = 3;
+/// Removals wait in memory for the next write up to this many bytes.
+const PENDING_MAX: usize = 64 << 10;
 /// Zero-filling writes this much at a time; the first segment has this size.
 const ZERO_CHUNK: u64 = 1 << 20;
 /// The largest value a record may carry.
@@ -187,6 +189,10 @@ struct State {
     /// Log position: bytes written since the journal was opened.
     lsn: u64,
     index: HashMap<u64, Loc>,
+    /// Records appended to the active segment but not yet written to its
+    /// file (removals, which need no sync of their own, wait here for the
+    /// next write); they start at `off - pending.len()`.
+    pending: Vec<u8>,
     /// The next segment, once the background thread has prepared it.
     next: Option<Prepared>,
     /// The id being prepared.
@@ -485,6 +491,7 @@ impl Journal {
                 allocated,
                 lsn: 0,
                 index,
+                pending: Vec::new(),
                 next: None,
                 preparing: None,
             }),
@@ -528,6 +535,10 @@ impl Journal {
 
     /// Returns once everything written up to `lsn` is durable.
     pub async fn sync(&self, lsn: u64) -> Result<(), JournalError> {
+        if lsn > lock(&self.inner.shared.commit).written {
+            let mut st = lock(&self.inner.state);
+            self.inner.write_pending(&mut st)?;
+        }
         match self.inner.shared.wait_for(lsn) {
             None => Ok(()),
             Some(rx) => rx
@@ -655,7 +666,9 @@ fn chore_loop(weak: &Weak<Inner>, chores: &Chores) {
 }
 
 impl Inner {
-    /// Writes one record and updates the index.
+    /// Appends one record and updates the index. A `Put` is written to the
+    /// file at once (with any removals waiting); a `Remove` waits in memory
+    /// for the next write, a sync, a roll or the close.
     fn append(
         &self,
         st: &mut State,
@@ -672,25 +685,33 @@ impl Inner {
             self.roll(st)?;
         }
         let active = st.active;
-        let (file, path) = {
-            let seg = st.segments.get(&active).ok_or(JournalError::Closed)?;
-            (seg.file.clone(), self.dir.join(segment_name(active)))
-        };
         if st.off + len > st.allocated {
             // Only a record larger than its segment gets here (or the first
             // after a torn tail was cut): allocate in place.
+            self.write_pending(st)?;
+            let seg = st.segments.get(&active).ok_or(JournalError::Closed)?;
             let end = (st.off + len).div_ceil(ZERO_CHUNK) * ZERO_CHUNK;
             let zeros = vec![0u8; (end - st.allocated) as usize];
-            file.write_all_at(&zeros, st.allocated)
-                .map_err(|e| io_err(&path, e))?;
+            seg.file
+                .write_all_at(&zeros, st.allocated)
+                .map_err(|e| io_err(&self.dir.join(segment_name(active)), e))?;
             st.allocated = end;
         }
-        let rec = encode(active, kind, key, payload);
-        file.write_all_at(&rec, st.off)
-            .map_err(|e| io_err(&path, e))?;
+        let mark = st.pending.len();
+        st.pending
+            .extend_from_slice(&encode(active, kind, key, payload));
         let off = st.off;
         st.off += len;
         st.lsn += len;
+        if kind == KIND_PUT || st.pending.len() >= PENDING_MAX {
+            if let Err(e) = self.write_pending(st) {
+                // Nothing of this record happened.
+                st.pending.truncate(mark);
+                st.off -= len;
+                st.lsn -= len;
+                return Err(e);
+            }
+        }
         let lsn = st.lsn;
         let old = if kind == KIND_PUT {
             st.index.insert(
@@ -724,12 +745,31 @@ impl Inner {
             self.chores.ask(true, false);
         }
         self.shared.stats.records.fetch_add(1, Ordering::Relaxed);
+        Ok(lsn)
+    }
+
+    /// Writes the records waiting in memory to the active segment's file.
+    fn write_pending(&self, st: &mut State) -> Result<(), JournalError> {
+        if st.pending.is_empty() {
+            return Ok(());
+        }
+        let active = st.active;
+        let file = st
+            .segments
+            .get(&active)
+            .ok_or(JournalError::Closed)?
+            .file
+            .clone();
+        let at = st.off - st.pending.len() as u64;
+        file.write_all_at(&st.pending, at)
+            .map_err(|e| io_err(&self.dir.join(segment_name(active)), e))?;
+        st.pending.clear();
         let mut c = lock(&self.shared.commit);
-        c.written = c.written.max(lsn);
+        c.written = c.written.max(st.lsn);
         if !c.dirty.iter().any(|(id, _)| *id == active) {
             c.dirty.push((active, file));
         }
-        Ok(lsn)
+        Ok(())
     }
 
     /// Capacity of the first segment.
@@ -752,6 +792,7 @@ impl Inner {
         // before it was recycled) is not read. Synced with the segment's
         // last records; if a crash loses it, opening says so and loses
         // nothing acknowledged.
+        self.write_pending(st)?;
         if let Some(seg) = st.segments.get(&st.active) {
             let path = self.dir.join(segment_name(st.active));
             seg.file
@@ -997,6 +1038,12 @@ impl Shared {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        {
+            let mut st = lock(&self.state);
+            if let Err(e) = self.write_pending(&mut st) {
+                tracing::error!(error = %e, "outbox journal: writing the last removals failed");
+            }
+        }
         {
             let mut t = lock(&self.chores.todo);
             t.stop = true;

@@ -466,10 +466,17 @@ impl Outbox {
             }
             let _ = tokio::time::timeout(Duration::from_millis(100), idle).await;
         }
-        let mut d = self.lock();
-        d.runner = None;
-        d.claimed.clear();
-        d.peers.clear();
+        {
+            let mut d = self.lock();
+            d.runner = None;
+            d.claimed.clear();
+            d.peers.clear();
+        }
+        // The removals still in memory, so that a restart does not send
+        // again what was delivered.
+        if let Err(e) = self.sync_all().await {
+            tracing::error!(error = %e, "outbox: final sync failed");
+        }
     }
 
     /// Makes `peer`'s waiting entries due now (its connection came up).
@@ -496,8 +503,9 @@ impl Outbox {
     }
 
     /// Removes a claimed entry and lets go of it. The removal needs no sync
-    /// of its own: a re-send after a crash is idempotent at the peer, and
-    /// the next sync carries it.
+    /// of its own (it waits in memory for the journal's next write): a
+    /// re-send after a crash is idempotent at the peer, and the next sync,
+    /// or the stop, carries it.
     fn settle(&self, k: u64) -> Result<(), OutboxError> {
         let r = self.journal.remove(k);
         let mut d = self.lock();

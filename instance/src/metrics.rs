@@ -156,6 +156,35 @@ pub fn render(s: &MetricsSources) -> String {
         "Messages waiting for another member.",
         s.outbox.as_ref().map_or(0, |o| o.len() as u64),
     );
+    if let Some(j) = s.outbox.as_ref().map(Outbox::journal) {
+        g(
+            &mut out,
+            "caliopen_mesh_outbox_segments",
+            "Segment files of the mesh outbox's journal on disk.",
+            j.segments() as u64,
+        );
+        let js = j.stats();
+        c(
+            &mut out,
+            "caliopen_mesh_outbox_journal_total",
+            "Mesh outbox journal activity.",
+            &[
+                ("event", "sync", js.commits.load(Ordering::Relaxed)),
+                ("event", "record", js.records.load(Ordering::Relaxed)),
+                ("event", "relocated", js.relocated.load(Ordering::Relaxed)),
+                (
+                    "event",
+                    "segment_deleted",
+                    js.segments_deleted.load(Ordering::Relaxed),
+                ),
+                (
+                    "event",
+                    "segment_recycled",
+                    js.recycled.load(Ordering::Relaxed),
+                ),
+            ],
+        );
+    }
     if let Some(node) = &s.node {
         g(
             &mut out,

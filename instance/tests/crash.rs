@@ -309,6 +309,12 @@ fn crash_run(rounds: usize, kill_beta_every: usize) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The outbox's journal is exported, and holds a few segments at most.
+    let segments = metric(metrics, "caliopen_mesh_outbox_segments").expect("segments gauge");
+    assert!(
+        (1.0..=8.0).contains(&segments),
+        "{segments} journal segments"
+    );
     println!(
         "queues drained {:?} after the clients stopped",
         t0.elapsed()
