@@ -58,6 +58,11 @@ struct Args {
     /// (0: skip).
     #[arg(long, default_value_t = 10_000.0)]
     relay_rate: f64,
+    /// Runs of each targeted relay case (2 KB, 64 or more streams),
+    /// interleaved; the median is reported and every run listed (default 3,
+    /// quick 1).
+    #[arg(long)]
+    relay_repeat: Option<usize>,
     /// Relay cases (comma-separated): node, outbox, smtp (default: all).
     #[arg(long, value_delimiter = ',')]
     relay_cases: Vec<String>,
@@ -164,6 +169,7 @@ fn main() -> Result<()> {
                             sizes: vec![size],
                             rate: (a.relay_rate > 0.0).then_some(a.relay_rate),
                             cases: a.relay_cases.clone(),
+                            repeat: a.relay_repeat.unwrap_or(if q { 1 } else { 3 }),
                         },
                         &mut sub,
                     )

@@ -181,6 +181,27 @@ pub struct RelayParams {
     pub rate: Option<f64>,
     /// Cases to run: node, outbox, smtp (empty: all).
     pub cases: Vec<String>,
+    /// Runs of each targeted case (2 KB, 64 or more streams), interleaved;
+    /// the median run is reported, every run in its note.
+    pub repeat: usize,
+}
+
+/// One measured run of a relay case.
+struct Run {
+    n: usize,
+    el: Duration,
+    lat: Vec<Duration>,
+    note: String,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.n as f64 / self.el.as_secs_f64()
+    }
+
+    fn p99(&mut self) -> f64 {
+        percentile(&mut self.lat, 99.0).map_or(f64::NAN, ms)
+    }
 }
 
 impl RelayParams {
@@ -307,63 +328,68 @@ pub async fn relay(work: &std::path::Path, p: &RelayParams, report: &mut Report)
                     runs.push(("paced", Some(rate)));
                 }
             }
-            for (mode, rate) in runs {
-                let label = |what: &str| match rate {
-                    None => format!("{what}, {kb}, {s} streams"),
-                    Some(r) => format!("{what}, {kb}, paced {r:.0} msg/s over ≤{s} streams"),
-                };
-                // Throughput is the target at saturation; latency at the
-                // target rate (at saturation a closed loop's mean latency is
-                // streams / throughput, by Little's law).
-                let (rate_target, p99_target) = match (targeted, mode) {
-                    (true, "") => (Some(">= 10000"), None),
-                    (true, _) => (None, Some("< 5")),
-                    _ => (None, None),
-                };
-                if p.runs("node") {
-                    let before = store_b.message_count();
-                    let commits0 = commits(&store_b);
-                    let cpu0 = crate::sys::cpu_time();
-                    let (el, mut lat) = drive(n, s, rate, send_node.clone()).await?;
-                    let stored = store_b.message_count() - before;
-                    add_latency_rows(
-                        report,
-                        "mesh-relay",
-                        &label("node→B durable ack"),
-                        n,
-                        el,
-                        &mut lat,
-                        (rate_target, p99_target),
-                        &format!(
+            // Each targeted case runs `repeat` times, the rounds interleaved
+            // so that a slow spell of the machine does not fall on one case.
+            let rounds = if targeted { p.repeat.max(1) } else { 1 };
+            let mut measured: Vec<Measured> = Vec::new();
+            for _ in 0..rounds {
+                for &(mode, rate) in &runs {
+                    let label = |what: &str| match rate {
+                        None => format!("{what}, {kb}, {s} streams"),
+                        Some(r) => format!("{what}, {kb}, paced {r:.0} msg/s over ≤{s} streams"),
+                    };
+                    // Throughput is the target at saturation; latency at the
+                    // target rate (at saturation a closed loop's mean latency
+                    // is streams / throughput, by Little's law).
+                    let targets = match (targeted, mode) {
+                        (true, "") => (Some(">= 10000"), None),
+                        (true, _) => (None, Some("< 5")),
+                        _ => (None, None),
+                    };
+                    if p.runs("node") {
+                        let before = store_b.message_count();
+                        let commits0 = commits(&store_b);
+                        let cpu0 = crate::sys::cpu_time();
+                        let (el, lat) = drive(n, s, rate, send_node.clone()).await?;
+                        let stored = store_b.message_count() - before;
+                        let note = format!(
                             "{stored} stored at B; {}; {}",
                             commit_note(&store_b, commits0, stored, el),
                             cpu_note(cpu0, el)
-                        ),
-                    );
+                        );
+                        keep(
+                            &mut measured,
+                            label("node→B durable ack"),
+                            targets,
+                            rate.is_some(),
+                            Run { n, el, lat, note },
+                        );
+                    }
+                    if p.runs("outbox") {
+                        let before = store_b.message_count();
+                        let commits_a = journal_commits(&outbox);
+                        let commits0 = commits(&store_b);
+                        let cpu0 = crate::sys::cpu_time();
+                        let (el, lat) = drive(n, s, rate, send_outbox.clone()).await?;
+                        let stored = store_b.message_count() - before;
+                        let note = format!(
+                            "{stored} stored at B; from enqueue (A's durable write) to the Delivered event after B's durable ack; {}; {}; {}",
+                            journal_note(&outbox, commits_a, n, el),
+                            commit_note(&store_b, commits0, stored, el),
+                            cpu_note(cpu0, el)
+                        );
+                        keep(
+                            &mut measured,
+                            label("A outbox→B durable ack"),
+                            targets,
+                            rate.is_some(),
+                            Run { n, el, lat, note },
+                        );
+                    }
                 }
-                if p.runs("outbox") {
-                    let before = store_b.message_count();
-                    let commits_a = journal_commits(&outbox);
-                    let commits0 = commits(&store_b);
-                    let cpu0 = crate::sys::cpu_time();
-                    let (el, mut lat) = drive(n, s, rate, send_outbox.clone()).await?;
-                    let stored = store_b.message_count() - before;
-                    let a_note = journal_note(&outbox, commits_a, n, el);
-                    add_latency_rows(
-                    report,
-                    "mesh-relay",
-                    &label("A outbox→B durable ack"),
-                    n,
-                    el,
-                    &mut lat,
-                    (rate_target, p99_target),
-                    &format!(
-                        "{stored} stored at B; from enqueue (A's durable write) to the Delivered event after B's durable ack; {a_note}; {}; {}",
-                        commit_note(&store_b, commits0, stored, el),
-                        cpu_note(cpu0, el)
-                    ),
-                );
-                }
+            }
+            for (case, targets, paced, runs) in measured {
+                add_median_rows(report, &case, targets, paced, runs);
             }
             // The router stops once the last handle on `waiting` is gone.
             drop(send_outbox);
@@ -500,25 +526,100 @@ fn commit_note(store: &Store, before: (u64, u64, u64, u64), stored: usize, el: D
     )
 }
 
-/// A's outbox journal counters: commits, µs in fdatasync.
-fn journal_commits(outbox: &Outbox) -> (u64, u64) {
+/// A's outbox journal counters: commits, µs in fdatasync, segments
+/// prepared, recycled, made on the spot.
+fn journal_commits(outbox: &Outbox) -> [u64; 5] {
     let s = outbox.journal().stats();
-    (
-        s.commits.load(Ordering::Relaxed),
-        s.sync_us.load(Ordering::Relaxed),
-    )
+    [
+        &s.commits,
+        &s.sync_us,
+        &s.prepared,
+        &s.recycled,
+        &s.unprepared_rolls,
+    ]
+    .map(|a| a.load(Ordering::Relaxed))
 }
 
 /// How many syncs A's outbox journal made for `n` messages over `el`.
-fn journal_note(outbox: &Outbox, before: (u64, u64), n: usize, el: Duration) -> String {
+fn journal_note(outbox: &Outbox, before: [u64; 5], n: usize, el: Duration) -> String {
     let now = journal_commits(outbox);
-    let c = now.0.saturating_sub(before.0).max(1);
+    let d = |i: usize| now[i].saturating_sub(before[i]);
+    let c = d(0).max(1);
     format!(
-        "{c} syncs of A's outbox journal ({:.1} msg/sync, one every {:.2} ms, each {:.2} ms in fdatasync)",
+        "{c} syncs of A's outbox journal ({:.1} msg/sync, one every {:.2} ms, each {:.2} ms in fdatasync; new segments: {} zero-filled ahead, {} recycled, {} made on the spot)",
         n as f64 / c as f64,
         el.as_secs_f64() * 1000.0 / c as f64,
-        now.1.saturating_sub(before.1) as f64 / c as f64 / 1000.0,
+        d(1) as f64 / c as f64 / 1000.0,
+        d(2),
+        d(3),
+        d(4),
     )
+}
+
+/// A case's runs: its label, targets (throughput, p99), whether paced.
+type Measured = (
+    String,
+    (Option<&'static str>, Option<&'static str>),
+    bool,
+    Vec<Run>,
+);
+
+/// Files a run under its case (cases in the order first seen).
+fn keep(
+    measured: &mut Vec<Measured>,
+    case: String,
+    targets: (Option<&'static str>, Option<&'static str>),
+    paced: bool,
+    run: Run,
+) {
+    match measured.iter_mut().find(|m| m.0 == case) {
+        Some(m) => m.3.push(run),
+        None => measured.push((case, targets, paced, vec![run])),
+    }
+}
+
+/// Reports the median of a case's runs (by p99 when paced, by throughput
+/// otherwise), and every run's figures in its note.
+fn add_median_rows(
+    report: &mut Report,
+    case: &str,
+    targets: (Option<&str>, Option<&str>),
+    paced: bool,
+    mut runs: Vec<Run>,
+) {
+    let figures: Vec<(f64, f64)> = runs.iter_mut().map(|r| (r.rate(), r.p99())).collect();
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&a, &b| {
+        let key = |i: usize| if paced { figures[i].1 } else { -figures[i].0 };
+        key(a).total_cmp(&key(b))
+    });
+    let Some(&mid) = order.get(order.len() / 2) else {
+        return;
+    };
+    let mut run = runs.swap_remove(mid);
+    let mut note = run.note.clone();
+    if figures.len() > 1 {
+        let list = |f: &dyn Fn(&(f64, f64)) -> String| {
+            figures.iter().map(f).collect::<Vec<_>>().join(" / ")
+        };
+        note = format!(
+            "median of {} interleaved runs by {} (msg/s {}; p99 ms {}); {note}",
+            figures.len(),
+            if paced { "p99" } else { "throughput" },
+            list(&|x| format!("{:.0}", x.0)),
+            list(&|x| format!("{:.1}", x.1)),
+        );
+    }
+    add_latency_rows(
+        report,
+        "mesh-relay",
+        case,
+        run.n,
+        run.el,
+        &mut run.lat,
+        targets,
+        &note,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]

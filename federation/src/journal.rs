@@ -30,7 +30,7 @@
 //! first record goes in, so that a sync only ever overwrites allocated
 //! blocks and commits no file metadata (which on ext4 would wait for a
 //! journal commit). A background thread prepares the next segment while the
-//! active one fills (1 MiB for the first, four times larger each time up to
+//! active one fills (1 MiB for the first, twice as large each time up to
 //! [`SEGMENT_SIZE`]), so that a busy instance never waits for that.
 //!
 //! On open, each segment is read up to its first record that does not check
@@ -70,6 +70,9 @@ const KIND_REMOVE: u8 = 2;
 const KIND_END: u8 = 3;
 /// Removals wait in memory for the next write up to this many bytes.
 const PENDING_MAX: usize = 64 << 10;
+/// The background thread's zero-filling writes (and syncs) this much at a
+/// time.
+const GENTLE_CHUNK: u64 = 128 << 10;
 /// Zero-filling writes this much at a time; the first segment has this size.
 const ZERO_CHUNK: u64 = 1 << 20;
 /// The largest value a record may carry.
@@ -125,13 +128,30 @@ pub struct JournalStats {
     pub segments_deleted: AtomicU64,
     /// Dead segments reused as the next one.
     pub recycled: AtomicU64,
+    /// Segments zero-filled ahead by the background thread.
+    pub prepared: AtomicU64,
+    /// Rolls that found no segment ready and made one on the spot.
+    pub unprepared_rolls: AtomicU64,
 }
 
-/// A handle on the journal (cheap to clone). The last handle dropped stops
-/// the committer thread after the syncs asked for.
+/// A handle on the journal (cheap to clone). The last handle dropped
+/// closes it at once: it writes the removals waiting, stops the background
+/// thread, syncs and stops the committer thread, and lets go of the
+/// directory's lock (so that it can be opened again right after).
 #[derive(Debug, Clone)]
 pub struct Journal {
     inner: Arc<Inner>,
+    _closer: Arc<Closer>,
+}
+
+/// Held only by [`Journal`] handles: the last one closes the journal.
+#[derive(Debug)]
+struct Closer(Arc<Inner>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 #[derive(Debug)]
@@ -454,7 +474,7 @@ impl Journal {
         let (active, off, allocated) = match segments.iter().next_back() {
             Some((&id, s)) => (id, s.size, last_capacity.max(s.size)),
             None => {
-                let p = prepare_segment(dir, 1, ZERO_CHUNK.min(segment_size), false)?;
+                let p = prepare_segment(dir, 1, ZERO_CHUNK.min(segment_size), None)?;
                 segments.insert(
                     1,
                     Segment {
@@ -511,7 +531,10 @@ impl Journal {
         // the background thread.
         inner.delete_dead();
         inner.chores.ask(false, true);
-        Ok(Self { inner })
+        Ok(Self {
+            _closer: Arc::new(Closer(inner.clone())),
+            inner,
+        })
     }
 
     /// Sets `key` to `value`; returns the log position to [`Journal::sync`] on.
@@ -602,13 +625,14 @@ impl Journal {
 }
 
 /// Creates segment `id` zero-filled to `capacity` and syncs it and the
-/// directory. `gently`: a chunk at a time with a pause between, so that the
-/// fill does not hold the disk for the commits meanwhile.
+/// directory. `gently`: 128 KiB at a time, each synced, with a pause
+/// between, so that a commit meanwhile never queues behind more than one
+/// small write (32 MiB take about a third of a second).
 fn prepare_segment(
     dir: &Path,
     id: u64,
     capacity: u64,
-    gently: bool,
+    gently: Option<&Chores>,
 ) -> Result<Prepared, JournalError> {
     let path = dir.join(segment_name(id));
     let file = OpenOptions::new()
@@ -617,16 +641,27 @@ fn prepare_segment(
         .create_new(true)
         .open(&path)
         .map_err(|e| io_err(&path, e))?;
-    let zeros = vec![0u8; ZERO_CHUNK as usize];
+    let chunk = if gently.is_some() {
+        GENTLE_CHUNK
+    } else {
+        ZERO_CHUNK
+    };
+    let zeros = vec![0u8; chunk as usize];
     let mut at = 0;
     while at < capacity {
-        let n = (capacity - at).min(ZERO_CHUNK) as usize;
+        let n = (capacity - at).min(chunk) as usize;
         file.write_all_at(&zeros[..n], at)
             .map_err(|e| io_err(&path, e))?;
         at += n as u64;
-        if gently && at < capacity {
+        if let Some(chores) = gently.filter(|_| at < capacity) {
             file.sync_data().map_err(|e| io_err(&path, e))?;
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            if lock(&chores.todo).stop {
+                // Closing: an unfinished segment is not left behind.
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+                return Err(JournalError::Closed);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
     file.sync_all().map_err(|e| io_err(&path, e))?;
@@ -739,8 +774,8 @@ impl Inner {
                 s.live_bytes += len;
             }
         }
-        // Half full: have the next one ready in time.
-        if st.off * 2 > st.allocated && st.next.is_none() && st.preparing.is_none() {
+        // A quarter full: have the next one ready in time.
+        if st.off * 4 > st.allocated && st.next.is_none() && st.preparing.is_none() {
             st.preparing = Some(st.active + 1);
             self.chores.ask(true, false);
         }
@@ -777,10 +812,12 @@ impl Inner {
         ZERO_CHUNK.min(self.segment_size)
     }
 
-    /// Capacity of the segment after one of `capacity`.
+    /// Capacity of the segment after one of `capacity`: twice as large (so
+    /// that a gentle fill keeps ahead of a quarter-full segment filling at
+    /// up to about 35 MB/s), up to the segment size.
     fn grow(&self, capacity: u64) -> u64 {
         capacity
-            .saturating_mul(4)
+            .saturating_mul(2)
             .min(self.segment_size)
             .max(self.first_capacity())
     }
@@ -808,8 +845,12 @@ impl Inner {
             Some(p) if p.id == st.active + 1 => p,
             _ => {
                 // Past the id being prepared, which is then thrown away.
+                self.shared
+                    .stats
+                    .unprepared_rolls
+                    .fetch_add(1, Ordering::Relaxed);
                 let id = st.active.max(st.preparing.unwrap_or(0)) + 1;
-                prepare_segment(&self.dir, id, self.grow(st.allocated), false)?
+                prepare_segment(&self.dir, id, self.grow(st.allocated), None)?
             }
         };
         st.segments.insert(
@@ -840,11 +881,14 @@ impl Inner {
             st.preparing = Some(id);
             (id, self.grow(st.allocated))
         };
-        let r = prepare_segment(&self.dir, id, capacity, true);
+        let r = prepare_segment(&self.dir, id, capacity, Some(&self.chores));
         let mut st = lock(&self.state);
         st.preparing = None;
         match r {
-            Ok(p) if st.active < id => st.next = Some(p),
+            Ok(p) if st.active < id => {
+                st.next = Some(p);
+                self.shared.stats.prepared.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(_) => {
                 // The appenders could not wait and went past it.
                 let path = self.dir.join(segment_name(id));
@@ -852,6 +896,7 @@ impl Inner {
                     tracing::error!(segment = %path.display(), error = %e, "journal: could not delete an unused segment");
                 }
             }
+            Err(JournalError::Closed) => {}
             Err(e) => tracing::error!(error = %e, "journal: could not prepare the next segment"),
         }
     }
@@ -949,7 +994,9 @@ impl Inner {
     fn worth_copying(&self) -> Option<u64> {
         let st = lock(&self.state);
         let (&oldest, s) = st.segments.iter().next()?;
-        if oldest == st.active || s.live == 0 {
+        // The segment closed last still holds the entries being sent: they
+        // go by themselves. Only a segment a whole segment older is copied.
+        if st.segments.len() < 3 || s.live == 0 {
             return None;
         }
         let dead: u64 = st
@@ -1036,8 +1083,10 @@ impl Shared {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
+impl Inner {
+    /// Writes the removals waiting, stops the background thread (a segment
+    /// being filled is abandoned), then syncs and stops the committer.
+    fn close(&self) {
         {
             let mut st = lock(&self.state);
             if let Err(e) = self.write_pending(&mut st) {
@@ -1061,6 +1110,12 @@ impl Drop for Inner {
                 tracing::error!("the outbox journal's commit thread panicked");
             }
         }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -1222,7 +1277,7 @@ mod tests {
         f.write_all_at(&torn[..100], (HEADER + 4) as u64)
             .expect("write");
         drop(f);
-        prepare_segment(dir.path(), 2, 4096, false).expect("prepare");
+        prepare_segment(dir.path(), 2, 4096, None).expect("prepare");
         let j = Journal::open(dir.path()).expect("reopen");
         assert_eq!(j.keys(), vec![1]);
         rt().block_on(async {
@@ -1380,6 +1435,8 @@ mod tests {
             }
         });
         assert_eq!(j.len(), 800);
+        // Dropping the last handle closes at once, even while the next
+        // segment is being filled: the directory opens again right away.
         drop(j);
         let j = Journal::open(dir.path()).expect("reopen");
         assert_eq!(j.len(), 800);
