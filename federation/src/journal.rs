@@ -79,7 +79,7 @@ const ZERO_CHUNK: u64 = 1 << 20;
 pub const MAX_VALUE: usize = 256 << 20;
 /// Default segment size: a segment is closed once a record would take it
 /// past this (one larger record may still go alone into a segment).
-pub const SEGMENT_SIZE: u64 = 32 << 20;
+pub const SEGMENT_SIZE: u64 = 8 << 20;
 
 /// Why the journal failed.
 #[derive(Debug, thiserror::Error)]
@@ -627,7 +627,7 @@ impl Journal {
 /// Creates segment `id` zero-filled to `capacity` and syncs it and the
 /// directory. `gently`: 128 KiB at a time, each synced, with a pause
 /// between, so that a commit meanwhile never queues behind more than one
-/// small write (32 MiB take about a third of a second).
+/// small write (a segment of 8 MiB takes about a tenth of a second).
 fn prepare_segment(
     dir: &Path,
     id: u64,
