@@ -624,15 +624,26 @@ impl Journal {
     }
 }
 
+/// How the background thread fills a segment, asked before each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// 128 KiB at a time, each synced, with a pause between: a commit
+    /// meanwhile never queues behind more than one small write.
+    Gentle,
+    /// The active segment is half full already: the rest at once.
+    Hurry,
+    /// The journal is closing: give up.
+    Stop,
+}
+
 /// Creates segment `id` zero-filled to `capacity` and syncs it and the
-/// directory. `gently`: 128 KiB at a time, each synced, with a pause
-/// between, so that a commit meanwhile never queues behind more than one
-/// small write (a segment of 8 MiB takes about a tenth of a second).
+/// directory. Without `pace`, at once (an 8 MiB segment takes a few tens of
+/// milliseconds); with it, as it says.
 fn prepare_segment(
     dir: &Path,
     id: u64,
     capacity: u64,
-    gently: Option<&Chores>,
+    pace: Option<&dyn Fn() -> Pace>,
 ) -> Result<Prepared, JournalError> {
     let path = dir.join(segment_name(id));
     let file = OpenOptions::new()
@@ -641,26 +652,27 @@ fn prepare_segment(
         .create_new(true)
         .open(&path)
         .map_err(|e| io_err(&path, e))?;
-    let chunk = if gently.is_some() {
-        GENTLE_CHUNK
-    } else {
-        ZERO_CHUNK
-    };
-    let zeros = vec![0u8; chunk as usize];
+    let zeros = vec![0u8; ZERO_CHUNK as usize];
     let mut at = 0;
     while at < capacity {
-        let n = (capacity - at).min(chunk) as usize;
+        let now = pace.map_or(Pace::Hurry, |p| p());
+        if now == Pace::Stop {
+            // An unfinished segment is not left behind.
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(JournalError::Closed);
+        }
+        let step = if now == Pace::Gentle {
+            GENTLE_CHUNK
+        } else {
+            ZERO_CHUNK
+        };
+        let n = (capacity - at).min(step) as usize;
         file.write_all_at(&zeros[..n], at)
             .map_err(|e| io_err(&path, e))?;
         at += n as u64;
-        if let Some(chores) = gently.filter(|_| at < capacity) {
+        if now == Pace::Gentle && at < capacity {
             file.sync_data().map_err(|e| io_err(&path, e))?;
-            if lock(&chores.todo).stop {
-                // Closing: an unfinished segment is not left behind.
-                drop(file);
-                let _ = std::fs::remove_file(&path);
-                return Err(JournalError::Closed);
-            }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
@@ -881,7 +893,21 @@ impl Inner {
             st.preparing = Some(id);
             (id, self.grow(st.allocated))
         };
-        let r = prepare_segment(&self.dir, id, capacity, Some(&self.chores));
+        let pace = || {
+            if lock(&self.chores.todo).stop {
+                return Pace::Stop;
+            }
+            let st = lock(&self.state);
+            if st.active >= id {
+                // The appenders could not wait and went past it.
+                Pace::Stop
+            } else if st.off * 2 > st.allocated {
+                Pace::Hurry
+            } else {
+                Pace::Gentle
+            }
+        };
+        let r = prepare_segment(&self.dir, id, capacity, Some(&pace));
         let mut st = lock(&self.state);
         st.preparing = None;
         match r {
