@@ -571,6 +571,13 @@ impl Journal {
         }
     }
 
+    /// Returns once everything written so far (removals included) is
+    /// durable.
+    pub async fn sync_all(&self) -> Result<(), JournalError> {
+        let lsn = lock(&self.inner.state).lsn;
+        self.sync(lsn).await
+    }
+
     /// The value of `key`.
     pub fn get(&self, key: u64) -> Result<Option<Vec<u8>>, JournalError> {
         let (loc, file) = {

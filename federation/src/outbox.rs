@@ -242,7 +242,8 @@ impl Outbox {
     pub fn open(dir: &Path, policy: RetryPolicy) -> Result<Self, OutboxError> {
         let journal = Journal::open(dir)?;
         let mut entries = BTreeMap::new();
-        for key in journal.keys() {
+        let keys = journal.keys();
+        for &key in &keys {
             let Some(v) = journal.get(key)? else {
                 continue;
             };
@@ -257,7 +258,7 @@ impl Outbox {
                 }
             }
         }
-        let next = journal.keys().last().map_or(1, |k| k + 1);
+        let next = keys.last().map_or(1, |k| k + 1);
         Ok(Self {
             journal,
             next_seq: Arc::new(AtomicU64::new(next)),
@@ -363,14 +364,6 @@ impl Outbox {
         Ok(())
     }
 
-    /// Makes the journal durable up to now.
-    async fn sync_all(&self) -> Result<(), OutboxError> {
-        // A removal of an absent key writes nothing and returns the
-        // journal's position.
-        let lsn = self.journal.remove(u64::MAX)?;
-        Ok(self.journal.sync(lsn).await?)
-    }
-
     /// Entries waiting.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
@@ -474,7 +467,7 @@ impl Outbox {
         }
         // The removals still in memory, so that a restart does not send
         // again what was delivered.
-        if let Err(e) = self.sync_all().await {
+        if let Err(e) = self.journal.sync_all().await {
             tracing::error!(error = %e, "outbox: final sync failed");
         }
     }
@@ -758,7 +751,7 @@ impl Outbox {
             per_peer.entry(rec.peer.clone()).or_default().push((k, rec));
         }
         if settled {
-            self.sync_all().await?;
+            self.journal.sync_all().await?;
         }
         for (peer, recs) in per_peer {
             self.queue_claimed(&peer, recs);
