@@ -18,6 +18,11 @@ use tonic::{Request, Response, Status};
 
 /// Most recipients of one `Send`.
 const MAX_SEND_RECIPIENTS: usize = 100;
+/// Messages per `ListMessages` page when the client names no limit.
+const LIST_PAGE_DEFAULT: usize = 500;
+/// The most a client may ask for in one page (summaries with their privacy
+/// index stay well under the 4 MiB a gRPC message may take).
+const LIST_PAGE_MAX: usize = 2000;
 /// Largest body of one `Send`.
 const MAX_SEND_BODY: usize = 1024 * 1024;
 /// Failed logins allowed per address before a pause.
@@ -375,13 +380,34 @@ impl Client for ClientService {
         r: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
         let user = self.sessions.check(&r)?;
-        let list = self
+        let q = r.get_ref();
+        let limit = match q.limit {
+            0 => LIST_PAGE_DEFAULT,
+            n if n as usize > LIST_PAGE_MAX => {
+                return Err(Status::invalid_argument(format!(
+                    "limit: at most {LIST_PAGE_MAX} messages per page"
+                )))
+            }
+            n => n as usize,
+        };
+        let after = match q.after.trim() {
+            "" => None,
+            a => Some(u64::from_str_radix(a, 16).map_err(|_| {
+                Status::invalid_argument("after: expected a hexadecimal message id")
+            })?),
+        };
+        let (page, more) = self
             .svc
             .store()
-            .list(&user)
+            .list_page(&user, after, limit)
             .map_err(|e| Status::internal(e.to_string()))?;
+        let next = match page.last() {
+            Some(last) if more => format!("{:x}", last.id),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListMessagesResponse {
-            messages: list.iter().map(|m| summary(&self.svc, m)).collect(),
+            messages: page.iter().map(|m| summary(&self.svc, m)).collect(),
+            next,
         }))
     }
 

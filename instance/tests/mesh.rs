@@ -574,6 +574,56 @@ async fn a_message_from_a_to_b_goes_over_the_mesh() {
     );
     assert_eq!(second["via"], "smtp", "{second}");
     assert_eq!(second["subject"], "after revocation");
+    // bob's mailbox through his client API, a message per page.
+    let (mut bc, bt) = client(&b, "bob@beta.test", "bob password").await;
+    let mut pages = Vec::new();
+    let mut after = String::new();
+    loop {
+        let p = bc
+            .list_messages(bearer(
+                pb::ListMessagesRequest {
+                    limit: 1,
+                    after: after.clone(),
+                },
+                &bt,
+            ))
+            .await
+            .expect("page")
+            .into_inner();
+        pages.push(
+            p.messages
+                .iter()
+                .map(|m| m.subject.clone())
+                .collect::<Vec<_>>(),
+        );
+        if p.next.is_empty() {
+            break;
+        }
+        after = p.next;
+    }
+    assert_eq!(
+        pages,
+        vec![
+            vec!["over the mesh".to_owned()],
+            vec!["after revocation".to_owned()]
+        ]
+    );
+    for bad in [
+        pb::ListMessagesRequest {
+            limit: 2001,
+            after: String::new(),
+        },
+        pb::ListMessagesRequest {
+            limit: 1,
+            after: "not-an-id".into(),
+        },
+    ] {
+        let e = bc
+            .list_messages(bearer(bad, &bt))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    }
 
     a.stop();
     b.stop();

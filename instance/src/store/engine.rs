@@ -63,6 +63,24 @@ pub trait MailStore: Send + Sync + std::fmt::Debug {
     ) -> StoreFuture<'a, ()>;
     /// A mailbox's messages, oldest first.
     fn list(&self, mailbox: &str) -> Result<Vec<MessageMeta>, StoreError>;
+    /// At most `limit` of a mailbox's messages with ids above `after`,
+    /// oldest first, and whether more follow.
+    fn list_page(
+        &self,
+        mailbox: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<MessageMeta>, bool), StoreError> {
+        let mut page: Vec<MessageMeta> = self
+            .list(mailbox)?
+            .into_iter()
+            .filter(|m| after.is_none_or(|a| m.id > a))
+            .take(limit.saturating_add(1))
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        Ok((page, more))
+    }
     /// A message's record.
     fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError>;
     /// A message's bytes, exactly as received.
@@ -129,6 +147,14 @@ impl MailStore for Store {
     }
     fn list(&self, mailbox: &str) -> Result<Vec<MessageMeta>, StoreError> {
         Store::list(self, mailbox)
+    }
+    fn list_page(
+        &self,
+        mailbox: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<MessageMeta>, bool), StoreError> {
+        Store::list_page(self, mailbox, after, limit)
     }
     fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
         Store::meta(self, id)

@@ -641,11 +641,35 @@ impl Store {
 
     /// A mailbox's messages, oldest first.
     pub fn list(&self, mailbox: &str) -> Result<Vec<MessageMeta>, StoreError> {
+        Ok(self.list_page(mailbox, None, usize::MAX)?.0)
+    }
+
+    /// At most `limit` of a mailbox's messages with ids above `after`,
+    /// oldest first (ids grow with time), and whether more follow: a range
+    /// scan of the mailbox index from `after`, not a walk from the start.
+    pub fn list_page(
+        &self,
+        mailbox: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<MessageMeta>, bool), StoreError> {
         let mut prefix = mailbox.as_bytes().to_vec();
         prefix.push(0);
+        let mut start = prefix.clone();
+        if let Some(a) = after {
+            match a.checked_add(1) {
+                Some(next) => start.extend_from_slice(&next.to_be_bytes()),
+                None => return Ok((Vec::new(), false)),
+            }
+        }
+        let mut end = mailbox.as_bytes().to_vec();
+        end.push(1);
         let mut out = Vec::new();
-        for kv in self.mailbox.scan_prefix(&prefix) {
+        for kv in self.mailbox.range(start..end) {
             let (k, _) = kv?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
             let id = &k[prefix.len()..];
             if let Some(v) = self.messages.get(id)? {
                 out.push(
@@ -653,7 +677,7 @@ impl Store {
                 );
             }
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     /// A message's record.
@@ -845,5 +869,83 @@ impl caliopen_federation::Durability for Store {
     fn sync(&self) -> caliopen_federation::BoxFuture<Result<(), String>> {
         let store = self.clone();
         Box::pin(async move { store.flush().await.map_err(|e| e.to_string()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mailbox_is_listed_in_pages_that_follow_each_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let store = Store::open(&dir.path().join("db")).expect("store");
+            let template = MessageMeta {
+                id: 0,
+                mailbox: String::new(),
+                from: "x@ext.test".into(),
+                to: Vec::new(),
+                subject: "page".into(),
+                received_at: 0,
+                via: Via::Smtp,
+                transport: Transport::default(),
+                size: 0,
+            };
+            // bob's 25 messages, with alice's between them.
+            let mut bobs = Vec::new();
+            for i in 0..25 {
+                let raw = format!("Subject: {i}\r\n\r\nhello\r\n");
+                let to = vec![("bob".to_owned(), vec!["bob@alpha.test".to_owned()])];
+                bobs.extend(
+                    store
+                        .deliver_local(&template, &to, raw.as_bytes())
+                        .await
+                        .expect("deliver"),
+                );
+                if i % 8 == 0 {
+                    let to = vec![("alice".to_owned(), vec!["alice@alpha.test".to_owned()])];
+                    store
+                        .deliver_local(&template, &to, raw.as_bytes())
+                        .await
+                        .expect("deliver");
+                }
+            }
+            let mut seen = Vec::new();
+            let mut after = None;
+            let mut pages = Vec::new();
+            loop {
+                let (page, more) = store.list_page("bob", after, 10).expect("page");
+                pages.push((page.len(), more));
+                assert!(page.iter().all(|m| m.mailbox == "bob"));
+                seen.extend(page.iter().map(|m| m.id));
+                match page.last() {
+                    Some(last) if more => after = Some(last.id),
+                    _ => break,
+                }
+            }
+            assert_eq!(pages, vec![(10, true), (10, true), (5, false)]);
+            assert_eq!(seen, bobs, "every message once, oldest first");
+            assert_eq!(store.list("bob").expect("list").len(), 25);
+            let last = *bobs.last().expect("ids");
+            assert_eq!(
+                store.list_page("bob", Some(last), 10).expect("page"),
+                (Vec::new(), false)
+            );
+            assert!(store
+                .list_page("bob", Some(u64::MAX), 10)
+                .expect("page")
+                .0
+                .is_empty());
+            assert!(
+                store.list_page("bob", None, 0).expect("page").1,
+                "more after an empty page"
+            );
+        });
     }
 }
