@@ -848,17 +848,15 @@ impl Inner {
         // before it was recycled) is not read. Synced with the segment's
         // last records; if a crash loses it, opening says so and loses
         // nothing acknowledged.
-        self.write_pending(st)?;
-        if let Some(seg) = st.segments.get(&st.active) {
-            let path = self.dir.join(segment_name(st.active));
-            seg.file
-                .write_all_at(&encode(st.active, KIND_END, 0, &[]), st.off)
-                .map_err(|e| io_err(&path, e))?;
-            let file = seg.file.clone();
-            let mut c = lock(&self.shared.commit);
-            if !c.dirty.iter().any(|(id, _)| *id == st.active) {
-                c.dirty.push((st.active, file));
-            }
+        // It goes out with the removals waiting, through the one write path.
+        let mark = st.pending.len();
+        st.pending
+            .extend_from_slice(&encode(st.active, KIND_END, 0, &[]));
+        st.off += HEADER as u64;
+        if let Err(e) = self.write_pending(st) {
+            st.pending.truncate(mark);
+            st.off -= HEADER as u64;
+            return Err(e);
         }
         let next = match st.next.take() {
             Some(p) if p.id == st.active + 1 => p,
