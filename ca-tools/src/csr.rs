@@ -35,7 +35,7 @@ pub fn parse_csr(input: &[u8]) -> Result<CsrInfo> {
         input.to_vec()
     } else {
         let text = std::str::from_utf8(input).map_err(|_| bad("neither PEM text nor DER"))?;
-        let block = pem::parse(text).map_err(|e| bad(&format!("unreadable PEM ({e})")))?;
+        let block = single_pem_block(text)?;
         match block.tag() {
             "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => block.into_contents(),
             other => {
@@ -108,6 +108,37 @@ pub fn parse_csr(input: &[u8]) -> Result<CsrInfo> {
     })
 }
 
+/// The one PEM block `text` holds, with nothing but whitespace around it.
+///
+/// `pem::parse` alone takes the first block and ignores whatever follows, so
+/// a CSR followed by junk, or by a second CSR, would be read as the first
+/// one: the request is refused instead, so that what is signed is exactly
+/// what was sent (RFC 7468 §2 allows only whitespace outside the
+/// encapsulation boundaries, and §5.1 one structure per label).
+fn single_pem_block(text: &str) -> Result<pem::Pem> {
+    let bad = |m: &str| CaError::BadInput(format!("invalid CSR: {m}"));
+    let t = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    let begins = t.matches("-----BEGIN ").count();
+    if begins > 1 {
+        return Err(bad(&format!(
+            "{begins} PEM blocks; exactly one certificate request is accepted"
+        )));
+    }
+    if begins == 1 && !t.starts_with("-----BEGIN ") {
+        return Err(bad("text before the PEM block"));
+    }
+    let block = pem::parse(t).map_err(|e| bad(&format!("unreadable PEM ({e})")))?;
+    let end = format!("-----END {}-----", block.tag());
+    match t.find(&end) {
+        Some(at) if at + end.len() == t.len() => Ok(block),
+        Some(at) => Err(bad(&format!(
+            "{} trailing bytes after the PEM block",
+            t.len() - at - end.len()
+        ))),
+        None => Err(bad("PEM block without its END line")),
+    }
+}
+
 /// Lowercases and checks a mail domain: LDH labels of 1–63 bytes, at least two
 /// labels, 253 bytes at most, no wildcard, no trailing dot.
 pub fn normalize_domain(d: &str) -> Result<String> {
@@ -162,6 +193,53 @@ mod tests {
         ] {
             let e = parse_csr(input).unwrap_err().to_string();
             assert!(e.starts_with("invalid CSR"), "{e}");
+        }
+    }
+
+    fn csr_pem() -> (String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let req = rcgen::CertificateParams::new(vec!["alpha.test".to_owned()])
+            .expect("params")
+            .serialize_request(&key)
+            .expect("csr");
+        (req.pem().expect("pem"), req.der().to_vec())
+    }
+
+    #[test]
+    fn exactly_one_request_with_only_whitespace_around_it() {
+        let (pem, der) = csr_pem();
+        assert!(parse_csr(pem.as_bytes()).is_ok());
+        assert!(parse_csr(format!("\n \t{pem}\r\n\n").as_bytes()).is_ok());
+        assert!(parse_csr(pem.trim_end().as_bytes()).is_ok());
+        assert!(parse_csr(&der).is_ok());
+        let (other, _) = csr_pem();
+        let cases = [
+            (format!("{pem}junk"), "trailing"),
+            (format!("{pem}\n\x00"), "trailing"),
+            (format!("{pem}{other}"), "2 PEM blocks"),
+            (format!("{pem}\n{pem}"), "2 PEM blocks"),
+            (format!("note: {pem}"), "before the PEM block"),
+            (
+                pem.replace(
+                    "-----END CERTIFICATE REQUEST-----",
+                    "-----END CERTIFICATE REQUEST-----x",
+                ),
+                "trailing",
+            ),
+        ];
+        for (input, needle) in &cases {
+            let e = parse_csr(input.as_bytes()).unwrap_err().to_string();
+            assert!(e.starts_with("invalid CSR: "), "{e}");
+            assert!(e.contains(needle), "{e:?} should mention {needle:?}");
+            assert!(!e.contains('\n'), "one line: {e:?}");
+        }
+        let mut two = der.clone();
+        two.extend_from_slice(&der);
+        let mut junk = der;
+        junk.push(0);
+        for input in [two, junk] {
+            let e = parse_csr(&input).unwrap_err().to_string();
+            assert!(e.contains("trailing bytes"), "{e}");
         }
     }
 }

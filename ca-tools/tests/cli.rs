@@ -270,6 +270,11 @@ fn hostile_inputs_exit_non_zero_with_one_line() {
     ));
     let mut trailing = good_der.clone();
     trailing.extend_from_slice(&[0, 0]);
+    let second =
+        std::fs::read_to_string(a.openssl_csr("second", &["subjectAltName=DNS:second.test"]))
+            .expect("read");
+    let mut trailing_der_junk = good_der.clone();
+    trailing_der_junk.extend_from_slice(&good_der);
     let binary: Vec<u8> = (0..4096u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -292,6 +297,21 @@ fn hostile_inputs_exit_non_zero_with_one_line() {
             "trailing bytes",
             write("trailing.csr", &trailing),
             "trailing",
+        ),
+        (
+            "PEM followed by junk",
+            write("junk.csr", format!("{good_pem}junk\n").as_bytes()),
+            "trailing bytes after the PEM block",
+        ),
+        (
+            "PEM followed by a second CSR",
+            write("two.csr", format!("{good_pem}{second}").as_bytes()),
+            "2 PEM blocks",
+        ),
+        (
+            "DER followed by a second CSR",
+            write("two.der", &trailing_der_junk),
+            "trailing bytes",
         ),
         (
             "bad signature",

@@ -671,3 +671,29 @@ fn a_killed_service_leaves_nothing_that_blocks() {
         .expect("kill");
     assert!(second.wait().expect("wait").success());
 }
+
+/// `Renew` reads exactly one CSR: junk or a second request after it is
+/// refused, not ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_refuses_a_csr_followed_by_anything() {
+    let s = Running::start().await;
+    let m = issue(&s.ca, "alpha", &["alpha.test"]);
+    let key_pem = m.key.serialize_pem();
+    let mut c = s
+        .client(Some((&m.cert_pem, &key_pem)))
+        .await
+        .expect("mTLS connect");
+    let good = csr_for(&KeyPair::generate().expect("key"), &["alpha.test"]);
+    let second = csr_for(&KeyPair::generate().expect("key"), &["alpha.test"]);
+    for (what, csr_pem) in [
+        ("junk", format!("{good}junk")),
+        ("a second CSR", format!("{good}{second}")),
+    ] {
+        let err = c.renew(RenewRequest { csr_pem }).await.expect_err(what);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err}");
+        assert!(err.message().starts_with("invalid CSR: "), "{err}");
+        assert!(!err.message().contains('\n'), "one line: {err}");
+    }
+    assert_eq!(s.ca.list().expect("list").len(), 1, "nothing was issued");
+    s.stop().await;
+}
