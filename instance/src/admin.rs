@@ -120,10 +120,8 @@ impl InstanceAdmin for AdminService {
                 r.localpart
             )));
         }
-        if argon2::PasswordHash::new(&r.password_hash).is_err() {
-            return Err(Status::invalid_argument(
-                "password_hash is not a PHC string",
-            ));
+        if let Err(e) = crate::login::hash_within_bounds(&r.password_hash) {
+            return Err(Status::invalid_argument(format!("password_hash: {e}")));
         }
         self.svc
             .store()

@@ -6,6 +6,7 @@
 //! socket (where `caliopen privacy` reaches it with a token the admin API
 //! issues). Errors are gRPC status codes with a one-line message.
 
+use crate::login::LoginError;
 use crate::privacy::{self, PrivacyIndex};
 use crate::smtp::server::{split_address, MailService};
 use crate::store::{ContactRecord, MessageMeta, SeenLevel, Transport, Via};
@@ -13,7 +14,7 @@ use caliopen_proto::pb::client as pb;
 use caliopen_proto::pb::client::client_server::Client;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 /// Most recipients of one `Send`.
@@ -25,10 +26,6 @@ const LIST_PAGE_DEFAULT: usize = 500;
 const LIST_PAGE_MAX: usize = 2000;
 /// Largest body of one `Send`.
 const MAX_SEND_BODY: usize = 1024 * 1024;
-/// Failed logins allowed per address before a pause.
-const MAX_FAILURES: u32 = 5;
-/// The pause.
-const FAILURE_WINDOW: Duration = Duration::from_secs(300);
 
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
@@ -41,7 +38,6 @@ fn now_unix() -> i64 {
 #[derive(Debug, Default)]
 pub struct Sessions {
     tokens: Mutex<HashMap<[u8; 32], (String, i64)>>,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 fn token_key(token: &str) -> [u8; 32] {
@@ -82,34 +78,6 @@ impl Sessions {
             Some(_) => Err(Status::unauthenticated("token expired: log in again")),
             None => Err(Status::unauthenticated("unknown token: log in again")),
         }
-    }
-
-    fn throttled(&self, address: &str) -> bool {
-        let mut f = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match f.get(address) {
-            Some((n, at)) if at.elapsed() < FAILURE_WINDOW => *n >= MAX_FAILURES,
-            Some(_) => {
-                f.remove(address);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn failed(&self, address: &str) {
-        let mut f = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if f.len() > 100_000 {
-            f.retain(|_, (_, at)| at.elapsed() < FAILURE_WINDOW);
-        }
-        let e = f.entry(address.to_owned()).or_insert((0, Instant::now()));
-        e.0 += 1;
-        e.1 = Instant::now();
     }
 }
 
@@ -349,27 +317,24 @@ impl Client for ClientService {
         &self,
         r: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        let source = r.remote_addr().map(|a| a.ip());
         let r = r.into_inner();
-        let address = r.address.trim().to_ascii_lowercase();
-        if self.sessions.throttled(&address) {
-            return Err(Status::resource_exhausted(
-                "too many failed logins for this address; wait five minutes",
-            ));
-        }
+        let address = match self.svc.login(source, &r.address, &r.password).await {
+            Ok(a) => a,
+            Err(e) => {
+                return Err(match e {
+                    LoginError::Invalid => {
+                        tracing::warn!(source = ?source, "client API login refused");
+                        Status::unauthenticated("wrong address or password")
+                    }
+                    LoginError::Throttled { .. } => Status::resource_exhausted(e.to_string()),
+                    LoginError::Busy => Status::unavailable(e.to_string()),
+                })
+            }
+        };
         let Some(local) = self.svc.local_user(&address) else {
-            self.sessions.failed(&address);
             return Err(Status::unauthenticated("wrong address or password"));
         };
-        if self
-            .svc
-            .check_password(&address, &r.password)
-            .await
-            .is_none()
-        {
-            self.sessions.failed(&address);
-            tracing::warn!(user = %local, "client API login refused");
-            return Err(Status::unauthenticated("wrong address or password"));
-        }
         let (token, expires_at) = self.sessions.issue(&local, self.lifetime)?;
         tracing::info!(user = %local, "client API login");
         Ok(Response::new(pb::LoginResponse { token, expires_at }))
@@ -451,13 +416,29 @@ impl Client for ClientService {
         if r.body.len() > MAX_SEND_BODY {
             return Err(Status::invalid_argument("body: at most 1 MiB"));
         }
+        // RFC 5322 §2.3: no NUL (nor other controls but tab and line breaks) in a body.
+        let bad = |c: char| c.is_control() && !matches!(c, '\t' | '\r' | '\n');
+        if r.body.contains(bad) {
+            return Err(Status::invalid_argument(
+                "body: control characters other than tab and line breaks are not allowed",
+            ));
+        }
+        if r.subject.contains(char::is_control) {
+            return Err(Status::invalid_argument(
+                "subject: control characters are not allowed",
+            ));
+        }
         let from = self.address_of(&user);
+        let mut rnd = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut rnd).map_err(|_| Status::internal("no randomness"))?;
+        let message_id = format!("<{}@{}>", hex::encode(rnd), self.svc.primary_domain());
         let mut builder = lettre::Message::builder()
             .from(
                 from.parse()
                     .map_err(|e| Status::internal(format!("own address: {e}")))?,
             )
-            .subject(r.subject.clone());
+            .subject(r.subject.clone())
+            .message_id(Some(message_id.clone()));
         let mut rcpts = Vec::new();
         for t in &r.to {
             let addr = privacy::public::normalise_address(t)
@@ -471,11 +452,6 @@ impl Client for ClientService {
             .header(lettre::message::header::ContentType::TEXT_PLAIN)
             .body(r.body)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let message_id = msg
-            .headers()
-            .get_raw("Message-ID")
-            .unwrap_or_default()
-            .to_owned();
         let env = crate::smtp::session::Envelope {
             helo: "client-api".into(),
             mail_from: from.clone(),

@@ -54,6 +54,11 @@ pub struct SmtpConfig {
     /// Most simultaneous SMTP connections from one IP address, per listener.
     #[serde(default = "default_max_conn_ip")]
     pub max_connections_per_ip: usize,
+    /// Submission: what to do with a `From:` header that is not the
+    /// authenticated user's address ("enforce": refuse with 550 5.7.1;
+    /// "warn": accept and log).
+    #[serde(default)]
+    pub from_check: FromCheck,
     /// TLS certificate (PEM) for STARTTLS, relative to the data directory.
     #[serde(default = "default_tls_cert")]
     pub tls_cert: PathBuf,
@@ -143,6 +148,7 @@ impl Default for SmtpConfig {
             max_recipients: default_max_rcpt(),
             max_connections: default_max_conn(),
             max_connections_per_ip: default_max_conn_ip(),
+            from_check: FromCheck::default(),
             tls_cert: default_tls_cert(),
             tls_key: default_tls_key(),
             relay: None,
@@ -152,6 +158,44 @@ impl Default for SmtpConfig {
             delivery_port: default_delivery_port(),
             retry_initial_seconds: default_smtp_retry(),
             retry_max_seconds: default_smtp_retry_max(),
+        }
+    }
+}
+
+/// What submission does when a message's `From:` header names an address
+/// that is not the authenticated user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FromCheck {
+    /// Refuse it (`550 5.7.1`).
+    #[default]
+    Enforce,
+    /// Accept it and log a warning.
+    Warn,
+}
+
+/// Password checks, shared by every login (submission, client API).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginSection {
+    /// Password hashes computed at once (0: the number of cores).
+    #[serde(default)]
+    pub max_concurrent_checks: usize,
+    /// Checks waiting for a slot; past it a login is refused for now
+    /// (SMTP 454, gRPC UNAVAILABLE).
+    #[serde(default = "default_login_queue")]
+    pub queue: usize,
+}
+
+fn default_login_queue() -> usize {
+    32
+}
+
+impl Default for LoginSection {
+    fn default() -> Self {
+        Self {
+            max_concurrent_checks: 0,
+            queue: default_login_queue(),
         }
     }
 }
@@ -247,6 +291,28 @@ pub struct ApiSection {
     /// Minutes a login token stays valid.
     #[serde(default = "default_token_minutes")]
     pub token_minutes: u64,
+    /// Most simultaneous connections.
+    #[serde(default = "default_max_conn")]
+    pub max_connections: usize,
+    /// Most simultaneous connections from one IP address.
+    #[serde(default = "default_api_conn_ip")]
+    pub max_connections_per_ip: usize,
+    /// Longest TLS handshake, seconds.
+    #[serde(default = "default_handshake_s")]
+    pub handshake_timeout_seconds: u64,
+    /// A connection with no traffic either way for this long is closed, seconds.
+    #[serde(default = "default_api_idle_s")]
+    pub idle_timeout_seconds: u64,
+}
+
+fn default_api_conn_ip() -> usize {
+    50
+}
+fn default_handshake_s() -> u64 {
+    10
+}
+fn default_api_idle_s() -> u64 {
+    120
 }
 
 fn default_token_minutes() -> u64 {
@@ -258,6 +324,10 @@ impl Default for ApiSection {
         Self {
             listen: None,
             token_minutes: default_token_minutes(),
+            max_connections: default_max_conn(),
+            max_connections_per_ip: default_api_conn_ip(),
+            handshake_timeout_seconds: default_handshake_s(),
+            idle_timeout_seconds: default_api_idle_s(),
         }
     }
 }
@@ -343,6 +413,9 @@ pub struct Config {
     /// Client API.
     #[serde(default)]
     pub api: ApiSection,
+    /// Password checks.
+    #[serde(default)]
+    pub login: LoginSection,
     /// DNS.
     #[serde(default)]
     pub dns: DnsSection,
@@ -369,6 +442,7 @@ impl Config {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 9925))),
             },
             api: ApiSection::default(),
+            login: LoginSection::default(),
             dns: DnsSection::default(),
             association: None,
             source: None,

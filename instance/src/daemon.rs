@@ -134,14 +134,57 @@ pub async fn run(
     on_bound: impl FnOnce(Bound) + Send,
 ) -> Result<(), String> {
     let dir = config.data_dir();
+    // Whatever the daemon writes (database, keys, queue) is its own alone.
+    crate::limits::restrict_umask();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
         .map_err(|e| format!("create {}: {e}", dir.display()))?;
+    match crate::limits::tighten_permissions(&dir) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            data = %dir.display(),
+            changed = n,
+            "files in the data directory were readable by others: made them the owner's only"
+        ),
+        Err(e) => return Err(format!("check permissions under {}: {e}", dir.display())),
+    }
+    let mut config = config;
+    let nofile = crate::limits::raise_nofile();
+    {
+        // MX and submission each take `smtp.max_connections`; the API its own.
+        let (mut mx, mut sub) = (config.smtp.max_connections, config.smtp.max_connections);
+        let mut api = if config.api.listen.is_some() {
+            config.api.max_connections
+        } else {
+            0
+        };
+        if crate::limits::budget(&mut [&mut mx, &mut sub, &mut api], nofile) {
+            tracing::warn!(
+                open_files = nofile,
+                smtp = mx,
+                api,
+                "connection caps lowered to fit the open-file limit (raise it with ulimit -n or LimitNOFILE=)"
+            );
+            config.smtp.max_connections = mx.min(sub);
+            config.api.max_connections = api.max(1);
+        }
+    }
     let store = Store::open(&dir.join("db")).map_err(|e| e.to_string())?;
     let tls = load_tls(&config)?;
-    let svc = MailService::new(store.clone(), config.domains.clone());
+    let workers = match config.login.max_concurrent_checks {
+        0 => crate::login::CredentialsConfig::default().workers,
+        n => n,
+    };
+    let credentials = crate::login::Credentials::new(crate::login::CredentialsConfig {
+        workers,
+        queue: config.login.queue,
+        throttle: crate::login::ThrottleConfig::default(),
+    });
+    let svc = MailService::new(store.clone(), config.domains.clone())
+        .with_credentials(credentials)
+        .with_from_check(config.smtp.from_check);
     let timeout = Duration::from_secs(config.dns.timeout_seconds);
     let resolver = if config.dns.enabled {
         tracing::info!(servers = ?config.dns.servers, "DNS on: DKIM, SPF and DMARC are checked on inbound mail");
@@ -292,21 +335,28 @@ pub async fn run(
                 .await
                 .map_err(|e| format!("api listener {addr}: {e}"))?;
             let a = l.local_addr().map_err(|e| e.to_string())?;
-            let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-            let identity = tonic::transport::Identity::from_pem(
-                read(&config.in_data(&config.smtp.tls_cert))?,
-                read(&config.in_data(&config.smtp.tls_key))?,
-            );
+            let mut api_tls = (*tls).clone();
+            api_tls.alpn_protocols = vec![b"h2".to_vec()];
+            let limits = crate::limits::ConnLimits {
+                max_connections: config.api.max_connections,
+                max_connections_per_ip: config.api.max_connections_per_ip,
+                handshake_timeout: Duration::from_secs(config.api.handshake_timeout_seconds.max(1)),
+                idle_timeout: Duration::from_secs(config.api.idle_timeout_seconds.max(1)),
+            };
             let server = tonic::transport::Server::builder()
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .map_err(|e| format!("api TLS: {e}"))?
                 .timeout(Duration::from_secs(60))
                 .concurrency_limit_per_connection(64)
                 .add_service(ClientServer::new(client))
                 .add_service(crate::api::reflection()?);
             let token = token.clone();
+            let incoming = crate::limits::guarded_tls_incoming(
+                l,
+                Arc::new(api_tls),
+                limits,
+                svc.metrics().api_listener.clone(),
+                token.clone(),
+            );
             tracker.spawn(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
                 if let Err(e) = server
                     .serve_with_incoming_shutdown(incoming, async move { token.cancelled().await })
                     .await

@@ -309,6 +309,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             log: Default::default(),
             metrics: MetricsSection::default(),
             api: Default::default(),
+            login: Default::default(),
             dns: Default::default(),
             association,
             source: None,

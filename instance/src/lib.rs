@@ -15,6 +15,8 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod dsn;
+pub mod limits;
+pub mod login;
 pub mod mesh;
 pub mod metrics;
 pub mod outbound;

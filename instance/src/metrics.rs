@@ -48,6 +48,10 @@ pub struct Metrics {
     pub privacy_asked: AtomicU64,
     /// Public level lookups served from the cache.
     pub privacy_cache_hits: AtomicU64,
+    /// Submissions refused: the From: header was not the user's.
+    pub from_header_refused: AtomicU64,
+    /// The client API listener's refusals.
+    pub api_listener: Arc<crate::limits::ListenerMetrics>,
 }
 
 /// What the metrics page reads besides the counters.
@@ -131,6 +135,47 @@ pub fn render(s: &MetricsSources) -> String {
         "caliopen_smtp_connections_refused_total",
         "SMTP connections refused, by reason.",
         &[("reason", "per_ip_limit", l(&m.smtp_refused_per_ip))],
+    );
+    c(
+        &mut out,
+        "caliopen_submission_refused_total",
+        "Submitted messages refused, by reason.",
+        &[("reason", "from_header", l(&m.from_header_refused))],
+    );
+    let al = &m.api_listener;
+    c(
+        &mut out,
+        "caliopen_api_connections_refused_total",
+        "Client API connections refused or dropped, by reason.",
+        &[
+            ("reason", "limit", l(&al.refused_total)),
+            ("reason", "per_ip_limit", l(&al.refused_per_ip)),
+            ("reason", "handshake", l(&al.handshake_failed)),
+        ],
+    );
+    let lm = s.svc.credentials().metrics();
+    c(
+        &mut out,
+        "caliopen_logins_total",
+        "Login attempts through the credential service, by outcome (every front end).",
+        &[
+            ("outcome", "granted", l(&lm.granted)),
+            ("outcome", "invalid", l(&lm.invalid)),
+            ("outcome", "throttled", l(&lm.throttled)),
+            ("outcome", "busy", l(&lm.busy)),
+        ],
+    );
+    c(
+        &mut out,
+        "caliopen_password_checks_total",
+        "Password hashes computed (real accounts and the dummy of unknown ones).",
+        &[("kind", "argon2", l(&lm.checked))],
+    );
+    g(
+        &mut out,
+        "caliopen_password_checks_waiting",
+        "Logins waiting for a password-check slot.",
+        lm.waiting.load(Ordering::Relaxed) as u64,
     );
     c(
         &mut out,

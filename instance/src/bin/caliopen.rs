@@ -179,6 +179,10 @@ fn init(
     if cfg_path.exists() {
         bail!("{} already exists", cfg_path.display());
     }
+    if data.exists() {
+        // An existing directory others can enter would expose the hashes and keys.
+        caliopen_instance::limits::check_private_dir(data).map_err(anyhow::Error::msg)?;
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -313,6 +317,12 @@ async fn user_add(config: &Path, localpart: &str, password_stdin: bool) -> anyho
         let p = s.trim_end_matches(['\r', '\n']).to_owned();
         if p.len() < 8 {
             bail!("password too short (8 characters at least)");
+        }
+        if p.len() > caliopen_instance::login::MAX_PASSWORD_LEN {
+            bail!(
+                "password too long ({} bytes at most)",
+                caliopen_instance::login::MAX_PASSWORD_LEN
+            );
         }
         (p, false)
     } else {
@@ -655,6 +665,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Databases, keys and configuration this program writes are the owner's alone.
+    caliopen_instance::limits::restrict_umask();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

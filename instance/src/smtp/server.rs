@@ -3,9 +3,10 @@
 //! enforce timeouts and a connection limit, and hand messages to the
 //! [`MailService`].
 
-use super::session::{Envelope, Kind, Output, Policy, RcptVerdict, Session, SessionConfig};
+use super::session::{
+    AuthOutcome, Envelope, Kind, Output, Policy, RcptVerdict, Session, SessionConfig,
+};
 use crate::store::{MailStore, MessageMeta, Transport, Via};
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,7 +72,11 @@ pub struct MailService {
     queue: Arc<std::sync::OnceLock<crate::outbound::SmtpQueue>>,
     auth: Arc<std::sync::OnceLock<crate::auth::SenderAuth>>,
     metrics: Arc<crate::metrics::Metrics>,
+    credentials: crate::login::Credentials,
+    from_check: FromCheck,
 }
+
+pub use crate::config::FromCheck;
 
 /// The decoded Subject header of a message ("" when absent).
 pub fn subject_of(data: &[u8]) -> String {
@@ -105,7 +110,26 @@ impl MailService {
             queue: Arc::new(std::sync::OnceLock::new()),
             auth: Arc::new(std::sync::OnceLock::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            credentials: crate::login::Credentials::new(crate::login::CredentialsConfig::default()),
+            from_check: FromCheck::Enforce,
         }
+    }
+
+    /// Uses `c` for password checks (sizes, throttling; tests inject one).
+    pub fn with_credentials(mut self, c: crate::login::Credentials) -> Self {
+        self.credentials = c;
+        self
+    }
+
+    /// Sets what submission does with a `From:` header that is not the user's.
+    pub fn with_from_check(mut self, f: FromCheck) -> Self {
+        self.from_check = f;
+        self
+    }
+
+    /// The credential service.
+    pub fn credentials(&self) -> &crate::login::Credentials {
+        &self.credentials
     }
 
     /// Sets the resolver and sender checks.
@@ -200,24 +224,23 @@ impl MailService {
         split_address(addr).is_some_and(|(_, d)| self.domains.contains(&d))
     }
 
-    /// Verifies a password (argon2, off the async threads). Returns the user's address.
-    pub async fn check_password(&self, user: &str, password: &str) -> Option<String> {
-        let local = self.local_user(user)?;
-        let rec = self.store.user(&local).ok()??;
-        let pw = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || {
-            use argon2::PasswordVerifier;
-            argon2::PasswordHash::new(&rec.password_hash)
-                .ok()
-                .is_some_and(|h| {
-                    argon2::Argon2::default()
-                        .verify_password(pw.as_bytes(), &h)
-                        .is_ok()
-                })
-        })
-        .await
-        .unwrap_or(false);
-        ok.then(|| user.to_ascii_lowercase())
+    /// Checks a login through the credential service (bounded, throttled;
+    /// see [`crate::login`]). Returns the user's address, lowercased.
+    pub async fn login(
+        &self,
+        source: Option<IpAddr>,
+        address: &str,
+        password: &str,
+    ) -> Result<String, crate::login::LoginError> {
+        let store = self.store.clone();
+        let found = |a: &str| {
+            let local = self.local_user(a)?;
+            let rec = store.user(&local).ok()??;
+            Some((a.to_owned(), rec.password_hash))
+        };
+        self.credentials
+            .check(source, address, password, found)
+            .await
     }
 
     /// Routes an accepted message: local recipients are stored, recipients
@@ -363,7 +386,53 @@ impl Policy for MailService {
     }
 
     fn may_send_as(&self, user: &str, address: &str) -> bool {
-        user.eq_ignore_ascii_case(address)
+        // The user's local part at any of the instance's domains.
+        match (split_address(user), split_address(address)) {
+            (Some((ul, _)), Some((al, ad))) => ul == al && self.domains.contains(&ad),
+            _ => false,
+        }
+    }
+
+    fn header_from_allowed(&self, user: &str, data: &[u8]) -> Result<(), String> {
+        let Some(msg) = crate::privacy::parse_headers_guarded(data) else {
+            return Ok(());
+        };
+        let mut bad = Vec::new();
+        let mut any_header = false;
+        for h in msg.headers() {
+            if !h.name.as_str().eq_ignore_ascii_case("from") {
+                continue;
+            }
+            any_header = true;
+            let addrs: Vec<String> = match h.value.as_address() {
+                Some(a) => a
+                    .iter()
+                    .filter_map(|a| a.address.as_deref().map(str::to_owned))
+                    .collect(),
+                None => Vec::new(),
+            };
+            if addrs.is_empty() {
+                bad.push("(no address)".to_owned());
+            }
+            bad.extend(addrs.into_iter().filter(|a| !self.may_send_as(user, a)));
+        }
+        if !any_header || bad.is_empty() {
+            return Ok(());
+        }
+        let shown = bad.join(", ");
+        match self.from_check {
+            FromCheck::Enforce => {
+                tracing::warn!(user, from = %shown, "submission refused: From: header is not the user's address");
+                self.metrics
+                    .from_header_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(format!("{user} may not send as {shown}"))
+            }
+            FromCheck::Warn => {
+                tracing::warn!(user, from = %shown, "From: header is not the user's address (accepted: [submission] from_check = \"warn\")");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -396,7 +465,7 @@ impl SmtpListener {
     /// Accepts until `token` is cancelled; sessions in progress are tracked by `tracker`.
     pub async fn run(self, svc: MailService, token: CancellationToken, tracker: TaskTracker) {
         let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
-        let per_ip: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+        let per_ip = crate::limits::PerIp::default();
         let cfg = Arc::new(self.cfg);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -410,7 +479,7 @@ impl SmtpListener {
                 },
                 _ = token.cancelled() => break,
             };
-            let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), cfg.max_connections_per_ip) else {
+            let Some(ip_slot) = per_ip.take(peer.ip(), cfg.max_connections_per_ip) else {
                 svc.metrics()
                     .smtp_refused_per_ip
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -441,48 +510,6 @@ impl SmtpListener {
                     tracing::debug!(%peer, error = %e, "SMTP session ended with an error");
                 }
             });
-        }
-    }
-}
-
-/// One connection counted against its address; released on drop.
-struct IpSlot {
-    map: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl IpSlot {
-    fn take(
-        map: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
-        ip: IpAddr,
-        max: usize,
-    ) -> Option<Self> {
-        let mut m = map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = m.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
-            map: map.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut m = self
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
         }
     }
 }
@@ -548,6 +575,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     transport: &mut Transport,
     token: &CancellationToken,
 ) -> std::io::Result<Outcome> {
+    let peer_ip = transport
+        .client
+        .parse::<SocketAddr>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let mut out: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     // A command must arrive whole within `command_timeout` of the previous
@@ -579,17 +610,33 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         svc.check_sender(&env, &mut t).await;
                     }
                     let r = svc.accept(env, t, via).await;
-                    if let Err(e) = &r {
-                        tracing::error!(error = %e, "message not stored");
-                    }
+                    let r = match r {
+                        Ok(ids) => {
+                            // One opaque id for the client; the internal ids go to the log.
+                            let qid = queue_id();
+                            tracing::info!(queue_id = %qid, ids = %ids, client = %transport.client, "message accepted");
+                            Ok(qid)
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, client = %transport.client, "message not stored");
+                            Err(())
+                        }
+                    };
                     session.stored(r);
                 }
                 Output::CheckAuth { user, password } => {
-                    let ok = svc.check_password(&user, &password).await;
-                    if ok.is_none() {
-                        tracing::warn!(client = %transport.client, "SMTP authentication failed");
-                    }
-                    session.auth_checked(ok);
+                    use crate::login::LoginError;
+                    let outcome = match svc.login(Some(peer_ip), &user, &password).await {
+                        Ok(u) => AuthOutcome::Granted(u),
+                        Err(LoginError::Invalid) => {
+                            tracing::warn!(client = %transport.client, "SMTP authentication failed");
+                            AuthOutcome::Invalid
+                        }
+                        Err(e @ (LoginError::Throttled { .. } | LoginError::Busy)) => {
+                            AuthOutcome::TryLater(e.to_string())
+                        }
+                    };
+                    session.auth_checked(outcome);
                 }
             }
         }
@@ -646,11 +693,12 @@ async fn send_replies<S: AsyncWrite + Unpin>(
 
 /// Hashes a password for storage (argon2id, random salt, PHC string).
 pub fn hash_password(password: &str) -> Result<String, String> {
-    use argon2::password_hash::{rand_core::OsRng, SaltString};
-    use argon2::PasswordHasher;
-    let salt = SaltString::generate(&mut OsRng);
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    crate::login::hash_password(password)
+}
+
+/// A fresh opaque queue id (12 random bytes, hex) for a `250` reply.
+fn queue_id() -> String {
+    let mut b = [0u8; 12];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    hex::encode(b)
 }

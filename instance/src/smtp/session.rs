@@ -70,6 +70,20 @@ pub trait Policy {
     fn rcpt(&self, kind: Kind, authenticated: bool, address: &str) -> RcptVerdict;
     /// May the authenticated user send as `address`?
     fn may_send_as(&self, user: &str, address: &str) -> bool;
+    /// May the authenticated user send a message with these headers (its
+    /// `From:` addresses)? `Err` says why not, for a `550 5.7.1` reply.
+    fn header_from_allowed(&self, user: &str, data: &[u8]) -> Result<(), String>;
+}
+
+/// The outcome of a credential check ([`Output::CheckAuth`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Right: the user's address.
+    Granted(String),
+    /// Wrong address or password.
+    Invalid,
+    /// Not checked now (throttled, or every check slot busy): `454`.
+    TryLater(String),
 }
 
 /// What the driver must do next.
@@ -243,7 +257,7 @@ impl Session {
 
     fn step(&mut self, policy: &dyn Policy) {
         match self.state.clone() {
-            State::Data => self.step_data(),
+            State::Data => self.step_data(policy),
             State::AuthPlain | State::AuthLoginUser | State::AuthLoginPass(_) => {
                 self.step_auth_line()
             }
@@ -318,6 +332,7 @@ impl Session {
                 from: smtp_proto::MailFrom {
                     address: from.address.into_owned(),
                     size: from.size,
+                    flags: from.flags,
                     ..Default::default()
                 },
             },
@@ -478,6 +493,9 @@ impl Session {
                     self.error("503 5.5.1 Nested MAIL command");
                 } else if self.cfg.kind == Kind::Submission && self.auth_user.is_none() {
                     self.error("530 5.7.0 Authentication required");
+                } else if from.flags & smtp_proto::MAIL_SMTPUTF8 != 0 {
+                    // Not advertised (RFC 6531 §3.4: only after the EHLO keyword).
+                    self.error("555 5.5.4 SMTPUTF8 is not supported here");
                 } else if from.size > self.cfg.max_message_size {
                     self.error(&format!(
                         "552 5.3.4 Message size exceeds fixed limit of {} bytes",
@@ -563,7 +581,7 @@ impl Session {
         }
     }
 
-    fn step_data(&mut self) {
+    fn step_data(&mut self, policy: &dyn Policy) {
         let mut iter = self.input[self.pos..].iter();
         let before = iter.len();
         let done = self.data.ingest(&mut iter, &mut self.data_buf);
@@ -585,6 +603,19 @@ impl Session {
             )));
             return;
         }
+        if let Some(user) = self
+            .auth_user
+            .clone()
+            .filter(|_| self.cfg.kind == Kind::Submission)
+        {
+            if let Err(why) = policy.header_from_allowed(&user, &self.data_buf) {
+                let why: String = why.chars().filter(|c| !c.is_control()).take(300).collect();
+                self.reset_transaction();
+                self.state = State::Command;
+                self.out.push_back(reply(&format!("550 5.7.1 {why}")));
+                return;
+            }
+        }
         let env = Envelope {
             helo: self.helo.clone().unwrap_or_default(),
             mail_from: self.mail_from.take().unwrap_or_default(),
@@ -596,11 +627,12 @@ impl Session {
         self.out.push_back(Output::Store(env));
     }
 
-    /// Reports the outcome of [`Output::Store`]: a message id, or why it failed.
-    pub fn stored(&mut self, result: Result<String, String>) {
+    /// Reports the outcome of [`Output::Store`]: the queue id, or a failure
+    /// (whose detail went to the log: the client gets fixed text).
+    pub fn stored(&mut self, result: Result<String, ()>) {
         self.out.push_back(match result {
             Ok(id) => reply(&format!("250 2.0.0 Ok: queued as {id}")),
-            Err(e) => reply(&format!("451 4.3.0 Temporary storage failure: {e}")),
+            Err(()) => reply("451 4.3.0 Temporary local problem, try again later"),
         });
         self.reset_transaction();
         self.state = State::Command;
@@ -683,17 +715,22 @@ impl Session {
         }
     }
 
-    /// Reports the outcome of [`Output::CheckAuth`]: the user when the
-    /// credentials are right.
-    pub fn auth_checked(&mut self, user: Option<String>) {
+    /// Reports the outcome of [`Output::CheckAuth`].
+    pub fn auth_checked(&mut self, outcome: AuthOutcome) {
         self.state = State::Command;
-        match user {
-            Some(u) => {
+        match outcome {
+            AuthOutcome::Granted(u) => {
                 self.auth_user = Some(u);
                 self.out
                     .push_back(reply("235 2.7.0 Authentication succeeded"));
             }
-            None => self.error("535 5.7.8 Authentication credentials invalid"),
+            AuthOutcome::Invalid => self.error("535 5.7.8 Authentication credentials invalid"),
+            AuthOutcome::TryLater(why) => {
+                let why: String = why.chars().filter(|c| !c.is_control()).take(200).collect();
+                self.error(&format!(
+                    "454 4.7.0 Temporary authentication failure: {why}"
+                ));
+            }
         }
     }
 
@@ -730,6 +767,15 @@ pub fn drive_for_fuzzing(kind: Kind, chunks: &[&[u8]]) -> Vec<u8> {
         fn may_send_as(&self, user: &str, address: &str) -> bool {
             user.eq_ignore_ascii_case(address)
         }
+        fn header_from_allowed(&self, user: &str, data: &[u8]) -> Result<(), String> {
+            // A plain scan (the real policy parses the header): a From line
+            // naming someone else is refused.
+            let text = String::from_utf8_lossy(data).to_ascii_lowercase();
+            match text.lines().find(|l| l.starts_with("from:")) {
+                Some(l) if !l.contains(&user.to_ascii_lowercase()) => Err("not yours".into()),
+                _ => Ok(()),
+            }
+        }
     }
     let mut s = Session::new(SessionConfig {
         hostname: "mx.alpha.test".into(),
@@ -752,9 +798,15 @@ pub fn drive_for_fuzzing(kind: Kind, chunks: &[&[u8]]) -> Vec<u8> {
                     stored += 1;
                     s.stored(Ok(stored.to_string()));
                 }
-                Output::CheckAuth { user, password } => s.auth_checked(
-                    (user == "alice@alpha.test" && password == "secret").then_some(user),
-                ),
+                Output::CheckAuth { user, password } => {
+                    s.auth_checked(if user == "alice@alpha.test" && password == "secret" {
+                        AuthOutcome::Granted(user)
+                    } else if password == "later" {
+                        AuthOutcome::TryLater("busy".into())
+                    } else {
+                        AuthOutcome::Invalid
+                    })
+                }
                 Output::StartTls => {
                     *tls = true;
                     return;

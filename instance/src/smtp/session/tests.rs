@@ -14,6 +14,15 @@ impl Policy for TestPolicy {
     fn may_send_as(&self, user: &str, address: &str) -> bool {
         user.eq_ignore_ascii_case(address)
     }
+    fn header_from_allowed(&self, user: &str, data: &[u8]) -> Result<(), String> {
+        let text = String::from_utf8_lossy(data).to_ascii_lowercase();
+        match text.lines().find(|l| l.starts_with("from:")) {
+            Some(l) if !l.contains(&user.to_ascii_lowercase()) => {
+                Err(format!("{user} may not send as {}", l[5..].trim()))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn cfg(kind: Kind, tls: bool) -> SessionConfig {
@@ -41,9 +50,15 @@ fn drive(mut s: Session, chunks: &[&[u8]]) -> (String, Vec<Envelope>) {
                     stored.push(e);
                     s.stored(Ok(format!("{}", stored.len())));
                 }
-                Output::CheckAuth { user, password } => s.auth_checked(
-                    (user == "alice@alpha.test" && password == "secret").then_some(user),
-                ),
+                Output::CheckAuth { user, password } => {
+                    s.auth_checked(if user == "alice@alpha.test" && password == "secret" {
+                        AuthOutcome::Granted(user)
+                    } else if password == "later" {
+                        AuthOutcome::TryLater("too many failed logins; retry in 4 s".into())
+                    } else {
+                        AuthOutcome::Invalid
+                    })
+                }
                 Output::StartTls => s.tls_started(),
                 Output::Close => {}
             }
@@ -214,4 +229,57 @@ fn base64_decodes() {
     assert_eq!(b64_decode("aGVsbG8=").unwrap(), b"hello");
     assert_eq!(b64_decode("AGFsaWNlAHB3").unwrap(), b"\0alice\0pw");
     assert!(b64_decode("!!").is_none());
+}
+
+#[test]
+fn a_forged_from_header_is_refused_on_submission() {
+    let login = b"EHLO c\r\nAUTH PLAIN AGFsaWNlQGFscGhhLnRlc3QAc2VjcmV0\r\nMAIL FROM:<alice@alpha.test>\r\nRCPT TO:<bob@alpha.test>\r\nDATA\r\n";
+    let forged = [
+        &login[..],
+        b"From: Bob <bob@alpha.test>\r\nSubject: x\r\n\r\nhi\r\n.\r\n",
+    ]
+    .concat();
+    let (t, stored) = drive(Session::new(cfg(Kind::Submission, true)), &[&forged]);
+    assert!(stored.is_empty(), "{t}");
+    assert!(
+        t.contains("550 5.7.1 alice@alpha.test may not send as bob <bob@alpha.test>"),
+        "{t}"
+    );
+    let own = [
+        &login[..],
+        b"From: Alice <alice@alpha.test>\r\n\r\nhi\r\n.\r\n",
+    ]
+    .concat();
+    let (t, stored) = drive(Session::new(cfg(Kind::Submission, true)), &[&own]);
+    assert_eq!(stored.len(), 1, "{t}");
+    // The MX does not judge From: headers (that is DMARC's job).
+    let mx = b"EHLO c\r\nMAIL FROM:<x@else.test>\r\nRCPT TO:<bob@alpha.test>\r\nDATA\r\nFrom: alice@alpha.test\r\n\r\nhi\r\n.\r\n";
+    let (_, stored) = drive(Session::new(cfg(Kind::Mx, false)), &[mx]);
+    assert_eq!(stored.len(), 1);
+}
+
+#[test]
+fn smtputf8_is_refused_since_it_is_not_offered() {
+    let (t, _) = drive(
+        Session::new(cfg(Kind::Mx, false)),
+        &[b"EHLO c\r\nMAIL FROM:<x@else.test> SMTPUTF8\r\nMAIL FROM:<x@else.test>\r\n"],
+    );
+    assert!(!t.contains("SMTPUTF8\r\n250"), "{t}");
+    assert_eq!(codes(&t)[2..], ["555", "250"], "{t}");
+}
+
+#[test]
+fn a_check_not_made_now_is_a_temporary_failure() {
+    // AUTH PLAIN alice@alpha.test / later
+    let (t, _) = drive(
+        Session::new(cfg(Kind::Submission, true)),
+        &[b"EHLO c\r\nAUTH PLAIN AGFsaWNlQGFscGhhLnRlc3QAbGF0ZXI=\r\nAUTH PLAIN AGFsaWNlQGFscGhhLnRlc3QAc2VjcmV0\r\n"],
+    );
+    assert!(
+        t.contains(
+            "454 4.7.0 Temporary authentication failure: too many failed logins; retry in 4 s\r\n"
+        ),
+        "{t}"
+    );
+    assert!(t.contains("235 2.7.0"), "{t}");
 }
