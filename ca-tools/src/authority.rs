@@ -5,7 +5,7 @@ use crate::csr::{normalize_domain, parse_csr};
 use crate::error::{CaError, Result};
 use crate::keyfile::{read_private, write_file_atomic, write_private_new};
 use crate::member_cert::{assemble_certificate, tbs_certificate, MemberCertSpec};
-use crate::store::{CertRecord, Revocation, Status, Store};
+use crate::store::{CertRecord, Revocation, Status, Store, Supersession};
 use caliopen_charter::Charter;
 use caliopen_proto::directory::{DIRECTORY_ALGORITHM, DIRECTORY_PURPOSE};
 use caliopen_proto::label::{Label, LABEL_VERSION};
@@ -18,11 +18,12 @@ use rcgen::{
 };
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use time::{Duration, OffsetDateTime};
 use tokio::sync::watch;
@@ -55,7 +56,19 @@ pub struct Settings {
     pub default_days: u32,
     /// Longest member certificate lifetime in days.
     pub max_days: u32,
+    /// How long a member's previous certificate stays listed in the directory
+    /// once a newer one is issued, so that peers that cached the directory or
+    /// the member still using it keep working meanwhile. Every certificate of
+    /// the member older than that previous one leaves the directory at once.
+    pub superseded_overlap: Duration,
 }
+
+/// Most certificates the directory lists for one member: its current one and
+/// the previous one during [`Settings::superseded_overlap`].
+pub const MAX_LISTED_PER_MEMBER: usize = 2;
+
+/// `next_prune` when no listed certificate is due to leave the directory.
+const NO_PRUNE: i64 = i64::MAX;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -64,6 +77,7 @@ impl Default for Settings {
             directory_validity: Duration::days(7),
             default_days: 30,
             max_days: 397,
+            superseded_overlap: Duration::minutes(10),
         }
     }
 }
@@ -153,6 +167,9 @@ pub struct Authority {
     settings: Settings,
     write_lock: Mutex<()>,
     published: watch::Sender<Published>,
+    /// When the next superseded certificate listed in the current directory
+    /// reaches the end of its overlap (Unix seconds; [`NO_PRUNE`]: none).
+    next_prune: AtomicI64,
 }
 
 impl std::fmt::Debug for Authority {
@@ -408,6 +425,7 @@ impl Authority {
             settings,
             write_lock: Mutex::new(()),
             published,
+            next_prune: AtomicI64::new(NO_PRUNE),
         };
         ca.load_published()?;
         Ok(ca)
@@ -421,10 +439,43 @@ impl Authority {
             self.issue_crl_locked()?;
         }
         if self.store.current_directory()?.is_none() {
-            self.issue_directory_locked()?;
+            self.issue_directory_locked(now())?;
         }
+        // Which superseded certificates the stored directory still lists, and
+        // so when it must be reissued without them (also when their overlap
+        // ended while no service ran: the first refresh prunes them).
+        let listed: HashSet<String> = self
+            .store
+            .current_directory()?
+            .and_then(|b| SignedDirectory::decode(b.as_slice()).ok())
+            .and_then(|s| Directory::decode(s.directory.as_slice()).ok())
+            .map(|d| {
+                d.members
+                    .iter()
+                    .flat_map(|m| m.cert_sha256.iter().map(hex::encode))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let certs = self.store.all_certs()?;
+        self.set_next_prune(certs.iter().filter(|r| listed.contains(&r.sha256)));
         self.store.flush()?;
         self.republish()
+    }
+
+    fn set_next_prune<'a>(&self, listed: impl Iterator<Item = &'a CertRecord>) {
+        let at = listed
+            .filter(|r| r.revoked.is_none())
+            .filter_map(|r| r.superseded.as_ref().map(|s| s.listed_until))
+            .min()
+            .unwrap_or(NO_PRUNE);
+        self.next_prune.store(at, Ordering::Relaxed);
+    }
+
+    /// When a superseded certificate listed in the current directory reaches
+    /// the end of its overlap (Unix seconds): [`Authority::refresh_if_due`]
+    /// then issues a directory without it.
+    pub fn next_prune_at(&self) -> Option<i64> {
+        Some(self.next_prune.load(Ordering::Relaxed)).filter(|t| *t != NO_PRUNE)
     }
 
     fn republish(&self) -> Result<()> {
@@ -560,8 +611,19 @@ impl Authority {
         let csr = parse_csr(&req.csr)?;
         let _g = self.lock();
         let t = at;
+        let mut keep: Option<CertRecord> = None;
         for rec in self.store.all_certs()? {
-            if rec.status(t.unix_timestamp()) != Status::Active || rec.member_id == req.member_id {
+            if rec.status(t.unix_timestamp()) != Status::Active {
+                continue;
+            }
+            if rec.member_id == req.member_id {
+                // The member's newest listed certificate gets the overlap.
+                if keep
+                    .as_ref()
+                    .is_none_or(|k| (rec.not_before, &rec.serial) > (k.not_before, &k.serial))
+                {
+                    keep = Some(rec);
+                }
                 continue;
             }
             if let Some(d) = csr.dns_names.iter().find(|d| rec.domains.contains(d)) {
@@ -589,7 +651,8 @@ impl Authority {
             "domains": record.domains, "charter_version": record.charter_version,
             "not_after": record.not_after, "sha256": record.sha256,
         }))?;
-        self.issue_directory_locked()?;
+        self.supersede_locked(&record, keep.map(|k| k.serial).as_deref(), at)?;
+        self.issue_directory_locked(now())?;
         self.store.flush()?;
         self.republish()?;
         Ok(Issued { record })
@@ -633,21 +696,77 @@ impl Authority {
             sha256: sha256_hex(&der),
             renewed_from,
             revoked: None,
+            superseded: None,
             certificate_pem,
         };
         self.store.put_cert(&serial, &record)?;
         Ok(record)
     }
 
-    /// Renews the member whose current certificate is `client_cert_der`
-    /// (already authenticated by TLS), from a fresh CSR for the same domains.
-    pub fn renew(&self, client_cert_der: &[u8], csr_pem: &[u8]) -> Result<Issued> {
+    /// Marks every earlier unrevoked certificate of `new`'s member as
+    /// superseded by it. `keep` (the certificate the member renewed with, or
+    /// its newest listed one) stays listed for the overlap; the others leave
+    /// the directory now. Deadlines only ever move earlier, so the directory
+    /// never lists more than [`MAX_LISTED_PER_MEMBER`] certificates of a
+    /// member and a pruned one never returns.
+    fn supersede_locked(
+        &self,
+        new: &CertRecord,
+        keep: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<()> {
+        let t = at.unix_timestamp();
+        let overlap_end = (at + self.settings.superseded_overlap).unix_timestamp();
+        for mut rec in self.store.all_certs()? {
+            if rec.member_id != new.member_id || rec.serial == new.serial || rec.revoked.is_some() {
+                continue;
+            }
+            let until = if keep == Some(rec.serial.as_str()) {
+                overlap_end
+            } else {
+                t
+            };
+            let changed = match &mut rec.superseded {
+                Some(s) if s.listed_until <= until => false,
+                Some(s) => {
+                    s.listed_until = until;
+                    true
+                }
+                None => {
+                    rec.superseded = Some(Supersession {
+                        at: t,
+                        by: new.serial.clone(),
+                        listed_until: until,
+                    });
+                    true
+                }
+            };
+            if !changed {
+                continue;
+            }
+            let serial = hex::decode(&rec.serial)
+                .map_err(|_| CaError::State(format!("corrupt serial {}", rec.serial)))?;
+            self.store.put_cert(&serial, &rec)?;
+            self.audit(&serde_json::json!({
+                "event": "supersede", "serial": rec.serial, "by": new.serial,
+                "member_id": rec.member_id, "listed_until": until,
+            }))?;
+        }
+        Ok(())
+    }
+
+    /// The record of `client_cert_der` when this association issued it (serial
+    /// and SHA-256 match) and it is listed now: not revoked, within its
+    /// validity, not superseded past its overlap. This is how the service
+    /// recognises a member on a TLS connection (rustls only checked the chain).
+    pub fn identify(&self, client_cert_der: &[u8]) -> Result<CertRecord> {
+        self.identify_at(client_cert_der, now().unix_timestamp())
+    }
+
+    fn identify_at(&self, client_cert_der: &[u8], t: i64) -> Result<CertRecord> {
         let (_, cert) = X509Certificate::from_der(client_cert_der)
             .map_err(|e| CaError::BadInput(format!("client certificate unreadable: {e}")))?;
-        let serial = cert.raw_serial();
-        let csr = parse_csr(csr_pem)?;
-        let _g = self.lock();
-        let old = self.store.get_cert(serial)?.ok_or_else(|| {
+        let old = self.store.get_cert(cert.raw_serial())?.ok_or_else(|| {
             CaError::Refused("client certificate was not issued by this association".into())
         })?;
         if old.sha256 != sha256_hex(client_cert_der) {
@@ -655,21 +774,48 @@ impl Authority {
                 "client certificate does not match the issued one".into(),
             ));
         }
-        match old.status(now().unix_timestamp()) {
-            Status::Active => {}
-            Status::Revoked => {
-                return Err(CaError::Refused(format!(
-                    "certificate {} is revoked: renewal refused",
-                    old.serial
-                )))
-            }
-            Status::Expired | Status::Pending => {
-                return Err(CaError::Refused(format!(
-                    "certificate {} is not valid now: renewal refused",
-                    old.serial
-                )))
+        match old.status(t) {
+            Status::Active => Ok(old),
+            Status::Revoked => Err(CaError::Refused(format!(
+                "certificate {} is revoked: renewal refused",
+                old.serial
+            ))),
+            Status::Expired | Status::Pending => Err(CaError::Refused(format!(
+                "certificate {} is not valid now: renewal refused",
+                old.serial
+            ))),
+            Status::Superseded => {
+                Err(CaError::Refused(format!(
+                "certificate {} was superseded by {}: renewal refused (renew with the current one)",
+                old.serial,
+                old.superseded.as_ref().map(|s| s.by.as_str()).unwrap_or("?")
+            )))
             }
         }
+    }
+
+    /// Renews the member whose current certificate is `client_cert_der`
+    /// (already authenticated by TLS), from a fresh CSR for the same domains.
+    /// The new certificate supersedes the member's earlier ones: the one
+    /// presented stays listed for [`Settings::superseded_overlap`], any other
+    /// leaves the directory at once.
+    pub fn renew(&self, client_cert_der: &[u8], csr_pem: &[u8]) -> Result<Issued> {
+        self.renew_at(client_cert_der, csr_pem, now())
+    }
+
+    /// [`Authority::renew`] with an explicit clock: validity, standing and the
+    /// overlap are reckoned from `at`, and the directory is issued at `at`.
+    pub fn renew_at(
+        &self,
+        client_cert_der: &[u8],
+        csr_pem: &[u8],
+        at: OffsetDateTime,
+    ) -> Result<Issued> {
+        // Cheap checks first, so that a refused caller costs no CSR verification.
+        self.identify_at(client_cert_der, at.unix_timestamp())?;
+        let csr = parse_csr(csr_pem)?;
+        let _g = self.lock();
+        let old = self.identify_at(client_cert_der, at.unix_timestamp())?;
         let mut want = csr.dns_names.clone();
         want.sort();
         let mut have = old.domains.clone();
@@ -702,13 +848,14 @@ impl Authority {
             old.endpoints.clone(),
             days,
             Some(old.serial.clone()),
-            now(),
+            at,
         )?;
         self.audit(&serde_json::json!({
             "event": "renew", "serial": record.serial, "renewed_from": old.serial,
             "member_id": record.member_id, "not_after": record.not_after, "sha256": record.sha256,
         }))?;
-        self.issue_directory_locked()?;
+        self.supersede_locked(&record, Some(&old.serial), at)?;
+        self.issue_directory_locked(at)?;
         self.store.flush()?;
         self.republish()?;
         Ok(Issued { record })
@@ -768,7 +915,7 @@ impl Authority {
         }
         if !out.newly_revoked.is_empty() {
             self.issue_crl_locked()?;
-            self.issue_directory_locked()?;
+            self.issue_directory_locked(now())?;
             self.store.flush()?;
             self.republish()?;
         }
@@ -821,16 +968,22 @@ impl Authority {
 
     /// Issues a new signed directory (serial + 1) and makes it current.
     pub fn issue_directory(&self) -> Result<(u64, Vec<u8>)> {
+        self.issue_directory_at(now())
+    }
+
+    fn issue_directory_at(&self, t: OffsetDateTime) -> Result<(u64, Vec<u8>)> {
         let _g = self.lock();
-        let r = self.issue_directory_locked()?;
+        let r = self.issue_directory_locked(t)?;
         self.store.flush()?;
         self.republish()?;
         Ok(r)
     }
 
-    fn issue_directory_locked(&self) -> Result<(u64, Vec<u8>)> {
+    /// Lists, per member, at most [`MAX_LISTED_PER_MEMBER`] of its active
+    /// certificates (newest first), and notes when the next listed superseded
+    /// one is due to leave.
+    fn issue_directory_locked(&self, t: OffsetDateTime) -> Result<(u64, Vec<u8>)> {
         let serial = self.store.directory_serial()? + 1;
-        let t = now();
         let now_s = t.unix_timestamp();
         let mut active: Vec<CertRecord> = self
             .store
@@ -844,6 +997,7 @@ impl Authority {
                 .then(b.serial.cmp(&a.serial))
         });
         let mut members: BTreeMap<String, DirectoryMember> = BTreeMap::new();
+        let mut listed: Vec<CertRecord> = Vec::new();
         for r in active {
             let m = members
                 .entry(r.member_id.clone())
@@ -856,9 +1010,15 @@ impl Authority {
                     successor: r.successor.clone().unwrap_or_default(),
                     not_after: r.not_after,
                 });
+            // Supersession keeps this true by itself; the cap also covers
+            // state written before it existed.
+            if m.cert_sha256.len() >= MAX_LISTED_PER_MEMBER {
+                continue;
+            }
             m.cert_sha256
                 .push(hex::decode(&r.sha256).map_err(|e| CaError::State(e.to_string()))?);
             m.not_after = m.not_after.max(r.not_after);
+            listed.push(r);
         }
         let dir = Directory {
             purpose: DIRECTORY_PURPOSE.into(),
@@ -880,6 +1040,7 @@ impl Authority {
         .encode_to_vec();
         self.store.set_directory(serial, &signed)?;
         self.audit(&serde_json::json!({"event": "directory", "serial": serial}))?;
+        self.set_next_prune(listed.iter());
         Ok((serial, signed))
     }
 
@@ -898,7 +1059,7 @@ impl Authority {
         let _g = self.lock();
         self.store.set_min_software_version(v)?;
         self.audit(&serde_json::json!({"event": "baseline", "min_software_version": v}))?;
-        let (serial, _) = self.issue_directory_locked()?;
+        let (serial, _) = self.issue_directory_locked(now())?;
         self.store.flush()?;
         self.republish()?;
         Ok(serial)
@@ -921,11 +1082,18 @@ impl Authority {
     }
 
     /// Reissues the CRL or the directory once half of its lifetime has
-    /// passed, so that members never hold an expired one. Returns true when
-    /// something was reissued.
+    /// passed, so that members never hold an expired one, and the directory
+    /// when a superseded certificate it lists reached the end of its overlap
+    /// (see [`Authority::next_prune_at`]). Returns true when something was
+    /// reissued.
     pub fn refresh_if_due(&self) -> Result<bool> {
+        self.refresh_if_due_at(now())
+    }
+
+    /// [`Authority::refresh_if_due`] with an explicit clock.
+    pub fn refresh_if_due_at(&self, at: OffsetDateTime) -> Result<bool> {
         let p = self.published();
-        let t = now().unix_timestamp();
+        let t = at.unix_timestamp();
         let crl_half = self.settings.crl_validity.whole_seconds() / 2;
         let dir_half = self.settings.directory_validity.whole_seconds() / 2;
         let mut did = false;
@@ -933,8 +1101,8 @@ impl Authority {
             self.issue_crl()?;
             did = true;
         }
-        if p.directory_valid_until - t < dir_half {
-            self.issue_directory()?;
+        if p.directory_valid_until - t < dir_half || self.next_prune.load(Ordering::Relaxed) <= t {
+            self.issue_directory_at(at)?;
             did = true;
         }
         Ok(did)

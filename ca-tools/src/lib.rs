@@ -18,6 +18,7 @@ mod authority;
 mod csr;
 mod error;
 mod keyfile;
+mod limits;
 mod member_cert;
 mod service;
 mod store;
@@ -25,10 +26,13 @@ mod store;
 pub use admin::{connect as connect_admin, status_to_error, AdminService};
 pub use authority::{
     files, parse_serial, Authority, Issued, ListEntry, Published, RevokeOutcome, RevokeTarget,
-    Settings, SignRequest,
+    Settings, SignRequest, MAX_LISTED_PER_MEMBER,
 };
 pub use csr::{normalize_domain, parse_csr, CsrInfo, MAX_CSR_LEN};
 pub use error::{CaError, Result};
 pub use member_cert::key_identifier;
-pub use service::{service_identity, AssociationService, BoundService, MAX_WATCHERS};
-pub use store::{CertRecord, Revocation, Status};
+pub use service::{
+    service_identity, AssociationService, BoundService, ServiceConfig, MAX_WATCHERS,
+    REFRESH_INTERVAL,
+};
+pub use store::{CertRecord, Revocation, Status, Supersession};

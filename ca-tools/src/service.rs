@@ -5,6 +5,7 @@
 use crate::admin::AdminService;
 use crate::authority::{files, Authority};
 use crate::error::{CaError, Result};
+use crate::limits::{RenewLimiter, RetryAfter, SourceKey, WatchLimits, WatchSlots, Watcher};
 use caliopen_proto::pb::association::association_server::{Association, AssociationServer};
 use caliopen_proto::pb::association::{
     watch_event, CrlResponse, GetCrlRequest, GetDirectoryRequest, RenewRequest, RenewResponse,
@@ -19,41 +20,121 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
-/// Most `Watch` subscribers served at once.
+/// Most `Watch` subscribers served at once (default of
+/// [`ServiceConfig::max_watchers`]).
 pub const MAX_WATCHERS: usize = 10_000;
-/// How often the service checks whether the CRL or directory needs reissuing.
+/// How often the service checks whether the CRL or directory needs reissuing
+/// (default of [`ServiceConfig::refresh_interval`]).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a stopping service waits for open requests to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime of the service's own TLS certificate (reissued at each start).
 pub const SERVICE_CERT_DAYS: i64 = 90;
 
+/// Limits of the association service. The defaults are what
+/// `caliopen-ca serve` uses; how long a superseded certificate stays listed
+/// is the authority's ([`crate::Settings::superseded_overlap`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// `Watch` streams in all (10,000).
+    pub max_watchers: usize,
+    /// Of those, at most this many for clients without a member certificate
+    /// (2,000): the rest is reserved for members, so that anyone on the
+    /// Internet cannot keep members from following the association.
+    pub max_anonymous_watchers: usize,
+    /// Anonymous `Watch` streams per source (IPv4 address or IPv6 /64; 4):
+    /// enough for a few instances behind one NAT, not for one host to take
+    /// the anonymous share.
+    pub max_anonymous_watchers_per_source: usize,
+    /// `Watch` streams per member (4): a member needs one; a few allow for
+    /// reconnections that overlap the stream they replace.
+    pub max_watchers_per_member: usize,
+    /// One renewal per member per this interval once the burst is spent
+    /// (1 hour). A member renews at two thirds of its certificate's lifetime,
+    /// so at most every 16 hours with the shortest (1-day) certificates.
+    pub renew_interval: Duration,
+    /// Renewals a member may make in a row (3): room for a renewal lost in a
+    /// crash, and its retry, without waiting.
+    pub renew_burst: u32,
+    /// How often the CRL and directory are checked for reissuing (60 s); the
+    /// service also wakes when a superseded certificate's overlap ends.
+    pub refresh_interval: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            max_watchers: MAX_WATCHERS,
+            max_anonymous_watchers: MAX_WATCHERS / 5,
+            max_anonymous_watchers_per_source: 4,
+            max_watchers_per_member: 4,
+            renew_interval: Duration::from_secs(3600),
+            renew_burst: 3,
+            refresh_interval: REFRESH_INTERVAL,
+        }
+    }
+}
+
 /// The association service's gRPC handlers.
 #[derive(Debug, Clone)]
 pub struct AssociationService {
     ca: Arc<Authority>,
-    watchers: Arc<Semaphore>,
+    watchers: Arc<WatchSlots>,
+    renewals: Arc<RenewLimiter>,
     shutdown: CancellationToken,
 }
 
 impl AssociationService {
-    /// Serves `ca`; `Watch` streams end when `shutdown` is cancelled.
+    /// Serves `ca` with the default limits; `Watch` streams end when
+    /// `shutdown` is cancelled.
     pub fn new(ca: Arc<Authority>, shutdown: CancellationToken) -> Self {
+        Self::with_config(ca, shutdown, &ServiceConfig::default())
+    }
+
+    /// Serves `ca` under `config`'s limits.
+    pub fn with_config(
+        ca: Arc<Authority>,
+        shutdown: CancellationToken,
+        config: &ServiceConfig,
+    ) -> Self {
         Self {
             ca,
-            watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
+            watchers: WatchSlots::new(WatchLimits {
+                total: config.max_watchers,
+                anonymous: config.max_anonymous_watchers.min(config.max_watchers),
+                anonymous_per_source: config.max_anonymous_watchers_per_source,
+                per_member: config.max_watchers_per_member,
+            }),
+            renewals: Arc::new(RenewLimiter::new(config.renew_interval, config.renew_burst)),
             shutdown,
         }
     }
+
+    /// The member a TLS client certificate belongs to, when this association
+    /// issued it and it is listed now (not revoked, valid, not superseded
+    /// past its overlap). rustls only verified the chain to the root.
+    async fn member_of(&self, leaf: Vec<u8>) -> Result<crate::CertRecord, Status> {
+        let ca = self.ca.clone();
+        tokio::task::spawn_blocking(move || ca.identify(&leaf))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(Status::from)
+    }
+}
+
+fn leaf_of<T>(request: &Request<T>) -> Option<Vec<u8>> {
+    request
+        .peer_certs()
+        .and_then(|c| c.first().map(|c| c.to_vec()))
 }
 
 fn crl_event(p: &crate::authority::Published) -> CrlResponse {
@@ -89,19 +170,46 @@ impl Association for AssociationService {
         request: Request<RenewRequest>,
     ) -> Result<Response<RenewResponse>, Status> {
         let peer = request.remote_addr();
-        let leaf = request
-            .peer_certs()
-            .and_then(|c| c.first().map(|c| c.to_vec()))
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "renewal requires the member's current certificate as TLS client certificate",
-                )
-            })?;
+        let leaf = leaf_of(&request).ok_or_else(|| {
+            Status::unauthenticated(
+                "renewal requires the member's current certificate as TLS client certificate",
+            )
+        })?;
+        let member = match self.member_of(leaf.clone()).await {
+            Ok(rec) => rec.member_id,
+            Err(e) => {
+                tracing::warn!(?peer, error = %e.message(), "renewal refused");
+                return Err(e);
+            }
+        };
+        // Before any CSR work: a member's renewals are budgeted, so that one
+        // certificate cannot mint certificates (and directories pushed to
+        // every watcher) as fast as it can ask.
+        if let Err(RetryAfter(wait)) = self.renewals.try_take(&member, Instant::now()) {
+            tracing::warn!(?peer, %member, retry_in = ?wait, "renewal refused: rate limit");
+            return Err(Status::resource_exhausted(format!(
+                "renewal refused: member {member} renewed too often; retry in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
         let csr = request.into_inner().csr_pem;
         let ca = self.ca.clone();
         let res = tokio::task::spawn_blocking(move || ca.renew(&leaf, csr.as_bytes()))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| Status::internal(e.to_string()));
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                self.renewals.give_back(&member, Instant::now());
+                return Err(e);
+            }
+        };
+        if let Err(CaError::Io { .. } | CaError::Db(_) | CaError::Crypto(_) | CaError::State(_)) =
+            &res
+        {
+            // Our failure, not the member's: the attempt does not count.
+            self.renewals.give_back(&member, Instant::now());
+        }
         match res {
             Ok(issued) => {
                 tracing::info!(?peer, serial = %issued.record.serial,
@@ -126,12 +234,20 @@ impl Association for AssociationService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let permit = self
-            .watchers
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Status::resource_exhausted("too many watchers"))?;
         let peer = request.remote_addr();
+        // A member is a client presenting a certificate this association
+        // issued and lists now; any other client (no certificate, revoked,
+        // superseded, unknown) watches as anonymous.
+        let who = match leaf_of(&request) {
+            Some(leaf) => self.member_of(leaf).await.ok().map(|r| r.member_id),
+            None => None,
+        }
+        .map(Watcher::Member)
+        .unwrap_or_else(|| Watcher::Anonymous(peer.map(|a| SourceKey::of(a.ip()))));
+        let permit = self.watchers.admit(who).map_err(|refusal| {
+            tracing::warn!(?peer, %refusal, "watch refused");
+            Status::resource_exhausted(refusal.to_string())
+        })?;
         let req = request.into_inner();
         let mut rx = self.ca.subscribe();
         let (tx, out) = mpsc::channel(4);
@@ -140,7 +256,7 @@ impl Association for AssociationService {
             let _permit = permit;
             let mut last_crl = req.known_crl_number;
             let mut last_dir = req.known_directory_serial;
-            tracing::debug!(?peer, "watcher subscribed");
+            tracing::debug!(?peer, watcher = ?_permit.watcher(), "watcher subscribed");
             loop {
                 let p = rx.borrow_and_update().clone();
                 if p.crl_number > last_crl {
@@ -233,6 +349,7 @@ pub struct BoundService {
     listener: TcpListener,
     tls: ServerTlsConfig,
     admin: UnixListener,
+    config: ServiceConfig,
 }
 
 impl BoundService {
@@ -272,7 +389,14 @@ impl BoundService {
             listener,
             tls,
             admin,
+            config: ServiceConfig::default(),
         })
+    }
+
+    /// Runs under `config`'s limits instead of the defaults.
+    pub fn with_config(mut self, config: ServiceConfig) -> Self {
+        self.config = config;
+        self
     }
 
     /// The TLS listener's address.
@@ -295,16 +419,43 @@ impl BoundService {
         let refresh = {
             let ca = self.ca.clone();
             let token = token.clone();
+            let every = self.config.refresh_interval;
+            let mut published = ca.subscribe();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(REFRESH_INTERVAL);
                 loop {
+                    // Wake at the next check, or when a superseded
+                    // certificate's overlap ends if that comes first; a new
+                    // publication (a renewal) may bring that end closer.
+                    let wait = ca
+                        .next_prune_at()
+                        .map(|at| {
+                            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                            Duration::from_secs(u64::try_from(at - now).unwrap_or(0))
+                        })
+                        .map_or(every, |w| w.min(every))
+                        // Never a busy loop, even when a refresh keeps failing.
+                        .max(Duration::from_secs(1).min(every));
+                    published.borrow_and_update();
                     tokio::select! {
-                        _ = tick.tick() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                        changed = published.changed() => {
+                            if changed.is_ok() {
+                                continue;
+                            }
+                            // The authority outlives this task; should its
+                            // sender go, keep the plain schedule.
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = token.cancelled() => break,
+                            }
+                        }
                         _ = token.cancelled() => break,
                     }
                     let ca = ca.clone();
                     match tokio::task::spawn_blocking(move || ca.refresh_if_due()).await {
-                        Ok(Ok(true)) => tracing::info!("CRL or directory reissued before expiry"),
+                        Ok(Ok(true)) => tracing::info!(
+                            "CRL or directory reissued (half its lifetime passed, or a superseded certificate left the directory)"
+                        ),
                         Ok(Ok(false)) => {}
                         Ok(Err(e)) => tracing::error!(error = %e, "refresh failed"),
                         Err(e) => tracing::error!(error = %e, "refresh task failed"),
@@ -319,9 +470,10 @@ impl BoundService {
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .tcp_keepalive(Some(Duration::from_secs(60)))
-            .add_service(AssociationServer::new(AssociationService::new(
+            .add_service(AssociationServer::new(AssociationService::with_config(
                 self.ca.clone(),
                 token.clone(),
+                &self.config,
             )))
             .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), {
                 let t = token.clone();

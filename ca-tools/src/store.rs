@@ -3,7 +3,8 @@
 //!
 //! Trees:
 //! - `certs`: serial (raw bytes) → [`CertRecord`] as JSON. Every certificate
-//!   ever issued; revocation is a field, records are never deleted.
+//!   ever issued; revocation and supersession are fields, records are never
+//!   deleted.
 //! - `meta`: `crl_number` and `directory_serial` (u64 big-endian, last issued),
 //!   `min_software_version` (UTF-8), `current_crl` (DER), `current_directory`
 //!   (encoded `SignedDirectory`).
@@ -19,6 +20,20 @@ pub struct Revocation {
     pub at: i64,
     /// RFC 5280 reason name (`keyCompromise`, …).
     pub reason: String,
+}
+
+/// A certificate replaced by a newer one of the same member.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Supersession {
+    /// When the newer certificate was issued (Unix seconds).
+    pub at: i64,
+    /// Serial of the newer certificate.
+    pub by: String,
+    /// Until when the directory still lists this certificate (Unix seconds,
+    /// exclusive): the overlap during which peers that cached it keep
+    /// accepting it. Only ever lowered, so a pruned certificate never
+    /// comes back.
+    pub listed_until: i64,
 }
 
 /// One issued member certificate.
@@ -46,6 +61,10 @@ pub struct CertRecord {
     pub renewed_from: Option<String>,
     /// Set once revoked.
     pub revoked: Option<Revocation>,
+    /// Set once a newer certificate of the member replaced this one (absent
+    /// in records written before supersession existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<Supersession>,
     /// The certificate, PEM.
     pub certificate_pem: String,
 }
@@ -62,6 +81,9 @@ pub enum Status {
     Expired,
     /// Not valid yet.
     Pending,
+    /// Valid and not revoked, but replaced by a newer certificate of the
+    /// member and past its overlap: no longer listed, cannot renew.
+    Superseded,
 }
 
 impl CertRecord {
@@ -73,6 +95,12 @@ impl CertRecord {
             Status::Expired
         } else if now < self.not_before {
             Status::Pending
+        } else if self
+            .superseded
+            .as_ref()
+            .is_some_and(|s| now >= s.listed_until)
+        {
+            Status::Superseded
         } else {
             Status::Active
         }

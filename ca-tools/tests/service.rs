@@ -3,7 +3,7 @@
 //! pushing every change at once — also when the change comes from the
 //! command-line tool through the admin socket.
 
-use caliopen_ca::{Authority, BoundService, RevokeTarget, Settings, SignRequest};
+use caliopen_ca::{Authority, BoundService, RevokeTarget, ServiceConfig, Settings, SignRequest};
 use caliopen_proto::label::{Label, LABEL_OID_DER};
 use caliopen_proto::pb::association::association_client::AssociationClient;
 use caliopen_proto::pb::association::{
@@ -13,7 +13,7 @@ use caliopen_proto::pb::directory::Directory;
 use caliopen_proto::{verify_signed_directory, RootKey};
 use rcgen::{CertificateParams, KeyPair};
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -33,14 +33,17 @@ struct Running {
 
 impl Running {
     async fn start() -> Self {
+        Self::start_with(Settings::default(), ServiceConfig::default()).await
+    }
+
+    async fn start_with(settings: Settings, config: ServiceConfig) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("assoc");
-        let ca = Arc::new(
-            Authority::init(&dir, "Service Test", 3650, Settings::default()).expect("init"),
-        );
+        let ca = Arc::new(Authority::init(&dir, "Service Test", 3650, settings).expect("init"));
         let bound = BoundService::bind(ca.clone(), "127.0.0.1:0".parse().expect("addr"), &[])
             .await
-            .expect("bind");
+            .expect("bind")
+            .with_config(config);
         let addr = bound.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(bound.run(async move {
@@ -72,6 +75,16 @@ impl Running {
         &self,
         identity: Option<(&str, &str)>,
     ) -> Result<AssociationClient<Channel>, tonic::transport::Error> {
+        self.client_from(identity, None).await
+    }
+
+    /// A client whose connection leaves from `local` (any 127/8 address is
+    /// loopback on Linux), to stand for different source addresses.
+    async fn client_from(
+        &self,
+        identity: Option<(&str, &str)>,
+        local: Option<IpAddr>,
+    ) -> Result<AssociationClient<Channel>, tonic::transport::Error> {
         let mut tls =
             ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca.root_pem()));
         if let Some((cert, key)) = identity {
@@ -80,6 +93,7 @@ impl Running {
         let ch = Channel::from_shared(format!("https://{}", self.addr))
             .expect("uri")
             .tls_config(tls)?
+            .local_address(local)
             .connect_timeout(WAIT)
             .timeout(WAIT)
             .connect()
@@ -695,5 +709,358 @@ async fn renewal_refuses_a_csr_followed_by_anything() {
         assert!(!err.message().contains('\n'), "one line: {err}");
     }
     assert_eq!(s.ca.list().expect("list").len(), 1, "nothing was issued");
+    s.stop().await;
+}
+
+fn sha256_of(cert_pem: &str) -> Vec<u8> {
+    let der = pem::parse(cert_pem).expect("pem").into_contents();
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der)
+        .as_ref()
+        .to_vec()
+}
+
+fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    v.sort();
+    v
+}
+
+/// The directory as published now: its encoded size and its one member's
+/// certificate fingerprints.
+fn published_member_certs(ca: &Authority) -> (usize, Vec<Vec<u8>>) {
+    let p = ca.published();
+    let d = caliopen_proto::decode_and_verify(
+        &p.directory,
+        &[RootKey::from_cert_der(ca.root_der()).expect("root")],
+    )
+    .expect("directory verifies");
+    assert!(d.members.len() <= 1, "one member in these tests");
+    let certs = d
+        .members
+        .first()
+        .map(|m| m.cert_sha256.clone())
+        .unwrap_or_default();
+    (p.directory.len(), sorted(certs))
+}
+
+/// The probe's case: 300 renewals in a row with one certificate. Only the
+/// burst is issued, the rest is RESOURCE_EXHAUSTED with when to retry, and
+/// the directory lists the member's newest certificate and the one it
+/// renewed with, whatever the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_renewals_is_limited_and_the_directory_stays_bounded() {
+    let config = ServiceConfig::default();
+    let burst = config.renew_burst as usize;
+    let s = Running::start_with(Settings::default(), config).await;
+    let m = issue(&s.ca, "alpha", &["alpha.test"]);
+    let (size_before, _) = published_member_certs(&s.ca);
+    let key_pem = m.key.serialize_pem();
+    let mut c = s
+        .client(Some((&m.cert_pem, &key_pem)))
+        .await
+        .expect("mTLS connect");
+    let dir_serial_before = s.ca.published().directory_serial;
+    let mut issued = Vec::new();
+    let mut exhausted = 0;
+    let mut size_after_first = 0;
+    for i in 0..300 {
+        let fresh = KeyPair::generate().expect("key");
+        match c
+            .renew(RenewRequest {
+                csr_pem: csr_for(&fresh, &["alpha.test"]),
+            })
+            .await
+        {
+            Ok(r) => {
+                issued.push((r.into_inner(), fresh));
+                if i == 0 {
+                    size_after_first = published_member_certs(&s.ca).0;
+                }
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+                assert!(e.message().contains("retry in"), "{e}");
+                assert!(!e.message().contains('\n'), "{e}");
+                exhausted += 1;
+            }
+        }
+    }
+    assert_eq!(issued.len(), burst, "only the burst is issued");
+    assert_eq!(exhausted, 300 - burst);
+    assert_eq!(s.ca.list().expect("list").len(), 1 + burst);
+    assert_eq!(
+        s.ca.published().directory_serial,
+        dir_serial_before + burst as u64,
+        "one directory per issued certificate, none per refusal"
+    );
+    // Listed: the newest and the certificate the member renewed with.
+    let (size_after, listed) = published_member_certs(&s.ca);
+    let newest = &issued.last().expect("issued").0;
+    assert_eq!(
+        listed,
+        sorted(vec![
+            sha256_of(&m.cert_pem),
+            sha256_of(&newest.certificate_pem)
+        ])
+    );
+    // Signatures and serials vary by a few bytes.
+    assert!(
+        size_after <= size_after_first + 8,
+        "{size_after} vs {size_after_first}"
+    );
+    println!(
+        "300 renewals: {} issued, {exhausted} refused; directory {size_before} -> {size_after} bytes",
+        issued.len()
+    );
+
+    // The budget is the member's, not the certificate's.
+    let (r, key) = issued.pop().expect("issued");
+    let mut c2 = s
+        .client(Some((&r.certificate_pem, &key.serialize_pem())))
+        .await
+        .expect("mTLS connect");
+    let err = c2
+        .renew(RenewRequest {
+            csr_pem: csr_for(&KeyPair::generate().expect("key"), &["alpha.test"]),
+        })
+        .await
+        .expect_err("same member");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    // A certificate that has left the directory cannot renew at all.
+    let (gone, gone_key) = issued.first().expect("issued");
+    let mut c3 = s
+        .client(Some((&gone.certificate_pem, &gone_key.serialize_pem())))
+        .await
+        .expect("mTLS connect");
+    let err = c3
+        .renew(RenewRequest {
+            csr_pem: csr_for(&KeyPair::generate().expect("key"), &["alpha.test"]),
+        })
+        .await
+        .expect_err("superseded");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("superseded"), "{err}");
+    s.stop().await;
+}
+
+/// With a short overlap, the superseded certificate leaves the directory by
+/// itself and the pruned directory is pushed to a watcher. (The wait is the
+/// usual generous timeout; nothing asserts how fast.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_certificate_leaves_after_the_overlap_and_watchers_see_it() {
+    let settings = Settings {
+        superseded_overlap: time::Duration::seconds(1),
+        ..Settings::default()
+    };
+    let s = Running::start_with(settings, ServiceConfig::default()).await;
+    let m = issue(&s.ca, "alpha", &["alpha.test"]);
+    let key_pem = m.key.serialize_pem();
+    let mut c = s
+        .client(Some((&m.cert_pem, &key_pem)))
+        .await
+        .expect("mTLS connect");
+    let r = c
+        .renew(RenewRequest {
+            csr_pem: csr_for(&KeyPair::generate().expect("key"), &["alpha.test"]),
+        })
+        .await
+        .expect("renew")
+        .into_inner();
+    let serial_after_renewal = s.ca.published().directory_serial;
+    let mut stream = c
+        .watch(WatchRequest {
+            known_crl_number: u64::MAX,
+            known_directory_serial: serial_after_renewal,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let roots = [RootKey::from_cert_der(s.ca.root_der()).expect("root")];
+    let want = vec![sha256_of(&r.certificate_pem)];
+    loop {
+        let ev = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("pruned directory pushed within the wait")
+            .expect("stream")
+            .expect("event");
+        if let Some(watch_event::Event::Directory(d)) = ev.event {
+            let dir = verify_signed_directory(&d, &roots).expect("verify");
+            assert!(dir.serial > serial_after_renewal);
+            if dir.members[0].cert_sha256 == want {
+                break;
+            }
+        }
+    }
+    assert_eq!(published_member_certs(&s.ca).1, want);
+    let old =
+        s.ca.list()
+            .expect("list")
+            .into_iter()
+            .find(|e| e.record.serial == m.serial)
+            .expect("old record");
+    assert_eq!(old.status, caliopen_ca::Status::Superseded);
+    s.stop().await;
+}
+
+/// Supersession on the authority with an explicit clock: bounded listing,
+/// an overlap that is never extended, pruning at its end, and all of it
+/// durable across a reopen.
+#[test]
+fn supersession_is_bounded_and_durable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("assoc");
+    let settings = Settings::default();
+    let overlap = settings.superseded_overlap;
+    let ca = Authority::init(&dir, "Clock Test", 3650, settings.clone()).expect("init");
+    let a = issue(&ca, "alpha", &["alpha.test"]);
+    let a_der = pem::parse(&a.cert_pem).expect("pem").into_contents();
+    let csr = || csr_for(&KeyPair::generate().expect("key"), &["alpha.test"]);
+    let t0 = time::OffsetDateTime::now_utc();
+
+    let b = ca.renew_at(&a_der, csr().as_bytes(), t0).expect("renew");
+    let listed = |ca: &Authority| published_member_certs(ca).1;
+    assert_eq!(
+        listed(&ca),
+        sorted(vec![
+            sha256_of(&a.cert_pem),
+            sha256_of(&b.record.certificate_pem)
+        ])
+    );
+    let end = (t0 + overlap).unix_timestamp();
+    assert_eq!(ca.next_prune_at(), Some(end));
+    // Reopened in the overlap: still due at the same time.
+    drop(ca);
+    let ca = Authority::open(&dir, settings.clone()).expect("reopen");
+    assert_eq!(ca.next_prune_at(), Some(end));
+
+    // Renewing again with A: B (never used) leaves at once; A keeps its
+    // original deadline, not a fresh one.
+    let c = ca
+        .renew_at(&a_der, csr().as_bytes(), t0 + time::Duration::seconds(10))
+        .expect("renew again");
+    assert_eq!(
+        listed(&ca),
+        sorted(vec![
+            sha256_of(&a.cert_pem),
+            sha256_of(&c.record.certificate_pem)
+        ])
+    );
+    assert_eq!(ca.next_prune_at(), Some(end));
+
+    let before_end = t0 + overlap - time::Duration::seconds(1);
+    assert!(!ca.refresh_if_due_at(before_end).expect("refresh"));
+    assert_eq!(listed(&ca).len(), 2);
+    let serial = ca.published().directory_serial;
+    assert!(ca.refresh_if_due_at(t0 + overlap).expect("refresh"));
+    assert_eq!(ca.published().directory_serial, serial + 1);
+    assert_eq!(listed(&ca), vec![sha256_of(&c.record.certificate_pem)]);
+    assert_eq!(ca.next_prune_at(), None);
+    let err = ca
+        .renew_at(&a_der, csr().as_bytes(), t0 + overlap)
+        .expect_err("A is out");
+    assert!(err.to_string().contains("superseded"), "{err}");
+
+    // Durable: reopened, nothing comes back and nothing more is due.
+    drop(ca);
+    let ca = Authority::open(&dir, settings).expect("reopen");
+    assert_eq!(listed(&ca), vec![sha256_of(&c.record.certificate_pem)]);
+    assert_eq!(ca.next_prune_at(), None);
+    let serial = ca.published().directory_serial;
+    assert!(!ca
+        .refresh_if_due_at(t0 + overlap + time::Duration::seconds(60))
+        .expect("refresh"));
+    assert_eq!(ca.published().directory_serial, serial);
+    let at = (t0 + overlap).unix_timestamp();
+    let st: Vec<_> = ca
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|e| (e.record.serial.clone(), e.record.status(at)))
+        .collect();
+    assert!(st.contains(&(a.serial.clone(), caliopen_ca::Status::Superseded)));
+    assert!(st.contains(&(b.record.serial.clone(), caliopen_ca::Status::Superseded)));
+    assert!(st.contains(&(c.record.serial.clone(), caliopen_ca::Status::Active)));
+}
+
+async fn watch_from(
+    s: &Running,
+    identity: Option<(&str, &str)>,
+    local: [u8; 4],
+) -> Result<tonic::Streaming<caliopen_proto::pb::association::WatchEvent>, tonic::Status> {
+    let mut c = s
+        .client_from(identity, Some(IpAddr::from(local)))
+        .await
+        .expect("connect");
+    c.watch(WatchRequest {
+        known_crl_number: 0,
+        known_directory_serial: 0,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// Anonymous watchers get a share of the slots and a per-address cap; a
+/// member (a certificate this association lists) still gets in when the
+/// anonymous share is taken; a revoked certificate counts as anonymous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_slots_are_reserved_for_members() {
+    let config = ServiceConfig {
+        max_watchers: 4,
+        max_anonymous_watchers: 2,
+        max_anonymous_watchers_per_source: 1,
+        max_watchers_per_member: 1,
+        ..ServiceConfig::default()
+    };
+    let s = Running::start_with(Settings::default(), config).await;
+    let alpha = issue(&s.ca, "alpha", &["alpha.test"]);
+    let gone = issue(&s.ca, "gone", &["gone.test"]);
+    let ca = s.ca.clone();
+    let serial = gone.serial.clone();
+    tokio::task::spawn_blocking(move || ca.revoke(&RevokeTarget::Serial(serial), "unspecified"))
+        .await
+        .expect("join")
+        .expect("revoke");
+    let exhausted = |r: Result<_, tonic::Status>, needle: &str| {
+        let e = r.expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+        assert!(
+            e.message().contains(needle),
+            "{e:?} should mention {needle:?}"
+        );
+        assert!(!e.message().contains('\n'), "{e}");
+    };
+
+    let _a1 = watch_from(&s, None, [127, 0, 0, 1])
+        .await
+        .expect("first anonymous");
+    exhausted(watch_from(&s, None, [127, 0, 0, 1]).await, "127.0.0.1");
+    let _a2 = watch_from(&s, None, [127, 0, 0, 2])
+        .await
+        .expect("anonymous from another address");
+    exhausted(
+        watch_from(&s, None, [127, 0, 0, 3]).await,
+        "reserved for members",
+    );
+    // The revoked member's certificate passes TLS but is no member's now.
+    let gone_key = gone.key.serialize_pem();
+    exhausted(
+        watch_from(&s, Some((&gone.cert_pem, &gone_key)), [127, 0, 0, 4]).await,
+        "reserved for members",
+    );
+    // A member gets in, from an address that holds an anonymous slot too.
+    let key = alpha.key.serialize_pem();
+    let mut m = watch_from(&s, Some((&alpha.cert_pem, &key)), [127, 0, 0, 1])
+        .await
+        .expect("member watches while the anonymous share is full");
+    let ev = tokio::time::timeout(WAIT, m.message())
+        .await
+        .expect("initial event")
+        .expect("stream")
+        .expect("event");
+    assert!(ev.event.is_some());
+    // One member cannot take the other members' slots.
+    exhausted(
+        watch_from(&s, Some((&alpha.cert_pem, &key)), [127, 0, 0, 5]).await,
+        "member alpha",
+    );
     s.stop().await;
 }

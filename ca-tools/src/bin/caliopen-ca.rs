@@ -197,7 +197,7 @@ fn print_list(entries: &[ListEntry], json: bool) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<34} {:<8} {:<20} {:<20} DOMAINS",
+        "{:<34} {:<10} {:<20} {:<20} DOMAINS",
         "SERIAL", "STATUS", "MEMBER", "NOT_AFTER"
     )?;
     for e in entries {
@@ -211,7 +211,7 @@ fn print_list(entries: &[ListEntry], json: bool) -> anyhow::Result<()> {
             .unwrap_or_default();
         writeln!(
             out,
-            "{:<34} {:<8} {:<20} {:<20} {}",
+            "{:<34} {:<10} {:<20} {:<20} {}",
             e.record.serial,
             status.as_str().unwrap_or("?"),
             e.record.member_id,
@@ -484,6 +484,7 @@ impl RemoteEntry {
             "active" => caliopen_ca::Status::Active,
             "revoked" => caliopen_ca::Status::Revoked,
             "pending" => caliopen_ca::Status::Pending,
+            "superseded" => caliopen_ca::Status::Superseded,
             _ => caliopen_ca::Status::Expired,
         };
         ListEntry {
