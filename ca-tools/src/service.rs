@@ -422,35 +422,41 @@ impl BoundService {
             let every = self.config.refresh_interval;
             let mut published = ca.subscribe();
             tokio::spawn(async move {
+                use tokio::time::Instant;
+                // The first check runs at once: an overlap may have ended
+                // while no service ran.
+                let mut next_check = Instant::now();
+                let mut last_run: Option<Instant> = None;
+                let mut publishing = true;
                 loop {
-                    // Wake at the next check, or when a superseded
+                    // Wake at the periodic check, or when a superseded
                     // certificate's overlap ends if that comes first; a new
-                    // publication (a renewal) may bring that end closer.
-                    let wait = ca
-                        .next_prune_at()
-                        .map(|at| {
-                            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                            Duration::from_secs(u64::try_from(at - now).unwrap_or(0))
-                        })
-                        .map_or(every, |w| w.min(every))
-                        // Never a busy loop, even when a refresh keeps failing.
-                        .max(Duration::from_secs(1).min(every));
+                    // publication (a renewal) may bring that end closer, so
+                    // it recomputes the deadline without moving the periodic
+                    // check.
+                    let mut due = next_check;
+                    if let Some(at) = ca.next_prune_at() {
+                        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                        let left = Duration::from_secs(u64::try_from(at - now).unwrap_or(0));
+                        due = due.min(Instant::now() + left);
+                    }
+                    // Never a busy loop, even when a refresh keeps failing.
+                    if let Some(last) = last_run {
+                        due = due.max(last + Duration::from_secs(1).min(every));
+                    }
                     published.borrow_and_update();
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        changed = published.changed() => {
-                            if changed.is_ok() {
-                                continue;
-                            }
-                            // The authority outlives this task; should its
-                            // sender go, keep the plain schedule.
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = token.cancelled() => break,
-                            }
+                        _ = tokio::time::sleep_until(due) => {}
+                        changed = published.changed(), if publishing => {
+                            // Should the sender go (it lives as long as the
+                            // authority), keep the plain schedule.
+                            publishing = changed.is_ok();
+                            continue;
                         }
                         _ = token.cancelled() => break,
                     }
+                    last_run = Some(Instant::now());
+                    next_check = Instant::now() + every;
                     let ca = ca.clone();
                     match tokio::task::spawn_blocking(move || ca.refresh_if_due()).await {
                         Ok(Ok(true)) => tracing::info!(
