@@ -6,6 +6,7 @@
 //! Every figure in a report is measured by the run that writes it.
 #![forbid(unsafe_code)]
 
+pub mod login;
 pub mod mesh;
 pub mod report;
 pub mod smtp;

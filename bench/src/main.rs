@@ -15,11 +15,11 @@ struct Args {
     /// Small counts: a smoke run of every section in a minute or two.
     #[arg(long)]
     quick: bool,
-    /// Sections to run (comma-separated): sys, smtp, relay, privacy, scale, storage.
+    /// Sections to run (comma-separated): sys, smtp, relay, privacy, scale, storage, login.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "sys,smtp,relay,privacy,scale,storage"
+        default_value = "sys,smtp,relay,privacy,scale,storage,login"
     )]
     only: Vec<String>,
     /// Where results are written.
@@ -184,6 +184,24 @@ fn main() -> Result<()> {
         if let Err(e) = r.1 {
             eprintln!("relay section failed: {e:#}");
             report.skipped.push(format!("mesh relay: {e:#}"));
+        }
+    }
+    if on("login") {
+        eprintln!("== login floods (client API)");
+        let p = caliopen_bench::login::LoginParams {
+            clients: if q { 64 } else { 256 },
+            duration: Duration::from_secs(if q { 3 } else { 10 }),
+            burst: if q { 500 } else { 2304 },
+        };
+        let r = rt.block_on(async {
+            let mut sub = Report::default();
+            let res = caliopen_bench::login::run(&a.caliopen, &a.work, &p, &mut sub).await;
+            (sub, res)
+        });
+        report.rows.extend(r.0.rows);
+        if let Err(e) = r.1 {
+            eprintln!("login section failed: {e:#}");
+            report.skipped.push(format!("login: {e:#}"));
         }
     }
     if on("privacy") {

@@ -113,6 +113,8 @@ pub struct Daemon {
     pub smtp: SocketAddr,
     /// Metrics endpoint.
     pub metrics: SocketAddr,
+    /// Client API (TLS), when started with `--api`.
+    pub api: Option<SocketAddr>,
 }
 
 fn caliopen(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
@@ -139,24 +141,33 @@ fn caliopen(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
 impl Daemon {
     /// `caliopen init` in `data` for `domain`, adds `user`, starts `caliopen run`.
     pub fn start(bin: &Path, data: &Path, domain: &str, user: &str) -> Result<Self> {
+        Self::start_with(bin, data, domain, user, &[])
+    }
+
+    /// The same, with more `caliopen init` arguments (e.g. `--api ADDR`).
+    pub fn start_with(
+        bin: &Path,
+        data: &Path,
+        domain: &str,
+        user: &str,
+        init_args: &[&str],
+    ) -> Result<Self> {
         let d = data.to_str().context("utf-8 path")?;
-        caliopen(
-            bin,
-            &[
-                "init",
-                "--data",
-                d,
-                "--domain",
-                domain,
-                "--smtp",
-                "127.0.0.1:0",
-                "--submission",
-                "127.0.0.1:0",
-                "--metrics",
-                "127.0.0.1:0",
-            ],
-            None,
-        )?;
+        let mut args = vec![
+            "init",
+            "--data",
+            d,
+            "--domain",
+            domain,
+            "--smtp",
+            "127.0.0.1:0",
+            "--submission",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(init_args);
+        caliopen(bin, &args, None)?;
         let config = data.join("caliopen.toml");
         let c = config.to_str().context("utf-8 path")?;
         caliopen(
@@ -181,6 +192,7 @@ impl Daemon {
         Ok(Self {
             smtp: addr(1)?,
             metrics: addr(5)?,
+            api: w.get(7).and_then(|s| s.parse().ok()),
             data: data.to_owned(),
             child,
         })
@@ -194,15 +206,24 @@ impl Daemon {
 
     /// Resident memory of the daemon in bytes.
     pub fn rss(&self) -> u64 {
+        self.status_kib("VmRSS:") * 1024
+    }
+
+    /// Peak resident memory of the daemon in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        self.status_kib("VmHWM:") * 1024
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
+                    .find(|l| l.starts_with(field))
                     .and_then(|l| l.split_whitespace().nth(1))
                     .and_then(|kb| kb.parse::<u64>().ok())
             })
-            .map_or(0, |kb| kb * 1024)
+            .unwrap_or(0)
     }
 
     /// SIGTERM, and wait.

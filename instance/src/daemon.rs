@@ -141,6 +141,9 @@ pub async fn run(
         .mode(0o700)
         .create(&dir)
         .map_err(|e| format!("create {}: {e}", dir.display()))?;
+    // A token others could read may have been read: refused before anything
+    // else is made private (the operator replaces it).
+    let admin_tok = admin_token(&dir)?;
     match crate::limits::tighten_permissions(&dir) {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
@@ -292,12 +295,7 @@ pub async fn run(
         sessions.clone(),
         Duration::from_secs(config.api.token_minutes * 60),
     );
-    let admin = AdminService::new(
-        svc.clone(),
-        config.domains.clone(),
-        admin_token(&dir)?,
-        sessions,
-    );
+    let admin = AdminService::new(svc.clone(), config.domains.clone(), admin_tok, sessions);
     let admin_task = {
         let token = token.clone();
         tokio::spawn(
