@@ -22,6 +22,7 @@ mod limits;
 mod member_cert;
 mod service;
 mod store;
+pub mod tlog;
 
 pub use admin::{connect as connect_admin, status_to_error, AdminService};
 pub use authority::{
