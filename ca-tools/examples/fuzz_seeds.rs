@@ -5,6 +5,11 @@ use caliopen_ca::{Authority, Settings, SignRequest};
 use caliopen_proto::Label;
 use std::path::Path;
 
+/// Name of the fixed log key the `checkpoint` fuzz target knows.
+const FUZZ_LOG_NAME: &str = "caliopen.invalid/fuzz";
+/// Its seed (a test key, public on purpose).
+const FUZZ_LOG_SEED: [u8; 32] = [0x42; 32];
+
 fn main() -> anyhow::Result<()> {
     let out = std::env::args()
         .nth(1)
@@ -45,6 +50,88 @@ fn main() -> anyhow::Result<()> {
         write("csr_parse", &format!("{name}.pem"), csr.pem()?.as_bytes())?;
         write("csr_parse", &format!("{name}.der"), csr.der())?;
         csrs.push((name, csr.pem()?));
+    }
+
+    // The membership log: a checkpoint signed by the fuzz target's fixed
+    // key, one by another key, an entry of each kind, and proof blobs (two
+    // sizes, an index, then hashes) taken from a real tree.
+    {
+        use caliopen_ca::tlog::{self, Checkpoint, Entry, EntryKind, MemoryTree, Signer};
+        let key = Signer::from_seed(FUZZ_LOG_NAME, &FUZZ_LOG_SEED)?;
+        println!("fuzz log verifier key: {}", key.verifier());
+        let mut tree = MemoryTree::new();
+        let entries = [
+            EntryKind::Issuance {
+                cert_der: vec![0x30, 0x03, 2, 1, 1],
+            },
+            EntryKind::Renewal {
+                renewed_from: vec![0x40, 1],
+                cert_der: vec![0x30, 0x03, 2, 1, 2],
+            },
+            EntryKind::Revocation {
+                serial: vec![0x40, 1],
+                reason: "keyCompromise".into(),
+            },
+            EntryKind::Baseline {
+                min_software_version: "0.2.0".into(),
+            },
+        ];
+        for (i, kind) in entries.into_iter().enumerate() {
+            let e = Entry {
+                time: 1_700_000_000 + i as u64,
+                kind,
+            }
+            .encode()?;
+            tree.push_entry(&e);
+            write("checkpoint", &format!("entry-{i}.bin"), &e)?;
+        }
+        for _ in 0..3 {
+            tree.push_entry(b"filler");
+        }
+        let size = tree.size();
+        let c = Checkpoint {
+            origin: FUZZ_LOG_NAME.into(),
+            size,
+            root: tree.root_at(size),
+            extensions: vec![],
+        };
+        write("checkpoint", "checkpoint.txt", c.sign(&key)?.as_bytes())?;
+        let other = Signer::from_seed(FUZZ_LOG_NAME, &[7; 32])?;
+        write(
+            "checkpoint",
+            "checkpoint-other-key.txt",
+            c.sign(&other)?.as_bytes(),
+        )?;
+        write(
+            "checkpoint",
+            "verifier-key.txt",
+            key.verifier().to_string().as_bytes(),
+        )?;
+        let blob = |a: u64, b: u64, c: u64, x: &tlog::Hash, y: &tlog::Hash, p: &[tlog::Hash]| {
+            let mut v = Vec::new();
+            for n in [a, b, c] {
+                v.extend_from_slice(&n.to_be_bytes());
+            }
+            v.extend_from_slice(x);
+            v.extend_from_slice(y);
+            for h in p {
+                v.extend_from_slice(h);
+            }
+            v
+        };
+        let incl = tlog::inclusion_proof(&tree, 2, size)?;
+        let leaf = tree.levels()[0][2];
+        write(
+            "checkpoint",
+            "inclusion-proof.bin",
+            &blob(0, size, 2, &leaf, &c.root, &incl),
+        )?;
+        let cons = tlog::consistency_proof(&tree, 3, size)?;
+        write(
+            "checkpoint",
+            "consistency-proof.bin",
+            &blob(3, size, 0, &tree.root_at(3), &c.root, &cons),
+        )?;
     }
 
     let tmp = std::env::temp_dir().join(format!("caliopen-fuzz-seeds-{}", std::process::id()));

@@ -80,3 +80,38 @@ fn directory_corpus() {
         }
     }
 }
+
+#[test]
+fn checkpoint_corpus() {
+    use caliopen_ca::tlog::{Checkpoint, Entry, Note, Verifier};
+    let mut key = None;
+    let mut seen = (0, 0);
+    let all = corpus("checkpoint");
+    for (name, data) in &all {
+        if name == "verifier-key.txt" {
+            key = Some(Verifier::parse(std::str::from_utf8(data).expect("utf-8")).expect(name));
+        }
+    }
+    let key = key.expect("the corpus holds the fuzz target's verifier key");
+    for (name, data) in &all {
+        if name == "checkpoint.txt" {
+            Checkpoint::open(data, &key).expect(name);
+            seen.0 += 1;
+        }
+        if name == "checkpoint-other-key.txt" {
+            assert!(Checkpoint::open(data, &key).is_err(), "{name}");
+        }
+        if name.starts_with("entry-") {
+            Entry::decode(data).expect(name);
+            seen.1 += 1;
+        }
+        for cut in 0..data.len() {
+            let _ = Note::parse(&data[..cut]);
+            let _ = Checkpoint::open(&data[..cut], &key);
+            if name.starts_with("entry-") {
+                assert!(Entry::decode(&data[..cut]).is_err(), "{name} cut at {cut}");
+            }
+        }
+    }
+    assert_eq!(seen, (1, 4), "the seed checkpoint and entries must decode");
+}
