@@ -5,7 +5,8 @@ use crate::csr::{normalize_domain, parse_csr};
 use crate::error::{CaError, Result};
 use crate::keyfile::{read_private, write_file_atomic, write_private_new};
 use crate::member_cert::{assemble_certificate, tbs_certificate, MemberCertSpec};
-use crate::store::{CertRecord, Revocation, Status, Store, Supersession};
+use crate::store::{CertRecord, Change, Revocation, Status, Store, Supersession};
+use crate::tlog::{self, Checkpoint, Entry, EntryKind, Signer};
 use caliopen_charter::Charter;
 use caliopen_proto::directory::{DIRECTORY_ALGORITHM, DIRECTORY_PURPOSE};
 use caliopen_proto::label::{Label, LABEL_VERSION};
@@ -43,6 +44,10 @@ pub mod files {
     pub const AUDIT_LOG: &str = "audit.log";
     /// Admin socket of a running `serve` (0600).
     pub const ADMIN_SOCKET: &str = "admin.sock";
+    /// The membership log's Ed25519 signing key, PKCS#8 PEM (0600).
+    pub const LOG_KEY: &str = "log.key.pem";
+    /// The log's verifier key, signed-note format (public).
+    pub const LOG_PUB: &str = "log.pub";
 }
 
 /// Tunables; the defaults are what `caliopen-ca` uses.
@@ -97,6 +102,10 @@ pub struct Published {
     pub directory: Arc<Vec<u8>>,
     /// `valid_until` of the current directory (Unix seconds).
     pub directory_valid_until: i64,
+    /// Number of entries in the membership log.
+    pub log_size: u64,
+    /// The latest signed checkpoint of the log.
+    pub checkpoint: Arc<String>,
 }
 
 /// A request to issue a member certificate.
@@ -165,6 +174,7 @@ pub struct Authority {
     name: String,
     charter: Charter,
     settings: Settings,
+    log_key: Signer,
     write_lock: Mutex<()>,
     published: watch::Sender<Published>,
     /// When the next superseded certificate listed in the current directory
@@ -282,6 +292,186 @@ fn check_endpoint(ep: &str) -> Result<String> {
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data))
+}
+
+fn unix(t: OffsetDateTime) -> u64 {
+    u64::try_from(t.unix_timestamp()).unwrap_or(0)
+}
+
+/// The log's origin (and key name) for an association that has none yet:
+/// a schema-less URL-like name (tlog-checkpoint §Note text) made of the
+/// association's name and the start of its root key identifier, under
+/// `.invalid` since nothing is served there. Chosen once and kept in the
+/// state (`log_origin`), so that a later root rotation does not change it.
+pub fn default_log_origin(name: &str, root_key_id: &[u8]) -> String {
+    let mut slug = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_matches('-');
+    let slug = if slug.is_empty() { "association" } else { slug };
+    let id = hex::encode(&root_key_id[..root_key_id.len().min(4)]);
+    format!("caliopen.invalid/{slug}/{id}")
+}
+
+/// Reads the log key, or makes it when the log has never been signed
+/// (`caliopen-ca init`, or the first open of an association older than
+/// the log). A missing key for a log that exists is an error: members
+/// pinned that key, a new one would look like a forged log.
+fn open_log_key(dir: &Path, store: &Store, name: &str, root_key_id: &[u8]) -> Result<Signer> {
+    let origin = match store.log_origin()? {
+        Some(o) => o,
+        None => default_log_origin(name, root_key_id),
+    };
+    let key_path = dir.join(files::LOG_KEY);
+    let pub_path = dir.join(files::LOG_PUB);
+    let signer = if key_path.exists() {
+        let text = read_private(&key_path)?;
+        let der = pem::parse(&text)
+            .ok()
+            .filter(|p| p.tag() == "PRIVATE KEY")
+            .ok_or_else(|| {
+                CaError::State(format!("{} is not a PEM private key", key_path.display()))
+            })?
+            .into_contents();
+        Signer::from_pkcs8(&origin, &der)
+            .map_err(|e| CaError::State(format!("{}: {e}", key_path.display())))?
+    } else {
+        if store.log_checkpoint()?.is_some() || store.log_size()? > 0 {
+            return Err(CaError::State(format!(
+                "{} is missing but the membership log was signed with it: restore it from the backup \
+                 (a new key would make every member see a different log)",
+                key_path.display()
+            )));
+        }
+        let (signer, der) =
+            Signer::generate(&origin).map_err(|e| CaError::Crypto(e.to_string()))?;
+        write_private_new(
+            &key_path,
+            pem::encode(&pem::Pem::new("PRIVATE KEY", der)).as_bytes(),
+        )?;
+        if store.all_certs()?.is_empty() {
+            tracing::info!(path = %key_path.display(), key = %signer.verifier(),
+                "made the membership log key");
+        } else {
+            tracing::warn!(path = %key_path.display(), key = %signer.verifier(),
+                "this association had no membership log key: made one (back it up)");
+        }
+        signer
+    };
+    if store.log_origin()?.is_none() {
+        store.set_log_origin(&origin)?;
+    }
+    let vkey = format!("{}\n", signer.verifier());
+    if fs::read_to_string(&pub_path).ok().as_deref() != Some(vkey.as_str()) {
+        write_file_atomic(&pub_path, vkey.as_bytes(), 0o644)?;
+    }
+    Ok(signer)
+}
+
+/// One log entry as listed by `caliopen-ca log entries`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogEntryInfo {
+    /// Position in the log (0-based).
+    pub index: u64,
+    /// `issuance`, `renewal`, `revocation` or `baseline`.
+    pub kind: &'static str,
+    /// When the operation happened (Unix seconds).
+    pub time: u64,
+    /// Serial (hex) of the certificate issued or revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// SHA-256 (hex) of the certificate issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Member identifier of the certificate issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<String>,
+    /// Serial (hex) of the certificate renewed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewed_from: Option<String>,
+    /// Revocation reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// New baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_software_version: Option<String>,
+}
+
+impl LogEntryInfo {
+    fn new(index: u64, e: &Entry) -> Self {
+        let mut info = Self {
+            index,
+            kind: e.kind.name(),
+            time: e.time,
+            serial: None,
+            sha256: None,
+            member_id: None,
+            renewed_from: None,
+            reason: None,
+            min_software_version: None,
+        };
+        let cert = |info: &mut Self, der: &[u8]| {
+            info.sha256 = Some(sha256_hex(der));
+            if let Ok((_, c)) = X509Certificate::from_der(der) {
+                info.serial = Some(hex::encode(c.raw_serial()));
+                info.member_id = crate::member_cert::label_of(&c).map(|l| l.member_id);
+            }
+        };
+        match &e.kind {
+            EntryKind::Issuance { cert_der } => cert(&mut info, cert_der),
+            EntryKind::Renewal {
+                renewed_from,
+                cert_der,
+            } => {
+                cert(&mut info, cert_der);
+                info.renewed_from = Some(hex::encode(renewed_from));
+            }
+            EntryKind::Revocation { serial, reason } => {
+                info.serial = Some(hex::encode(serial));
+                info.reason = Some(reason.clone());
+            }
+            EntryKind::Baseline {
+                min_software_version,
+            } => info.min_software_version = Some(min_software_version.clone()),
+        }
+        info
+    }
+
+    /// One line for humans: what the entry did.
+    pub fn summary(&self) -> String {
+        let o = |v: &Option<String>| v.clone().unwrap_or_default();
+        match self.kind {
+            "issuance" => format!(
+                "serial {} member {} sha256 {}",
+                o(&self.serial),
+                o(&self.member_id),
+                o(&self.sha256)
+            ),
+            "renewal" => format!(
+                "serial {} member {} renews {} sha256 {}",
+                o(&self.serial),
+                o(&self.member_id),
+                o(&self.renewed_from),
+                o(&self.sha256)
+            ),
+            "revocation" => format!("serial {} reason {}", o(&self.serial), o(&self.reason)),
+            _ => format!("min_software_version {:?}", o(&self.min_software_version)),
+        }
+    }
+}
+
+/// What `Authority::verify_log` checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogVerified {
+    /// Number of entries.
+    pub size: u64,
+    /// The tree head, recomputed from the entries.
+    pub root: tlog::Hash,
 }
 
 impl Authority {
@@ -410,7 +600,10 @@ impl Authority {
             directory_serial: 0,
             directory: Arc::new(Vec::new()),
             directory_valid_until: 0,
+            log_size: 0,
+            checkpoint: Arc::new(String::new()),
         };
+        let log_key = open_log_key(dir, &store, &name, &root_key_id)?;
         let (published, _) = watch::channel(placeholder);
         let ca = Self {
             dir: dir.to_owned(),
@@ -423,6 +616,7 @@ impl Authority {
             name,
             charter,
             settings,
+            log_key,
             write_lock: Mutex::new(()),
             published,
             next_prune: AtomicI64::new(NO_PRUNE),
@@ -431,10 +625,238 @@ impl Authority {
         Ok(ca)
     }
 
+    /// Makes sure the membership log exists and is signed by our key: an
+    /// association older than the log gets its certificate records as the
+    /// first entries, in issuance order, then their revocations and the
+    /// baseline, in one commit; a new one signs the empty tree.
+    fn open_log_locked(&self) -> Result<()> {
+        if let Some(cp) = self.store.log_checkpoint()? {
+            let (c, _) = Checkpoint::open(cp.as_bytes(), self.log_key.verifier()).map_err(|e| {
+                CaError::State(format!(
+                    "the stored log checkpoint does not verify with {}: {e}",
+                    files::LOG_KEY
+                ))
+            })?;
+            if c.size != self.store.log_size()? {
+                return Err(CaError::State(
+                    "the stored log checkpoint is not for the stored log size".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if self.store.log_size()? != 0 {
+            return Err(CaError::State(
+                "the membership log has no checkpoint".into(),
+            ));
+        }
+        let mut certs = self.store.all_certs()?;
+        // Issuance order as the records tell it: by issuance second, a
+        // renewal after what it renewed within the same second (its depth
+        // in the renewal chain), then by serial.
+        let by_serial: std::collections::HashMap<String, Option<String>> = certs
+            .iter()
+            .map(|r| (r.serial.clone(), r.renewed_from.clone()))
+            .collect();
+        let depth = |r: &CertRecord| {
+            let mut d = 0usize;
+            let mut at = r.renewed_from.clone();
+            while let Some(s) = at {
+                d += 1;
+                if d > by_serial.len() {
+                    break;
+                }
+                at = by_serial.get(&s).cloned().flatten();
+            }
+            d
+        };
+        certs.sort_by_cached_key(|r| (r.not_before, depth(r), r.serial.clone()));
+        let mut entries = Vec::new();
+        for r in &certs {
+            let der = pem::parse(&r.certificate_pem)
+                .map_err(|e| CaError::State(format!("certificate {}: {e}", r.serial)))?
+                .into_contents();
+            // Issued at not_before + 5 minutes (see `issue_locked`).
+            let time = u64::try_from(r.not_before + 300).unwrap_or(0);
+            let kind = match &r.renewed_from {
+                Some(from) => EntryKind::Renewal {
+                    renewed_from: hex::decode(from)
+                        .map_err(|_| CaError::State(format!("corrupt serial {from}")))?,
+                    cert_der: der,
+                },
+                None => EntryKind::Issuance { cert_der: der },
+            };
+            entries.push(Entry { time, kind });
+        }
+        let mut revoked: Vec<&CertRecord> = certs.iter().filter(|r| r.revoked.is_some()).collect();
+        revoked.sort_by_key(|r| (r.revoked.as_ref().map(|v| v.at), r.serial.clone()));
+        for r in revoked {
+            let rv = r.revoked.as_ref().map(|v| (v.at, v.reason.clone()));
+            let (at, reason) = rv.unwrap_or_default();
+            entries.push(Entry {
+                time: u64::try_from(at).unwrap_or(0),
+                kind: EntryKind::Revocation {
+                    serial: hex::decode(&r.serial)
+                        .map_err(|_| CaError::State(format!("corrupt serial {}", r.serial)))?,
+                    reason,
+                },
+            });
+        }
+        let baseline = self.store.min_software_version()?;
+        if !baseline.is_empty() {
+            entries.push(Entry {
+                time: unix(now()),
+                kind: EntryKind::Baseline {
+                    min_software_version: baseline,
+                },
+            });
+        }
+        let (size, _) = self.commit_logged(&Change::default(), &entries)?;
+        if size > 0 {
+            tracing::info!(
+                entries = size,
+                "membership log created from the existing certificate records"
+            );
+            self.audit(&serde_json::json!({"event": "log_migrated", "entries": size}))?;
+        }
+        Ok(())
+    }
+
+    /// Appends `entries` with `change` and a new checkpoint, atomically.
+    fn commit_logged(&self, change: &Change<'_>, entries: &[Entry]) -> Result<(u64, String)> {
+        let bytes = entries
+            .iter()
+            .map(|e| {
+                e.encode()
+                    .map_err(|err| CaError::State(format!("log entry: {err}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.store.commit_logged(change, &bytes, &|size, root| {
+            Checkpoint {
+                origin: self.log_key.verifier().name().to_owned(),
+                size,
+                root: *root,
+                extensions: Vec::new(),
+            }
+            .sign(&self.log_key)
+            .map_err(|e| CaError::Crypto(format!("log checkpoint: {e}")))
+        })
+    }
+
+    /// The log's verifier key (`<origin>+<key id>+<key>`).
+    pub fn log_verifier(&self) -> &tlog::Verifier {
+        self.log_key.verifier()
+    }
+
+    /// The latest signed checkpoint.
+    pub fn log_checkpoint(&self) -> Result<String> {
+        self.store
+            .log_checkpoint()?
+            .ok_or_else(|| CaError::State("the membership log has no checkpoint".into()))
+    }
+
+    /// Every log entry's bytes, in order (what the leaves hash).
+    pub fn log_entry_bytes(&self) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .store
+            .log_entries()?
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect())
+    }
+
+    /// Every log entry, decoded.
+    pub fn log_entries(&self) -> Result<Vec<LogEntryInfo>> {
+        self.store
+            .log_entries()?
+            .iter()
+            .map(|(i, b)| {
+                let e = Entry::decode(b)
+                    .map_err(|err| CaError::State(format!("log entry {i}: {err}")))?;
+                Ok(LogEntryInfo::new(*i, &e))
+            })
+            .collect()
+    }
+
+    /// Recomputes the whole tree from the entries and checks it against the
+    /// stored hashes, the stored size and the latest checkpoint (signature
+    /// and head), and that every certificate record and revocation is in
+    /// the log. The first discrepancy is the error.
+    pub fn verify_log(&self) -> Result<LogVerified> {
+        let _g = self.lock();
+        let bad = |m: String| CaError::State(format!("log verification failed: {m}"));
+        let size = self.store.log_size()?;
+        let mut tree = tlog::MemoryTree::new();
+        let mut issued = HashSet::new();
+        let mut revoked = HashSet::new();
+        for (i, b) in self.store.log_entries()? {
+            if i != tree.size() {
+                return Err(bad(format!("entry {} is missing", tree.size())));
+            }
+            let e = Entry::decode(&b).map_err(|err| bad(format!("entry {i}: {err}")))?;
+            match &e.kind {
+                EntryKind::Issuance { cert_der } | EntryKind::Renewal { cert_der, .. } => {
+                    issued.insert(sha256_hex(cert_der));
+                }
+                EntryKind::Revocation { serial, .. } => {
+                    revoked.insert(hex::encode(serial));
+                }
+                EntryKind::Baseline { .. } => {}
+            }
+            tree.push_entry(&b);
+        }
+        if tree.size() != size {
+            return Err(bad(format!(
+                "{} entries stored, the log size says {size}",
+                tree.size()
+            )));
+        }
+        let stored = self.store.log_nodes()?;
+        let want: usize = tree.levels().iter().map(Vec::len).sum();
+        if stored.len() != want {
+            return Err(bad(format!(
+                "{} hashes stored, {want} expected for {size} entries",
+                stored.len()
+            )));
+        }
+        for ((level, index), h) in stored {
+            let ok = tree
+                .levels()
+                .get(usize::from(level))
+                .and_then(|l| l.get(usize::try_from(index).ok()?))
+                == Some(&h);
+            if !ok {
+                return Err(bad(format!("stored hash ({level}, {index}) differs")));
+            }
+        }
+        let root = tree.root_at(size);
+        let cp = self.log_checkpoint()?;
+        let (c, _) = Checkpoint::open(cp.as_bytes(), self.log_key.verifier())
+            .map_err(|e| bad(format!("latest checkpoint: {e}")))?;
+        if c.size != size || c.root != root {
+            return Err(bad(format!(
+                "the latest checkpoint is for size {} with another head",
+                c.size
+            )));
+        }
+        for r in self.store.all_certs()? {
+            if !issued.contains(&r.sha256) {
+                return Err(bad(format!("certificate {} is not in the log", r.serial)));
+            }
+            if r.revoked.is_some() && !revoked.contains(&r.serial) {
+                return Err(bad(format!(
+                    "the revocation of {} is not in the log",
+                    r.serial
+                )));
+            }
+        }
+        Ok(LogVerified { size, root })
+    }
+
     /// Loads the stored CRL and directory into the published state, issuing
     /// any that is missing.
     fn load_published(&self) -> Result<()> {
         let _g = self.lock();
+        self.open_log_locked()?;
         if self.store.current_crl()?.is_none() {
             self.issue_crl_locked()?;
         }
@@ -499,6 +921,8 @@ impl Authority {
             directory_serial: self.store.directory_serial()?,
             directory: Arc::new(directory),
             directory_valid_until,
+            log_size: self.store.log_size()?,
+            checkpoint: Arc::new(self.store.log_checkpoint()?.unwrap_or_default()),
         });
         Ok(())
     }
@@ -509,6 +933,14 @@ impl Authority {
         self.write_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Removes the membership log from the state (tests: make a state as
+    /// an association older than the log left it).
+    #[doc(hidden)]
+    pub fn wipe_log_for_tests(&self) -> Result<()> {
+        self.store.wipe_log()?;
+        self.store.flush()
     }
 
     /// The association directory.
@@ -633,7 +1065,7 @@ impl Authority {
                 )));
             }
         }
-        let record = self.issue_locked(
+        let (record, der) = self.issue_locked(
             &csr,
             Label {
                 version: LABEL_VERSION,
@@ -645,6 +1077,16 @@ impl Authority {
             days,
             None,
             at,
+        )?;
+        self.commit_logged(
+            &Change {
+                certs: vec![(hex::decode(&record.serial).unwrap_or_default(), &record)],
+                ..Change::default()
+            },
+            &[Entry {
+                time: unix(at),
+                kind: EntryKind::Issuance { cert_der: der },
+            }],
         )?;
         self.audit(&serde_json::json!({
             "event": "issue", "serial": record.serial, "member_id": record.member_id,
@@ -666,7 +1108,7 @@ impl Authority {
         days: u32,
         renewed_from: Option<String>,
         t: OffsetDateTime,
-    ) -> Result<CertRecord> {
+    ) -> Result<(CertRecord, Vec<u8>)> {
         let serial = random_serial()?;
         let not_before = t - Duration::minutes(5);
         let not_after = t + Duration::days(days.into());
@@ -699,8 +1141,7 @@ impl Authority {
             superseded: None,
             certificate_pem,
         };
-        self.store.put_cert(&serial, &record)?;
-        Ok(record)
+        Ok((record, der))
     }
 
     /// Marks every earlier unrevoked certificate of `new`'s member as
@@ -842,13 +1283,26 @@ impl Authority {
             dns_names: old.domains.clone(),
             ..csr
         };
-        let record = self.issue_locked(
+        let (record, der) = self.issue_locked(
             &csr,
             label,
             old.endpoints.clone(),
             days,
             Some(old.serial.clone()),
             at,
+        )?;
+        self.commit_logged(
+            &Change {
+                certs: vec![(hex::decode(&record.serial).unwrap_or_default(), &record)],
+                ..Change::default()
+            },
+            &[Entry {
+                time: unix(at),
+                kind: EntryKind::Renewal {
+                    renewed_from: hex::decode(&old.serial).unwrap_or_default(),
+                    cert_der: der,
+                },
+            }],
         )?;
         self.audit(&serde_json::json!({
             "event": "renew", "serial": record.serial, "renewed_from": old.serial,
@@ -897,6 +1351,8 @@ impl Authority {
             }
         };
         let mut out = RevokeOutcome::default();
+        let mut changed = Vec::new();
+        let mut entries = Vec::new();
         for (serial, mut rec) in targets {
             if rec.revoked.is_some() {
                 out.already_revoked.push(rec.serial);
@@ -906,7 +1362,25 @@ impl Authority {
                 at: t,
                 reason: reason_name.to_owned(),
             });
-            self.store.put_cert(&serial, &rec)?;
+            entries.push(Entry {
+                time: u64::try_from(t).unwrap_or(0),
+                kind: EntryKind::Revocation {
+                    serial: serial.clone(),
+                    reason: reason_name.to_owned(),
+                },
+            });
+            changed.push((serial, rec));
+        }
+        if !changed.is_empty() {
+            self.commit_logged(
+                &Change {
+                    certs: changed.iter().map(|(s, r)| (s.clone(), r)).collect(),
+                    ..Change::default()
+                },
+                &entries,
+            )?;
+        }
+        for (_, rec) in changed {
             self.audit(&serde_json::json!({
                 "event": "revoke", "serial": rec.serial, "member_id": rec.member_id,
                 "domains": rec.domains, "reason": reason_name,
@@ -1028,6 +1502,7 @@ impl Authority {
             min_software_version: self.store.min_software_version()?,
             association: self.name.clone(),
             members: members.into_values().collect(),
+            log_size: self.store.log_size()?,
         };
         let bytes = dir.encode_to_vec();
         let signature = self.key.sign(&bytes)?;
@@ -1057,7 +1532,18 @@ impl Authority {
             )));
         }
         let _g = self.lock();
-        self.store.set_min_software_version(v)?;
+        self.commit_logged(
+            &Change {
+                min_software_version: Some(v),
+                ..Change::default()
+            },
+            &[Entry {
+                time: unix(now()),
+                kind: EntryKind::Baseline {
+                    min_software_version: v.to_owned(),
+                },
+            }],
+        )?;
         self.audit(&serde_json::json!({"event": "baseline", "min_software_version": v}))?;
         let (serial, _) = self.issue_directory_locked(now())?;
         self.store.flush()?;

@@ -7,8 +7,10 @@
 //! (DESIGN.md §3).
 //!
 //! State lives in one directory: `ca.pem` (root, public), `ca.key.pem` (root
-//! key, 0600, refused when others can read it), `charter.toml`, `state/`
-//! (sled), `audit.log` (JSON lines, every issuance and revocation), and while
+//! key, 0600, refused when others can read it), `log.key.pem` (the
+//! membership log's Ed25519 key, 0600) and `log.pub` (its verifier key),
+//! `charter.toml`, `state/` (sled, with the membership log: [`tlog`]),
+//! `audit.log` (JSON lines, every issuance and revocation), and while
 //! `serve` runs, `admin.sock`, through which the command-line tool reaches
 //! the running authority.
 #![forbid(unsafe_code)]
@@ -26,8 +28,9 @@ pub mod tlog;
 
 pub use admin::{connect as connect_admin, status_to_error, AdminService};
 pub use authority::{
-    files, parse_serial, Authority, Issued, ListEntry, Published, RevokeOutcome, RevokeTarget,
-    Settings, SignRequest, MAX_LISTED_PER_MEMBER,
+    default_log_origin, files, parse_serial, Authority, Issued, ListEntry, LogEntryInfo,
+    LogVerified, Published, RevokeOutcome, RevokeTarget, Settings, SignRequest,
+    MAX_LISTED_PER_MEMBER,
 };
 pub use csr::{normalize_domain, parse_csr, CsrInfo, MAX_CSR_LEN};
 pub use error::{CaError, Result};

@@ -162,6 +162,14 @@ pub fn assemble_certificate(tbs: &[u8], signature: &[u8]) -> Vec<u8> {
     ])
 }
 
+/// The Caliopen label a certificate carries, if it carries a readable one.
+pub fn label_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Label> {
+    cert.extensions()
+        .iter()
+        .find(|e| e.oid.as_bytes() == LABEL_OID_DER)
+        .and_then(|e| Label::from_der(e.value).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,10 +7,25 @@
 //!   deleted.
 //! - `meta`: `crl_number` and `directory_serial` (u64 big-endian, last issued),
 //!   `min_software_version` (UTF-8), `current_crl` (DER), `current_directory`
-//!   (encoded `SignedDirectory`).
+//!   (encoded `SignedDirectory`); for the membership log `log_size` (u64
+//!   big-endian), `log_checkpoint` (the latest signed checkpoint, UTF-8) and
+//!   `log_origin` (UTF-8).
+//! - `log_entries`: index (u64 big-endian) → entry bytes ([`crate::tlog::Entry`]).
+//! - `log_nodes`: level (u8) ‖ index (u64 big-endian) → the 32-byte hash of
+//!   that complete subtree (level 0: leaf hashes), so that tree heads and
+//!   proofs read O(log n) keys.
+//!
+//! A membership change and its log entries, the new hashes, the log size and
+//! the checkpoint signed over them are written in one sled transaction
+//! ([`Store::commit_logged`]): no state holds a change its log lacks.
 
 use crate::error::{CaError, Result};
+use crate::tlog::{self, Hash, NodeSource};
 use serde::{Deserialize, Serialize};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// A revocation.
@@ -113,6 +128,72 @@ pub struct Store {
     db: sled::Db,
     certs: sled::Tree,
     meta: sled::Tree,
+    log_entries: sled::Tree,
+    log_nodes: sled::Tree,
+}
+
+/// What one logged commit changes besides the log itself.
+#[derive(Debug, Default)]
+pub struct Change<'a> {
+    /// Certificate records to insert or update (serial, record).
+    pub certs: Vec<(Vec<u8>, &'a CertRecord)>,
+    /// A new security baseline.
+    pub min_software_version: Option<&'a str>,
+}
+
+fn node_key(level: u8, index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = level;
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn as_hash(v: &[u8]) -> Result<Hash> {
+    v.try_into()
+        .map_err(|_| CaError::State("corrupt log hash in the state database".into()))
+}
+
+fn as_u64(v: &[u8], what: &str) -> Result<u64> {
+    let arr: [u8; 8] = v
+        .try_into()
+        .map_err(|_| CaError::State(format!("corrupt meta counter {what}")))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+type TxError = ConflictableTransactionError<CaError>;
+
+/// The log's hashes as seen inside a transaction: those written by it so
+/// far, then the committed ones.
+struct TxNodes<'a> {
+    tree: &'a TransactionalTree,
+    fresh: &'a HashMap<(u8, u64), Hash>,
+}
+
+impl NodeSource for TxNodes<'_> {
+    type Error = TxError;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, TxError> {
+        if let Some(h) = self.fresh.get(&(level, index)) {
+            return Ok(*h);
+        }
+        match self.tree.get(node_key(level, index))? {
+            Some(v) => as_hash(&v).map_err(ConflictableTransactionError::Abort),
+            None => Err(ConflictableTransactionError::Abort(CaError::State(
+                format!("log hash ({level}, {index}) missing from the state database"),
+            ))),
+        }
+    }
+}
+
+impl NodeSource for Store {
+    type Error = CaError;
+    fn node(&self, level: u8, index: u64) -> Result<Hash> {
+        match self.log_nodes.get(node_key(level, index))? {
+            Some(v) => as_hash(&v),
+            None => Err(CaError::State(format!(
+                "log hash ({level}, {index}) missing from the state database"
+            ))),
+        }
+    }
 }
 
 const K_CRL_NUMBER: &[u8] = b"crl_number";
@@ -120,6 +201,9 @@ const K_DIRECTORY_SERIAL: &[u8] = b"directory_serial";
 const K_MIN_VERSION: &[u8] = b"min_software_version";
 const K_CURRENT_CRL: &[u8] = b"current_crl";
 const K_CURRENT_DIRECTORY: &[u8] = b"current_directory";
+const K_LOG_SIZE: &[u8] = b"log_size";
+const K_LOG_CHECKPOINT: &[u8] = b"log_checkpoint";
+const K_LOG_ORIGIN: &[u8] = b"log_origin";
 
 impl Store {
     /// Opens (or creates) the state database. Fails clearly when another
@@ -140,7 +224,148 @@ impl Store {
         })?;
         let certs = db.open_tree("certs")?;
         let meta = db.open_tree("meta")?;
-        Ok(Self { db, certs, meta })
+        let log_entries = db.open_tree("log_entries")?;
+        let log_nodes = db.open_tree("log_nodes")?;
+        Ok(Self {
+            db,
+            certs,
+            meta,
+            log_entries,
+            log_nodes,
+        })
+    }
+
+    /// Appends `entries` to the log and applies `change`, in one
+    /// transaction that also stores the new hashes, the new size and the
+    /// checkpoint `sign(size, root)` returns for the new tree head. Returns
+    /// the new size and checkpoint. Nothing is written when anything fails.
+    pub fn commit_logged(
+        &self,
+        change: &Change<'_>,
+        entries: &[Vec<u8>],
+        sign: &dyn Fn(u64, &Hash) -> Result<String>,
+    ) -> Result<(u64, String)> {
+        let certs: Vec<(&[u8], Vec<u8>)> = change
+            .certs
+            .iter()
+            .map(|(k, r)| {
+                serde_json::to_vec(r)
+                    .map(|v| (k.as_slice(), v))
+                    .map_err(|e| CaError::State(e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        let res = (&self.certs, &self.meta, &self.log_entries, &self.log_nodes).transaction(
+            |(t_certs, t_meta, t_entries, t_nodes)| {
+                let mut size = match t_meta.get(K_LOG_SIZE)? {
+                    None => 0,
+                    Some(v) => {
+                        as_u64(&v, "log_size").map_err(ConflictableTransactionError::Abort)?
+                    }
+                };
+                let mut fresh: HashMap<(u8, u64), Hash> = HashMap::new();
+                for e in entries {
+                    let src = TxNodes {
+                        tree: t_nodes,
+                        fresh: &fresh,
+                    };
+                    let nodes = tlog::merkle::append_nodes(&src, size, tlog::leaf_hash(e))?;
+                    for (level, index, h) in nodes {
+                        t_nodes.insert(&node_key(level, index), &h)?;
+                        fresh.insert((level, index), h);
+                    }
+                    t_entries.insert(&size.to_be_bytes(), e.as_slice())?;
+                    size += 1;
+                }
+                let root = tlog::root(
+                    &TxNodes {
+                        tree: t_nodes,
+                        fresh: &fresh,
+                    },
+                    size,
+                )?;
+                let checkpoint = sign(size, &root).map_err(ConflictableTransactionError::Abort)?;
+                t_meta.insert(K_LOG_SIZE, &size.to_be_bytes())?;
+                t_meta.insert(K_LOG_CHECKPOINT, checkpoint.as_bytes())?;
+                for (k, v) in &certs {
+                    t_certs.insert(*k, v.as_slice())?;
+                }
+                if let Some(v) = change.min_software_version {
+                    t_meta.insert(K_MIN_VERSION, v.as_bytes())?;
+                }
+                Ok((size, checkpoint))
+            },
+        );
+        res.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => CaError::Db(e),
+        })
+    }
+
+    /// Number of log entries.
+    pub fn log_size(&self) -> Result<u64> {
+        self.get_u64(K_LOG_SIZE)
+    }
+
+    /// The latest signed checkpoint, if one was ever signed.
+    pub fn log_checkpoint(&self) -> Result<Option<String>> {
+        self.meta
+            .get(K_LOG_CHECKPOINT)?
+            .map(|v| {
+                String::from_utf8(v.to_vec())
+                    .map_err(|_| CaError::State("corrupt log checkpoint".into()))
+            })
+            .transpose()
+    }
+
+    /// The log's origin, once chosen.
+    pub fn log_origin(&self) -> Result<Option<String>> {
+        Ok(self
+            .meta
+            .get(K_LOG_ORIGIN)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records the log's origin (once, when its key is made).
+    pub fn set_log_origin(&self, origin: &str) -> Result<()> {
+        self.meta.insert(K_LOG_ORIGIN, origin.as_bytes())?;
+        Ok(())
+    }
+
+    /// Every stored log entry as (index, bytes), in order.
+    pub fn log_entries(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.log_entries
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((as_u64(&k, "log entry index")?, v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Every stored log hash as ((level, index), hash).
+    pub fn log_nodes(&self) -> Result<Vec<((u8, u64), Hash)>> {
+        self.log_nodes
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                if k.len() != 9 {
+                    return Err(CaError::State("corrupt log hash key".into()));
+                }
+                Ok(((k[0], as_u64(&k[1..], "log hash index")?), as_hash(&v)?))
+            })
+            .collect()
+    }
+
+    /// Removes the whole log (tests: a state as written before the log
+    /// existed).
+    #[doc(hidden)]
+    pub fn wipe_log(&self) -> Result<()> {
+        self.log_entries.clear()?;
+        self.log_nodes.clear()?;
+        for k in [K_LOG_SIZE, K_LOG_CHECKPOINT, K_LOG_ORIGIN] {
+            self.meta.remove(k)?;
+        }
+        Ok(())
     }
 
     /// Makes every change so far durable.
@@ -230,12 +455,6 @@ impl Store {
             .get(K_MIN_VERSION)?
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default())
-    }
-
-    /// Sets the security baseline.
-    pub fn set_min_software_version(&self, v: &str) -> Result<()> {
-        self.meta.insert(K_MIN_VERSION, v.as_bytes())?;
-        Ok(())
     }
 }
 
