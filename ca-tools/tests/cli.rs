@@ -622,3 +622,82 @@ fn directory_verifies_with_the_ca_certificate_alone() {
         p(&dir_file),
     ]);
 }
+
+/// `log key|checkpoint|entries|verify`: the key openssl reads from
+/// log.key.pem is the one printed, every change shows up as an entry and
+/// in the checkpoint, verify says OK in one line and fails in one line on a
+/// tampered state.
+#[test]
+fn log_commands() {
+    let a = Assoc::new();
+    let csr = a.openssl_csr("alpha", &["subjectAltName=DNS:alpha.test"]);
+    let (_, serial) = a.sign(&csr, "alpha", "alpha.pem");
+    ok(&["baseline", "--dir", a.d(), "--min-version", "0.2.0"]);
+    ok(&["revoke", "--dir", a.d(), "--serial", &serial]);
+
+    let key = ok(&["log", "key", "--dir", a.d()]);
+    let key = key.trim_end();
+    let parts: Vec<&str> = key.splitn(3, '+').collect();
+    assert_eq!(parts.len(), 3, "{key}");
+    assert!(parts[0].starts_with("caliopen.invalid/test-association/"));
+    // openssl's view of the private key file gives the same public key.
+    let o = openssl(&[
+        "pkey",
+        "-in",
+        p(&a.dir.join("log.key.pem")),
+        "-pubout",
+        "-outform",
+        "DER",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let spki_pub = &o.stdout[o.stdout.len() - 32..];
+    let v = caliopen_ca::tlog::Verifier::parse(key).expect("verifier key");
+    assert_eq!(&v.public_key()[..], spki_pub);
+
+    let cp = ok(&["log", "checkpoint", "--dir", a.d()]);
+    let (c, _) = caliopen_ca::tlog::Checkpoint::open(cp.as_bytes(), &v).expect("verifies");
+    assert_eq!(c.size, 3);
+
+    let text = ok(&["log", "entries", "--dir", a.d()]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[1].contains("issuance") && lines[1].contains(&serial),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("baseline") && lines[2].contains("0.2.0"),
+        "{text}"
+    );
+    assert!(
+        lines[3].contains("revocation") && lines[3].contains(&serial),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["log", "entries", "--dir", a.d(), "--json"])).expect("json");
+    let arr = json.as_array().expect("array");
+    assert_eq!(arr.len(), 3);
+    assert_eq!(arr[0]["kind"], "issuance");
+    assert_eq!(arr[0]["member_id"], "alpha");
+    assert_eq!(arr[2]["reason"], "unspecified");
+
+    let out = ok(&["log", "verify", "--dir", a.d()]);
+    assert_eq!(out.lines().count(), 1);
+    assert!(out.starts_with("OK: 3 entries"), "{out}");
+
+    // A stored hash changed behind the association's back.
+    {
+        let db = sled::open(a.dir.join("state")).expect("sled");
+        let t = db.open_tree("log_nodes").expect("tree");
+        let (k, mut v) = t.first().expect("read").expect("a hash");
+        let mut raw = v.to_vec();
+        raw[0] ^= 0xff;
+        v = raw.into();
+        t.insert(k, v).expect("insert");
+        db.flush().expect("flush");
+    }
+    let err = refused(&["log", "verify", "--dir", a.d()]);
+    assert!(err.contains("log verification failed"), "{err}");
+    refused(&["log", "verify", "--dir", p(&a.path("nowhere"))]);
+    refused(&["log", "entries"]);
+}

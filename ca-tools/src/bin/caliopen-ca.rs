@@ -136,6 +136,11 @@ enum Cmd {
         #[arg(long = "in", value_name = "FILE")]
         input: PathBuf,
     },
+    /// The membership transparency log: its key, checkpoint and entries.
+    Log {
+        #[command(subcommand)]
+        cmd: LogCmd,
+    },
     /// Run the association service (TLS): CRL, directory, renewal, watch.
     Serve {
         #[command(flatten)]
@@ -147,6 +152,111 @@ enum Cmd {
         #[arg(long)]
         hostname: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum LogCmd {
+    /// Print the log's verifier key (`<origin>+<key id>+<key>`, signed-note format).
+    Key {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Print the latest signed checkpoint (tlog-checkpoint).
+    Checkpoint {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// List the log's entries: index, kind, time, what changed.
+    Entries {
+        #[command(flatten)]
+        dir: DirArg,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute the whole tree from the entries and check it against the
+    /// stored hashes and the latest checkpoint.
+    Verify {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+/// Opens the directory itself for a `log` command (these read the state
+/// database, which a running service holds).
+async fn open_local(dir: &Path, what: &str) -> anyhow::Result<Authority> {
+    if connect_admin(dir).await.is_some() {
+        bail!(
+            "the association service is running on {}: `log {what}` reads the state itself, \
+             stop the service first",
+            dir.display()
+        );
+    }
+    let dir = dir.to_owned();
+    Ok(tokio::task::spawn_blocking(move || Authority::open(&dir, Settings::default())).await??)
+}
+
+async fn run_log(cmd: LogCmd) -> anyhow::Result<()> {
+    match cmd {
+        LogCmd::Key { dir } => {
+            // log.pub is public and kept by every open: no need for the state.
+            let path = dir.dir.join(caliopen_ca::files::LOG_PUB);
+            let key = match std::fs::read_to_string(&path) {
+                Ok(k) => k.trim_end().to_owned(),
+                Err(_) => open_local(&dir.dir, "key")
+                    .await?
+                    .log_verifier()
+                    .to_string(),
+            };
+            caliopen_ca::tlog::Verifier::parse(&key)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            out!("{key}");
+        }
+        LogCmd::Checkpoint { dir } => {
+            let ca = open_local(&dir.dir, "checkpoint").await?;
+            let cp = tokio::task::spawn_blocking(move || ca.log_checkpoint()).await??;
+            write!(std::io::stdout(), "{cp}")?;
+        }
+        LogCmd::Entries { dir, json } => {
+            let ca = open_local(&dir.dir, "entries").await?;
+            let entries = tokio::task::spawn_blocking(move || ca.log_entries()).await??;
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &entries)?;
+                writeln!(out)?;
+                return Ok(());
+            }
+            writeln!(out, "{:<7} {:<10} {:<20} WHAT", "INDEX", "KIND", "TIME")?;
+            for e in &entries {
+                let t = i64::try_from(e.time)
+                    .ok()
+                    .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "{:<7} {:<10} {:<20} {}",
+                    e.index,
+                    e.kind,
+                    t,
+                    e.summary()
+                )?;
+            }
+        }
+        LogCmd::Verify { dir } => {
+            let ca = open_local(&dir.dir, "verify").await?;
+            let v = tokio::task::spawn_blocking(move || ca.verify_log()).await??;
+            out!(
+                "OK: {} entries, tree head {}, match the stored hashes and the signed checkpoint",
+                v.size,
+                caliopen_ca::tlog::base64::encode(&v.root)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(json: bool, default: &str) {
@@ -446,6 +556,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             out!("{}", serde_json::to_string_pretty(&v)?);
         }
+        Cmd::Log { cmd } => run_log(cmd).await?,
         Cmd::Serve {
             dir,
             listen,
