@@ -23,6 +23,11 @@ pub struct AssociationLink {
     pub poll_interval: Duration,
     /// Connect and request deadline.
     pub timeout: Duration,
+    /// The member's certificate and key files (PEM), presented on `Watch`
+    /// so that the association counts this link against the slots it
+    /// keeps for members rather than the anonymous ones. Read at each
+    /// connection, so a renewed certificate is used on the next one.
+    pub watch_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl AssociationLink {
@@ -33,6 +38,28 @@ impl AssociationLink {
             ca_pem: ca_pem.into(),
             poll_interval: Duration::from_secs(300),
             timeout: Duration::from_secs(10),
+            watch_identity: None,
+        }
+    }
+
+    /// Presents the member certificate in `cert` (key in `key`) on `Watch`.
+    pub fn with_watch_identity(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.watch_identity = Some((cert.into(), key.into()));
+        self
+    }
+
+    fn read_watch_identity(&self) -> Option<Identity> {
+        let (c, k) = self.watch_identity.as_ref()?;
+        match (std::fs::read(c), std::fs::read(k)) {
+            (Ok(c), Ok(k)) => Some(Identity::from_pem(c, k)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "member certificate unreadable: watching the association anonymously");
+                None
+            }
         }
     }
 
@@ -105,7 +132,7 @@ impl AssociationLink {
         token: &CancellationToken,
     ) -> Result<(), String> {
         self.poll_once(trust).await?;
-        let ch = self.channel(None).await?;
+        let ch = self.channel(self.read_watch_identity()).await?;
         let mut c = AssociationClient::new(ch);
         let st = trust.current();
         let mut stream = c

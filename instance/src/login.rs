@@ -82,17 +82,57 @@ pub fn hash_within_bounds(phc: &str) -> Result<(), String> {
 }
 
 /// Verifies `password` against a PHC `hash` (argon2), refusing hashes whose
-/// cost is above the bounds.
+/// cost is above the bounds. The argon2 memory is this thread's own buffer,
+/// kept between calls (at most the bound's 64 MiB): a hash allocates nothing
+/// big, so memory stays (threads hashing) × (largest cost seen).
 pub fn argon2_verify(hash: &str, password: &[u8]) -> bool {
-    use argon2::PasswordVerifier;
+    thread_local! {
+        static MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    MEMORY.with(|m| verify_with_memory(&mut m.borrow_mut(), hash, password))
+}
+
+fn verify_with_memory(mem: &mut Vec<argon2::Block>, hash: &str, password: &[u8]) -> bool {
     if hash_within_bounds(hash).is_err() {
         return false;
     }
-    argon2::PasswordHash::new(hash).is_ok_and(|h| {
-        argon2::Argon2::default()
-            .verify_password(password, &h)
-            .is_ok()
-    })
+    let Ok(h) = argon2::PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(alg), Ok(params), Some(expected), Some(salt)) = (
+        argon2::Algorithm::try_from(h.algorithm),
+        argon2::Params::try_from(&h),
+        h.hash,
+        h.salt,
+    ) else {
+        return false;
+    };
+    let version = match h.version.map(argon2::Version::try_from) {
+        None => argon2::Version::V0x13,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if mem.len() < blocks {
+        mem.resize(blocks, argon2::Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let a = argon2::Argon2::new(alg, version, params);
+    if a.hash_password_into_with_memory(password, salt, &mut out, &mut mem[..blocks])
+        .is_err()
+    {
+        return false;
+    }
+    // Constant time: every byte is compared.
+    out.iter()
+        .zip(expected.as_bytes())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+        && out.len() == expected.len()
 }
 
 /// How a check verifies a password against a stored hash (argon2 in the
@@ -475,13 +515,78 @@ pub struct Credentials {
     inner: Arc<Inner>,
 }
 
+/// One hash to compute on the pool, with where to send the answer.
+struct HashJob {
+    hash: String,
+    password: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<bool>,
+    /// Released when the hash is done (not when the caller goes away).
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The threads that compute hashes: a fixed set, so that the memory each
+/// hash allocates is reused by the same few threads (the runtime's blocking
+/// pool would spread it over many threads, each keeping its own malloc
+/// arena's 19 MiB: 500 MiB were seen under a flood).
+struct HashPool {
+    jobs: Mutex<Option<std::sync::mpsc::Sender<HashJob>>>,
+}
+
+impl HashPool {
+    fn start(workers: usize, verify: Verifier, metrics: Arc<LoginMetrics>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers {
+            let (rx, verify, metrics) = (rx.clone(), verify.clone(), metrics.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("login-hash-{i}"))
+                .spawn(move || loop {
+                    let job = {
+                        let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        rx.recv()
+                    };
+                    let Ok(job) = job else { return };
+                    metrics.running.fetch_add(1, Ordering::AcqRel);
+                    let ok = verify(&job.hash, &job.password);
+                    metrics.checked.fetch_add(1, Ordering::Relaxed);
+                    metrics.running.fetch_sub(1, Ordering::AcqRel);
+                    let _ = job.reply.send(ok);
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a password-check thread");
+            }
+        }
+        Self {
+            jobs: Mutex::new(Some(tx)),
+        }
+    }
+
+    fn submit(&self, job: HashJob) -> bool {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|tx| tx.send(job).is_ok())
+    }
+}
+
+impl Drop for HashPool {
+    fn drop(&mut self) {
+        // Closing the channel ends the threads once they finish their job.
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+}
+
 struct Inner {
+    pool: HashPool,
     slots: Arc<Semaphore>,
     queue: usize,
     dummy: String,
-    verify: Verifier,
     throttle: Throttle,
-    metrics: LoginMetrics,
+    metrics: Arc<LoginMetrics>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -518,14 +623,16 @@ impl Credentials {
             // Not reachable with argon2's defaults; a fixed valid hash keeps the path.
             "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$JkGEtvbUeHTkV8XM7l1n0U5m7m3O3Ij9mQd4dBkzv2c".into()
         });
+        let workers = cfg.workers.max(1);
+        let metrics = Arc::new(LoginMetrics::default());
         Self {
             inner: Arc::new(Inner {
-                slots: Arc::new(Semaphore::new(cfg.workers.max(1))),
+                pool: HashPool::start(workers, verify, metrics.clone()),
+                slots: Arc::new(Semaphore::new(workers)),
                 queue: cfg.queue,
                 dummy,
-                verify,
                 throttle: Throttle::new(cfg.throttle),
-                metrics: LoginMetrics::default(),
+                metrics,
             }),
         }
     }
@@ -592,21 +699,16 @@ impl Credentials {
             Some((n, h)) => (Some(n), h),
             None => (None, self.inner.dummy.clone()),
         };
-        let verify = self.inner.verify.clone();
-        let inner = self.inner.clone();
-        let pw = password.as_bytes().to_vec();
-        // The permit moves into the blocking task: a caller that goes away
-        // now does not free the slot before the hash is done.
-        let ok = tokio::task::spawn_blocking(move || {
-            inner.metrics.running.fetch_add(1, Ordering::AcqRel);
-            let ok = verify(&hash, &pw);
-            inner.metrics.checked.fetch_add(1, Ordering::Relaxed);
-            inner.metrics.running.fetch_sub(1, Ordering::AcqRel);
-            drop(permit);
-            ok
-        })
-        .await
-        .unwrap_or(false);
+        // The permit goes with the job: a caller that goes away now does
+        // not free the slot before the hash is done.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let submitted = self.inner.pool.submit(HashJob {
+            hash,
+            password: password.as_bytes().to_vec(),
+            reply,
+            _permit: permit,
+        });
+        let ok = submitted && answer.await.unwrap_or(false);
         match (ok, name) {
             (true, Some(name)) => {
                 self.inner.throttle.succeeded(attempt, Instant::now());

@@ -374,7 +374,8 @@ pub async fn start(
     .map_err(|e| format!("mesh: {e}"))?;
     tracing::info!(member = %member_id, addr = %node.local_addr().map_err(|e| e.to_string())?, "mesh endpoint up");
 
-    let link = AssociationLink::new(assoc.url.clone(), ca_pem);
+    let link = AssociationLink::new(assoc.url.clone(), ca_pem)
+        .with_watch_identity(config.in_data(&assoc.cert), config.in_data(&assoc.key));
     tracker.spawn(link.clone().follow(trust.clone(), token.clone()));
     // Keep the latest CRL and directory on disk for restarts.
     {

@@ -198,6 +198,19 @@ async fn flood(sizes: Sizes) {
     for s in &idle {
         s.set_nonblocking(false).ok();
     }
+    // And the reverse: idle connections holding MX slots (from yet another
+    // address) while the API is used below.
+    let mut idle_mx = Vec::new();
+    for _ in 0..sizes.idle_api.min(100) {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(SocketAddr::from(([127, 0, 0, 4], 0)))
+            .expect("bind");
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_secs(5), sock.connect(bound.smtp)).await
+        {
+            idle_mx.push(s);
+        }
+    }
 
     // 2. Wrong passwords over submission, from Python threads.
     let script = python_flood(
@@ -273,8 +286,9 @@ async fn flood(sizes: Sizes) {
         "no temporary refusal under the flood: {smtp_codes}"
     );
     assert!(!outcomes.contains_key("granted"), "{outcomes:?}");
-    // The limit earned on submission holds on the API too (same account,
-    // same address), even with the right password.
+    // The API answers while the MX slots are held; the limit earned on
+    // submission holds on it too (same account, same address), even with
+    // the right password.
     let mut c = ClientClient::new(api_channel(&inst).await);
     let r = c
         .login(pb::LoginRequest {
@@ -286,6 +300,7 @@ async fn flood(sizes: Sizes) {
         r.err().map(|s| s.code()),
         Some(tonic::Code::ResourceExhausted)
     );
+    drop(idle_mx);
 
     // Every guess was counted before its check: few were hashed at all.
     let checked = metric(metrics, "caliopen_password_checks_total", "argon2");

@@ -335,3 +335,36 @@ fn argon2_cost_is_bounded() {
     assert!(!argon2_verify(costly, b"x"));
     assert!(hash_within_bounds("$pbkdf2$x").is_err());
 }
+
+#[test]
+fn the_reused_memory_verifier_agrees_with_argon2s_own() {
+    use argon2::PasswordVerifier;
+    let hashes = [
+        hash_password("correct horse").unwrap_or_default(),
+        // Another cost and variant, as an imported hash could have.
+        {
+            use argon2::password_hash::{rand_core::OsRng, SaltString};
+            use argon2::PasswordHasher;
+            let p = argon2::Params::new(8 * 1024, 3, 2, None).unwrap_or_default();
+            argon2::Argon2::new(argon2::Algorithm::Argon2i, argon2::Version::V0x13, p)
+                .hash_password(b"correct horse", &SaltString::generate(&mut OsRng))
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        },
+    ];
+    for h in &hashes {
+        let parsed = argon2::PasswordHash::new(h).unwrap_or_else(|e| panic!("{e}"));
+        for pw in [&b"correct horse"[..], b"wrong", b""] {
+            let theirs = argon2::Argon2::default()
+                .verify_password(pw, &parsed)
+                .is_ok();
+            assert_eq!(argon2_verify(h, pw), theirs, "{h} {pw:?}");
+        }
+        assert!(argon2_verify(h, b"correct horse"));
+    }
+    // A changed hash output fails.
+    let mut bad = hashes[0].clone();
+    let last = bad.pop().unwrap_or('A');
+    bad.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(!argon2_verify(&bad, b"correct horse"));
+}

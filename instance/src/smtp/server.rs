@@ -626,7 +626,27 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Output::CheckAuth { user, password } => {
                     use crate::login::LoginError;
-                    let outcome = match svc.login(Some(peer_ip), &user, &password).await {
+                    // The check may wait for a slot: a client that leaves
+                    // meanwhile takes its queued check with it. Bytes it
+                    // pipelines are kept for after the reply.
+                    let login = svc.login(Some(peer_ip), &user, &password);
+                    tokio::pin!(login);
+                    let mut early: Vec<u8> = Vec::new();
+                    let result = loop {
+                        tokio::select! {
+                            r = &mut login => break Some(r),
+                            r = stream.read(&mut buf), if early.len() < 64 * 1024 => match r {
+                                Ok(0) | Err(_) => break None,
+                                Ok(n) => early.extend_from_slice(&buf[..n]),
+                            },
+                            _ = token.cancelled() => break None,
+                        }
+                    };
+                    let Some(result) = result else {
+                        tracing::debug!(client = %transport.client, "client left during its AUTH check");
+                        return Ok(Outcome::Closed);
+                    };
+                    let outcome = match result {
                         Ok(u) => AuthOutcome::Granted(u),
                         Err(LoginError::Invalid) => {
                             tracing::warn!(client = %transport.client, "SMTP authentication failed");
@@ -637,6 +657,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     };
                     session.auth_checked(outcome);
+                    if !early.is_empty() {
+                        session.feed(&early);
+                    }
                 }
             }
         }
