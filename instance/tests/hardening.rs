@@ -255,3 +255,68 @@ async fn files_from_checks_and_send() {
     );
     inst.stop();
 }
+
+/// Under a low open-file limit the daemon fits its listeners' caps into it
+/// (and says so), so that idle connections flooding the MX cannot take the
+/// descriptors the client API and the metrics endpoint need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_one_port_cannot_starve_another() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut inst = Instance::init(tmp.path(), "a", "alpha.test", None, None, None);
+    inst.set("api", "listen = \"127.0.0.1:0\"");
+    inst.set("smtp", "max_connections = 2000");
+    inst.add_user("alice", PW);
+    inst.wrapper = vec!["prlimit".into(), "--nofile=1024:1024".into()];
+    inst.start();
+    let bound = inst.bound.expect("bound");
+    // 1,500 idle connections to the MX from fifteen addresses (100 each, the
+    // per-address cap): more descriptors than the daemon has, were the MX
+    // allowed its configured 2,000.
+    let mut held = Vec::new();
+    for a in 0..15u8 {
+        for _ in 0..100 {
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.bind(std::net::SocketAddr::from(([127, 0, 0, 20 + a], 0)))
+                .expect("bind");
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), sock.connect(bound.smtp))
+                    .await
+            {
+                held.push(s);
+            }
+        }
+    }
+    eprintln!("{} MX connections open", held.len());
+    let t0 = std::time::Instant::now();
+    // The client API still takes a TLS connection and answers a login.
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let pem = std::fs::read(inst.data.join("tls.pem")).expect("tls.pem");
+    let ch = Endpoint::from_shared(format!("https://{}", bound.api.expect("api")))
+        .expect("uri")
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(pem))
+                .domain_name("alpha.test"),
+        )
+        .expect("tls")
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("the client API accepts a connection while the MX is flooded");
+    let r = ClientClient::new(ch)
+        .login(pb::LoginRequest {
+            address: "alice@alpha.test".into(),
+            password: PW.into(),
+        })
+        .await;
+    assert!(r.is_ok(), "{r:?}");
+    eprintln!("API login answered in {:?}", t0.elapsed());
+    drop(held);
+    inst.stop();
+    let log = inst.last_log();
+    assert!(
+        log.contains("connection caps lowered to fit the open-file limit"),
+        "{log}"
+    );
+}
