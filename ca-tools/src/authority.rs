@@ -66,11 +66,20 @@ pub struct Settings {
     /// the member still using it keep working meanwhile. Every certificate of
     /// the member older than that previous one leaves the directory at once.
     pub superseded_overlap: Duration,
+    /// Longest time between two signatures of the log's checkpoint: when
+    /// nothing changed for that long, [`Authority::heartbeat_if_due`]
+    /// re-signs the same tree head with a fresh timestamp, so a member can
+    /// tell how stale the checkpoint it holds may be (issue 18).
+    pub checkpoint_interval: Duration,
 }
 
 /// Most certificates the directory lists for one member: its current one and
 /// the previous one during [`Settings::superseded_overlap`].
 pub const MAX_LISTED_PER_MEMBER: usize = 2;
+
+/// Default of [`Settings::checkpoint_interval`] (seconds): a member that
+/// heard nothing for a few of these knows it is cut off from the log.
+pub const DEFAULT_CHECKPOINT_INTERVAL_SECS: i64 = 60;
 
 /// `next_prune` when no listed certificate is due to leave the directory.
 const NO_PRUNE: i64 = i64::MAX;
@@ -83,6 +92,7 @@ impl Default for Settings {
             default_days: 30,
             max_days: 397,
             superseded_overlap: Duration::minutes(10),
+            checkpoint_interval: Duration::seconds(DEFAULT_CHECKPOINT_INTERVAL_SECS),
         }
     }
 }
@@ -180,6 +190,8 @@ pub struct Authority {
     /// When the next superseded certificate listed in the current directory
     /// reaches the end of its overlap (Unix seconds; [`NO_PRUNE`]: none).
     next_prune: AtomicI64,
+    /// When the published checkpoint was signed (Unix seconds; 0: undated).
+    checkpoint_time: AtomicI64,
 }
 
 impl std::fmt::Debug for Authority {
@@ -472,6 +484,10 @@ pub struct LogVerified {
     pub size: u64,
     /// The tree head, recomputed from the entries.
     pub root: tlog::Hash,
+    /// When the latest checkpoint was signed (its `cosignature/v1`
+    /// timestamp, Unix seconds); `None` for a checkpoint written before
+    /// checkpoints were dated (the next heartbeat dates it).
+    pub signed_at: Option<u64>,
 }
 
 impl Authority {
@@ -620,6 +636,7 @@ impl Authority {
             write_lock: Mutex::new(()),
             published,
             next_prune: AtomicI64::new(NO_PRUNE),
+            checkpoint_time: AtomicI64::new(0),
         };
         ca.load_published()?;
         Ok(ca)
@@ -631,12 +648,20 @@ impl Authority {
     /// baseline, in one commit; a new one signs the empty tree.
     fn open_log_locked(&self) -> Result<()> {
         if let Some(cp) = self.store.log_checkpoint()? {
-            let (c, _) = Checkpoint::open(cp.as_bytes(), self.log_key.verifier()).map_err(|e| {
+            let (c, n) = Checkpoint::open(cp.as_bytes(), self.log_key.verifier()).map_err(|e| {
                 CaError::State(format!(
                     "the stored log checkpoint does not verify with {}: {e}",
                     files::LOG_KEY
                 ))
             })?;
+            // Undated (written before checkpoints were dated): 0, so the
+            // first heartbeat dates it at once.
+            let at = tlog::CosignatureVerifier::for_log(self.log_key.verifier())
+                .timestamp(&n)
+                .map_err(|e| CaError::State(format!("the stored log checkpoint: {e}")))?
+                .unwrap_or(0);
+            self.checkpoint_time
+                .store(i64::try_from(at).unwrap_or(i64::MAX), Ordering::Relaxed);
             if c.size != self.store.log_size()? {
                 return Err(CaError::State(
                     "the stored log checkpoint is not for the stored log size".into(),
@@ -730,16 +755,75 @@ impl Authority {
                     .map_err(|err| CaError::State(format!("log entry: {err}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.store.commit_logged(change, &bytes, &|size, root| {
-            Checkpoint {
-                origin: self.log_key.verifier().name().to_owned(),
-                size,
-                root: *root,
-                extensions: Vec::new(),
-            }
-            .sign(&self.log_key)
+        let at = unix(now()).max(self.checkpoint_time.load(Ordering::Relaxed).max(0) as u64);
+        let out = self.store.commit_logged(change, &bytes, &|size, root| {
+            self.sign_checkpoint(
+                &Checkpoint {
+                    origin: self.log_key.verifier().name().to_owned(),
+                    size,
+                    root: *root,
+                    extensions: Vec::new(),
+                },
+                at,
+            )
+        })?;
+        self.checkpoint_time
+            .store(i64::try_from(at).unwrap_or(i64::MAX), Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// The checkpoint signed by the log key and dated `at` by the log's own
+    /// `cosignature/v1` ([`tlog::cosignature`]).
+    fn sign_checkpoint(&self, c: &Checkpoint, at: u64) -> Result<String> {
+        tlog::sign_timestamped(c, &self.log_key, at)
             .map_err(|e| CaError::Crypto(format!("log checkpoint: {e}")))
-        })
+    }
+
+    /// Re-signs the unchanged checkpoint with a fresh timestamp once
+    /// [`Settings::checkpoint_interval`] passed since it was last signed (the
+    /// heartbeat), durably, and publishes it. Returns true when it did.
+    pub fn heartbeat_if_due(&self) -> Result<bool> {
+        self.heartbeat_if_due_at(now())
+    }
+
+    /// [`Authority::heartbeat_if_due`] with an explicit clock. A clock that
+    /// went back signs nothing: timestamps never decrease.
+    pub fn heartbeat_if_due_at(&self, at: OffsetDateTime) -> Result<bool> {
+        let _g = self.lock();
+        let old = self.log_checkpoint()?;
+        let (c, n) = Checkpoint::open(old.as_bytes(), self.log_key.verifier())
+            .map_err(|e| CaError::State(format!("stored log checkpoint: {e}")))?;
+        let last = tlog::CosignatureVerifier::for_log(self.log_key.verifier())
+            .timestamp(&n)
+            .map_err(|e| CaError::State(format!("stored log checkpoint: {e}")))?
+            .unwrap_or(0);
+        let t = unix(at);
+        let every = u64::try_from(self.settings.checkpoint_interval.whole_seconds()).unwrap_or(0);
+        if t < last.saturating_add(every.max(1)) {
+            return Ok(false);
+        }
+        let new = self.sign_checkpoint(&c, t)?;
+        if !self.store.replace_checkpoint(&old, &new)? {
+            // Only commits change it, and they hold the same lock.
+            return Err(CaError::State(
+                "the log checkpoint changed during a heartbeat".into(),
+            ));
+        }
+        self.checkpoint_time
+            .store(i64::try_from(t).unwrap_or(i64::MAX), Ordering::Relaxed);
+        self.republish()?;
+        Ok(true)
+    }
+
+    /// When the next heartbeat is due (Unix seconds): the published
+    /// checkpoint's timestamp plus [`Settings::checkpoint_interval`]; now
+    /// for an undated checkpoint.
+    pub fn next_heartbeat_at(&self) -> i64 {
+        let last = self.checkpoint_time.load(Ordering::Relaxed);
+        if last == 0 {
+            return 0;
+        }
+        last.saturating_add(self.settings.checkpoint_interval.whole_seconds().max(1))
     }
 
     /// The log's verifier key (`<origin>+<key id>+<key>`).
@@ -830,8 +914,11 @@ impl Authority {
         }
         let root = tree.root_at(size);
         let cp = self.log_checkpoint()?;
-        let (c, _) = Checkpoint::open(cp.as_bytes(), self.log_key.verifier())
+        let (c, n) = Checkpoint::open(cp.as_bytes(), self.log_key.verifier())
             .map_err(|e| bad(format!("latest checkpoint: {e}")))?;
+        let signed_at = tlog::CosignatureVerifier::for_log(self.log_key.verifier())
+            .timestamp(&n)
+            .map_err(|e| bad(format!("latest checkpoint's timestamp: {e}")))?;
         if c.size != size || c.root != root {
             return Err(bad(format!(
                 "the latest checkpoint is for size {} with another head",
@@ -849,7 +936,11 @@ impl Authority {
                 )));
             }
         }
-        Ok(LogVerified { size, root })
+        Ok(LogVerified {
+            size,
+            root,
+            signed_at,
+        })
     }
 
     /// Loads the stored CRL and directory into the published state, issuing
@@ -941,6 +1032,15 @@ impl Authority {
     pub fn wipe_log_for_tests(&self) -> Result<()> {
         self.store.wipe_log()?;
         self.store.flush()
+    }
+
+    /// Stores `note` as the latest checkpoint as it is (tests: a checkpoint
+    /// written by an older version).
+    #[doc(hidden)]
+    pub fn replace_checkpoint_for_tests(&self, note: &str) -> Result<()> {
+        let old = self.log_checkpoint()?;
+        self.store.replace_checkpoint(&old, note)?;
+        Ok(())
     }
 
     /// The association directory.

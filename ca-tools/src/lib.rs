@@ -30,7 +30,7 @@ pub use admin::{connect as connect_admin, status_to_error, AdminService};
 pub use authority::{
     default_log_origin, files, parse_serial, Authority, Issued, ListEntry, LogEntryInfo,
     LogVerified, Published, RevokeOutcome, RevokeTarget, Settings, SignRequest,
-    MAX_LISTED_PER_MEMBER,
+    DEFAULT_CHECKPOINT_INTERVAL_SECS, MAX_LISTED_PER_MEMBER,
 };
 pub use csr::{normalize_domain, parse_csr, CsrInfo, MAX_CSR_LEN};
 pub use error::{CaError, Result};

@@ -435,8 +435,13 @@ impl BoundService {
                     // it recomputes the deadline without moving the periodic
                     // check.
                     let mut due = next_check;
-                    if let Some(at) = ca.next_prune_at() {
-                        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    // The checkpoint's heartbeat is a deadline like a prune.
+                    for at in ca
+                        .next_prune_at()
+                        .into_iter()
+                        .chain([ca.next_heartbeat_at()])
+                    {
                         let left = Duration::from_secs(u64::try_from(at - now).unwrap_or(0));
                         due = due.min(Instant::now() + left);
                     }
@@ -458,7 +463,25 @@ impl BoundService {
                     last_run = Some(Instant::now());
                     next_check = Instant::now() + every;
                     let ca = ca.clone();
-                    match tokio::task::spawn_blocking(move || ca.refresh_if_due()).await {
+                    let res = tokio::task::spawn_blocking(move || {
+                        // The heartbeat first: a failing CRL or directory
+                        // must not stop the checkpoint from being dated.
+                        let hb = ca.heartbeat_if_due();
+                        (hb, ca.refresh_if_due())
+                    })
+                    .await;
+                    let res = match res {
+                        Ok((hb, r)) => {
+                            match hb {
+                                Ok(true) => tracing::debug!("log checkpoint re-signed (heartbeat)"),
+                                Ok(false) => {}
+                                Err(e) => tracing::error!(error = %e, "log heartbeat failed"),
+                            }
+                            Ok(r)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match res {
                         Ok(Ok(true)) => tracing::info!(
                             "CRL or directory reissued (half its lifetime passed, or a superseded certificate left the directory)"
                         ),

@@ -8,7 +8,8 @@
 //! - `meta`: `crl_number` and `directory_serial` (u64 big-endian, last issued),
 //!   `min_software_version` (UTF-8), `current_crl` (DER), `current_directory`
 //!   (encoded `SignedDirectory`); for the membership log `log_size` (u64
-//!   big-endian), `log_checkpoint` (the latest signed checkpoint, UTF-8) and
+//!   big-endian), `log_checkpoint` (the latest signed checkpoint, UTF-8, dated
+//!   by the log's `cosignature/v1` and replaced by each heartbeat) and
 //!   `log_origin` (UTF-8).
 //! - `log_entries`: index (u64 big-endian) → entry bytes ([`crate::tlog::Entry`]).
 //! - `log_nodes`: level (u8) ‖ index (u64 big-endian) → the 32-byte hash of
@@ -315,6 +316,20 @@ impl Store {
                     .map_err(|_| CaError::State("corrupt log checkpoint".into()))
             })
             .transpose()
+    }
+
+    /// Replaces the latest checkpoint by `new` (a re-signed one for the same
+    /// tree head: the heartbeat) if it is still `old`, and flushes. Returns
+    /// false, writing nothing, when a commit changed it meanwhile.
+    pub fn replace_checkpoint(&self, old: &str, new: &str) -> Result<bool> {
+        let swapped = self
+            .meta
+            .compare_and_swap(K_LOG_CHECKPOINT, Some(old.as_bytes()), Some(new.as_bytes()))?
+            .is_ok();
+        if swapped {
+            self.db.flush()?;
+        }
+        Ok(swapped)
     }
 
     /// The log's origin, once chosen.

@@ -338,3 +338,89 @@ print("OK", lines[1])
         .expect("python3");
     assert!(!out.status.success());
 }
+
+/// The heartbeat: with nothing changing, the checkpoint is re-signed once
+/// the interval passed, same tree head, later timestamp, durably; a clock
+/// that went back signs nothing; a change dates its checkpoint too.
+#[test]
+fn an_unchanged_checkpoint_is_re_signed_after_the_interval() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("assoc");
+    let settings = Settings {
+        checkpoint_interval: time::Duration::seconds(30),
+        ..Settings::default()
+    };
+    let ca = Authority::init(&dir, "Heartbeat", 3650, settings.clone()).expect("init");
+    let v = verifier(&dir);
+    let cp0 = ca.log_checkpoint().expect("checkpoint");
+    let (c0, t0) = tlog::open_timestamped(cp0.as_bytes(), &v).expect("dated checkpoint");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+    assert!(t0.abs_diff(now) < 60, "signed at {t0}, now {now}");
+    assert_eq!(ca.next_heartbeat_at(), t0 as i64 + 30);
+    let at = |t: u64| time::OffsetDateTime::from_unix_timestamp(t as i64).expect("time");
+
+    // Before the interval: nothing; a clock before the last signature:
+    // nothing.
+    assert!(!ca.heartbeat_if_due_at(at(t0 + 29)).expect("heartbeat"));
+    assert!(!ca.heartbeat_if_due_at(at(t0 - 3600)).expect("heartbeat"));
+    assert_eq!(ca.log_checkpoint().expect("checkpoint"), cp0);
+
+    // After it: the same head, dated later, published.
+    let mut rx = ca.subscribe();
+    rx.borrow_and_update();
+    assert!(ca.heartbeat_if_due_at(at(t0 + 30)).expect("heartbeat"));
+    let cp1 = ca.log_checkpoint().expect("checkpoint");
+    assert_ne!(cp1, cp0);
+    let (c1, t1) = tlog::open_timestamped(cp1.as_bytes(), &v).expect("dated checkpoint");
+    assert_eq!((c1.clone(), t1), (c0.clone(), t0 + 30));
+    assert!(rx.has_changed().expect("sender"));
+    assert_eq!(*ca.published().checkpoint, cp1);
+    // The log's own note signature is unchanged (deterministic Ed25519):
+    // only the cosignature/v1 line moved.
+    let n0 = tlog::Note::parse(cp0.as_bytes()).expect("note");
+    let n1 = tlog::Note::parse(cp1.as_bytes()).expect("note");
+    assert_eq!(n0.signatures()[0], n1.signatures()[0]);
+    assert_ne!(n0.signatures()[1], n1.signatures()[1]);
+    assert_eq!(ca.verify_log().expect("verify").signed_at, Some(t0 + 30));
+    assert!(!ca.heartbeat_if_due_at(at(t0 + 59)).expect("heartbeat"));
+
+    // Durable: a reopened association serves the re-signed checkpoint and
+    // counts from its timestamp.
+    drop(rx);
+    drop(ca);
+    let ca = Authority::open(&dir, settings).expect("reopen");
+    assert_eq!(ca.log_checkpoint().expect("checkpoint"), cp1);
+    assert_eq!(ca.next_heartbeat_at(), (t0 + 60) as i64);
+
+    // A change signs a new head, dated no earlier than the last heartbeat.
+    ca.set_baseline("0.3.0").expect("baseline");
+    let (c2, t2) = tlog::open_timestamped(ca.log_checkpoint().expect("cp").as_bytes(), &v)
+        .expect("dated checkpoint");
+    assert_eq!(c2.size, 1);
+    assert!(t2 >= t1);
+}
+
+/// A checkpoint stored before checkpoints were dated (no cosignature/v1
+/// line) opens, verifies, and is dated by the first heartbeat.
+#[test]
+fn an_undated_checkpoint_is_dated_by_the_first_heartbeat() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("assoc");
+    let (ca, _) = populated(&dir);
+    let v = verifier(&dir);
+    let cp = ca.log_checkpoint().expect("checkpoint");
+    let n = tlog::Note::parse(cp.as_bytes()).expect("note");
+    let undated = format!("{}\n{}", n.text(), n.signatures()[0].line());
+    assert!(tlog::open_timestamped(undated.as_bytes(), &v).is_err());
+    Checkpoint::open(undated.as_bytes(), &v).expect("still a valid checkpoint");
+    ca.replace_checkpoint_for_tests(&undated).expect("replace");
+    drop(ca);
+    let ca = Authority::open(&dir, Settings::default()).expect("reopen");
+    assert_eq!(ca.verify_log().expect("verify").signed_at, None);
+    assert_eq!(ca.next_heartbeat_at(), 0);
+    assert!(ca.heartbeat_if_due().expect("heartbeat"));
+    let (c, _) =
+        tlog::open_timestamped(ca.log_checkpoint().expect("cp").as_bytes(), &v).expect("dated now");
+    assert_eq!(c.size, 6);
+    assert!(ca.verify_log().expect("verify").signed_at.is_some());
+}

@@ -249,8 +249,12 @@ async fn run_log(cmd: LogCmd) -> anyhow::Result<()> {
         LogCmd::Verify { dir } => {
             let ca = open_local(&dir.dir, "verify").await?;
             let v = tokio::task::spawn_blocking(move || ca.verify_log()).await??;
+            let signed = match v.signed_at {
+                Some(t) => format!("signed at {t}"),
+                None => "undated (the next heartbeat of `serve` dates it)".to_owned(),
+            };
             out!(
-                "OK: {} entries, tree head {}, match the stored hashes and the signed checkpoint",
+                "OK: {} entries, tree head {}, match the stored hashes and the signed checkpoint ({signed})",
                 v.size,
                 caliopen_ca::tlog::base64::encode(&v.root)
             );

@@ -103,6 +103,12 @@ impl Checkpoint {
         if signer.verifier().name() != self.origin {
             return Err(CheckpointError::WrongOrigin(self.origin.clone()));
         }
+        // The log key also dates its checkpoints with cosignature/v1, whose
+        // message starts with this line: no checkpoint text may (see
+        // `cosignature`).
+        if self.origin == super::cosignature::COSIGNATURE_V1_HEADER {
+            return Err(CheckpointError::Malformed("reserved origin"));
+        }
         // What is signed must parse back to the same checkpoint.
         let text = self.to_text();
         if Self::parse_text(&text)? != *self {

@@ -11,15 +11,19 @@
 //!   (RFC 9162 §2.1).
 //! - [`note`]: signed notes with Ed25519 keys (c2sp.org/signed-note).
 //! - [`checkpoint`]: the tree head as a note (c2sp.org/tlog-checkpoint).
+//! - [`cosignature`]: timestamped checkpoint signatures
+//!   (c2sp.org/tlog-cosignature), the log's heartbeat.
 //! - [`entry`]: what one log entry records and its encoding.
 
 pub mod base64;
 pub mod checkpoint;
+pub mod cosignature;
 pub mod entry;
 pub mod merkle;
 pub mod note;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
+pub use cosignature::{open_timestamped, sign_timestamped, CosignatureVerifier};
 pub use entry::{Entry, EntryError, EntryKind};
 pub use merkle::{
     consistency_proof, empty_root, inclusion_proof, leaf_hash, node_hash, root, verify_consistency,
