@@ -8,8 +8,8 @@ use crate::error::{CaError, Result};
 use crate::limits::{RenewLimiter, RetryAfter, SourceKey, WatchLimits, WatchSlots, Watcher};
 use caliopen_proto::pb::association::association_server::{Association, AssociationServer};
 use caliopen_proto::pb::association::{
-    watch_event, CrlResponse, GetCrlRequest, GetDirectoryRequest, RenewRequest, RenewResponse,
-    WatchEvent, WatchRequest,
+    watch_event, CrlResponse, GetCrlRequest, GetDirectoryRequest, LogCheckpoint, RenewRequest,
+    RenewResponse, WatchEvent, WatchRequest,
 };
 use caliopen_proto::pb::ca_admin::ca_admin_server::CaAdminServer;
 use caliopen_proto::pb::directory::SignedDirectory;
@@ -256,6 +256,9 @@ impl Association for AssociationService {
             let _permit = permit;
             let mut last_crl = req.known_crl_number;
             let mut last_dir = req.known_directory_serial;
+            // Every checkpoint the stream has not carried yet: the current
+            // one at once, then each new one (a change or a heartbeat).
+            let mut last_checkpoint: Option<Arc<String>> = None;
             tracing::debug!(?peer, watcher = ?_permit.watcher(), "watcher subscribed");
             loop {
                 let p = rx.borrow_and_update().clone();
@@ -274,6 +277,17 @@ impl Association for AssociationService {
                         event: Some(watch_event::Event::Directory(d)),
                     });
                     if tx.send(ev).await.is_err() {
+                        break;
+                    }
+                }
+                if !p.checkpoint.is_empty() && last_checkpoint.as_ref() != Some(&p.checkpoint) {
+                    last_checkpoint = Some(p.checkpoint.clone());
+                    let ev = WatchEvent {
+                        event: Some(watch_event::Event::Checkpoint(LogCheckpoint {
+                            note: p.checkpoint.as_ref().clone(),
+                        })),
+                    };
+                    if tx.send(Ok(ev)).await.is_err() {
                         break;
                     }
                 }

@@ -378,7 +378,9 @@ async fn watch_pushes_current_state_then_each_revocation() {
         .into_inner();
     let mut crl_number = 0;
     let mut dir_serial = 0;
-    for _ in 0..2 {
+    let log_key = s.ca.log_verifier().clone();
+    let mut log_size = None;
+    for _ in 0..3 {
         let ev = tokio::time::timeout(WAIT, stream.message())
             .await
             .expect("initial events")
@@ -394,12 +396,18 @@ async fn watch_pushes_current_state_then_each_revocation() {
                 .expect("verify")
                 .serial
             }
+            watch_event::Event::Checkpoint(cp) => {
+                let (c, _) = caliopen_ca::tlog::open_timestamped(cp.note.as_bytes(), &log_key)
+                    .expect("the log's dated checkpoint");
+                log_size = Some(c.size);
+            }
         }
     }
     assert!(
         crl_number > 0 && dir_serial > 0,
         "initial CRL and directory pushed"
     );
+    let log_size = log_size.expect("initial checkpoint pushed");
 
     let ca = s.ca.clone();
     let serial = m.serial.clone();
@@ -415,7 +423,8 @@ async fn watch_pushes_current_state_then_each_revocation() {
     .expect("revoke");
     let mut got_crl = false;
     let mut got_dir = false;
-    while !(got_crl && got_dir) {
+    let mut got_cp = false;
+    while !(got_crl && got_dir && got_cp) {
         let ev = tokio::time::timeout(WAIT, stream.message())
             .await
             .expect("pushed within the wait")
@@ -436,6 +445,12 @@ async fn watch_pushes_current_state_then_each_revocation() {
                 assert!(dir.serial > dir_serial);
                 assert!(dir.members.is_empty(), "revoked member still listed");
                 got_dir = true;
+            }
+            watch_event::Event::Checkpoint(cp) => {
+                let (c, _) = caliopen_ca::tlog::open_timestamped(cp.note.as_bytes(), &log_key)
+                    .expect("the log's dated checkpoint");
+                assert_eq!(c.size, log_size + 1, "the revocation's checkpoint");
+                got_cp = true;
             }
         }
     }
@@ -587,6 +602,13 @@ async fn commands_reach_a_running_service_and_changes_are_pushed() {
         .expect("watch")
         .into_inner();
 
+    // The stream opens with the current checkpoint.
+    let ev = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("checkpoint pushed at once")
+        .expect("stream")
+        .expect("event");
+    assert!(matches!(ev.event, Some(watch_event::Event::Checkpoint(_))));
     let t0 = Instant::now();
     run(&["revoke", "--dir", d, "--domain", "beta.test"]);
     let ev = tokio::time::timeout(WAIT, stream.message())

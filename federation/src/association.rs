@@ -152,7 +152,9 @@ impl AssociationLink {
                     Ok(Some(ev)) => match ev.event {
                         Some(watch_event::Event::Crl(c)) => offer_crl(trust, &c.crl_der),
                         Some(watch_event::Event::Directory(d)) => offer_directory(trust, &d),
-                        None => {}
+                        // The membership log's checkpoint: members verify it
+                        // in a later step of issue 18.
+                        Some(watch_event::Event::Checkpoint(_)) | None => {}
                     },
                     Ok(None) => return Err("watch stream ended".into()),
                     Err(e) => return Err(e.to_string()),
