@@ -838,6 +838,26 @@ impl Authority {
             .ok_or_else(|| CaError::State("the membership log has no checkpoint".into()))
     }
 
+    /// A tlog-tiles hash tile or entry bundle of the current tree, or
+    /// `None` when the tree does not hold all it covers (yet, or ever).
+    /// Read without the write lock: stored hashes and entries are only
+    /// ever appended, and the size is read first.
+    pub fn log_tile(&self, tile: &tlog::Tile) -> Result<Option<Vec<u8>>> {
+        let size = self.store.log_size()?;
+        if !tile.within(size) {
+            return Ok(None);
+        }
+        let bytes = match tile.kind {
+            tlog::TileKind::Hash(_) => tile.hashes(&self.store)?,
+            tlog::TileKind::Entries => {
+                let entries = self.store.log_entry_range(tile.entry_range())?;
+                tlog::tiles::encode_bundle(&entries)
+                    .map_err(|e| CaError::State(format!("log entry bundle: {e}")))?
+            }
+        };
+        Ok(Some(bytes))
+    }
+
     /// Every log entry's bytes, in order (what the leaves hash).
     pub fn log_entry_bytes(&self) -> Result<Vec<Vec<u8>>> {
         Ok(self

@@ -21,6 +21,7 @@ mod csr;
 mod error;
 mod keyfile;
 mod limits;
+mod log_http;
 mod member_cert;
 mod service;
 mod store;
@@ -34,6 +35,7 @@ pub use authority::{
 };
 pub use csr::{normalize_domain, parse_csr, CsrInfo, MAX_CSR_LEN};
 pub use error::{CaError, Result};
+pub use log_http::{CACHE_CHECKPOINT, CACHE_IMMUTABLE, CACHE_PARTIAL, LOG_PREFIX};
 pub use member_cert::key_identifier;
 pub use service::{
     service_identity, AssociationService, BoundService, ServiceConfig, MAX_WATCHERS,

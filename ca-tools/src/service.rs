@@ -23,10 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::service::Routes;
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
 /// Most `Watch` subscribers served at once (default of
@@ -37,6 +39,11 @@ pub const MAX_WATCHERS: usize = 10_000;
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a stopping service waits for open requests to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once; a connection past it is closed at
+/// once (bounds the memory and tasks unauthenticated peers can hold).
+pub const MAX_HANDSHAKES: usize = 1024;
 /// Lifetime of the service's own TLS certificate (reissued at each start).
 pub const SERVICE_CERT_DAYS: i64 = 90;
 
@@ -361,7 +368,7 @@ pub fn service_identity(
 pub struct BoundService {
     ca: Arc<Authority>,
     listener: TcpListener,
-    tls: ServerTlsConfig,
+    tls: Arc<rustls::ServerConfig>,
     admin: UnixListener,
     config: ServiceConfig,
 }
@@ -374,11 +381,7 @@ impl BoundService {
         hostnames: &[String],
     ) -> Result<Self> {
         let (cert_pem, key_pem) = service_identity(&ca, listen, hostnames)?;
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(cert_pem, key_pem))
-            .client_ca_root(Certificate::from_pem(ca.root_pem()))
-            .client_auth_optional(true)
-            .timeout(Duration::from_secs(10));
+        let tls = tls_config(&ca, &cert_pem, &key_pem)?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| CaError::io(format!("listen on {listen}"), e))?;
@@ -507,18 +510,23 @@ impl BoundService {
             })
         };
 
+        let (incoming, acceptor) = tls_incoming(self.listener, self.tls, token.clone());
+        // One listener: gRPC (h2) and the log's tiles under /log/ (h2 or
+        // HTTP/1.1, for CDNs and plain clients).
+        let routes = Routes::new(AssociationServer::new(AssociationService::with_config(
+            self.ca.clone(),
+            token.clone(),
+            &self.config,
+        )))
+        .into_axum_router()
+        .merge(crate::log_http::router(self.ca.clone()))
+        .fallback(crate::log_http::fallback);
         let public = Server::builder()
-            .tls_config(self.tls)
-            .map_err(|e| CaError::State(format!("TLS configuration: {e}")))?
+            .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .tcp_keepalive(Some(Duration::from_secs(60)))
-            .add_service(AssociationServer::new(AssociationService::with_config(
-                self.ca.clone(),
-                token.clone(),
-                &self.config,
-            )))
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), {
+            .add_routes(Routes::from(routes))
+            .serve_with_incoming_shutdown(incoming, {
                 let t = token.clone();
                 async move { t.cancelled().await }
             });
@@ -543,9 +551,105 @@ impl BoundService {
         };
         token.cancel();
         let _ = refresh.await;
+        let _ = acceptor.await;
         let _ = std::fs::remove_file(&sock);
         a.map_err(|e| CaError::State(format!("association service: {e}")))?;
         b.map_err(|e| CaError::State(format!("admin socket: {e}")))?;
         Ok(())
     }
+}
+
+/// The listener's TLS configuration: the service certificate, client
+/// certificates optional (members present theirs, anyone may read) and
+/// verified to the root, ALPN `h2` (gRPC) and `http/1.1` (the log's tiles).
+fn tls_config(ca: &Authority, cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::PrivateKeyDer;
+    let tls_err = |e: String| CaError::State(format!("TLS configuration: {e}"));
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| tls_err(e.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls_err(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca.root_der().to_vec()))
+        .map_err(|e| tls_err(e.to_string()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls_err(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| tls_err(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+type TlsConn = std::result::Result<TlsStream<tokio::net::TcpStream>, std::io::Error>;
+
+/// Accepts TCP connections and completes their TLS handshakes (each within
+/// [`HANDSHAKE_TIMEOUT`], at most [`MAX_HANDSHAKES`] at once) until
+/// `token` is cancelled; the established streams come out of the returned
+/// stream, for tonic to serve.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    token: CancellationToken,
+) -> (ReceiverStream<TlsConn>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<TlsConn>(64);
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = token.cancelled() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, most likely: let some close.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    ?peer,
+                    "too many TLS handshakes in progress: connection closed"
+                );
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let hs = tokio::select! {
+                    r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => r,
+                    _ = token.cancelled() => return,
+                };
+                match hs {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    (ReceiverStream::new(rx), task)
 }

@@ -357,6 +357,23 @@ impl Store {
             .collect()
     }
 
+    /// The stored entries `range` (all must exist).
+    pub fn log_entry_range(&self, range: std::ops::Range<u64>) -> Result<Vec<Vec<u8>>> {
+        let (start, end) = (range.start, range.end);
+        let out: Vec<Vec<u8>> = self
+            .log_entries
+            .range(start.to_be_bytes()..end.to_be_bytes())
+            .values()
+            .map(|v| v.map(|v| v.to_vec()).map_err(CaError::from))
+            .collect::<Result<_>>()?;
+        if out.len() as u64 != end - start {
+            return Err(CaError::State(format!(
+                "log entries {start}..{end} missing from the state database"
+            )));
+        }
+        Ok(out)
+    }
+
     /// Every stored log hash as ((level, index), hash).
     pub fn log_nodes(&self) -> Result<Vec<((u8, u64), Hash)>> {
         self.log_nodes

@@ -185,6 +185,13 @@ impl Entry {
                 put_short(&mut out, min_software_version.as_bytes())?;
             }
         }
+        // Served in tlog-tiles entry bundles, whose length prefix is a
+        // uint16: a longer entry could be logged but never published.
+        if out.len() > super::tiles::MAX_BUNDLE_ENTRY_LEN {
+            return Err(EntryError::Malformed(
+                "entry longer than an entry bundle can carry (65,535 bytes)",
+            ));
+        }
         Ok(out)
     }
 

@@ -13,6 +13,8 @@
 //! - [`checkpoint`]: the tree head as a note (c2sp.org/tlog-checkpoint).
 //! - [`cosignature`]: timestamped checkpoint signatures
 //!   (c2sp.org/tlog-cosignature), the log's heartbeat.
+//! - [`tiles`]: the log as C2SP tlog-tiles (paths, hash tiles, entry
+//!   bundles) and a client-side tile set to compute heads and proofs from.
 //! - [`entry`]: what one log entry records and its encoding.
 
 pub mod base64;
@@ -21,6 +23,7 @@ pub mod cosignature;
 pub mod entry;
 pub mod merkle;
 pub mod note;
+pub mod tiles;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use cosignature::{open_timestamped, sign_timestamped, CosignatureVerifier};
@@ -30,3 +33,4 @@ pub use merkle::{
     verify_inclusion, Hash, MemoryTree, NodeSource, ProofError, ProveError,
 };
 pub use note::{Note, NoteError, NoteSignature, Signer, Verifier};
+pub use tiles::{Tile, TileKind, TilePathError, TileSet};
