@@ -1,9 +1,10 @@
 //! The membership log's decoders and verifiers on untrusted bytes: signed
-//! notes, checkpoints, verifier keys, log entries and inclusion/consistency
-//! proofs. Errors only, never a panic.
+//! notes, checkpoints, verifier keys, log entries, inclusion/consistency
+//! proofs, tile paths (as the HTTPS front end receives them) and entry
+//! bundles. Errors only, never a panic.
 #![no_main]
 use caliopen_ca::tlog::{
-    verify_consistency, verify_inclusion, Checkpoint, Entry, Hash, Note, Verifier,
+    verify_consistency, verify_inclusion, Checkpoint, Entry, Hash, Note, Tile, Verifier,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -25,6 +26,16 @@ fuzz_target!(|data: &[u8]| {
         let _ = Checkpoint::parse_text(s);
     }
     let _ = Entry::decode(data);
+    if let Ok(s) = std::str::from_utf8(data) {
+        // A path accepted is spelled canonically: it reads back to itself.
+        if let Ok(t) = Tile::parse(s) {
+            assert_eq!(Tile::parse(&t.path()), Ok(t));
+        }
+    }
+    if let Ok(entries) = caliopen_ca::tlog::tiles::decode_bundle(data) {
+        let again = caliopen_ca::tlog::tiles::encode_bundle(&entries);
+        assert!(again.ok().as_deref() == Some(data), "bundle does not round-trip");
+    }
     // Proofs: two sizes, an index, then 32-byte hashes.
     if data.len() >= 24 + 64 {
         let u = |i: usize| u64::from_be_bytes(data[i..i + 8].try_into().unwrap_or([0; 8]));

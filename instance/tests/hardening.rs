@@ -12,7 +12,7 @@ use std::process::Command;
 mod common;
 mod reliab;
 
-use reliab::Instance;
+use reliab::{api_channel, Instance};
 
 const PW: &str = "Alice-correct-horse-42";
 
@@ -172,22 +172,7 @@ async fn files_from_checks_and_send() {
     assert!(inst.list("bob").is_empty());
 
     // The client API's Send: a Message-ID, returned and in the message.
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-    let pem = std::fs::read(inst.data.join("tls.pem")).expect("tls.pem");
-    let ch = Endpoint::from_shared(format!(
-        "https://{}",
-        inst.bound.and_then(|b| b.api).expect("api")
-    ))
-    .expect("uri")
-    .tls_config(
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(pem))
-            .domain_name("alpha.test"),
-    )
-    .expect("tls")
-    .connect()
-    .await
-    .expect("connect");
+    let ch = api_channel(&inst, "alpha.test").await;
     let mut c = ClientClient::new(ch);
     let token = c
         .login(pb::LoginRequest {
@@ -289,21 +274,8 @@ async fn a_flood_on_one_port_cannot_starve_another() {
     eprintln!("{} MX connections open", held.len());
     let t0 = std::time::Instant::now();
     // The client API still takes a TLS connection and answers a login.
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-    let pem = std::fs::read(inst.data.join("tls.pem")).expect("tls.pem");
-    let ch = Endpoint::from_shared(format!("https://{}", bound.api.expect("api")))
-        .expect("uri")
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(pem))
-                .domain_name("alpha.test"),
-        )
-        .expect("tls")
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("the client API accepts a connection while the MX is flooded");
+    // (api_channel panics when the connection is not made within 5 s.)
+    let ch = api_channel(&inst, "alpha.test").await;
     let r = ClientClient::new(ch)
         .login(pb::LoginRequest {
             address: "alice@alpha.test".into(),

@@ -506,3 +506,28 @@ pub fn send_mx(addr: SocketAddr, from: &str, rcpt: &str, subject: &str) -> bool 
     let _ = s.write_all(b"QUIT\r\n");
     true
 }
+
+/// A channel to `inst`'s client API over TLS (its own certificate as the
+/// root, `domain` as the name to check), with connect and request timeouts.
+pub async fn api_channel(inst: &Instance, domain: &str) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let pem = std::fs::read(inst.data.join("tls.pem")).expect("tls.pem");
+    Endpoint::from_shared(format!(
+        "https://{}",
+        inst.bound
+            .and_then(|b| b.api)
+            .expect("the client API is not enabled")
+    ))
+    .expect("uri")
+    .tls_config(
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(pem))
+            .domain_name(domain),
+    )
+    .expect("tls")
+    .connect_timeout(Duration::from_secs(5))
+    .timeout(Duration::from_secs(20))
+    .connect()
+    .await
+    .expect("connect to the client API")
+}
