@@ -529,15 +529,29 @@ struct HashJob {
 /// pool would spread it over many threads, each keeping its own malloc
 /// arena's 19 MiB: 500 MiB were seen under a flood).
 struct HashPool {
+    /// The channel to the threads, made with them at the first hash (a
+    /// process that never checks a password starts none).
     jobs: Mutex<Option<std::sync::mpsc::Sender<HashJob>>>,
+    workers: usize,
+    verify: Verifier,
+    metrics: Arc<LoginMetrics>,
 }
 
 impl HashPool {
-    fn start(workers: usize, verify: Verifier, metrics: Arc<LoginMetrics>) -> Self {
+    fn new(workers: usize, verify: Verifier, metrics: Arc<LoginMetrics>) -> Self {
+        Self {
+            jobs: Mutex::new(None),
+            workers,
+            verify,
+            metrics,
+        }
+    }
+
+    fn spawn_threads(&self) -> std::sync::mpsc::Sender<HashJob> {
         let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
         let rx = Arc::new(Mutex::new(rx));
-        for i in 0..workers {
-            let (rx, verify, metrics) = (rx.clone(), verify.clone(), metrics.clone());
+        for i in 0..self.workers {
+            let (rx, verify, metrics) = (rx.clone(), self.verify.clone(), self.metrics.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("login-hash-{i}"))
                 .spawn(move || loop {
@@ -556,17 +570,16 @@ impl HashPool {
                 tracing::error!(error = %e, "could not start a password-check thread");
             }
         }
-        Self {
-            jobs: Mutex::new(Some(tx)),
-        }
+        tx
     }
 
     fn submit(&self, job: HashJob) -> bool {
-        self.jobs
+        let mut jobs = self
+            .jobs
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|tx| tx.send(job).is_ok())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tx = jobs.get_or_insert_with(|| self.spawn_threads());
+        tx.send(job).is_ok()
     }
 }
 
@@ -627,7 +640,7 @@ impl Credentials {
         let metrics = Arc::new(LoginMetrics::default());
         Self {
             inner: Arc::new(Inner {
-                pool: HashPool::start(workers, verify, metrics.clone()),
+                pool: HashPool::new(workers, verify, metrics.clone()),
                 slots: Arc::new(Semaphore::new(workers)),
                 queue: cfg.queue,
                 dummy,
