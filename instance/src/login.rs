@@ -53,7 +53,7 @@ pub enum LoginError {
     #[error("wrong address or password")]
     Invalid,
     /// Too many failures from this source or for this account: retry later.
-    #[error("too many failed logins; retry in {} s", retry_after.as_secs().max(1))]
+    #[error("too many failed logins; retry in {} s", retry_after.as_millis().div_ceil(1000).max(1))]
     Throttled {
         /// When the next attempt will be admitted.
         retry_after: Duration,
