@@ -326,12 +326,13 @@ async fn tiles_over_https_rebuild_the_checkpoint_and_prove_inclusion() {
     let long = format!("/log/tile/0/{}", "x001/".repeat(2000));
     assert_eq!(get(s.addr, &root, &long).await.status, 400);
 
-    // curl (an independent HTTP client, if installed): the same bytes.
-    if std::process::Command::new("sh")
+    // curl (an independent HTTP client; .ci/run installs it): the same bytes.
+    let have_curl = std::process::Command::new("sh")
         .args(["-c", "command -v curl"])
         .output()
         .map(|o| o.status.success())
-        .unwrap_or(false)
+        .unwrap_or(false);
+    assert!(have_curl, "curl is needed (.ci/run installs it)");
     {
         let ca_file = s.tmp.path().join("assoc").join(files::CA_CERT);
         let curl = |path: &str, http1: bool| {
@@ -381,8 +382,6 @@ async fn tiles_over_https_rebuild_the_checkpoint_and_prove_inclusion() {
             tlog::open_timestamped(&raw[split + 4..], &v).expect("curl's checkpoint verifies");
         }
         println!("curl fetched the tile and checkpoint over HTTP/1.1 and HTTP/2");
-    } else {
-        eprintln!("curl is not installed: the curl part did not run");
     }
     s.stop().await;
 }
