@@ -48,6 +48,8 @@ pub struct Metrics {
     pub privacy_asked: AtomicU64,
     /// Public level lookups served from the cache.
     pub privacy_cache_hits: AtomicU64,
+    /// SMTP queue writes that failed (retry schedule, removal).
+    pub smtp_queue_write_failed: AtomicU64,
     /// Submissions refused: the From: header was not the user's.
     pub from_header_refused: AtomicU64,
     /// The client API listener's refusals.
@@ -135,6 +137,12 @@ pub fn render(s: &MetricsSources) -> String {
         "caliopen_smtp_connections_refused_total",
         "SMTP connections refused, by reason.",
         &[("reason", "per_ip_limit", l(&m.smtp_refused_per_ip))],
+    );
+    c(
+        &mut out,
+        "caliopen_smtp_queue_write_failures_total",
+        "SMTP queue writes that failed (retry schedule, removal); each is also logged.",
+        &[("kind", "sled", l(&m.smtp_queue_write_failed))],
     );
     c(
         &mut out,

@@ -407,7 +407,10 @@ impl SmtpQueue {
                 continue;
             }
             let Ok(Some(data)) = self.raw.get(&k) else {
-                let _ = self.meta.remove(&k);
+                // An entry whose bytes are gone cannot be sent: drop it.
+                if let Err(err) = self.meta.remove(&k) {
+                    write_failed(svc, "remove an entry without its message", &err);
+                }
                 continue;
             };
             let outcome = if e.expires_at * 1000 <= now {
@@ -440,7 +443,10 @@ impl SmtpQueue {
                         e.next_attempt_ms = now_ms() + delay.as_millis() as i64;
                         tracing::info!(error = %err, retry_in = ?delay, "SMTP relay attempt failed");
                         if let Ok(v) = serde_json::to_vec(&e) {
-                            let _ = self.meta.insert(&k, v);
+                            // Lost, the entry is only retried sooner than planned.
+                            if let Err(err) = self.meta.insert(&k, v) {
+                                write_failed(svc, "record the retry schedule", &err);
+                            }
                         }
                         next = Some(next.map_or(e.next_attempt_ms, |n| n.min(e.next_attempt_ms)));
                         continue;
@@ -450,17 +456,30 @@ impl SmtpQueue {
             if let Err((status, why)) = outcome {
                 bounce(svc, domain, &e.mail_from, &e.rcpt_to, &data, status, &why).await;
             }
-            let _ = (&self.meta, &self.raw).transaction(|(m, r)| {
+            let removed = (&self.meta, &self.raw).transaction(|(m, r)| {
                 m.remove(&k)?;
                 r.remove(&k)?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             });
+            if let Err(err) = removed {
+                // Still queued: it will be sent again (receivers see a duplicate).
+                write_failed(svc, "remove a sent or bounced entry", &format!("{err:?}"));
+            }
             if let Err(e) = self.persist().await {
                 tracing::warn!(error = %e, "SMTP queue removal not yet durable (a resend may follow)");
             }
         }
         next
     }
+}
+
+/// A queue write that failed: logged and counted
+/// (`caliopen_smtp_queue_write_failures_total`), never silently dropped.
+fn write_failed(svc: &MailService, what: &str, err: &dyn std::fmt::Display) {
+    tracing::error!(error = %err, "SMTP queue: could not {what}");
+    svc.metrics()
+        .smtp_queue_write_failed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Delivers a DSN to a local sender.
