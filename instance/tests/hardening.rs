@@ -7,12 +7,11 @@ use caliopen_proto::pb::client as pb;
 use caliopen_proto::pb::client::client_client::ClientClient;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 mod common;
 mod reliab;
 
-use reliab::{api_channel, Instance};
+use reliab::{api_channel, python, Instance};
 
 const PW: &str = "Alice-correct-horse-42";
 
@@ -85,16 +84,7 @@ s.quit()
         tls = inst.data.join("tls.pem").display(),
         port = inst.submission().port(),
     );
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("python3");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout).trim(),
-        String::from_utf8_lossy(&o.stderr).trim()
-    )
+    python(&script).1.trim().to_owned()
 }
 
 #[test]

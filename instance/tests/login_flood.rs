@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 mod common;
 mod reliab;
 
-use reliab::{api_channel, Instance};
+use reliab::{api_channel, python, Instance};
 
 const PW: &str = "Alice-correct-horse-42";
 
@@ -129,16 +129,7 @@ print(code)
         tls = inst.data.join("tls.pem").display(),
         port = inst.submission().port(),
     );
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("python3");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout).trim(),
-        String::from_utf8_lossy(&o.stderr).trim()
-    )
+    python(&script).1.trim().to_owned()
 }
 
 struct Sizes {

@@ -107,28 +107,11 @@ impl CosignatureVerifier {
     /// Parses a verifier key `<name>+<hex key ID>+<base64(0x04 || key)>`
     /// (tlog-cosignature: vkeys with signature type 0x04).
     pub fn parse(vkey: &str) -> Result<Self, NoteError> {
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(NoteError::BadKey("expected <name>+<key id>+<key>"));
-        };
-        if !super::note::valid_key_name(name) {
-            return Err(NoteError::BadKey("bad key name"));
-        }
-        if id.len() != 8
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(NoteError::BadKey("key id must be 8 lowercase hex digits"));
-        }
-        let key_id = u32::from_str_radix(id, 16).map_err(|_| NoteError::BadKey("bad key id"))?;
-        let raw = base64::decode(key).ok_or(NoteError::BadKey("bad key base64"))?;
-        let Some((&COSIGNATURE_V1_TYPE, pk)) = raw.split_first() else {
-            return Err(NoteError::BadKey("not an Ed25519 cosignature/v1 key"));
-        };
-        let public_key: [u8; 32] = pk
-            .try_into()
-            .map_err(|_| NoteError::BadKey("Ed25519 key must be 32 bytes"))?;
+        let (name, key_id, public_key) = super::note::parse_vkey(
+            vkey,
+            COSIGNATURE_V1_TYPE,
+            "not an Ed25519 cosignature/v1 key",
+        )?;
         let v = Self::new(name, public_key);
         if v.key_id != key_id {
             return Err(NoteError::BadKey("key id does not match the key"));

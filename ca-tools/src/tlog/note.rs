@@ -202,6 +202,44 @@ pub fn ed25519_key_id(name: &str, public_key: &[u8; 32]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
+/// The parts of a verifier key `<name>+<hex key ID>+<base64(type || key)>`
+/// whose type byte must be `key_type` (`wrong_type` says so otherwise):
+/// the name, the key ID as written, the Ed25519 public key. The caller
+/// checks the key ID against the one its key type derives.
+pub(crate) fn parse_vkey<'a>(
+    vkey: &'a str,
+    key_type: u8,
+    wrong_type: &'static str,
+) -> Result<(&'a str, u32, [u8; 32]), NoteError> {
+    // The name holds no `+`, the key ID neither; the base64 key may.
+    let mut parts = vkey.splitn(3, '+');
+    let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(NoteError::BadKey("expected <name>+<key id>+<key>"));
+    };
+    if !valid_key_name(name) {
+        return Err(NoteError::BadKey("bad key name"));
+    }
+    if id.len() != 8
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(NoteError::BadKey("key id must be 8 lowercase hex digits"));
+    }
+    let key_id = u32::from_str_radix(id, 16).map_err(|_| NoteError::BadKey("bad key id"))?;
+    let raw = base64::decode(key).ok_or(NoteError::BadKey("bad key base64"))?;
+    let Some((&t, pk)) = raw.split_first() else {
+        return Err(NoteError::BadKey(wrong_type));
+    };
+    if t != key_type {
+        return Err(NoteError::BadKey(wrong_type));
+    }
+    let public_key: [u8; 32] = pk
+        .try_into()
+        .map_err(|_| NoteError::BadKey("Ed25519 key must be 32 bytes"))?;
+    Ok((name, key_id, public_key))
+}
+
 /// A known Ed25519 note key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verifier {
@@ -214,29 +252,7 @@ impl Verifier {
     /// Parses a verifier key `<name>+<hex key ID>+<base64(0x01 || key)>`;
     /// the key ID must be the one the name and key give.
     pub fn parse(vkey: &str) -> Result<Self, NoteError> {
-        // The name holds no `+`, the key ID neither; the base64 key may.
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(NoteError::BadKey("expected <name>+<key id>+<key>"));
-        };
-        if !valid_key_name(name) {
-            return Err(NoteError::BadKey("bad key name"));
-        }
-        if id.len() != 8
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(NoteError::BadKey("key id must be 8 lowercase hex digits"));
-        }
-        let key_id = u32::from_str_radix(id, 16).map_err(|_| NoteError::BadKey("bad key id"))?;
-        let raw = base64::decode(key).ok_or(NoteError::BadKey("bad key base64"))?;
-        let Some((&ED25519_TYPE, pk)) = raw.split_first() else {
-            return Err(NoteError::BadKey("not an Ed25519 key"));
-        };
-        let public_key: [u8; 32] = pk
-            .try_into()
-            .map_err(|_| NoteError::BadKey("Ed25519 key must be 32 bytes"))?;
+        let (name, key_id, public_key) = parse_vkey(vkey, ED25519_TYPE, "not an Ed25519 key")?;
         if ed25519_key_id(name, &public_key) != key_id {
             return Err(NoteError::BadKey("key id does not match the key"));
         }

@@ -232,10 +232,9 @@ impl MailService {
         address: &str,
         password: &str,
     ) -> Result<String, crate::login::LoginError> {
-        let store = self.store.clone();
         let found = |a: &str| {
             let local = self.local_user(a)?;
-            let rec = store.user(&local).ok()??;
+            let rec = self.store.user(&local).ok()??;
             Some((a.to_owned(), rec.password_hash))
         };
         self.credentials

@@ -449,6 +449,11 @@ print("sent")
         tls = inst.data.join("tls.pem").display(),
         port = inst.submission().port(),
     );
+    python(&script)
+}
+
+/// Runs a Python script (`python3 -c`); returns (success, stdout then stderr).
+pub fn python(script: &str) -> (bool, String) {
     let o = Command::new("python3")
         .arg("-c")
         .arg(script)
