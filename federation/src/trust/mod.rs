@@ -62,6 +62,10 @@ pub enum TrustError {
     /// Reading or writing the trust files failed.
     #[error("{0}")]
     Io(String),
+    /// Directory updates are suspended (the membership log showed a split
+    /// view) until the operator clears it.
+    #[error("directory updates are suspended: {0}")]
+    Held(String),
 }
 
 /// A verified CRL.
@@ -171,6 +175,8 @@ pub struct TrustStore {
     changes: watch::Sender<TrustChange>,
     refusals: RefusalCounters,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// Why directory updates are suspended, if they are.
+    directory_hold: std::sync::Mutex<Option<String>>,
 }
 
 fn crl_number_of(crl: &CertificateRevocationList<'_>) -> u64 {
@@ -226,6 +232,7 @@ impl TrustStore {
             changes,
             refusals: RefusalCounters::default(),
             provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            directory_hold: std::sync::Mutex::new(None),
         })
     }
 
@@ -370,13 +377,53 @@ impl TrustStore {
         )
     }
 
+    /// Suspends directory updates (every new directory, from the
+    /// association or a peer, is refused with [`TrustError::Held`]) until
+    /// [`TrustStore::release_directories`]. The membership log does this on
+    /// a split view: the association showed members different logs, so its
+    /// directories are no longer taken on its word. CRLs are still taken
+    /// (a revocation only withdraws trust).
+    pub fn hold_directories(&self, reason: impl Into<String>) {
+        *self
+            .directory_hold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.into());
+    }
+
+    /// Resumes directory updates.
+    pub fn release_directories(&self) {
+        *self
+            .directory_hold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// Why directory updates are suspended, if they are.
+    pub fn directories_held(&self) -> Option<String> {
+        self.directory_hold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Offers a signed directory. Same rules as [`TrustStore::offer_crl`];
-    /// a directory past `valid_until` is refused.
+    /// a directory past `valid_until` is refused, and every new one while
+    /// updates are held ([`TrustStore::hold_directories`]).
     pub fn offer_directory(
         &self,
         signed: &SignedDirectory,
         source: Option<&str>,
         now: i64,
+    ) -> Result<bool, TrustError> {
+        self.offer_directory_inner(signed, source, now, true)
+    }
+
+    fn offer_directory_inner(
+        &self,
+        signed: &SignedDirectory,
+        source: Option<&str>,
+        now: i64,
+        honour_hold: bool,
     ) -> Result<bool, TrustError> {
         self.swap(
             |st| {
@@ -403,6 +450,11 @@ impl TrustStore {
                         offered: directory.serial,
                         held,
                     });
+                }
+                if honour_hold {
+                    if let Some(why) = self.directories_held() {
+                        return Err(TrustError::Held(why));
+                    }
                 }
                 Ok(Some(TrustState {
                     roots: st.roots.clone(),
@@ -463,7 +515,9 @@ impl TrustStore {
                     what: "directory",
                     detail: e.to_string(),
                 })?;
-            match self.offer_directory(&signed, None, now) {
+            // The directory this member saved itself is no update: it is
+            // taken back even while updates are held.
+            match self.offer_directory_inner(&signed, None, now, false) {
                 Ok(_) | Err(TrustError::Expired(_)) => {}
                 Err(e) => return Err(e),
             }
