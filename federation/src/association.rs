@@ -2,6 +2,7 @@
 //! (every new CRL and directory the moment it is issued), polls as a fallback,
 //! reconnects with backoff, and renews the member certificate over mutual TLS.
 
+use crate::log::LogMonitor;
 use crate::trust::{TrustError, TrustStore};
 use caliopen_proto::pb::association::association_client::AssociationClient;
 use caliopen_proto::pb::association::{
@@ -28,6 +29,9 @@ pub struct AssociationLink {
     /// keeps for members rather than the anonymous ones. Read at each
     /// connection, so a renewed certificate is used on the next one.
     pub watch_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The membership log's monitor: every checkpoint pushed on `Watch`
+    /// (and the one at `/log/checkpoint` at each poll) is offered to it.
+    pub log: Option<Arc<LogMonitor>>,
 }
 
 impl AssociationLink {
@@ -39,7 +43,14 @@ impl AssociationLink {
             poll_interval: Duration::from_secs(300),
             timeout: Duration::from_secs(10),
             watch_identity: None,
+            log: None,
         }
+    }
+
+    /// Offers the association's checkpoints to `log`.
+    pub fn with_log(mut self, log: Arc<LogMonitor>) -> Self {
+        self.log = Some(log);
+        self
     }
 
     /// Presents the member certificate in `cert` (key in `key`) on `Watch`.
@@ -63,7 +74,7 @@ impl AssociationLink {
         }
     }
 
-    async fn channel(&self, identity: Option<Identity>) -> Result<Channel, String> {
+    pub(crate) async fn channel(&self, identity: Option<Identity>) -> Result<Channel, String> {
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
         if let Some(id) = identity {
             tls = tls.identity(id);
@@ -96,6 +107,11 @@ impl AssociationLink {
             .map_err(|e| e.to_string())?
             .into_inner();
         offer_directory(trust, &dir);
+        if let Some(log) = &self.log {
+            // The log is not the link's health: a failure is the monitor's
+            // to count and log.
+            let _ = log.poll().await;
+        }
         Ok(())
     }
 
@@ -146,15 +162,32 @@ impl AssociationLink {
         tracing::info!(url = %self.url, "following the association");
         let mut poll = tokio::time::interval(self.poll_interval);
         poll.tick().await;
+        // Checkpoints go to the monitor through a latest-value slot and a
+        // task of their own: a slow consistency proof must not hold up the
+        // CRLs behind it on the stream, and only the newest one matters.
+        let (checkpoints, latest) = tokio::sync::watch::channel(None::<String>);
+        let feeder = self.log.clone().map(|log| {
+            let mut latest = latest;
+            tokio::spawn(async move {
+                while latest.changed().await.is_ok() {
+                    let note = latest.borrow_and_update().clone();
+                    if let Some(note) = note {
+                        let _ = log.offer(&note, None).await;
+                    }
+                }
+            })
+        });
+        let _stop_feeder = AbortOnDrop(feeder);
         loop {
             tokio::select! {
                 msg = stream.message() => match msg {
                     Ok(Some(ev)) => match ev.event {
                         Some(watch_event::Event::Crl(c)) => offer_crl(trust, &c.crl_der),
                         Some(watch_event::Event::Directory(d)) => offer_directory(trust, &d),
-                        // The membership log's checkpoint: members verify it
-                        // in a later step of issue 18.
-                        Some(watch_event::Event::Checkpoint(_)) | None => {}
+                        Some(watch_event::Event::Checkpoint(c)) => {
+                            checkpoints.send_replace(Some(c.note));
+                        }
+                        None => {}
                     },
                     Ok(None) => return Err("watch stream ended".into()),
                     Err(e) => return Err(e.to_string()),
@@ -183,6 +216,17 @@ impl AssociationLink {
             })
             .await
             .map(tonic::Response::into_inner)
+    }
+}
+
+/// Aborts a task when dropped (the session's checkpoint feeder).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod association;
 pub mod journal;
+pub mod log;
 pub mod node;
 pub mod outbox;
 pub mod renewal;
@@ -13,6 +14,7 @@ pub mod wire;
 
 pub use association::AssociationLink;
 pub use journal::{Journal, JournalError};
+pub use log::{HttpsTiles, LogError, LogKey, LogMonitor, LogStats, Offer, SplitView};
 pub use node::{BoxFuture, HandlerError, MeshConfig, MeshError, MeshHandler, MeshNode, MeshStats};
 pub use outbox::{Durability, Outbox, OutboxError, OutboxEvent, RetryPolicy};
 pub use renewal::{IdentityFiles, Renewer};

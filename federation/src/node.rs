@@ -4,12 +4,13 @@
 //! CRLs and directories, and closes the connections of peers that lose
 //! their label.
 
+use crate::log::{LogError, LogMonitor, Offer, SplitView};
 use crate::tls::{client_config, server_config, IdentitySlot, TlsError};
 use crate::trust::{check_member, PeerIdentity, TrustState, TrustStore};
 use crate::wire::{decode_single, encode_frame, FrameError, DEFAULT_MAX_FRAME};
 use caliopen_proto::pb::mesh::{
-    error_reply, request, response, CrlPush, Deliver, DeliverReply, DirectoryPush, ErrorReply,
-    Hello, PrivacyQuery, PrivacyReply, PushReply, Request, Response,
+    error_reply, request, response, CheckpointPush, CrlPush, Deliver, DeliverReply, DirectoryPush,
+    ErrorReply, Hello, PrivacyQuery, PrivacyReply, PushReply, Request, Response, SplitViewPush,
 };
 use caliopen_proto::{MESH_PROTOCOL_VERSION, SOFTWARE_VERSION};
 use std::collections::HashMap;
@@ -225,6 +226,7 @@ struct Inner {
     baseline: Mutex<HashMap<String, Instant>>,
     dial: tokio::sync::Mutex<()>,
     connected: broadcast::Sender<String>,
+    log: std::sync::OnceLock<Arc<LogMonitor>>,
     stats: MeshStats,
     token: CancellationToken,
     tracker: TaskTracker,
@@ -328,6 +330,7 @@ impl MeshNode {
             baseline: Mutex::new(HashMap::new()),
             dial: tokio::sync::Mutex::new(()),
             connected,
+            log: std::sync::OnceLock::new(),
             stats: MeshStats::default(),
             token: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -359,6 +362,24 @@ impl MeshNode {
     /// The trust store.
     pub fn trust(&self) -> &Arc<TrustStore> {
         &self.inner.trust
+    }
+
+    /// Attaches the membership log's monitor: the Hello announces the
+    /// checkpoint held, peers' checkpoints and split-view proofs pushed
+    /// over the mesh are offered to it, and every new head or split view
+    /// it takes is pushed to the connected peers (except its source).
+    /// Returns false when one was already attached (it stays).
+    pub fn attach_log(&self, log: Arc<LogMonitor>) -> bool {
+        if self.inner.log.set(log).is_err() {
+            return false;
+        }
+        self.inner.tracker.spawn(self.clone().log_loop());
+        true
+    }
+
+    /// The membership log's monitor, when attached.
+    pub fn log(&self) -> Option<&Arc<LogMonitor>> {
+        self.inner.log.get()
     }
 
     /// Member ids with a live connection.
@@ -617,12 +638,15 @@ impl MeshNode {
 
     fn own_hello(&self) -> Hello {
         let st = self.inner.trust.current();
+        let head = self.inner.log.get().and_then(|l| l.head());
         Hello {
             protocol_version: MESH_PROTOCOL_VERSION,
             software_version: SOFTWARE_VERSION.to_owned(),
             directory_serial: st.directory_serial(),
             crl_number: st.crl_number(),
             member_id: self.inner.cfg.member_id.clone(),
+            log_size: head.map_or(0, |h| h.0),
+            log_root: head.map(|h| h.1.to_vec()).unwrap_or_default(),
         }
     }
 
@@ -666,6 +690,23 @@ impl MeshNode {
         if st.directory_serial() > theirs.directory_serial {
             if let Some(d) = &st.directory {
                 self.spawn_push(peer.to_owned(), directory_push(&d.signed));
+            }
+        }
+        // The membership log: unlike a CRL, the staler side's checkpoint
+        // is news too (a fork where one side is ahead is seen only by the
+        // side whose tiles prove the other's head is not a prefix), so each
+        // side sends its own when the heads differ. A held split-view proof
+        // goes to every peer.
+        if let Some(log) = self.inner.log.get() {
+            if let Some(held) = log.held() {
+                let same = theirs.log_size == held.checkpoint.size
+                    && theirs.log_root == held.checkpoint.root;
+                if !same {
+                    self.spawn_push(peer.to_owned(), checkpoint_push(&held.note));
+                }
+            }
+            if let Some(sv) = log.split_view() {
+                self.spawn_push(peer.to_owned(), split_view_push(&sv));
             }
         }
     }
@@ -798,6 +839,60 @@ impl MeshNode {
                     .offer_crl(&c.crl_der, Some(&peer.member_id));
                 self.push_outcome(peer, "CRL", r)
             }
+            request::Body::CheckpointPush(c) => {
+                let Some(log) = self.inner.log.get() else {
+                    return push_reply(Err("this member keeps no membership log".into()));
+                };
+                let r = log.offer(&c.note, Some(&peer.member_id)).await;
+                match r {
+                    Ok(Offer::Taken { grew }) => push_reply(Ok(grew)),
+                    Ok(Offer::Unchanged) | Ok(Offer::NeedProof { .. }) => push_reply(Ok(false)),
+                    Ok(Offer::SplitView(_)) => push_reply(Err(
+                        "split view: this checkpoint contradicts the one held".into(),
+                    )),
+                    // Not the pusher's fault: the proof could not be had here.
+                    Err(e @ LogError::Unverifiable { .. }) => push_reply(Err(e.to_string())),
+                    Err(e) => {
+                        self.inner
+                            .stats
+                            .pushes_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        push_reply(Err(e.to_string()))
+                    }
+                }
+            }
+            request::Body::SplitViewPush(p) => {
+                let Some(log) = self.inner.log.get() else {
+                    return push_reply(Err("this member keeps no membership log".into()));
+                };
+                let mut proof = Vec::with_capacity(p.proof.len());
+                for h in &p.proof {
+                    let Ok(h) = <[u8; 32]>::try_from(h.as_slice()) else {
+                        return error_response(
+                            error_reply::Code::Malformed,
+                            "split-view proof hashes must be 32 bytes",
+                        );
+                    };
+                    proof.push(h);
+                }
+                let sv = SplitView {
+                    first: p.first_note,
+                    second: p.second_note,
+                    proof,
+                    source: Some(peer.member_id.clone()),
+                    detected_at: now_unix(),
+                };
+                match log.offer_split_view(sv).await {
+                    Ok(new) => push_reply(Ok(new)),
+                    Err(e) => {
+                        self.inner
+                            .stats
+                            .pushes_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        push_reply(Err(e.to_string()))
+                    }
+                }
+            }
             request::Body::DirectoryPush(d) => {
                 let Some(signed) = d.directory else {
                     return error_response(error_reply::Code::Malformed, "empty directory push");
@@ -881,6 +976,50 @@ impl MeshNode {
                     continue;
                 }
                 for p in &pushes {
+                    self.spawn_push(peer.clone(), p.clone());
+                }
+            }
+        }
+    }
+
+    /// Pushes every new head and a split view the log monitor takes to the
+    /// connected peers, except the one it came from.
+    async fn log_loop(self) {
+        let Some(log) = self.inner.log.get().cloned() else {
+            return;
+        };
+        let mut rx = log.subscribe();
+        let (mut last_head, mut last_split) = {
+            let c = rx.borrow();
+            ((c.size, c.root), c.split_view)
+        };
+        loop {
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { break },
+                _ = self.inner.token.cancelled() => break,
+            }
+            let change = rx.borrow_and_update().clone();
+            let mut head = None;
+            if (change.size, change.root) != last_head {
+                last_head = (change.size, change.root);
+                head = log.held().map(|h| checkpoint_push(&h.note));
+            }
+            // A split-view proof goes to every peer, its source included:
+            // the member that showed us the other checkpoint may not be
+            // able to prove the split itself.
+            let mut split = None;
+            if change.split_view && !last_split {
+                split = log.split_view().map(|sv| split_view_push(&sv));
+            }
+            last_split = change.split_view;
+            for peer in self.connected_peers() {
+                if let Some(p) = &split {
+                    self.spawn_push(peer.clone(), p.clone());
+                }
+                if change.source.as_deref() == Some(peer.as_str()) {
+                    continue;
+                }
+                if let Some(p) = &head {
                     self.spawn_push(peer.clone(), p.clone());
                 }
             }
@@ -1107,6 +1246,24 @@ fn directory_push(signed: &caliopen_proto::pb::directory::SignedDirectory) -> Re
     Request {
         body: Some(request::Body::DirectoryPush(DirectoryPush {
             directory: Some(signed.clone()),
+        })),
+    }
+}
+
+fn checkpoint_push(note: &str) -> Request {
+    Request {
+        body: Some(request::Body::CheckpointPush(CheckpointPush {
+            note: note.to_owned(),
+        })),
+    }
+}
+
+fn split_view_push(sv: &SplitView) -> Request {
+    Request {
+        body: Some(request::Body::SplitViewPush(SplitViewPush {
+            first_note: sv.first.clone(),
+            second_note: sv.second.clone(),
+            proof: sv.proof.iter().map(|h| h.to_vec()).collect(),
         })),
     }
 }

@@ -22,6 +22,7 @@ fn seeds_are_current() {
                     directory_serial: 3,
                     crl_number: 2,
                     member_id: "alpha".into(),
+                    ..Default::default()
                 })),
             },
         ),
