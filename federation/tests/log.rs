@@ -67,6 +67,7 @@ impl TestLog {
         Arc::new(TreeProofs {
             tree: self.tree.clone(),
             lie: false,
+            calls: Default::default(),
         })
     }
 }
@@ -76,10 +77,12 @@ impl TestLog {
 struct TreeProofs {
     tree: Arc<Mutex<MemoryTree>>,
     lie: bool,
+    calls: std::sync::atomic::AtomicU64,
 }
 
 impl ProofSource for TreeProofs {
     fn prefix_path(&self, old: u64, new: u64) -> BoxFuture<Result<Vec<Hash>, String>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let t = self.tree.lock().expect("lock");
         let mut p = consistency_proof(&*t, old, new).map_err(|e| e.to_string());
         if let Ok(p) = &mut p {
@@ -123,7 +126,8 @@ async fn checkpoints_are_verified_kept_and_refused_when_they_roll_back_or_are_ba
     let dir = tmp.path().join("log");
     let log = TestLog::new(1);
     log.grow_to(20, 0);
-    let m = LogMonitor::open(&dir, log.key(), log.proofs(), None).expect("open");
+    let proofs = log.proofs();
+    let m = LogMonitor::open(&dir, log.key(), proofs.clone(), None).expect("open");
     assert!(m.held().is_none());
 
     // The first is taken on the key's signature.
@@ -154,11 +158,22 @@ async fn checkpoints_are_verified_kept_and_refused_when_they_roll_back_or_are_ba
         })
     );
     assert_eq!(m.stats().refused_rollback.load(Ordering::Relaxed), 1);
-    // From a peer, an older head consistent with ours is no news.
+    // From a peer, an older head consistent with ours is no news; replayed,
+    // it costs no second proof, nor does a head held before.
     assert_eq!(
         m.offer(&log.note(5, 200), Some("bravo")).await,
         Ok(Offer::Unchanged)
     );
+    let calls = proofs.calls.load(Ordering::Relaxed);
+    assert_eq!(
+        m.offer(&log.note(5, 201), Some("charlie")).await,
+        Ok(Offer::Unchanged)
+    );
+    assert_eq!(
+        m.offer(&log.note(3, 100), Some("charlie")).await,
+        Ok(Offer::Unchanged)
+    );
+    assert_eq!(proofs.calls.load(Ordering::Relaxed), calls);
 
     // Bad signatures: another key under the same name; a changed text; no
     // timestamp by the log key; garbage.
@@ -205,6 +220,7 @@ async fn a_bad_or_missing_consistency_proof_is_refused_and_not_taken_for_a_split
     let lying = Arc::new(TreeProofs {
         tree: log.tree.clone(),
         lie: true,
+        calls: Default::default(),
     });
     let m = LogMonitor::open(&tmp.path().join("a"), log.key(), lying, None).expect("open");
     m.offer(&log.note(7, 10), None).await.expect("first");

@@ -15,6 +15,10 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.json";
 /// File of the split-view proof, while one is held.
 pub const SPLIT_VIEW_FILE: &str = "split-view.json";
 
+/// Older heads remembered as proven consistent with the held one, so that
+/// a peer replaying old checkpoints costs no proof fetch (in memory only).
+pub const KNOWN_HEADS: usize = 1024;
+
 /// Why a checkpoint, a proof or the view's state is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LogError {
@@ -162,6 +166,8 @@ pub struct LogView {
     key: LogKey,
     held: Option<Held>,
     split: Option<SplitView>,
+    /// Heads proven to be prefixes of the held one (or to have been held).
+    known: std::collections::HashSet<(u64, Hash)>,
 }
 
 impl LogView {
@@ -175,6 +181,7 @@ impl LogView {
             key,
             held: None,
             split: None,
+            known: std::collections::HashSet::new(),
         };
         let path = dir.join(CHECKPOINT_FILE);
         match std::fs::read(&path) {
@@ -255,6 +262,9 @@ impl LogView {
             }
             return Ok(Offer::Unchanged);
         }
+        if cp.size < h && source.is_some() && self.known.contains(&(cp.size, cp.root)) {
+            return Ok(Offer::Unchanged);
+        }
         if cp.size < h && source.is_none() {
             // The association's head must not go back. (A peer's older head
             // is checked below: a peer behind us may show a fork.)
@@ -281,7 +291,10 @@ impl LogView {
                 self.take(note, cp, ts, source, now)?;
                 Ok(Offer::Taken { grew: true })
             }
-            PathVerdict::Consistent => Ok(Offer::Unchanged),
+            PathVerdict::Consistent => {
+                self.remember(cp.size, cp.root);
+                Ok(Offer::Unchanged)
+            }
             PathVerdict::Inconsistent => self.split(note, path.to_vec(), source, now),
             PathVerdict::Bogus(why) => Err(LogError::BadProof {
                 old,
@@ -322,11 +335,19 @@ impl LogView {
             sync_dir(&self.dir)?;
         }
         if forget_head && self.held.take().is_some() {
+            self.known.clear();
             let p = self.dir.join(CHECKPOINT_FILE);
             std::fs::remove_file(&p).map_err(|e| state_err(&p, e))?;
             sync_dir(&self.dir)?;
         }
         Ok(had)
+    }
+
+    fn remember(&mut self, size: u64, root: Hash) {
+        if self.known.len() >= KNOWN_HEADS {
+            self.known.clear();
+        }
+        self.known.insert((size, root));
     }
 
     fn take(
@@ -347,6 +368,13 @@ impl LogView {
             CHECKPOINT_FILE,
             &serde_json::to_vec_pretty(&stored).map_err(|e| LogError::State(e.to_string()))?,
         )?;
+        // Every head held before is a prefix of this one (proven step by step).
+        if let Some(h) = &self.held {
+            let (size, root) = (h.checkpoint.size, h.checkpoint.root);
+            if size < checkpoint.size {
+                self.remember(size, root);
+            }
+        }
         self.held = Some(Held {
             note: stored.note,
             checkpoint,
