@@ -6,9 +6,9 @@
 //! socket (where `caliopen privacy` reaches it with a token the admin API
 //! issues). Errors are gRPC status codes with a one-line message.
 
+use crate::delivery::{DeliveryError, MailService};
 use crate::login::LoginError;
 use crate::privacy::{self, PrivacyIndex};
-use crate::smtp::server::{split_address, MailService};
 use crate::store::{ContactRecord, MessageMeta, SeenLevel, Transport, Via};
 use caliopen_proto::pb::client as pb;
 use caliopen_proto::pb::client::client_server::Client;
@@ -86,7 +86,7 @@ pub fn message_index(svc: &MailService, m: &MessageMeta) -> PrivacyIndex {
     let raw = svc.store().raw(m.id).ok().flatten().unwrap_or_default();
     let facts = privacy::facts_of(m, &raw);
     let author = privacy::correspondence_of(&raw, &m.from, m.received_at).author;
-    let contact = author.and_then(|a| svc.store().contact(&m.mailbox, &a).ok().flatten());
+    let contact = author.and_then(|a| svc.store().contact(&m.owner, &a).ok().flatten());
     privacy::score_message(&privacy::with_contact(facts, contact.as_ref()))
 }
 
@@ -132,12 +132,22 @@ fn summary(svc: &MailService, m: &MessageMeta) -> pb::MessageSummary {
     }
 }
 
+/// The gRPC status of a message the router did not take.
+fn delivery_status(e: &DeliveryError) -> Status {
+    match e {
+        DeliveryError::NoRoute(_) => Status::failed_precondition(e.to_string()),
+        DeliveryError::MailboxFull(_) => Status::resource_exhausted(e.to_string()),
+        DeliveryError::Queue(_) | DeliveryError::Store(_) => {
+            tracing::error!(error = %e, "client API: message not stored");
+            Status::unavailable("temporary local problem, try again later")
+        }
+    }
+}
+
 /// The labelled member serving `address`'s domain, and whether it is this instance's.
 fn whereabouts(svc: &MailService, address: &str) -> (Option<String>, bool) {
     let same = svc.local_user(address).is_some();
-    let member = svc
-        .mesh_route()
-        .and_then(|r| split_address(address).and_then(|(_, d)| r.member_for(&d)));
+    let member = svc.member_for(address);
     (member, same)
 }
 
@@ -236,9 +246,9 @@ pub async fn get_contact(
         .ok_or_else(|| Status::invalid_argument(format!("{address:?} is not an address")))?;
     let mut lookup = None;
     if refresh {
-        if let Some(route) = svc.mesh_route() {
+        if svc.labelled() {
             use std::sync::atomic::Ordering::Relaxed;
-            match route.public_level(&addr).await {
+            match svc.public_level(&addr).await {
                 Ok(None) => {}
                 Ok(Some(a)) => {
                     if a.cached {
@@ -364,7 +374,7 @@ impl Client for ClientService {
         let (page, more) = self
             .svc
             .store()
-            .list_page(&user, after, limit)
+            .list_page(&user, crate::mail::Role::Inbox.id(), after, limit)
             .map_err(|e| Status::internal(e.to_string()))?;
         let next = match page.last() {
             Some(last) if more => format!("{:x}", last.id),
@@ -388,7 +398,7 @@ impl Client for ClientService {
             .store()
             .meta(id)
             .map_err(|e| Status::internal(e.to_string()))?
-            .filter(|m| m.mailbox == user)
+            .filter(|m| m.owner == user && !m.placements.is_empty())
             .ok_or_else(|| Status::not_found(format!("no message {id:x} in your mailbox")))?;
         let raw = self
             .svc
@@ -452,26 +462,20 @@ impl Client for ClientService {
             .header(lettre::message::header::ContentType::TEXT_PLAIN)
             .body(r.body)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let env = crate::smtp::session::Envelope {
-            helo: "client-api".into(),
-            mail_from: from.clone(),
-            rcpt_to: rcpts,
-            data: msg.formatted(),
-            auth_user: Some(from.clone()),
-        };
+        let data = msg.formatted();
         let transport = Transport {
             helo: "client-api".into(),
             client: "client-api".into(),
-            auth_user: Some(from),
+            auth_user: Some(from.clone()),
             ..Default::default()
         };
-        let routes = self
+        let routed = self
             .svc
-            .accept(env, transport, Via::Local)
+            .accept(&from, &rcpts, &data, transport, Via::Local)
             .await
-            .map_err(Status::failed_precondition)?;
+            .map_err(|e| delivery_status(&e))?;
         Ok(Response::new(pb::SendResponse {
-            routes: routes.split(',').map(str::to_owned).collect(),
+            routes: routed.to_string().split(',').map(str::to_owned).collect(),
             message_id,
         }))
     }

@@ -200,6 +200,42 @@ impl Default for LoginSection {
     }
 }
 
+/// Accounts: the quota every account has unless given its own
+/// (`caliopen user quota`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsSection {
+    /// Bytes of stored mail per account (0: no limit).
+    #[serde(default = "default_quota_bytes")]
+    pub quota_bytes: u64,
+    /// Messages per account (0: no limit).
+    #[serde(default)]
+    pub quota_messages: u64,
+}
+
+fn default_quota_bytes() -> u64 {
+    10 * 1024 * 1024 * 1024
+}
+
+impl Default for AccountsSection {
+    fn default() -> Self {
+        Self {
+            quota_bytes: default_quota_bytes(),
+            quota_messages: 0,
+        }
+    }
+}
+
+impl AccountsSection {
+    /// The default limits.
+    pub fn limits(&self) -> crate::mail::QuotaLimits {
+        crate::mail::QuotaLimits {
+            bytes: self.quota_bytes,
+            messages: self.quota_messages,
+        }
+    }
+}
+
 /// Mesh settings (used once the instance holds a label).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -416,6 +452,9 @@ pub struct Config {
     /// Password checks.
     #[serde(default)]
     pub login: LoginSection,
+    /// Accounts (quotas).
+    #[serde(default)]
+    pub accounts: AccountsSection,
     /// DNS.
     #[serde(default)]
     pub dns: DnsSection,
@@ -443,6 +482,7 @@ impl Config {
             },
             api: ApiSection::default(),
             login: LoginSection::default(),
+            accounts: AccountsSection::default(),
             dns: DnsSection::default(),
             association: None,
             source: None,

@@ -4,7 +4,8 @@
 
 use crate::admin::{AdminService, ADMIN_SOCKET, ADMIN_TOKEN};
 use crate::config::Config;
-use crate::smtp::server::{ListenerConfig, MailService, SmtpListener};
+use crate::delivery::MailService;
+use crate::smtp::server::{ListenerConfig, SmtpListener};
 use crate::smtp::session::Kind;
 use crate::store::Store;
 use caliopen_proto::pb::client::client_server::ClientServer;
@@ -175,6 +176,7 @@ pub async fn run(
         }
     }
     let store = Store::open(&dir.join("db")).map_err(|e| e.to_string())?;
+    store.set_quota_default(config.accounts.limits());
     let tls = load_tls(&config)?;
     let workers = match config.login.max_concurrent_checks {
         0 => crate::login::CredentialsConfig::default().workers,
@@ -244,17 +246,20 @@ pub async fn run(
             q.clone()
                 .run(svc.clone(), config.domains[0].clone(), token.clone()),
         );
-        svc.set_queue(q);
+        svc.set_queue(Arc::new(q));
         tracing::info!(relay = ?config.smtp.relay, routes = config.smtp.routes.len(), direct = direct.is_some(), "outbound SMTP enabled");
     }
-    let mesh_node = match crate::mesh::start(&config, &svc, &store, &token, &tracker).await? {
+    let (mesh_node, mesh_outbox) = match crate::mesh::start(&config, &svc, &store, &token, &tracker)
+        .await?
+    {
         Some((node, route)) => {
-            svc.set_mesh(route);
-            Some(node)
+            let outbox = route.outbox.clone();
+            svc.set_mesh(Arc::new(route));
+            (Some(node), Some(outbox))
         }
         None => {
             tracing::info!("no [association] in the configuration: unlabelled, plain email only");
-            None
+            (None, None)
         }
     };
 
@@ -317,9 +322,13 @@ pub async fn run(
             let a = l.local_addr().map_err(|e| e.to_string())?;
             let sources = crate::metrics::MetricsSources {
                 metrics: svc.metrics().clone(),
-                svc: svc.clone(),
+                credentials: svc.credentials().clone(),
+                smtp_waiting: {
+                    let svc = svc.clone();
+                    Arc::new(move || svc.smtp_waiting())
+                },
                 node: mesh_node.clone(),
-                outbox: svc.mesh_route().map(|r| r.outbox.clone()),
+                outbox: mesh_outbox,
             };
             tracker.spawn(crate::metrics::serve(l, sources, token.clone()));
             tracing::info!(addr = %a, "health and metrics endpoint up");

@@ -310,6 +310,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             metrics: MetricsSection::default(),
             api: Default::default(),
             login: Default::default(),
+            accounts: Default::default(),
             dns: Default::default(),
             association,
             source: None,

@@ -1,7 +1,6 @@
 //! Health endpoint and Prometheus metrics, over a minimal HTTP/1.1 server on
 //! a local address (`[metrics] listen`): `GET /health` and `GET /metrics`.
 
-use crate::smtp::server::MailService;
 use caliopen_federation::{MeshNode, Outbox};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +35,8 @@ pub struct Metrics {
     pub rcpt_unknown_user: AtomicU64,
     /// RCPT refused: relaying denied.
     pub rcpt_relay_denied: AtomicU64,
+    /// RCPT (or a whole message) refused for now: the mailbox is full.
+    pub rcpt_mailbox_full: AtomicU64,
     /// SMTP connections refused: too many from one address.
     pub smtp_refused_per_ip: AtomicU64,
     /// Public level queries from peers answered.
@@ -61,8 +62,10 @@ pub struct Metrics {
 pub struct MetricsSources {
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// The mail service (stores, queues).
-    pub svc: MailService,
+    /// The credential service (its counters).
+    pub credentials: crate::login::Credentials,
+    /// Messages waiting in the SMTP queue.
+    pub smtp_waiting: Arc<dyn Fn() -> usize + Send + Sync>,
     /// The mesh node, when labelled.
     pub node: Option<MeshNode>,
     /// The mesh outbox, when labelled.
@@ -130,6 +133,7 @@ pub fn render(s: &MetricsSources) -> String {
         &[
             ("reason", "unknown_user", l(&m.rcpt_unknown_user)),
             ("reason", "relay_denied", l(&m.rcpt_relay_denied)),
+            ("reason", "mailbox_full", l(&m.rcpt_mailbox_full)),
         ],
     );
     c(
@@ -161,7 +165,7 @@ pub fn render(s: &MetricsSources) -> String {
             ("reason", "handshake", l(&al.handshake_failed)),
         ],
     );
-    let lm = s.svc.credentials().metrics();
+    let lm = s.credentials.metrics();
     c(
         &mut out,
         "caliopen_logins_total",
@@ -201,7 +205,7 @@ pub fn render(s: &MetricsSources) -> String {
         &mut out,
         "caliopen_smtp_queue_size",
         "Messages waiting for the SMTP relay.",
-        s.svc.queue().map_or(0, |q| q.len() as u64),
+        (s.smtp_waiting)() as u64,
     );
     g(
         &mut out,

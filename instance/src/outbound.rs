@@ -11,9 +11,8 @@
 //! Trees: `smtp_queue` (sequence u64 BE → entry JSON), `smtp_queue_raw`
 //! (sequence → message bytes).
 
+use crate::delivery::{MailService, OutletFuture, SmtpOutlet};
 use crate::dsn;
-use crate::smtp::server::MailService;
-use crate::store::{MessageMeta, Transport, Via};
 use lettre::address::Envelope;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
@@ -496,9 +495,12 @@ pub async fn bounce(
     svc.metrics()
         .bounces
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let Some(local) = svc.local_user(sender) else {
-        tracing::warn!(sender, "bounce dropped: the sender is not a local user");
-        return;
+    let owners: Vec<String> = match svc.route(sender) {
+        crate::delivery::Route::Local(t) => t.into_iter().map(|t| t.owner).collect(),
+        _ => {
+            tracing::warn!(sender, "bounce dropped: the sender is not a local user");
+            return;
+        }
     };
     let now = now_ms() / 1000;
     let failures: Vec<dsn::Failure> = rcpts
@@ -510,23 +512,30 @@ pub async fn bounce(
         })
         .collect();
     let report = dsn::build(domain, sender, original, &failures, now);
-    let template = MessageMeta {
-        id: 0,
-        mailbox: String::new(),
-        from: String::new(),
-        to: Vec::new(),
-        subject: "Undelivered Mail Returned to Sender".into(),
-        received_at: now,
-        via: Via::Local,
-        transport: Transport::default(),
-        size: report.len(),
-    };
-    if let Err(e) = svc
-        .store()
-        .deliver_local(&template, &[(local, vec![sender.to_owned()])], &report)
-        .await
-    {
-        tracing::error!(error = %e, "could not store a bounce");
+    for owner in owners {
+        if let Err(e) = svc.deliver_report(&owner, sender, &report).await {
+            tracing::error!(error = %e, "could not store a bounce");
+        }
+    }
+}
+
+/// The router's way to the outside.
+impl SmtpOutlet for SmtpQueue {
+    fn has_destination(&self, domain: &str) -> bool {
+        self.destination(domain).is_some()
+    }
+
+    fn enqueue<'a>(
+        &'a self,
+        mail_from: &'a str,
+        rcpt_to: Vec<String>,
+        data: &'a [u8],
+    ) -> OutletFuture<'a> {
+        Box::pin(SmtpQueue::enqueue(self, mail_from, rcpt_to, data))
+    }
+
+    fn waiting(&self) -> usize {
+        self.len()
     }
 }
 

@@ -5,13 +5,14 @@
 //! open the database themselves when no daemon runs.
 
 use anyhow::{bail, Context};
-use caliopen_instance::admin::{connect, messages_json, valid_localpart, with_token};
+use caliopen_instance::admin::{connect, execute, valid_localpart, with_token, Op, OpOutput};
 use caliopen_instance::config::{Config, LogFormat};
 use caliopen_instance::daemon::{self, self_signed_tls, write_file};
-use caliopen_instance::smtp::server::{hash_password, MailService};
+use caliopen_instance::delivery::MailService;
+use caliopen_instance::smtp::server::hash_password;
 use caliopen_instance::store::Store;
 use caliopen_proto::pb::client as pbc;
-use caliopen_proto::pb::instance_admin::{ListMailRequest, PutUserRequest};
+use caliopen_proto::pb::instance_admin::{PutUserRequest, RunRequest};
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -101,6 +102,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: MailCmd,
     },
+    /// Manage aliases (an address for one or more accounts; @domain: catch-all).
+    Alias {
+        #[command(subcommand)]
+        cmd: AliasCmd,
+    },
     /// A contact's privacy index and public level (asked across the mesh), and the user's own.
     Privacy {
         #[arg(long, value_name = "FILE")]
@@ -128,6 +134,63 @@ enum UserCmd {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// List users: address, quota used and limit, messages.
+    List {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user and everything their account holds.
+    Remove {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        localpart: String,
+    },
+    /// Set a user's quota (0: no limit), or give them the default again.
+    Quota {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        localpart: String,
+        /// Bytes of stored mail.
+        #[arg(long, value_name = "N", conflicts_with = "default")]
+        bytes: Option<u64>,
+        /// Messages.
+        #[arg(long, value_name = "N", conflicts_with = "default")]
+        messages: Option<u64>,
+        /// Back to the default of [accounts].
+        #[arg(long)]
+        default: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AliasCmd {
+    /// Make (or replace) an alias for one or more users.
+    Add {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// ALIAS@DOMAIN, or @DOMAIN for the domain's catch-all.
+        alias: String,
+        /// The users it reaches (local parts or their addresses).
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// List aliases.
+    List {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an alias.
+    Remove {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        alias: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -138,9 +201,21 @@ enum MailCmd {
         config: PathBuf,
         #[arg(long, value_name = "LOCALPART")]
         user: String,
+        /// A mailbox name or role (inbox, sent, drafts, trash, junk, archive); default: inbox.
+        #[arg(long, value_name = "NAME")]
+        mailbox: Option<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a message exactly as stored.
+    Show {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "LOCALPART")]
+        user: String,
+        /// The message id (as `mail list` shows it).
+        id: String,
     },
 }
 
@@ -363,28 +438,88 @@ async fn user_add(config: &Path, localpart: &str, password_stdin: bool) -> anyho
     Ok(())
 }
 
-async fn mail_list(config: &Path, user: &str, json: bool) -> anyhow::Result<()> {
+/// Runs an operation through the running daemon, or on the database when
+/// none runs.
+async fn run_op(config: &Path, op: Op) -> anyhow::Result<OpOutput> {
     let cfg = Config::load(config)?;
     let dir = cfg.data_dir();
-    let v: serde_json::Value = if let Some((mut c, token)) = connect(&dir).await {
+    if let Some((mut c, token)) = connect(&dir).await {
         let r = c
-            .list_mail(with_token(
-                ListMailRequest {
-                    localpart: user.to_owned(),
+            .run(with_token(
+                RunRequest {
+                    op_json: serde_json::to_string(&op)?,
                 },
                 &token,
             ))
             .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-        serde_json::from_str(&r.into_inner().messages_json)?
-    } else {
-        let store = Store::open(&dir.join("db"))?;
-        if !store.user_exists(user) {
-            bail!("no user {user:?}");
-        }
-        let svc = MailService::new(store.clone(), cfg.domains.clone());
-        messages_json(&svc, &store.list(user)?)
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        return Ok(OpOutput {
+            json: serde_json::from_str(&r.result_json)?,
+            raw: r.raw,
+        });
+    }
+    let store = Store::open(&dir.join("db"))?;
+    store.set_quota_default(cfg.accounts.limits());
+    let svc = MailService::new(store.clone(), cfg.domains.clone());
+    let out = execute(&svc, op).await?;
+    store.flush().await?;
+    Ok(out)
+}
+
+fn limits_text(q: &serde_json::Value) -> String {
+    let part = |v: &serde_json::Value, unit: &str| match v.as_u64() {
+        Some(0) | None => format!("no {unit} limit"),
+        Some(n) => format!("{n} {unit}"),
     };
+    format!(
+        "{}, {}{}",
+        part(&q["limit_bytes"], "bytes"),
+        part(&q["limit_messages"], "messages"),
+        if q["own_limits"].as_bool() == Some(true) {
+            ""
+        } else {
+            " (default)"
+        }
+    )
+}
+
+async fn user_list(config: &Path, json: bool) -> anyhow::Result<()> {
+    let out = run_op(config, Op::UserList).await?;
+    if json {
+        out!("{}", serde_json::to_string_pretty(&out.json)?);
+        return Ok(());
+    }
+    out!(
+        "{:<40} {:>9} {:>14} {:>14}",
+        "ADDRESS",
+        "MESSAGES",
+        "USED BYTES",
+        "LIMIT BYTES"
+    );
+    for u in out.json.as_array().into_iter().flatten() {
+        let limit = match u["quota"]["limit_bytes"].as_u64() {
+            Some(0) | None => "none".to_owned(),
+            Some(n) => n.to_string(),
+        };
+        out!(
+            "{:<40} {:>9} {:>14} {:>14}",
+            u["address"].as_str().unwrap_or(""),
+            u["messages"],
+            u["quota"]["used_bytes"],
+            limit
+        );
+    }
+    Ok(())
+}
+
+async fn mail_list(
+    config: &Path,
+    user: String,
+    mailbox: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let v = run_op(config, Op::MailList { user, mailbox }).await?.json;
     if json {
         out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -653,8 +788,121 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => user_add(&config, &localpart, password_stdin).await,
         Cmd::Mail {
-            cmd: MailCmd::List { config, user, json },
-        } => mail_list(&config, &user, json).await,
+            cmd:
+                MailCmd::List {
+                    config,
+                    user,
+                    mailbox,
+                    json,
+                },
+        } => mail_list(&config, user, mailbox, json).await,
+        Cmd::Mail {
+            cmd: MailCmd::Show { config, user, id },
+        } => {
+            let out = run_op(&config, Op::MailShow { user, id }).await?;
+            std::io::stdout().write_all(&out.raw)?;
+            Ok(())
+        }
+        Cmd::User {
+            cmd: UserCmd::List { config, json },
+        } => user_list(&config, json).await,
+        Cmd::User {
+            cmd: UserCmd::Remove { config, localpart },
+        } => {
+            let out = run_op(&config, Op::UserRemove { localpart }).await?;
+            out!(
+                "user {} removed ({} messages, {} bytes)",
+                out.json["removed"].as_str().unwrap_or(""),
+                out.json["messages"],
+                out.json["bytes"]
+            );
+            Ok(())
+        }
+        Cmd::User {
+            cmd:
+                UserCmd::Quota {
+                    config,
+                    localpart,
+                    bytes,
+                    messages,
+                    default,
+                },
+        } => {
+            let out = run_op(
+                &config,
+                Op::UserQuota {
+                    localpart,
+                    bytes,
+                    messages,
+                    default,
+                },
+            )
+            .await?;
+            let q = &out.json["quota"];
+            out!(
+                "{}: {} (used {} bytes, {} messages)",
+                out.json["localpart"].as_str().unwrap_or(""),
+                limits_text(q),
+                q["used_bytes"],
+                q["used_messages"]
+            );
+            Ok(())
+        }
+        Cmd::Alias {
+            cmd:
+                AliasCmd::Add {
+                    config,
+                    alias,
+                    targets,
+                },
+        } => {
+            let out = run_op(&config, Op::AliasAdd { alias, targets }).await?;
+            out!(
+                "alias {} -> {}",
+                out.json["alias"].as_str().unwrap_or(""),
+                out.json["targets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
+        Cmd::Alias {
+            cmd: AliasCmd::List { config, json },
+        } => {
+            let out = run_op(&config, Op::AliasList).await?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&out.json)?);
+                return Ok(());
+            }
+            for a in out.json.as_array().into_iter().flatten() {
+                out!(
+                    "{:<40} {}",
+                    a["alias"].as_str().unwrap_or(""),
+                    a["targets"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            Ok(())
+        }
+        Cmd::Alias {
+            cmd: AliasCmd::Remove { config, alias },
+        } => {
+            let out = run_op(&config, Op::AliasRemove { alias }).await?;
+            out!(
+                "alias {} removed",
+                out.json["removed"].as_str().unwrap_or("")
+            );
+            Ok(())
+        }
         Cmd::Privacy {
             config,
             user,

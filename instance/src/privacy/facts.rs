@@ -4,7 +4,7 @@
 //! [`super::with_contact`].
 
 use super::{AuthResult, Crypto, MessageFacts, Path};
-use crate::store::{AutocryptKey, MessageMeta, Via};
+use crate::mail::{AutocryptKey, MessageMeta, Via};
 use mail_parser::{MessageParser, MimeHeaders};
 
 /// Parses a message with mail-parser, turning a panic inside the parser
@@ -21,16 +21,7 @@ pub fn parse_guarded(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
     })
 }
 
-/// Like [`parse_guarded`], headers only.
-pub fn parse_headers_guarded(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
-    std::panic::catch_unwind(|| MessageParser::default().parse_headers(raw)).unwrap_or_else(|_| {
-        tracing::warn!(
-            size = raw.len(),
-            "mail-parser panicked on headers; read as unstructured"
-        );
-        None
-    })
-}
+pub use crate::mail::parse_headers_guarded;
 
 /// What one message tells about its author, for the contact book.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -237,12 +228,12 @@ pub fn facts_of(meta: &MessageMeta, raw: &[u8]) -> MessageFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Transport;
+    use crate::mail::Transport;
 
     fn meta(via: Via, tls: Option<&str>) -> MessageMeta {
         MessageMeta {
             id: 1,
-            mailbox: "a".into(),
+            owner: "a".into(),
             from: "x@y.test".into(),
             to: vec![],
             subject: String::new(),
@@ -253,6 +244,7 @@ mod tests {
                 ..Default::default()
             },
             size: 0,
+            ..Default::default()
         }
     }
 

@@ -385,7 +385,7 @@ impl Acc {
 }
 
 /// Completes a message's facts with what the contact book knows of its author.
-pub fn with_contact(mut f: MessageFacts, c: Option<&crate::store::ContactRecord>) -> MessageFacts {
+pub fn with_contact(mut f: MessageFacts, c: Option<&crate::mail::ContactRecord>) -> MessageFacts {
     if let Some(c) = c {
         f.known_contact = c.known();
         f.contact_has_key = c.autocrypt.is_some();

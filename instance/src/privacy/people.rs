@@ -3,7 +3,7 @@
 //! keeps, like the message index.
 
 use super::{Acc, Dimension, PrivacyIndex};
-use crate::store::{ContactRecord, Counters, UserStats};
+use crate::mail::{ContactRecord, Counters, UserStats};
 use serde::Serialize;
 
 fn pct(part: f64, whole: f64) -> f64 {
@@ -374,7 +374,7 @@ pub fn achievements(s: &UserStats) -> Vec<Achievement> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AutocryptKey, PathClass, SeenLevel};
+    use crate::mail::{AutocryptKey, PathClass, SeenLevel};
 
     fn explained(i: &PrivacyIndex) {
         for d in [

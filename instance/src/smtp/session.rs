@@ -62,6 +62,18 @@ pub enum RcptVerdict {
     UnknownUser,
     /// Not a local domain and the client may not relay (550 5.7.1).
     RelayDenied,
+    /// The mailbox is over quota: try later (452 4.2.2).
+    MailboxFull,
+}
+
+/// Why a message was not stored ([`Session::stored`]); the detail goes to
+/// the log, the client gets fixed text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// A local problem (451 4.3.0).
+    Temporary,
+    /// Every recipient's mailbox is full (452 4.2.2).
+    MailboxFull,
 }
 
 /// Decisions the session delegates.
@@ -534,6 +546,9 @@ impl Session {
                         RcptVerdict::RelayDenied => {
                             self.out.push_back(reply("550 5.7.1 Relaying denied"))
                         }
+                        RcptVerdict::MailboxFull => self
+                            .out
+                            .push_back(reply("452 4.2.2 Mailbox full, try again later")),
                     }
                 }
             }
@@ -629,10 +644,13 @@ impl Session {
 
     /// Reports the outcome of [`Output::Store`]: the queue id, or a failure
     /// (whose detail went to the log: the client gets fixed text).
-    pub fn stored(&mut self, result: Result<String, ()>) {
+    pub fn stored(&mut self, result: Result<String, StoreFailure>) {
         self.out.push_back(match result {
             Ok(id) => reply(&format!("250 2.0.0 Ok: queued as {id}")),
-            Err(()) => reply("451 4.3.0 Temporary local problem, try again later"),
+            Err(StoreFailure::Temporary) => {
+                reply("451 4.3.0 Temporary local problem, try again later")
+            }
+            Err(StoreFailure::MailboxFull) => reply("452 4.2.2 Mailbox full, try again later"),
         });
         self.reset_transaction();
         self.state = State::Command;

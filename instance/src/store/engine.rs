@@ -5,12 +5,18 @@
 //!
 //! Contract for every engine: a write that returns `Ok` is durable (it
 //! survives kill -9), `deliver_once` is atomic and idempotent by `txn_id`,
-//! and the contact book and counters change in the same atomic write as the
-//! message they come from.
+//! and the contact book, counters and quota use change in the same atomic
+//! write as the message they come from. The mail model's operations
+//! (mailboxes, keywords, moves, changes, quotas, aliases) have default
+//! bodies that answer [`StoreError::Unsupported`], for an engine that keeps
+//! only what SMTP needs (the in-memory one of `tests/store_engine.rs`).
 
 use super::{
-    ContactRecord, MessageMeta, PathClass, SeenLevel, Store, StoreError, UserRecord, UserStats,
+    ContactRecord, Delivery, MessageMeta, PathClass, SeenLevel, Store, StoreError, UserRecord,
+    UserStats,
 };
+use crate::mail::mailbox::{normalise_keyword, MailboxId};
+use crate::mail::{Changes, Mailbox, Quota, QuotaLimits};
 use crate::privacy::public::LevelEntry;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,8 +24,42 @@ use std::pin::Pin;
 /// A pending storage operation.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-/// Recipients of one delivery: (mailbox, the addresses of it in the envelope).
-pub type Recipients = [(String, Vec<String>)];
+/// Where one delivery goes: an account and a mailbox per copy.
+pub type Recipients = [Delivery];
+
+/// A change of keywords (IMAP STORE FLAGS / +FLAGS / -FLAGS, JMAP
+/// `keywords` patches), in any spelling [`normalise_keyword`] takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeywordChange {
+    /// Adds these.
+    Add(Vec<String>),
+    /// Removes these.
+    Remove(Vec<String>),
+    /// Replaces every keyword with these.
+    Replace(Vec<String>),
+}
+
+impl KeywordChange {
+    /// (add, remove, replace), normalised; a bad keyword is refused.
+    pub fn normalised(
+        &self,
+    ) -> Result<(Vec<String>, Vec<String>, Option<Vec<String>>), StoreError> {
+        let norm = |v: &[String]| -> Result<Vec<String>, StoreError> {
+            v.iter()
+                .map(|k| normalise_keyword(k).map_err(|e| StoreError::Model(e.into())))
+                .collect()
+        };
+        Ok(match self {
+            KeywordChange::Add(v) => (norm(v)?, Vec::new(), None),
+            KeywordChange::Remove(v) => (Vec::new(), norm(v)?, None),
+            KeywordChange::Replace(v) => (Vec::new(), Vec::new(), Some(norm(v)?)),
+        })
+    }
+}
+
+fn unsupported<T>(op: &'static str) -> Result<T, StoreError> {
+    Err(StoreError::Unsupported(op))
+}
 
 /// What the instance needs from a storage engine.
 pub trait MailStore: Send + Sync + std::fmt::Debug {
@@ -61,18 +101,23 @@ pub trait MailStore: Send + Sync + std::fmt::Debug {
         raw: &'a [u8],
         now: i64,
     ) -> StoreFuture<'a, ()>;
-    /// A mailbox's messages, oldest first.
-    fn list(&self, mailbox: &str) -> Result<Vec<MessageMeta>, StoreError>;
-    /// At most `limit` of a mailbox's messages with ids above `after`,
-    /// oldest first, and whether more follow.
+    /// An account's inbox, oldest first.
+    fn list(&self, owner: &str) -> Result<Vec<MessageMeta>, StoreError>;
+    /// At most `limit` messages of mailbox `mbx` after the message `after`,
+    /// oldest first, and whether more follow. The default reads the inbox
+    /// through [`MailStore::list`].
     fn list_page(
         &self,
-        mailbox: &str,
+        owner: &str,
+        mbx: MailboxId,
         after: Option<u64>,
         limit: usize,
     ) -> Result<(Vec<MessageMeta>, bool), StoreError> {
+        if mbx != crate::mail::Role::Inbox.id() {
+            return unsupported("mailboxes");
+        }
         let mut page: Vec<MessageMeta> = self
-            .list(mailbox)?
+            .list(owner)?
             .into_iter()
             .filter(|m| after.is_none_or(|a| m.id > a))
             .take(limit.saturating_add(1))
@@ -80,6 +125,119 @@ pub trait MailStore: Send + Sync + std::fmt::Debug {
         let more = page.len() > limit;
         page.truncate(limit);
         Ok((page, more))
+    }
+    /// An account's mailboxes.
+    fn mailboxes(&self, _owner: &str) -> Result<Vec<Mailbox>, StoreError> {
+        unsupported("mailboxes")
+    }
+    /// Makes a mailbox (and its missing parents); durable.
+    fn create_mailbox<'a>(&'a self, _owner: &'a str, _name: &'a str) -> StoreFuture<'a, Mailbox> {
+        Box::pin(async { unsupported("mailboxes") })
+    }
+    /// Renames a mailbox and its children; durable.
+    fn rename_mailbox<'a>(
+        &'a self,
+        _owner: &'a str,
+        _id: MailboxId,
+        _name: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async { unsupported("mailboxes") })
+    }
+    /// Deletes a mailbox (messages only it held leave the account); durable.
+    fn delete_mailbox<'a>(&'a self, _owner: &'a str, _id: MailboxId) -> StoreFuture<'a, usize> {
+        Box::pin(async { unsupported("mailboxes") })
+    }
+    /// A thread's messages, oldest first.
+    fn thread(&self, _owner: &str, _thread: u64) -> Result<Vec<MessageMeta>, StoreError> {
+        unsupported("threads")
+    }
+    /// The account's state (modseq).
+    fn state(&self, _owner: &str) -> Result<u64, StoreError> {
+        unsupported("changes")
+    }
+    /// What changed after `since`.
+    fn changes_since(
+        &self,
+        _owner: &str,
+        _since: u64,
+        _limit: usize,
+    ) -> Result<Changes, StoreError> {
+        unsupported("changes")
+    }
+    /// Changes keywords; durable. Returns the new records and state.
+    fn set_keywords<'a>(
+        &'a self,
+        _owner: &'a str,
+        _ids: &'a [u64],
+        _change: &'a KeywordChange,
+    ) -> StoreFuture<'a, (Vec<MessageMeta>, u64)> {
+        Box::pin(async { unsupported("keywords") })
+    }
+    /// Places messages in `to` too; durable. Returns (id, UID in `to`).
+    fn copy<'a>(
+        &'a self,
+        _owner: &'a str,
+        _ids: &'a [u64],
+        _to: MailboxId,
+    ) -> StoreFuture<'a, (Vec<(u64, u32)>, u64)> {
+        Box::pin(async { unsupported("mailboxes") })
+    }
+    /// Moves messages from `from` to `to`; durable. Returns (id, UID in `to`).
+    fn move_messages<'a>(
+        &'a self,
+        _owner: &'a str,
+        _ids: &'a [u64],
+        _from: MailboxId,
+        _to: MailboxId,
+    ) -> StoreFuture<'a, (Vec<(u64, u32)>, u64)> {
+        Box::pin(async { unsupported("mailboxes") })
+    }
+    /// Takes messages out of `from`, or of the account (`None`); durable.
+    fn remove_messages<'a>(
+        &'a self,
+        _owner: &'a str,
+        _ids: &'a [u64],
+        _from: Option<MailboxId>,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(async { unsupported("mailboxes") })
+    }
+    /// An account's quota.
+    fn quota(&self, _owner: &str) -> Result<Quota, StoreError> {
+        unsupported("quotas")
+    }
+    /// Sets the default limits.
+    fn set_quota_default(&self, _limits: QuotaLimits) {}
+    /// Gives an account its own limits (or the default again); durable.
+    fn set_quota<'a>(
+        &'a self,
+        _owner: &'a str,
+        _limits: Option<QuotaLimits>,
+    ) -> StoreFuture<'a, Quota> {
+        Box::pin(async { unsupported("quotas") })
+    }
+    /// Every account.
+    fn users(&self) -> Result<Vec<String>, StoreError> {
+        unsupported("users")
+    }
+    /// Removes an account and all it holds; durable. False when none.
+    fn remove_user<'a>(&'a self, _owner: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async { unsupported("users") })
+    }
+    /// The accounts an alias reaches (must be fast: read on every RCPT).
+    fn alias(&self, _key: &str) -> Option<Vec<String>> {
+        None
+    }
+    /// Every alias.
+    fn aliases(&self) -> Vec<(String, Vec<String>)> {
+        Vec::new()
+    }
+    /// Makes or replaces an alias; durable.
+    fn put_alias<'a>(&'a self, _key: &'a str, _targets: &'a [String]) -> StoreFuture<'a, ()> {
+        Box::pin(async { unsupported("aliases") })
+    }
+    /// Removes an alias; durable.
+    fn remove_alias<'a>(&'a self, _key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async { unsupported("aliases") })
     }
     /// A message's record.
     fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError>;
@@ -145,16 +303,107 @@ impl MailStore for Store {
     ) -> StoreFuture<'a, ()> {
         Box::pin(Store::record_sent(self, owner, recipients, raw, now))
     }
-    fn list(&self, mailbox: &str) -> Result<Vec<MessageMeta>, StoreError> {
-        Store::list(self, mailbox)
+    fn list(&self, owner: &str) -> Result<Vec<MessageMeta>, StoreError> {
+        Store::list(self, owner)
     }
     fn list_page(
         &self,
-        mailbox: &str,
+        owner: &str,
+        mbx: MailboxId,
         after: Option<u64>,
         limit: usize,
     ) -> Result<(Vec<MessageMeta>, bool), StoreError> {
-        Store::list_page(self, mailbox, after, limit)
+        Store::list_page(self, owner, mbx, after, limit)
+    }
+    fn mailboxes(&self, owner: &str) -> Result<Vec<Mailbox>, StoreError> {
+        Store::mailboxes(self, owner)
+    }
+    fn create_mailbox<'a>(&'a self, owner: &'a str, name: &'a str) -> StoreFuture<'a, Mailbox> {
+        Box::pin(Store::create_mailbox(self, owner, name))
+    }
+    fn rename_mailbox<'a>(
+        &'a self,
+        owner: &'a str,
+        id: MailboxId,
+        name: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(Store::rename_mailbox(self, owner, id, name))
+    }
+    fn delete_mailbox<'a>(&'a self, owner: &'a str, id: MailboxId) -> StoreFuture<'a, usize> {
+        Box::pin(Store::delete_mailbox(self, owner, id))
+    }
+    fn thread(&self, owner: &str, thread: u64) -> Result<Vec<MessageMeta>, StoreError> {
+        Store::thread(self, owner, thread)
+    }
+    fn state(&self, owner: &str) -> Result<u64, StoreError> {
+        Store::state(self, owner)
+    }
+    fn changes_since(&self, owner: &str, since: u64, limit: usize) -> Result<Changes, StoreError> {
+        Store::changes_since(self, owner, since, limit)
+    }
+    fn set_keywords<'a>(
+        &'a self,
+        owner: &'a str,
+        ids: &'a [u64],
+        change: &'a KeywordChange,
+    ) -> StoreFuture<'a, (Vec<MessageMeta>, u64)> {
+        Box::pin(Store::set_keywords(self, owner, ids, change))
+    }
+    fn copy<'a>(
+        &'a self,
+        owner: &'a str,
+        ids: &'a [u64],
+        to: MailboxId,
+    ) -> StoreFuture<'a, (Vec<(u64, u32)>, u64)> {
+        Box::pin(Store::copy(self, owner, ids, to))
+    }
+    fn move_messages<'a>(
+        &'a self,
+        owner: &'a str,
+        ids: &'a [u64],
+        from: MailboxId,
+        to: MailboxId,
+    ) -> StoreFuture<'a, (Vec<(u64, u32)>, u64)> {
+        Box::pin(Store::move_messages(self, owner, ids, from, to))
+    }
+    fn remove_messages<'a>(
+        &'a self,
+        owner: &'a str,
+        ids: &'a [u64],
+        from: Option<MailboxId>,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(Store::remove_messages(self, owner, ids, from))
+    }
+    fn quota(&self, owner: &str) -> Result<Quota, StoreError> {
+        Store::quota(self, owner)
+    }
+    fn set_quota_default(&self, limits: QuotaLimits) {
+        Store::set_quota_default(self, limits)
+    }
+    fn set_quota<'a>(
+        &'a self,
+        owner: &'a str,
+        limits: Option<QuotaLimits>,
+    ) -> StoreFuture<'a, Quota> {
+        Box::pin(Store::set_quota(self, owner, limits))
+    }
+    fn users(&self) -> Result<Vec<String>, StoreError> {
+        Store::users(self)
+    }
+    fn remove_user<'a>(&'a self, owner: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(Store::remove_user(self, owner))
+    }
+    fn alias(&self, key: &str) -> Option<Vec<String>> {
+        Store::alias(self, key)
+    }
+    fn aliases(&self) -> Vec<(String, Vec<String>)> {
+        Store::aliases(self)
+    }
+    fn put_alias<'a>(&'a self, key: &'a str, targets: &'a [String]) -> StoreFuture<'a, ()> {
+        Box::pin(Store::put_alias(self, key, targets))
+    }
+    fn remove_alias<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(Store::remove_alias(self, key))
     }
     fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
         Store::meta(self, id)

@@ -3,8 +3,13 @@
 //! Trees (the list is kept here and nowhere else):
 //! - `users`: local part → user record (JSON: password hash, created_at).
 //! - `messages`: message id (u64 BE) → [`MessageMeta`] (JSON).
-//! - `raw`: message id → the message bytes exactly as received.
-//! - `mailbox`: local part, 0x00, message id → empty (a user's mailbox index).
+//! - `raw`: blob id → message bytes exactly as received, once per
+//!   delivery (its copies for several accounts share them; `R` entries of
+//!   `mail` count the references).
+//! - `mail`: the mail model — accounts, mailboxes, UIDs, changes,
+//!   tombstones, threads, aliases (see [`model`] for its keys).
+//! - `mailbox`: the flat per-user index of releases before the mail core;
+//!   emptied into `mail` by the upgrade at open ([`upgrade`]).
 //! - `mesh_txns`: mesh `txn_id` → the message ids it produced (idempotence).
 //! - `contacts`: local part, 0x00, normalised address → [`ContactRecord`] (JSON).
 //! - `user_stats`: local part → [`UserStats`] (JSON: counters, firsts, opt-out).
@@ -15,23 +20,26 @@
 //! Writes are made durable by group commit ([`GroupCommit`]): a message is
 //! acknowledged only after the flush that covers it.
 
-mod book;
 mod commit;
 mod engine;
+pub mod model;
+mod ops;
+pub mod upgrade;
 
-pub use book::{
-    contact_key, AutocryptKey, ContactRecord, Counters, PathClass, SeenLevel, UserStats,
+pub use crate::mail::{
+    contact_key, AutocryptKey, ContactRecord, Counters, Delivery, MessageMeta, PathClass,
+    SeenLevel, Transport, UserStats, Via,
 };
 pub use commit::GroupCommit;
-pub use engine::{MailStore, Recipients, StoreFuture};
+pub use engine::{KeywordChange, MailStore, Recipients, StoreFuture};
 
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use thiserror::Error;
 
-/// A storage failure.
+/// A storage failure, or a change the model refuses.
 #[derive(Debug, Error)]
 pub enum StoreError {
     /// sled failed.
@@ -46,67 +54,12 @@ pub enum StoreError {
     /// The database is held by another process.
     #[error("{0}")]
     Locked(String),
-}
-
-/// How a message reached this instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Via {
-    /// From another labelled member, over the mesh.
-    Mesh,
-    /// By SMTP from the outside world.
-    Smtp,
-    /// Submitted by a user of this instance for another of its users.
-    Local,
-}
-
-/// Facts about the transport a message came over (inputs of the privacy index).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Transport {
-    /// HELO/EHLO name given by the client.
-    pub helo: String,
-    /// Client address.
-    pub client: String,
-    /// TLS protocol version, when TLS was used.
-    pub tls_version: Option<String>,
-    /// TLS cipher suite, when TLS was used.
-    pub tls_cipher: Option<String>,
-    /// Authenticated submitter, on the submission port.
-    pub auth_user: Option<String>,
-    /// The mesh member it came from.
-    pub peer_member: Option<String>,
-    /// DKIM verdict ("pass", "fail", "none", "temperror"…), when checked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dkim: Option<String>,
-    /// SPF verdict of the MAIL FROM (or HELO) identity, when checked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spf: Option<String>,
-    /// DMARC verdict of the From: domain, when checked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dmarc: Option<String>,
-}
-
-/// What is kept about a stored message besides its bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MessageMeta {
-    /// Message id.
-    pub id: u64,
-    /// Owner (local part).
-    pub mailbox: String,
-    /// Envelope sender ("" for the null sender).
-    pub from: String,
-    /// Envelope recipients of this instance.
-    pub to: Vec<String>,
-    /// Subject header, decoded.
-    pub subject: String,
-    /// Unix seconds.
-    pub received_at: i64,
-    /// Path it came by.
-    pub via: Via,
-    /// Transport facts.
-    pub transport: Transport,
-    /// Size in bytes.
-    pub size: usize,
+    /// The change is refused (bad name, no such mailbox, over quota…).
+    #[error(transparent)]
+    Model(#[from] crate::mail::ModelError),
+    /// This storage engine does not keep that part of the model.
+    #[error("this storage engine does not keep {0}")]
+    Unsupported(&'static str),
 }
 
 /// A user record.
@@ -142,23 +95,27 @@ pub struct Store {
     users: sled::Tree,
     messages: sled::Tree,
     raw: sled::Tree,
-    mailbox: sled::Tree,
+    mail: sled::Tree,
+    /// The flat index of releases before the mail core (emptied at open).
+    legacy_mailbox: sled::Tree,
     txns: sled::Tree,
     contacts: sled::Tree,
     stats: sled::Tree,
     levels: sled::Tree,
     domains: Arc<RwLock<Vec<String>>>,
+    quota_default: Arc<RwLock<crate::mail::QuotaLimits>>,
     commit: Arc<GroupCommit>,
     batcher: tokio::sync::mpsc::Sender<(Job, JobReply)>,
     /// Joins the writer thread when the last handle goes (declared after
     /// `batcher`, whose drop is what ends the thread).
     _writer: Option<Arc<WriterThread>>,
     user_cache: Arc<RwLock<HashSet<String>>>,
+    alias_cache: Arc<RwLock<HashMap<String, Vec<String>>>>,
     /// Delivery batches written (one sled transaction each).
     batches: Arc<std::sync::atomic::AtomicU64>,
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -184,17 +141,22 @@ impl Store {
         // The writer thread holds a Store whose own sender goes nowhere, so that
         // it stops when the last real Store (and its sender) is dropped.
         let (unused, _) = tokio::sync::mpsc::channel(1);
+        let mail = db.open_tree("mail")?;
+        let aliases = ops::load_aliases(&mail)?;
         let writer = Self {
             batcher: unused,
             _writer: None,
             messages: db.open_tree("messages")?,
             raw: db.open_tree("raw")?,
-            mailbox: db.open_tree("mailbox")?,
+            mail,
+            legacy_mailbox: db.open_tree("mailbox")?,
             txns: db.open_tree("mesh_txns")?,
             contacts: db.open_tree("contacts")?,
             stats: db.open_tree("user_stats")?,
             levels: db.open_tree("public_levels")?,
             domains: Arc::new(RwLock::new(Vec::new())),
+            quota_default: Arc::default(),
+            alias_cache: Arc::new(RwLock::new(aliases)),
             users,
             commit: GroupCommit::start(db.clone(), Some(path.to_owned())),
             user_cache: Arc::new(RwLock::new(cache)),
@@ -202,11 +164,13 @@ impl Store {
             db,
         };
         let (batcher, thread) = writer.start_batcher();
-        Ok(Self {
+        let store = Self {
             batcher,
             _writer: thread.map(|h| Arc::new(WriterThread(Some(h)))),
             ..writer
-        })
+        };
+        upgrade::run(&store)?;
+        Ok(store)
     }
 
     /// The database (for trees owned by other components, like the mesh outbox).
@@ -224,14 +188,26 @@ impl Store {
         &self.commit
     }
 
-    /// Creates or replaces a user.
+    /// Creates or replaces a user; a new user gets its account and six
+    /// role mailboxes in the same write.
     pub async fn put_user(&self, localpart: &str, password_hash: &str) -> Result<(), StoreError> {
         let rec = UserRecord {
             password_hash: password_hash.to_owned(),
             created_at: now_unix(),
         };
         let v = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.users.insert(localpart.as_bytes(), v)?;
+        let now = now_unix();
+        (&self.users, &self.mail)
+            .transaction(|(u, m)| {
+                u.insert(localpart.as_bytes(), v.as_slice())?;
+                if m.get(model::ukey(model::TAG_ACCOUNT, localpart, &[]))?
+                    .is_none()
+                {
+                    model::new_account(m, localpart, now)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
         let stats = self.user_stats(localpart)?;
         self.publish_level(localpart, &stats)?;
         self.commit.sync().await.map_err(StoreError::Flush)?;
@@ -258,15 +234,16 @@ impl Store {
             .transpose()
     }
 
-    /// Stores one copy of `raw` per local recipient mailbox, durably: when
-    /// this returns Ok, a crash loses nothing. Returns the message ids.
+    /// Stores `raw` for every delivery (an account and a mailbox each),
+    /// durably: when this returns Ok, a crash loses nothing. Returns the
+    /// message ids, one per delivery.
     pub async fn deliver_local(
         &self,
         template: &MessageMeta,
-        recipients: &[(String, Vec<String>)],
+        deliveries: &[Delivery],
         raw: &[u8],
     ) -> Result<Vec<u64>, StoreError> {
-        self.deliver_once(template, recipients, raw, None)
+        self.deliver_once(template, deliveries, raw, None)
             .await
             .map(|(ids, _)| ids)
     }
@@ -278,11 +255,14 @@ impl Store {
     pub async fn deliver_once(
         &self,
         template: &MessageMeta,
-        recipients: &[(String, Vec<String>)],
+        deliveries: &[Delivery],
         raw: &[u8],
         txn_id: Option<&[u8]>,
     ) -> Result<(Vec<u64>, bool), StoreError> {
-        let job = self.prepare(template, recipients, raw, txn_id)?;
+        if deliveries.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let job = self.prepare(template, deliveries, raw, txn_id)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.batcher
             .send((job, tx))
@@ -296,36 +276,36 @@ impl Store {
     fn prepare(
         &self,
         template: &MessageMeta,
-        recipients: &[(String, Vec<String>)],
+        deliveries: &[Delivery],
         raw: &[u8],
         txn_id: Option<&[u8]>,
     ) -> Result<Job, StoreError> {
-        let mut prepared = Vec::with_capacity(recipients.len());
-        for (mailbox, to) in recipients {
+        let mut prepared = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
             let id = self.db.generate_id()?;
             let meta = MessageMeta {
                 id,
-                mailbox: mailbox.clone(),
-                to: to.clone(),
+                owner: d.owner.clone(),
+                to: d.to.clone(),
                 size: raw.len(),
                 ..template.clone()
             };
-            let meta_bytes =
-                serde_json::to_vec(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let mut mkey = mailbox.as_bytes().to_vec();
-            mkey.push(0);
-            mkey.extend_from_slice(&id.to_be_bytes());
-            prepared.push((id, meta_bytes, mkey));
+            prepared.push((meta, d.clone()));
         }
-        let ids: Vec<u64> = prepared.iter().map(|p| p.0).collect();
+        let ids: Vec<u64> = prepared.iter().map(|p| p.0.id).collect();
+        let blob = ids[0];
+        for (m, _) in &mut prepared {
+            m.blob = (m.id != blob).then_some(blob);
+        }
         Ok(Job {
             ids_bytes: ids.iter().flat_map(|i| i.to_be_bytes()).collect(),
             ids,
+            blob,
             prepared,
             corr: crate::privacy::correspondence_of(raw, &template.from, template.received_at),
+            facts: crate::mail::thread::facts(raw),
             class: path_class(template),
             received_at: template.received_at,
-            owners: recipients.iter().map(|(m, _)| m.clone()).collect(),
             raw: raw.to_vec(),
             txn_id: txn_id.map(<[u8]>::to_vec),
         })
@@ -336,10 +316,11 @@ impl Store {
     /// job, the ids of an earlier delivery of the same transaction.
     fn write_batch(&self, jobs: &[&Job]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let domains = self.served_domains();
+        let now = now_unix();
         (
             &self.raw,
             &self.messages,
-            &self.mailbox,
+            &self.mail,
             &self.txns,
             &self.contacts,
             &self.stats,
@@ -355,7 +336,7 @@ impl Store {
                         }
                         t.insert(txn.as_slice(), job.ids_bytes.as_slice())?;
                     }
-                    write_job(job, (r, m, b, c, st, lv), &domains)?;
+                    write_job(job, (r, m, b, c, st, lv), &domains, now)?;
                     outcomes.push(None);
                 }
                 Ok(outcomes)
@@ -639,47 +620,6 @@ impl Store {
         Ok(Some(out))
     }
 
-    /// A mailbox's messages, oldest first.
-    pub fn list(&self, mailbox: &str) -> Result<Vec<MessageMeta>, StoreError> {
-        Ok(self.list_page(mailbox, None, usize::MAX)?.0)
-    }
-
-    /// At most `limit` of a mailbox's messages with ids above `after`,
-    /// oldest first (ids grow with time), and whether more follow: a range
-    /// scan of the mailbox index from `after`, not a walk from the start.
-    pub fn list_page(
-        &self,
-        mailbox: &str,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<(Vec<MessageMeta>, bool), StoreError> {
-        let mut prefix = mailbox.as_bytes().to_vec();
-        prefix.push(0);
-        let mut start = prefix.clone();
-        if let Some(a) = after {
-            match a.checked_add(1) {
-                Some(next) => start.extend_from_slice(&next.to_be_bytes()),
-                None => return Ok((Vec::new(), false)),
-            }
-        }
-        let mut end = mailbox.as_bytes().to_vec();
-        end.push(1);
-        let mut out = Vec::new();
-        for kv in self.mailbox.range(start..end) {
-            let (k, _) = kv?;
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            let id = &k[prefix.len()..];
-            if let Some(v) = self.messages.get(id)? {
-                out.push(
-                    serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                );
-            }
-        }
-        Ok((out, false))
-    }
-
     /// A message's record.
     pub fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
         self.messages
@@ -690,7 +630,13 @@ impl Store {
 
     /// A message's bytes, exactly as received.
     pub fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.raw.get(id.to_be_bytes())?.map(|v| v.to_vec()))
+        let Some(meta) = self.meta(id)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .raw
+            .get(meta.blob_id().to_be_bytes())?
+            .map(|v| v.to_vec()))
     }
 
     /// Flushes everything to disk.
@@ -709,7 +655,7 @@ use sled::transaction::{
 };
 use sled::Transactional;
 
-type TxResult<T> = Result<T, ConflictableTransactionError<String>>;
+use model::TxResult;
 
 /// Most deliveries written in one transaction.
 const MAX_BATCH: usize = 128;
@@ -723,13 +669,16 @@ const MAX_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 /// One delivery, prepared for the writer thread.
 #[derive(Debug)]
 struct Job {
-    prepared: Vec<(u64, Vec<u8>, Vec<u8>)>,
+    /// Each copy's record (id, owner, envelope) and where it goes.
+    prepared: Vec<(MessageMeta, Delivery)>,
     ids: Vec<u64>,
     ids_bytes: Vec<u8>,
+    /// Where the bytes go (the first copy's id).
+    blob: u64,
     corr: crate::privacy::Correspondence,
+    facts: crate::mail::thread::ThreadFacts,
     class: PathClass,
     received_at: i64,
-    owners: Vec<String>,
     raw: Vec<u8>,
     txn_id: Option<Vec<u8>>,
 }
@@ -737,8 +686,9 @@ struct Job {
 /// Where the writer answers a delivery.
 type JobReply = tokio::sync::oneshot::Sender<Result<(Vec<u64>, bool), StoreError>>;
 
-/// Writes one delivery inside a transaction: its copies and mailbox
-/// entries, the author's contact record, the owners' counters and levels.
+/// Writes one delivery inside a transaction: its bytes once, each copy in
+/// its account and mailbox, the author's contact record, the receiving
+/// owners' counters and levels.
 fn write_job(
     job: &Job,
     (r, m, b, c, st, lv): (
@@ -750,15 +700,26 @@ fn write_job(
         &TransactionalTree,
     ),
     domains: &[String],
+    now: i64,
 ) -> TxResult<()> {
     let corr = &job.corr;
-    for (id, meta, mkey) in &job.prepared {
-        let key = id.to_be_bytes();
-        r.insert(&key, job.raw.as_slice())?;
-        m.insert(&key, meta.as_slice())?;
-        b.insert(mkey.as_slice(), &[])?;
+    r.insert(&job.blob.to_be_bytes(), job.raw.as_slice())?;
+    if job.prepared.len() > 1 {
+        b.insert(
+            model::refs_key(job.blob),
+            &(job.prepared.len() as u32).to_be_bytes(),
+        )?;
     }
-    for owner in &job.owners {
+    let mut owners: Vec<&str> = Vec::new();
+    for (meta, d) in &job.prepared {
+        let mut tx = model::Tx::open(b, m, r, &d.owner, now)?;
+        tx.add(meta.clone(), d.mailbox, &d.keywords, &job.facts)?;
+        tx.finish()?;
+        if d.received && !owners.contains(&d.owner.as_str()) {
+            owners.push(&d.owner);
+        }
+    }
+    for owner in owners {
         let mut stats: UserStats = tx_json(st.get(owner.as_bytes())?)?;
         let before = stats.clone();
         stats.received.count(job.class, corr.encrypted, corr.signed);
@@ -800,18 +761,19 @@ fn tx_json<T: serde::de::DeserializeOwned + Default>(v: Option<sled::IVec>) -> T
     match v {
         None => Ok(T::default()),
         Some(v) => serde_json::from_slice(&v)
-            .map_err(|e| ConflictableTransactionError::Abort(format!("corrupt record: {e}"))),
+            .map_err(|e| ConflictableTransactionError::Abort(StoreError::Corrupt(e.to_string()))),
     }
 }
 
 fn tx_bytes<T: Serialize>(v: &T) -> TxResult<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| ConflictableTransactionError::Abort(e.to_string()))
+    serde_json::to_vec(v)
+        .map_err(|e| ConflictableTransactionError::Abort(StoreError::Corrupt(e.to_string())))
 }
 
-fn tx_error(e: TransactionError<String>) -> StoreError {
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
     match e {
         TransactionError::Storage(s) => StoreError::Db(s),
-        TransactionError::Abort(m) => StoreError::Corrupt(m),
+        TransactionError::Abort(e) => e,
     }
 }
 
@@ -873,79 +835,4 @@ impl caliopen_federation::Durability for Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_mailbox_is_listed_in_pages_that_follow_each_other() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let store = Store::open(&dir.path().join("db")).expect("store");
-            let template = MessageMeta {
-                id: 0,
-                mailbox: String::new(),
-                from: "x@ext.test".into(),
-                to: Vec::new(),
-                subject: "page".into(),
-                received_at: 0,
-                via: Via::Smtp,
-                transport: Transport::default(),
-                size: 0,
-            };
-            // bob's 25 messages, with alice's between them.
-            let mut bobs = Vec::new();
-            for i in 0..25 {
-                let raw = format!("Subject: {i}\r\n\r\nhello\r\n");
-                let to = vec![("bob".to_owned(), vec!["bob@alpha.test".to_owned()])];
-                bobs.extend(
-                    store
-                        .deliver_local(&template, &to, raw.as_bytes())
-                        .await
-                        .expect("deliver"),
-                );
-                if i % 8 == 0 {
-                    let to = vec![("alice".to_owned(), vec!["alice@alpha.test".to_owned()])];
-                    store
-                        .deliver_local(&template, &to, raw.as_bytes())
-                        .await
-                        .expect("deliver");
-                }
-            }
-            let mut seen = Vec::new();
-            let mut after = None;
-            let mut pages = Vec::new();
-            loop {
-                let (page, more) = store.list_page("bob", after, 10).expect("page");
-                pages.push((page.len(), more));
-                assert!(page.iter().all(|m| m.mailbox == "bob"));
-                seen.extend(page.iter().map(|m| m.id));
-                match page.last() {
-                    Some(last) if more => after = Some(last.id),
-                    _ => break,
-                }
-            }
-            assert_eq!(pages, vec![(10, true), (10, true), (5, false)]);
-            assert_eq!(seen, bobs, "every message once, oldest first");
-            assert_eq!(store.list("bob").expect("list").len(), 25);
-            let last = *bobs.last().expect("ids");
-            assert_eq!(
-                store.list_page("bob", Some(last), 10).expect("page"),
-                (Vec::new(), false)
-            );
-            assert!(store
-                .list_page("bob", Some(u64::MAX), 10)
-                .expect("page")
-                .0
-                .is_empty());
-            assert!(
-                store.list_page("bob", None, 0).expect("page").1,
-                "more after an empty page"
-            );
-        });
-    }
-}
+mod tests;

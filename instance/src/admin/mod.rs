@@ -2,13 +2,18 @@
 //! token from `DATA/admin.token`, 0600): the command-line tool's way into a
 //! running daemon, since only one process may open the database.
 
-use crate::smtp::server::MailService;
+mod ops;
+
+pub use ops::{execute, Op, OpError, OpOutput};
+
+use crate::delivery::MailService;
+use crate::mail::Mailbox;
 use crate::store::MessageMeta;
 use caliopen_proto::pb::instance_admin::instance_admin_client::InstanceAdminClient;
 use caliopen_proto::pb::instance_admin::instance_admin_server::InstanceAdmin;
 use caliopen_proto::pb::instance_admin::{
     IssueUserTokenRequest, IssueUserTokenResponse, ListMailRequest, ListMailResponse,
-    PutUserRequest, PutUserResponse,
+    PutUserRequest, PutUserResponse, RunRequest, RunResponse,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -33,9 +38,14 @@ pub fn valid_localpart(l: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
-/// The JSON shape of `caliopen mail list --json`, with each message's
-/// privacy index computed from its delivery record, bytes and the contact book.
-pub fn messages_json(svc: &MailService, list: &[MessageMeta]) -> serde_json::Value {
+/// The JSON shape of `caliopen mail list --json` (the messages of one
+/// mailbox), with each message's privacy index computed from its delivery
+/// record, bytes and the contact book.
+pub fn messages_json(
+    svc: &MailService,
+    mailbox: &Mailbox,
+    list: &[MessageMeta],
+) -> serde_json::Value {
     serde_json::Value::Array(
         list.iter()
             .map(|m| {
@@ -43,6 +53,10 @@ pub fn messages_json(svc: &MailService, list: &[MessageMeta]) -> serde_json::Val
                 serde_json::json!({
                     "privacy": privacy,
                     "id": format!("{:x}", m.id),
+                    "mailbox": mailbox.name,
+                    "uid": m.uid_in(mailbox.id),
+                    "keywords": m.keywords,
+                    "thread": format!("{:x}", m.thread),
                     "from": m.from,
                     "to": m.to,
                     "subject": m.subject,
@@ -147,13 +161,28 @@ impl InstanceAdmin for AdminService {
         if !self.svc.store().user_exists(&l) {
             return Err(Status::not_found(format!("no user {l:?}")));
         }
-        let list = self
-            .svc
-            .store()
-            .list(&l)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let out = execute(
+            &self.svc,
+            Op::MailList {
+                user: l,
+                mailbox: None,
+            },
+        )
+        .await
+        .map_err(|e| e.status())?;
         Ok(Response::new(ListMailResponse {
-            messages_json: messages_json(&self.svc, &list).to_string(),
+            messages_json: out.json.to_string(),
+        }))
+    }
+
+    async fn run(&self, r: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
+        self.check(&r)?;
+        let op: Op = serde_json::from_str(&r.into_inner().op_json)
+            .map_err(|e| Status::invalid_argument(format!("op_json: {e}")))?;
+        let out = execute(&self.svc, op).await.map_err(|e| e.status())?;
+        Ok(Response::new(RunResponse {
+            result_json: out.json.to_string(),
+            raw: out.raw,
         }))
     }
 

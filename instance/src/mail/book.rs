@@ -1,6 +1,6 @@
-//! The contact book and per-user counters, kept up to date in the same
-//! sled transaction as the message they come from (so a crash can neither
-//! lose nor double-count), and the table of public levels that peers query.
+//! The contact book and per-user counters (kept up to date by the store in
+//! the same atomic write as the message they come from, so that a crash can
+//! neither lose nor double-count), and the facts of public levels.
 
 use serde::{Deserialize, Serialize};
 

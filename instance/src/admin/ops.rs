@@ -1,0 +1,309 @@
+//! The operations of the command-line tool on users, quotas, aliases and
+//! mailboxes: one implementation, run by the daemon when the tool reaches
+//! it over the admin socket (`Run`), or by the tool itself on the database
+//! when no daemon runs.
+
+use super::{messages_json, valid_localpart};
+use crate::delivery::{split_address, MailService};
+use crate::mail::address::{alias_key, MAX_ALIAS_TARGETS};
+use crate::mail::{Mailbox, QuotaLimits, Role};
+use crate::store::StoreError;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// One operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Every account, with its quota and message count.
+    UserList,
+    /// Removes an account and everything it holds.
+    UserRemove {
+        /// The account.
+        localpart: String,
+    },
+    /// Sets an account's own limits, or gives it the default again.
+    UserQuota {
+        /// The account.
+        localpart: String,
+        /// Bytes (0: no limit); unchanged when absent.
+        bytes: Option<u64>,
+        /// Messages (0: no limit); unchanged when absent.
+        messages: Option<u64>,
+        /// Back to the instance default.
+        default: bool,
+    },
+    /// Makes or replaces an alias (`local@domain`, or `@domain`: catch-all).
+    AliasAdd {
+        /// The alias.
+        alias: String,
+        /// The accounts it reaches (local parts, or their addresses here).
+        targets: Vec<String>,
+    },
+    /// Every alias.
+    AliasList,
+    /// Removes an alias.
+    AliasRemove {
+        /// The alias.
+        alias: String,
+    },
+    /// The messages of one mailbox (the inbox when none is named).
+    MailList {
+        /// The account.
+        user: String,
+        /// A mailbox name, or a role (`sent`, `trash`…).
+        mailbox: Option<String>,
+    },
+    /// One message's bytes.
+    MailShow {
+        /// The account.
+        user: String,
+        /// The message id (hexadecimal, as `mail list` shows it).
+        id: String,
+    },
+}
+
+/// What an operation answers.
+#[derive(Debug, Clone, Default)]
+pub struct OpOutput {
+    /// The `--json` output.
+    pub json: serde_json::Value,
+    /// Bytes, for `mail_show`.
+    pub raw: Vec<u8>,
+}
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Something named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error("storage: {0}")]
+    Internal(String),
+}
+
+impl OpError {
+    /// The gRPC status for the admin API.
+    pub fn status(&self) -> tonic::Status {
+        match self {
+            OpError::NotFound(m) => tonic::Status::not_found(m.clone()),
+            OpError::Invalid(m) => tonic::Status::invalid_argument(m.clone()),
+            OpError::Internal(m) => tonic::Status::internal(m.clone()),
+        }
+    }
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Model(m) => match m {
+                crate::mail::ModelError::NoAccount(_)
+                | crate::mail::ModelError::NoMailbox
+                | crate::mail::ModelError::NoMessage(_) => OpError::NotFound(m.to_string()),
+                other => OpError::Invalid(other.to_string()),
+            },
+            other => OpError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn user_of(svc: &MailService, l: &str) -> Result<String, OpError> {
+    let l = l.to_ascii_lowercase();
+    if !svc.store().user_exists(&l) {
+        return Err(OpError::NotFound(format!("no user {l:?}")));
+    }
+    Ok(l)
+}
+
+/// The mailbox a name or role names.
+pub fn find_mailbox(svc: &MailService, user: &str, name: &str) -> Result<Mailbox, OpError> {
+    let boxes = svc.store().mailboxes(user)?;
+    let by_role = Role::parse(name).map(Role::id);
+    boxes
+        .iter()
+        .find(|b| b.name == name)
+        .or_else(|| boxes.iter().find(|b| Some(b.id) == by_role))
+        .or_else(|| {
+            name.eq_ignore_ascii_case("inbox")
+                .then(|| boxes.iter().find(|b| b.id == Role::Inbox.id()))
+                .flatten()
+        })
+        .cloned()
+        .ok_or_else(|| {
+            let names: Vec<&str> = boxes.iter().map(|b| b.name.as_str()).collect();
+            OpError::NotFound(format!(
+                "no mailbox {name:?} (there are: {})",
+                names.join(", ")
+            ))
+        })
+}
+
+fn quota_json(q: &crate::mail::Quota) -> serde_json::Value {
+    json!({
+        "used_bytes": q.used.bytes,
+        "used_messages": q.used.messages,
+        "limit_bytes": q.limits.bytes,
+        "limit_messages": q.limits.messages,
+        "own_limits": q.overridden,
+    })
+}
+
+/// Checks an alias: at a served domain, not an account's own address.
+fn check_alias(svc: &MailService, alias: &str) -> Result<String, OpError> {
+    let key = alias_key(alias).ok_or_else(|| {
+        OpError::Invalid(format!(
+            "alias {alias:?}: expected local@domain, or @domain for a catch-all"
+        ))
+    })?;
+    let (local, domain) = key.rsplit_once('@').unwrap_or_default();
+    if !svc.domains().iter().any(|d| d == domain) {
+        return Err(OpError::Invalid(format!(
+            "alias {alias:?}: {domain} is not a domain of this instance ({})",
+            svc.domains().join(", ")
+        )));
+    }
+    if !local.is_empty() {
+        if svc.store().user_exists(local) {
+            return Err(OpError::Invalid(format!(
+                "alias {alias:?}: {local} is an account; an alias may not hide it"
+            )));
+        }
+        if local.len() > 64 || local.contains(char::is_whitespace) || local.contains('"') {
+            return Err(OpError::Invalid(format!("alias {alias:?}: bad local part")));
+        }
+    }
+    Ok(key)
+}
+
+/// Runs an operation.
+pub async fn execute(svc: &MailService, op: Op) -> Result<OpOutput, OpError> {
+    let store = svc.store();
+    let json = match op {
+        Op::UserList => {
+            let mut out = Vec::new();
+            for u in store.users()? {
+                let q = store.quota(&u)?;
+                out.push(json!({
+                    "localpart": u,
+                    "address": format!("{u}@{}", svc.primary_domain()),
+                    "messages": q.used.messages,
+                    "quota": quota_json(&q),
+                }));
+            }
+            serde_json::Value::Array(out)
+        }
+        Op::UserRemove { localpart } => {
+            let l = user_of(svc, &localpart)?;
+            let before = store.quota(&l)?;
+            store.remove_user(&l).await?;
+            tracing::info!(user = %l, messages = before.used.messages, "user removed");
+            json!({"removed": l, "messages": before.used.messages, "bytes": before.used.bytes})
+        }
+        Op::UserQuota {
+            localpart,
+            bytes,
+            messages,
+            default,
+        } => {
+            let l = user_of(svc, &localpart)?;
+            let limits = if default {
+                if bytes.is_some() || messages.is_some() {
+                    return Err(OpError::Invalid(
+                        "--default takes no --bytes or --messages".into(),
+                    ));
+                }
+                None
+            } else {
+                if bytes.is_none() && messages.is_none() {
+                    return Err(OpError::Invalid(
+                        "give --bytes N, --messages N or --default".into(),
+                    ));
+                }
+                let now = store.quota(&l)?.limits;
+                Some(QuotaLimits {
+                    bytes: bytes.unwrap_or(now.bytes),
+                    messages: messages.unwrap_or(now.messages),
+                })
+            };
+            let q = store.set_quota(&l, limits).await?;
+            tracing::info!(user = %l, limits = ?q.limits, own = q.overridden, "quota set");
+            json!({"localpart": l, "quota": quota_json(&q)})
+        }
+        Op::AliasAdd { alias, targets } => {
+            let key = check_alias(svc, &alias)?;
+            if targets.is_empty() || targets.len() > MAX_ALIAS_TARGETS {
+                return Err(OpError::Invalid(format!(
+                    "an alias reaches 1 to {MAX_ALIAS_TARGETS} accounts"
+                )));
+            }
+            let mut owners: Vec<String> = Vec::new();
+            for t in &targets {
+                let l = match split_address(t) {
+                    Some((l, d)) if svc.domains().contains(&d) => l,
+                    Some(_) => {
+                        return Err(OpError::Invalid(format!(
+                            "{t}: an alias reaches accounts of this instance only"
+                        )))
+                    }
+                    None if valid_localpart(&t.to_ascii_lowercase()) => t.to_ascii_lowercase(),
+                    None => return Err(OpError::Invalid(format!("{t:?} is not an account"))),
+                };
+                let l = user_of(svc, &l)?;
+                if !owners.contains(&l) {
+                    owners.push(l);
+                }
+            }
+            store.put_alias(&key, &owners).await?;
+            tracing::info!(alias = %key, targets = ?owners, "alias set");
+            json!({"alias": key, "targets": owners})
+        }
+        Op::AliasList => serde_json::Value::Array(
+            store
+                .aliases()
+                .into_iter()
+                .map(|(a, t)| json!({"alias": a, "targets": t, "catch_all": a.starts_with('@')}))
+                .collect(),
+        ),
+        Op::AliasRemove { alias } => {
+            let key = alias_key(&alias).ok_or_else(|| {
+                OpError::Invalid(format!("alias {alias:?}: expected local@domain"))
+            })?;
+            if !store.remove_alias(&key).await? {
+                return Err(OpError::NotFound(format!("no alias {key}")));
+            }
+            tracing::info!(alias = %key, "alias removed");
+            json!({"removed": key})
+        }
+        Op::MailList { user, mailbox } => {
+            let u = user_of(svc, &user)?;
+            let mbx = find_mailbox(svc, &u, mailbox.as_deref().unwrap_or("inbox"))?;
+            let (list, _) = store.list_page(&u, mbx.id, None, usize::MAX)?;
+            messages_json(svc, &mbx, &list)
+        }
+        Op::MailShow { user, id } => {
+            let u = user_of(svc, &user)?;
+            let n = u64::from_str_radix(id.trim(), 16).map_err(|_| {
+                OpError::Invalid(format!("{id:?} is not a message id (hexadecimal)"))
+            })?;
+            let meta = store
+                .meta(n)?
+                .filter(|m| m.owner == u && !m.placements.is_empty())
+                .ok_or_else(|| OpError::NotFound(format!("no message {n:x} for {u}")))?;
+            let raw = store
+                .raw(n)?
+                .ok_or_else(|| OpError::Internal(format!("message {n:x} has no bytes")))?;
+            return Ok(OpOutput {
+                json: json!({"id": format!("{n:x}"), "size": meta.size}),
+                raw,
+            });
+        }
+    };
+    Ok(OpOutput {
+        json,
+        raw: Vec::new(),
+    })
+}

@@ -1,0 +1,558 @@
+//! The router: the one place where accepted mail is sent on its way.
+//!
+//! Every front end — the SMTP listeners, the mesh inbox, the client API,
+//! the bounce path — hands an accepted envelope to [`MailService::accept`];
+//! none of them calls another. Each recipient is resolved (accounts,
+//! aliases, plus-addressing, catch-all: [`crate::mail::address`]) and
+//! routed: a local mailbox (through the store) | a member's domain (the
+//! mesh outbox, a [`MeshOutlet`]) | the outside (the SMTP queue, an
+//! [`SmtpOutlet`]). A message a user submits is also kept in their `sent`
+//! mailbox, read. The outlets are traits so that this module depends on
+//! neither the mesh nor the SMTP queue: they depend on it.
+
+use crate::mail::address::{self, Resolution};
+use crate::mail::{Delivery, MessageMeta, PathClass, Role, Transport, Via};
+use crate::store::MailStore;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+pub use crate::config::FromCheck;
+
+/// A pending outlet operation.
+pub type OutletFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// A public level looked up across the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelAnswer {
+    /// The member asked.
+    pub member: String,
+    /// The level, when the member publishes one for the address.
+    pub level: Option<u8>,
+    /// Prefix bits sent.
+    pub prefix_bits: u32,
+    /// Entries in the bucket answered (the anonymity set within that member).
+    pub bucket_size: usize,
+    /// Served from the cache.
+    pub cached: bool,
+}
+
+/// The route to other labelled members (the mesh outbox), and their
+/// answers about public levels.
+pub trait MeshOutlet: Send + Sync + std::fmt::Debug {
+    /// The member serving `domain`, when one does.
+    fn member_for(&self, domain: &str) -> Option<String>;
+    /// Asks the member serving `address`'s domain for its public level
+    /// (k-anonymous: only a hash prefix leaves); `None` when no member
+    /// serves it.
+    fn public_level<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<LevelAnswer>, String>> + Send + 'a>>;
+    /// Queues a message for `member`, durably.
+    fn enqueue<'a>(
+        &'a self,
+        member: &'a str,
+        mail_from: &'a str,
+        rcpt_to: Vec<String>,
+        data: &'a [u8],
+    ) -> OutletFuture<'a>;
+}
+
+/// The route to the rest of the internet (the SMTP queue).
+pub trait SmtpOutlet: Send + Sync + std::fmt::Debug {
+    /// True when mail for `domain` has somewhere to go (relay, route, MX).
+    fn has_destination(&self, domain: &str) -> bool;
+    /// Queues a message, durably.
+    fn enqueue<'a>(
+        &'a self,
+        mail_from: &'a str,
+        rcpt_to: Vec<String>,
+        data: &'a [u8],
+    ) -> OutletFuture<'a>;
+    /// Messages waiting.
+    fn waiting(&self) -> usize;
+}
+
+/// Why a message was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// A recipient has no route (the sender's fault; permanent).
+    #[error("recipient {0} cannot be delivered")]
+    NoRoute(String),
+    /// Every local recipient is over quota (temporary: `452 4.2.2`).
+    #[error("mailbox full: {0}")]
+    MailboxFull(String),
+    /// A queue could not take it (local failure; temporary).
+    #[error("queueing failed: {0}")]
+    Queue(String),
+    /// The store could not keep it (local failure; temporary).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Where one accepted message went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// Ids of the copies stored here (recipients' mailboxes, then the
+    /// sender's `sent` copy, when there is one).
+    pub stored: Vec<u64>,
+    /// Members it was queued for over the mesh.
+    pub mesh: Vec<String>,
+    /// True when it was queued for SMTP.
+    pub smtp: bool,
+}
+
+impl std::fmt::Display for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .mesh
+            .iter()
+            .map(|m| format!("mesh:{m}"))
+            .chain(self.smtp.then(|| "smtp".to_owned()))
+            .chain(self.stored.iter().map(|i| format!("{i:x}")))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Where one recipient goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Accounts of this instance (after aliases, plus-addressing, catch-all).
+    Local(Vec<address::Target>),
+    /// A labelled member, over the mesh.
+    Mesh(String),
+    /// The outside, by SMTP.
+    Smtp,
+    /// Nowhere: a served domain without such an account, or an outside
+    /// domain without an outlet.
+    None,
+}
+
+/// Local mail service: who exists, password checks, durable storage, and
+/// the routes to other members and to the outside.
+#[derive(Debug, Clone)]
+pub struct MailService {
+    store: Arc<dyn MailStore>,
+    domains: Arc<Vec<String>>,
+    mesh: Arc<OnceLock<Arc<dyn MeshOutlet>>>,
+    queue: Arc<OnceLock<Arc<dyn SmtpOutlet>>>,
+    auth: Arc<OnceLock<crate::auth::SenderAuth>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    credentials: crate::login::Credentials,
+    from_check: FromCheck,
+}
+
+/// The decoded Subject header of a message ("" when absent).
+pub fn subject_of(data: &[u8]) -> String {
+    crate::mail::parse_headers_guarded(data)
+        .and_then(|m| m.subject().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Splits an address into (local part, lowercased domain).
+pub fn split_address(addr: &str) -> Option<(String, String)> {
+    let (l, d) = addr.rsplit_once('@')?;
+    if l.is_empty() || d.is_empty() {
+        return None;
+    }
+    Some((l.to_ascii_lowercase(), d.to_ascii_lowercase()))
+}
+
+fn now_unix() -> i64 {
+    crate::store::now_unix()
+}
+
+impl MailService {
+    /// A service over `store` for the mail `domains` of this instance.
+    pub fn new(store: impl MailStore + 'static, domains: Vec<String>) -> Self {
+        store.set_domains(&domains);
+        Self {
+            store: Arc::new(store),
+            domains: Arc::new(
+                domains
+                    .into_iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+            ),
+            mesh: Arc::new(OnceLock::new()),
+            queue: Arc::new(OnceLock::new()),
+            auth: Arc::new(OnceLock::new()),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
+            credentials: crate::login::Credentials::new(crate::login::CredentialsConfig::default()),
+            from_check: FromCheck::Enforce,
+        }
+    }
+
+    /// Uses `c` for password checks (sizes, throttling; tests inject one).
+    pub fn with_credentials(mut self, c: crate::login::Credentials) -> Self {
+        self.credentials = c;
+        self
+    }
+
+    /// Sets what submission does with a `From:` header that is not the user's.
+    pub fn with_from_check(mut self, f: FromCheck) -> Self {
+        self.from_check = f;
+        self
+    }
+
+    /// What submission does with a `From:` header that is not the user's.
+    pub fn from_check(&self) -> FromCheck {
+        self.from_check
+    }
+
+    /// The credential service.
+    pub fn credentials(&self) -> &crate::login::Credentials {
+        &self.credentials
+    }
+
+    /// Sets the resolver and sender checks.
+    pub fn set_auth(&self, a: crate::auth::SenderAuth) {
+        let _ = self.auth.set(a);
+    }
+
+    /// The resolver and sender checks, when set.
+    pub fn auth(&self) -> Option<&crate::auth::SenderAuth> {
+        self.auth.get()
+    }
+
+    /// The served mail domains, lowercase (the first is the primary one).
+    pub fn domains(&self) -> &[String] {
+        &self.domains
+    }
+
+    /// The primary mail domain.
+    pub fn primary_domain(&self) -> &str {
+        self.domains.first().map_or("localhost", String::as_str)
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Routes to other members through `m` (once the mesh is up).
+    pub fn set_mesh(&self, m: Arc<dyn MeshOutlet>) {
+        let _ = self.mesh.set(m);
+    }
+
+    /// Sends mail for the outside through `q`.
+    pub fn set_queue(&self, q: Arc<dyn SmtpOutlet>) {
+        let _ = self.queue.set(q);
+    }
+
+    /// Messages waiting in the SMTP queue (0 without one).
+    pub fn smtp_waiting(&self) -> usize {
+        self.queue.get().map_or(0, |q| q.waiting())
+    }
+
+    /// True when an SMTP queue is set.
+    pub fn sends_out(&self) -> bool {
+        self.queue.get().is_some()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn MailStore {
+        self.store.as_ref()
+    }
+
+    /// True when `addr` is at one of the served domains.
+    pub fn is_local_domain(&self, addr: &str) -> bool {
+        split_address(addr).is_some_and(|(_, d)| self.domains.contains(&d))
+    }
+
+    /// The account `addr` names directly (`local@served-domain` of an
+    /// existing user; no alias, no plus detail): the login identity.
+    pub fn local_user(&self, addr: &str) -> Option<String> {
+        let (l, d) = split_address(addr)?;
+        (self.domains.contains(&d) && self.store.user_exists(&l)).then_some(l)
+    }
+
+    /// Where mail for `addr` goes.
+    pub fn route(&self, addr: &str) -> Route {
+        let store = &self.store;
+        match address::resolve(
+            addr,
+            &self.domains,
+            |l| store.user_exists(l),
+            |k| store.alias(k),
+        ) {
+            Resolution::Local(t) => Route::Local(t),
+            Resolution::Unknown => Route::None,
+            Resolution::NotLocal => {
+                let Some((_, domain)) = split_address(addr) else {
+                    return Route::None;
+                };
+                if let Some(m) = self.mesh.get().and_then(|m| m.member_for(&domain)) {
+                    return Route::Mesh(m);
+                }
+                if self.queue.get().is_some_and(|q| q.has_destination(&domain)) {
+                    return Route::Smtp;
+                }
+                Route::None
+            }
+        }
+    }
+
+    /// The mesh member serving `addr`'s domain, when labelled and one does.
+    pub fn member_for(&self, addr: &str) -> Option<String> {
+        let (_, d) = split_address(addr)?;
+        self.mesh.get()?.member_for(&d)
+    }
+
+    /// Asks the mesh for `address`'s public level (`Ok(None)` when
+    /// unlabelled or no member serves it).
+    pub async fn public_level(&self, address: &str) -> Result<Option<LevelAnswer>, String> {
+        match self.mesh.get() {
+            Some(m) => m.public_level(address).await,
+            None => Ok(None),
+        }
+    }
+
+    /// True when the instance routes to other members (holds a label).
+    pub fn labelled(&self) -> bool {
+        self.mesh.get().is_some()
+    }
+
+    /// True when none of the accounts `addr` reaches can take new mail
+    /// (a quota limit reached). An address reaching no account is not full.
+    pub fn mailbox_full(&self, targets: &[address::Target]) -> bool {
+        !targets.is_empty()
+            && targets
+                .iter()
+                .all(|t| self.store.quota(&t.owner).is_ok_and(|q| q.full()))
+    }
+
+    /// Checks a login through the credential service (bounded, throttled;
+    /// see [`crate::login`]). Returns the user's address, lowercased.
+    pub async fn login(
+        &self,
+        source: Option<IpAddr>,
+        address: &str,
+        password: &str,
+    ) -> Result<String, crate::login::LoginError> {
+        let found = |a: &str| {
+            let local = self.local_user(a)?;
+            let rec = self.store.user(&local).ok()??;
+            Some((a.to_owned(), rec.password_hash))
+        };
+        self.credentials
+            .check(source, address, password, found)
+            .await
+    }
+
+    /// Records DKIM/SPF/DMARC verdicts of a message from the internet.
+    pub async fn check_sender(&self, data: &[u8], helo: &str, mail_from: &str, t: &mut Transport) {
+        let Some(a) = self.auth.get() else { return };
+        let ip = t
+            .client
+            .parse::<std::net::SocketAddr>()
+            .map(|s| s.ip())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let v = a
+            .check(data, ip, helo, mail_from, self.primary_domain())
+            .await;
+        t.dkim = v.dkim;
+        t.spf = v.spf;
+        t.dmarc = v.dmarc;
+    }
+
+    /// The mailbox a plus detail files into: a mailbox of that name (case
+    /// aside) when the account has one, else none (the detail becomes a
+    /// keyword).
+    fn detail_mailbox(&self, owner: &str, detail: &str) -> Option<crate::mail::MailboxId> {
+        let boxes = self.store.mailboxes(owner).ok()?;
+        boxes
+            .iter()
+            .find(|b| b.name == detail)
+            .or_else(|| boxes.iter().find(|b| b.name.eq_ignore_ascii_case(detail)))
+            .map(|b| b.id)
+    }
+
+    /// Adds the deliveries of recipient `r` to `local` (one per account;
+    /// an account reached twice gets one copy). An account whose quota is
+    /// reached takes nothing: a message that goes over a limit is still
+    /// taken, so that use overshoots by one message at most. False when
+    /// every account `r` reaches is full.
+    pub fn add_local(
+        &self,
+        r: &str,
+        targets: Vec<address::Target>,
+        local: &mut Vec<Delivery>,
+    ) -> bool {
+        let mut any = false;
+        for t in targets {
+            if self.store.quota(&t.owner).is_ok_and(|q| q.full()) {
+                continue;
+            }
+            any = true;
+            if let Some(d) = local.iter_mut().find(|d| d.owner == t.owner) {
+                d.to.push(r.to_owned());
+                continue;
+            }
+            let mut d = Delivery::inbox(t.owner.clone(), vec![r.to_owned()]);
+            if let Some(detail) = &t.detail {
+                match self.detail_mailbox(&t.owner, detail) {
+                    Some(m) => d.mailbox = m,
+                    None => {
+                        if let Ok(k) = crate::mail::mailbox::normalise_keyword(detail) {
+                            d.keywords.push(k);
+                        }
+                    }
+                }
+            }
+            local.push(d);
+        }
+        any
+    }
+
+    /// Routes an accepted message: local recipients are stored, recipients
+    /// of other members go to the mesh outbox, the outside to the SMTP
+    /// queue — all durably before this returns. A submitting user
+    /// (`transport.auth_user`) also gets the message in their `sent`
+    /// mailbox, and their contact book counts each recipient.
+    pub async fn accept(
+        &self,
+        mail_from: &str,
+        rcpt_to: &[String],
+        data: &[u8],
+        transport: Transport,
+        via: Via,
+    ) -> Result<Routed, DeliveryError> {
+        let mut local: Vec<Delivery> = Vec::new();
+        let mut full: Vec<String> = Vec::new();
+        let mut by_member: Vec<(String, Vec<String>)> = Vec::new();
+        let mut outside: Vec<String> = Vec::new();
+        let mut paths: Vec<(String, PathClass)> = Vec::new();
+        for r in rcpt_to {
+            match self.route(r) {
+                Route::Local(targets) => {
+                    paths.push((r.clone(), PathClass::Local));
+                    if !self.add_local(r, targets, &mut local) {
+                        full.push(r.clone());
+                    }
+                }
+                Route::Mesh(m) => {
+                    paths.push((r.clone(), PathClass::Mesh));
+                    match by_member.iter_mut().find(|(x, _)| *x == m) {
+                        Some((_, v)) => v.push(r.clone()),
+                        None => by_member.push((m, vec![r.clone()])),
+                    }
+                }
+                // Outbound STARTTLS is opportunistic: the path to the outside is
+                // counted as not protected, since nothing guarantees it is.
+                Route::Smtp => {
+                    paths.push((r.clone(), PathClass::Plain));
+                    outside.push(r.clone());
+                }
+                Route::None => return Err(DeliveryError::NoRoute(r.clone())),
+            }
+        }
+        if local.is_empty() && by_member.is_empty() && outside.is_empty() && !full.is_empty() {
+            self.metrics
+                .rcpt_mailbox_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(DeliveryError::MailboxFull(full.join(", ")));
+        }
+        let now = now_unix();
+        let sender = transport
+            .auth_user
+            .as_deref()
+            .and_then(|u| self.local_user(u));
+        if let Some(owner) = &sender {
+            if let Err(e) = self.store.record_sent(owner, &paths, data, now).await {
+                // The contact book is derived data: never refuse mail for it.
+                tracing::warn!(error = %e, "could not update the contact book");
+            }
+        }
+        let mut routed = Routed::default();
+        if let Some(mesh) = self.mesh.get() {
+            for (member, rcpts) in by_member {
+                mesh.enqueue(&member, mail_from, rcpts, data)
+                    .await
+                    .map_err(DeliveryError::Queue)?;
+                self.metrics
+                    .queued_mesh
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                routed.mesh.push(member);
+            }
+        }
+        if let (Some(q), false) = (self.queue.get(), outside.is_empty()) {
+            q.enqueue(mail_from, outside, data)
+                .await
+                .map_err(DeliveryError::Queue)?;
+            routed.smtp = true;
+            self.metrics
+                .queued_smtp
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let received = local.len();
+        if let Some(owner) = sender {
+            local.push(Delivery::sent_copy(owner, rcpt_to.to_vec()));
+        }
+        if local.is_empty() {
+            return Ok(routed);
+        }
+        let template = MessageMeta {
+            from: mail_from.to_owned(),
+            subject: subject_of(data),
+            received_at: now,
+            via,
+            transport,
+            size: data.len(),
+            ..Default::default()
+        };
+        routed.stored = self.store.deliver_local(&template, &local, data).await?;
+        let counter = match via {
+            Via::Smtp => &self.metrics.stored_smtp,
+            Via::Local => &self.metrics.stored_local,
+            Via::Mesh => &self.metrics.stored_mesh,
+        };
+        counter.fetch_add(received as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(routed)
+    }
+
+    /// Queues a message for the outside (mail a member can no longer take
+    /// over the mesh); fails when no SMTP queue is set.
+    pub async fn send_out(
+        &self,
+        mail_from: &str,
+        rcpt_to: Vec<String>,
+        data: &[u8],
+    ) -> Result<(), DeliveryError> {
+        let q = self
+            .queue
+            .get()
+            .ok_or_else(|| DeliveryError::Queue("no SMTP relay is configured".into()))?;
+        q.enqueue(mail_from, rcpt_to, data)
+            .await
+            .map_err(DeliveryError::Queue)
+    }
+
+    /// Stores a report (a DSN) for a local sender: one inbox delivery.
+    pub async fn deliver_report(
+        &self,
+        owner: &str,
+        to: &str,
+        data: &[u8],
+    ) -> Result<Vec<u64>, DeliveryError> {
+        let template = MessageMeta {
+            from: String::new(),
+            subject: subject_of(data),
+            received_at: now_unix(),
+            via: Via::Local,
+            size: data.len(),
+            ..Default::default()
+        };
+        let d = Delivery {
+            mailbox: Role::Inbox.id(),
+            ..Delivery::inbox(owner, vec![to.to_owned()])
+        };
+        Ok(self.store.deliver_local(&template, &[d], data).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

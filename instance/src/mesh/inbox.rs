@@ -1,0 +1,179 @@
+//! The mesh inbox: mail from other members, handed to the router's store
+//! idempotently by `txn_id`, and the answers to their public level queries.
+
+use super::route::BUCKET_TOO_LARGE;
+use crate::delivery::{MailService, Route};
+use crate::mail::{Transport, Via};
+use crate::privacy::public::{check_query, PeerLimiter, ANSWER_TTL_SECONDS, MAX_BUCKET_ENTRIES};
+use crate::store::MessageMeta;
+use caliopen_federation::node::BoxFuture;
+use caliopen_federation::{HandlerError, MeshHandler, PeerIdentity};
+use caliopen_proto::pb::mesh::{
+    recipient_result, Deliver, DeliverReply, PrivacyEntry, PrivacyQuery, PrivacyReply,
+    RecipientResult,
+};
+use std::sync::Arc;
+
+struct Handler {
+    svc: MailService,
+    limiter: PeerLimiter,
+}
+
+impl MeshHandler for Handler {
+    fn deliver(
+        &self,
+        peer: &PeerIdentity,
+        d: Deliver,
+    ) -> BoxFuture<Result<DeliverReply, HandlerError>> {
+        let svc = self.svc.clone();
+        let peer = peer.member_id.clone();
+        Box::pin(async move {
+            let mut results = Vec::new();
+            let mut local = Vec::new();
+            for r in &d.rcpt_to {
+                let (status, detail) = match svc.route(r) {
+                    Route::Local(targets) if svc.add_local(r, targets.clone(), &mut local) => {
+                        (recipient_result::Status::Accepted, String::new())
+                    }
+                    Route::Local(_) => {
+                        svc.metrics()
+                            .rcpt_mailbox_full
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        (
+                            recipient_result::Status::RejectedTemporary,
+                            "4.2.2 mailbox full".to_owned(),
+                        )
+                    }
+                    _ => (
+                        recipient_result::Status::RejectedPermanent,
+                        "no such user here".to_owned(),
+                    ),
+                };
+                results.push(RecipientResult {
+                    rcpt: r.clone(),
+                    status: status as i32,
+                    detail,
+                });
+            }
+            let mut duplicate = false;
+            if !local.is_empty() {
+                let template = MessageMeta {
+                    from: d.mail_from.clone(),
+                    subject: crate::delivery::subject_of(&d.message),
+                    received_at: crate::store::now_unix(),
+                    via: Via::Mesh,
+                    transport: Transport {
+                        peer_member: Some(peer.clone()),
+                        tls_version: Some("TLSv1_3".into()),
+                        ..Default::default()
+                    },
+                    size: d.message.len(),
+                    ..Default::default()
+                };
+                let (_, dup) = svc
+                    .store()
+                    .deliver_once(&template, &local, &d.message, Some(&d.txn_id))
+                    .await
+                    .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+                duplicate = dup;
+                if !dup {
+                    svc.metrics()
+                        .stored_mesh
+                        .fetch_add(local.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                tracing::info!(
+                    peer,
+                    duplicate,
+                    recipients = local.len(),
+                    "mesh message stored"
+                );
+            }
+            Ok(DeliverReply {
+                txn_id: d.txn_id,
+                results,
+                duplicate,
+            })
+        })
+    }
+
+    fn privacy_query(
+        &self,
+        peer: &PeerIdentity,
+        q: PrivacyQuery,
+    ) -> BoxFuture<Result<PrivacyReply, HandlerError>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let metrics = self.svc.metrics().clone();
+        let r = if !self.limiter.allow(&peer.member_id) {
+            metrics.privacy_rate_limited.fetch_add(1, Relaxed);
+            Err(HandlerError::RateLimited(
+                "too many privacy queries; slow down".into(),
+            ))
+        } else if let Err(e) = check_query(&q.hash_prefix, q.prefix_bits) {
+            metrics.privacy_refused.fetch_add(1, Relaxed);
+            Err(HandlerError::Malformed(e.to_string()))
+        } else {
+            match self
+                .svc
+                .store()
+                .public_bucket(&q.hash_prefix, q.prefix_bits, MAX_BUCKET_ENTRIES)
+            {
+                Err(e) => Err(HandlerError::Unavailable(e.to_string())),
+                Ok(None) => {
+                    metrics.privacy_refused.fetch_add(1, Relaxed);
+                    Err(HandlerError::Refused(format!(
+                        "{BUCKET_TOO_LARGE}: ask with more than {} bits",
+                        q.prefix_bits
+                    )))
+                }
+                Ok(Some(entries)) => {
+                    metrics.privacy_answered.fetch_add(1, Relaxed);
+                    // What this member learns: the asker, and a prefix.
+                    tracing::info!(
+                        peer = %peer.member_id,
+                        prefix_bits = q.prefix_bits,
+                        prefix = %hex::encode(&q.hash_prefix),
+                        entries = entries.len(),
+                        "privacy query answered"
+                    );
+                    Ok(PrivacyReply {
+                        entries: entries
+                            .into_iter()
+                            .map(|(h, l)| PrivacyEntry {
+                                address_hash: h.to_vec(),
+                                level: u32::from(l),
+                            })
+                            .collect(),
+                        ttl_seconds: ANSWER_TTL_SECONDS,
+                    })
+                }
+            }
+        };
+        Box::pin(async move { r })
+    }
+}
+
+/// The handler a labelled instance installs on its mesh node: mail from
+/// members is stored durably in `svc`'s store (group commit) before the
+/// `DeliverReply`. Public so that the benchmark harness can run the real
+/// delivery path in process.
+pub fn store_handler(svc: MailService) -> Arc<dyn MeshHandler> {
+    store_handler_with_limit(svc, PRIVACY_QUERIES_PER_SECOND, PRIVACY_QUERY_BURST)
+}
+
+/// [`store_handler`] with another per-peer budget for privacy queries (the
+/// benchmark measures the answering path without the policy limit).
+pub fn store_handler_with_limit(
+    svc: MailService,
+    queries_per_second: f64,
+    burst: f64,
+) -> Arc<dyn MeshHandler> {
+    Arc::new(Handler {
+        svc,
+        limiter: PeerLimiter::new(queries_per_second, burst),
+    })
+}
+
+/// Public level queries a peer may make per second, sustained.
+pub const PRIVACY_QUERIES_PER_SECOND: f64 = 20.0;
+/// And at once.
+pub const PRIVACY_QUERY_BURST: f64 = 100.0;

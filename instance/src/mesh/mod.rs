@@ -1,0 +1,275 @@
+//! The instance on the mesh: when it holds a label, it runs a mesh node,
+//! follows the association, renews its certificate, delivers mail for other
+//! members' domains through the durable outbox, stores mail from members
+//! (`via = mesh`, idempotent by `txn_id`), and bounces what cannot be
+//! delivered with a DSN.
+
+mod inbox;
+mod route;
+
+pub use inbox::{
+    store_handler, store_handler_with_limit, PRIVACY_QUERIES_PER_SECOND, PRIVACY_QUERY_BURST,
+};
+pub use route::{by_member, txn_id, MeshRoute};
+
+use crate::config::Config;
+use crate::delivery::MailService;
+use caliopen_federation::trust::default_accepted_charters;
+use caliopen_federation::{
+    AssociationLink, IdentityFiles, IdentitySlot, MeshConfig, MeshNode, Outbox, OutboxEvent,
+    Renewer, RetryPolicy, TrustStore,
+};
+use caliopen_proto::pb::mesh::Deliver;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The member id in a certificate's label.
+pub fn member_id_of(cert_pem: &str) -> Result<String, String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let der = pem::parse(cert_pem)
+        .map_err(|e| e.to_string())?
+        .into_contents();
+    let (_, c) = X509Certificate::from_der(&der).map_err(|e| e.to_string())?;
+    let ext = c
+        .extensions()
+        .iter()
+        .find(|e| e.oid.as_bytes() == caliopen_proto::LABEL_OID_DER)
+        .ok_or("the certificate carries no Caliopen label")?;
+    Ok(caliopen_proto::Label::from_der(ext.value)
+        .map_err(|e| e.to_string())?
+        .member_id)
+}
+
+/// Starts the mesh side when the configuration names an association.
+/// Returns `None` for an unlabelled instance.
+pub async fn start(
+    config: &Config,
+    svc: &MailService,
+    queues: &crate::store::Store,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Option<(MeshNode, MeshRoute)>, String> {
+    let Some(assoc) = &config.association else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let ca_path = config.in_data(&assoc.ca);
+    let cert_path = config.in_data(&assoc.cert);
+    let key_path = config.in_data(&assoc.key);
+    let ca_pem = read(&ca_path)?;
+    let cert_pem = read(&cert_path)?;
+    let key_pem = read(&key_path)?;
+    let member_id = member_id_of(&cert_pem)?;
+    let trust =
+        Arc::new(TrustStore::new(&ca_pem, default_accepted_charters()).map_err(|e| e.to_string())?);
+    let trust_dir = config.data_dir().join("trust");
+    if let Err(e) = trust.load(&trust_dir, now_unix()) {
+        tracing::warn!(error = %e, "saved CRL or directory not usable; waiting for the association");
+    }
+    let identity = IdentitySlot::new();
+    identity
+        .set_pem(&cert_pem, &key_pem, trust.provider())
+        .map_err(|e| e.to_string())?;
+    let node = MeshNode::start(
+        MeshConfig::new(member_id.clone()),
+        config.mesh.listen,
+        trust.clone(),
+        identity.clone(),
+        store_handler(svc.clone()),
+    )
+    .await
+    .map_err(|e| format!("mesh: {e}"))?;
+    tracing::info!(member = %member_id, addr = %node.local_addr().map_err(|e| e.to_string())?, "mesh endpoint up");
+
+    let link = AssociationLink::new(assoc.url.clone(), ca_pem)
+        .with_watch_identity(config.in_data(&assoc.cert), config.in_data(&assoc.key));
+    tracker.spawn(link.clone().follow(trust.clone(), token.clone()));
+    // Keep the latest CRL and directory on disk for restarts.
+    {
+        let trust = trust.clone();
+        let token = token.clone();
+        tracker.spawn(async move {
+            let mut rx = trust.subscribe();
+            loop {
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { break },
+                    _ = token.cancelled() => break,
+                }
+                if let Err(e) = trust.save(&trust_dir) {
+                    tracing::error!(error = %e, "could not save the trust store");
+                }
+            }
+        });
+    }
+    let renewer = Renewer::new(
+        link,
+        identity,
+        cert_pem,
+        key_pem,
+        Some(IdentityFiles {
+            cert: cert_path,
+            key: key_path,
+        }),
+        trust.provider().clone(),
+    );
+    tracker.spawn(renewer.run(token.clone()));
+
+    let policy = RetryPolicy {
+        base: std::time::Duration::from_secs(config.mesh.retry_initial_seconds),
+        max: std::time::Duration::from_secs(config.mesh.retry_max_seconds),
+        lifetime: std::time::Duration::from_secs(config.mesh.lifetime_hours * 3600),
+    };
+    // The outbox has a journal of its own (one write and a shared fdatasync
+    // per entry); entries an older version left in the store's database move there.
+    let outbox = Outbox::open(&config.data_dir().join("mesh-outbox"), policy)
+        .map_err(|e| format!("mesh outbox: {e}"))?;
+    outbox
+        .import_sled(queues.db())
+        .await
+        .map_err(|e| format!("mesh outbox: {e}"))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    tracker.spawn(outbox.clone().run(node.clone(), tx, token.clone()));
+    {
+        let svc = svc.clone();
+        let domain = config.domains[0].clone();
+        tracker.spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    OutboxEvent::Delivered { peer, reply } => {
+                        svc.metrics()
+                            .sent_mesh
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(
+                            peer,
+                            duplicate = reply.duplicate,
+                            "delivered over the mesh"
+                        );
+                    }
+                    OutboxEvent::RecipientsRefused {
+                        peer,
+                        deliver,
+                        refused,
+                    } => {
+                        // Bounce to the sender, naming only the refused recipients.
+                        let why = refused
+                            .iter()
+                            .map(|r| format!("{}: {}", r.rcpt, r.detail))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        tracing::warn!(
+                            peer,
+                            refused = refused.len(),
+                            "recipients refused by the peer"
+                        );
+                        let only = Deliver {
+                            rcpt_to: refused.into_iter().map(|r| r.rcpt).collect(),
+                            ..deliver
+                        };
+                        bounce(
+                            &svc,
+                            &domain,
+                            &only,
+                            "5.1.1",
+                            &format!("refused by {peer}: {why}"),
+                        )
+                        .await;
+                    }
+                    OutboxEvent::Failed {
+                        peer,
+                        deliver,
+                        reason,
+                    } => {
+                        bounce(
+                            &svc,
+                            &domain,
+                            &deliver,
+                            "5.0.0",
+                            &format!("refused by {peer}: {reason}"),
+                        )
+                        .await;
+                    }
+                    OutboxEvent::Expired {
+                        peer,
+                        deliver,
+                        last_error,
+                    } => {
+                        bounce(
+                            &svc,
+                            &domain,
+                            &deliver,
+                            "4.4.7",
+                            &format!("{peer} unreachable until expiry: {last_error}"),
+                        )
+                        .await;
+                    }
+                    OutboxEvent::Reroute { peer, deliver } if svc.sends_out() => {
+                        tracing::info!(peer, "peer left the labelled network: sending by SMTP");
+                        if let Err(e) = svc
+                            .send_out(
+                                &deliver.mail_from,
+                                deliver.rcpt_to.clone(),
+                                &deliver.message,
+                            )
+                            .await
+                        {
+                            tracing::error!(error = %e, "could not queue for SMTP");
+                            bounce(
+                                &svc,
+                                &domain,
+                                &deliver,
+                                "4.3.0",
+                                &format!("could not queue for SMTP: {e}"),
+                            )
+                            .await;
+                        }
+                    }
+                    OutboxEvent::Reroute { peer, deliver } => {
+                        bounce(
+                            &svc,
+                            &domain,
+                            &deliver,
+                            "5.4.4",
+                            &format!(
+                                "{peer} left the labelled network and no SMTP relay is configured"
+                            ),
+                        )
+                        .await;
+                    }
+                }
+            }
+        });
+    }
+    Ok(Some((
+        node.clone(),
+        MeshRoute {
+            member_id,
+            trust,
+            outbox,
+            node,
+            answers: Arc::new(crate::privacy::public::AnswerCache::default()),
+        },
+    )))
+}
+
+/// Delivers a DSN to the sender when the sender is a local user.
+async fn bounce(svc: &MailService, domain: &str, d: &Deliver, status: &str, why: &str) {
+    crate::outbound::bounce(
+        svc,
+        domain,
+        &d.mail_from,
+        &d.rcpt_to,
+        &d.message,
+        status,
+        why,
+    )
+    .await;
+}
