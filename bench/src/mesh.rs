@@ -11,7 +11,8 @@ use caliopen_federation::{
     HandlerError, IdentitySlot, MeshConfig, MeshHandler, MeshNode, Outbox, OutboxEvent,
     PeerIdentity, RetryPolicy, TrustStore,
 };
-use caliopen_instance::smtp::server::{ListenerConfig, MailService, SmtpListener};
+use caliopen_instance::delivery::MailService;
+use caliopen_instance::smtp::server::{ListenerConfig, SmtpListener};
 use caliopen_instance::smtp::session::Kind;
 use caliopen_instance::store::Store;
 use caliopen_proto::pb::directory::SignedDirectory;

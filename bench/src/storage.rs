@@ -3,7 +3,7 @@
 use crate::report::{ms, percentile, Report};
 use crate::sys::{dir_size, rss_bytes};
 use anyhow::Result;
-use caliopen_instance::store::{MessageMeta, Store, Transport, Via};
+use caliopen_instance::store::{Delivery, MessageMeta, Store, Transport, Via};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,7 +79,6 @@ pub async fn run(work: &std::path::Path, p: &StorageParams, report: &mut Report)
                 let user = format!("user{}", i % accounts);
                 let meta = MessageMeta {
                     id: 0,
-                    mailbox: String::new(),
                     from: "sender@outside.test".into(),
                     to: Vec::new(),
                     subject: format!("message {i}"),
@@ -91,9 +90,12 @@ pub async fn run(work: &std::path::Path, p: &StorageParams, report: &mut Report)
                         ..Default::default()
                     },
                     size: 0,
+                    ..Default::default()
                 };
                 let to = vec![format!("{user}@bench.test")];
-                let ids = store.deliver_local(&meta, &[(user, to)], &body).await?;
+                let ids = store
+                    .deliver_local(&meta, &[Delivery::inbox(user, to)], &body)
+                    .await?;
                 if i.is_multiple_of(97) {
                     sample.extend(ids);
                 }

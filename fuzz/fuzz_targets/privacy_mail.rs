@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 fn meta(via: Via, tls: Option<&str>) -> MessageMeta {
     MessageMeta {
         id: 1,
-        mailbox: "alice".into(),
+        owner: "alice".into(),
         from: "x@ext.test".into(),
         to: vec!["alice@alpha.test".into()],
         subject: String::new(),
@@ -22,6 +22,7 @@ fn meta(via: Via, tls: Option<&str>) -> MessageMeta {
             ..Default::default()
         },
         size: 0,
+        ..Default::default()
     }
 }
 

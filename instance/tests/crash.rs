@@ -428,7 +428,7 @@ fn sigterm_right_after_start_is_a_clean_shutdown() {
 /// accepts answers up to 1 GiB).
 #[test]
 fn mail_list_of_a_large_mailbox_through_the_admin_api() {
-    use caliopen_instance::store::{MessageMeta, Store, Transport, Via};
+    use caliopen_instance::store::{Delivery, MessageMeta, Store, Transport, Via};
     let tmp = tempfile::tempdir().expect("tmp");
     let mut a = Instance::init(tmp.path(), "alpha", "alpha.test", None, None, None);
     a.add_user("alice", "alice password");
@@ -445,7 +445,6 @@ fn mail_list_of_a_large_mailbox_through_the_admin_api() {
                 let raw = format!("Subject: {subject}\r\n\r\nbody\r\n");
                 let meta = MessageMeta {
                     id: 0,
-                    mailbox: String::new(),
                     from: "x@ext.test".into(),
                     to: vec!["alice@alpha.test".into()],
                     subject,
@@ -453,11 +452,12 @@ fn mail_list_of_a_large_mailbox_through_the_admin_api() {
                     via: Via::Smtp,
                     transport: Transport::default(),
                     size: raw.len(),
+                    ..Default::default()
                 };
                 store
                     .deliver_local(
                         &meta,
-                        &[("alice".into(), vec!["alice@alpha.test".into()])],
+                        &[Delivery::inbox("alice", vec!["alice@alpha.test".into()])],
                         raw.as_bytes(),
                     )
                     .await

@@ -3,7 +3,8 @@
 //! a well-behaved client is served all along. (Complements the lighter
 //! checks in `smtp.rs`.)
 
-use caliopen_instance::smtp::server::{hash_password, ListenerConfig, MailService, SmtpListener};
+use caliopen_instance::delivery::MailService;
+use caliopen_instance::smtp::server::{hash_password, ListenerConfig, SmtpListener};
 use caliopen_instance::smtp::session::Kind;
 use caliopen_instance::store::Store;
 use std::io::{BufRead, BufReader, Read, Write};

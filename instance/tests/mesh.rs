@@ -584,6 +584,7 @@ async fn a_message_from_a_to_b_goes_over_the_mesh() {
                 pb::ListMessagesRequest {
                     limit: 1,
                     after: after.clone(),
+                    ..Default::default()
                 },
                 &bt,
             ))
@@ -611,11 +612,12 @@ async fn a_message_from_a_to_b_goes_over_the_mesh() {
     for bad in [
         pb::ListMessagesRequest {
             limit: 2001,
-            after: String::new(),
+            ..Default::default()
         },
         pb::ListMessagesRequest {
             limit: 1,
             after: "not-an-id".into(),
+            ..Default::default()
         },
     ] {
         let e = bc

@@ -3,9 +3,10 @@
 //! message exactly once when it comes back; a relay that never comes back
 //! makes the message bounce with an RFC 3464 DSN at expiry, once.
 
+use caliopen_instance::delivery::MailService;
 use caliopen_instance::outbound::{RelayConfig, SmtpQueue};
-use caliopen_instance::smtp::server::{hash_password, ListenerConfig, MailService, SmtpListener};
-use caliopen_instance::smtp::session::{Envelope, Kind};
+use caliopen_instance::smtp::server::{hash_password, ListenerConfig, SmtpListener};
+use caliopen_instance::smtp::session::Kind;
 use caliopen_instance::store::{Store, Transport, Via};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -45,7 +46,7 @@ async fn sender(relay: SocketAddr, lifetime: Duration) -> Sender {
         },
     )
     .expect("queue");
-    svc.set_queue(queue.clone());
+    svc.set_queue(std::sync::Arc::new(queue.clone()));
     let token = CancellationToken::new();
     let runner = tokio::spawn(
         queue
@@ -65,16 +66,10 @@ async fn sender(relay: SocketAddr, lifetime: Duration) -> Sender {
 async fn submit(s: &Sender, to: &str, subject: &str) {
     s.svc
         .accept(
-            Envelope {
-                helo: "client.test".into(),
-                mail_from: "alice@alpha.test".into(),
-                rcpt_to: vec![to.into()],
-                data: format!(
-                    "From: alice@alpha.test\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nhello\r\n"
-                )
-                .into_bytes(),
-                auth_user: Some("alice@alpha.test".into()),
-            },
+            "alice@alpha.test",
+            &[to.to_owned()],
+            format!("From: alice@alpha.test\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nhello\r\n")
+                .as_bytes(),
             Transport::default(),
             Via::Local,
         )

@@ -1086,7 +1086,7 @@ async fn score(file: &str, via: Via, tls: Option<&str>) -> PrivacyIndex {
         .await;
     let meta = MessageMeta {
         id: 1,
-        mailbox: "alice".into(),
+        owner: "alice".into(),
         from: "bob@example.test".into(),
         to: vec!["alice@alpha.test".into()],
         subject: String::new(),
@@ -1100,6 +1100,7 @@ async fn score(file: &str, via: Via, tls: Option<&str>) -> PrivacyIndex {
             ..Default::default()
         },
         size: raw.len(),
+        ..Default::default()
     };
     score_message(&facts_of(&meta, &raw))
 }

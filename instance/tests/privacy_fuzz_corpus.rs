@@ -12,7 +12,7 @@ use std::path::Path;
 fn meta(via: Via, tls: Option<&str>) -> MessageMeta {
     MessageMeta {
         id: 1,
-        mailbox: "alice".into(),
+        owner: "alice".into(),
         from: "x@ext.test".into(),
         to: vec!["alice@alpha.test".into()],
         subject: String::new(),
@@ -23,6 +23,7 @@ fn meta(via: Via, tls: Option<&str>) -> MessageMeta {
             ..Default::default()
         },
         size: 0,
+        ..Default::default()
     }
 }
 

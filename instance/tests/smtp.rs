@@ -1,7 +1,8 @@
 //! The MX and submission listeners, driven by real clients: Python's smtplib,
 //! swaks, and a raw socket for the corpus and for hostile input.
 
-use caliopen_instance::smtp::server::{hash_password, ListenerConfig, MailService, SmtpListener};
+use caliopen_instance::delivery::MailService;
+use caliopen_instance::smtp::server::{hash_password, ListenerConfig, SmtpListener};
 use caliopen_instance::smtp::session::Kind;
 use caliopen_instance::store::{Store, Via};
 use std::io::{BufRead, BufReader, Read, Write};

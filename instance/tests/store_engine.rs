@@ -3,13 +3,15 @@
 //! real MX listener, keeps `deliver_once` idempotent, and feeds the contact
 //! book — the SMTP and routing code unchanged.
 
+use caliopen_instance::delivery::MailService;
+use caliopen_instance::mail::{Placement, Role};
 use caliopen_instance::privacy::correspondence_of;
 use caliopen_instance::privacy::public::LevelEntry;
-use caliopen_instance::smtp::server::{hash_password, ListenerConfig, MailService, SmtpListener};
+use caliopen_instance::smtp::server::{hash_password, ListenerConfig, SmtpListener};
 use caliopen_instance::smtp::session::Kind;
 use caliopen_instance::store::{
-    contact_key, path_class, ContactRecord, MailStore, MessageMeta, PathClass, Recipients,
-    SeenLevel, StoreError, StoreFuture, UserRecord, UserStats, Via,
+    contact_key, path_class, ContactRecord, Delivery, MailStore, MessageMeta, PathClass,
+    Recipients, SeenLevel, StoreError, StoreFuture, UserRecord, UserStats, Via,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
@@ -70,14 +72,21 @@ impl MailStore for MemStore {
             return Box::pin(async move { Ok((prev, true)) });
         }
         let mut ids = Vec::new();
-        for (mailbox, to) in recipients {
+        for d in recipients {
+            let mailbox = &d.owner;
             m.next += 1;
             let id = m.next;
+            // This engine keeps one flat mailbox per account: the inbox.
             let meta = MessageMeta {
                 id,
-                mailbox: mailbox.clone(),
-                to: to.clone(),
+                owner: mailbox.clone(),
+                to: d.to.clone(),
                 size: raw.len(),
+                placements: vec![Placement {
+                    mailbox: Role::Inbox.id(),
+                    uid: id as u32,
+                }],
+                keywords: d.keywords.clone(),
                 ..template.clone()
             };
             m.messages.insert(id, (meta, raw.to_vec()));
@@ -126,7 +135,7 @@ impl MailStore for MemStore {
             .lock()
             .messages
             .values()
-            .filter(|(m, _)| m.mailbox == mailbox)
+            .filter(|(m, _)| m.owner == mailbox)
             .map(|(m, _)| m.clone())
             .collect())
     }
@@ -254,12 +263,22 @@ s.quit()
     // Idempotence through the interface.
     let (first, dup) = svc
         .store()
-        .deliver_once(&list[0], &[("alice".into(), vec![])], b"x", Some(b"txn"))
+        .deliver_once(
+            &list[0],
+            &[Delivery::inbox("alice", vec![])],
+            b"x",
+            Some(b"txn"),
+        )
         .await
         .expect("store");
     let (again, dup2) = svc
         .store()
-        .deliver_once(&list[0], &[("alice".into(), vec![])], b"x", Some(b"txn"))
+        .deliver_once(
+            &list[0],
+            &[Delivery::inbox("alice", vec![])],
+            b"x",
+            Some(b"txn"),
+        )
         .await
         .expect("store");
     assert!(!dup && dup2 && first == again);

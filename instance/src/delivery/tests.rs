@@ -1,2 +1,197 @@
 //! The router over the real store: aliases, plus-addressing, catch-all,
 //! quotas and sent copies.
+
+use super::*;
+use crate::mail::{QuotaLimits, Role};
+use crate::smtp::session::{Kind, Policy, RcptVerdict};
+use crate::store::Store;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn service(dir: &std::path::Path) -> (MailService, Store) {
+    let store = Store::open(&dir.join("db")).expect("store");
+    let svc = MailService::new(store.clone(), vec!["alpha.test".into(), "beta.test".into()]);
+    for u in ["alice", "bob", "carol"] {
+        store.put_user(u, "x").await.expect("user");
+    }
+    (svc, store)
+}
+
+fn msg(subject: &str) -> Vec<u8> {
+    format!("From: x@ext.test\r\nSubject: {subject}\r\n\r\nhello\r\n").into_bytes()
+}
+
+async fn accept(svc: &MailService, to: &[&str], subject: &str) -> Result<Routed, DeliveryError> {
+    let to: Vec<String> = to.iter().map(|s| (*s).to_owned()).collect();
+    svc.accept(
+        "x@ext.test",
+        &to,
+        &msg(subject),
+        Transport::default(),
+        Via::Smtp,
+    )
+    .await
+}
+
+#[test]
+fn aliases_plus_addresses_and_catch_all_reach_their_accounts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (svc, store) = service(dir.path()).await;
+        store
+            .put_alias("team@alpha.test", &["alice".into(), "bob".into()])
+            .await
+            .expect("alias");
+        store.create_mailbox("alice", "News").await.expect("folder");
+        // An alias reaches each account once, even named twice.
+        let r = accept(&svc, &["team@alpha.test", "alice@alpha.test"], "team")
+            .await
+            .expect("ok");
+        assert_eq!(r.stored.len(), 2, "alice once, bob once");
+        let alice = store.meta(r.stored[0]).expect("meta").expect("there");
+        assert_eq!(alice.to, ["team@alpha.test", "alice@alpha.test"]);
+        // A detail files into the folder of that name (case aside), or becomes a keyword.
+        let r = accept(&svc, &["alice+news@alpha.test"], "news")
+            .await
+            .expect("ok");
+        let m = store.meta(r.stored[0]).expect("meta").expect("there");
+        let news = store
+            .mailbox_named("alice", "News")
+            .expect("find")
+            .expect("there");
+        assert_eq!(m.placements[0].mailbox, news.id);
+        let r = accept(&svc, &["bob+shop@alpha.test"], "shop")
+            .await
+            .expect("ok");
+        let m = store.meta(r.stored[0]).expect("meta").expect("there");
+        assert_eq!(m.placements[0].mailbox, Role::Inbox.id());
+        assert_eq!(m.keywords, ["shop"]);
+        // No catch-all: unknown. With one: it lands.
+        assert!(matches!(
+            accept(&svc, &["nobody@beta.test"], "x").await,
+            Err(DeliveryError::NoRoute(_))
+        ));
+        assert_eq!(
+            svc.rcpt(Kind::Mx, false, "nobody@beta.test"),
+            RcptVerdict::UnknownUser
+        );
+        store
+            .put_alias("@beta.test", &["carol".into()])
+            .await
+            .expect("catch-all");
+        assert_eq!(
+            svc.rcpt(Kind::Mx, false, "nobody@beta.test"),
+            RcptVerdict::Accept
+        );
+        let r = accept(&svc, &["nobody@beta.test"], "caught")
+            .await
+            .expect("ok");
+        assert_eq!(
+            store.meta(r.stored[0]).expect("meta").expect("there").owner,
+            "carol"
+        );
+        // The catch-all does not take mail for a real account.
+        let r = accept(&svc, &["bob@beta.test"], "real").await.expect("ok");
+        assert_eq!(
+            store.meta(r.stored[0]).expect("meta").expect("there").owner,
+            "bob"
+        );
+        // Submitters may send as an alias that reaches them, not as another's.
+        assert!(svc.may_send_as("alice@alpha.test", "team@alpha.test"));
+        assert!(svc.may_send_as("alice@alpha.test", "alice+x@beta.test"));
+        assert!(!svc.may_send_as("carol@alpha.test", "team@alpha.test"));
+        assert!(!svc.may_send_as("alice@alpha.test", "bob@alpha.test"));
+    });
+}
+
+#[test]
+fn a_full_mailbox_refuses_for_now_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (svc, store) = service(dir.path()).await;
+        store
+            .set_quota(
+                "bob",
+                Some(QuotaLimits {
+                    bytes: 0,
+                    messages: 2,
+                }),
+            )
+            .await
+            .expect("quota");
+        for i in 0..2 {
+            accept(&svc, &["bob@alpha.test"], &format!("{i}"))
+                .await
+                .expect("room");
+        }
+        assert_eq!(
+            svc.rcpt(Kind::Mx, false, "bob@alpha.test"),
+            RcptVerdict::MailboxFull
+        );
+        assert!(matches!(
+            accept(&svc, &["bob@alpha.test"], "full").await,
+            Err(DeliveryError::MailboxFull(_))
+        ));
+        // With another recipient that has room, bob is skipped and the rest lands.
+        let r = accept(&svc, &["bob@alpha.test", "alice@alpha.test"], "some")
+            .await
+            .expect("ok");
+        assert_eq!(r.stored.len(), 1);
+        assert_eq!(store.quota("bob").expect("quota").used.messages, 2);
+        // Freeing space opens the mailbox again.
+        let first = store.list("bob").expect("list")[0].id;
+        store
+            .remove_messages("bob", &[first], None)
+            .await
+            .expect("remove");
+        assert_eq!(
+            svc.rcpt(Kind::Mx, false, "bob@alpha.test"),
+            RcptVerdict::Accept
+        );
+    });
+}
+
+#[test]
+fn a_submission_is_kept_in_the_senders_sent_mailbox_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (svc, store) = service(dir.path()).await;
+        let t = Transport {
+            auth_user: Some("alice@alpha.test".into()),
+            ..Default::default()
+        };
+        let r = svc
+            .accept(
+                "alice@alpha.test",
+                &["bob@alpha.test".into(), "carol@alpha.test".into()],
+                &msg("hello both"),
+                t,
+                Via::Local,
+            )
+            .await
+            .expect("ok");
+        assert_eq!(r.stored.len(), 3, "bob, carol, alice's sent copy");
+        let sent = store
+            .mailbox_page("alice", Role::Sent.id(), 0, 10)
+            .expect("sent")
+            .0;
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].has_keyword("$seen"));
+        assert_eq!(sent[0].to, ["bob@alpha.test", "carol@alpha.test"]);
+        assert!(store.list("alice").expect("inbox").is_empty());
+        let stats = store.user_stats("alice").expect("stats");
+        assert_eq!((stats.sent.messages, stats.received.messages), (1, 0));
+        let boxes = store.mailboxes("alice").expect("boxes");
+        let sent_box = boxes
+            .iter()
+            .find(|b| b.id == Role::Sent.id())
+            .expect("sent");
+        assert_eq!((sent_box.total, sent_box.unseen), (1, 0));
+    });
+}

@@ -41,9 +41,7 @@ pub enum KeywordChange {
 
 impl KeywordChange {
     /// (add, remove, replace), normalised; a bad keyword is refused.
-    pub fn normalised(
-        &self,
-    ) -> Result<(Vec<String>, Vec<String>, Option<Vec<String>>), StoreError> {
+    pub fn normalised(&self) -> Result<NormalisedKeywords, StoreError> {
         let norm = |v: &[String]| -> Result<Vec<String>, StoreError> {
             v.iter()
                 .map(|k| normalise_keyword(k).map_err(|e| StoreError::Model(e.into())))
@@ -56,6 +54,9 @@ impl KeywordChange {
         })
     }
 }
+
+/// Keywords to add, to remove, and (for a replacement) the whole new set.
+pub type NormalisedKeywords = (Vec<String>, Vec<String>, Option<Vec<String>>);
 
 fn unsupported<T>(op: &'static str) -> Result<T, StoreError> {
     Err(StoreError::Unsupported(op))

@@ -6,6 +6,8 @@
 //! socket (where `caliopen privacy` reaches it with a token the admin API
 //! issues). Errors are gRPC status codes with a one-line message.
 
+mod model;
+
 use crate::delivery::{DeliveryError, MailService};
 use crate::login::LoginError;
 use crate::privacy::{self, PrivacyIndex};
@@ -119,7 +121,7 @@ fn via_str(v: Via) -> &'static str {
     }
 }
 
-fn summary(svc: &MailService, m: &MessageMeta) -> pb::MessageSummary {
+pub(crate) fn summary(svc: &MailService, m: &MessageMeta) -> pb::MessageSummary {
     pb::MessageSummary {
         id: format!("{:x}", m.id),
         from: m.from.clone(),
@@ -129,6 +131,17 @@ fn summary(svc: &MailService, m: &MessageMeta) -> pb::MessageSummary {
         via: via_str(m.via).into(),
         size: m.size as u64,
         privacy: Some(pb_index(&message_index(svc, m))),
+        placements: m
+            .placements
+            .iter()
+            .map(|p| pb::Placement {
+                mailbox: p.mailbox,
+                uid: p.uid,
+            })
+            .collect(),
+        keywords: m.keywords.clone(),
+        thread: format!("{:x}", m.thread),
+        modseq: m.modseq,
     }
 }
 
@@ -245,8 +258,8 @@ pub async fn get_contact(
     let addr = privacy::public::normalise_address(address)
         .ok_or_else(|| Status::invalid_argument(format!("{address:?} is not an address")))?;
     let mut lookup = None;
-    if refresh {
-        if svc.labelled() {
+    if refresh && svc.labelled() {
+        {
             use std::sync::atomic::Ordering::Relaxed;
             match svc.public_level(&addr).await {
                 Ok(None) => {}
@@ -374,7 +387,15 @@ impl Client for ClientService {
         let (page, more) = self
             .svc
             .store()
-            .list_page(&user, crate::mail::Role::Inbox.id(), after, limit)
+            .list_page(
+                &user,
+                match q.mailbox {
+                    0 => crate::mail::Role::Inbox.id(),
+                    n => n,
+                },
+                after,
+                limit,
+            )
             .map_err(|e| Status::internal(e.to_string()))?;
         let next = match page.last() {
             Some(last) if more => format!("{:x}", last.id),
@@ -512,6 +533,117 @@ impl Client for ClientService {
     async fn me(&self, r: Request<pb::MeRequest>) -> Result<Response<pb::MeResponse>, Status> {
         let user = self.sessions.check(&r)?;
         me_view(&self.svc, &user, &self.address_of(&user)).map(Response::new)
+    }
+
+    async fn list_mailboxes(
+        &self,
+        r: Request<pb::ListMailboxesRequest>,
+    ) -> Result<Response<pb::ListMailboxesResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        model::list_mailboxes(&self.svc, &user).map(Response::new)
+    }
+
+    async fn create_mailbox(
+        &self,
+        r: Request<pb::CreateMailboxRequest>,
+    ) -> Result<Response<pb::Mailbox>, Status> {
+        let user = self.sessions.check(&r)?;
+        let b = self
+            .svc
+            .store()
+            .create_mailbox(&user, &r.get_ref().name)
+            .await
+            .map_err(|e| model::status(&e))?;
+        Ok(Response::new(model::mailbox(&b)))
+    }
+
+    async fn rename_mailbox(
+        &self,
+        r: Request<pb::RenameMailboxRequest>,
+    ) -> Result<Response<pb::Mailbox>, Status> {
+        let user = self.sessions.check(&r)?;
+        let q = r.into_inner();
+        model::rename_mailbox(&self.svc, &user, q.id, &q.name)
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_mailbox(
+        &self,
+        r: Request<pb::DeleteMailboxRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        model::delete_mailbox(&self.svc, &user, r.get_ref().id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_keywords(
+        &self,
+        r: Request<pb::SetKeywordsRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        model::set_keywords(&self.svc, &user, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn copy_messages(
+        &self,
+        r: Request<pb::CopyMessagesRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        let q = r.into_inner();
+        model::relocate(&self.svc, &user, &q.ids, None, q.to)
+            .await
+            .map(Response::new)
+    }
+
+    async fn move_messages(
+        &self,
+        r: Request<pb::MoveMessagesRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        let q = r.into_inner();
+        model::relocate(&self.svc, &user, &q.ids, Some(q.from), q.to)
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_messages(
+        &self,
+        r: Request<pb::RemoveMessagesRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        let q = r.into_inner();
+        model::remove(&self.svc, &user, &q.ids, q.from)
+            .await
+            .map(Response::new)
+    }
+
+    async fn changes(
+        &self,
+        r: Request<pb::ChangesRequest>,
+    ) -> Result<Response<pb::ChangesResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        let q = r.into_inner();
+        model::changes(&self.svc, &user, q.since, q.limit).map(Response::new)
+    }
+
+    async fn get_thread(
+        &self,
+        r: Request<pb::GetThreadRequest>,
+    ) -> Result<Response<pb::GetThreadResponse>, Status> {
+        let user = self.sessions.check(&r)?;
+        model::thread(&self.svc, &user, &r.get_ref().thread).map(Response::new)
+    }
+
+    async fn get_quota(
+        &self,
+        r: Request<pb::GetQuotaRequest>,
+    ) -> Result<Response<pb::Quota>, Status> {
+        let user = self.sessions.check(&r)?;
+        model::quota(&self.svc, &user).map(Response::new)
     }
 
     async fn set_public_level(
