@@ -505,8 +505,8 @@ async fn user_list(config: &Path, json: bool) -> anyhow::Result<()> {
         out!(
             "{:<40} {:>9} {:>14} {:>14}",
             u["address"].as_str().unwrap_or(""),
-            u["messages"],
-            u["quota"]["used_bytes"],
+            u["messages"].as_u64().unwrap_or(0),
+            u["quota"]["used_bytes"].as_u64().unwrap_or(0),
             limit
         );
     }

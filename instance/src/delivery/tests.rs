@@ -107,6 +107,22 @@ fn aliases_plus_addresses_and_catch_all_reach_their_accounts() {
         assert!(svc.may_send_as("alice@alpha.test", "alice+x@beta.test"));
         assert!(!svc.may_send_as("carol@alpha.test", "team@alpha.test"));
         assert!(!svc.may_send_as("alice@alpha.test", "bob@alpha.test"));
+        // A removed account leaves its aliases; an alias left empty goes.
+        store
+            .put_alias("solo@alpha.test", &["bob".into()])
+            .await
+            .expect("alias");
+        assert!(store.remove_user("bob").await.expect("remove"));
+        assert_eq!(
+            store.alias("team@alpha.test"),
+            Some(vec!["alice".to_owned()])
+        );
+        assert_eq!(store.alias("solo@alpha.test"), None);
+        assert!(store.mailboxes("bob").is_err(), "its account is gone");
+        assert!(matches!(
+            accept(&svc, &["bob@alpha.test"], "late").await,
+            Err(DeliveryError::NoRoute(_))
+        ));
     });
 }
 

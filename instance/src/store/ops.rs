@@ -410,6 +410,17 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(owner);
         self.commit.sync().await.map_err(StoreError::Flush)?;
+        // Aliases stop naming it (an alias left with no account goes).
+        for (alias, targets) in self.aliases() {
+            if targets.iter().any(|t| t == owner) {
+                let rest: Vec<String> = targets.into_iter().filter(|t| t != owner).collect();
+                if rest.is_empty() {
+                    self.remove_alias(&alias).await?;
+                } else {
+                    self.put_alias(&alias, &rest).await?;
+                }
+            }
+        }
         self.purge_account(owner)?;
         self.commit.sync().await.map_err(StoreError::Flush)?;
         Ok(true)
