@@ -489,3 +489,279 @@ fn mail_list_of_a_large_mailbox_through_the_admin_api() {
     );
     a.stop();
 }
+
+fn bearer<T>(msg: T, t: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Ok(v) = format!("Bearer {t}").parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+/// What the model client saw acknowledged.
+#[derive(Debug, Default)]
+struct ModelAcks {
+    flagged: std::collections::BTreeSet<String>,
+    moved: std::collections::BTreeSet<String>,
+    expunged: std::collections::BTreeSet<String>,
+    expunged_subjects: std::collections::BTreeSet<String>,
+}
+
+/// One client session on the client API until it fails (the daemon was
+/// killed): flags each inbox message, moves it to Archive, and expunges
+/// every third from there; records each acknowledged change.
+async fn model_client(inst_api: SocketAddr, tls_pem: Vec<u8>, acks: Arc<Mutex<ModelAcks>>) {
+    use caliopen_proto::pb::client as pb;
+    use caliopen_proto::pb::client::client_client::ClientClient;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let Ok(ep) = Endpoint::from_shared(format!("https://{inst_api}")) else {
+        return;
+    };
+    let Ok(ep) = ep.tls_config(
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(tls_pem))
+            .domain_name("alpha.test"),
+    ) else {
+        return;
+    };
+    let Ok(ch) = ep.timeout(Duration::from_secs(5)).connect().await else {
+        return;
+    };
+    let mut c = ClientClient::new(ch);
+    let Ok(t) = c
+        .login(pb::LoginRequest {
+            address: "alice@alpha.test".into(),
+            password: "alice password".into(),
+        })
+        .await
+    else {
+        return;
+    };
+    let t = t.into_inner().token;
+    let archive = 6;
+    loop {
+        let Ok(page) = c
+            .list_messages(bearer(
+                pb::ListMessagesRequest {
+                    limit: 20,
+                    ..Default::default()
+                },
+                &t,
+            ))
+            .await
+        else {
+            return;
+        };
+        for m in page.into_inner().messages {
+            let kw = pb::SetKeywordsRequest {
+                ids: vec![m.id.clone()],
+                add: vec!["$flagged".into(), "$seen".into()],
+                ..Default::default()
+            };
+            if c.set_keywords(bearer(kw, &t)).await.is_err() {
+                return;
+            }
+            acks.lock().expect("lock").flagged.insert(m.id.clone());
+            let mv = pb::MoveMessagesRequest {
+                ids: vec![m.id.clone()],
+                from: 1,
+                to: archive,
+            };
+            if c.move_messages(bearer(mv, &t)).await.is_err() {
+                return;
+            }
+            acks.lock().expect("lock").moved.insert(m.id.clone());
+            if u64::from_str_radix(&m.id, 16).unwrap_or(0) % 3 == 0 {
+                let rm = pb::RemoveMessagesRequest {
+                    ids: vec![m.id.clone()],
+                    from: archive,
+                };
+                if c.remove_messages(bearer(rm, &t)).await.is_err() {
+                    return;
+                }
+                let mut a = acks.lock().expect("lock");
+                a.expunged.insert(m.id.clone());
+                a.expunged_subjects.insert(m.subject.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// kill -9 while mail arrives and a client flags, moves and expunges it:
+/// every acknowledged delivery is in the account once unless acknowledged
+/// expunged; every acknowledged flag and move holds; quota use and mailbox
+/// counts equal what the mailboxes hold.
+#[test]
+fn crash_kill_9_during_flag_changes_moves_and_expunges() {
+    let seed = std::env::var("CALIOPEN_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_u64)
+        | 1;
+    println!("kill moments from seed {seed} (CALIOPEN_CRASH_SEED={seed} replays them)");
+    let mut rng = Rng(seed);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let a_addrs = (free_tcp(), free_tcp());
+    let mut alpha = Instance::init(tmp.path(), "alpha", "alpha.test", None, None, Some(a_addrs));
+    alpha.set("api", "listen = \"127.0.0.1:0\"");
+    alpha.add_user("alice", "alice password");
+    alpha.start();
+    let stop = tmp.path().join("stop");
+    let tls = alpha.data.join("tls.pem");
+    let pem = std::fs::read(&tls).expect("tls.pem");
+    let mx = Client::start(
+        "mx",
+        a_addrs.0.port(),
+        &tls,
+        "x@ext.test",
+        "",
+        "alice@alpha.test",
+        "mx",
+        &stop,
+    );
+    let acks = Arc::new(Mutex::new(ModelAcks::default()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for round in 0..4 {
+        let api = alpha.bound.and_then(|b| b.api).expect("api");
+        let task = rt.spawn(model_client(api, pem.clone(), acks.clone()));
+        let t0 = Instant::now();
+        let before = acks.lock().expect("lock").moved.len();
+        while acks.lock().expect("lock").moved.len() <= before {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "round {round}: no move acknowledged; log:\n{}",
+                alpha.last_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rng.range(0, 800)));
+        alpha.kill9();
+        rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        });
+        let a = acks.lock().expect("lock");
+        println!(
+            "round {round}: kill -9 after {:?}; acknowledged: {} delivered, {} flagged, {} moved, {} expunged",
+            t0.elapsed(),
+            mx.count(),
+            a.flagged.len(),
+            a.moved.len(),
+            a.expunged.len()
+        );
+        drop(a);
+        alpha.start();
+    }
+    std::fs::write(&stop, b"").expect("stop");
+    let delivered = mx.finish();
+    alpha.stop();
+
+    let list = |mailbox: &str| -> Vec<serde_json::Value> {
+        let out = common::caliopen_ok(
+            &[
+                "mail",
+                "list",
+                "--config",
+                alpha.c(),
+                "--user",
+                "alice",
+                "--mailbox",
+                mailbox,
+                "--json",
+            ],
+            None,
+        );
+        serde_json::from_str::<serde_json::Value>(&out)
+            .expect("json")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let inbox = list("inbox");
+    let archive = list("archive");
+    let acks = acks.lock().expect("lock");
+    let mut by_subject: BTreeMap<String, usize> = BTreeMap::new();
+    let mut ids_seen = std::collections::BTreeSet::new();
+    for m in inbox.iter().chain(&archive) {
+        *by_subject
+            .entry(m["subject"].as_str().unwrap_or("").to_owned())
+            .or_insert(0) += 1;
+        ids_seen.insert(m["id"].as_str().unwrap_or("").to_owned());
+    }
+    for (id, m) in inbox.iter().map(|m| (m["id"].as_str().unwrap_or(""), m)) {
+        assert!(
+            !acks.moved.contains(id),
+            "acknowledged move of {id} lost: {m}"
+        );
+    }
+    for m in &archive {
+        let id = m["id"].as_str().unwrap_or("");
+        assert!(
+            !acks.expunged.contains(id),
+            "acknowledged expunge of {id} lost"
+        );
+        if acks.flagged.contains(id) {
+            let kw = m["keywords"].as_array().cloned().unwrap_or_default();
+            assert!(
+                kw.iter().any(|k| k == "$flagged"),
+                "acknowledged flag of {id} lost: {m}"
+            );
+        }
+    }
+    let dups: Vec<&String> = by_subject
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(s, _)| s)
+        .collect();
+    assert!(dups.is_empty(), "stored twice: {dups:?}");
+    // An acknowledged delivery is there unless an acknowledged expunge took
+    // it (the expunged are the ones whose id the client saw; count them).
+    let present = inbox.len() + archive.len();
+    assert!(
+        present + acks.expunged.len() >= delivered.len(),
+        "{} delivered, {present} present, {} expunged",
+        delivered.len(),
+        acks.expunged.len()
+    );
+    // A message gone was taken by an expunge, acknowledged or (at most one
+    // per kill) done but not acknowledged before the kill.
+    let missing: Vec<&String> = delivered
+        .iter()
+        .filter(|s| !by_subject.contains_key(*s) && !acks.expunged_subjects.contains(*s))
+        .collect();
+    assert!(
+        missing.len() <= 4,
+        "acknowledged deliveries missing without an acknowledged expunge: {missing:?}"
+    );
+    // Quota use and mailbox counts are exact after the kills.
+    let users: serde_json::Value = serde_json::from_str(&common::caliopen_ok(
+        &["user", "list", "--config", alpha.c(), "--json"],
+        None,
+    ))
+    .expect("json");
+    let alice = &users.as_array().expect("array")[0];
+    let bytes: u64 = inbox
+        .iter()
+        .chain(&archive)
+        .map(|m| m["size"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        alice["messages"], present as u64,
+        "quota messages after kills"
+    );
+    assert_eq!(
+        alice["quota"]["used_bytes"], bytes,
+        "quota bytes after kills"
+    );
+    println!(
+        "4 kill points: {} delivered, {present} present, {} expunged (acknowledged), {} moves and {} flags held",
+        delivered.len(),
+        acks.expunged.len(),
+        acks.moved.len(),
+        acks.flagged.len()
+    );
+}
