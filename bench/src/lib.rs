@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod login;
+pub mod mailbox;
 pub mod mesh;
 pub mod report;
 pub mod smtp;

@@ -15,11 +15,11 @@ struct Args {
     /// Small counts: a smoke run of every section in a minute or two.
     #[arg(long)]
     quick: bool,
-    /// Sections to run (comma-separated): sys, smtp, relay, privacy, scale, storage, login.
+    /// Sections to run (comma-separated): sys, smtp, relay, privacy, scale, storage, mailbox, login.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "sys,smtp,relay,privacy,scale,storage,login"
+        default_value = "sys,smtp,relay,privacy,scale,storage,mailbox,login"
     )]
     only: Vec<String>,
     /// Where results are written.
@@ -75,6 +75,9 @@ struct Args {
     /// Messages in the storage run (default 1000000, quick 10000).
     #[arg(long)]
     store_messages: Option<usize>,
+    /// Messages in the one large mailbox (default 100000, quick 10000).
+    #[arg(long)]
+    mailbox_messages: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -266,6 +269,29 @@ fn main() -> Result<()> {
         if let Err(e) = r.1 {
             eprintln!("storage failed: {e:#}");
             report.skipped.push(format!("storage: {e:#}"));
+        }
+    }
+
+    if on("mailbox") {
+        eprintln!("== one large mailbox");
+        let p = caliopen_bench::mailbox::MailboxParams {
+            messages: a
+                .mailbox_messages
+                .unwrap_or(if q { 10_000 } else { 100_000 }),
+            page: 50,
+            probes: if q { 500 } else { 5000 },
+            writers: 64,
+        };
+        let work = a.work.clone();
+        let r = rt.block_on(async {
+            let mut sub = Report::default();
+            let res = caliopen_bench::mailbox::run(&work, &p, &mut sub).await;
+            (sub, res)
+        });
+        report.rows.extend(r.0.rows);
+        if let Err(e) = r.1 {
+            eprintln!("mailbox failed: {e:#}");
+            report.skipped.push(format!("mailbox: {e:#}"));
         }
     }
 

@@ -27,9 +27,14 @@ pub struct ThreadFacts {
 
 /// Reads the threading facts of a message's headers.
 pub fn facts(raw: &[u8]) -> ThreadFacts {
-    let Some(msg) = super::parse_headers_guarded(raw) else {
-        return ThreadFacts::default();
-    };
+    match super::parse_headers_guarded(raw) {
+        Some(msg) => facts_of(&msg),
+        None => ThreadFacts::default(),
+    }
+}
+
+/// The threading facts of a parsed message.
+pub fn facts_of(msg: &mail_parser::Message<'_>) -> ThreadFacts {
     let clean = |s: &str| {
         let s = s
             .trim()

@@ -81,11 +81,34 @@ fn header_text(raw: &[u8], h: &mail_parser::Header<'_>) -> String {
 
 /// What `raw` (envelope sender `mail_from`) tells about its author.
 pub fn correspondence_of(raw: &[u8], mail_from: &str, received_at: i64) -> Correspondence {
-    let mut c = Correspondence::default();
+    correspondence_and_thread(raw, mail_from, received_at).0
+}
+
+/// [`correspondence_of`] and the message's threading facts, from one parse
+/// (what a delivery needs).
+pub fn correspondence_and_thread(
+    raw: &[u8],
+    mail_from: &str,
+    received_at: i64,
+) -> (Correspondence, crate::mail::thread::ThreadFacts) {
     let Some(msg) = parse_guarded(raw) else {
-        c.author = crate::privacy::public::normalise_address(mail_from);
-        return c;
+        let c = Correspondence {
+            author: crate::privacy::public::normalise_address(mail_from),
+            ..Default::default()
+        };
+        return (c, Default::default());
     };
+    let thread = crate::mail::thread::facts_of(&msg);
+    (correspondence_in(&msg, raw, mail_from, received_at), thread)
+}
+
+fn correspondence_in(
+    msg: &mail_parser::Message<'_>,
+    raw: &[u8],
+    mail_from: &str,
+    received_at: i64,
+) -> Correspondence {
+    let mut c = Correspondence::default();
     if let Some(a) = msg.from().and_then(|f| f.first()) {
         c.author = a
             .address()
@@ -109,7 +132,7 @@ pub fn correspondence_of(raw: &[u8], mail_from: &str, received_at: i64) -> Corre
             }
         }
     }
-    let (enc, sig) = crypto_of(&msg);
+    let (enc, sig) = crypto_of(msg);
     c.encrypted = enc.is_some();
     c.signed = sig.is_some();
     c

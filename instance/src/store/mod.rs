@@ -297,13 +297,15 @@ impl Store {
         for (m, _) in &mut prepared {
             m.blob = (m.id != blob).then_some(blob);
         }
+        let (corr, facts) =
+            crate::privacy::correspondence_and_thread(raw, &template.from, template.received_at);
         Ok(Job {
             ids_bytes: ids.iter().flat_map(|i| i.to_be_bytes()).collect(),
             ids,
             blob,
             prepared,
-            corr: crate::privacy::correspondence_of(raw, &template.from, template.received_at),
-            facts: crate::mail::thread::facts(raw),
+            corr,
+            facts,
             class: path_class(template),
             received_at: template.received_at,
             raw: raw.to_vec(),

@@ -4,9 +4,8 @@
 //!
 //! | tag | key after the tag              | value                                   |
 //! |-----|--------------------------------|-----------------------------------------|
-//! | `A` | owner                          | [`Account`] (modseq, usage, limits)     |
-//! | `B` | owner 0 mailbox(4)             | [`Mailbox`] (JSON)                      |
-//! | `N` | owner 0 name                   | mailbox(4): names are unique            |
+//! | `A` | owner                          | [`Account`]: modseq, usage, limits, and |
+//! |     |                                | every [`Mailbox`] with its counters     |
 //! | `U` | owner 0 mailbox(4) uid(4)      | message id(8): a mailbox in UID order   |
 //! | `C` | owner 0 modseq(8) id(8)        | empty: each live message at its modseq  |
 //! | `X` | owner 0 modseq(8) id(8)        | [`Tombstone`] (JSON)                    |
@@ -19,7 +18,11 @@
 //! | `V` | —                              | schema version (u32)                    |
 //!
 //! "What changed since S" is a range read of `C`, `X` and `Y` from S+1;
-//! each live message has one `C` entry, moved at each change. Every change
+//! each live message has one `C` entry, moved at each change. The
+//! mailboxes are in the account record (an account has at most
+//! [`MAX_MAILBOXES`]): a delivery reads and writes one record for the
+//! account, its UIDs and its quota, and a thread root has no `H` entry (its
+//! id is the thread's), so that a delivery writes as few keys as it can. Every change
 //! of an account is one sled transaction over this tree and `messages`
 //! (and `raw` when bytes go), committed by the group commit before it is
 //! acknowledged.
@@ -49,8 +52,6 @@ pub const TOMBSTONE_DAYS: i64 = 30;
 pub const MAX_TOMBSTONES: usize = 100_000;
 
 pub(super) const TAG_ACCOUNT: u8 = b'A';
-const TAG_MAILBOX: u8 = b'B';
-const TAG_NAME: u8 = b'N';
 const TAG_UID: u8 = b'U';
 const TAG_CHANGE: u8 = b'C';
 const TAG_TOMBSTONE: u8 = b'X';
@@ -63,10 +64,8 @@ pub(super) const TAG_ALIAS: u8 = b'L';
 pub(super) const KEY_VERSION: &[u8] = b"V";
 
 /// Every tag of an account's keys (for removing an account).
-pub(super) const ACCOUNT_TAGS: [u8; 10] = [
+pub(super) const ACCOUNT_TAGS: [u8; 8] = [
     TAG_ACCOUNT,
-    TAG_MAILBOX,
-    TAG_NAME,
     TAG_UID,
     TAG_CHANGE,
     TAG_TOMBSTONE,
@@ -89,6 +88,17 @@ pub struct Account {
     pub limits: Option<QuotaLimits>,
     /// Changes since a modseq below this are no longer known.
     pub floor: u64,
+    /// The account's mailboxes, by id.
+    #[serde(default)]
+    pub mailboxes: BTreeMap<MailboxId, Mailbox>,
+}
+
+impl Account {
+    /// The mailbox named `name` (the inbox's name in any case).
+    pub fn named(&self, name: &str) -> Option<&Mailbox> {
+        let key = mailbox::name_key(name);
+        self.mailboxes.values().find(|b| b.name == key)
+    }
 }
 
 /// `tag owner 0 rest`.
@@ -103,14 +113,6 @@ pub(super) fn ukey(tag: u8, owner: &str, rest: &[u8]) -> Vec<u8> {
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
-}
-
-pub(super) fn mailbox_key(owner: &str, id: MailboxId) -> Vec<u8> {
-    ukey(TAG_MAILBOX, owner, &id.to_be_bytes())
-}
-
-fn name_key(owner: &str, name: &str) -> Vec<u8> {
-    ukey(TAG_NAME, owner, mailbox::name_key(name).as_bytes())
 }
 
 pub(super) fn uid_key(owner: &str, mbx: MailboxId, uid: u32) -> Vec<u8> {
@@ -206,7 +208,6 @@ pub(super) struct Tx<'a> {
     pub now: i64,
     /// The modseq of this change (one per operation).
     pub modseq: u64,
-    boxes: BTreeMap<MailboxId, Mailbox>,
     changed: bool,
 }
 
@@ -233,22 +234,13 @@ impl<'a> Tx<'a> {
             acct,
             now,
             modseq,
-            boxes: BTreeMap::new(),
             changed: false,
         })
     }
 
     /// A mailbox of the account (`None`: no such mailbox).
     pub fn mailbox(&mut self, id: MailboxId) -> TxResult<Option<&mut Mailbox>> {
-        if !self.boxes.contains_key(&id) {
-            match get_json::<Mailbox>(self.mail, &mailbox_key(self.owner, id))? {
-                Some(m) => {
-                    self.boxes.insert(id, m);
-                }
-                None => return Ok(None),
-            }
-        }
-        Ok(self.boxes.get_mut(&id))
+        Ok(self.acct.mailboxes.get_mut(&id))
     }
 
     fn mailbox_or_inbox(&mut self, id: MailboxId) -> TxResult<MailboxId> {
@@ -307,8 +299,11 @@ impl<'a> Tx<'a> {
             change_key(TAG_CHANGE, self.owner, self.modseq, meta.id),
             &[],
         )?;
-        self.mail
-            .insert(thread_member_key(self.owner, meta.thread, meta.id), &[])?;
+        if meta.thread != meta.id {
+            // A thread's root is found by its id: only later members get an entry.
+            self.mail
+                .insert(thread_member_key(self.owner, meta.thread, meta.id), &[])?;
+        }
         put_json(self.messages, &meta.id.to_be_bytes(), &meta)?;
         self.acct.used.bytes += meta.size as u64;
         self.acct.used.messages += 1;
@@ -478,21 +473,21 @@ impl<'a> Tx<'a> {
     /// Makes a mailbox (and its missing parents, as IMAP CREATE does).
     pub fn create_mailbox(&mut self, name: &str) -> TxResult<Mailbox> {
         let name = mailbox::check_name(name).map_err(|e| abort(e.into()))?;
-        if self.mail.get(name_key(self.owner, &name))?.is_some() {
+        if self.acct.named(&name).is_some() {
             return Err(abort(ModelError::NameTaken(name)));
         }
         let mut made = None;
         let parts: Vec<&str> = name.split('/').collect();
         for depth in 1..=parts.len() {
             let path = parts[..depth].join("/");
-            if self.mail.get(name_key(self.owner, &path))?.is_some() {
+            if self.acct.named(&path).is_some() {
                 continue;
             }
             if path.eq_ignore_ascii_case("inbox") {
                 continue;
             }
             let id = self.acct.next_mailbox.max(FIRST_USER_MAILBOX);
-            if id - FIRST_USER_MAILBOX >= MAX_MAILBOXES as u32 {
+            if self.acct.mailboxes.len() >= MAX_MAILBOXES {
                 return Err(abort(ModelError::Limit(format!(
                     "an account may make {MAX_MAILBOXES} mailboxes at most"
                 ))));
@@ -508,9 +503,7 @@ impl<'a> Tx<'a> {
                 unseen: 0,
                 modseq: self.modseq,
             };
-            self.mail
-                .insert(name_key(self.owner, &path), &id.to_be_bytes())?;
-            self.boxes.insert(id, b.clone());
+            self.acct.mailboxes.insert(id, b.clone());
             made = Some(b);
         }
         self.changed = true;
@@ -519,7 +512,7 @@ impl<'a> Tx<'a> {
 
     /// Renames a mailbox and its children (`a` → `b` takes `a/x` to `b/x`).
     /// The inbox keeps its name.
-    pub fn rename_mailbox(&mut self, id: MailboxId, to: &str, all: &[Mailbox]) -> TxResult<()> {
+    pub fn rename_mailbox(&mut self, id: MailboxId, to: &str) -> TxResult<()> {
         let to = mailbox::check_name(to).map_err(|e| abort(e.into()))?;
         if id == Role::Inbox.id() {
             return Err(abort(ModelError::RoleMailbox("inbox")));
@@ -531,24 +524,21 @@ impl<'a> Tx<'a> {
         if from == to {
             return Ok(());
         }
-        if self.mail.get(name_key(self.owner, &to))?.is_some() {
+        if self.acct.named(&to).is_some() {
             return Err(abort(ModelError::NameTaken(to)));
         }
         let child = format!("{from}/");
         let modseq = self.modseq;
-        for b in all
-            .iter()
+        for m in self
+            .acct
+            .mailboxes
+            .values_mut()
             .filter(|b| b.id == id || b.name.starts_with(&child))
         {
-            let new_name = format!("{to}{}", &b.name[from.len()..]);
+            let new_name = format!("{to}{}", &m.name[from.len()..]);
             mailbox::check_name(&new_name).map_err(|e| abort(e.into()))?;
-            self.mail.remove(name_key(self.owner, &b.name))?;
-            self.mail
-                .insert(name_key(self.owner, &new_name), &b.id.to_be_bytes())?;
-            if let Some(m) = self.mailbox(b.id)? {
-                m.name = new_name;
-                m.modseq = modseq;
-            }
+            m.name = new_name;
+            m.modseq = modseq;
         }
         self.changed = true;
         Ok(())
@@ -556,7 +546,7 @@ impl<'a> Tx<'a> {
 
     /// Takes every message out of a mailbox, then deletes it. Refused for
     /// the six role mailboxes and for a mailbox with children.
-    pub fn delete_mailbox(&mut self, id: MailboxId, all: &[Mailbox], uids: &[u64]) -> TxResult<()> {
+    pub fn delete_mailbox(&mut self, id: MailboxId, uids: &[u64]) -> TxResult<()> {
         if let Some(r) = Role::of_id(id) {
             return Err(abort(ModelError::RoleMailbox(r.as_str())));
         }
@@ -565,7 +555,12 @@ impl<'a> Tx<'a> {
             .cloned()
             .ok_or_else(|| abort(ModelError::NoMailbox))?;
         let child = format!("{}/", b.name);
-        if all.iter().any(|m| m.name.starts_with(&child)) {
+        if self
+            .acct
+            .mailboxes
+            .values()
+            .any(|m| m.name.starts_with(&child))
+        {
             return Err(abort(ModelError::HasChildren(b.name)));
         }
         for &msg in uids {
@@ -574,9 +569,7 @@ impl<'a> Tx<'a> {
             new.placements.retain(|p| p.mailbox != id);
             self.apply(&old, new)?;
         }
-        self.mail.remove(name_key(self.owner, &b.name))?;
-        self.mail.remove(mailbox_key(self.owner, id))?;
-        self.boxes.remove(&id);
+        self.acct.mailboxes.remove(&id);
         self.mail.insert(
             ukey(
                 TAG_GONE_MAILBOX,
@@ -601,9 +594,6 @@ impl<'a> Tx<'a> {
             return Ok(self.acct.modseq);
         }
         self.acct.modseq = self.modseq;
-        for (id, b) in &self.boxes {
-            put_json(self.mail, &mailbox_key(self.owner, *id), b)?;
-        }
         put_json(self.mail, &ukey(TAG_ACCOUNT, self.owner, &[]), &self.acct)?;
         Ok(self.modseq)
     }
@@ -611,7 +601,7 @@ impl<'a> Tx<'a> {
 
 /// Makes an account and its six role mailboxes (inside a transaction).
 pub(super) fn new_account(mail: &TransactionalTree, owner: &str, now: i64) -> TxResult<Account> {
-    let acct = Account {
+    let mut acct = Account {
         modseq: 1,
         next_mailbox: FIRST_USER_MAILBOX,
         ..Default::default()
@@ -627,8 +617,7 @@ pub(super) fn new_account(mail: &TransactionalTree, owner: &str, now: i64) -> Tx
             unseen: 0,
             modseq: 1,
         };
-        put_json(mail, &mailbox_key(owner, r.id()), &b)?;
-        mail.insert(name_key(owner, &b.name), &r.id().to_be_bytes())?;
+        acct.mailboxes.insert(r.id(), b);
     }
     put_json(mail, &ukey(TAG_ACCOUNT, owner, &[]), &acct)?;
     Ok(acct)
@@ -698,10 +687,7 @@ pub(super) fn changes_since(
             }
         }
     }
-    for kv in mail.scan_prefix(change_prefix(TAG_MAILBOX, owner)) {
-        let (_, v) = kv?;
-        let b: Mailbox =
-            serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    for b in acct.mailboxes.values() {
         if b.modseq > since && b.modseq <= out.new_state {
             out.mailboxes_changed.push(b.id);
         }

@@ -4,7 +4,7 @@
 
 use super::model::{self, Account, Tx};
 use super::{now_unix, tx_error, KeywordChange, Store, StoreError};
-use crate::mail::mailbox::{self, MailboxId};
+use crate::mail::mailbox::MailboxId;
 use crate::mail::{Changes, Mailbox, MessageMeta, ModelError, Placement, Quota, QuotaLimits};
 use sled::Transactional;
 use std::collections::HashMap;
@@ -63,17 +63,12 @@ impl Store {
 
     /// An account's mailboxes, by id.
     pub fn mailboxes(&self, owner: &str) -> Result<Vec<Mailbox>, StoreError> {
-        self.account(owner)?;
-        self.mail
-            .scan_prefix(model::ukey(b'B', owner, &[]))
-            .map(|kv| decode(&kv?.1))
-            .collect()
+        Ok(self.account(owner)?.mailboxes.into_values().collect())
     }
 
     /// A mailbox by its name (`INBOX` in any case for the inbox).
     pub fn mailbox_named(&self, owner: &str, name: &str) -> Result<Option<Mailbox>, StoreError> {
-        let key = mailbox::name_key(name);
-        Ok(self.mailboxes(owner)?.into_iter().find(|b| b.name == key))
+        Ok(self.account(owner)?.named(name).cloned())
     }
 
     /// The account's modification sequence (JMAP `state`).
@@ -93,8 +88,7 @@ impl Store {
         id: MailboxId,
         name: &str,
     ) -> Result<(), StoreError> {
-        let all = self.mailboxes(owner)?;
-        self.change(owner, |tx| tx.rename_mailbox(id, name, &all))
+        self.change(owner, |tx| tx.rename_mailbox(id, name))
             .await
             .map(|_| ())
     }
@@ -102,11 +96,9 @@ impl Store {
     /// Deletes a mailbox: the messages only it held leave the account.
     /// Returns how many messages it held.
     pub async fn delete_mailbox(&self, owner: &str, id: MailboxId) -> Result<usize, StoreError> {
-        let all = self.mailboxes(owner)?;
         let ids: Vec<u64> = self.uids(owner, id)?.into_iter().map(|(_, i)| i).collect();
         let n = ids.len();
-        self.change(owner, |tx| tx.delete_mailbox(id, &all, &ids))
-            .await?;
+        self.change(owner, |tx| tx.delete_mailbox(id, &ids)).await?;
         self.prune(owner);
         Ok(n)
     }
@@ -188,6 +180,12 @@ impl Store {
     pub fn thread(&self, owner: &str, thread: u64) -> Result<Vec<MessageMeta>, StoreError> {
         let prefix = model::thread_prefix(owner, thread);
         let mut out = Vec::new();
+        // The root (whose id is the thread's) has no entry of its own.
+        if let Some(root) = self.meta(thread)? {
+            if root.owner == owner && root.thread == thread && !root.placements.is_empty() {
+                out.push(root);
+            }
+        }
         for kv in self.mail.scan_prefix(&prefix) {
             let (k, _) = kv?;
             if let Some(m) = self.messages.get(&k[prefix.len()..])? {
@@ -357,9 +355,18 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
     }
 
-    /// An account's quota.
+    /// An account's quota (read on every RCPT: decodes only the account's
+    /// use and limits, not its mailboxes).
     pub fn quota(&self, owner: &str) -> Result<Quota, StoreError> {
-        let acct = self.account(owner)?;
+        #[derive(serde::Deserialize)]
+        struct QuotaView {
+            used: crate::mail::Usage,
+            limits: Option<QuotaLimits>,
+        }
+        let acct: QuotaView = match self.mail.get(model::ukey(model::TAG_ACCOUNT, owner, &[]))? {
+            Some(v) => decode(&v)?,
+            None => return Err(ModelError::NoAccount(owner.to_owned()).into()),
+        };
         let default = *self
             .quota_default
             .read()
