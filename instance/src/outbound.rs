@@ -12,7 +12,7 @@
 //! (sequence → message bytes).
 
 use crate::delivery::{MailService, OutletFuture, SmtpOutlet};
-use crate::dsn;
+
 use lettre::address::Envelope;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
@@ -453,7 +453,8 @@ impl SmtpQueue {
                 }
             };
             if let Err((status, why)) = outcome {
-                bounce(svc, domain, &e.mail_from, &e.rcpt_to, &data, status, &why).await;
+                svc.bounce(domain, &e.mail_from, &e.rcpt_to, &data, status, &why)
+                    .await;
             }
             let removed = (&self.meta, &self.raw).transaction(|(m, r)| {
                 m.remove(&k)?;
@@ -479,44 +480,6 @@ fn write_failed(svc: &MailService, what: &str, err: &dyn std::fmt::Display) {
     svc.metrics()
         .smtp_queue_write_failed
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Delivers a DSN to a local sender.
-pub async fn bounce(
-    svc: &MailService,
-    domain: &str,
-    sender: &str,
-    rcpts: &[String],
-    original: &[u8],
-    status: &str,
-    why: &str,
-) {
-    tracing::warn!(sender, status, why, "bouncing a message");
-    svc.metrics()
-        .bounces
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let owners: Vec<String> = match svc.route(sender) {
-        crate::delivery::Route::Local(t) => t.into_iter().map(|t| t.owner).collect(),
-        _ => {
-            tracing::warn!(sender, "bounce dropped: the sender is not a local user");
-            return;
-        }
-    };
-    let now = now_ms() / 1000;
-    let failures: Vec<dsn::Failure> = rcpts
-        .iter()
-        .map(|r| dsn::Failure {
-            recipient: r.clone(),
-            status: status.into(),
-            diagnostic: why.into(),
-        })
-        .collect();
-    let report = dsn::build(domain, sender, original, &failures, now);
-    for owner in owners {
-        if let Err(e) = svc.deliver_report(&owner, sender, &report).await {
-            tracing::error!(error = %e, "could not store a bounce");
-        }
-    }
 }
 
 /// The router's way to the outside.

@@ -531,6 +531,45 @@ impl MailService {
             .map_err(DeliveryError::Queue)
     }
 
+    /// Returns a message to its local sender with an RFC 3464 report
+    /// naming `rcpts` (a sender that is not a local account gets nothing:
+    /// logged). Counted in `caliopen_bounces_total`.
+    pub async fn bounce(
+        &self,
+        domain: &str,
+        sender: &str,
+        rcpts: &[String],
+        original: &[u8],
+        status: &str,
+        why: &str,
+    ) {
+        tracing::warn!(sender, status, why, "bouncing a message");
+        self.metrics
+            .bounces
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let owners: Vec<String> = match self.route(sender) {
+            Route::Local(t) => t.into_iter().map(|t| t.owner).collect(),
+            _ => {
+                tracing::warn!(sender, "bounce dropped: the sender is not a local user");
+                return;
+            }
+        };
+        let failures: Vec<crate::dsn::Failure> = rcpts
+            .iter()
+            .map(|r| crate::dsn::Failure {
+                recipient: r.clone(),
+                status: status.into(),
+                diagnostic: why.into(),
+            })
+            .collect();
+        let report = crate::dsn::build(domain, sender, original, &failures, now_unix());
+        for owner in owners {
+            if let Err(e) = self.deliver_report(&owner, sender, &report).await {
+                tracing::error!(error = %e, "could not store a bounce");
+            }
+        }
+    }
+
     /// Stores a report (a DSN) for a local sender: one inbox delivery.
     pub async fn deliver_report(
         &self,

@@ -262,14 +262,6 @@ pub async fn start(
 
 /// Delivers a DSN to the sender when the sender is a local user.
 async fn bounce(svc: &MailService, domain: &str, d: &Deliver, status: &str, why: &str) {
-    crate::outbound::bounce(
-        svc,
-        domain,
-        &d.mail_from,
-        &d.rcpt_to,
-        &d.message,
-        status,
-        why,
-    )
-    .await;
+    svc.bounce(domain, &d.mail_from, &d.rcpt_to, &d.message, status, why)
+        .await;
 }

@@ -330,6 +330,8 @@ impl Store {
         )
             .transaction(|(r, m, b, t, c, st, lv)| {
                 let mut outcomes = Vec::with_capacity(jobs.len());
+                // Each account is read once and written once per batch.
+                let mut accounts: HashMap<String, model::Account> = HashMap::new();
                 for job in jobs {
                     if let Some(txn) = &job.txn_id {
                         if let Some(prev) = t.get(txn)? {
@@ -338,8 +340,11 @@ impl Store {
                         }
                         t.insert(txn.as_slice(), job.ids_bytes.as_slice())?;
                     }
-                    write_job(job, (r, m, b, c, st, lv), &domains, now)?;
+                    write_job(job, (r, m, b, c, st, lv), &domains, now, &mut accounts)?;
                     outcomes.push(None);
+                }
+                for (owner, acct) in &accounts {
+                    model::put_account(b, owner, acct)?;
                 }
                 Ok(outcomes)
             })
@@ -703,6 +708,7 @@ fn write_job(
     ),
     domains: &[String],
     now: i64,
+    accounts: &mut HashMap<String, model::Account>,
 ) -> TxResult<()> {
     let corr = &job.corr;
     r.insert(&job.blob.to_be_bytes(), job.raw.as_slice())?;
@@ -714,9 +720,13 @@ fn write_job(
     }
     let mut owners: Vec<&str> = Vec::new();
     for (meta, d) in &job.prepared {
-        let mut tx = model::Tx::open(b, m, r, &d.owner, now)?;
+        let acct = match accounts.remove(&d.owner) {
+            Some(a) => a,
+            None => model::load_account(b, &d.owner, now)?,
+        };
+        let mut tx = model::Tx::with_account(b, m, r, &d.owner, acct, now);
         tx.add(meta.clone(), d.mailbox, &d.keywords, &job.facts)?;
-        tx.finish()?;
+        accounts.insert(d.owner.clone(), tx.keep());
         if d.received && !owners.contains(&d.owner.as_str()) {
             owners.push(&d.owner);
         }

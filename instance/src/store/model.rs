@@ -221,12 +221,23 @@ impl<'a> Tx<'a> {
         owner: &'a str,
         now: i64,
     ) -> TxResult<Self> {
-        let acct = match get_json::<Account>(mail, &ukey(TAG_ACCOUNT, owner, &[]))? {
-            Some(a) => a,
-            None => new_account(mail, owner, now)?,
-        };
+        let acct = load_account(mail, owner, now)?;
+        Ok(Self::with_account(mail, messages, raw, owner, acct, now))
+    }
+
+    /// Like [`Tx::open`], with the account already read in this
+    /// transaction (a batch of deliveries reads and writes each account
+    /// once: [`Tx::keep`]).
+    pub fn with_account(
+        mail: &'a TransactionalTree,
+        messages: &'a TransactionalTree,
+        raw: &'a TransactionalTree,
+        owner: &'a str,
+        acct: Account,
+        now: i64,
+    ) -> Self {
         let modseq = acct.modseq + 1;
-        Ok(Self {
+        Self {
             mail,
             messages,
             raw,
@@ -235,7 +246,16 @@ impl<'a> Tx<'a> {
             now,
             modseq,
             changed: false,
-        })
+        }
+    }
+
+    /// Ends the change without writing the account record: the caller
+    /// writes it ([`put_account`]) once for several changes.
+    pub fn keep(mut self) -> Account {
+        if self.changed {
+            self.acct.modseq = self.modseq;
+        }
+        self.acct
     }
 
     /// A mailbox of the account (`None`: no such mailbox).
@@ -597,6 +617,20 @@ impl<'a> Tx<'a> {
         put_json(self.mail, &ukey(TAG_ACCOUNT, self.owner, &[]), &self.acct)?;
         Ok(self.modseq)
     }
+}
+
+/// Reads `owner`'s account in a transaction (made, with its six
+/// mailboxes, when it has none yet).
+pub(super) fn load_account(mail: &TransactionalTree, owner: &str, now: i64) -> TxResult<Account> {
+    match get_json::<Account>(mail, &ukey(TAG_ACCOUNT, owner, &[]))? {
+        Some(a) => Ok(a),
+        None => new_account(mail, owner, now),
+    }
+}
+
+/// Writes an account record in a transaction.
+pub(super) fn put_account(mail: &TransactionalTree, owner: &str, acct: &Account) -> TxResult<()> {
+    put_json(mail, &ukey(TAG_ACCOUNT, owner, &[]), acct)
 }
 
 /// Makes an account and its six role mailboxes (inside a transaction).
