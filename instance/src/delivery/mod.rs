@@ -165,6 +165,26 @@ fn now_unix() -> i64 {
     crate::store::now_unix()
 }
 
+/// The idempotence key of a submission: SHA-256 over a tag, the submitter,
+/// the envelope and the bytes (each length-prefixed).
+fn submission_key(owner: &str, mail_from: &str, rcpt_to: &[String], data: &[u8]) -> Vec<u8> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [
+        b"caliopen submission".as_slice(),
+        owner.as_bytes(),
+        mail_from.as_bytes(),
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    for r in rcpt_to {
+        ctx.update(&(r.len() as u64).to_be_bytes());
+        ctx.update(r.as_bytes());
+    }
+    ctx.update(data);
+    ctx.finish().as_ref().to_vec()
+}
+
 impl MailService {
     /// A service over `store` for the mail `domains` of this instance.
     pub fn new(store: impl MailStore + 'static, domains: Vec<String>) -> Self {
@@ -412,7 +432,9 @@ impl MailService {
     /// of other members go to the mesh outbox, the outside to the SMTP
     /// queue — all durably before this returns. A submitting user
     /// (`transport.auth_user`) also gets the message in their `sent`
-    /// mailbox, and their contact book counts each recipient.
+    /// mailbox, in the same write as the local copies and once even when
+    /// the message is submitted again after a lost reply; their contact
+    /// book counts each recipient.
     pub async fn accept(
         &self,
         mail_from: &str,
@@ -468,6 +490,43 @@ impl MailService {
             }
         }
         let mut routed = Routed::default();
+        // Local copies (and the submitter's sent copy) first, then the
+        // queues, then the caller's 250. A submission is stored idempotently
+        // by a digest of its submitter, envelope and bytes: when a crash
+        // (or a failed queue) costs the client its 250 and it sends again,
+        // the recipients here and the sent mailbox get it once.
+        let received = local.len();
+        let mut txn = None;
+        if let Some(owner) = &sender {
+            local.push(Delivery::sent_copy(owner.clone(), rcpt_to.to_vec()));
+            txn = Some(submission_key(owner, mail_from, rcpt_to, data));
+        }
+        if !local.is_empty() {
+            let template = MessageMeta {
+                from: mail_from.to_owned(),
+                subject: subject_of(data),
+                received_at: now,
+                via,
+                transport,
+                size: data.len(),
+                ..Default::default()
+            };
+            let (ids, again) = self
+                .store
+                .deliver_once(&template, &local, data, txn.as_deref())
+                .await?;
+            routed.stored = ids;
+            if again {
+                tracing::info!("a submission sent again after a lost reply: stored once");
+            } else {
+                let counter = match via {
+                    Via::Smtp => &self.metrics.stored_smtp,
+                    Via::Local => &self.metrics.stored_local,
+                    Via::Mesh => &self.metrics.stored_mesh,
+                };
+                counter.fetch_add(received as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         if let Some(mesh) = self.mesh.get() {
             for (member, rcpts) in by_member {
                 mesh.enqueue(&member, mail_from, rcpts, data)
@@ -488,29 +547,6 @@ impl MailService {
                 .queued_smtp
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let received = local.len();
-        if let Some(owner) = sender {
-            local.push(Delivery::sent_copy(owner, rcpt_to.to_vec()));
-        }
-        if local.is_empty() {
-            return Ok(routed);
-        }
-        let template = MessageMeta {
-            from: mail_from.to_owned(),
-            subject: subject_of(data),
-            received_at: now,
-            via,
-            transport,
-            size: data.len(),
-            ..Default::default()
-        };
-        routed.stored = self.store.deliver_local(&template, &local, data).await?;
-        let counter = match via {
-            Via::Smtp => &self.metrics.stored_smtp,
-            Via::Local => &self.metrics.stored_local,
-            Via::Mesh => &self.metrics.stored_mesh,
-        };
-        counter.fetch_add(received as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(routed)
     }
 
