@@ -284,6 +284,13 @@ pub struct AssociationConfig {
     /// Member private key, PEM (0600), relative to the data directory.
     #[serde(default = "default_member_key")]
     pub key: PathBuf,
+    /// The association's membership-log verifier key (its `log.pub`, a
+    /// signed-note key line), relative to the data directory, pinned at
+    /// `caliopen join --log-key`: with it the instance checks every
+    /// checkpoint (signature, consistency with the one held) and raises a
+    /// split view. Absent: the log is not checked.
+    #[serde(default)]
+    pub log_key: Option<PathBuf>,
 }
 
 fn default_assoc_ca() -> PathBuf {

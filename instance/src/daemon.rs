@@ -249,19 +249,21 @@ pub async fn run(
         svc.set_queue(Arc::new(q));
         tracing::info!(relay = ?config.smtp.relay, routes = config.smtp.routes.len(), direct = direct.is_some(), "outbound SMTP enabled");
     }
-    let (mesh_node, mesh_outbox) = match crate::mesh::start(&config, &svc, &store, &token, &tracker)
-        .await?
-    {
-        Some((node, route)) => {
-            let outbox = route.outbox.clone();
-            svc.set_mesh(Arc::new(route));
-            (Some(node), Some(outbox))
-        }
-        None => {
-            tracing::info!("no [association] in the configuration: unlabelled, plain email only");
-            (None, None)
-        }
-    };
+    let (mesh_node, mesh_outbox, membership_log) =
+        match crate::mesh::start(&config, &svc, &store, &token, &tracker).await? {
+            Some((node, route)) => {
+                let outbox = route.outbox.clone();
+                let log = route.log.clone();
+                svc.set_mesh(Arc::new(route));
+                (Some(node), Some(outbox), log)
+            }
+            None => {
+                tracing::info!(
+                    "no [association] in the configuration: unlabelled, plain email only"
+                );
+                (None, None, None)
+            }
+        };
 
     let mut bound = Vec::new();
     for (kind, addr) in [
@@ -329,6 +331,7 @@ pub async fn run(
                 },
                 node: mesh_node.clone(),
                 outbox: mesh_outbox,
+                log: membership_log,
             };
             tracker.spawn(crate::metrics::serve(l, sources, token.clone()));
             tracing::info!(addr = %a, "health and metrics endpoint up");

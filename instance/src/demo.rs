@@ -286,11 +286,18 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
                 ca.root_pem().as_bytes(),
                 0o644,
             )?;
+            // The association's membership-log key, pinned as `join --log-key` does.
+            std::fs::copy(
+                root.join("association").join("log.pub"),
+                n.dir.join("association-log.pub"),
+            )
+            .map_err(|e| format!("log.pub: {e}"))?;
             association = Some(AssociationConfig {
                 url: url.clone(),
                 ca: "association-ca.pem".into(),
                 cert: "member.pem".into(),
                 key: "member.key.pem".into(),
+                log_key: Some("association-log.pub".into()),
             });
             ok(
                 &format!(

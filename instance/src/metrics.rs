@@ -70,6 +70,8 @@ pub struct MetricsSources {
     pub node: Option<MeshNode>,
     /// The mesh outbox, when labelled.
     pub outbox: Option<Outbox>,
+    /// The membership-log monitor, when the log key is pinned.
+    pub log: Option<std::sync::Arc<caliopen_federation::LogMonitor>>,
 }
 
 fn c(out: &mut String, name: &str, help: &str, labels: &[(&str, &str, u64)]) {
@@ -213,6 +215,41 @@ pub fn render(s: &MetricsSources) -> String {
         "Messages waiting for another member.",
         s.outbox.as_ref().map_or(0, |o| o.len() as u64),
     );
+    if let Some(log) = &s.log {
+        let st = log.stats();
+        c(
+            &mut out,
+            "caliopen_membership_log_checkpoints_total",
+            "Membership-log checkpoints offered to this member, by outcome.",
+            &[
+                ("outcome", "grew", l(&st.grew)),
+                ("outcome", "refreshed", l(&st.refreshed)),
+                ("outcome", "refused_signature", l(&st.refused_signature)),
+                ("outcome", "refused_rollback", l(&st.refused_rollback)),
+                ("outcome", "refused_proof", l(&st.refused_proof)),
+                ("outcome", "unverifiable", l(&st.unverifiable)),
+                ("outcome", "refused_evidence", l(&st.refused_evidence)),
+            ],
+        );
+        g(
+            &mut out,
+            "caliopen_membership_log_size",
+            "Tree size of the membership-log checkpoint held (verified).",
+            log.head().map_or(0, |h| h.0),
+        );
+        g(
+            &mut out,
+            "caliopen_membership_log_split_view",
+            "1 while a split-view proof of the association's log is held (the alarm).",
+            u64::from(log.split_view().is_some()),
+        );
+        c(
+            &mut out,
+            "caliopen_membership_log_split_views_total",
+            "Split views found here or shown by a peer.",
+            &[("kind", "split_view", l(&st.split_views))],
+        );
+    }
     if let Some(j) = s.outbox.as_ref().map(Outbox::journal) {
         g(
             &mut out,

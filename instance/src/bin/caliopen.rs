@@ -80,6 +80,17 @@ enum Cmd {
         /// The association service, https://HOST:PORT.
         #[arg(long, value_name = "URL")]
         association: String,
+        /// The association's membership-log key (its log.pub), to check the log with.
+        #[arg(long, value_name = "FILE")]
+        log_key: Option<PathBuf>,
+    },
+    /// The membership-log checkpoint this member holds (verified), and any split view found.
+    Log {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
     /// A whole labelled federation on loopback: association, three members, the outside world.
     Demo {
@@ -319,11 +330,26 @@ fn init(
     Ok(())
 }
 
-async fn join(config: &Path, ca: &Path, cert: &Path, url: &str) -> anyhow::Result<()> {
+async fn join(
+    config: &Path,
+    ca: &Path,
+    cert: &Path,
+    url: &str,
+    log_key: Option<&Path>,
+) -> anyhow::Result<()> {
     let cfg = Config::load(config)?;
     if cfg.association.is_some() {
         bail!("{} already names an association", config.display());
     }
+    let log_key_text = match log_key {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+            caliopen_federation::LogKey::parse(t.trim())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            Some(format!("{}\n", t.trim()))
+        }
+        None => None,
+    };
     let dir = cfg.data_dir();
     let ca_pem = std::fs::read_to_string(ca).with_context(|| format!("read {}", ca.display()))?;
     let cert_pem =
@@ -367,6 +393,11 @@ async fn join(config: &Path, ca: &Path, cert: &Path, url: &str) -> anyhow::Resul
     write_file(&dir.join("member.pem"), cert_pem.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
     let mut text = std::fs::read_to_string(config)?;
     text.push_str(&format!("\n[association]\nurl = {}\n", toml_str(url)));
+    if let Some(k) = &log_key_text {
+        write_file(&dir.join("association-log.pub"), k.as_bytes(), 0o644)
+            .map_err(anyhow::Error::msg)?;
+        text.push_str("log_key = \"association-log.pub\"\n");
+    }
     Config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
     write_file(config, text.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
     out!(
@@ -482,6 +513,74 @@ fn limits_text(q: &serde_json::Value) -> String {
             " (default)"
         }
     )
+}
+
+/// `caliopen log`: reads the view the daemon keeps (read-only; it may run).
+fn log_show(config: &Path, json: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let Some(assoc) = &cfg.association else {
+        bail!(
+            "{}: no [association]: this instance is not labelled",
+            config.display()
+        );
+    };
+    if assoc.log_key.is_none() {
+        bail!("no membership-log key is pinned: join with --log-key, or set [association] log_key");
+    }
+    let ca_pem = std::fs::read_to_string(cfg.in_data(&assoc.ca))
+        .with_context(|| format!("read {}", cfg.in_data(&assoc.ca).display()))?;
+    let link = caliopen_federation::AssociationLink::new(assoc.url.clone(), ca_pem);
+    let mon = caliopen_instance::mesh::open_log(&cfg, &link, None)
+        .map_err(anyhow::Error::msg)?
+        .context("no membership-log key")?;
+    let held = mon.held();
+    let split = mon.split_view();
+    let v = serde_json::json!({
+        "origin": mon.key().origin(),
+        "checkpoint": held.as_ref().map(|h| serde_json::json!({
+            "size": h.checkpoint.size,
+            "root": hex::encode(h.checkpoint.root),
+            "timestamp": h.timestamp,
+            "source": h.source.clone().unwrap_or_else(|| "association".into()),
+            "verified_at": h.verified_at,
+        })),
+        "split_view": split.as_ref().map(|s| serde_json::json!({
+            "detected_at": s.detected_at,
+            "source": s.source.clone().unwrap_or_else(|| "association".into()),
+            "first": s.first,
+            "second": s.second,
+        })),
+    });
+    if json {
+        out!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    out!("log {}", mon.key().origin());
+    match &held {
+        Some(h) => out!(
+            "checkpoint: {} entries, root {}, signed at {}, from {}, verified at {}",
+            h.checkpoint.size,
+            hex::encode(h.checkpoint.root),
+            h.timestamp,
+            h.source.as_deref().unwrap_or("the association"),
+            h.verified_at
+        ),
+        None => out!("checkpoint: none verified yet"),
+    }
+    match &split {
+        Some(s) => out!(
+            "ALARM: split view found at {} (shown by {}): directory updates are suspended; \
+             the proof is in {}",
+            s.detected_at,
+            s.source.as_deref().unwrap_or("the association"),
+            cfg.data_dir()
+                .join(caliopen_instance::mesh::LOG_DIR)
+                .join("split-view.json")
+                .display()
+        ),
+        None => out!("split view: none"),
+    }
+    Ok(())
 }
 
 async fn user_list(config: &Path, json: bool) -> anyhow::Result<()> {
@@ -751,7 +850,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ca,
             cert,
             association,
-        } => join(&config, &ca, &cert, &association).await,
+            log_key,
+        } => join(&config, &ca, &cert, &association, log_key.as_deref()).await,
+        Cmd::Log { config, json } => log_show(&config, json),
         Cmd::Demo { keep } => {
             init_logging(LogFormat::Human, None, "warn");
             caliopen_instance::demo::run(keep)

@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::delivery::MailService;
 use caliopen_federation::trust::default_accepted_charters;
 use caliopen_federation::{
-    AssociationLink, IdentityFiles, IdentitySlot, MeshConfig, MeshNode, Outbox, OutboxEvent,
-    Renewer, RetryPolicy, TrustStore,
+    AssociationLink, HttpsTiles, IdentityFiles, IdentitySlot, LogKey, LogMonitor, MeshConfig,
+    MeshNode, Outbox, OutboxEvent, Renewer, RetryPolicy, TrustStore,
 };
 use caliopen_proto::pb::mesh::Deliver;
 use std::sync::Arc;
@@ -90,8 +90,20 @@ pub async fn start(
     .map_err(|e| format!("mesh: {e}"))?;
     tracing::info!(member = %member_id, addr = %node.local_addr().map_err(|e| e.to_string())?, "mesh endpoint up");
 
-    let link = AssociationLink::new(assoc.url.clone(), ca_pem)
+    let mut link = AssociationLink::new(assoc.url.clone(), ca_pem)
         .with_watch_identity(config.in_data(&assoc.cert), config.in_data(&assoc.key));
+    let log = match open_log(config, &link, Some(trust.clone()))? {
+        Some(mon) => {
+            link = link.with_log(mon.clone());
+            node.attach_log(mon.clone());
+            tracing::info!(
+                size = mon.head().map_or(0, |h| h.0),
+                "membership log checked against the pinned key"
+            );
+            Some(mon)
+        }
+        None => None,
+    };
     tracker.spawn(link.clone().follow(trust.clone(), token.clone()));
     // Keep the latest CRL and directory on disk for restarts.
     {
@@ -256,8 +268,36 @@ pub async fn start(
             outbox,
             node,
             answers: Arc::new(crate::privacy::public::AnswerCache::default()),
+            log,
         },
     )))
+}
+
+/// Where the membership-log view is kept, in the data directory.
+pub const LOG_DIR: &str = "membership-log";
+
+/// The membership-log monitor, when the configuration pins the log's key
+/// (`[association] log_key`); `trust` has its directory updates held while
+/// a split view is. Read-only until something is offered to it.
+pub fn open_log(
+    config: &Config,
+    link: &AssociationLink,
+    trust: Option<Arc<TrustStore>>,
+) -> Result<Option<Arc<LogMonitor>>, String> {
+    let Some(p) = config.association.as_ref().and_then(|a| a.log_key.as_ref()) else {
+        return Ok(None);
+    };
+    let p = config.in_data(p);
+    let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let key = LogKey::parse(text.trim()).map_err(|e| format!("{}: {e}", p.display()))?;
+    LogMonitor::open(
+        &config.data_dir().join(LOG_DIR),
+        key,
+        Arc::new(HttpsTiles::new(link)),
+        trust,
+    )
+    .map(Some)
+    .map_err(|e| format!("membership log: {e}"))
 }
 
 /// Delivers a DSN to the sender when the sender is a local user.

@@ -24,6 +24,8 @@ pub struct MeshRoute {
     pub node: MeshNode,
     /// Answers to public level queries, by member and bucket.
     pub answers: Arc<AnswerCache>,
+    /// The membership-log monitor, when the log key is pinned.
+    pub log: Option<Arc<caliopen_federation::LogMonitor>>,
 }
 
 impl MeshRoute {

@@ -176,6 +176,11 @@ impl Instance {
 
     /// Has the association sign this instance's CSR, then `caliopen join`.
     pub fn join(&self, assoc: &Assoc, id: &str) -> String {
+        self.join_with(assoc, id, &[])
+    }
+
+    /// [`Instance::join`] with more arguments to `caliopen join`.
+    pub fn join_with(&self, assoc: &Assoc, id: &str, extra: &[&str]) -> String {
         let csr = std::fs::read(self.data.join("member.csr.pem")).expect("csr");
         let issued = assoc
             .ca
@@ -200,7 +205,10 @@ impl Instance {
                 cert.to_str().expect("utf-8"),
                 "--association",
                 &assoc.url,
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
             None,
         );
         assert!(out.contains(&format!("joined as member {id}")), "{out}");

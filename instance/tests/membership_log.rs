@@ -1,0 +1,136 @@
+//! The membership log checked by a running instance (issue 18, member
+//! side wired into the daemon): `caliopen join --log-key` pins the
+//! association's log key; the daemon verifies the association's
+//! checkpoints (signature, consistency proofs from its tiles over HTTPS),
+//! holds the newest on disk, shows it in `caliopen log` and the metrics,
+//! and follows a revocation into a larger verified tree.
+
+mod common;
+mod reliab;
+
+use reliab::{free_udp_port, Assoc, Instance};
+use std::time::{Duration, Instant};
+
+fn log_json(inst: &Instance) -> serde_json::Value {
+    serde_json::from_str(&common::caliopen_ok(
+        &["log", "--config", inst.c(), "--json"],
+        None,
+    ))
+    .expect("json")
+}
+
+fn held_size(inst: &Instance) -> u64 {
+    log_json(inst)["checkpoint"]["size"].as_u64().unwrap_or(0)
+}
+
+fn metrics_text(inst: &Instance) -> String {
+    use std::io::{Read, Write};
+    let addr = inst.bound.and_then(|b| b.metrics).expect("metrics");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
+
+#[test]
+fn a_member_verifies_the_log_and_follows_it_through_a_revocation() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let assoc = Assoc::start(tmp.path(), "127.0.0.1:0".parse().expect("addr"));
+    let log_pub = assoc.dir.join("log.pub");
+    let log_pub = log_pub.to_str().expect("utf-8");
+
+    // A key that is not a log key is refused at join, in one line.
+    let mut alpha = Instance::init(
+        tmp.path(),
+        "alpha",
+        "alpha.test",
+        Some(format!("127.0.0.1:{}", free_udp_port())),
+        None,
+        None,
+    );
+    let bad = tmp.path().join("bad.pub");
+    std::fs::write(&bad, "not a key\n").expect("write");
+    let (ok, _, err) = common::run_caliopen(
+        &[
+            "join",
+            "--config",
+            alpha.c(),
+            "--ca",
+            assoc.ca_file.to_str().expect("utf-8"),
+            "--cert",
+            assoc.ca_file.to_str().expect("utf-8"),
+            "--association",
+            &assoc.url,
+            "--log-key",
+            bad.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(!ok);
+    assert!(
+        err.starts_with("caliopen: error: ") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    assert!(err.contains("bad.pub"), "{err}");
+    let (ok, _, err) = common::run_caliopen(&["log", "--config", alpha.c()], None);
+    assert!(!ok && err.contains("not labelled"), "{err}");
+
+    alpha.join_with(&assoc, "alpha", &["--log-key", log_pub]);
+    alpha.start();
+    let t0 = Instant::now();
+    while held_size(&alpha) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no verified checkpoint; log:\n{}",
+            alpha.last_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first = log_json(&alpha);
+    assert_eq!(first["split_view"], serde_json::Value::Null);
+    assert_eq!(first["checkpoint"]["source"], "association");
+    let size0 = first["checkpoint"]["size"].as_u64().expect("size");
+    let text = common::caliopen_ok(&["log", "--config", alpha.c()], None);
+    assert!(
+        text.contains(&format!("checkpoint: {size0} entries")),
+        "{text}"
+    );
+    assert!(text.contains("split view: none"), "{text}");
+
+    // Another member joins and is revoked: two entries more, verified by
+    // consistency with the checkpoint held.
+    let beta = Instance::init(tmp.path(), "beta", "beta.test", None, None, None);
+    beta.join(&assoc, "beta");
+    assoc
+        .ca
+        .revoke(
+            &caliopen_ca::RevokeTarget::Domain("beta.test".into()),
+            "cessationOfOperation",
+        )
+        .expect("revoke");
+    let t0 = Instant::now();
+    while held_size(&alpha) < size0 + 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the held checkpoint did not grow past {size0} + 2: {}; log:\n{}",
+            log_json(&alpha),
+            alpha.last_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = metrics_text(&alpha);
+    let grew = m
+        .lines()
+        .find(|l| l.starts_with("caliopen_membership_log_checkpoints_total{outcome=\"grew\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(grew >= 1, "{m}");
+    assert!(m.contains("caliopen_membership_log_split_view 0"), "{m}");
+    assert!(
+        m.contains("caliopen_membership_log_checkpoints_total{outcome=\"refused_signature\"} 0"),
+        "{m}"
+    );
+}
