@@ -3,7 +3,7 @@
 //! changes behind — both answered from the store's indexes (the UID index
 //! and the change log), never by a scan.
 
-use crate::report::{ms, percentile, Report};
+use crate::report::Report;
 use anyhow::Result;
 use caliopen_instance::mail::Role;
 use caliopen_instance::store::{Delivery, KeywordChange, MessageMeta, Store, Via};
@@ -142,16 +142,5 @@ pub async fn run(work: &std::path::Path, p: &MailboxParams, report: &mut Report)
 }
 
 fn add_pcts(report: &mut Report, case: &str, what: &str, lat: &mut [Duration], note: &str) {
-    let us = |d: Duration| ms(d) * 1000.0;
-    let p50 = percentile(lat, 50.0).map_or(f64::NAN, us);
-    let p99 = percentile(lat, 99.0).map_or(f64::NAN, us);
-    report.add("mailbox", case, &format!("{what} p50 µs"), p50, None, note);
-    report.add(
-        "mailbox",
-        case,
-        &format!("{what} p99 µs"),
-        p99,
-        Some("< 1000"),
-        "",
-    );
+    crate::storage::add_latency(report, "mailbox", case, what, lat, note, Some("< 1000"));
 }

@@ -190,9 +190,23 @@ pub async fn run(work: &std::path::Path, p: &StorageParams, report: &mut Report)
 }
 
 fn add_pcts(report: &mut Report, case: &str, what: &str, lat: &mut [Duration], note: &str) {
+    add_latency(report, "storage", case, what, lat, note, None);
+}
+
+/// Adds the p50 and p99 of `lat` in µs as two rows of `section`, the p99
+/// with `target` when there is one.
+pub fn add_latency(
+    report: &mut Report,
+    section: &str,
+    case: &str,
+    what: &str,
+    lat: &mut [Duration],
+    note: &str,
+    target: Option<&str>,
+) {
     let us = |d: Duration| ms(d) * 1000.0;
     let p50 = percentile(lat, 50.0).map_or(f64::NAN, us);
     let p99 = percentile(lat, 99.0).map_or(f64::NAN, us);
-    report.add("storage", case, &format!("{what} p50 µs"), p50, None, note);
-    report.add("storage", case, &format!("{what} p99 µs"), p99, None, "");
+    report.add(section, case, &format!("{what} p50 µs"), p50, None, note);
+    report.add(section, case, &format!("{what} p99 µs"), p99, target, "");
 }

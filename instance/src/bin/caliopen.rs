@@ -498,6 +498,16 @@ async fn run_op(config: &Path, op: Op) -> anyhow::Result<OpOutput> {
     Ok(out)
 }
 
+/// A JSON array of strings, comma-separated.
+fn names(v: &serde_json::Value) -> String {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn limits_text(q: &serde_json::Value) -> String {
     let part = |v: &serde_json::Value, unit: &str| match v.as_u64() {
         Some(0) | None => format!("no {unit} limit"),
@@ -961,13 +971,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out!(
                 "alias {} -> {}",
                 out.json["alias"].as_str().unwrap_or(""),
-                out.json["targets"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                names(&out.json["targets"])
             );
             Ok(())
         }
@@ -983,13 +987,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 out!(
                     "{:<40} {}",
                     a["alias"].as_str().unwrap_or(""),
-                    a["targets"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|t| t.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    names(&a["targets"])
                 );
             }
             Ok(())
