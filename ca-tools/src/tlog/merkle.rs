@@ -317,15 +317,40 @@ pub fn verify_consistency(
     } else {
         proof
     };
+    let (fr, sr) = prefix_path_roots(old_size, new_size, path)?;
+    if &fr != old_root || &sr != new_root {
+        return Err(ProofError::Mismatch);
+    }
+    Ok(())
+}
+
+/// The two roots a consistency path from `old_size` to `new_size` leaves
+/// implies (RFC 9162 §2.1.4.2 steps 3 to 7, `path[0]` as the seed, so a
+/// power-of-two old tree's own root comes first): the root of the first
+/// `old_size` leaves, and the root of the `new_size` leaves. The caller
+/// checks `0 < old_size < new_size` and that `path` is not empty.
+pub fn prefix_path_roots(
+    old_size: u64,
+    new_size: u64,
+    path: &[Hash],
+) -> Result<(Hash, Hash), ProofError> {
+    let Some((first, rest)) = path.split_first() else {
+        return Err(ProofError::BadLength);
+    };
+    if old_size == 0 || old_size >= new_size {
+        return Err(ProofError::BadRequest(
+            "a consistency path needs 0 < old < new",
+        ));
+    }
     let mut fnode = old_size - 1;
     let mut snode = new_size - 1;
     while fnode & 1 == 1 {
         fnode >>= 1;
         snode >>= 1;
     }
-    let mut fr = path[0];
-    let mut sr = path[0];
-    for c in &path[1..] {
+    let mut fr = *first;
+    let mut sr = *first;
+    for c in rest {
         if snode == 0 {
             return Err(ProofError::BadLength);
         }
@@ -347,10 +372,7 @@ pub fn verify_consistency(
     if snode != 0 {
         return Err(ProofError::BadLength);
     }
-    if &fr != old_root || &sr != new_root {
-        return Err(ProofError::Mismatch);
-    }
-    Ok(())
+    Ok((fr, sr))
 }
 
 /// Complete-subtree hashes in memory: a whole log held by a test, a

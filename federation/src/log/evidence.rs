@@ -15,7 +15,7 @@
 //!   inconsistent heads.
 
 use caliopen_ca::tlog::merkle::MAX_PROOF_LEN;
-use caliopen_ca::tlog::{empty_root, node_hash, Checkpoint, Hash, Verifier};
+use caliopen_ca::tlog::{empty_root, Checkpoint, Hash, Verifier};
 use thiserror::Error;
 
 /// Why a split-view proof does not hold.
@@ -42,43 +42,14 @@ pub fn evaluate_prefix_path(m: u64, n: u64, path: &[Hash]) -> Result<(Hash, Hash
     if n > caliopen_ca::tlog::merkle::MAX_TREE_SIZE {
         return Err("tree size too large");
     }
-    let Some((first, rest)) = path.split_first() else {
+    if path.is_empty() {
         return Err("empty path");
-    };
+    }
     if path.len() > MAX_PROOF_LEN + 1 {
         return Err("path too long");
     }
-    let mut fnode = m - 1;
-    let mut snode = n - 1;
-    while fnode & 1 == 1 {
-        fnode >>= 1;
-        snode >>= 1;
-    }
-    let mut fr = *first;
-    let mut sr = *first;
-    for c in rest {
-        if snode == 0 {
-            return Err("path too long for the sizes");
-        }
-        if fnode & 1 == 1 || fnode == snode {
-            fr = node_hash(c, &fr);
-            sr = node_hash(c, &sr);
-            if fnode & 1 == 0 {
-                while fnode & 1 == 0 && fnode != 0 {
-                    fnode >>= 1;
-                    snode >>= 1;
-                }
-            }
-        } else {
-            sr = node_hash(&sr, c);
-        }
-        fnode >>= 1;
-        snode >>= 1;
-    }
-    if snode != 0 {
-        return Err("path too short for the sizes");
-    }
-    Ok((fr, sr))
+    caliopen_ca::tlog::merkle::prefix_path_roots(m, n, path)
+        .map_err(|_| "path length does not fit the sizes")
 }
 
 /// What a prefix path says about two tree heads.
