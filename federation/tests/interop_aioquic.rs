@@ -2,48 +2,16 @@
 //! by `.ci/run`): without a member certificate it is refused; with one it
 //! completes the handshake and gets a mesh answer.
 
+mod common;
 use caliopen_ca::{Authority, Settings, SignRequest};
-use caliopen_federation::node::BoxFuture;
-use caliopen_federation::{
-    HandlerError, IdentitySlot, MeshConfig, MeshHandler, MeshNode, PeerIdentity, TrustStore,
-};
+use caliopen_federation::{IdentitySlot, MeshConfig, MeshNode, TrustStore};
 use caliopen_proto::pb::directory::SignedDirectory;
-use caliopen_proto::pb::mesh::{
-    response, Deliver, DeliverReply, PrivacyQuery, PrivacyReply, Response,
-};
+use caliopen_proto::pb::mesh::{response, Response};
+use common::{csr, Refusing};
 use prost::Message;
-use rcgen::{CertificateParams, KeyPair};
+use rcgen::KeyPair;
 use std::path::Path;
 use std::sync::Arc;
-
-struct Nothing;
-
-impl MeshHandler for Nothing {
-    fn deliver(
-        &self,
-        _p: &PeerIdentity,
-        _d: Deliver,
-    ) -> BoxFuture<Result<DeliverReply, HandlerError>> {
-        Box::pin(async { Err(HandlerError::Refused("no mailboxes here".into())) })
-    }
-    fn privacy_query(
-        &self,
-        _p: &PeerIdentity,
-        _q: PrivacyQuery,
-    ) -> BoxFuture<Result<PrivacyReply, HandlerError>> {
-        Box::pin(async { Err(HandlerError::Refused("no users here".into())) })
-    }
-}
-
-fn csr(key: &KeyPair, domain: &str) -> Vec<u8> {
-    CertificateParams::new(vec![domain.to_owned()])
-        .expect("params")
-        .serialize_request(key)
-        .expect("csr")
-        .pem()
-        .expect("pem")
-        .into_bytes()
-}
 
 fn run_client(port: u16, dir: &Path, with_cert: bool) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/aioquic_client.py");
@@ -86,7 +54,7 @@ async fn aioquic_is_refused_without_a_member_certificate_and_admitted_with_one()
         "127.0.0.1:0".parse().expect("addr"),
         trust.clone(),
         identity.clone(),
-        Arc::new(Nothing),
+        Arc::new(Refusing),
     )
     .await
     .expect("start");

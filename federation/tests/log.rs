@@ -4,6 +4,7 @@
 //! association that shows two members different logs caught through the
 //! mesh by both, with a proof that verifies.
 
+mod common;
 use caliopen_ca::tlog::{
     consistency_proof, root, sign_timestamped, Checkpoint, Hash, MemoryTree, Signer,
 };
@@ -11,10 +12,10 @@ use caliopen_ca::{Authority, BoundService, Settings, SignRequest};
 use caliopen_federation::log::{LogChange, ProofSource};
 use caliopen_federation::node::BoxFuture;
 use caliopen_federation::{
-    AssociationLink, HandlerError, HttpsTiles, IdentitySlot, LogError, LogKey, LogMonitor,
-    MeshConfig, MeshHandler, MeshNode, Offer, PeerIdentity, TrustError, TrustStore,
+    AssociationLink, HttpsTiles, IdentitySlot, LogError, LogKey, LogMonitor, MeshConfig, MeshNode,
+    Offer, TrustError, TrustStore,
 };
-use caliopen_proto::pb::mesh::{Deliver, DeliverReply, PrivacyQuery, PrivacyReply};
+use common::{csr, Refusing};
 use rcgen::{CertificateParams, KeyPair};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -338,35 +339,6 @@ async fn a_peer_behind_on_a_fork_is_caught_with_a_path_from_our_tree() {
 
 // ---- against real association services over HTTPS and a real mesh ----
 
-struct NoMail;
-
-impl MeshHandler for NoMail {
-    fn deliver(
-        &self,
-        _: &PeerIdentity,
-        _: Deliver,
-    ) -> BoxFuture<Result<DeliverReply, HandlerError>> {
-        Box::pin(async { Err(HandlerError::Refused("no mail in this test".into())) })
-    }
-    fn privacy_query(
-        &self,
-        _: &PeerIdentity,
-        _: PrivacyQuery,
-    ) -> BoxFuture<Result<PrivacyReply, HandlerError>> {
-        Box::pin(async { Err(HandlerError::Refused("no queries in this test".into())) })
-    }
-}
-
-fn csr(key: &KeyPair, domain: &str) -> Vec<u8> {
-    CertificateParams::new(vec![domain.to_owned()])
-        .expect("params")
-        .serialize_request(key)
-        .expect("csr")
-        .pem()
-        .expect("pem")
-        .into_bytes()
-}
-
 async fn serve(ca: Arc<Authority>) -> (String, CancellationToken, tokio::task::JoinHandle<()>) {
     let bound = BoundService::bind(ca, "127.0.0.1:0".parse().expect("addr"), &[])
         .await
@@ -487,7 +459,7 @@ async fn start_member(id: &str, root_pem: &str) -> (Member, Arc<IdentitySlot>) {
         "127.0.0.1:0".parse().expect("addr"),
         trust.clone(),
         identity.clone(),
-        Arc::new(NoMail),
+        Arc::new(Refusing),
     )
     .await
     .expect("start");
