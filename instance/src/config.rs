@@ -375,6 +375,56 @@ impl Default for ApiSection {
     }
 }
 
+/// IMAP (for mail clients), on the mail core.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapSection {
+    /// TCP address of the IMAP listener (absent: no IMAP).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// TLS from the first byte (port 993) instead of STARTTLS (port 143).
+    #[serde(default)]
+    pub implicit_tls: bool,
+    /// Most simultaneous connections.
+    #[serde(default = "default_max_conn")]
+    pub max_connections: usize,
+    /// Most simultaneous connections from one IP address (a mail client
+    /// opens up to five per account).
+    #[serde(default = "default_api_conn_ip")]
+    pub max_connections_per_ip: usize,
+    /// Largest APPEND in bytes (absent: `smtp.max_message_size`).
+    #[serde(default)]
+    pub append_limit: Option<u32>,
+    /// A logged-in client silent for this long is logged out, minutes
+    /// (RFC 9051 asks for at least 30).
+    #[serde(default = "default_imap_idle_min")]
+    pub idle_timeout_minutes: u64,
+    /// A client that has not logged in within this long is dropped, seconds.
+    #[serde(default = "default_imap_login_s")]
+    pub login_timeout_seconds: u64,
+}
+
+fn default_imap_idle_min() -> u64 {
+    30
+}
+fn default_imap_login_s() -> u64 {
+    60
+}
+
+impl Default for ImapSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            implicit_tls: false,
+            max_connections: default_max_conn(),
+            max_connections_per_ip: default_api_conn_ip(),
+            append_limit: None,
+            idle_timeout_minutes: default_imap_idle_min(),
+            login_timeout_seconds: default_imap_login_s(),
+        }
+    }
+}
+
 /// DNS: sender checks (DKIM, SPF, DMARC) of inbound mail and MX lookups
 /// for direct delivery.
 #[derive(Debug, Clone, Deserialize)]
@@ -456,6 +506,9 @@ pub struct Config {
     /// Client API.
     #[serde(default)]
     pub api: ApiSection,
+    /// IMAP.
+    #[serde(default)]
+    pub imap: ImapSection,
     /// Password checks.
     #[serde(default)]
     pub login: LoginSection,
@@ -474,6 +527,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// The largest APPEND over IMAP.
+    pub fn imap_append_limit(&self) -> u32 {
+        self.imap
+            .append_limit
+            .unwrap_or(u32::try_from(self.smtp.max_message_size).unwrap_or(u32::MAX))
+    }
+
     /// The embedded defaults of `caliopen run` without a file: data in
     /// `./caliopen-data`, domain `localhost`, unlabelled, loopback only.
     pub fn embedded_defaults() -> Self {
@@ -488,6 +548,7 @@ impl Config {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 9925))),
             },
             api: ApiSection::default(),
+            imap: ImapSection::default(),
             login: LoginSection::default(),
             accounts: AccountsSection::default(),
             dns: DnsSection::default(),
@@ -583,6 +644,20 @@ impl Config {
         }
         if self.smtp.max_connections_per_ip == 0 {
             return Err("key `smtp.max_connections_per_ip`: must be at least 1".into());
+        }
+        if self.imap.max_connections == 0 || self.imap.max_connections_per_ip == 0 {
+            return Err(
+                "key `imap.max_connections` / `imap.max_connections_per_ip`: at least 1".into(),
+            );
+        }
+        if self.imap.idle_timeout_minutes < 30 {
+            return Err("key `imap.idle_timeout_minutes`: at least 30 (RFC 9051 §5.4)".into());
+        }
+        if self.imap.login_timeout_seconds == 0 {
+            return Err("key `imap.login_timeout_seconds`: at least 1".into());
+        }
+        if self.imap.append_limit.is_some_and(|a| a < 1024) {
+            return Err("key `imap.append_limit`: at least 1024 bytes".into());
         }
         if !(1..=60).contains(&self.dns.timeout_seconds) {
             return Err("key `dns.timeout_seconds`: between 1 and 60".into());

@@ -34,6 +34,8 @@ pub struct Bound {
     pub metrics: Option<SocketAddr>,
     /// Client API (TLS), when enabled.
     pub api: Option<SocketAddr>,
+    /// IMAP, when enabled.
+    pub imap: Option<SocketAddr>,
 }
 
 /// Writes `data` to a new or replaced file with `mode`, fsynced.
@@ -164,7 +166,12 @@ pub async fn run(
         } else {
             0
         };
-        if crate::limits::budget(&mut [&mut mx, &mut sub, &mut api], nofile) {
+        let mut imap = if config.imap.listen.is_some() {
+            config.imap.max_connections
+        } else {
+            0
+        };
+        if crate::limits::budget(&mut [&mut mx, &mut sub, &mut api, &mut imap], nofile) {
             tracing::warn!(
                 open_files = nofile,
                 smtp = mx,
@@ -173,6 +180,7 @@ pub async fn run(
             );
             config.smtp.max_connections = mx.min(sub);
             config.api.max_connections = api.max(1);
+            config.imap.max_connections = imap.max(1);
         }
     }
     let store = Store::open(&dir.join("db")).map_err(|e| e.to_string())?;
@@ -285,6 +293,31 @@ pub async fn run(
         tracker.spawn(l.run(svc.clone(), token.clone(), tracker.clone()));
     }
 
+    let imap_addr = match config.imap.listen {
+        Some(addr) => {
+            let l = crate::imap::ImapListener::bind(
+                addr,
+                crate::imap::ImapConfig {
+                    hostname: config.hostname.clone(),
+                    tls: tls.clone(),
+                    implicit_tls: config.imap.implicit_tls,
+                    max_connections: config.imap.max_connections,
+                    max_connections_per_ip: config.imap.max_connections_per_ip,
+                    append_limit: config.imap_append_limit(),
+                    idle_timeout: Duration::from_secs(config.imap.idle_timeout_minutes * 60),
+                    login_timeout: Duration::from_secs(config.imap.login_timeout_seconds),
+                },
+            )
+            .await
+            .map_err(|e| format!("IMAP listener {addr}: {e}"))?;
+            let a = l.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(addr = %a, implicit_tls = config.imap.implicit_tls, "IMAP listener up");
+            tracker.spawn(l.run(svc.clone(), token.clone(), tracker.clone()));
+            Some(a)
+        }
+        None => None,
+    };
+
     let sock = dir.join(ADMIN_SOCKET);
     if sock.exists() {
         if tokio::net::UnixStream::connect(&sock).await.is_ok() {
@@ -384,6 +417,7 @@ pub async fn run(
         submission: bound[1],
         metrics: metrics_addr,
         api: api_addr,
+        imap: imap_addr,
     });
     tracing::info!(data = %dir.display(), domains = ?config.domains, "caliopen instance running");
 

@@ -316,6 +316,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             log: Default::default(),
             metrics: MetricsSection::default(),
             api: Default::default(),
+            imap: Default::default(),
             login: Default::default(),
             accounts: Default::default(),
             dns: Default::default(),

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod demo;
 pub mod dsn;
+pub mod imap;
 pub mod limits;
 pub mod login;
 pub mod mail;

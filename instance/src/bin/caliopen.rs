@@ -63,6 +63,9 @@ enum Cmd {
         /// Client API address (gRPC over TLS with the instance certificate).
         #[arg(long, value_name = "ADDR")]
         api: Option<SocketAddr>,
+        /// IMAP address (STARTTLS; set `[imap] implicit_tls = true` for port 993).
+        #[arg(long, value_name = "ADDR")]
+        imap: Option<SocketAddr>,
         /// Outbound relay HOST:PORT.
         #[arg(long, value_name = "HOST:PORT")]
         relay: Option<String>,
@@ -258,6 +261,7 @@ fn init(
     mesh: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
     api: Option<SocketAddr>,
+    imap: Option<SocketAddr>,
     relay: Option<String>,
 ) -> anyhow::Result<()> {
     let domain = domain.to_ascii_lowercase();
@@ -300,6 +304,12 @@ fn init(
     ));
     if let Some(a) = api {
         text.push_str(&format!("\n[api]\nlisten = {}\n", toml_str(&a.to_string())));
+    }
+    if let Some(a) = imap {
+        text.push_str(&format!(
+            "\n[imap]\nlisten = {}\n",
+            toml_str(&a.to_string())
+        ));
     }
     // Refuse to write what we would refuse to read.
     Config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -853,8 +863,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mesh,
             metrics,
             api,
+            imap,
             relay,
-        } => init(&data, &domain, smtp, submission, mesh, metrics, api, relay),
+        } => init(
+            &data, &domain, smtp, submission, mesh, metrics, api, imap, relay,
+        ),
         Cmd::Join {
             config,
             ca,
@@ -879,11 +892,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon::run(cfg, stop, |b| {
                 let _ = writeln!(
                     std::io::stdout(),
-                    "smtp {} submission {} metrics {} api {}",
+                    "smtp {} submission {} metrics {} api {} imap {}",
                     b.smtp,
                     b.submission,
                     b.metrics.map_or("off".to_owned(), |a| a.to_string()),
-                    b.api.map_or("off".to_owned(), |a| a.to_string())
+                    b.api.map_or("off".to_owned(), |a| a.to_string()),
+                    b.imap.map_or("off".to_owned(), |a| a.to_string())
                 );
                 let _ = std::io::stdout().flush();
             })

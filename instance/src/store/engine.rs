@@ -148,6 +148,15 @@ pub trait MailStore: Send + Sync + std::fmt::Debug {
     fn delete_mailbox<'a>(&'a self, _owner: &'a str, _id: MailboxId) -> StoreFuture<'a, usize> {
         Box::pin(async { unsupported("mailboxes") })
     }
+    /// Every (UID, message id) of a mailbox, in UID order.
+    fn uids(&self, _owner: &str, _mbx: MailboxId) -> Result<Vec<(u32, u64)>, StoreError> {
+        unsupported("mailboxes")
+    }
+    /// A signal that changes each time `owner`'s account changes (after
+    /// the change is durable); `None` when the engine gives none.
+    fn watch(&self, _owner: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
     /// A thread's messages, oldest first.
     fn thread(&self, _owner: &str, _thread: u64) -> Result<Vec<MessageMeta>, StoreError> {
         unsupported("threads")
@@ -332,6 +341,12 @@ impl MailStore for Store {
     }
     fn delete_mailbox<'a>(&'a self, owner: &'a str, id: MailboxId) -> StoreFuture<'a, usize> {
         Box::pin(Store::delete_mailbox(self, owner, id))
+    }
+    fn uids(&self, owner: &str, mbx: MailboxId) -> Result<Vec<(u32, u64)>, StoreError> {
+        Store::uids(self, owner, mbx)
+    }
+    fn watch(&self, owner: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.signals.subscribe(owner))
     }
     fn thread(&self, owner: &str, thread: u64) -> Result<Vec<MessageMeta>, StoreError> {
         Store::thread(self, owner, thread)

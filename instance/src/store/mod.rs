@@ -32,6 +32,7 @@ pub use crate::mail::{
 };
 pub use commit::GroupCommit;
 pub use engine::{KeywordChange, MailStore, Recipients, StoreFuture};
+pub use ops::MAX_IDS_PER_CHANGE;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -113,6 +114,43 @@ pub struct Store {
     alias_cache: Arc<RwLock<HashMap<String, Vec<String>>>>,
     /// Delivery batches written (one sled transaction each).
     batches: Arc<std::sync::atomic::AtomicU64>,
+    /// Wakes the sessions that watch an account (IMAP IDLE).
+    signals: Arc<Signals>,
+}
+
+/// One signal per watched account, bumped after each durable change.
+#[derive(Debug, Default)]
+pub struct Signals {
+    map: std::sync::Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
+}
+
+impl Signals {
+    /// A receiver that sees every later change of `owner`'s account.
+    pub fn subscribe(&self, owner: &str) -> tokio::sync::watch::Receiver<u64> {
+        let mut m = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.entry(owner.to_owned())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Tells `owner`'s watchers that the account changed; forgets an
+    /// account nobody watches any more.
+    pub fn notify(&self, owner: &str) {
+        let mut m = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tx) = m.get(owner) {
+            if tx.receiver_count() == 0 {
+                m.remove(owner);
+            } else {
+                tx.send_modify(|v| *v = v.wrapping_add(1));
+            }
+        }
+    }
 }
 
 pub(crate) fn now_unix() -> i64 {
@@ -161,6 +199,7 @@ impl Store {
             commit: GroupCommit::start(db.clone(), Some(path.to_owned())),
             user_cache: Arc::new(RwLock::new(cache)),
             batches: Arc::default(),
+            signals: Arc::default(),
             db,
         };
         let (batcher, thread) = writer.start_batcher();
@@ -268,8 +307,15 @@ impl Store {
             .send((job, tx))
             .await
             .map_err(|_| StoreError::Flush("the store is closing".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Flush("the store is closing".into()))?
+        let r = rx
+            .await
+            .map_err(|_| StoreError::Flush("the store is closing".into()))?;
+        if r.as_ref().is_ok_and(|(_, seen)| !seen) {
+            for d in deliveries {
+                self.signals.notify(&d.owner);
+            }
+        }
+        r
     }
 
     /// Everything a delivery writes, computed before the transaction.

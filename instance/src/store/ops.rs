@@ -58,6 +58,7 @@ impl Store {
             })
             .map_err(tx_error)?;
         self.commit.sync().await.map_err(StoreError::Flush)?;
+        self.signals.notify(owner);
         Ok(out)
     }
 

@@ -52,6 +52,8 @@ pub struct Bound {
     pub metrics: Option<SocketAddr>,
     /// Client API, when enabled.
     pub api: Option<SocketAddr>,
+    /// IMAP, when enabled.
+    pub imap: Option<SocketAddr>,
 }
 
 /// Starts `caliopen run --config CONFIG` (stderr to `stderr`) and waits for
@@ -80,6 +82,7 @@ pub fn spawn_daemon(config: &Path, stderr: Stdio, envs: &[(&str, &str)]) -> (Chi
         submission: addr(3),
         metrics: words.get(5).and_then(|w| w.parse().ok()),
         api: words.get(7).and_then(|w| w.parse().ok()),
+        imap: words.get(9).and_then(|w| w.parse().ok()),
     };
     (child, bound)
 }

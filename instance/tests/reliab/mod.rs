@@ -416,6 +416,7 @@ fn spawn_wrapped(
             submission: addr(3),
             metrics: words.get(5).and_then(|w| w.parse().ok()),
             api: words.get(7).and_then(|w| w.parse().ok()),
+            imap: words.get(9).and_then(|w| w.parse().ok()),
         },
     )
 }
