@@ -1,0 +1,248 @@
+//! IMAP from outside, against the real binary, with clients we did not
+//! write: Python's imaplib (STARTTLS, LOGIN, LIST, SELECT, byte-exact
+//! FETCH, STORE seen by `caliopen mail list`, APPEND, MOVE, EXPUNGE, IDLE
+//! woken by an SMTP delivery, CONDSTORE) and curl's IMAP client.
+
+use std::process::Command;
+use std::time::Duration;
+
+mod common;
+mod reliab;
+
+use reliab::{python, send_mx, Instance};
+
+const PW: &str = "Alice-correct-horse-42";
+
+fn imap_instance(tmp: &std::path::Path) -> Instance {
+    let mut inst = Instance::init(tmp, "a", "alpha.test", None, None, None);
+    inst.set("imap", "listen = \"127.0.0.1:0\"");
+    inst.add_user("alice", PW);
+    inst.add_user("bob", "Bob-correct-horse-42");
+    inst.start();
+    inst
+}
+
+fn imap_port(inst: &Instance) -> u16 {
+    inst.bound.and_then(|b| b.imap).expect("imap bound").port()
+}
+
+#[test]
+fn imaplib_reads_files_and_idles() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let inst = imap_instance(tmp.path());
+    let port = imap_port(&inst);
+    assert!(send_mx(
+        inst.smtp(),
+        "carol@example.net",
+        "alice@alpha.test",
+        "first"
+    ));
+    let msgs = inst.wait_for("alice", 1, Duration::from_secs(10));
+    let id = msgs[0]["id"].as_str().expect("id").to_owned();
+    let stored = Command::new(common::BIN)
+        .args(["mail", "show", "--config", inst.c(), "--user", "alice", &id])
+        .output()
+        .expect("mail show")
+        .stdout;
+    std::fs::write(tmp.path().join("stored.eml"), &stored).expect("write");
+
+    let script = format!(
+        r#"
+import imaplib, ssl, smtplib, threading, time, re, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+stored = open({stored:?}, 'rb').read()
+M = imaplib.IMAP4('127.0.0.1', {port})
+assert 'LOGINDISABLED' in M.capabilities, M.capabilities
+assert 'STARTTLS' in M.capabilities
+try:
+    M.login('alice@alpha.test', {pw:?})
+    raise SystemExit('LOGIN accepted before TLS')
+except imaplib.IMAP4.error as e:
+    assert 'PRIVACYREQUIRED' in str(e), e
+M.starttls(ssl_context=ctx)
+try:
+    M.login('alice@alpha.test', 'wrong-password-1')
+    raise SystemExit('a wrong password was accepted')
+except imaplib.IMAP4.error as e:
+    assert 'AUTHENTICATIONFAILED' in str(e), e
+typ, _ = M.login('alice@alpha.test', {pw:?})
+assert typ == 'OK'
+caps = M.capability()[1][0].decode().split()
+assert 'IDLE' in caps and 'MOVE' in caps and 'UIDPLUS' in caps and 'CONDSTORE' in caps, caps
+typ, boxes = M.list()
+names = [b.decode() for b in boxes]
+assert any(n.endswith('INBOX') for n in names), names
+assert any('\\Sent' in n and n.endswith('Sent') for n in names), names
+typ, n = M.select('INBOX')
+assert n == [b'1'], n
+
+# Byte-exact body: the trace header, then the bytes as stored.
+typ, data = M.uid('FETCH', '1', '(UID RFC822.SIZE BODY.PEEK[] FLAGS)')
+meta, body = data[0]
+size = int(re.search(rb'RFC822.SIZE (\d+)', meta).group(1))
+assert body.startswith(b'X-Caliopen-Privacy: '), body[:80]
+header, rest = body.split(b'\r\n', 1)
+assert rest == stored, (rest[:200], stored[:200])
+assert size == len(body), (size, len(body))
+assert re.match(rb'X-Caliopen-Privacy: \d+; technic=\d+; context=\d+; comportment=\d+$', header), header
+assert b'$CaliopenPlain' in meta and b'\\Seen' not in meta, meta
+# A partial fetch agrees with the whole.
+typ, data = M.uid('FETCH', '1', '(BODY.PEEK[]<10.20>)')
+assert data[0][1] == body[10:30], data
+typ, data = M.uid('FETCH', '1', '(BODY.PEEK[HEADER.FIELDS (SUBJECT)])')
+assert data[0][1] == b'Subject: first\r\n\r\n', data
+
+# Flags reach the mail core.
+typ, data = M.uid('STORE', '1', '+FLAGS', '(\\Flagged \\Seen)')
+assert typ == 'OK' and b'\\Flagged' in data[0], data
+open({flagged:?}, 'w').write('done')
+while open({flagged:?}).read() != 'checked':
+    time.sleep(0.05)
+
+# CONDSTORE: only what changed after a modseq comes back.
+typ, data = M.uid('FETCH', '1', '(MODSEQ)')
+modseq = int(re.search(rb'MODSEQ \((\d+)\)', data[0]).group(1))
+typ, data = M.uid('FETCH', '1:*', '(FLAGS) (CHANGEDSINCE %d)' % modseq)
+assert data == [None], data
+typ, data = M.uid('FETCH', '1:*', '(FLAGS) (CHANGEDSINCE %d)' % (modseq - 1))
+assert data[0] is not None and b'MODSEQ' in data[0], data
+
+# APPEND to Sent answers with its UID.
+typ, data = M.append('Sent', '(\\Seen)', None, b'From: alice@alpha.test\r\nTo: x@example.net\r\nSubject: sent one\r\n\r\nhi\r\n')
+assert typ == 'OK' and b'APPENDUID' in data[0], data
+
+# MOVE to a new folder.
+typ, _ = M.create('Work/2026')
+assert typ == 'OK'
+typ, data = M.uid('MOVE', '1', 'Work/2026')
+assert typ == 'OK', data
+typ, data = M.status('Work/2026', '(MESSAGES UIDNEXT)')
+assert b'MESSAGES 1' in data[0] and b'UIDNEXT 2' in data[0], data
+typ, n = M.select('INBOX')
+assert n == [b'0'], n
+
+# IDLE hears a message that arrives by SMTP.
+def deliver():
+    time.sleep(0.5)
+    s = smtplib.SMTP('127.0.0.1', {smtp_port})
+    s.sendmail('dave@example.net', ['alice@alpha.test'], b'From: dave@example.net\r\nTo: alice@alpha.test\r\nSubject: while idle\r\n\r\nwake up\r\n')
+    s.quit()
+threading.Thread(target=deliver).start()
+tag = M._new_tag().decode()
+M.send(('%s IDLE\r\n' % tag).encode())
+assert M.readline().startswith(b'+'), 'no continuation for IDLE'
+M.sock.settimeout(20)
+t0 = time.time()
+line = M.readline()
+while b'EXISTS' not in line:
+    line = M.readline()
+print('idle latency %.3f s' % (time.time() - t0 - 0.5))
+assert line.strip() == b'* 1 EXISTS', line
+M.send(b'DONE\r\n')
+line = M.readline()
+while not line.startswith(tag.encode()):
+    line = M.readline()
+assert b'OK' in line, line
+
+# EXPUNGE of a message marked deleted.
+typ, _ = M.store('1', '+FLAGS', '(\\Deleted)')
+typ, data = M.expunge()
+assert typ == 'OK' and data == [b'1'], data
+typ, data = M.search(None, 'ALL')
+assert data == [b''], data
+M.logout()
+print('imaplib ok')
+"#,
+        stored = tmp.path().join("stored.eml"),
+        port = port,
+        pw = PW,
+        flagged = tmp.path().join("flagged"),
+        smtp_port = inst.smtp().port(),
+    );
+    std::fs::write(tmp.path().join("flagged"), "").expect("write");
+    let child = std::thread::spawn(move || python(&script));
+    // While the script waits, the flags it set must show in the mail core.
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(tmp.path().join("flagged")).unwrap_or_default() != "done" {
+        if child.is_finished() {
+            let (_, out) = child.join().expect("script");
+            panic!(
+                "the script ended before setting flags:\n{out}\nlog:\n{}",
+                inst.last_log()
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the script never set flags"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let l = inst.list("alice");
+    let kw: Vec<&str> = l[0]["keywords"]
+        .as_array()
+        .expect("keywords")
+        .iter()
+        .filter_map(|k| k.as_str())
+        .collect();
+    assert_eq!(kw, ["$flagged", "$seen"], "{l:?}");
+    std::fs::write(tmp.path().join("flagged"), "checked").expect("write");
+    let (ok, out) = child.join().expect("script");
+    assert!(ok, "{out}\nlog:\n{}", inst.last_log());
+    assert!(out.contains("imaplib ok"), "{out}");
+}
+
+#[test]
+fn curl_lists_and_fetches_over_implicit_tls() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut inst = Instance::init(tmp.path(), "a", "alpha.test", None, None, None);
+    inst.set("imap", "listen = \"127.0.0.1:0\"\nimplicit_tls = true");
+    inst.add_user("alice", PW);
+    inst.start();
+    assert!(send_mx(
+        inst.smtp(),
+        "carol@example.net",
+        "alice@alpha.test",
+        "for curl"
+    ));
+    inst.wait_for("alice", 1, Duration::from_secs(10));
+    let port = imap_port(&inst);
+    let curl = |url: &str| {
+        let o = Command::new("curl")
+            .args([
+                "-sS",
+                "--insecure",
+                "--max-time",
+                "20",
+                "--user",
+                &format!("alice@alpha.test:{PW}"),
+                url,
+            ])
+            .output()
+            .expect("curl");
+        assert!(
+            o.status.success(),
+            "curl {url}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let list = curl(&format!("imaps://127.0.0.1:{port}/"));
+    assert!(list.contains("INBOX") && list.contains("Sent"), "{list}");
+    let body = curl(&format!("imaps://127.0.0.1:{port}/INBOX;UID=1"));
+    assert!(body.starts_with("X-Caliopen-Privacy: "), "{body}");
+    assert!(body.contains("Subject: for curl"), "{body}");
+    // A wrong password is refused.
+    let o = Command::new("curl")
+        .args([
+            "-sS",
+            "--insecure",
+            "--max-time",
+            "20",
+            "--user",
+            "alice@alpha.test:nope-nope-nope",
+            &format!("imaps://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .expect("curl");
+    assert!(!o.status.success());
+}
