@@ -246,3 +246,127 @@ fn curl_lists_and_fetches_over_implicit_tls() {
         .expect("curl");
     assert!(!o.status.success());
 }
+
+/// Files of a Maildir folder (`cur` and `new`).
+fn maildir_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for sub in ["cur", "new"] {
+        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+            v.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn mbsync_syncs_both_ways() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let inst = imap_instance(tmp.path());
+    let port = imap_port(&inst);
+    for s in ["one", "two"] {
+        assert!(send_mx(
+            inst.smtp(),
+            "carol@example.net",
+            "alice@alpha.test",
+            s
+        ));
+    }
+    inst.wait_for("alice", 2, Duration::from_secs(10));
+    let local = tmp.path().join("mail");
+    std::fs::create_dir_all(&local).expect("mkdir");
+    let cfg = tmp.path().join("mbsyncrc");
+    std::fs::write(
+        &cfg,
+        format!(
+            "IMAPAccount alice\nHost 127.0.0.1\nPort {port}\nUser alice@alpha.test\nPass {PW}\n\
+SSLType STARTTLS\nCertificateFile {cert}\n\n\
+IMAPStore remote\nAccount alice\n\n\
+MaildirStore near\nPath {local}/\nInbox {local}/INBOX\nSubFolders Verbatim\n\n\
+Channel alice\nFar :remote:\nNear :near:\nPatterns *\nCreate Both\nExpunge Both\nSyncState *\nSync All\n",
+            cert = inst.data.join("tls.pem").display(),
+            local = local.display(),
+        ),
+    )
+    .expect("write");
+    let mbsync = || {
+        let o = Command::new("mbsync")
+            .args(["-c", cfg.to_str().expect("utf-8"), "-a"])
+            .output()
+            .expect("mbsync (Debian's isync)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.status.success(),
+            "mbsync: {text}\nlog:\n{}",
+            inst.last_log()
+        );
+        text
+    };
+    mbsync();
+    let inbox = maildir_files(&local.join("INBOX"));
+    assert_eq!(inbox.len(), 2, "{inbox:?}");
+    for f in &inbox {
+        let b = std::fs::read(f).expect("read");
+        assert!(b.starts_with(b"X-Caliopen-Privacy: "), "{f:?}");
+    }
+    for role in ["Sent", "Drafts", "Trash", "Junk", "Archive"] {
+        assert!(
+            local.join(role).join("cur").is_dir(),
+            "{role} not made locally"
+        );
+    }
+
+    // Read one locally (the Maildir flag S), and file a new local message
+    // in a new local folder: both reach the server.
+    let first = &inbox[0];
+    let name = first
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let base = name.split(":2,").next().expect("base").to_owned();
+    std::fs::rename(first, local.join("INBOX/cur").join(format!("{base}:2,S"))).expect("rename");
+    let notes = local.join("Notes");
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(notes.join(d)).expect("mkdir");
+    }
+    std::fs::write(
+        notes.join("new/1700000000.1.host"),
+        b"From: alice@alpha.test\r\nSubject: a note\r\n\r\nkept on the server too\r\n",
+    )
+    .expect("write");
+    mbsync();
+    let l = inst.list("alice");
+    let seen = l
+        .iter()
+        .filter(|m| {
+            m["keywords"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|x| x == "$seen"))
+        })
+        .count();
+    assert_eq!(seen, 1, "{l:?}");
+    let boxes = common::caliopen_ok(
+        &[
+            "mail",
+            "list",
+            "--config",
+            inst.c(),
+            "--user",
+            "alice",
+            "--mailbox",
+            "Notes",
+            "--json",
+        ],
+        None,
+    );
+    assert!(boxes.contains("a note"), "{boxes}");
+    // A third run has nothing to do and changes nothing.
+    mbsync();
+    assert_eq!(maildir_files(&local.join("INBOX")).len(), 2);
+    assert_eq!(maildir_files(&notes).len(), 1);
+}
