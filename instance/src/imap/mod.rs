@@ -15,3 +15,6 @@ pub mod session;
 pub mod wire;
 
 pub use server::{ImapConfig, ImapListener};
+
+#[cfg(test)]
+mod tests;

@@ -238,13 +238,14 @@ impl<'m, 'x> Node<'m, 'x> {
             _ => Vec::new(),
         }
     }
-    /// The encapsulated message of a message/rfc822 part.
+    /// The encapsulated message of a message/rfc822 part (mail-parser
+    /// gives its offsets in the same bytes as the outer message's).
     fn inner(&self) -> Option<Node<'m, 'x>> {
         match &self.part().body {
             PartType::Message(m) if !m.parts.is_empty() => Some(Node {
                 msg: m,
                 idx: 0,
-                base: self.base + self.part().offset_body as usize,
+                base: self.base,
             }),
             _ => None,
         }

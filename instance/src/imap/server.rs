@@ -281,12 +281,9 @@ async fn idle<S: AsyncRead + AsyncWrite + Unpin>(
                 session.reader.feed(&buf[..n]);
                 while session.reader.expecting() == Expect::IdleDone {
                     let Some(i) = session.reader.next() else { break };
-                    match session.input(i, Instant::now(), out).await {
-                        Action::Close => {
-                            send(stream, out).await?;
-                            return Ok(false);
-                        }
-                        _ => {}
+                    if session.input(i, Instant::now(), out).await == Action::Close {
+                        send(stream, out).await?;
+                        return Ok(false);
                     }
                 }
                 send(stream, out).await?;

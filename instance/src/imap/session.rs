@@ -264,6 +264,10 @@ fn uid_set(uids: &[u32]) -> String {
     parts.join(",")
 }
 
+/// One `BODY[…]` item: its name in the answer, the section, the partial
+/// range, and whether it marks the message read (not `.PEEK`).
+struct BodyWant(String, Section, Option<(u32, u32)>, bool);
+
 /// What one FETCH asks for, from the item names.
 #[derive(Default)]
 struct Want {
@@ -275,7 +279,7 @@ struct Want {
     body: bool,
     structure: bool,
     modseq: bool,
-    sections: Vec<(String, Section, Option<(u32, u32)>, bool)>,
+    sections: Vec<BodyWant>,
     /// RFC822, RFC822.HEADER, RFC822.TEXT.
     rfc822: Vec<(&'static str, Section, bool)>,
 }
@@ -400,7 +404,7 @@ fn want_of(items: &MacroOrMessageDataItemNames<'_>) -> Want {
             } => {
                 let (s, text) = section_of(section.as_ref());
                 w.sections
-                    .push((text, s, partial.map(|(a, b)| (a, b.get())), !peek));
+                    .push(BodyWant(text, s, partial.map(|(a, b)| (a, b.get())), !peek));
             }
             MessageDataItemName::Rfc822 => w.rfc822.push(("RFC822", Section::Part(vec![]), true)),
             MessageDataItemName::Rfc822Header => {
@@ -712,10 +716,7 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
                         _ => {}
                     }
                 }
-                line(
-                    out,
-                    &format!("* ENABLED {}", on.join(" ")).trim_end().to_owned(),
-                );
+                line(out, format!("* ENABLED {}", on.join(" ")).trim_end());
                 ok(out, "ENABLE done");
             }
             CommandBody::Namespace => {
@@ -827,17 +828,19 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
                 Ok(b) => {
                     let mut name = Vec::new();
                     render::astring(&mut name, imap_name(&b).as_bytes());
-                    line(
-                        out,
-                        &format!("* QUOTAROOT {} \"\"", String::from_utf8_lossy(&name)),
-                    );
-                    self.quota(out);
+                    let name = String::from_utf8_lossy(&name).into_owned();
+                    if self.has_quota() {
+                        line(out, &format!("* QUOTAROOT {name} \"\""));
+                        self.quota(out);
+                    } else {
+                        line(out, &format!("* QUOTAROOT {name}"));
+                    }
                     ok(out, "GETQUOTAROOT done");
                 }
             },
             CommandBody::GetQuota { root } => {
-                if !root.as_ref().is_empty() {
-                    no(out, "[NONEXISTENT] the only quota root is \"\"");
+                if !root.as_ref().is_empty() || !self.has_quota() {
+                    no(out, "[NONEXISTENT] no such quota root (the account's is \"\", when it has limits)");
                 } else {
                     self.quota(out);
                     ok(out, "GETQUOTA done");
@@ -1135,6 +1138,13 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
         render::astring(&mut l, imap_name(b).as_bytes());
         l.extend_from_slice(format!(" ({})\r\n", v.join(" ")).as_bytes());
         out.extend_from_slice(&l);
+    }
+
+    fn has_quota(&self) -> bool {
+        self.svc
+            .store()
+            .quota(self.owner())
+            .is_ok_and(|q| q.limits.bytes > 0 || q.limits.messages > 0)
     }
 
     fn quota(&self, out: &mut Vec<u8>) {
@@ -1575,7 +1585,7 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
                     };
                     render::literal(&mut r, &bytes);
                 }
-                for (text, s, partial, _) in &want.sections {
+                for BodyWant(text, s, partial, _) in &want.sections {
                     sep(&mut r);
                     let bytes = match &parsed {
                         Some(msg) => render::section(&view, msg, s),

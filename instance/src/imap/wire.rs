@@ -108,6 +108,7 @@ impl Reader {
     }
 
     /// The next input, or `None` when more bytes are needed.
+    #[allow(clippy::should_implement_trait)] // not an iterator: `None` means "feed more"
     pub fn next(&mut self) -> Option<Input> {
         if self.dead {
             return None;
