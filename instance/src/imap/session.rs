@@ -499,7 +499,7 @@ impl Session {
         let mut s = c.join(" ");
         s.push_str(
             " LITERAL+ NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN CONDSTORE QUOTA \
-QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
+QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QRESYNC",
         );
         s.push_str(&format!(" APPENDLIMIT={}", self.cfg.append_limit));
         s
@@ -610,6 +610,41 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
         self.refresh(out, true).await;
         out.extend_from_slice(&own[last..]);
         action
+    }
+
+    /// Takes `uids` out of the selected snapshot and tells the client:
+    /// `VANISHED` once QRESYNC is on, else one `EXPUNGE` per message,
+    /// highest sequence number first so that each number is right when sent.
+    fn report_expunged(&mut self, uids: &[u32], out: &mut Vec<u8>) {
+        let qresync = self.qresync;
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
+        let mut seqs: Vec<usize> = uids.iter().filter_map(|u| sel.seq_of(*u)).collect();
+        if seqs.is_empty() {
+            return;
+        }
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        seqs.dedup();
+        if qresync {
+            let gone: Vec<u32> = seqs.iter().map(|&i| sel.uids[i]).collect();
+            line(out, &format!("* VANISHED {}", uid_set(&gone)));
+        } else {
+            for &i in &seqs {
+                line(out, &format!("* {} EXPUNGE", i + 1));
+            }
+        }
+        let drop: HashSet<usize> = seqs.into_iter().collect();
+        let mut i = 0;
+        sel.ids.retain(|_| {
+            i += 1;
+            !drop.contains(&(i - 1))
+        });
+        let mut i = 0;
+        sel.uids.retain(|_| {
+            i += 1;
+            !drop.contains(&(i - 1))
+        });
     }
 
     /// After a change of ours: when nothing else changed the account since
@@ -880,14 +915,29 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
                 modifiers,
             } => {
                 let mut changed_since = None;
+                let mut vanished = false;
                 for m in &modifiers {
                     match m {
                         FetchModifier::ChangedSince(v) => changed_since = Some(v.get()),
-                        FetchModifier::Vanished => {}
+                        FetchModifier::Vanished => vanished = true,
                     }
                 }
                 if changed_since.is_some() {
                     self.condstore = true;
+                }
+                if vanished {
+                    // RFC 7162 §3.2.6: UID FETCH, with CHANGEDSINCE, QRESYNC enabled.
+                    let Some(since) = changed_since.filter(|_| uid && self.qresync) else {
+                        bad(
+                            out,
+                            "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC",
+                        );
+                        return Action::Continue;
+                    };
+                    let gone = self.vanished_in(since, &sequence_set);
+                    if !gone.is_empty() {
+                        line(out, &format!("* VANISHED (EARLIER) {}", uid_set(&gone)));
+                    }
                 }
                 match self
                     .fetch(&sequence_set, &macro_or_item_names, uid, changed_since, out)
@@ -1267,6 +1317,58 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
         Action::Continue
     }
 
+    /// The UIDs of `set` taken out of the selected mailbox after `since`
+    /// (QRESYNC's `VANISHED (EARLIER)` of a `UID FETCH`). When the change
+    /// log no longer reaches back that far, every UID of the set that is
+    /// not in the mailbox (RFC 7162 allows reporting more than vanished).
+    fn vanished_in(&self, since: u64, set: &SequenceSet) -> Vec<u32> {
+        let Some(sel) = &self.selected else {
+            return Vec::new();
+        };
+        let largest = sel.uids.last().copied().unwrap_or(0);
+        let ranges = resolve(set, largest);
+        let inside = |u: u32| ranges.iter().any(|&(a, b)| a <= u && u <= b);
+        let mut out = Vec::new();
+        let mut from = since;
+        loop {
+            match self
+                .svc
+                .store()
+                .changes_since(self.owner(), from, CHANGES_STEP)
+            {
+                Ok(c) => {
+                    for t in &c.removed {
+                        out.extend(
+                            t.removed
+                                .iter()
+                                .filter(|p| p.mailbox == sel.id && inside(p.uid))
+                                .map(|p| p.uid),
+                        );
+                    }
+                    if !c.more || c.new_state <= from {
+                        break;
+                    }
+                    from = c.new_state;
+                }
+                Err(_) => {
+                    for &(a, b) in &ranges {
+                        // Bounded: a set reaching past the mailbox's last UID stops there.
+                        for u in a.max(1)..=b.min(largest) {
+                            if sel.seq_of(u).is_none() {
+                                out.push(u);
+                            }
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        out.retain(|u| sel.seq_of(*u).is_none());
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// QRESYNC at SELECT: VANISHED (EARLIER) for UIDs removed since `since`
     /// and FETCH for messages changed since.
     fn resync(&mut self, since: u64, out: &mut Vec<u8>) {
@@ -1347,7 +1449,8 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
-        let store = self.svc.store();
+        let svc = self.svc.clone();
+        let store = svc.store();
         let Ok(state) = store.state(&owner) else {
             return;
         };
@@ -1408,19 +1511,17 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
                 .collect();
             from = state;
         }
-        if expunges && !removed.is_empty() {
-            // Highest sequence numbers first, so each number is right when sent.
-            let mut seqs: Vec<usize> = removed.iter().filter_map(|u| sel.seq_of(*u)).collect();
-            seqs.sort_unstable_by(|a, b| b.cmp(a));
-            for i in seqs {
-                sel.uids.remove(i);
-                sel.ids.remove(i);
-                line(out, &format!("* {} EXPUNGE", i + 1));
-            }
-        } else if !removed.is_empty() {
+        if !removed.is_empty() && !expunges {
             // Not allowed to say it now: ask again later from the old state.
             from = sel.state;
         }
+        if expunges && !removed.is_empty() {
+            let uids: Vec<u32> = removed.iter().copied().collect();
+            self.report_expunged(&uids, out);
+        }
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
         added.sort_unstable();
         added.dedup();
         let before = sel.uids.len();
@@ -1758,30 +1859,8 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
                 .map_err(|e| store_no(&e))?;
             self.own_change(before, after);
         }
-        let Some(sel) = self.selected.as_mut() else {
-            return Ok(());
-        };
-        let mut seqs: Vec<usize> = gone.iter().filter_map(|(u, _)| sel.seq_of(*u)).collect();
-        seqs.sort_unstable_by(|a, b| b.cmp(a));
-        if self.qresync {
-            line(
-                out,
-                &format!(
-                    "* VANISHED {}",
-                    uid_set(&gone.iter().map(|g| g.0).collect::<Vec<_>>())
-                ),
-            );
-            for i in seqs {
-                sel.uids.remove(i);
-                sel.ids.remove(i);
-            }
-        } else {
-            for i in seqs {
-                sel.uids.remove(i);
-                sel.ids.remove(i);
-                line(out, &format!("* {} EXPUNGE", i + 1));
-            }
-        }
+        let uids: Vec<u32> = gone.iter().map(|g| g.0).collect();
+        self.report_expunged(&uids, out);
         Ok(())
     }
 
@@ -1845,25 +1924,8 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
             return Ok(format!("{code} MOVE done"));
         }
         line(out, &format!("* OK {code} moved"));
-        let Some(sel) = self.selected.as_mut() else {
-            return Ok("MOVE done".into());
-        };
-        let mut seqs: Vec<usize> = targets.iter().filter_map(|t| sel.seq_of(t.1)).collect();
-        seqs.sort_unstable_by(|a, b| b.cmp(a));
-        if self.qresync {
-            let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
-            line(out, &format!("* VANISHED {}", uid_set(&uids)));
-            for i in seqs {
-                sel.uids.remove(i);
-                sel.ids.remove(i);
-            }
-        } else {
-            for i in seqs {
-                sel.uids.remove(i);
-                sel.ids.remove(i);
-                line(out, &format!("* {} EXPUNGE", i + 1));
-            }
-        }
+        let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        self.report_expunged(&uids, out);
         Ok("MOVE done".into())
     }
 

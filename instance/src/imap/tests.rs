@@ -255,3 +255,131 @@ fn limits_end_in_protocol_errors() {
         );
     });
 }
+
+/// A session kept across calls.
+struct Client {
+    s: Session,
+}
+
+impl Client {
+    async fn login(svc: &MailService, user: &str) -> Self {
+        let mut c = Self {
+            s: Session::new(svc.clone(), cfg(), None, true, Instant::now()),
+        };
+        let out = c
+            .send(&format!("l LOGIN {user}@alpha.test pw-{user}\r\n"))
+            .await;
+        assert!(out.contains("l OK"), "{out}");
+        c
+    }
+
+    async fn send(&mut self, text: &str) -> String {
+        let mut out = Vec::new();
+        self.s.reader.feed(text.as_bytes());
+        while let Some(i) = self.s.reader.next() {
+            self.s.input(i, Instant::now(), &mut out).await;
+        }
+        decode_all(&out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+fn number_after(text: &str, key: &str) -> u64 {
+    let i = text
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        + key.len();
+    text[i..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {key} in {text}"))
+}
+
+#[test]
+fn other_sessions_changes_reach_a_selected_client() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let svc = service(dir.path()).await;
+        let mut a = Client::login(&svc, "alice").await;
+        let mut b = Client::login(&svc, "alice").await;
+        let sel = a.send("s SELECT INBOX\r\n").await;
+        let n: u64 = sel
+            .lines()
+            .find_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
+            .expect("EXISTS");
+        b.send("s SELECT INBOX\r\n").await;
+        // B flags message 2: A hears it at its next NOOP, once.
+        b.send("f STORE 2 +FLAGS (\\Flagged)\r\n").await;
+        let out = a.send("n NOOP\r\n").await;
+        assert!(out.contains("* 2 FETCH (UID 2 FLAGS (\\Flagged"), "{out}");
+        assert!(!a.send("n NOOP\r\n").await.contains("FETCH"));
+        // B's own STORE is not echoed back to B.
+        assert!(!b.send("n NOOP\r\n").await.contains("FETCH"));
+        // B expunges message 1 and a new one arrives: A hears both.
+        b.send("d STORE 1 +FLAGS (\\Deleted)\r\ne EXPUNGE\r\n")
+            .await;
+        svc.accept(
+            "x@ext.test",
+            &["alice@alpha.test".to_owned()],
+            b"Subject: late\r\n\r\nhi\r\n",
+            Transport::default(),
+            Via::Smtp,
+        )
+        .await
+        .expect("deliver");
+        let out = a.send("n NOOP\r\n").await;
+        assert!(out.contains("* 1 EXPUNGE"), "{out}");
+        assert!(out.contains(&format!("* {n} EXISTS")), "{out}");
+        // During FETCH nothing is expunged under the client's feet.
+        b.send("d STORE 1 +FLAGS (\\Deleted)\r\ne EXPUNGE\r\n")
+            .await;
+        let out = a.send("f FETCH 1 (FLAGS)\r\n").await;
+        assert!(!out.contains("EXPUNGE"), "{out}");
+        let out = a.send("n NOOP\r\n").await;
+        assert!(out.contains("* 1 EXPUNGE"), "{out}");
+    });
+}
+
+#[test]
+fn qresync_reports_what_vanished_and_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let svc = service(dir.path()).await;
+        let mut a = Client::login(&svc, "alice").await;
+        let out = a.send("e ENABLE QRESYNC\r\ns SELECT INBOX\r\n").await;
+        assert!(out.contains("* ENABLED QRESYNC"), "{out}");
+        let validity = number_after(&out, "UIDVALIDITY");
+        let modseq = number_after(&out, "HIGHESTMODSEQ");
+        a.send("l LOGOUT\r\n").await;
+
+        let mut b = Client::login(&svc, "alice").await;
+        let out = b
+            .send("e ENABLE QRESYNC\r\ns SELECT INBOX\r\nd UID STORE 3,5 +FLAGS (\\Deleted)\r\nx UID EXPUNGE 3,5\r\nf UID STORE 7 +FLAGS (\\Seen)\r\n")
+            .await;
+        assert!(out.contains("* VANISHED 3,5"), "{out}");
+
+        let mut c = Client::login(&svc, "alice").await;
+        let out = c
+            .send(&format!(
+                "e ENABLE QRESYNC\r\ns SELECT INBOX (QRESYNC ({validity} {modseq}))\r\n"
+            ))
+            .await;
+        assert!(out.contains("* VANISHED (EARLIER) 3,5"), "{out}");
+        assert!(out.contains("FETCH (UID 7 FLAGS (\\Seen"), "{out}");
+        let out = c
+            .send(&format!("f UID FETCH 1:* (FLAGS) (CHANGEDSINCE {modseq} VANISHED)\r\n"))
+            .await;
+        assert!(out.contains("* VANISHED (EARLIER) 3,5"), "{out}");
+        assert!(out.contains("UID 7"), "{out}");
+        assert!(out.contains("f OK"), "{out}");
+        // VANISHED without QRESYNC is refused.
+        let mut d = Client::login(&svc, "alice").await;
+        d.send("s SELECT INBOX\r\n").await;
+        let out = d
+            .send("f UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)\r\n")
+            .await;
+        assert!(out.contains("f BAD"), "{out}");
+    });
+}
