@@ -499,7 +499,8 @@ impl Session {
         let mut s = c.join(" ");
         s.push_str(
             " LITERAL+ NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN CONDSTORE QUOTA \
-QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QRESYNC",
+QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QRESYNC \
+SPECIAL-USE LIST-EXTENDED LIST-STATUS",
         );
         s.push_str(&format!(" APPENDLIMIT={}", self.cfg.append_limit));
         s
@@ -554,6 +555,24 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QRESYNC",
                         Action::Continue
                     }
                 }
+            }
+            Input::ListExtended(c, opts) => {
+                let tag = tag_of(&c.tag);
+                match (&c.body, self.user.is_some()) {
+                    (
+                        CommandBody::List {
+                            reference,
+                            mailbox_wildcard,
+                        },
+                        true,
+                    ) => {
+                        self.list_extended(reference, mailbox_wildcard, &opts, out);
+                        line(out, &format!("{tag} OK LIST done"));
+                    }
+                    (_, false) => line(out, &format!("{tag} NO log in first")),
+                    _ => line(out, &format!("{tag} BAD unexpected command")),
+                }
+                Action::Continue
             }
             Input::Command(c) => {
                 if self.user.is_none() {
@@ -1112,6 +1131,33 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QRESYNC",
         verb: &str,
         out: &mut Vec<u8>,
     ) {
+        self.list_with(
+            reference,
+            pattern,
+            verb,
+            &super::listext::ListOptions::default(),
+            out,
+        );
+    }
+
+    fn list_extended(
+        &self,
+        reference: &ImapMailbox<'_>,
+        pattern: &ListMailbox<'_>,
+        opts: &super::listext::ListOptions,
+        out: &mut Vec<u8>,
+    ) {
+        self.list_with(reference, pattern, "LIST", opts, out);
+    }
+
+    fn list_with(
+        &self,
+        reference: &ImapMailbox<'_>,
+        pattern: &ListMailbox<'_>,
+        verb: &str,
+        opts: &super::listext::ListOptions,
+        out: &mut Vec<u8>,
+    ) {
         let reference = match reference {
             ImapMailbox::Inbox => b"INBOX".to_vec(),
             ImapMailbox::Other(o) => o.as_ref().to_vec(),
@@ -1124,8 +1170,40 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QRESYNC",
             line(out, &format!("* {verb} (\\Noselect) \"/\" \"\""));
             return;
         }
-        let mut full = reference;
-        full.extend_from_slice(&pattern);
+        let mut patterns: Vec<Vec<u8>> = Vec::new();
+        if opts.patterns.is_empty() {
+            patterns.push(pattern);
+        } else {
+            patterns.extend(opts.patterns.iter().cloned());
+        }
+        let full: Vec<Vec<u8>> = patterns
+            .into_iter()
+            .map(|p| {
+                let mut f = reference.clone();
+                f.extend_from_slice(&p);
+                f
+            })
+            .collect();
+        let special_only = opts.select.iter().any(|o| o == "SPECIAL-USE");
+        let subscribed = opts
+            .select
+            .iter()
+            .chain(&opts.ret)
+            .any(|o| o == "SUBSCRIBED");
+        let status: Vec<StatusDataItemName> = opts
+            .status
+            .iter()
+            .flatten()
+            .filter_map(|s| match s.as_str() {
+                "MESSAGES" => Some(StatusDataItemName::Messages),
+                "UIDNEXT" => Some(StatusDataItemName::UidNext),
+                "UIDVALIDITY" => Some(StatusDataItemName::UidValidity),
+                "UNSEEN" => Some(StatusDataItemName::Unseen),
+                "RECENT" => Some(StatusDataItemName::Recent),
+                "HIGHESTMODSEQ" => Some(StatusDataItemName::HighestModSeq),
+                _ => None,
+            })
+            .collect();
         let Ok(mut boxes) = self.svc.store().mailboxes(self.owner()) else {
             return;
         };
@@ -1134,12 +1212,14 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QRESYNC",
         });
         let names: Vec<String> = boxes.iter().map(imap_name).collect();
         for (b, n) in boxes.iter().zip(&names) {
-            let matches = if b.role == Some(Role::Inbox) {
-                wildcard(&full.to_ascii_uppercase(), b"INBOX")
-            } else {
-                wildcard(&full, n.as_bytes())
-            };
-            if !matches {
+            let matches = full.iter().any(|f| {
+                if b.role == Some(Role::Inbox) {
+                    wildcard(&f.to_ascii_uppercase(), b"INBOX")
+                } else {
+                    wildcard(f, n.as_bytes())
+                }
+            });
+            if !matches || (special_only && matches!(b.role, None | Some(Role::Inbox))) {
                 continue;
             }
             let mut attrs = Vec::new();
@@ -1159,10 +1239,16 @@ QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QRESYNC",
             } {
                 attrs.push(a);
             }
+            if subscribed {
+                attrs.push("\\Subscribed");
+            }
             let mut l = format!("* {verb} ({}) \"/\" ", attrs.join(" ")).into_bytes();
             render::astring(&mut l, n.as_bytes());
             l.extend_from_slice(b"\r\n");
             out.extend_from_slice(&l);
+            if !status.is_empty() {
+                self.status(b, &status, out);
+            }
         }
     }
 

@@ -383,3 +383,39 @@ fn qresync_reports_what_vanished_and_changed() {
         assert!(out.contains("f BAD"), "{out}");
     });
 }
+
+#[test]
+fn list_extended_special_use_and_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let svc = service(dir.path()).await;
+        let mut a = Client::login(&svc, "alice").await;
+        let out = a.send("c CAPABILITY\r\n").await;
+        assert!(
+            out.contains("SPECIAL-USE LIST-EXTENDED LIST-STATUS"),
+            "{out}"
+        );
+        let out = a.send("l LIST (SPECIAL-USE) \"\" \"*\"\r\n").await;
+        assert!(!out.contains("INBOX"), "{out}");
+        assert!(out.contains("\\Sent) \"/\" Sent"), "{out}");
+        assert_eq!(out.matches("* LIST").count(), 5, "{out}");
+        let out = a
+            .send("s LIST \"\" (INBOX Drafts) RETURN (SUBSCRIBED STATUS (MESSAGES UNSEEN))\r\n")
+            .await;
+        assert!(
+            out.contains("* LIST (\\HasNoChildren \\Subscribed) \"/\" INBOX"),
+            "{out}"
+        );
+        assert!(
+            out.contains("* STATUS INBOX (MESSAGES 64 UNSEEN 64)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("* STATUS Drafts (MESSAGES 0 UNSEEN 0)"),
+            "{out}"
+        );
+        assert!(out.contains("s OK"), "{out}");
+        let out = a.send("b LIST (SPECIAL-USE \"\" *\r\n").await;
+        assert!(out.contains("b BAD"), "{out}");
+    });
+}

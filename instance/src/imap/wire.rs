@@ -42,6 +42,8 @@ pub enum Expect {
 pub enum Input {
     /// A whole command.
     Command(Command<'static>),
+    /// A LIST with RFC 5258 options (the command is the plain LIST left).
+    ListExtended(Command<'static>, super::listext::ListOptions),
     /// An AUTHENTICATE continuation line.
     AuthenticateData(AuthenticateData<'static>),
     /// `DONE` after IDLE.
@@ -197,6 +199,18 @@ impl Reader {
                 text.to_owned(),
             )
         };
+        if self.expect == Expect::Command
+            && !self.frag.is_max_message_size_exceeded()
+            && !self.frag.is_message_poisoned()
+        {
+            if let Some((plain, opts)) = super::listext::rewrite(self.frag.message_bytes()) {
+                use imap_codec::decode::Decoder as _;
+                return match CommandCodec::default().decode(&plain) {
+                    Ok((rest, c)) if rest.is_empty() => Input::ListExtended(c.into_static(), opts),
+                    _ => bad(&self.frag, "syntax error in LIST"),
+                };
+            }
+        }
         match self.expect {
             Expect::Command => match self.frag.decode_message(&CommandCodec::default()) {
                 Ok(c) => Input::Command(c.into_static()),
@@ -238,6 +252,7 @@ mod tests {
                         format!("bad {} {why}", t.as_ref().map_or("*", |t| t.as_ref()))
                     }
                     Input::Bye(why) => format!("bye {why}"),
+                    Input::ListExtended(c, o) => format!("list {} {:?}", c.tag.as_ref(), o.select),
                 });
             }
         }
