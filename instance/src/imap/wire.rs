@@ -206,7 +206,7 @@ impl Reader {
             if let Some((plain, opts)) = super::listext::rewrite(self.frag.message_bytes()) {
                 use imap_codec::decode::Decoder as _;
                 return match CommandCodec::default().decode(&plain) {
-                    Ok((rest, c)) if rest.is_empty() => Input::ListExtended(c.into_static(), opts),
+                    Ok((&[], c)) => Input::ListExtended(c.into_static(), opts),
                     _ => bad(&self.frag, "syntax error in LIST"),
                 };
             }
