@@ -599,6 +599,7 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS",
     /// reported before the tagged answer — except during FETCH, STORE and
     /// SEARCH, whose sequence numbers must not shift (RFC 9051 §7.5.1).
     async fn command(&mut self, c: Command<'static>, out: &mut Vec<u8>) -> Action {
+        tracing::debug!(user = ?self.user, tag = c.tag.as_ref(), command = c.body.name(), "IMAP command");
         let quiet = matches!(
             c.body,
             CommandBody::Fetch { .. }

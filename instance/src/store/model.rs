@@ -159,6 +159,17 @@ pub(super) fn change_prefix(tag: u8, owner: &str) -> Vec<u8> {
     ukey(tag, owner, &[])
 }
 
+/// The first key past every `tag` key of `owner` (the owner's keys end
+/// their name with a 0 byte, so this is the same prefix ending in 1):
+/// the end of a range that must not run into the next account's keys.
+pub(super) fn owner_end(tag: u8, owner: &str) -> Vec<u8> {
+    let mut k = change_prefix(tag, owner);
+    if let Some(last) = k.last_mut() {
+        *last = 1;
+    }
+    k
+}
+
 fn corrupt(what: impl std::fmt::Display) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(StoreError::Corrupt(what.to_string()))
 }
@@ -674,7 +685,7 @@ pub(super) fn changes_since(
     }
     let from = |tag: u8| {
         let start = change_key(tag, owner, since.saturating_add(1), 0);
-        let end = change_prefix(tag + 1, owner);
+        let end = owner_end(tag, owner);
         let prefix_len = change_prefix(tag, owner).len();
         mail.range(start..end).map(move |kv| {
             kv.map(|(k, v)| {
@@ -732,7 +743,7 @@ pub(super) fn changes_since(
         owner,
         &since.saturating_add(1).to_be_bytes(),
     );
-    for kv in mail.range(start..change_prefix(TAG_GONE_MAILBOX + 1, owner)) {
+    for kv in mail.range(start..owner_end(TAG_GONE_MAILBOX, owner)) {
         let (k, _) = kv?;
         let ms = k.get(gone.len()..).and_then(be_u64).unwrap_or(0);
         if ms > out.new_state {

@@ -580,3 +580,44 @@ fn quota_use_is_exact_and_limits_apply() {
         );
     });
 }
+
+#[test]
+fn changes_of_one_account_never_show_in_another() {
+    // Regression: the change-log ranges ran to the next tag, through the
+    // keys of every account whose name sorts after (alice saw bob's expunges).
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let store = store_with(dir.path(), &["alice", "bob"]).await;
+        let a = deliver(&store, "alice", "Subject: a\r\n\r\nx\r\n").await;
+        let since = store.state("alice").expect("state");
+        let b1 = deliver(&store, "bob", "Subject: b1\r\n\r\nx\r\n").await;
+        let b2 = deliver(&store, "bob", "Subject: b2\r\n\r\nx\r\n").await;
+        store
+            .remove_messages("bob", &[b1], None)
+            .await
+            .expect("remove");
+        store
+            .delete_mailbox(
+                "bob",
+                store.create_mailbox("bob", "Tmp").await.expect("mk").id,
+            )
+            .await
+            .expect("rm");
+        store
+            .set_keywords("bob", &[b2], &KeywordChange::Add(vec!["$seen".into()]))
+            .await
+            .expect("kw");
+        for from in [0, since] {
+            let c = store.changes_since("alice", from, 1000).expect("changes");
+            assert!(c.removed.is_empty(), "{c:?}");
+            assert!(c.mailboxes_destroyed.is_empty(), "{c:?}");
+            assert!(
+                c.created
+                    .iter()
+                    .chain(&c.updated)
+                    .all(|m| m.owner == "alice" && m.id == a),
+                "{c:?}"
+            );
+        }
+    });
+}
