@@ -8,7 +8,7 @@
 mod common;
 mod reliab;
 
-use reliab::{free_udp_port, Assoc, Instance};
+use reliab::{free_udp_port, metrics_text, Assoc, Instance};
 use std::time::{Duration, Instant};
 
 fn log_json(inst: &Instance) -> serde_json::Value {
@@ -21,17 +21,6 @@ fn log_json(inst: &Instance) -> serde_json::Value {
 
 fn held_size(inst: &Instance) -> u64 {
     log_json(inst)["checkpoint"]["size"].as_u64().unwrap_or(0)
-}
-
-fn metrics_text(inst: &Instance) -> String {
-    use std::io::{Read, Write};
-    let addr = inst.bound.and_then(|b| b.metrics).expect("metrics");
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read");
-    body
 }
 
 #[test]

@@ -545,3 +545,18 @@ pub async fn api_channel(inst: &Instance, domain: &str) -> tonic::transport::Cha
     .await
     .expect("connect to the client API")
 }
+
+/// The text of `inst`'s `GET /metrics`.
+pub fn metrics_text(inst: &Instance) -> String {
+    use std::io::{Read, Write};
+    let addr = inst.bound.and_then(|b| b.metrics).expect("metrics");
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
