@@ -370,3 +370,53 @@ Channel alice\nFar :remote:\nNear :near:\nPatterns *\nCreate Both\nExpunge Both\
     assert_eq!(maildir_files(&local.join("INBOX")).len(), 2);
     assert_eq!(maildir_files(&notes).len(), 1);
 }
+
+#[test]
+fn connection_caps_and_autologout() {
+    use std::io::{BufRead, BufReader, Write};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut inst = Instance::init(tmp.path(), "a", "alpha.test", None, None, None);
+    inst.set(
+        "imap",
+        "listen = \"127.0.0.1:0\"\nmax_connections_per_ip = 3\nlogin_timeout_seconds = 1",
+    );
+    inst.add_user("alice", PW);
+    inst.start();
+    let addr = inst.bound.and_then(|b| b.imap).expect("imap");
+    let open = || {
+        let s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        let mut l = String::new();
+        r.read_line(&mut l).expect("greeting");
+        (s, r, l)
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (s, r, l) = open();
+        assert!(l.starts_with("* OK [CAPABILITY IMAP4rev1"), "{l}");
+        assert!(l.contains("STARTTLS") && l.contains("LOGINDISABLED"), "{l}");
+        held.push((s, r));
+    }
+    let (_, _, l) = open();
+    assert_eq!(l, "* BYE too many connections from your address\r\n");
+    // A client that does not log in is dropped after login_timeout_seconds.
+    let t0 = std::time::Instant::now();
+    let mut l = String::new();
+    held[0].1.read_line(&mut l).expect("bye");
+    assert_eq!(l, "* BYE autologout: idle for too long\r\n");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // Input pipelined after STARTTLS in clear is never run as a command
+    // (RFC 9051 §6.2.1): here it is taken as a bad TLS hello.
+    drop(held.remove(0));
+    std::thread::sleep(Duration::from_millis(200));
+    let (mut s, mut r, _) = open();
+    s.write_all(b"a STARTTLS\r\nb NOOP\r\n").expect("write");
+    let mut l = String::new();
+    r.read_line(&mut l).expect("ok");
+    assert_eq!(l, "a OK begin TLS now\r\n");
+    let mut rest = String::new();
+    let _ = r.read_line(&mut rest);
+    assert!(!rest.contains("b OK"), "{rest}");
+}
