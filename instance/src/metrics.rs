@@ -55,6 +55,12 @@ pub struct Metrics {
     pub from_header_refused: AtomicU64,
     /// The client API listener's refusals.
     pub api_listener: Arc<crate::limits::ListenerMetrics>,
+    /// The IMAP listener's refusals.
+    pub imap_listener: Arc<crate::limits::ListenerMetrics>,
+    /// IMAP connections open now.
+    pub imap_sessions: AtomicU64,
+    /// IMAP connections in IDLE now.
+    pub imap_idling: AtomicU64,
 }
 
 /// What the metrics page reads besides the counters.
@@ -166,6 +172,29 @@ pub fn render(s: &MetricsSources) -> String {
             ("reason", "per_ip_limit", l(&al.refused_per_ip)),
             ("reason", "handshake", l(&al.handshake_failed)),
         ],
+    );
+    let il = &m.imap_listener;
+    c(
+        &mut out,
+        "caliopen_imap_connections_refused_total",
+        "IMAP connections refused or dropped, by reason.",
+        &[
+            ("reason", "limit", l(&il.refused_total)),
+            ("reason", "per_ip_limit", l(&il.refused_per_ip)),
+            ("reason", "handshake", l(&il.handshake_failed)),
+        ],
+    );
+    g(
+        &mut out,
+        "caliopen_imap_sessions",
+        "IMAP connections open.",
+        l(&m.imap_sessions),
+    );
+    g(
+        &mut out,
+        "caliopen_imap_idling",
+        "IMAP connections waiting in IDLE.",
+        l(&m.imap_idling),
     );
     let lm = s.credentials.metrics();
     c(

@@ -419,4 +419,16 @@ fn connection_caps_and_autologout() {
     let mut rest = String::new();
     let _ = r.read_line(&mut rest);
     assert!(!rest.contains("b OK"), "{rest}");
+    drop((s, r));
+    // The refusals are counted.
+    std::thread::sleep(Duration::from_millis(300));
+    let m = reliab::metrics_text(&inst);
+    assert!(
+        m.contains("caliopen_imap_connections_refused_total{reason=\"per_ip_limit\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("caliopen_imap_connections_refused_total{reason=\"handshake\"} 1"),
+        "{m}"
+    );
 }

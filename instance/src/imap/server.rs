@@ -7,6 +7,7 @@ use super::session::{Action, Session, SessionConfig};
 use super::wire::Expect;
 use crate::delivery::MailService;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -53,6 +54,22 @@ const IDLE_KEEPALIVE: Duration = Duration::from_secs(10 * 60);
 /// How often a client idles on a store that gives no change signal is refreshed.
 const IDLE_POLL: Duration = Duration::from_secs(2);
 
+/// One unit of a gauge, given back on drop.
+struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn up(g: &'a AtomicU64) -> Self {
+        g.fetch_add(1, Relaxed);
+        Self(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 enum Outcome {
     Closed,
     StartTls,
@@ -92,7 +109,9 @@ impl ImapListener {
                 // Before TLS on a plain port; on port 993 the client sees a closed connection.
                 let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(why)).await;
             };
+            let counters = svc.metrics().clone();
             let Some(ip_slot) = per_ip.take(peer.ip(), self.cfg.max_connections_per_ip) else {
+                counters.imap_listener.refused_per_ip.fetch_add(1, Relaxed);
                 tracing::warn!(%peer, "IMAP connection refused: too many from this address");
                 if !self.cfg.implicit_tls {
                     refuse(tcp, b"* BYE too many connections from your address\r\n").await;
@@ -100,6 +119,7 @@ impl ImapListener {
                 continue;
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
+                counters.imap_listener.refused_total.fetch_add(1, Relaxed);
                 tracing::warn!(%peer, "IMAP connection refused: server full");
                 if !self.cfg.implicit_tls {
                     refuse(tcp, b"* BYE too many connections, try later\r\n").await;
@@ -110,7 +130,14 @@ impl ImapListener {
             tracker.spawn(async move {
                 let _permit = permit;
                 let _ip_slot = ip_slot;
+                let _open = Gauge::up(&counters.imap_sessions);
                 if let Err(e) = serve(tcp, peer, &svc, &cfg, &token).await {
+                    if e.to_string().contains("handshake") {
+                        counters
+                            .imap_listener
+                            .handshake_failed
+                            .fetch_add(1, Relaxed);
+                    }
                     tracing::debug!(%peer, error = %e, "IMAP session ended with an error");
                 }
             });
@@ -145,6 +172,7 @@ async fn serve(
         )
         .await
         .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+        .map_err(|e| std::io::Error::other(format!("TLS handshake failed: {e}")))
     };
     let mut tcp = tcp;
     if !cfg.implicit_tls {
@@ -245,6 +273,8 @@ async fn idle<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut [u8],
     out: &mut Vec<u8>,
 ) -> std::io::Result<bool> {
+    let counters = session.metrics().clone();
+    let _idling = Gauge::up(&counters.imap_idling);
     let mut rx = session.watch();
     // A change between the command's refresh and the subscription above
     // would otherwise wait for the next one.

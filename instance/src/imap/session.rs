@@ -467,6 +467,11 @@ impl Session {
         self.reader = Reader::new(self.cfg.append_limit);
     }
 
+    /// The instance's counters.
+    pub fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics> {
+        self.svc.metrics()
+    }
+
     /// The change signal of the logged-in account, when the store gives one.
     pub fn watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.user.as_deref().and_then(|u| self.svc.store().watch(u))
