@@ -58,12 +58,27 @@ pub fn astring(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
+/// The length of the trace header, CRLF included: always the same (the
+/// figures are padded with trailing spaces, which a header value ignores),
+/// so that `RFC822.SIZE` is the stored size plus this, without reading
+/// or scoring the message.
+pub const PRIVACY_HEADER_LEN: usize =
+    "X-Caliopen-Privacy: 100; technic=100; context=100; comportment=100\r\n".len();
+
 /// The trace header that starts the IMAP view of a message, CRLF included.
 pub fn privacy_header(i: &PrivacyIndex) -> String {
-    format!(
-        "X-Caliopen-Privacy: {}; technic={}; context={}; comportment={}\r\n",
-        i.total, i.technic, i.context, i.comportment
-    )
+    let mut h = format!(
+        "X-Caliopen-Privacy: {}; technic={}; context={}; comportment={}",
+        i.total.min(100),
+        i.technic.min(100),
+        i.context.min(100),
+        i.comportment.min(100)
+    );
+    while h.len() < PRIVACY_HEADER_LEN - 2 {
+        h.push(' ');
+    }
+    h.push_str("\r\n");
+    h
 }
 
 /// The IMAP view: the trace header then the bytes exactly as received.
@@ -681,6 +696,37 @@ To: a@example.net, \"B, b\" <b@example.net>\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\
 ((\"=?utf-8?b?SsO2cmc=?=\" NIL \"jorg\" \"example.org\")) \
 ((NIL NIL \"a\" \"example.net\")(\"B, b\" NIL \"b\" \"example.net\")) NIL NIL NIL \"<x@y>\")"
         );
+    }
+
+    #[test]
+    fn the_trace_header_has_one_length() {
+        let mut i = crate::privacy::PrivacyIndex {
+            version: 1,
+            total: 0,
+            technic: 0,
+            context: 0,
+            comportment: 0,
+            explanation: Vec::new(),
+            hints: Vec::new(),
+        };
+        for (t, a, b, c) in [
+            (0, 0, 0, 0),
+            (7, 0, 30, 0),
+            (100, 100, 100, 100),
+            (45, 50, 70, 10),
+        ] {
+            (i.total, i.technic, i.context, i.comportment) = (t, a, b, c);
+            let h = privacy_header(&i);
+            assert_eq!(h.len(), PRIVACY_HEADER_LEN, "{h:?}");
+            assert!(h.starts_with(&format!(
+                "X-Caliopen-Privacy: {t}; technic={a}; context={b}; comportment={c}"
+            )));
+            let parsed = parse(h.as_bytes()).expect("parse");
+            assert_eq!(
+                parsed.header_raw("X-Caliopen-Privacy").map(str::trim),
+                Some(format!("{t}; technic={a}; context={b}; comportment={c}").as_str())
+            );
+        }
     }
 
     #[test]

@@ -285,13 +285,10 @@ struct Want {
 }
 
 impl Want {
+    /// The whole view (bytes and MIME parse) is needed; ENVELOPE alone
+    /// needs the headers only, RFC822.SIZE nothing but the record.
     fn needs_view(&self) -> bool {
-        self.size
-            || self.envelope
-            || self.body
-            || self.structure
-            || !self.sections.is_empty()
-            || !self.rfc822.is_empty()
+        self.body || self.structure || !self.sections.is_empty() || !self.rfc822.is_empty()
     }
     fn sets_seen(&self) -> bool {
         self.sections.iter().any(|s| s.3) || self.rfc822.iter().any(|r| r.2)
@@ -1738,6 +1735,24 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS",
                 sep(&mut r);
                 r.extend_from_slice(format!("MODSEQ ({})", m.modseq.max(1)).as_bytes());
             }
+            if want.size {
+                sep(&mut r);
+                r.extend_from_slice(
+                    format!("RFC822.SIZE {}", m.size + render::PRIVACY_HEADER_LEN).as_bytes(),
+                );
+            }
+            if want.envelope && !want.needs_view() {
+                let raw = store
+                    .raw(m.blob_id())
+                    .map_err(|e| store_no(&e))?
+                    .unwrap_or_default();
+                sep(&mut r);
+                r.extend_from_slice(b"ENVELOPE ");
+                match crate::mail::parse_headers_guarded(&raw) {
+                    Some(msg) => render::envelope(&mut r, &msg),
+                    None => r.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"),
+                }
+            }
             if want.needs_view() {
                 let raw = store
                     .raw(m.blob_id())
@@ -1746,10 +1761,6 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS",
                 let header = imap_header(&m, &raw);
                 let view = render::view(&header, &raw);
                 let parsed = render::parse(&view);
-                if want.size {
-                    sep(&mut r);
-                    r.extend_from_slice(format!("RFC822.SIZE {}", view.len()).as_bytes());
-                }
                 if let Some(msg) = &parsed {
                     if want.envelope {
                         sep(&mut r);
