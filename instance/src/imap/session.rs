@@ -152,6 +152,8 @@ fn keyword_of(f: &Flag<'_>) -> Result<Option<String>, String> {
         Flag::Answered => "\\Answered".to_owned(),
         Flag::Draft => "\\Draft".to_owned(),
         Flag::Keyword(a) => a.as_ref().to_owned(),
+        // `\Recent` is the server's to set (and gone from IMAP4rev2): ignored.
+        Flag::Extension(_) if f.to_string().eq_ignore_ascii_case("\\recent") => return Ok(None),
         Flag::Extension(_) => return Err(format!("unknown system flag {f}")),
     };
     if is_class_keyword(&s) {
@@ -1961,6 +1963,30 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS",
                 .await
                 .map_err(|e| store_no(&e))?;
             self.own_change(before, after);
+        }
+        // `\Deleted` is a keyword of the message, not of one placement: a
+        // message still in other mailboxes (a COPY made before the EXPUNGE,
+        // as clients without MOVE do) must not stay marked there.
+        let survivors: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                store
+                    .meta(*id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| !m.placements.is_empty())
+            })
+            .collect();
+        for chunk in survivors.chunks(crate::store::MAX_IDS_PER_CHANGE) {
+            store
+                .set_keywords(
+                    self.owner(),
+                    chunk,
+                    &KeywordChange::Remove(vec![DELETED.into()]),
+                )
+                .await
+                .map_err(|e| store_no(&e))?;
         }
         let uids: Vec<u32> = gone.iter().map(|g| g.0).collect();
         self.report_expunged(&uids, out);

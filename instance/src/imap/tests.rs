@@ -419,3 +419,23 @@ fn list_extended_special_use_and_status() {
         assert!(out.contains("b BAD"), "{out}");
     });
 }
+
+#[test]
+fn copy_then_expunge_keeps_the_copy_unmarked() {
+    // The "move" of clients without MOVE: COPY, STORE \Deleted, EXPUNGE.
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let svc = service(dir.path()).await;
+        let mut a = Client::login(&svc, "alice").await;
+        let out = a
+            .send("s SELECT INBOX\r\nc UID COPY 1 Trash\r\nd UID STORE 1 +FLAGS (\\Deleted \\Recent)\r\nx UID EXPUNGE 1\r\n")
+            .await;
+        assert!(out.contains("x OK"), "{out}");
+        let out = a.send("t SELECT Trash\r\nf FETCH 1 (FLAGS)\r\n").await;
+        assert!(out.contains("* 1 EXISTS"), "{out}");
+        assert!(out.contains("* 1 FETCH (FLAGS ($CaliopenPlain))"), "{out}");
+        let out = a.send("e EXPUNGE\r\n").await;
+        assert!(!out.contains("EXPUNGE\r\ne"), "{out}");
+        assert!(a.send("f FETCH 1 (UID)\r\n").await.contains("* 1 FETCH"));
+    });
+}
