@@ -334,6 +334,23 @@ a3 SELECT INBOX\r\nbad command here\r\na4 APPEND INBOX (\\Seen) {11+}\r\nhello\r
     }
 
     #[test]
+    fn deep_nesting_is_a_syntax_error_not_a_crash() {
+        for body in [
+            "NOT ".repeat(5000) + "ALL",
+            "(".repeat(5000) + "ALL" + &")".repeat(5000),
+            "OR ".repeat(3000) + &"ALL ".repeat(3001),
+        ] {
+            let mut r = Reader::new(1 << 20);
+            r.logged_in(1 << 20);
+            let out = run(
+                &[format!("a SEARCH {body}\r\nb NOOP\r\n").as_bytes()],
+                &mut r,
+            );
+            assert_eq!(out, ["bad a syntax error in command", "cmd b NOOP"]);
+        }
+    }
+
+    #[test]
     fn idle_and_authenticate_continuations() {
         let mut r = Reader::new(1 << 20);
         r.feed(b"a1 AUTHENTICATE PLAIN\r\n");
