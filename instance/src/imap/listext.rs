@@ -5,6 +5,7 @@
 //!
 //! Only lines without literals are rewritten (a client that sends a
 //! literal mailbox name in an extended LIST gets `BAD` from the codec).
+//! ESEARCH (RFC 4731) return options of SEARCH are taken off the same way.
 
 /// The extended parts of one LIST.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -170,9 +171,70 @@ pub fn rewrite(message: &[u8]) -> Option<(Vec<u8>, ListOptions)> {
     Some((plain, opts))
 }
 
+/// When `message` is a SEARCH with ESEARCH return options (RFC 4731:
+/// `[UID] SEARCH RETURN (MIN MAX COUNT ALL) criteria`), the plain SEARCH
+/// to decode instead and the options, uppercase (empty: `ALL`).
+pub fn rewrite_search(message: &[u8]) -> Option<(Vec<u8>, Vec<String>)> {
+    let mut words = Vec::new();
+    let mut i = 0;
+    // tag, [UID], SEARCH, RETURN: atoms separated by one space.
+    while words.len() < 4 {
+        let start = i;
+        while i < message.len() && !b" \r\n".contains(&message[i]) {
+            i += 1;
+        }
+        words.push((start, &message[start..i]));
+        if message.get(i) != Some(&b' ') {
+            return None;
+        }
+        i += 1;
+        if words.len() == 2 && !words[1].1.eq_ignore_ascii_case(b"UID") {
+            // No UID: the third word read is already RETURN's place.
+            words.insert(1, (start, &message[start..start]));
+        }
+    }
+    if !words[2].1.eq_ignore_ascii_case(b"SEARCH") || !words[3].1.eq_ignore_ascii_case(b"RETURN") {
+        return None;
+    }
+    if message.get(i) != Some(&b'(') {
+        return None;
+    }
+    let close = i + message[i..].iter().position(|&b| b == b')')?;
+    let opts: Vec<String> = message[i + 1..close]
+        .split(|&b| b == b' ')
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).to_ascii_uppercase())
+        .collect();
+    if opts
+        .iter()
+        .any(|o| !matches!(o.as_str(), "MIN" | "MAX" | "COUNT" | "ALL"))
+    {
+        return None;
+    }
+    let rest = message.get(close + 1..)?.strip_prefix(b" ")?;
+    let mut plain = message[..words[3].0].to_vec();
+    plain.extend_from_slice(rest);
+    Some((plain, opts))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn esearch_options_are_taken_off() {
+        let (p, o) =
+            rewrite_search(b"a UID SEARCH RETURN (MIN COUNT) UNSEEN\r\n").expect("esearch");
+        assert_eq!(p, b"a UID SEARCH UNSEEN\r\n");
+        assert_eq!(o, ["MIN", "COUNT"]);
+        let (p, o) = rewrite_search(b"b search return () TEXT {5}\r\nhello\r\n").expect("esearch");
+        assert_eq!(p, b"b search TEXT {5}\r\nhello\r\n");
+        assert!(o.is_empty());
+        assert!(rewrite_search(b"a SEARCH ALL\r\n").is_none());
+        assert!(rewrite_search(b"a UID SEARCH ALL\r\n").is_none());
+        assert!(rewrite_search(b"a SEARCH RETURN (BOGUS) ALL\r\n").is_none());
+        assert!(rewrite_search(b"a SEARCH RETURN (MIN\r\n").is_none());
+    }
 
     #[test]
     fn extended_lists_become_plain_ones() {

@@ -504,7 +504,7 @@ impl Session {
         s.push_str(
             " LITERAL+ NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN CONDSTORE QUOTA \
 QUOTA=RES-STORAGE QUOTA=RES-MESSAGE QRESYNC \
-SPECIAL-USE LIST-EXTENDED LIST-STATUS",
+SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
         );
         s.push_str(&format!(" APPENDLIMIT={}", self.cfg.append_limit));
         s
@@ -559,6 +559,51 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS",
                         Action::Continue
                     }
                 }
+            }
+            Input::SearchExtended(c, opts) => {
+                let tag = tag_of(&c.tag);
+                match c.body {
+                    CommandBody::Search { criteria, uid, .. } if self.selected.is_some() => {
+                        let key = match criteria.as_ref().len() {
+                            1 => criteria.as_ref()[0].clone(),
+                            _ => SearchKey::And(criteria.clone()),
+                        };
+                        match self.search_hits(&key, uid) {
+                            Ok((hits, highest)) => {
+                                let mut l = format!("* ESEARCH (TAG \"{tag}\")");
+                                if uid {
+                                    l.push_str(" UID");
+                                }
+                                let all = opts.is_empty() || opts.iter().any(|o| o == "ALL");
+                                if let (true, Some(min)) =
+                                    (opts.iter().any(|o| o == "MIN"), hits.iter().min())
+                                {
+                                    l.push_str(&format!(" MIN {min}"));
+                                }
+                                if let (true, Some(max)) =
+                                    (opts.iter().any(|o| o == "MAX"), hits.iter().max())
+                                {
+                                    l.push_str(&format!(" MAX {max}"));
+                                }
+                                if opts.iter().any(|o| o == "COUNT") {
+                                    l.push_str(&format!(" COUNT {}", hits.len()));
+                                }
+                                if all && !hits.is_empty() {
+                                    l.push_str(&format!(" ALL {}", uid_set(&hits)));
+                                }
+                                if uses_modseq(&key) && !hits.is_empty() {
+                                    l.push_str(&format!(" MODSEQ {}", highest.max(1)));
+                                }
+                                line(out, &l);
+                                line(out, &format!("{tag} OK SEARCH done"));
+                            }
+                            Err(e) => line(out, &format!("{tag} NO {e}")),
+                        }
+                    }
+                    _ if self.user.is_none() => line(out, &format!("{tag} NO log in first")),
+                    _ => line(out, &format!("{tag} NO select a mailbox first")),
+                }
+                Action::Continue
             }
             Input::ListExtended(c, opts) => {
                 let tag = tag_of(&c.tag);
@@ -2130,8 +2175,23 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS",
     }
 
     fn search(&self, key: &SearchKey<'_>, uid: bool, out: &mut Vec<u8>) -> Result<(), String> {
+        let (hits, highest) = self.search_hits(key, uid)?;
+        let mut l = String::from("* SEARCH");
+        for h in &hits {
+            l.push_str(&format!(" {h}"));
+        }
+        if uses_modseq(key) && !hits.is_empty() {
+            l.push_str(&format!(" (MODSEQ {})", highest.max(1)));
+        }
+        line(out, &l);
+        Ok(())
+    }
+
+    /// The sequence numbers (or UIDs) matching `key`, and the highest
+    /// modseq among them.
+    fn search_hits(&self, key: &SearchKey<'_>, uid: bool) -> Result<(Vec<u32>, u64), String> {
         let Some(sel) = &self.selected else {
-            return Ok(());
+            return Ok((Vec::new(), 0));
         };
         let store = self.svc.store();
         let mut hits = Vec::new();
@@ -2155,15 +2215,7 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS",
                 highest = highest.max(m.modseq);
             }
         }
-        let mut l = String::from("* SEARCH");
-        for h in &hits {
-            l.push_str(&format!(" {h}"));
-        }
-        if uses_modseq(key) && !hits.is_empty() {
-            l.push_str(&format!(" (MODSEQ {})", highest.max(1)));
-        }
-        line(out, &l);
-        Ok(())
+        Ok((hits, highest))
     }
 }
 

@@ -274,12 +274,18 @@ impl Client {
     }
 
     async fn send(&mut self, text: &str) -> String {
+        let out = self.send_undecoded(text).await;
+        decode_all(out.as_bytes());
+        out
+    }
+
+    /// For answers imap-codec's parser does not know (ESEARCH).
+    async fn send_undecoded(&mut self, text: &str) -> String {
         let mut out = Vec::new();
         self.s.reader.feed(text.as_bytes());
         while let Some(i) = self.s.reader.next() {
             self.s.input(i, Instant::now(), &mut out).await;
         }
-        decode_all(&out);
         String::from_utf8_lossy(&out).into_owned()
     }
 }
@@ -437,5 +443,36 @@ fn copy_then_expunge_keeps_the_copy_unmarked() {
         let out = a.send("e EXPUNGE\r\n").await;
         assert!(!out.contains("EXPUNGE\r\ne"), "{out}");
         assert!(a.send("f FETCH 1 (UID)\r\n").await.contains("* 1 FETCH"));
+    });
+}
+
+#[test]
+fn esearch_answers_min_max_count_and_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let svc = service(dir.path()).await;
+        let mut a = Client::login(&svc, "alice").await;
+        a.send("s SELECT INBOX\r\nf STORE 2:4,9 +FLAGS (\\Flagged)\r\n")
+            .await;
+        let out = a
+            .send_undecoded("e SEARCH RETURN (MIN MAX COUNT) FLAGGED\r\n")
+            .await;
+        assert!(
+            out.contains("* ESEARCH (TAG \"e\") MIN 2 MAX 9 COUNT 4\r\n"),
+            "{out}"
+        );
+        let out = a.send_undecoded("u UID SEARCH RETURN () FLAGGED\r\n").await;
+        assert!(
+            out.contains("* ESEARCH (TAG \"u\") UID ALL 2:4,9\r\n"),
+            "{out}"
+        );
+        let out = a
+            .send_undecoded("n SEARCH RETURN (COUNT) KEYWORD nothing\r\n")
+            .await;
+        assert!(out.contains("* ESEARCH (TAG \"n\") COUNT 0\r\n"), "{out}");
+        assert!(a
+            .send_undecoded("b SEARCH RETURN (SAVE) ALL\r\n")
+            .await
+            .contains("b BAD"));
     });
 }

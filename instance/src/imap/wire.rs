@@ -44,6 +44,8 @@ pub enum Input {
     Command(Command<'static>),
     /// A LIST with RFC 5258 options (the command is the plain LIST left).
     ListExtended(Command<'static>, super::listext::ListOptions),
+    /// A SEARCH with RFC 4731 return options (the command is the plain SEARCH left).
+    SearchExtended(Command<'static>, Vec<String>),
     /// An AUTHENTICATE continuation line.
     AuthenticateData(AuthenticateData<'static>),
     /// `DONE` after IDLE.
@@ -203,6 +205,13 @@ impl Reader {
             && !self.frag.is_max_message_size_exceeded()
             && !self.frag.is_message_poisoned()
         {
+            if let Some((plain, opts)) = super::listext::rewrite_search(self.frag.message_bytes()) {
+                use imap_codec::decode::Decoder as _;
+                return match CommandCodec::default().decode(&plain) {
+                    Ok((&[], c)) => Input::SearchExtended(c.into_static(), opts),
+                    _ => bad(&self.frag, "syntax error in SEARCH"),
+                };
+            }
             if let Some((plain, opts)) = super::listext::rewrite(self.frag.message_bytes()) {
                 use imap_codec::decode::Decoder as _;
                 return match CommandCodec::default().decode(&plain) {
@@ -253,6 +262,7 @@ mod tests {
                     }
                     Input::Bye(why) => format!("bye {why}"),
                     Input::ListExtended(c, o) => format!("list {} {:?}", c.tag.as_ref(), o.select),
+                    Input::SearchExtended(c, o) => format!("search {} {o:?}", c.tag.as_ref()),
                 });
             }
         }
