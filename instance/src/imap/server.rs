@@ -51,6 +51,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often an idling client is told the server is still there.
 const IDLE_KEEPALIVE: Duration = Duration::from_secs(10 * 60);
+/// Output a FETCH writes before it is sent and the next messages are read.
+const SPILL: usize = 256 * 1024;
 /// How often a client idles on a store that gives no change signal is refreshed.
 const IDLE_POLL: Duration = Duration::from_secs(2);
 
@@ -165,6 +167,7 @@ async fn serve(
         cfg.implicit_tls,
         Instant::now(),
     );
+    session.set_spill(Some(SPILL));
     let accept = |tcp: TcpStream| async {
         tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
@@ -218,7 +221,13 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         while let Some(i) = session.reader.next() {
             match session.input(i, Instant::now(), &mut out).await {
-                Action::Continue => {}
+                Action::Continue => {
+                    // A big FETCH goes out in parts: memory stays bounded.
+                    while session.busy() {
+                        send(stream, &mut out).await?;
+                        session.resume(&mut out).await;
+                    }
+                }
                 Action::Close => {
                     send(stream, &mut out).await?;
                     return Ok(Outcome::Closed);

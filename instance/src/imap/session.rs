@@ -84,6 +84,16 @@ impl Selected {
     }
 }
 
+/// A FETCH answered in parts.
+struct PendingFetch {
+    tag: String,
+    targets: std::vec::IntoIter<(usize, u32, u64)>,
+    want: Want,
+    changed_since: Option<u64>,
+    read_only: bool,
+    to_mark: Vec<u64>,
+}
+
 /// One connection.
 pub struct Session {
     svc: MailService,
@@ -100,6 +110,8 @@ pub struct Session {
     qresync: bool,
     window: (Instant, u32),
     bad: u32,
+    pending_fetch: Option<PendingFetch>,
+    spill: Option<usize>,
 }
 
 fn tag_of(t: &Tag<'_>) -> String {
@@ -443,6 +455,8 @@ impl Session {
             qresync: false,
             window: (now, 0),
             bad: 0,
+            pending_fetch: None,
+            spill: None,
         }
     }
 
@@ -1008,13 +1022,15 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
                         line(out, &format!("* VANISHED (EARLIER) {}", uid_set(&gone)));
                     }
                 }
-                match self
-                    .fetch(&sequence_set, &macro_or_item_names, uid, changed_since, out)
-                    .await
-                {
-                    Ok(()) => ok(out, "FETCH done"),
-                    Err(e) => no(out, &e),
-                }
+                self.fetch(
+                    &tag,
+                    &sequence_set,
+                    &macro_or_item_names,
+                    uid,
+                    changed_since,
+                    out,
+                )
+                .await;
             }
             CommandBody::Store {
                 sequence_set,
@@ -1727,23 +1743,83 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &mut self,
+        tag: &str,
         set: &SequenceSet,
         items: &MacroOrMessageDataItemNames<'_>,
         uid: bool,
         changed_since: Option<u64>,
         out: &mut Vec<u8>,
-    ) -> Result<(), String> {
+    ) {
         let mut want = want_of(items);
         want.uid |= uid;
         want.modseq |= changed_since.is_some();
         want.flags |= changed_since.is_some();
-        let targets = self.targets(set, uid);
-        let read_only = self.selected.as_ref().is_none_or(|s| s.read_only);
-        let mut to_mark = Vec::new();
+        let mut p = PendingFetch {
+            tag: tag.to_owned(),
+            targets: self.targets(set, uid).into_iter(),
+            want,
+            changed_since,
+            read_only: self.selected.as_ref().is_none_or(|s| s.read_only),
+            to_mark: Vec::new(),
+        };
+        if !self.fetch_step(&mut p, out).await {
+            self.pending_fetch = Some(p);
+        }
+    }
+
+    /// True while a FETCH answer is being written in parts (see
+    /// [`Session::set_spill`]): call [`Session::resume`] after sending.
+    pub fn busy(&self) -> bool {
+        self.pending_fetch.is_some()
+    }
+
+    /// Writes the next part of a FETCH answer in progress.
+    pub async fn resume(&mut self, out: &mut Vec<u8>) {
+        if let Some(mut p) = self.pending_fetch.take() {
+            if !self.fetch_step(&mut p, out).await {
+                self.pending_fetch = Some(p);
+            }
+        }
+    }
+
+    /// Bounds the output of one step: a FETCH pauses once `out` holds this
+    /// much, so that the driver can send it before reading more messages
+    /// (`None`, the default: a FETCH is answered in one go).
+    pub fn set_spill(&mut self, at: Option<usize>) {
+        self.spill = at;
+    }
+
+    /// Answers messages of `p` until done (true, the tagged answer
+    /// written) or until `out` is over the spill size (false).
+    async fn fetch_step(&mut self, p: &mut PendingFetch, out: &mut Vec<u8>) -> bool {
+        match self.fetch_messages(p, out).await {
+            Ok(false) => false,
+            Ok(true) => {
+                if let Err(e) = self.fetch_finish(p).await {
+                    line(out, &format!("{} NO {e}", p.tag));
+                } else {
+                    line(out, &format!("{} OK FETCH done", p.tag));
+                }
+                true
+            }
+            Err(e) => {
+                line(out, &format!("{} NO {e}", p.tag));
+                true
+            }
+        }
+    }
+
+    async fn fetch_messages(
+        &mut self,
+        p: &mut PendingFetch,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, String> {
+        let (want, changed_since, read_only) = (&p.want, p.changed_since, p.read_only);
         let store = self.svc.store();
-        for (i, u, id) in targets {
+        while let Some((i, u, id)) = p.targets.next() {
             let Some(m) = store.meta(id).map_err(|e| store_no(&e))? else {
                 continue;
             };
@@ -1860,9 +1936,19 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
             r.extend_from_slice(b")\r\n");
             out.extend_from_slice(&r);
             if mark {
-                to_mark.push(id);
+                p.to_mark.push(id);
+            }
+            if self.spill.is_some_and(|at| out.len() >= at) {
+                return Ok(false);
             }
         }
+        Ok(true)
+    }
+
+    /// Marks read what a FETCH of bodies showed (not `.PEEK`).
+    async fn fetch_finish(&mut self, p: &mut PendingFetch) -> Result<(), String> {
+        let to_mark = std::mem::take(&mut p.to_mark);
+        let store = self.svc.store();
         if !to_mark.is_empty() {
             let before = store.state(self.owner()).ok();
             let (_, after) = store

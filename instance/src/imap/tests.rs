@@ -94,6 +94,7 @@ fn decode_all(out: &[u8]) -> Vec<Response<'static>> {
                 rest = r;
             }
             Err(e) => {
+                let _ = std::fs::write(std::env::temp_dir().join("imap-undecodable.bin"), rest);
                 let end = rest.len().min(300);
                 panic!(
                     "undecodable response ({e:?}) at:\n{}",
@@ -274,19 +275,23 @@ impl Client {
     }
 
     async fn send(&mut self, text: &str) -> String {
-        let out = self.send_undecoded(text).await;
-        decode_all(out.as_bytes());
-        out
+        let out = self.send_bytes(text).await;
+        decode_all(&out);
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// For answers imap-codec's parser does not know (ESEARCH).
     async fn send_undecoded(&mut self, text: &str) -> String {
+        String::from_utf8_lossy(&self.send_bytes(text).await).into_owned()
+    }
+
+    async fn send_bytes(&mut self, text: &str) -> Vec<u8> {
         let mut out = Vec::new();
         self.s.reader.feed(text.as_bytes());
         while let Some(i) = self.s.reader.next() {
             self.s.input(i, Instant::now(), &mut out).await;
         }
-        String::from_utf8_lossy(&out).into_owned()
+        out
     }
 }
 
@@ -474,5 +479,35 @@ fn esearch_answers_min_max_count_and_all() {
             .send_undecoded("b SEARCH RETURN (SAVE) ALL\r\n")
             .await
             .contains("b BAD"));
+    });
+}
+
+#[test]
+fn a_big_fetch_is_answered_in_parts_with_the_same_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let svc = service(dir.path()).await;
+        let script = "s EXAMINE INBOX\r\nf FETCH 1:* (UID BODY.PEEK[])\r\nn NOOP\r\n";
+        let mut whole = Client::login(&svc, "alice").await;
+        let want = whole.send_bytes(script).await;
+        decode_all(&want);
+        let mut parts = Client::login(&svc, "alice").await;
+        parts.s.set_spill(Some(4096));
+        let (mut out, mut sent) = (Vec::new(), Vec::new());
+        let mut steps = 0;
+        parts.s.reader.feed(script.as_bytes());
+        while let Some(i) = parts.s.reader.next() {
+            parts.s.input(i, Instant::now(), &mut out).await;
+            while parts.s.busy() {
+                // What a step wrote is bounded by the spill size and one message.
+                assert!(out.len() < 4096 + 64 * 1024, "{}", out.len());
+                sent.append(&mut out);
+                steps += 1;
+                parts.s.resume(&mut out).await;
+            }
+            sent.append(&mut out);
+        }
+        assert!(steps > 10, "{steps} steps");
+        assert!(sent == want, "the answers in parts differ from the whole");
     });
 }
