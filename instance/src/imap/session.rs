@@ -1819,7 +1819,7 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
     ) -> Result<bool, String> {
         let (want, changed_since, read_only) = (&p.want, p.changed_since, p.read_only);
         let store = self.svc.store();
-        while let Some((i, u, id)) = p.targets.next() {
+        for (i, u, id) in p.targets.by_ref() {
             let Some(m) = store.meta(id).map_err(|e| store_no(&e))? else {
                 continue;
             };
