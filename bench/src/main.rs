@@ -15,11 +15,11 @@ struct Args {
     /// Small counts: a smoke run of every section in a minute or two.
     #[arg(long)]
     quick: bool,
-    /// Sections to run (comma-separated): sys, smtp, relay, privacy, scale, storage, mailbox, login.
+    /// Sections to run (comma-separated): sys, smtp, imap, relay, privacy, scale, storage, mailbox, login.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "sys,smtp,relay,privacy,scale,storage,mailbox,login"
+        default_value = "sys,smtp,imap,relay,privacy,scale,storage,mailbox,login"
     )]
     only: Vec<String>,
     /// Where results are written.
@@ -41,6 +41,35 @@ struct Args {
     /// The recipient Postfix delivers into that Maildir.
     #[arg(long, default_value = "benchmb@bench.test")]
     postfix_rcpt: String,
+    /// Dovecot's IMAP listener (STARTTLS, from bench/dovecot.sh); without
+    /// it, the Dovecot side of IMAP is skipped.
+    #[arg(long)]
+    dovecot: Option<SocketAddr>,
+    /// Dovecot's benchmark login.
+    #[arg(long, default_value = "bench")]
+    dovecot_user: String,
+    /// Its password.
+    #[arg(long, default_value = "bench-password")]
+    dovecot_password: String,
+    /// Messages imported into each server's INBOX (default 10000, quick 1000).
+    #[arg(long)]
+    imap_messages: Option<usize>,
+    /// Concurrent IMAP clients of each case, each on its own connection.
+    #[arg(long, value_delimiter = ',', default_value = "1,20")]
+    imap_clients: Vec<usize>,
+    /// Seconds each IMAP case runs (default 3, quick 1).
+    #[arg(long)]
+    imap_seconds: Option<f64>,
+    /// Deliveries timed for the IDLE wake-up latency.
+    #[arg(long, default_value_t = 50)]
+    imap_idle_deliveries: usize,
+    /// Also time SELECT of a large folder (imports --imap-big-messages more
+    /// into each server: minutes).
+    #[arg(long)]
+    imap_big: bool,
+    /// Messages of that folder.
+    #[arg(long, default_value_t = 100_000)]
+    imap_big_messages: usize,
     /// Messages per SMTP case (default: 5000, quick 500).
     #[arg(long)]
     smtp_messages: Option<usize>,
@@ -147,6 +176,40 @@ fn main() -> Result<()> {
         if let Err(e) = smtp_section(&a, &mut report) {
             eprintln!("smtp section failed: {e:#}");
             report.skipped.push(format!("smtp: {e:#}"));
+        }
+    }
+
+    if on("imap") {
+        eprintln!("== IMAP against Dovecot");
+        let p = caliopen_bench::imap_bench::ImapParams {
+            messages: a.imap_messages.unwrap_or(if q { 1000 } else { 10_000 }),
+            clients: a.imap_clients.clone(),
+            duration: Duration::from_secs_f64(a.imap_seconds.unwrap_or(if q { 1.0 } else { 3.0 })),
+            idle_deliveries: a.imap_idle_deliveries,
+            big: a.imap_big.then_some(a.imap_big_messages),
+        };
+        let dovecot = a.dovecot.map(|addr| caliopen_bench::imap_bench::Dovecot {
+            addr,
+            user: a.dovecot_user.clone(),
+            password: a.dovecot_password.clone(),
+        });
+        let r = rt.block_on(async {
+            let mut sub = Report::default();
+            let res = caliopen_bench::imap_bench::run(
+                &a.caliopen,
+                &a.work,
+                dovecot.as_ref(),
+                &p,
+                &mut sub,
+            )
+            .await;
+            (sub, res)
+        });
+        report.rows.extend(r.0.rows);
+        report.skipped.extend(r.0.skipped);
+        if let Err(e) = r.1 {
+            eprintln!("imap section failed: {e:#}");
+            report.skipped.push(format!("imap: {e:#}"));
         }
     }
 

@@ -115,6 +115,8 @@ pub struct Daemon {
     pub metrics: SocketAddr,
     /// Client API (TLS), when started with `--api`.
     pub api: Option<SocketAddr>,
+    /// IMAP listener (STARTTLS), when started with `--imap`.
+    pub imap: Option<SocketAddr>,
 }
 
 fn caliopen(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
@@ -193,6 +195,7 @@ impl Daemon {
             smtp: addr(1)?,
             metrics: addr(5)?,
             api: w.get(7).and_then(|s| s.parse().ok()),
+            imap: w.get(9).and_then(|s| s.parse().ok()),
             data: data.to_owned(),
             child,
         })
@@ -202,6 +205,11 @@ impl Daemon {
     /// counts after the group commit that makes them durable).
     pub fn stored_smtp(&self) -> Result<u64> {
         metric(self.metrics, "caliopen_messages_stored_total{via=\"smtp\"}")
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Resident memory of the daemon in bytes.
