@@ -2294,6 +2294,7 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
                 largest_uid,
                 m: &m,
                 raw: None,
+                headers: None,
                 store,
             };
             if matches_key(key, &mut ctx) {
@@ -2321,10 +2322,37 @@ struct Ctx<'a> {
     largest_uid: u32,
     m: &'a MessageMeta,
     raw: Option<Vec<u8>>,
+    /// (lowercase name, searchable text) of every header, parsed once.
+    headers: Option<Vec<(String, String)>>,
     store: &'a dyn crate::store::MailStore,
 }
 
 impl Ctx<'_> {
+    /// The searchable text of every `name` header (raw and decoded).
+    fn header(&mut self, name: &str) -> String {
+        if self.headers.is_none() {
+            let h = header_fields(self.raw());
+            self.headers = Some(h);
+        }
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .flatten()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, t)| t.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn has_header(&mut self, name: &str) -> bool {
+        if self.headers.is_none() {
+            let h = header_fields(self.raw());
+            self.headers = Some(h);
+        }
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().flatten().any(|(n, _)| *n == name)
+    }
+
     fn raw(&mut self) -> &[u8] {
         if self.raw.is_none() {
             self.raw = Some(
@@ -2354,13 +2382,16 @@ fn contains_ci(hay: &str, needle: &[u8]) -> bool {
     hay.to_lowercase().contains(&needle)
 }
 
-fn header_text(raw: &[u8], name: &str) -> String {
+/// Every header of a message as (lowercase name, its raw value and its
+/// decoded text), for SEARCH: one parse per message however many keys.
+fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
     let Some(msg) = crate::mail::parse_headers_guarded(raw) else {
-        return String::new();
+        return Vec::new();
     };
-    let mut out = String::new();
+    let mut fields = Vec::new();
     for h in msg.headers() {
-        if h.name().eq_ignore_ascii_case(name) {
+        let mut out = String::new();
+        {
             let start = h.offset_start() as usize;
             let end = h.offset_end() as usize;
             if let Some(v) = raw.get(start..end) {
@@ -2379,8 +2410,9 @@ fn header_text(raw: &[u8], name: &str) -> String {
                 }
             }
         }
+        fields.push((h.name().to_ascii_lowercase(), out));
     }
-    out
+    fields
 }
 
 fn day_of(unix: i64) -> i64 {
@@ -2442,22 +2474,20 @@ fn matches_key(k: &SearchKey<'_>, c: &mut Ctx<'_>) -> bool {
         SearchKey::SentBefore(d) => sent_day(c.raw()).is_some_and(|x| x < date_day(d)),
         SearchKey::SentOn(d) => sent_day(c.raw()).is_some_and(|x| x == date_day(d)),
         SearchKey::SentSince(d) => sent_day(c.raw()).is_some_and(|x| x >= date_day(d)),
-        SearchKey::From(s) => contains_ci(&header_text(c.raw(), "From"), s.as_ref()),
-        SearchKey::To(s) => contains_ci(&header_text(c.raw(), "To"), s.as_ref()),
-        SearchKey::Cc(s) => contains_ci(&header_text(c.raw(), "Cc"), s.as_ref()),
-        SearchKey::Bcc(s) => contains_ci(&header_text(c.raw(), "Bcc"), s.as_ref()),
-        SearchKey::Subject(s) => contains_ci(&header_text(c.raw(), "Subject"), s.as_ref()),
+        SearchKey::From(s) => contains_ci(&c.header("From"), s.as_ref()),
+        SearchKey::To(s) => contains_ci(&c.header("To"), s.as_ref()),
+        SearchKey::Cc(s) => contains_ci(&c.header("Cc"), s.as_ref()),
+        SearchKey::Bcc(s) => contains_ci(&c.header("Bcc"), s.as_ref()),
+        // The record keeps the decoded subject: no need to read the message.
+        SearchKey::Subject(s) => contains_ci(&c.m.subject, s.as_ref()),
         SearchKey::Header(h, v) => {
             let name = String::from_utf8_lossy(h.as_ref()).into_owned();
-            let text = header_text(c.raw(), &name);
             if v.as_ref().is_empty() {
-                crate::mail::parse_headers_guarded(c.raw()).is_some_and(|m| {
-                    m.headers()
-                        .iter()
-                        .any(|x| x.name().eq_ignore_ascii_case(&name))
-                })
+                c.has_header(&name)
+            } else if name.eq_ignore_ascii_case("subject") {
+                contains_ci(&c.m.subject, v.as_ref())
             } else {
-                contains_ci(&text, v.as_ref())
+                contains_ci(&c.header(&name), v.as_ref())
             }
         }
         SearchKey::Body(s) => body_contains(c.raw(), s.as_ref()),
