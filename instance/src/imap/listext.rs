@@ -64,7 +64,8 @@ fn tokens(b: &[u8], i: &mut usize, depth: usize) -> Option<Vec<Tok>> {
                 }
                 out.push(Tok::Quoted(s));
             }
-            b'{' | b'\r' | b'\n' => return None,
+            // A literal, a line end inside the line, or a `)` closing nothing.
+            b'{' | b'\r' | b'\n' | b')' => return None,
             _ => {
                 let start = *i;
                 while *i < b.len() && !b" ()\"\r\n".contains(&b[*i]) {
@@ -257,5 +258,9 @@ mod tests {
         assert!(rewrite(b"a LIST ((((( \"\" *\r\n").is_none());
         assert!(rewrite(b"a LIST () \"\" * RETURN\r\n").is_none());
         assert!(rewrite(b"a LIST \"\" * RETURN (STATUS)\r\n").is_none());
+        // Found by fuzzing: a `)` closing nothing looped for ever (before login).
+        assert!(rewrite(b"a)\r\n").is_none());
+        assert!(rewrite(b"a LIST ) \"\" *\r\n").is_none());
+        assert!(rewrite(b"a LIST (X)) \"\" *\r\n").is_none());
     }
 }

@@ -201,19 +201,57 @@ fn imap_name(b: &Mailbox) -> String {
     }
 }
 
-/// Matches an IMAP LIST pattern (`*` anything, `%` anything but the delimiter).
+/// Matches an IMAP LIST pattern (`*` anything, `%` anything but the
+/// delimiter), in time proportional to pattern × name (a backtracking
+/// match was exponential in the wildcards: found by fuzzing).
 fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|i| wildcard(rest, &name[i..])),
-        Some((b'%', rest)) => {
-            let stop = name.iter().position(|&b| b == b'/').unwrap_or(name.len());
-            (0..=stop).any(|i| wildcard(rest, &name[i..]))
+    // Runs of wildcards are one wildcard (`*` if any of them is).
+    let mut p: Vec<u8> = Vec::with_capacity(pattern.len());
+    for &c in pattern {
+        let wild = c == b'*' || c == b'%';
+        match p.last_mut() {
+            Some(last) if wild && (*last == b'*' || *last == b'%') => {
+                if c == b'*' {
+                    *last = b'*';
+                }
+            }
+            _ => p.push(c),
         }
-        Some((&p, rest)) => name
-            .split_first()
-            .is_some_and(|(&n, nr)| n == p && wildcard(rest, nr)),
     }
+    // More fixed bytes than the name has: no match (and the table below
+    // stays small: names are at most 255 bytes).
+    if p.iter().filter(|&&c| c != b'*' && c != b'%').count() > name.len() {
+        return false;
+    }
+    let n = name.len();
+    // cur[j]: p[i..] matches name[j..], for the i being processed.
+    let mut cur = vec![false; n + 1];
+    cur[n] = true;
+    let mut next = vec![false; n + 1];
+    for &c in p.iter().rev() {
+        match c {
+            b'*' => {
+                next[n] = cur[n];
+                for j in (0..n).rev() {
+                    next[j] = cur[j] || next[j + 1];
+                }
+            }
+            b'%' => {
+                next[n] = cur[n];
+                for j in (0..n).rev() {
+                    next[j] = cur[j] || (name[j] != b'/' && next[j + 1]);
+                }
+            }
+            lit => {
+                next[n] = false;
+                for j in 0..n {
+                    next[j] = name[j] == lit && cur[j + 1];
+                }
+            }
+        }
+        std::mem::swap(&mut cur, &mut next);
+    }
+    cur[0]
 }
 
 /// The error text and response code of a store error.
@@ -2529,6 +2567,19 @@ mod tests {
         assert!(wildcard(b"Wo*", b"Work/2026"));
         assert!(!wildcard(b"Wo%", b"Work/2026"));
         assert!(wildcard(b"Work", b"Work"));
+        assert!(!wildcard(b"Work", b"Wor"));
+        assert!(!wildcard(b"Wor", b"Work"));
+        assert!(wildcard(b"%/%", b"a/b"));
+        assert!(!wildcard(b"%/%", b"a/b/c"));
+        assert!(wildcard(b"*/c", b"a/b/c"));
+        assert!(wildcard(b"%*%", b"a/b/c"));
+        assert!(wildcard(b"", b""));
+        assert!(!wildcard(b"", b"a"));
+        // Found by fuzzing: exponential before (8 `%` took minutes).
+        let name = [b'a'; 255];
+        assert!(!wildcard(&[b"%".repeat(30), b"x".to_vec()].concat(), &name));
+        assert!(!wildcard(&b"a%".repeat(200), &name[..100]));
+        assert!(wildcard(&b"*a".repeat(100), &name));
     }
 
     #[test]
