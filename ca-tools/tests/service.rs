@@ -923,6 +923,24 @@ async fn a_superseded_certificate_leaves_after_the_overlap_and_watchers_see_it()
     s.stop().await;
 }
 
+/// Opens the authority again right after the test dropped it: sled's
+/// flusher thread holds the database a moment after its last handle goes
+/// (a restarted process never sees this), so a lock error is retried.
+fn reopen(dir: &std::path::Path, settings: Settings) -> Authority {
+    let t0 = std::time::Instant::now();
+    loop {
+        match Authority::open(dir, settings.clone()) {
+            Ok(ca) => return ca,
+            Err(e)
+                if e.to_string().contains("in use") && t0.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+}
+
 /// Supersession on the authority with an explicit clock: bounded listing,
 /// an overlap that is never extended, pruning at its end, and all of it
 /// durable across a reopen.
@@ -951,7 +969,7 @@ fn supersession_is_bounded_and_durable() {
     assert_eq!(ca.next_prune_at(), Some(end));
     // Reopened in the overlap: still due at the same time.
     drop(ca);
-    let ca = Authority::open(&dir, settings.clone()).expect("reopen");
+    let ca = reopen(&dir, settings.clone());
     assert_eq!(ca.next_prune_at(), Some(end));
 
     // Renewing again with A: B (never used) leaves at once; A keeps its
@@ -983,7 +1001,7 @@ fn supersession_is_bounded_and_durable() {
 
     // Durable: reopened, nothing comes back and nothing more is due.
     drop(ca);
-    let ca = Authority::open(&dir, settings).expect("reopen");
+    let ca = reopen(&dir, settings);
     assert_eq!(listed(&ca), vec![sha256_of(&c.record.certificate_pem)]);
     assert_eq!(ca.next_prune_at(), None);
     let serial = ca.published().directory_serial;
