@@ -26,3 +26,16 @@ pub mod outbound;
 pub mod privacy;
 pub mod smtp;
 pub mod store;
+
+/// What the unit tests of several modules share.
+#[cfg(test)]
+mod test_util {
+    /// A two-worker runtime for a test's async part.
+    pub fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+}

@@ -206,19 +206,16 @@ fn curl_lists_and_fetches_over_implicit_tls() {
     ));
     inst.wait_for("alice", 1, Duration::from_secs(10));
     let port = imap_port(&inst);
-    let curl = |url: &str| {
-        let o = Command::new("curl")
-            .args([
-                "-sS",
-                "--insecure",
-                "--max-time",
-                "20",
-                "--user",
-                &format!("alice@alpha.test:{PW}"),
-                url,
-            ])
+    let curl = |password: &str, url: &str| {
+        Command::new("curl")
+            .args(["-sS", "--insecure", "--max-time", "20", "--user"])
+            .arg(format!("alice@alpha.test:{password}"))
+            .arg(url)
             .output()
-            .expect("curl");
+            .expect("curl")
+    };
+    let fetch = |url: &str| {
+        let o = curl(PW, url);
         assert!(
             o.status.success(),
             "curl {url}: {}",
@@ -226,24 +223,13 @@ fn curl_lists_and_fetches_over_implicit_tls() {
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    let list = curl(&format!("imaps://127.0.0.1:{port}/"));
+    let list = fetch(&format!("imaps://127.0.0.1:{port}/"));
     assert!(list.contains("INBOX") && list.contains("Sent"), "{list}");
-    let body = curl(&format!("imaps://127.0.0.1:{port}/INBOX;UID=1"));
+    let body = fetch(&format!("imaps://127.0.0.1:{port}/INBOX;UID=1"));
     assert!(body.starts_with("X-Caliopen-Privacy: "), "{body}");
     assert!(body.contains("Subject: for curl"), "{body}");
     // A wrong password is refused.
-    let o = Command::new("curl")
-        .args([
-            "-sS",
-            "--insecure",
-            "--max-time",
-            "20",
-            "--user",
-            "alice@alpha.test:nope-nope-nope",
-            &format!("imaps://127.0.0.1:{port}/"),
-        ])
-        .output()
-        .expect("curl");
+    let o = curl("nope-nope-nope", &format!("imaps://127.0.0.1:{port}/"));
     assert!(!o.status.success());
 }
 

@@ -6,13 +6,7 @@ use crate::mail::{QuotaLimits, Role};
 use crate::smtp::session::{Kind, Policy, RcptVerdict};
 use crate::store::Store;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use crate::test_util::runtime;
 
 async fn service(dir: &std::path::Path) -> (MailService, Store) {
     let store = Store::open(&dir.join("db")).expect("store");

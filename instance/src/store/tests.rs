@@ -6,13 +6,7 @@ use super::*;
 use crate::mail::{Mailbox, MailboxId, Role};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use crate::test_util::runtime;
 
 fn template() -> MessageMeta {
     MessageMeta {
