@@ -786,6 +786,7 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
         let bad = |out: &mut Vec<u8>, text: &str| line(out, &format!("{tag} BAD {text}"));
         let authed = self.user.is_some();
         let selected = self.selected.is_some();
+        let moving = matches!(c.body, CommandBody::Move { .. });
         match c.body {
             CommandBody::Capability => {
                 line(out, &format!("* CAPABILITY {}", self.capabilities()));
@@ -1112,15 +1113,12 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
                 sequence_set,
                 mailbox,
                 uid,
-            } => match self.copy(&sequence_set, &mailbox, uid, false, out).await {
-                Ok(text) => ok(out, &text),
-                Err(e) => no(out, &e),
-            },
-            CommandBody::Move {
+            }
+            | CommandBody::Move {
                 sequence_set,
                 mailbox,
                 uid,
-            } => match self.copy(&sequence_set, &mailbox, uid, true, out).await {
+            } => match self.copy(&sequence_set, &mailbox, uid, moving, out).await {
                 Ok(text) => ok(out, &text),
                 Err(e) => no(out, &e),
             },
