@@ -84,6 +84,47 @@ impl Selected {
     }
 }
 
+/// What the change log says about one mailbox after a state: the UIDs
+/// taken out of it, the records of messages created or changed in it,
+/// and the state reached; `None` when the log no longer reaches back that
+/// far (tombstones pruned).
+struct MailboxLog {
+    removed: Vec<u32>,
+    changed: Vec<MessageMeta>,
+    state: u64,
+}
+
+fn mailbox_log(
+    store: &dyn crate::store::MailStore,
+    owner: &str,
+    mbx: MailboxId,
+    since: u64,
+) -> Option<MailboxLog> {
+    let mut log = MailboxLog {
+        removed: Vec::new(),
+        changed: Vec::new(),
+        state: since,
+    };
+    loop {
+        let c = store.changes_since(owner, log.state, CHANGES_STEP).ok()?;
+        for t in &c.removed {
+            log.removed
+                .extend(t.removed.iter().filter(|p| p.mailbox == mbx).map(|p| p.uid));
+        }
+        log.changed.extend(
+            c.created
+                .into_iter()
+                .chain(c.updated)
+                .filter(|m| m.uid_in(mbx).is_some()),
+        );
+        let done = !c.more || c.new_state <= log.state;
+        log.state = c.new_state.max(log.state);
+        if done {
+            return Some(log);
+        }
+    }
+}
+
 /// A FETCH answered in parts.
 struct PendingFetch {
     tag: String,
@@ -1517,37 +1558,16 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
         let ranges = resolve(set, largest);
         let inside = |u: u32| ranges.iter().any(|&(a, b)| a <= u && u <= b);
         let mut out = Vec::new();
-        let mut from = since;
-        loop {
-            match self
-                .svc
-                .store()
-                .changes_since(self.owner(), from, CHANGES_STEP)
-            {
-                Ok(c) => {
-                    for t in &c.removed {
-                        out.extend(
-                            t.removed
-                                .iter()
-                                .filter(|p| p.mailbox == sel.id && inside(p.uid))
-                                .map(|p| p.uid),
-                        );
-                    }
-                    if !c.more || c.new_state <= from {
-                        break;
-                    }
-                    from = c.new_state;
-                }
-                Err(_) => {
-                    for &(a, b) in &ranges {
-                        // Bounded: a set reaching past the mailbox's last UID stops there.
-                        for u in a.max(1)..=b.min(largest) {
-                            if sel.seq_of(u).is_none() {
-                                out.push(u);
-                            }
+        match mailbox_log(self.svc.store(), self.owner(), sel.id, since) {
+            Some(log) => out.extend(log.removed.into_iter().filter(|&u| inside(u))),
+            None => {
+                for &(a, b) in &ranges {
+                    // Bounded: a set reaching past the mailbox's last UID stops there.
+                    for u in a.max(1)..=b.min(largest) {
+                        if sel.seq_of(u).is_none() {
+                            out.push(u);
                         }
                     }
-                    break;
                 }
             }
         }
@@ -1561,43 +1581,23 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
     /// and FETCH for messages changed since.
     fn resync(&mut self, since: u64, out: &mut Vec<u8>) {
         let Some(sel) = &self.selected else { return };
-        let mut vanished = Vec::new();
-        let mut changed = Vec::new();
-        let mut from = since;
-        loop {
-            match self
-                .svc
-                .store()
-                .changes_since(self.owner(), from, CHANGES_STEP)
-            {
-                Ok(c) => {
-                    for t in &c.removed {
-                        vanished.extend(
-                            t.removed
-                                .iter()
-                                .filter(|p| p.mailbox == sel.id)
-                                .map(|p| p.uid),
-                        );
-                    }
-                    for m in c.created.iter().chain(&c.updated) {
-                        if let Some(u) = m.uid_in(sel.id) {
-                            changed.push((u, m.clone()));
-                        }
-                    }
-                    if !c.more || c.new_state <= from {
-                        break;
-                    }
-                    from = c.new_state;
-                }
-                Err(_) => {
+        let (mut vanished, mut changed): (Vec<u32>, Vec<(u32, MessageMeta)>) =
+            match mailbox_log(self.svc.store(), self.owner(), sel.id, since) {
+                Some(log) => (
+                    log.removed,
+                    log.changed
+                        .into_iter()
+                        .filter_map(|m| Some((m.uid_in(sel.id)?, m)))
+                        .collect(),
+                ),
+                None => {
                     // Too old to say what vanished: every UID up to the
                     // first one the client may not know is given.
-                    if let Some(&last) = sel.uids.last() {
-                        let gone: Vec<u32> =
-                            (1..=last).filter(|u| sel.seq_of(*u).is_none()).collect();
-                        vanished.extend(gone);
-                    }
-                    changed = sel
+                    let gone = match sel.uids.last() {
+                        Some(&last) => (1..=last).filter(|u| sel.seq_of(*u).is_none()).collect(),
+                        None => Vec::new(),
+                    };
+                    let all = sel
                         .ids
                         .iter()
                         .zip(&sel.uids)
@@ -1605,10 +1605,9 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
                             self.svc.store().meta(id).ok().flatten().map(|m| (u, m))
                         })
                         .collect();
-                    break;
+                    (gone, all)
                 }
-            }
-        }
+            };
         vanished.retain(|u| sel.seq_of(*u).is_none());
         if !vanished.is_empty() {
             line(out, &format!("* VANISHED (EARLIER) {}", uid_set(&vanished)));
@@ -1649,38 +1648,18 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
         let mut added: Vec<(u32, u64)> = Vec::new();
         let mut updated: Vec<MessageMeta> = Vec::new();
         let mut from = sel.state;
-        let mut full = false;
-        loop {
-            match store.changes_since(&owner, from, CHANGES_STEP) {
-                Ok(c) => {
-                    for t in &c.removed {
-                        removed.extend(
-                            t.removed
-                                .iter()
-                                .filter(|p| p.mailbox == sel.id)
-                                .map(|p| p.uid),
-                        );
-                    }
-                    for m in c.created.into_iter().chain(c.updated) {
-                        if let Some(u) = m.uid_in(sel.id) {
-                            if sel.seq_of(u).is_none() {
-                                added.push((u, m.id));
-                            } else {
-                                updated.push(m);
-                            }
-                        }
-                    }
-                    if !c.more || c.new_state <= from {
-                        from = c.new_state.max(from);
-                        break;
-                    }
-                    from = c.new_state;
-                }
-                Err(_) => {
-                    full = true;
-                    break;
+        let log = mailbox_log(store, &owner, sel.id, sel.state);
+        let full = log.is_none();
+        if let Some(log) = log {
+            removed.extend(log.removed);
+            for m in log.changed {
+                match m.uid_in(sel.id) {
+                    Some(u) if sel.seq_of(u).is_none() => added.push((u, m.id)),
+                    Some(_) => updated.push(m),
+                    None => {}
                 }
             }
+            from = log.state;
         }
         if full {
             let Ok(list) = store.uids(&owner, sel.id) else {
