@@ -1,5 +1,6 @@
 //! Process and listener limits: the file-descriptor budget, the umask and
-//! file modes of the data directory, per-address connection slots, and the
+//! file modes of the data directory, per-address connection slots and the
+//! admission gate every listener uses (SMTP, IMAP, the client API), and the
 //! client API's guarded accept loop (connection caps before the TLS
 //! handshake, a handshake timeout, an idle timeout on every connection).
 
@@ -151,6 +152,81 @@ impl Drop for IpSlot {
     }
 }
 
+/// Admission of a listener's connections: a cap on all of them and one
+/// per client address (SMTP, IMAP and the client API share it).
+#[derive(Debug)]
+pub struct Gate {
+    slots: Arc<Semaphore>,
+    per_ip: PerIp,
+    per_ip_max: usize,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its address holds `max_connections_per_ip` already.
+    PerIp,
+    /// The listener holds `max_connections` already.
+    Full,
+}
+
+/// The slots an admitted connection holds until it is dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    _slot: IpSlot,
+}
+
+impl Gate {
+    /// A gate for at most `max` connections, `per_ip_max` from one address.
+    pub fn new(max: usize, per_ip_max: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max.max(1))),
+            per_ip: PerIp::default(),
+            per_ip_max,
+        }
+    }
+
+    /// Admits a connection from `ip`, or says which cap it hits.
+    pub fn admit(&self, ip: IpAddr) -> Result<Admitted, Refused> {
+        let slot = self
+            .per_ip
+            .take(ip, self.per_ip_max)
+            .ok_or(Refused::PerIp)?;
+        let permit = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Full)?;
+        Ok(Admitted {
+            _permit: permit,
+            _slot: slot,
+        })
+    }
+}
+
+/// The next connection of `listener`, or `None` once `token` is cancelled.
+/// A failed accept (out of descriptors, most likely) is logged and retried
+/// after 50 ms rather than spun on.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    token: &tokio_util::sync::CancellationToken,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, listener = what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = token.cancelled() => return None,
+        }
+    }
+}
+
 /// Limits of a TLS listener that hands connections to a server (the client API).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -171,7 +247,7 @@ pub struct GuardedConn<S> {
     deadline: Pin<Box<tokio::time::Sleep>>,
     local: Option<SocketAddr>,
     remote: SocketAddr,
-    _slots: (OwnedSemaphorePermit, IpSlot),
+    _slots: Admitted,
 }
 
 impl<S> GuardedConn<S> {
@@ -276,30 +352,20 @@ pub fn guarded_tls_incoming(
 > {
     use std::sync::atomic::Ordering::Relaxed;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let per_ip = PerIp::default();
+    let gate = Gate::new(limits.max_connections, limits.max_connections_per_ip);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of descriptors, most likely: wait rather than spin.
-                        tracing::warn!(error = %e, "client API accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = token.cancelled() => break,
-            };
-            let Some(ip_slot) = per_ip.take(peer.ip(), limits.max_connections_per_ip) else {
-                metrics.refused_per_ip.fetch_add(1, Relaxed);
-                continue;
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                metrics.refused_total.fetch_add(1, Relaxed);
-                continue;
+        while let Some((tcp, peer)) = accept(&listener, &token, "client API").await {
+            let admitted = match gate.admit(peer.ip()) {
+                Ok(a) => a,
+                Err(Refused::PerIp) => {
+                    metrics.refused_per_ip.fetch_add(1, Relaxed);
+                    continue;
+                }
+                Err(Refused::Full) => {
+                    metrics.refused_total.fetch_add(1, Relaxed);
+                    continue;
+                }
             };
             let (tx, acceptor, metrics) = (tx.clone(), acceptor.clone(), metrics.clone());
             tokio::spawn(async move {
@@ -313,7 +379,7 @@ pub fn guarded_tls_incoming(
                             deadline: Box::pin(tokio::time::sleep(limits.idle_timeout)),
                             local,
                             remote: peer,
-                            _slots: (permit, ip_slot),
+                            _slots: admitted,
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -93,45 +92,37 @@ impl ImapListener {
 
     /// Accepts until `token` is cancelled.
     pub async fn run(self, svc: MailService, token: CancellationToken, tracker: TaskTracker) {
-        let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
-        let per_ip = crate::limits::PerIp::default();
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = self.listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "IMAP accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = token.cancelled() => break,
-            };
-            let refuse = |mut tcp: TcpStream, why: &'static [u8]| async move {
-                // Before TLS on a plain port; on port 993 the client sees a closed connection.
-                let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(why)).await;
-            };
+        let gate =
+            crate::limits::Gate::new(self.cfg.max_connections, self.cfg.max_connections_per_ip);
+        while let Some((tcp, peer)) = crate::limits::accept(&self.listener, &token, "IMAP").await {
             let counters = svc.metrics().clone();
-            let Some(ip_slot) = per_ip.take(peer.ip(), self.cfg.max_connections_per_ip) else {
-                counters.imap_listener.refused_per_ip.fetch_add(1, Relaxed);
-                tracing::warn!(%peer, "IMAP connection refused: too many from this address");
-                if !self.cfg.implicit_tls {
-                    refuse(tcp, b"* BYE too many connections from your address\r\n").await;
+            let admitted = match gate.admit(peer.ip()) {
+                Ok(a) => a,
+                Err(why) => {
+                    let reply: &[u8] = match why {
+                        crate::limits::Refused::PerIp => {
+                            counters.imap_listener.refused_per_ip.fetch_add(1, Relaxed);
+                            tracing::warn!(%peer, "IMAP connection refused: too many from this address");
+                            b"* BYE too many connections from your address\r\n"
+                        }
+                        crate::limits::Refused::Full => {
+                            counters.imap_listener.refused_total.fetch_add(1, Relaxed);
+                            tracing::warn!(%peer, "IMAP connection refused: server full");
+                            b"* BYE too many connections, try later\r\n"
+                        }
+                    };
+                    // Before TLS on a plain port; on port 993 the client sees a closed connection.
+                    if !self.cfg.implicit_tls {
+                        let mut tcp = tcp;
+                        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(reply))
+                            .await;
+                    }
+                    continue;
                 }
-                continue;
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                counters.imap_listener.refused_total.fetch_add(1, Relaxed);
-                tracing::warn!(%peer, "IMAP connection refused: server full");
-                if !self.cfg.implicit_tls {
-                    refuse(tcp, b"* BYE too many connections, try later\r\n").await;
-                }
-                continue;
             };
             let (svc, cfg, token) = (svc.clone(), self.cfg.clone(), token.clone());
             tracker.spawn(async move {
-                let _permit = permit;
-                let _ip_slot = ip_slot;
+                let _admitted = admitted;
                 let _open = Gauge::up(&counters.imap_sessions);
                 if let Err(e) = serve(tcp, peer, &svc, &cfg, &token).await {
                     if e.to_string().contains("handshake") {

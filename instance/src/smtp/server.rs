@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -91,48 +90,33 @@ impl SmtpListener {
 
     /// Accepts until `token` is cancelled; sessions in progress are tracked by `tracker`.
     pub async fn run(self, svc: MailService, token: CancellationToken, tracker: TaskTracker) {
-        let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
-        let per_ip = crate::limits::PerIp::default();
+        let gate =
+            crate::limits::Gate::new(self.cfg.max_connections, self.cfg.max_connections_per_ip);
         let cfg = Arc::new(self.cfg);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = self.listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = token.cancelled() => break,
-            };
-            let Some(ip_slot) = per_ip.take(peer.ip(), cfg.max_connections_per_ip) else {
-                svc.metrics()
-                    .smtp_refused_per_ip
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut tcp = tcp;
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    tcp.write_all(
-                        b"421 4.7.0 Too many connections from your address, try later\r\n",
-                    ),
-                )
-                .await;
-                continue;
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                let mut tcp = tcp;
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    tcp.write_all(b"421 4.7.0 Too many connections, try later\r\n"),
-                )
-                .await;
-                continue;
+        while let Some((tcp, peer)) = crate::limits::accept(&self.listener, &token, "SMTP").await {
+            let admitted = match gate.admit(peer.ip()) {
+                Ok(a) => a,
+                Err(why) => {
+                    let reply: &[u8] = match why {
+                        crate::limits::Refused::PerIp => {
+                            svc.metrics()
+                                .smtp_refused_per_ip
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            b"421 4.7.0 Too many connections from your address, try later\r\n"
+                        }
+                        crate::limits::Refused::Full => {
+                            b"421 4.7.0 Too many connections, try later\r\n"
+                        }
+                    };
+                    let mut tcp = tcp;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), tcp.write_all(reply)).await;
+                    continue;
+                }
             };
             let (svc, cfg, token) = (svc.clone(), cfg.clone(), token.clone());
             tracker.spawn(async move {
-                let _permit = permit;
-                let _ip_slot = ip_slot;
+                let _admitted = admitted;
                 if let Err(e) = serve(tcp, peer, &svc, &cfg, &token).await {
                     tracing::debug!(%peer, error = %e, "SMTP session ended with an error");
                 }
