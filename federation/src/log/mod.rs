@@ -189,7 +189,7 @@ impl LogMonitor {
     pub async fn offer(&self, note: &str, source: Option<&str>) -> Result<Offer, LogError> {
         let _one = self.offers.lock().await;
         let now = now_unix();
-        let first = self.lock().offer(note, source, None, now);
+        let first = self.with_view(|v| v.offer(note, source, None, now));
         let r = match first {
             Ok(Offer::NeedProof { old, new }) => {
                 let fetched =
@@ -197,7 +197,7 @@ impl LogMonitor {
                         .await
                         .unwrap_or_else(|_| Err("timed out".into()));
                 match fetched {
-                    Ok(path) => self.lock().offer(note, source, Some(&path), now),
+                    Ok(path) => self.with_view(|v| v.offer(note, source, Some(&path), now)),
                     Err(why) => Err(LogError::Unverifiable { old, new, why }),
                 }
             }
@@ -227,9 +227,9 @@ impl LogMonitor {
     pub async fn offer_split_view(&self, sv: SplitView) -> Result<bool, LogError> {
         let _one = self.offers.lock().await;
         let source = sv.source.clone();
-        let r = self.lock().adopt_split_view(sv.clone());
+        let r = self.with_view(|v| v.adopt_split_view(sv));
         match &r {
-            Ok(true) => self.raise(&sv, source.as_deref()),
+            Ok(true) => self.alarm(source.as_deref()),
             Ok(false) => {}
             Err(e) => {
                 self.stats.refused_evidence.fetch_add(1, Ordering::Relaxed);
@@ -275,16 +275,32 @@ impl LogMonitor {
         });
     }
 
-    fn raise(&self, sv: &SplitView, source: Option<&str>) {
-        self.stats.split_views.fetch_add(1, Ordering::Relaxed);
+    /// Runs `f` on the view. A split view that `f` records is counted and
+    /// directory updates are held before the view's lock is released, so
+    /// that nobody (the node, a test, `caliopen log status`) sees the proof
+    /// without the hold that must go with it.
+    fn with_view<T>(&self, f: impl FnOnce(&mut LogView) -> T) -> T {
+        let mut v = self.lock();
+        let before = v.split_view().is_some();
+        let out = f(&mut v);
+        if !before {
+            if let Some(sv) = v.split_view() {
+                self.stats.split_views.fetch_add(1, Ordering::Relaxed);
+                if let Some(t) = &self.trust {
+                    t.hold_directories(hold_reason(sv));
+                }
+            }
+        }
+        out
+    }
+
+    /// Logs and announces a split view that [`Self::with_view`] recorded.
+    fn alarm(&self, source: Option<&str>) {
         tracing::error!(
             from = source.unwrap_or("the association"),
             "ALARM membership log: split view — two checkpoints signed by the log key are \
              inconsistent; both notes are kept as the proof and directory updates are suspended"
         );
-        if let Some(t) = &self.trust {
-            t.hold_directories(hold_reason(sv));
-        }
         self.notify(source);
     }
 
@@ -305,7 +321,7 @@ impl LogMonitor {
                 // Counted once, when the first proof is taken.
                 let held = self.lock().split_view() == Some(sv.as_ref());
                 if held {
-                    self.raise(sv, source);
+                    self.alarm(source);
                 } else {
                     tracing::error!(
                         from,
