@@ -425,6 +425,49 @@ impl Default for ImapSection {
     }
 }
 
+/// The web client (HTTPS with the instance certificate), on the mail core.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSection {
+    /// TCP address of the web client (absent: no web client).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Minutes a login lasts (the session then ends server-side).
+    #[serde(default = "default_web_session_min")]
+    pub session_minutes: u64,
+    /// Most simultaneous connections.
+    #[serde(default = "default_max_conn")]
+    pub max_connections: usize,
+    /// Most simultaneous connections from one IP address (a browser opens
+    /// about six, and one for live updates).
+    #[serde(default = "default_api_conn_ip")]
+    pub max_connections_per_ip: usize,
+    /// Longest TLS handshake, seconds.
+    #[serde(default = "default_handshake_s")]
+    pub handshake_timeout_seconds: u64,
+    /// A connection with no traffic either way for this long is closed,
+    /// seconds (live updates send a keep-alive every 15 s).
+    #[serde(default = "default_api_idle_s")]
+    pub idle_timeout_seconds: u64,
+}
+
+fn default_web_session_min() -> u64 {
+    8 * 60
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            session_minutes: default_web_session_min(),
+            max_connections: default_max_conn(),
+            max_connections_per_ip: default_api_conn_ip(),
+            handshake_timeout_seconds: default_handshake_s(),
+            idle_timeout_seconds: default_api_idle_s(),
+        }
+    }
+}
+
 /// DNS: sender checks (DKIM, SPF, DMARC) of inbound mail and MX lookups
 /// for direct delivery.
 #[derive(Debug, Clone, Deserialize)]
@@ -509,6 +552,9 @@ pub struct Config {
     /// IMAP.
     #[serde(default)]
     pub imap: ImapSection,
+    /// The web client.
+    #[serde(default)]
+    pub web: WebSection,
     /// Password checks.
     #[serde(default)]
     pub login: LoginSection,
@@ -549,6 +595,7 @@ impl Config {
             },
             api: ApiSection::default(),
             imap: ImapSection::default(),
+            web: WebSection::default(),
             login: LoginSection::default(),
             accounts: AccountsSection::default(),
             dns: DnsSection::default(),
@@ -648,6 +695,20 @@ impl Config {
         if self.imap.max_connections == 0 || self.imap.max_connections_per_ip == 0 {
             return Err(
                 "key `imap.max_connections` / `imap.max_connections_per_ip`: at least 1".into(),
+            );
+        }
+        if self.web.max_connections == 0 || self.web.max_connections_per_ip == 0 {
+            return Err(
+                "key `web.max_connections` / `web.max_connections_per_ip`: at least 1".into(),
+            );
+        }
+        if !(5..=60 * 24 * 30).contains(&self.web.session_minutes) {
+            return Err("key `web.session_minutes`: between 5 and 43200 (30 days)".into());
+        }
+        if self.web.idle_timeout_seconds < 30 {
+            return Err(
+                "key `web.idle_timeout_seconds`: at least 30 (live updates keep alive every 15 s)"
+                    .into(),
             );
         }
         if self.imap.idle_timeout_minutes < 30 {

@@ -36,6 +36,8 @@ pub struct Bound {
     pub api: Option<SocketAddr>,
     /// IMAP, when enabled.
     pub imap: Option<SocketAddr>,
+    /// The web client (HTTPS), when enabled.
+    pub web: Option<SocketAddr>,
 }
 
 /// Writes `data` to a new or replaced file with `mode`, fsynced.
@@ -171,7 +173,15 @@ pub async fn run(
         } else {
             0
         };
-        if crate::limits::budget(&mut [&mut mx, &mut sub, &mut api, &mut imap], nofile) {
+        let mut web = if config.web.listen.is_some() {
+            config.web.max_connections
+        } else {
+            0
+        };
+        if crate::limits::budget(
+            &mut [&mut mx, &mut sub, &mut api, &mut imap, &mut web],
+            nofile,
+        ) {
             tracing::warn!(
                 open_files = nofile,
                 smtp = mx,
@@ -181,6 +191,7 @@ pub async fn run(
             config.smtp.max_connections = mx.min(sub);
             config.api.max_connections = api.max(1);
             config.imap.max_connections = imap.max(1);
+            config.web.max_connections = web.max(1);
         }
     }
     let store = Store::open(&dir.join("db")).map_err(|e| e.to_string())?;
@@ -318,6 +329,34 @@ pub async fn run(
         None => None,
     };
 
+    let web_addr = match config.web.listen {
+        Some(addr) => {
+            let l = crate::web::WebListener::bind(
+                addr,
+                crate::web::WebConfig {
+                    tls: tls.clone(),
+                    session_lifetime: Duration::from_secs(config.web.session_minutes * 60),
+                    max_message_size: config.smtp.max_message_size,
+                    limits: crate::limits::ConnLimits {
+                        max_connections: config.web.max_connections,
+                        max_connections_per_ip: config.web.max_connections_per_ip,
+                        handshake_timeout: Duration::from_secs(
+                            config.web.handshake_timeout_seconds.max(1),
+                        ),
+                        idle_timeout: Duration::from_secs(config.web.idle_timeout_seconds.max(1)),
+                    },
+                },
+            )
+            .await
+            .map_err(|e| format!("web listener {addr}: {e}"))?;
+            let a = l.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(addr = %a, "web client up (HTTPS)");
+            tracker.spawn(l.run(svc.clone(), token.clone(), tracker.clone()));
+            Some(a)
+        }
+        None => None,
+    };
+
     let sock = dir.join(ADMIN_SOCKET);
     if sock.exists() {
         if tokio::net::UnixStream::connect(&sock).await.is_ok() {
@@ -393,6 +432,7 @@ pub async fn run(
                 .add_service(crate::api::reflection()?);
             let token = token.clone();
             let incoming = crate::limits::guarded_tls_incoming(
+                "client API",
                 l,
                 Arc::new(api_tls),
                 limits,
@@ -418,6 +458,7 @@ pub async fn run(
         metrics: metrics_addr,
         api: api_addr,
         imap: imap_addr,
+        web: web_addr,
     });
     tracing::info!(data = %dir.display(), domains = ?config.domains, "caliopen instance running");
 

@@ -317,6 +317,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             metrics: MetricsSection::default(),
             api: Default::default(),
             imap: Default::default(),
+            web: Default::default(),
             login: Default::default(),
             accounts: Default::default(),
             dns: Default::default(),

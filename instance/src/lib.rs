@@ -26,6 +26,7 @@ pub mod outbound;
 pub mod privacy;
 pub mod smtp;
 pub mod store;
+pub mod web;
 
 /// What the unit tests of several modules share.
 #[cfg(test)]

@@ -227,7 +227,8 @@ pub async fn accept(
     }
 }
 
-/// Limits of a TLS listener that hands connections to a server (the client API).
+/// Limits of a TLS listener that hands connections to a server (the
+/// client API, the web client).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     /// Most connections at once.
@@ -251,6 +252,11 @@ pub struct GuardedConn<S> {
 }
 
 impl<S> GuardedConn<S> {
+    /// The client's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote
+    }
+
     fn touch(&mut self) {
         let next = tokio::time::Instant::now() + self.idle;
         self.deadline.as_mut().reset(next);
@@ -339,6 +345,7 @@ pub struct ListenerMetrics {
 /// (`serve_with_incoming`). Connections over a cap are closed at once,
 /// before any TLS work. Ends when `token` is cancelled.
 pub fn guarded_tls_incoming(
+    what: &'static str,
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     limits: ConnLimits,
@@ -355,7 +362,7 @@ pub fn guarded_tls_incoming(
     let gate = Gate::new(limits.max_connections, limits.max_connections_per_ip);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
-        while let Some((tcp, peer)) = accept(&listener, &token, "client API").await {
+        while let Some((tcp, peer)) = accept(&listener, &token, what).await {
             let admitted = match gate.admit(peer.ip()) {
                 Ok(a) => a,
                 Err(Refused::PerIp) => {
@@ -385,11 +392,11 @@ pub fn guarded_tls_incoming(
                     }
                     Ok(Err(e)) => {
                         metrics.handshake_failed.fetch_add(1, Relaxed);
-                        tracing::debug!(%peer, error = %e, "client API TLS handshake failed");
+                        tracing::debug!(%peer, error = %e, listener = what, "TLS handshake failed");
                     }
                     Err(_) => {
                         metrics.handshake_failed.fetch_add(1, Relaxed);
-                        tracing::debug!(%peer, "client API TLS handshake timed out");
+                        tracing::debug!(%peer, listener = what, "TLS handshake timed out");
                     }
                 }
             });

@@ -61,6 +61,18 @@ pub struct Metrics {
     pub imap_sessions: AtomicU64,
     /// IMAP connections in IDLE now.
     pub imap_idling: AtomicU64,
+    /// The web client listener's refusals.
+    pub web_listener: Arc<crate::limits::ListenerMetrics>,
+    /// Web client sessions open now.
+    pub web_sessions: AtomicU64,
+    /// Web client logins, by outcome.
+    pub web_logins_ok: AtomicU64,
+    /// Web client logins refused (wrong password, throttled, busy).
+    pub web_logins_refused: AtomicU64,
+    /// Requests refused for a missing or wrong CSRF token.
+    pub web_csrf_refused: AtomicU64,
+    /// Remote resources (images, style sheets) blocked in displayed mail.
+    pub web_remote_blocked: AtomicU64,
 }
 
 /// What the metrics page reads besides the counters.
@@ -183,6 +195,44 @@ pub fn render(s: &MetricsSources) -> String {
             ("reason", "per_ip_limit", l(&il.refused_per_ip)),
             ("reason", "handshake", l(&il.handshake_failed)),
         ],
+    );
+    let wl = &m.web_listener;
+    c(
+        &mut out,
+        "caliopen_web_connections_refused_total",
+        "Web client connections refused or dropped, by reason.",
+        &[
+            ("reason", "limit", l(&wl.refused_total)),
+            ("reason", "per_ip_limit", l(&wl.refused_per_ip)),
+            ("reason", "handshake", l(&wl.handshake_failed)),
+        ],
+    );
+    c(
+        &mut out,
+        "caliopen_web_logins_total",
+        "Web client logins, by outcome.",
+        &[
+            ("outcome", "ok", l(&m.web_logins_ok)),
+            ("outcome", "refused", l(&m.web_logins_refused)),
+        ],
+    );
+    c(
+        &mut out,
+        "caliopen_web_csrf_refused_total",
+        "Web client requests refused for a missing or wrong CSRF token or a foreign Origin.",
+        &[("kind", "csrf", l(&m.web_csrf_refused))],
+    );
+    c(
+        &mut out,
+        "caliopen_web_remote_blocked_total",
+        "Remote resources (trackers, images, style sheets) blocked in mail shown by the web client.",
+        &[("kind", "remote", l(&m.web_remote_blocked))],
+    );
+    g(
+        &mut out,
+        "caliopen_web_sessions",
+        "Web client sessions open.",
+        l(&m.web_sessions),
     );
     g(
         &mut out,

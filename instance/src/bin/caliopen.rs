@@ -66,6 +66,9 @@ enum Cmd {
         /// IMAP address (STARTTLS; set `[imap] implicit_tls = true` for port 993).
         #[arg(long, value_name = "ADDR")]
         imap: Option<SocketAddr>,
+        /// Web client address (HTTPS with the instance certificate).
+        #[arg(long, value_name = "ADDR")]
+        web: Option<SocketAddr>,
         /// Outbound relay HOST:PORT.
         #[arg(long, value_name = "HOST:PORT")]
         relay: Option<String>,
@@ -262,6 +265,7 @@ fn init(
     metrics: Option<SocketAddr>,
     api: Option<SocketAddr>,
     imap: Option<SocketAddr>,
+    web: Option<SocketAddr>,
     relay: Option<String>,
 ) -> anyhow::Result<()> {
     let domain = domain.to_ascii_lowercase();
@@ -310,6 +314,9 @@ fn init(
             "\n[imap]\nlisten = {}\n",
             toml_str(&a.to_string())
         ));
+    }
+    if let Some(a) = web {
+        text.push_str(&format!("\n[web]\nlisten = {}\n", toml_str(&a.to_string())));
     }
     // Refuse to write what we would refuse to read.
     Config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -864,9 +871,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             metrics,
             api,
             imap,
+            web,
             relay,
         } => init(
-            &data, &domain, smtp, submission, mesh, metrics, api, imap, relay,
+            &data, &domain, smtp, submission, mesh, metrics, api, imap, web, relay,
         ),
         Cmd::Join {
             config,
@@ -892,12 +900,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon::run(cfg, stop, |b| {
                 let _ = writeln!(
                     std::io::stdout(),
-                    "smtp {} submission {} metrics {} api {} imap {}",
+                    "smtp {} submission {} metrics {} api {} imap {} web {}",
                     b.smtp,
                     b.submission,
                     b.metrics.map_or("off".to_owned(), |a| a.to_string()),
                     b.api.map_or("off".to_owned(), |a| a.to_string()),
-                    b.imap.map_or("off".to_owned(), |a| a.to_string())
+                    b.imap.map_or("off".to_owned(), |a| a.to_string()),
+                    b.web.map_or("off".to_owned(), |a| a.to_string())
                 );
                 let _ = std::io::stdout().flush();
             })

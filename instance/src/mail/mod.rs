@@ -16,6 +16,7 @@ pub mod address;
 pub mod book;
 pub mod mailbox;
 pub mod message;
+pub mod prefs;
 pub mod thread;
 
 pub use book::{

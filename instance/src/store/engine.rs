@@ -127,6 +127,29 @@ pub trait MailStore: Send + Sync + std::fmt::Debug {
         page.truncate(limit);
         Ok((page, more))
     }
+    /// At most `limit` messages of `mbx` with UIDs below `before` (`None`:
+    /// from the newest), newest first, and whether more follow.
+    fn newest(
+        &self,
+        _owner: &str,
+        _mbx: MailboxId,
+        _before: Option<u32>,
+        _limit: usize,
+    ) -> Result<(Vec<MessageMeta>, bool), StoreError> {
+        unsupported("mailboxes")
+    }
+    /// A user's web client settings.
+    fn prefs(&self, _owner: &str) -> Result<crate::mail::prefs::Prefs, StoreError> {
+        Ok(Default::default())
+    }
+    /// Saves a user's web client settings; durable.
+    fn set_prefs<'a>(
+        &'a self,
+        _owner: &'a str,
+        _prefs: &'a crate::mail::prefs::Prefs,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async { unsupported("settings") })
+    }
     /// An account's mailboxes.
     fn mailboxes(&self, _owner: &str) -> Result<Vec<Mailbox>, StoreError> {
         unsupported("mailboxes")
@@ -324,6 +347,25 @@ impl MailStore for Store {
         limit: usize,
     ) -> Result<(Vec<MessageMeta>, bool), StoreError> {
         Store::list_page(self, owner, mbx, after, limit)
+    }
+    fn newest(
+        &self,
+        owner: &str,
+        mbx: MailboxId,
+        before: Option<u32>,
+        limit: usize,
+    ) -> Result<(Vec<MessageMeta>, bool), StoreError> {
+        Store::mailbox_newest(self, owner, mbx, before, limit)
+    }
+    fn prefs(&self, owner: &str) -> Result<crate::mail::prefs::Prefs, StoreError> {
+        Store::prefs(self, owner)
+    }
+    fn set_prefs<'a>(
+        &'a self,
+        owner: &'a str,
+        prefs: &'a crate::mail::prefs::Prefs,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(Store::set_prefs(self, owner, prefs))
     }
     fn mailboxes(&self, owner: &str) -> Result<Vec<Mailbox>, StoreError> {
         Store::mailboxes(self, owner)

@@ -103,6 +103,8 @@ pub struct Store {
     contacts: sled::Tree,
     stats: sled::Tree,
     levels: sled::Tree,
+    /// Web client settings per account ([`crate::mail::prefs::Prefs`], JSON).
+    prefs: sled::Tree,
     domains: Arc<RwLock<Vec<String>>>,
     quota_default: Arc<RwLock<crate::mail::QuotaLimits>>,
     commit: Arc<GroupCommit>,
@@ -192,6 +194,7 @@ impl Store {
             contacts: db.open_tree("contacts")?,
             stats: db.open_tree("user_stats")?,
             levels: db.open_tree("public_levels")?,
+            prefs: db.open_tree("web_prefs")?,
             domains: Arc::new(RwLock::new(Vec::new())),
             quota_default: Arc::default(),
             alias_cache: Arc::new(RwLock::new(aliases)),
@@ -515,6 +518,29 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// A user's web client settings (defaults when none were saved).
+    pub fn prefs(&self, localpart: &str) -> Result<crate::mail::prefs::Prefs, StoreError> {
+        match self.prefs.get(localpart.as_bytes())? {
+            Some(v) => serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Corrupt(format!("settings of {localpart}: {e}"))),
+            None => Ok(Default::default()),
+        }
+    }
+
+    /// Saves a user's web client settings; durable when this returns.
+    pub async fn set_prefs(
+        &self,
+        localpart: &str,
+        prefs: &crate::mail::prefs::Prefs,
+    ) -> Result<(), StoreError> {
+        if !self.user_exists(localpart) {
+            return Err(crate::mail::ModelError::NoAccount(localpart.to_owned()).into());
+        }
+        let v = serde_json::to_vec(prefs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.prefs.insert(localpart.as_bytes(), v)?;
+        self.commit.sync().await.map_err(StoreError::Flush)
     }
 
     /// Opts a user out of (or back into) publishing their public level.

@@ -151,6 +151,34 @@ impl Store {
         Ok((out, false))
     }
 
+    /// At most `limit` messages of a mailbox with UIDs below `before`
+    /// (`None`: from the newest), newest first, and whether more follow: a
+    /// reverse range read of the UID index (the web client's pages).
+    pub fn mailbox_newest(
+        &self,
+        owner: &str,
+        mbx: MailboxId,
+        before: Option<u32>,
+        limit: usize,
+    ) -> Result<(Vec<MessageMeta>, bool), StoreError> {
+        let start = model::uid_prefix(owner, mbx);
+        let end = match before {
+            Some(uid) => model::uid_key(owner, mbx, uid),
+            None => model::uid_prefix(owner, mbx.saturating_add(1)),
+        };
+        let mut out = Vec::new();
+        for kv in self.mail.range(start..end).rev() {
+            let (_, v) = kv?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            if let Some(m) = self.messages.get(&v)? {
+                out.push(decode(&m)?);
+            }
+        }
+        Ok((out, false))
+    }
+
     /// The inbox's messages, in arrival (UID) order.
     pub fn list(&self, owner: &str) -> Result<Vec<MessageMeta>, StoreError> {
         Ok(self
@@ -485,6 +513,7 @@ impl Store {
             self.contacts.remove(k?)?;
         }
         self.stats.remove(owner.as_bytes())?;
+        self.prefs.remove(owner.as_bytes())?;
         Ok(())
     }
 

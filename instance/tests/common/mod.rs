@@ -54,6 +54,8 @@ pub struct Bound {
     pub api: Option<SocketAddr>,
     /// IMAP, when enabled.
     pub imap: Option<SocketAddr>,
+    /// The web client, when enabled.
+    pub web: Option<SocketAddr>,
 }
 
 /// Starts `caliopen run --config CONFIG` (stderr to `stderr`) and waits for
@@ -83,6 +85,7 @@ pub fn spawn_daemon(config: &Path, stderr: Stdio, envs: &[(&str, &str)]) -> (Chi
         metrics: words.get(5).and_then(|w| w.parse().ok()),
         api: words.get(7).and_then(|w| w.parse().ok()),
         imap: words.get(9).and_then(|w| w.parse().ok()),
+        web: words.get(11).and_then(|w| w.parse().ok()),
     };
     (child, bound)
 }

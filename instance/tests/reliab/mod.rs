@@ -417,6 +417,7 @@ fn spawn_wrapped(
             metrics: words.get(5).and_then(|w| w.parse().ok()),
             api: words.get(7).and_then(|w| w.parse().ok()),
             imap: words.get(9).and_then(|w| w.parse().ok()),
+            web: words.get(11).and_then(|w| w.parse().ok()),
         },
     )
 }

@@ -1,0 +1,298 @@
+//! The web client, served by the daemon on `[web] listen` over HTTPS with
+//! the instance certificate: server-rendered pages (askama templates,
+//! checked at compile time) over the mail core, with a small script that
+//! only enhances them (live updates, route preview, keyboard). No CDN, no
+//! remote font: every asset is compiled into the binary.
+//!
+//! - `session.rs`: cookie sessions and CSRF tokens;
+//! - `sanitize.rs`: HTML mail made safe (ammonia) and remote content counted;
+//! - `view.rs`: privacy grades and pictures, messages for display,
+//!   discussions, route previews, search — over the store, no HTML;
+//! - `pages.rs`: the handlers and their templates (`instance/templates/`);
+//! - `i18n.rs`: English and French.
+//!
+//! Every response carries a Content-Security-Policy without inline
+//! scripts, `frame-ancestors 'none'`, `nosniff` and `no-referrer`; a
+//! message's HTML is served on its own URL under a policy that forbids
+//! scripts and remote loads and a CSP sandbox, inside a sandboxed frame.
+
+pub mod i18n;
+mod pages;
+pub mod sanitize;
+pub mod session;
+#[cfg(test)]
+mod tests;
+pub mod view;
+
+use crate::delivery::MailService;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The policy of every page: scripts and styles from the daemon only,
+/// frames only from it (the message frame), no plugin, no base, forms
+/// posting only here.
+pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; connect-src 'self'; frame-src 'self'; form-action 'self'; \
+     base-uri 'none'; frame-ancestors 'none'";
+
+/// The web listener's settings.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// TLS (the instance certificate).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Session lifetime.
+    pub session_lifetime: Duration,
+    /// Largest message a user may send (attachments included).
+    pub max_message_size: usize,
+    /// Connection limits.
+    pub limits: crate::limits::ConnLimits,
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct Web {
+    svc: MailService,
+    sessions: session::Sessions,
+    max_message_size: usize,
+}
+
+impl Web {
+    /// The web client over `svc`.
+    pub fn new(svc: MailService, session_lifetime: Duration, max_message_size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            sessions: session::Sessions::new(session_lifetime),
+            svc,
+            max_message_size,
+        })
+    }
+
+    fn count_sessions(&self) {
+        // The gauge follows the session map's own count.
+        let n = self.sessions.count();
+        self.svc
+            .metrics()
+            .web_sessions
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The client's address, put on each request by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<IpAddr>);
+
+/// The router (without the listener: the tests drive it directly).
+pub fn router(web: Arc<Web>) -> axum::Router {
+    pages::routes(web.clone()).layer(axum::middleware::from_fn_with_state(web, guard))
+}
+
+/// Security headers on every response, and the Origin check on every
+/// state-changing request (a cross-site POST is refused before any
+/// handler runs; the CSRF token in the form is checked by the handler).
+async fn guard(
+    axum::extract::State(web): axum::extract::State<Arc<Web>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if unsafe_method && !same_origin(req.headers()) {
+        web.svc
+            .metrics()
+            .web_csrf_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(origin = ?req.headers().get(header::ORIGIN), "web: cross-origin request refused");
+        let t = i18n::pick(
+            Default::default(),
+            req.headers()
+                .get(header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let mut r = pages::error_page(t, StatusCode::FORBIDDEN, t.forbidden, None);
+        secure_headers(r.headers_mut());
+        return r;
+    }
+    let mut r = next.run(req).await;
+    secure_headers(r.headers_mut());
+    r
+}
+
+fn same_origin(h: &HeaderMap) -> bool {
+    let Some(origin) = h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        // No Origin (an old browser, curl): the SameSite=Strict cookie and
+        // the CSRF token still stand.
+        return true;
+    };
+    let Some(host) = h.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .is_some_and(|o| o.eq_ignore_ascii_case(host))
+}
+
+fn secure_headers(h: &mut HeaderMap) {
+    let set = |h: &mut HeaderMap, k: header::HeaderName, v: &'static str| {
+        if !h.contains_key(&k) {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+    };
+    set(h, header::CONTENT_SECURITY_POLICY, PAGE_CSP);
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::CACHE_CONTROL, "no-store");
+    set(
+        h,
+        header::HeaderName::from_static("cross-origin-opener-policy"),
+        "same-origin",
+    );
+    set(
+        h,
+        header::HeaderName::from_static("permissions-policy"),
+        "camera=(), microphone=(), geolocation=(), interest-cohort=()",
+    );
+}
+
+/// A bound web listener.
+pub struct WebListener {
+    listener: tokio::net::TcpListener,
+    config: WebConfig,
+}
+
+impl WebListener {
+    /// Binds `addr`.
+    pub async fn bind(addr: SocketAddr, config: WebConfig) -> std::io::Result<Self> {
+        Ok(Self {
+            listener: tokio::net::TcpListener::bind(addr).await?,
+            config,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `token` is cancelled: TLS (HTTP/2 or HTTP/1.1 by
+    /// ALPN) within the connection limits, each connection a task.
+    pub async fn run(self, svc: MailService, token: CancellationToken, tracker: TaskTracker) {
+        use futures_util::StreamExt;
+        let web = Web::new(
+            svc.clone(),
+            self.config.session_lifetime,
+            self.config.max_message_size,
+        );
+        let app = router(web);
+        let mut tls = (*self.config.tls).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let incoming = crate::limits::guarded_tls_incoming(
+            "web",
+            self.listener,
+            Arc::new(tls),
+            self.config.limits,
+            svc.metrics().web_listener.clone(),
+            token.clone(),
+        );
+        let mut incoming = std::pin::pin!(incoming);
+        loop {
+            let conn = tokio::select! {
+                c = incoming.next() => c,
+                _ = token.cancelled() => None,
+            };
+            let Some(Ok(conn)) = conn else {
+                break;
+            };
+            let peer = Peer(Some(conn.remote_addr().ip()));
+            let app = app.clone();
+            let token = token.clone();
+            tracker.spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(peer);
+                        let mut app = app.clone();
+                        async move {
+                            use tower::Service;
+                            app.call(req.map(axum::body::Body::new)).await
+                        }
+                    },
+                );
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "web connection ended with an error");
+                        }
+                    }
+                    _ = token.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// A page's answer when something is wrong: a status and a sentence, never
+/// a trace (the detail of a local failure goes to the log).
+#[derive(Debug)]
+pub struct WebError {
+    t: &'static i18n::Txt,
+    status: StatusCode,
+    message: String,
+}
+
+impl WebError {
+    fn new(t: &'static i18n::Txt, status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            t,
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad(t: &'static i18n::Txt, detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            t,
+            StatusCode::BAD_REQUEST,
+            format!("{} {detail}", t.bad_request),
+        )
+    }
+
+    fn not_found(t: &'static i18n::Txt) -> Self {
+        Self::new(t, StatusCode::NOT_FOUND, t.not_found)
+    }
+
+    fn forbidden(t: &'static i18n::Txt) -> Self {
+        Self::new(t, StatusCode::FORBIDDEN, t.forbidden)
+    }
+
+    /// A local failure: logged with its detail, shown as a fixed sentence.
+    fn internal(t: &'static i18n::Txt, what: &str, e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "web: {what}");
+        Self::new(t, StatusCode::INTERNAL_SERVER_ERROR, t.internal)
+    }
+
+    fn store(t: &'static i18n::Txt, e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::Model(m) => Self::bad(t, m),
+            other => Self::internal(t, "store", other),
+        }
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        pages::error_page(self.t, self.status, &self.message, None)
+    }
+}
