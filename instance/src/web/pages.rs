@@ -1216,7 +1216,7 @@ async fn contacts_render(web: &Web, a: &Authed, flash: Option<String>) -> WebRes
         .take(2000)
         .map(|c| contact_row(&crate::api::contact_view(&web.svc, c, true)))
         .collect();
-    rows.sort_by(|x, y| (y.received + y.sent).cmp(&(x.received + x.sent)));
+    rows.sort_by_key(|c| std::cmp::Reverse(c.received + c.sent));
     let mut f = a.frame("contacts");
     f.flash = flash;
     html(&ContactsPage { f, rows }, a.t)

@@ -299,7 +299,7 @@ mod tests {
     #[test]
     fn remote_images_are_counted_and_kept_only_when_allowed() {
         let html = "<p>Hello</p><img src=\"https://t.example/p.gif\" alt=\"pixel\">\
-                    <img src=\"cid:logo\"><td background=\"https://t.example/b.png\">";
+                    <img src=\"cid:logo\"><table><tr><td background=\"https://t.example/b.png\">x</td></tr></table>";
         let blocked = clean(html, false);
         assert_eq!(blocked.blocked, 2);
         assert!(!blocked.html.contains("t.example"));

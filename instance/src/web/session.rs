@@ -42,11 +42,11 @@ fn key(token: &str) -> [u8; 32] {
     crate::privacy::public::address_hash(token)
 }
 
-/// 32 random bytes, hex.
-pub fn random_token() -> Result<String, ()> {
+/// 32 random bytes, hex (`None`: the system gave no randomness).
+pub fn random_token() -> Option<String> {
     let mut raw = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut raw).map_err(|_| ())?;
-    Ok(hex::encode(raw))
+    aws_lc_rs::rand::fill(&mut raw).ok()?;
+    Some(hex::encode(raw))
 }
 
 /// Compares two tokens in time that does not depend on where they differ.
@@ -94,8 +94,8 @@ impl Sessions {
         previous: Option<&str>,
         now: i64,
     ) -> Option<(String, Session)> {
-        let token = random_token().ok()?;
-        let csrf = random_token().ok()?;
+        let token = random_token()?;
+        let csrf = random_token()?;
         let mut m = self.lock();
         if let Some(p) = previous {
             m.remove(&key(p));
@@ -142,8 +142,7 @@ impl Sessions {
     /// Ends a session.
     pub fn close(&self, token: &str) -> bool {
         let mut m = self.lock();
-        let had = m.remove(&key(token)).is_some();
-        had
+        m.remove(&key(token)).is_some()
     }
 
     /// Ends every session of `user` but the one `keep` (after a password change).

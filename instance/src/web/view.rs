@@ -142,7 +142,7 @@ pub fn threads(
                 break 'outer;
             }
             cursor = Some(uid);
-            let thread_id = if m.thread == 0 { m.id } else { m.thread };
+            let thread_id = m.thread;
             if let Some(row) = page.rows.iter_mut().find(|r| r.latest.thread == thread_id) {
                 row.unread |= !m.has_keyword(crate::mail::mailbox::SEEN);
                 row.flagged |= m.has_keyword("$flagged");
@@ -151,13 +151,9 @@ pub fn threads(
             if !seen.insert(thread_id) {
                 continue;
             }
-            let members = if m.thread == 0 {
-                vec![m.clone()]
-            } else {
-                store
-                    .thread(user, m.thread)
-                    .unwrap_or_else(|_| vec![m.clone()])
-            };
+            let members = store
+                .thread(user, m.thread)
+                .unwrap_or_else(|_| vec![m.clone()]);
             // Shown on an earlier page already (its newest message here is above `before`).
             if let Some(b) = before {
                 if members
@@ -169,8 +165,7 @@ pub fn threads(
             }
             let raw = store.raw(m.id)?.unwrap_or_default();
             let index = index_of(svc, &m, &raw);
-            let mut latest = m.clone();
-            latest.thread = thread_id;
+            let latest = m.clone();
             page.rows.push(ThreadRow {
                 author: author_of(&raw, &m),
                 badge: badge(&m, &index, t),
