@@ -15,5 +15,6 @@ pub mod report;
 pub mod smtp;
 pub mod storage;
 pub mod sys;
+pub mod web;
 
 pub use report::{percentile, Report, Row};

@@ -15,11 +15,11 @@ struct Args {
     /// Small counts: a smoke run of every section in a minute or two.
     #[arg(long)]
     quick: bool,
-    /// Sections to run (comma-separated): sys, smtp, imap, relay, privacy, scale, storage, mailbox, login.
+    /// Sections to run (comma-separated): sys, smtp, imap, relay, privacy, scale, storage, mailbox, login, web.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "sys,smtp,imap,relay,privacy,scale,storage,mailbox,login"
+        default_value = "sys,smtp,imap,relay,privacy,scale,storage,mailbox,login,web"
     )]
     only: Vec<String>,
     /// Where results are written.
@@ -355,6 +355,28 @@ fn main() -> Result<()> {
         if let Err(e) = r.1 {
             eprintln!("mailbox failed: {e:#}");
             report.skipped.push(format!("mailbox: {e:#}"));
+        }
+    }
+
+    if on("web") {
+        eprintln!("== web client pages");
+        let p = caliopen_bench::web::WebParams {
+            messages: a
+                .mailbox_messages
+                .unwrap_or(if q { 10_000 } else { 100_000 }),
+            probes: if q { 100 } else { 500 },
+            writers: 64,
+        };
+        let work = a.work.clone();
+        let r = rt.block_on(async {
+            let mut sub = Report::default();
+            let res = caliopen_bench::web::run(&work, &p, &mut sub).await;
+            (sub, res)
+        });
+        report.rows.extend(r.0.rows);
+        if let Err(e) = r.1 {
+            eprintln!("web failed: {e:#}");
+            report.skipped.push(format!("web: {e:#}"));
         }
     }
 

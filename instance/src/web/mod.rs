@@ -59,6 +59,74 @@ pub struct Web {
     svc: MailService,
     sessions: session::Sessions,
     max_message_size: usize,
+    cleaned: CleanCache,
+}
+
+/// Sanitised bodies recently shown, by (blob, remote allowed): a message's
+/// bytes never change, and one view sanitises its body twice (the page
+/// counts what was blocked, its frame shows the result). Bounded in
+/// entries and bytes.
+#[derive(Debug, Default)]
+struct CleanCache {
+    entries: std::sync::Mutex<std::collections::VecDeque<(CleanKey, Arc<sanitize::Clean>)>>,
+}
+
+/// (blob id, remote content allowed).
+type CleanKey = (u64, bool);
+
+const CLEAN_CACHE_ENTRIES: usize = 64;
+const CLEAN_CACHE_BYTES: usize = 32 << 20;
+
+impl CleanCache {
+    fn get(&self, key: CleanKey) -> Option<Arc<sanitize::Clean>> {
+        let e = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        e.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, key: CleanKey, v: Arc<sanitize::Clean>) {
+        let mut e = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        e.retain(|(k, _)| *k != key);
+        e.push_front((key, v));
+        let mut total = 0;
+        let mut keep = 0;
+        for (_, c) in e.iter() {
+            total += c.html.len();
+            if keep == CLEAN_CACHE_ENTRIES || total > CLEAN_CACHE_BYTES {
+                break;
+            }
+            keep += 1;
+        }
+        e.truncate(keep.max(1));
+    }
+}
+
+impl Web {
+    /// The sanitised HTML body of a message (`None`: it has none), from the
+    /// cache or made off the async workers (a 1 MB body takes ~100 ms).
+    async fn clean_body(
+        &self,
+        blob: u64,
+        raw: Vec<u8>,
+        remote: bool,
+    ) -> Option<Arc<sanitize::Clean>> {
+        if let Some(c) = self.cleaned.get((blob, remote)) {
+            return Some(c);
+        }
+        let c = tokio::task::spawn_blocking(move || {
+            view::html_body(&raw).map(|h| Arc::new(sanitize::clean(&h, remote)))
+        })
+        .await
+        .ok()
+        .flatten()?;
+        self.cleaned.put((blob, remote), c.clone());
+        Some(c)
+    }
 }
 
 impl Web {
@@ -68,6 +136,7 @@ impl Web {
             sessions: session::Sessions::new(session_lifetime),
             svc,
             max_message_size,
+            cleaned: CleanCache::default(),
         })
     }
 

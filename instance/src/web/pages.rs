@@ -462,12 +462,13 @@ async fn mail(State(web): State<Arc<Web>>, a: Authed, Query(q): Query<MailQuery>
             .into_iter()
             .map(|m| {
                 let raw = store.raw(m.id).ok().flatten().unwrap_or_default();
-                let index = view::index_of(&web.svc, &m, &raw);
+                let raw = &raw[..raw.len().min(view::LIST_PREFIX)];
+                let index = view::index_of(&web.svc, &m, raw);
                 let (w, iso) = when(m.received_at);
                 Row {
                     id: format!("{:x}", m.id),
                     subject: subject_or(a.t, &m.subject),
-                    author: view::author_of(&raw, &m),
+                    author: view::author_of(raw, &m),
                     count: 1,
                     unread: !m.has_keyword(crate::mail::mailbox::SEEN),
                     flagged: m.has_keyword("$flagged"),
@@ -528,7 +529,7 @@ struct MessagePage {
     id: String,
     m: view::Shown,
     badge: view::Badge,
-    explanation: Vec<(String, i32)>,
+    explanation: Vec<(String, String, &'static str)>,
     hints: Vec<String>,
     blocked: usize,
     remote: bool,
@@ -569,19 +570,34 @@ async fn message(
     let index = view::index_of(&web.svc, &meta, &raw);
     let remote = remote_wanted(&a, &rq, &shown.from_address);
     let blocked = if shown.has_html {
-        view::html_body(&raw)
-            .map(|h| super::sanitize::clean(&h, false).blocked)
-            .unwrap_or(0)
+        web.clean_body(meta.blob_id(), raw.clone(), false)
+            .await
+            .map_or(0, |c| c.blocked)
     } else {
         0
     };
-    let mut explanation: Vec<(String, i32)> = index
+    // (sentence, points, class): the index's own features, then what the
+    // client saw itself (remote resources it blocked).
+    let mut explanation: Vec<(String, String, &'static str)> = index
         .explanation
         .iter()
-        .map(|e| (e.text.clone(), e.effect))
+        .map(|e| {
+            let class = if e.effect > 0 {
+                "plus"
+            } else if e.effect < 0 {
+                "minus"
+            } else {
+                "zero"
+            };
+            (e.text.clone(), format!("{:+}", e.effect), class)
+        })
         .collect();
     if blocked > 0 {
-        explanation.push((format!("{blocked} {}", a.t.blocked_remote), 0));
+        explanation.push((
+            format!("{blocked} {}", a.t.blocked_remote),
+            "!".into(),
+            "minus",
+        ));
     }
     let current = meta
         .placements
@@ -631,13 +647,11 @@ async fn message_body(
     Path(id): Path<String>,
     Query(rq): Query<RemoteQuery>,
 ) -> WebResult {
-    let (_, raw) = own_message(&web, &a, &id)?;
-    let shown = view::show(&raw);
-    let remote = remote_wanted(&a, &rq, &shown.from_address);
-    let Some(body) = view::html_body(&raw) else {
+    let (meta, raw) = own_message(&web, &a, &id)?;
+    let remote = remote_wanted(&a, &rq, &view::from_address(&raw));
+    let Some(clean) = web.clean_body(meta.blob_id(), raw, remote).await else {
         return Err(WebError::not_found(a.t));
     };
-    let clean = super::sanitize::clean(&body, remote);
     web.svc
         .metrics()
         .web_remote_blocked
@@ -1097,7 +1111,7 @@ async fn compose(State(web): State<Arc<Web>>, a: Authed, mp: Multipart) -> WebRe
             previewed,
         };
         let mut r = html(&page, a.t)?;
-        if error_status(&page.error) {
+        if page.error.is_some() {
             *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
         }
         Ok(r)
@@ -1159,10 +1173,6 @@ async fn compose(State(web): State<Arc<Web>>, a: Authed, mp: Multipart) -> WebRe
             }
         }
     }
-}
-
-fn error_status(e: &Option<String>) -> bool {
-    e.is_some()
 }
 
 // ---------------------------------------------------------------------------
@@ -1348,8 +1358,6 @@ fn settings_render(
     flash: Option<String>,
     error: Option<String>,
 ) -> WebResult {
-    let t = i18n::pick(prefs.lang, None).code;
-    let _ = t;
     let stats = web
         .svc
         .store()

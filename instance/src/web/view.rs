@@ -117,6 +117,23 @@ pub fn author_of(raw: &[u8], m: &MessageMeta) -> String {
         .unwrap_or_else(|| m.from.clone())
 }
 
+/// The author's address alone (lowercase), from the headers only.
+pub fn from_address(raw: &[u8]) -> String {
+    crate::mail::parse_headers_guarded(raw)
+        .and_then(|p| {
+            p.from()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address.as_ref())
+                .map(|a| a.to_ascii_lowercase())
+        })
+        .unwrap_or_default()
+}
+
+/// How much of a message the discussion list reads for its privacy index
+/// (headers and the start of the body, where every fact the index uses
+/// is; the message page reads it whole).
+pub const LIST_PREFIX: usize = 64 * 1024;
+
 /// `limit` threads of `mbx` whose newest message is below `before`, newest
 /// first. A thread shows once, on the page of its newest message here.
 pub fn threads(
@@ -164,10 +181,11 @@ pub fn threads(
                 }
             }
             let raw = store.raw(m.id)?.unwrap_or_default();
-            let index = index_of(svc, &m, &raw);
+            let raw = &raw[..raw.len().min(LIST_PREFIX)];
+            let index = index_of(svc, &m, raw);
             let latest = m.clone();
             page.rows.push(ThreadRow {
-                author: author_of(&raw, &m),
+                author: author_of(raw, &m),
                 badge: badge(&m, &index, t),
                 count: members.len().max(1),
                 unread: !m.has_keyword(crate::mail::mailbox::SEEN),

@@ -1,0 +1,261 @@
+//! The web client (issue #16), server side, without sockets: the router is
+//! driven request by request, as the listener would, over a store holding
+//! one inbox of 100,000 messages in threads. Measured: the discussion list
+//! page (its first page, and a random older page) with its size, and a
+//! message page whose HTML body is 1 MB (sanitised for each request).
+
+use crate::report::Report;
+use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use caliopen_instance::delivery::MailService;
+use caliopen_instance::mail::Role;
+use caliopen_instance::store::{Delivery, MessageMeta, Store, Via};
+use caliopen_instance::web::{router, Peer, Web};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+/// Parameters of the web benchmark.
+#[derive(Debug, Clone)]
+pub struct WebParams {
+    /// Messages in the inbox.
+    pub messages: usize,
+    /// Requests of each kind.
+    pub probes: usize,
+    /// Concurrent writers while filling it.
+    pub writers: usize,
+}
+
+/// Message `i`: every fourth one answers the one before it (threads of
+/// two), the rest start threads of their own.
+fn message(i: usize) -> (String, Vec<u8>) {
+    let subject = if i % 4 == 3 {
+        format!("Re: Topic {}", i - 1)
+    } else {
+        format!("Topic {i}")
+    };
+    let reply = if i % 4 == 3 {
+        format!(
+            "In-Reply-To: <m{}@outside.test>\r\nReferences: <m{}@outside.test>\r\n",
+            i - 1,
+            i - 1
+        )
+    } else {
+        String::new()
+    };
+    let mut raw = format!(
+        "From: Sender {i} <sender{}@outside.test>\r\nTo: big@bench.test\r\nSubject: {subject}\r\n\
+         Message-ID: <m{i}@outside.test>\r\n{reply}Date: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\n",
+        i % 500
+    );
+    while raw.len() < 2048 {
+        raw.push_str("The quick brown fox jumps over the lazy dog, again and again.\r\n");
+    }
+    (subject, raw.into_bytes())
+}
+
+/// A 1 MB newsletter: tables, styles, links and remote images.
+fn big_html() -> String {
+    let mut h = String::from("<html><head><style>p{color:red}</style></head><body><table>");
+    let mut i = 0;
+    while h.len() < 1 << 20 {
+        h.push_str(&format!(
+            "<tr><td style=\"color:#333;padding:4px\"><a href=\"https://news.example/{i}\">Item {i}</a> \
+             <img src=\"https://track.example/p/{i}.gif\" width=1 height=1>\
+             <p>Lorem ipsum <b>dolor</b> sit amet, <i>consectetur</i> adipiscing elit.</p></td></tr>"
+        ));
+        i += 1;
+    }
+    h.push_str("</table></body></html>");
+    h
+}
+
+async fn get(app: &axum::Router, path: &str, cookie: &str) -> Result<(StatusCode, usize)> {
+    let mut r = Request::get(path)
+        .header(header::COOKIE, cookie)
+        .header(header::HOST, "bench.test")
+        .body(Body::empty())?;
+    r.extensions_mut().insert(Peer(None));
+    let res = app.clone().oneshot(r).await?;
+    let status = res.status();
+    let body = axum::body::to_bytes(res.into_body(), 64 << 20).await?;
+    Ok((status, body.len()))
+}
+
+/// Fills the inbox, then measures the pages.
+pub async fn run(work: &std::path::Path, p: &WebParams, report: &mut Report) -> Result<()> {
+    let tmp = tempfile::tempdir_in(work)?;
+    let store = Store::open(&tmp.path().join("db"))?;
+    store.set_domains(&["bench.test".to_owned()]);
+    let hash =
+        caliopen_instance::login::hash_password("bench-password-1").map_err(anyhow::Error::msg)?;
+    store.put_user("big", &hash).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    // Threads need their first message stored before the reply: a writer
+    // takes a whole group of four.
+    for _ in 0..p.writers {
+        let (store, next, n) = (store.clone(), next.clone(), p.messages);
+        set.spawn(async move {
+            let d = [Delivery::inbox("big", vec!["big@bench.test".into()])];
+            loop {
+                let g = next.fetch_add(4, Ordering::Relaxed);
+                if g >= n {
+                    break;
+                }
+                for i in g..(g + 4).min(n) {
+                    let (subject, raw) = message(i);
+                    let meta = MessageMeta {
+                        from: format!("sender{}@outside.test", i % 500),
+                        subject,
+                        via: if i % 3 == 0 { Via::Mesh } else { Via::Smtp },
+                        ..Default::default()
+                    };
+                    store.deliver_local(&meta, &d, &raw).await?;
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    eprintln!("  filled {} messages in {:.1?}", p.messages, t0.elapsed());
+    let svc = MailService::new(store.clone(), vec!["bench.test".into()]);
+    // Twenty 1 MB newsletters, each shown once (a fresh sanitisation), then
+    // one shown again (from the cache of sanitised bodies). A list page
+    // showing them reads each whole (sled values) until bodies leave sled
+    // (issue #20).
+    let mut big_ids = Vec::new();
+    for n in 0..20 {
+        let raw = format!(
+            "From: news@outside.test\r\nTo: big@bench.test\r\nSubject: Big newsletter {n}\r\n\
+             MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Issue {n}</p>{}",
+            big_html()
+        );
+        let meta = MessageMeta {
+            from: "news@outside.test".into(),
+            subject: format!("Big newsletter {n}"),
+            ..Default::default()
+        };
+        // In the archive, so that the inbox pages measure 2 KB messages.
+        let d = [Delivery {
+            mailbox: Role::Archive.id(),
+            ..Delivery::inbox("big", vec!["big@bench.test".into()])
+        }];
+        big_ids.push(store.deliver_local(&meta, &d, raw.as_bytes()).await?[0]);
+    }
+    let app = router(Web::new(svc, Duration::from_secs(3600), 25 << 20));
+    let mut login = Request::post("/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::HOST, "bench.test")
+        .body(Body::from(
+            "address=big%40bench.test&password=bench-password-1",
+        ))?;
+    login.extensions_mut().insert(Peer(None));
+    let res = app.clone().oneshot(login).await?;
+    let cookie = res
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("no session cookie")?
+        .to_owned();
+    let case = format!("inbox of {} msgs (threads of 1-2)", p.messages);
+    let inbox = Role::Inbox.id();
+    let uid_next = store
+        .mailboxes("big")?
+        .iter()
+        .find(|b| b.id == inbox)
+        .map_or(1, |b| b.uid_next);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for (what, random) in [("first page", false), ("random older page", true)] {
+        let mut lat = Vec::with_capacity(p.probes);
+        let mut bytes = 0;
+        for _ in 0..p.probes {
+            let path = if random {
+                format!(
+                    "/mail?before={}",
+                    100 + rand() % u64::from(uid_next.max(200) - 100)
+                )
+            } else {
+                "/mail".to_owned()
+            };
+            let t = Instant::now();
+            let (status, n) = get(&app, &path, &cookie).await?;
+            lat.push(t.elapsed());
+            anyhow::ensure!(status == StatusCode::OK, "{path}: {status}");
+            bytes = bytes.max(n);
+        }
+        crate::storage::add_latency(
+            report,
+            "web",
+            &case,
+            &format!("discussion list, {what}"),
+            &mut lat,
+            "50 threads rendered (privacy index of each), server side",
+            Some("< 10000"),
+        );
+        report.add(
+            "web",
+            &case,
+            &format!("discussion list, {what}: largest page KB"),
+            bytes as f64 / 1024.0,
+            Some("< 100"),
+            "HTML of one page (CSS and script are separate, cached files)",
+        );
+    }
+    let html = big_html();
+    let mut lat = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let c = caliopen_instance::web::sanitize::clean(&html, false);
+        lat.push(t.elapsed());
+        anyhow::ensure!(c.blocked > 1000, "the pixels are counted");
+    }
+    crate::storage::add_latency(
+        report,
+        "web",
+        "1 MB HTML newsletter",
+        "sanitise only (ammonia)",
+        &mut lat,
+        "html5ever parse, allow list, serialise",
+        None,
+    );
+    for (what, ids) in [
+        (
+            "message frame, first view (MIME parse + sanitise)",
+            big_ids.clone(),
+        ),
+        ("message frame, seen again (cached)", vec![big_ids[0]; 20]),
+    ] {
+        let mut lat = Vec::new();
+        for id in ids {
+            let t = Instant::now();
+            let (status, _) = get(&app, &format!("/messages/{id:x}/body"), &cookie).await?;
+            lat.push(t.elapsed());
+            anyhow::ensure!(status == StatusCode::OK, "big body: {status}");
+        }
+        crate::storage::add_latency(
+            report,
+            "web",
+            "1 MB HTML newsletter",
+            what,
+            &mut lat,
+            "GET /messages/<id>/body: read, MIME parse, ammonia, remote images counted",
+            Some("< 50000"),
+        );
+    }
+    drop(app);
+    drop(store);
+    Ok(())
+}
