@@ -29,6 +29,7 @@ struct Node {
     dir: PathBuf,
     mx: u16,
     submission: u16,
+    web: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
@@ -220,6 +221,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             dir,
             mx: free_port(false)?,
             submission: free_port(false)?,
+            web: None,
             stop: None,
             task: None,
         });
@@ -317,7 +319,10 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             metrics: MetricsSection::default(),
             api: Default::default(),
             imap: Default::default(),
-            web: Default::default(),
+            web: crate::config::WebSection {
+                listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+                ..Default::default()
+            },
             login: Default::default(),
             accounts: Default::default(),
             dns: Default::default(),
@@ -340,10 +345,11 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             },
         )));
         n.stop = Some(stop);
-        tokio::time::timeout(WAIT, up_rx)
+        let bound = tokio::time::timeout(WAIT, up_rx)
             .await
             .map_err(|_| format!("{} did not start", n.name))?
             .map_err(|_| format!("{} failed to start", n.name))?;
+        n.web = bound.web;
         let hash = hash_password(&n.password)?;
         let (mut c, token) = connect(&n.dir).await.ok_or("admin socket")?;
         c.put_user(with_token(
@@ -574,6 +580,12 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
                 n.password,
                 n.dir.display()
             ));
+            if let Some(w) = n.web {
+                say(&format!(
+                    "  {:<12} web client https://{w}/login (self-signed certificate)",
+                    ""
+                ));
+            }
         }
         say(&format!(
             "  association {url} (state in {})",

@@ -168,7 +168,8 @@ async fn guard(
     next: axum::middleware::Next,
 ) -> Response {
     let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD);
-    if unsafe_method && !same_origin(req.headers()) {
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    if unsafe_method && !same_origin(req.headers(), authority.as_deref()) {
         web.svc
             .metrics()
             .web_csrf_refused
@@ -189,13 +190,24 @@ async fn guard(
     r
 }
 
-fn same_origin(h: &HeaderMap) -> bool {
+/// True when a state-changing request comes from our own pages. A browser
+/// says so in `Sec-Fetch-Site` (which page script cannot set); otherwise
+/// the `Origin` must name this host (the `Host` header, or the request's
+/// authority under HTTP/2, which has no `Host`). A request with neither
+/// (an old browser, curl) is let through: the `SameSite=Strict` cookie
+/// and the form's CSRF token still stand.
+fn same_origin(h: &HeaderMap, authority: Option<&str>) -> bool {
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return site == "same-origin";
+    }
     let Some(origin) = h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        // No Origin (an old browser, curl): the SameSite=Strict cookie and
-        // the CSRF token still stand.
         return true;
     };
-    let Some(host) = h.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+    let Some(host) = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or(authority)
+    else {
         return false;
     };
     origin
@@ -212,7 +224,10 @@ fn secure_headers(h: &mut HeaderMap) {
     };
     set(h, header::CONTENT_SECURITY_POLICY, PAGE_CSP);
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, header::REFERRER_POLICY, "no-referrer");
+    // Not `no-referrer`: with it browsers send `Origin: null` on our own
+    // forms. Links in mail carry `rel=noreferrer` and the message frame
+    // sets `no-referrer` itself.
+    set(h, header::REFERRER_POLICY, "same-origin");
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::CACHE_CONTROL, "no-store");
     set(

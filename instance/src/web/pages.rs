@@ -529,7 +529,8 @@ struct MessagePage {
     id: String,
     m: view::Shown,
     badge: view::Badge,
-    explanation: Vec<(String, String, &'static str)>,
+    explanation: Vec<(String, String, &'static str, &'static str)>,
+    dims: (u8, u8, u8),
     hints: Vec<String>,
     blocked: usize,
     remote: bool,
@@ -578,7 +579,7 @@ async fn message(
     };
     // (sentence, points, class): the index's own features, then what the
     // client saw itself (remote resources it blocked).
-    let mut explanation: Vec<(String, String, &'static str)> = index
+    let mut explanation: Vec<(String, String, &'static str, &'static str)> = index
         .explanation
         .iter()
         .map(|e| {
@@ -589,14 +590,25 @@ async fn message(
             } else {
                 "zero"
             };
-            (e.text.clone(), format!("{:+}", e.effect), class)
+            let dim = match e.dimension {
+                crate::privacy::Dimension::Technic => a.t.technic,
+                crate::privacy::Dimension::Context => a.t.context,
+                crate::privacy::Dimension::Comportment => a.t.comportment,
+            };
+            (e.text.clone(), format!("{:+}", e.effect), class, dim)
         })
         .collect();
     if blocked > 0 {
+        let what = if blocked == 1 {
+            a.t.blocked_remote_one
+        } else {
+            a.t.blocked_remote
+        };
         explanation.push((
-            format!("{blocked} {}", a.t.blocked_remote),
+            format!("{blocked} {what}"),
             "!".into(),
             "minus",
+            a.t.technic,
         ));
     }
     let current = meta
@@ -611,6 +623,7 @@ async fn message(
             id: format!("{:x}", meta.id),
             badge: view::badge(&meta, &index, a.t),
             hints: index.hints.clone(),
+            dims: (index.technic, index.context, index.comportment),
             explanation,
             blocked,
             remote: remote && !matches!(a.prefs.remote, RemotePolicy::Never)
@@ -658,7 +671,7 @@ async fn message_body(
         .fetch_add(clean.blocked as u64, Relaxed);
     let doc = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
-         <style>body{{font-family:system-ui,sans-serif;margin:.8rem;overflow-wrap:anywhere}}img{{max-width:100%;height:auto}}</style>\
+         <style>body{{font-family:system-ui,sans-serif;margin:.8rem;overflow-wrap:anywhere;overflow-x:auto}}img{{max-width:100%;height:auto}}</style>\
          </head><body>{}</body></html>",
         clean.html
     );
@@ -667,6 +680,7 @@ async fn message_body(
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CONTENT_SECURITY_POLICY, body_csp(remote)),
             (header::X_FRAME_OPTIONS, "SAMEORIGIN"),
+            (header::REFERRER_POLICY, "no-referrer"),
         ],
         doc,
     )
@@ -1364,25 +1378,21 @@ fn settings_render(
         .user_stats(&a.s.user)
         .map_err(|e| WebError::store(a.t, e))?;
     let q = web.svc.store().quota(&a.s.user).unwrap_or_default();
-    let quota = match (q.limits.bytes, q.limits.messages) {
-        (0, 0) => format!("{} B, {} {}", q.used.bytes, q.used.messages, a.t.messages),
-        (b, m) => format!(
-            "{} / {} B, {} / {} {}",
-            q.used.bytes,
-            if b == 0 {
-                "∞".to_owned()
-            } else {
-                b.to_string()
-            },
-            q.used.messages,
-            if m == 0 {
-                "∞".to_owned()
-            } else {
-                m.to_string()
-            },
-            a.t.messages
-        ),
+    let limit = |n: u64, f: &dyn Fn(u64) -> String| {
+        if n == 0 {
+            "∞".to_owned()
+        } else {
+            f(n)
+        }
     };
+    let quota = format!(
+        "{} / {}, {} / {} {}",
+        human_bytes(q.used.bytes),
+        limit(q.limits.bytes, &human_bytes),
+        q.used.messages,
+        limit(q.limits.messages, &|n| n.to_string()),
+        a.t.messages
+    );
     let mut f = a.frame("settings");
     f.flash = flash;
     let mut r = html(
@@ -1409,6 +1419,22 @@ fn settings_render(
 
 async fn settings_page(State(web): State<Arc<Web>>, a: Authed) -> WebResult {
     settings_render(&web, &a, &a.prefs, None, None)
+}
+
+/// 4841 → "4.7 KiB", 10737418240 → "10.0 GiB".
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 #[derive(Deserialize)]

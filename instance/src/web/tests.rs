@@ -144,7 +144,7 @@ fn login_sets_a_strict_cookie_and_refuses_wrong_passwords() {
         assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"));
         assert!(!csp.contains("unsafe-inline"));
         assert_eq!(page.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
-        assert_eq!(page.headers[header::REFERRER_POLICY], "no-referrer");
+        assert_eq!(page.headers[header::REFERRER_POLICY], "same-origin");
         assert!(page.body.contains("name=\"address\"") && page.body.contains("name=\"password\""));
 
         let bad = t
@@ -287,6 +287,44 @@ fn pages_need_a_session_and_forms_their_csrf_token_and_origin() {
 }
 
 #[test]
+fn a_browser_form_is_told_apart_from_a_cross_site_one() {
+    runtime().block_on(async {
+        let t = setup().await;
+        // As Chromium sends it over HTTP/2: no Host header (the authority is
+        // in the URI), Sec-Fetch-Site, and an Origin.
+        let raw = |site: Option<&str>, origin: &str| {
+            let mut b = Request::post("https://mail.alpha.test/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(header::ORIGIN, origin);
+            if let Some(s) = site {
+                b = b.header("sec-fetch-site", s);
+            }
+            let mut r = b
+                .body(Body::from("address=alice%40alpha.test&password=pw-alice"))
+                .expect("req");
+            r.extensions_mut().insert(Peer(None));
+            t.app.clone().oneshot(r)
+        };
+        let ok = raw(Some("same-origin"), "null").await.expect("infallible");
+        assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+        let ok = raw(None, "https://mail.alpha.test")
+            .await
+            .expect("infallible");
+        assert_eq!(
+            ok.status(),
+            StatusCode::SEE_OTHER,
+            "the URI's authority stands for Host"
+        );
+        let no = raw(Some("cross-site"), "https://mail.alpha.test")
+            .await
+            .expect("infallible");
+        assert_eq!(no.status(), StatusCode::FORBIDDEN);
+        let no = raw(None, "https://evil.test").await.expect("infallible");
+        assert_eq!(no.status(), StatusCode::FORBIDDEN);
+    });
+}
+
+#[test]
 fn the_inbox_lists_threads_newest_first_in_pages_with_their_privacy() {
     runtime().block_on(async {
         let t = setup().await;
@@ -374,7 +412,7 @@ fn a_message_is_shown_read_and_filed_and_its_html_is_sanitised_and_fenced() {
         let page = t.get(&format!("/messages/{id:x}"), Some(&cookie)).await;
         assert_eq!(page.status, StatusCode::OK);
         assert!(page.body.contains("<h1>News</h1>"));
-        assert!(page.body.contains("remote resources blocked"));
+        assert!(page.body.contains("remote resource blocked"));
         assert!(page.body.contains("sandbox=\"allow-popups allow-popups-to-escape-sandbox\""));
         assert!(!page.body.contains("alert("), "the page itself never carries the HTML");
         assert!(t.svc.store().meta(id).expect("m").expect("m").has_keyword("$seen"));

@@ -13,22 +13,32 @@
   }
 
   // New mail without a reload (server-sent events; the browser reconnects).
-  if (page && page !== "login" && window.EventSource) {
+  // Closed when the page is hidden (a page kept in the back/forward cache
+  // must not hold a connection), opened again when it is shown.
+  if (page && page !== "login" && page !== "error" && window.EventSource) {
     var last = null;
-    var es = new EventSource("/events");
-    es.addEventListener("state", function (e) {
-      if (last === null) { last = e.data; return; }
-      if (e.data === last) { return; }
-      last = e.data;
-      if (page === "mail" && !/[?&](before|q)=/.test(location.search)) {
-        fetch(location.href, { credentials: "same-origin" })
-          .then(function (r) { return r.ok ? r.text() : null; })
-          .then(function (t) { if (t) { replaceFrom(t, "threads"); } });
-      } else {
-        var b = document.getElementById("newmail");
-        if (b) { b.hidden = false; }
-      }
-    });
+    var es = null;
+    var open = function () {
+      if (es) { return; }
+      es = new EventSource("/events");
+      es.addEventListener("state", function (e) {
+        if (last === null) { last = e.data; return; }
+        if (e.data === last) { return; }
+        last = e.data;
+        if (page === "mail" && !/[?&](before|q)=/.test(location.search)) {
+          fetch(location.href, { credentials: "same-origin" })
+            .then(function (r) { return r.ok ? r.text() : null; })
+            .then(function (t) { if (t) { replaceFrom(t, "threads"); } });
+        } else {
+          var b = document.getElementById("newmail");
+          if (b) { b.hidden = false; }
+        }
+      });
+    };
+    var close = function () { if (es) { es.close(); es = null; } };
+    window.addEventListener("pagehide", close);
+    window.addEventListener("pageshow", function () { open(); });
+    open();
   }
 
   // The route preview follows the recipients as they are typed.
