@@ -1306,17 +1306,17 @@ async fn privacy_page(State(web): State<Arc<Web>>, a: Authed) -> WebResult {
             tracing::warn!(error = %e, "web: level history not saved");
         }
     }
-    let n = prefs.history.len().max(1);
-    let chart = prefs
-        .history
+    // One point a day, across the chart (a single day is a flat line).
+    let mut points: Vec<u8> = prefs.history.iter().map(|(_, l)| *l).collect();
+    if points.len() == 1 {
+        points.push(points[0]);
+    }
+    let n = points.len().max(2);
+    let chart = points
         .iter()
         .enumerate()
-        .map(|(i, (_, l))| {
-            let x = if n == 1 {
-                150.0
-            } else {
-                300.0 * i as f64 / (n - 1) as f64
-            };
+        .map(|(i, l)| {
+            let x = 300.0 * i as f64 / (n - 1) as f64;
             format!("{x:.1},{}", 100 - u32::from(*l).min(100))
         })
         .collect::<Vec<_>>()

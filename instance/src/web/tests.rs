@@ -610,6 +610,10 @@ fn settings_change_language_publication_and_password() {
         let page = t.get("/privacy", Some(&cookie)).await;
         assert!(page.body.contains("Votre niveau de confidentialité"));
         assert!(page.body.contains("<meter"));
+        assert!(
+            page.body.contains("points=\"0.0,") && page.body.contains(" 300.0,"),
+            "one day's level is a line across the chart"
+        );
         let prefs = t.svc.store().prefs("alice").expect("prefs");
         assert_eq!(prefs.history.len(), 1, "the day's level is recorded");
         let bad = t
