@@ -44,6 +44,9 @@ pub(super) fn routes(web: Arc<Web>) -> axum::Router {
         .route("/messages/{id}/body", get(message_body))
         .route("/messages/{id}/parts/{n}", get(message_part))
         .route("/messages/{id}/action", post(message_action))
+        .route("/folders", post(folder_create))
+        .route("/folders/{id}/rename", post(folder_rename))
+        .route("/folders/{id}/delete", post(folder_delete))
         .route(
             "/compose",
             get(compose_page)
@@ -351,6 +354,7 @@ struct FolderView {
     id: MailboxId,
     name: String,
     unread: u64,
+    role: bool,
 }
 
 fn folders(web: &Web, a: &Authed) -> Result<Vec<FolderView>, WebError> {
@@ -366,6 +370,7 @@ fn folders(web: &Web, a: &Authed) -> Result<Vec<FolderView>, WebError> {
             id: b.id,
             name: view::mailbox_name(b, a.t),
             unread: b.unseen,
+            role: b.role.is_some(),
         })
         .collect())
 }
@@ -407,6 +412,7 @@ struct MailPage {
     q: String,
     limited: bool,
     scan_max: usize,
+    user_folder: bool,
 }
 
 #[derive(Deserialize)]
@@ -428,7 +434,11 @@ fn subject_or(t: &'static Txt, s: &str) -> String {
 async fn mail(State(web): State<Arc<Web>>, a: Authed, Query(q): Query<MailQuery>) -> WebResult {
     let mbx = q.mailbox.unwrap_or(Role::Inbox.id());
     let folders = folders(&web, &a)?;
-    let Some(title) = folders.iter().find(|b| b.id == mbx).map(|b| b.name.clone()) else {
+    let Some((title, user_folder)) = folders
+        .iter()
+        .find(|b| b.id == mbx)
+        .map(|b| (b.name.clone(), !b.role))
+    else {
         return Err(WebError::not_found(a.t));
     };
     let query = view::Query::parse(&q.q);
@@ -492,9 +502,62 @@ async fn mail(State(web): State<Arc<Web>>, a: Authed, Query(q): Query<MailQuery>
             q: q.q.chars().take(500).collect(),
             limited,
             scan_max: view::SEARCH_SCAN_MAX,
+            user_folder,
         },
         a.t,
     )
+}
+
+#[derive(Deserialize)]
+struct FolderForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+}
+
+async fn folder_create(
+    State(web): State<Arc<Web>>,
+    a: Authed,
+    Form(form): Form<FolderForm>,
+) -> WebResult {
+    a.csrf(&web, &form.csrf)?;
+    let b = web
+        .svc
+        .store()
+        .create_mailbox(&a.s.user, form.name.trim())
+        .await
+        .map_err(|e| WebError::store(a.t, e))?;
+    Ok(Redirect::to(&format!("/mail?mailbox={}", b.id)).into_response())
+}
+
+async fn folder_rename(
+    State(web): State<Arc<Web>>,
+    a: Authed,
+    Path(id): Path<MailboxId>,
+    Form(form): Form<FolderForm>,
+) -> WebResult {
+    a.csrf(&web, &form.csrf)?;
+    web.svc
+        .store()
+        .rename_mailbox(&a.s.user, id, form.name.trim())
+        .await
+        .map_err(|e| WebError::store(a.t, e))?;
+    Ok(Redirect::to(&format!("/mail?mailbox={id}")).into_response())
+}
+
+async fn folder_delete(
+    State(web): State<Arc<Web>>,
+    a: Authed,
+    Path(id): Path<MailboxId>,
+    Form(form): Form<CsrfForm>,
+) -> WebResult {
+    a.csrf(&web, &form.csrf)?;
+    web.svc
+        .store()
+        .delete_mailbox(&a.s.user, id)
+        .await
+        .map_err(|e| WebError::store(a.t, e))?;
+    Ok(Redirect::to("/mail").into_response())
 }
 
 // ---------------------------------------------------------------------------

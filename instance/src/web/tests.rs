@@ -662,6 +662,78 @@ fn settings_change_language_publication_and_password() {
 }
 
 #[test]
+fn folders_are_created_renamed_and_deleted_but_role_folders_stay() {
+    runtime().block_on(async {
+        let t = setup().await;
+        let (cookie, csrf) = t.login("alice").await;
+        let r = t
+            .post(
+                "/folders",
+                Some(&cookie),
+                &format!("csrf={csrf}&name=Projects%2FGarden"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER);
+        let to = r.headers[header::LOCATION].to_str().expect("to").to_owned();
+        let id: u32 = to.rsplit('=').next().expect("id").parse().expect("number");
+        let page = t.get(&to, Some(&cookie)).await;
+        assert!(page.body.contains("<h1>Projects/Garden</h1>"));
+        assert!(page.body.contains(&format!("/folders/{id}/rename")));
+        let dup = t
+            .post(
+                "/folders",
+                Some(&cookie),
+                &format!("csrf={csrf}&name=Projects%2FGarden"),
+            )
+            .await;
+        assert_eq!(dup.status, StatusCode::BAD_REQUEST, "{}", dup.body);
+        let r = t
+            .post(
+                &format!("/folders/{id}/rename"),
+                Some(&cookie),
+                &format!("csrf={csrf}&name=Garden"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER);
+        assert!(t
+            .svc
+            .store()
+            .mailboxes("alice")
+            .expect("m")
+            .iter()
+            .any(|b| b.name == "Garden"));
+        let inbox = t.get("/mail", Some(&cookie)).await;
+        assert!(
+            !inbox.body.contains("/folders/1/rename"),
+            "no rename form for a role folder"
+        );
+        let refused = t
+            .post("/folders/1/delete", Some(&cookie), &format!("csrf={csrf}"))
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        let no_token = t
+            .post(&format!("/folders/{id}/delete"), Some(&cookie), "")
+            .await;
+        assert_eq!(no_token.status, StatusCode::FORBIDDEN);
+        let r = t
+            .post(
+                &format!("/folders/{id}/delete"),
+                Some(&cookie),
+                &format!("csrf={csrf}"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER);
+        assert!(!t
+            .svc
+            .store()
+            .mailboxes("alice")
+            .expect("m")
+            .iter()
+            .any(|b| b.name == "Garden"));
+    });
+}
+
+#[test]
 fn events_stream_the_account_state() {
     runtime().block_on(async {
         let t = setup().await;
