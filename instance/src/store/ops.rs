@@ -138,8 +138,21 @@ impl Store {
             return Ok((Vec::new(), false));
         };
         let end = model::uid_prefix(owner, mbx.saturating_add(1));
+        self.page_of(
+            self.mail.range(model::uid_key(owner, mbx, start)..end),
+            limit,
+        )
+    }
+
+    /// The messages the UID index entries of `entries` name, at most
+    /// `limit`, and whether more follow.
+    fn page_of(
+        &self,
+        entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+        limit: usize,
+    ) -> Result<(Vec<MessageMeta>, bool), StoreError> {
         let mut out = Vec::new();
-        for kv in self.mail.range(model::uid_key(owner, mbx, start)..end) {
+        for kv in entries {
             let (_, v) = kv?;
             if out.len() == limit {
                 return Ok((out, true));
@@ -166,17 +179,7 @@ impl Store {
             Some(uid) => model::uid_key(owner, mbx, uid),
             None => model::uid_prefix(owner, mbx.saturating_add(1)),
         };
-        let mut out = Vec::new();
-        for kv in self.mail.range(start..end).rev() {
-            let (_, v) = kv?;
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            if let Some(m) = self.messages.get(&v)? {
-                out.push(decode(&m)?);
-            }
-        }
-        Ok((out, false))
+        self.page_of(self.mail.range(start..end).rev(), limit)
     }
 
     /// The inbox's messages, in arrival (UID) order.

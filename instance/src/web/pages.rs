@@ -822,41 +822,23 @@ async fn message_action(
         .unwrap_or(Role::Inbox.id());
     let back = format!("/messages/{:x}", meta.id);
     let list = format!("/mail?mailbox={here}");
-    let kw = |k: &str| vec![k.to_owned()];
     let seen = crate::mail::mailbox::SEEN;
+    // (keyword change, where to go next) of the four keyword actions.
+    let keyword = match form.op.as_str() {
+        "seen" => Some((KeywordChange::Add(vec![seen.into()]), back.clone())),
+        "unseen" => Some((KeywordChange::Remove(vec![seen.into()]), list.clone())),
+        "flag" => Some((KeywordChange::Add(vec!["$flagged".into()]), back.clone())),
+        "unflag" => Some((KeywordChange::Remove(vec!["$flagged".into()]), back.clone())),
+        _ => None,
+    };
+    if let Some((change, to)) = keyword {
+        store
+            .set_keywords(user, &ids, &change)
+            .await
+            .map_err(|e| WebError::store(a.t, e))?;
+        return Ok(Redirect::to(&to).into_response());
+    }
     let to = match form.op.as_str() {
-        "seen" => {
-            store
-                .set_keywords(user, &ids, &KeywordChange::Add(kw(seen)))
-                .await
-                .map(|_| ())
-                .map_err(|e| WebError::store(a.t, e))?;
-            back
-        }
-        "unseen" => {
-            store
-                .set_keywords(user, &ids, &KeywordChange::Remove(kw(seen)))
-                .await
-                .map(|_| ())
-                .map_err(|e| WebError::store(a.t, e))?;
-            list
-        }
-        "flag" => {
-            store
-                .set_keywords(user, &ids, &KeywordChange::Add(kw("$flagged")))
-                .await
-                .map(|_| ())
-                .map_err(|e| WebError::store(a.t, e))?;
-            back
-        }
-        "unflag" => {
-            store
-                .set_keywords(user, &ids, &KeywordChange::Remove(kw("$flagged")))
-                .await
-                .map(|_| ())
-                .map_err(|e| WebError::store(a.t, e))?;
-            back
-        }
         "move" => {
             let target = form.to.ok_or_else(|| WebError::bad(a.t, "to"))?;
             if target != here {
