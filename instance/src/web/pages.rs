@@ -912,6 +912,8 @@ struct ComposePage {
     references: String,
     routes_html: String,
     previewed: bool,
+    forward_of: String,
+    forwarded: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -948,6 +950,8 @@ async fn compose_page(
         references: String::new(),
         routes_html: String::new(),
         previewed: false,
+        forward_of: String::new(),
+        forwarded: Vec::new(),
     };
     if let Some(id) = q.reply.as_deref().or(q.forward.as_deref()) {
         let (meta, raw) = own_message(&web, &a, id)?;
@@ -967,6 +971,8 @@ async fn compose_page(
             page.references = refs.join(" ");
         } else {
             page.subject = prefixed("Fwd:", &s.subject);
+            page.forward_of = format!("{:x}", meta.id);
+            page.forwarded = s.attachments.iter().map(|x| x.name.clone()).collect();
             page.body = format!(
                 "\n\n---------- Forwarded message ----------\n{}: {}\n{}: {}\n{}: {}\n{}: {}\n\n{}",
                 a.t.from, s.from, a.t.date, s.date, a.t.subject, s.subject, a.t.to, s.to, s.text
@@ -1004,6 +1010,7 @@ struct Draft {
     body: String,
     in_reply_to: String,
     references: String,
+    forward_of: String,
     files: Vec<(String, String, Vec<u8>)>,
 }
 
@@ -1062,6 +1069,7 @@ async fn read_draft(t: &'static Txt, mut mp: Multipart, max: usize) -> Result<Dr
             "body" => d.body = text,
             "in_reply_to" => d.in_reply_to = text,
             "references" => d.references = text,
+            "forward_of" => d.forward_of = text,
             _ => {}
         }
     }
@@ -1150,8 +1158,16 @@ struct SentPage {
 }
 
 async fn compose(State(web): State<Arc<Web>>, a: Authed, mp: Multipart) -> WebResult {
-    let d = read_draft(a.t, mp, web.max_message_size).await?;
+    let mut d = read_draft(a.t, mp, web.max_message_size).await?;
     a.csrf(&web, &d.csrf)?;
+    // A forward carries the original's attachments (the user's own message only).
+    let forwarded = if d.forward_of.trim().is_empty() {
+        Vec::new()
+    } else {
+        let (_, raw) = own_message(&web, &a, &d.forward_of)?;
+        view::attachments_of(&raw)
+    };
+    let forwarded_names: Vec<String> = forwarded.iter().map(|f| f.0.clone()).collect();
     let to = view::split_recipients(&d.to, MAX_RECIPIENTS);
     let cc = view::split_recipients(&d.cc, MAX_RECIPIENTS);
     let all: Vec<String> = to.iter().chain(cc.iter()).cloned().collect();
@@ -1168,6 +1184,8 @@ async fn compose(State(web): State<Arc<Web>>, a: Authed, mp: Multipart) -> WebRe
             references: d.references.clone(),
             routes_html: routes_html(a.t, &routes)?,
             previewed,
+            forward_of: d.forward_of.clone(),
+            forwarded: forwarded_names.clone(),
         };
         let mut r = html(&page, a.t)?;
         if page.error.is_some() {
@@ -1188,6 +1206,7 @@ async fn compose(State(web): State<Arc<Web>>, a: Authed, mp: Multipart) -> WebRe
         }
         rcpts.push(r.address.clone());
     }
+    d.files.extend(forwarded);
     let (data, message_id) = match build_message(&web, &a, &d, &to, &cc) {
         Ok(x) => x,
         Err(e) => return again(Some(format!("{} {e}", a.t.bad_request)), false),

@@ -583,6 +583,35 @@ fn compose_previews_routes_and_sends_through_the_router() {
         assert!(reply.body.contains("Here it is."));
         let fwd = t.get(&format!("/compose?forward={id:x}"), Some(&bob)).await;
         assert!(fwd.body.contains("value=\"Fwd: Report\""));
+        assert!(fwd.body.contains("report.pdf"), "the attachment goes along");
+        let bob_csrf = csrf_of(&fwd.body);
+        let (ct, body) = multipart(
+            &[
+                ("csrf", bob_csrf.as_str()),
+                ("op", "send"),
+                ("to", "alice@alpha.test"),
+                ("subject", "Fwd: Report"),
+                ("body", "see below"),
+                ("forward_of", &format!("{id:x}")),
+            ],
+            None,
+        );
+        let r = t
+            .req(
+                Request::post("/compose")
+                    .header(header::CONTENT_TYPE, ct)
+                    .header(header::COOKIE, &bob)
+                    .body(Body::from(body))
+                    .expect("req"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let got = t.svc.store().list("alice").expect("list");
+        let raw = t.svc.store().raw(got[0].id).expect("raw").expect("raw");
+        let shown = super::view::show(&raw);
+        assert_eq!(shown.attachments.len(), 1);
+        assert_eq!(shown.attachments[0].name, "report.pdf");
+        assert_eq!(super::view::attachment(&raw, 0).map(|a| a.1), Some(b"%PDF-1.4 test".to_vec()));
     });
 }
 

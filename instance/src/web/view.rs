@@ -367,6 +367,31 @@ pub fn attachment(raw: &[u8], n: usize) -> Option<(String, Vec<u8>)> {
     ))
 }
 
+/// Every attachment of a stored message: (file name, declared type, bytes)
+/// — what a forward carries along.
+pub fn attachments_of(raw: &[u8]) -> Vec<(String, String, Vec<u8>)> {
+    use mail_parser::MimeHeaders;
+    let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
+        return Vec::new();
+    };
+    msg.attachments()
+        .map(|p| {
+            let ct = p
+                .content_type()
+                .map(|c| match &c.c_subtype {
+                    Some(s) => format!("{}/{}", c.c_type, s),
+                    None => c.c_type.to_string(),
+                })
+                .unwrap_or_else(|| "application/octet-stream".into());
+            (
+                safe_file_name(p.attachment_name().unwrap_or("")),
+                ct,
+                p.contents().to_vec(),
+            )
+        })
+        .collect()
+}
+
 /// One recipient's route, in words.
 #[derive(Debug, Clone)]
 pub struct RouteView {
