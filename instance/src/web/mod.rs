@@ -62,7 +62,7 @@ pub struct Web {
     cleaned: CleanCache,
 }
 
-/// Sanitised bodies recently shown, by (blob, remote allowed): a message's
+/// Sanitised bodies recently shown, by (message, remote allowed): a message's
 /// bytes never change, and one view sanitises its body twice (the page
 /// counts what was blocked, its frame shows the result). Bounded in
 /// entries and bytes.
@@ -71,7 +71,7 @@ struct CleanCache {
     entries: std::sync::Mutex<std::collections::VecDeque<(CleanKey, Arc<sanitize::Clean>)>>,
 }
 
-/// (blob id, remote content allowed).
+/// (message id, remote content allowed).
 type CleanKey = (u64, bool);
 
 const CLEAN_CACHE_ENTRIES: usize = 64;
@@ -111,20 +111,21 @@ impl Web {
     /// cache or made off the async workers (a 1 MB body takes ~100 ms).
     async fn clean_body(
         &self,
-        blob: u64,
+        id: u64,
         raw: Vec<u8>,
         remote: bool,
     ) -> Option<Arc<sanitize::Clean>> {
-        if let Some(c) = self.cleaned.get((blob, remote)) {
+        if let Some(c) = self.cleaned.get((id, remote)) {
             return Some(c);
         }
         let c = tokio::task::spawn_blocking(move || {
-            view::html_body(&raw).map(|h| Arc::new(sanitize::clean(&h, remote)))
+            view::html_and_inline(&raw)
+                .map(|(h, inline)| Arc::new(sanitize::clean_with(&h, remote, inline)))
         })
         .await
         .ok()
         .flatten()?;
-        self.cleaned.put((blob, remote), c.clone());
+        self.cleaned.put((id, remote), c.clone());
         Some(c)
     }
 }

@@ -634,7 +634,7 @@ async fn message(
     let index = view::index_of(&web.svc, &meta, &raw);
     let remote = remote_wanted(&a, &rq, &shown.from_address);
     let blocked = if shown.has_html {
-        web.clean_body(meta.blob_id(), raw.clone(), false)
+        web.clean_body(meta.id, raw.clone(), false)
             .await
             .map_or(0, |c| c.blocked)
     } else {
@@ -707,11 +707,11 @@ async fn message(
 /// allowed remote content for it.
 fn body_csp(remote: bool) -> &'static str {
     if remote {
-        "default-src 'none'; style-src 'unsafe-inline'; img-src https: http:; \
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data: https: http:; \
          form-action 'none'; base-uri 'none'; frame-ancestors 'self'; \
          sandbox allow-popups allow-popups-to-escape-sandbox"
     } else {
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; \
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; \
          base-uri 'none'; frame-ancestors 'self'; \
          sandbox allow-popups allow-popups-to-escape-sandbox"
     }
@@ -725,7 +725,7 @@ async fn message_body(
 ) -> WebResult {
     let (meta, raw) = own_message(&web, &a, &id)?;
     let remote = remote_wanted(&a, &rq, &view::from_address(&raw));
-    let Some(clean) = web.clean_body(meta.blob_id(), raw, remote).await else {
+    let Some(clean) = web.clean_body(meta.id, raw, remote).await else {
         return Err(WebError::not_found(a.t));
     };
     web.svc

@@ -153,6 +153,14 @@ fn is_remote(url: &str) -> bool {
 
 /// Sanitises an HTML body; remote images stay only when `allow_remote`.
 pub fn clean(html: &str, allow_remote: bool) -> Clean {
+    clean_with(html, allow_remote, HashMap::new())
+}
+
+/// [`clean`], with the message's inline images: `<img src="cid:X">`
+/// becomes the `data:` URL `inline` gives for X (made by us from the
+/// message's own PNG, JPEG, GIF or WebP parts; a `data:` URL written in
+/// the mail itself never passes the scheme check, which runs first).
+pub fn clean_with(html: &str, allow_remote: bool, inline: HashMap<String, String>) -> Clean {
     let html = match html.char_indices().nth(MAX_HTML) {
         Some((i, _)) => &html[..i],
         None => html,
@@ -178,14 +186,21 @@ pub fn clean(html: &str, allow_remote: bool) -> Clean {
         )
         .generic_attributes(GENERIC_ATTRS.iter().copied().collect())
         .tag_attributes(tag_attrs)
-        .url_schemes(["http", "https", "mailto"].into_iter().collect())
+        .url_schemes(["http", "https", "mailto", "cid"].into_iter().collect())
         .url_relative(ammonia::UrlRelative::Deny)
         .link_rel(Some("noopener noreferrer nofollow"))
         .set_tag_attribute_value("a", "target", "_blank")
         .filter_style_properties(STYLE_PROPERTIES.iter().copied().collect())
         .strip_comments(true)
         .attribute_filter(move |element, attribute, value| {
+            let is_cid = value.trim_start().to_ascii_lowercase().starts_with("cid:");
             match (element, attribute) {
+                ("img", "src") if is_cid => {
+                    let cid = value.trim_start()[4..].trim();
+                    inline.get(cid).map(|d| Cow::Owned(d.clone()))
+                }
+                // cid: is only for inline images.
+                _ if is_cid => None,
                 // Backgrounds are remote loads too; never kept.
                 (_, "background") => {
                     counter.fetch_add(1, Ordering::Relaxed);
@@ -196,7 +211,7 @@ pub fn clean(html: &str, allow_remote: bool) -> Clean {
                         Some(Cow::Borrowed(value))
                     } else {
                         // Remote (a tracker until the user says otherwise),
-                        // or cid:/relative (not served): dropped.
+                        // or relative: dropped.
                         if is_remote(value) {
                             counter.fetch_add(1, Ordering::Relaxed);
                         }
@@ -307,6 +322,36 @@ mod tests {
         let allowed = clean(html, true);
         assert!(allowed.html.contains("https://t.example/p.gif"));
         assert!(!allowed.html.contains("cid:"));
+    }
+
+    #[test]
+    fn inline_images_become_our_data_urls_and_the_mails_own_do_not_pass() {
+        let inline: HashMap<String, String> = [(
+            "logo@x.test".to_owned(),
+            "data:image/png;base64,iVBORw0KGgo=".to_owned(),
+        )]
+        .into();
+        let out = clean_with(
+            "<img src=\"cid:logo@x.test\"><img src=\"cid:other\">\
+             <img src=\"data:image/png;base64,AAAA\"><a href=\"cid:logo@x.test\">a</a>\
+             <img src=\"/messages/2a/parts/0\">",
+            false,
+            inline,
+        );
+        assert!(
+            out.html
+                .contains("src=\"data:image/png;base64,iVBORw0KGgo=\""),
+            "{}",
+            out.html
+        );
+        assert_eq!(out.html.matches("src=").count(), 1, "{}", out.html);
+        assert!(
+            !out.html.contains("cid:") && !out.html.contains("AAAA"),
+            "{}",
+            out.html
+        );
+        let none = clean("<img src=\"cid:logo\">", false);
+        assert!(!none.html.contains("src"));
     }
 
     #[test]

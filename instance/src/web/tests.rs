@@ -421,7 +421,10 @@ fn a_message_is_shown_read_and_filed_and_its_html_is_sanitised_and_fenced() {
         assert_eq!(body.status, StatusCode::OK);
         let csp = body.headers[header::CONTENT_SECURITY_POLICY].to_str().expect("csp");
         assert!(csp.contains("default-src 'none'") && csp.contains("sandbox"));
-        assert!(!csp.contains("img-src"), "no remote image by default: {csp}");
+        assert!(
+            csp.contains("img-src data:;") && !csp.contains("http"),
+            "no remote image by default: {csp}"
+        );
         assert!(body.body.contains("<b>Alice</b>"));
         for bad in ["<script", "javascript:", "127.0.0.1:9"] {
             assert!(!body.body.contains(bad), "{bad} in {}", body.body);
@@ -431,7 +434,7 @@ fn a_message_is_shown_read_and_filed_and_its_html_is_sanitised_and_fenced() {
         assert!(remote.headers[header::CONTENT_SECURITY_POLICY]
             .to_str()
             .expect("csp")
-            .contains("img-src https: http:"));
+            .contains("img-src data: https: http:"));
 
         let part = t.get(&format!("/messages/{id:x}/parts/0"), Some(&cookie)).await;
         assert_eq!(part.status, StatusCode::OK);
@@ -439,6 +442,19 @@ fn a_message_is_shown_read_and_filed_and_its_html_is_sanitised_and_fenced() {
         let cd = part.headers[header::CONTENT_DISPOSITION].to_str().expect("cd");
         assert!(cd.starts_with("attachment;") && !cd.contains('/'), "{cd}");
         assert_eq!(t.get(&format!("/messages/{id:x}/parts/7"), Some(&cookie)).await.status, StatusCode::NOT_FOUND);
+
+        // An inline image (multipart/related, cid:) is shown from the message itself.
+        let related = mail(
+            "Logo",
+            "MIME-Version: 1.0\r\nContent-Type: multipart/related; boundary=r\r\n",
+            "--r\r\nContent-Type: text/html\r\n\r\n<p><img src=\"cid:logo@x\"> <img src=\"cid:evil@x\"></p>\r\n\
+             --r\r\nContent-Type: image/png\r\nContent-ID: <logo@x>\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n\
+             --r\r\nContent-Type: image/svg+xml\r\nContent-ID: <evil@x>\r\n\r\n<svg onload=\"alert(1)\"/>\r\n--r--",
+        );
+        let rid = t.deliver("alice@alpha.test", &related, Via::Smtp).await;
+        let body = t.get(&format!("/messages/{rid:x}/body"), Some(&cookie)).await;
+        assert!(body.body.contains("src=\"data:image/png;base64,iVBORw0KGgo=\""), "{}", body.body);
+        assert!(!body.body.contains("svg") && !body.body.contains("alert"), "{}", body.body);
 
         // Allow the sender: its remote content loads from then on.
         let act = format!("/messages/{id:x}/action");

@@ -367,6 +367,53 @@ pub fn attachment(raw: &[u8], n: usize) -> Option<(String, Vec<u8>)> {
     ))
 }
 
+/// The HTML body of a stored message, when it has one, and its inline
+/// images (Content-ID → `data:` URL) for PNG, JPEG, GIF and WebP parts
+/// (never SVG, which can carry script), at most 8 MiB of them.
+pub fn html_and_inline(raw: &[u8]) -> Option<(String, std::collections::HashMap<String, String>)> {
+    use base64::Engine;
+    use mail_parser::MimeHeaders;
+    let html = html_body(raw)?;
+    let mut inline = std::collections::HashMap::new();
+    if !html.contains("cid:") {
+        return Some((html, inline));
+    }
+    let msg = mail_parser::MessageParser::default().parse(raw)?;
+    let mut total = 0usize;
+    for p in &msg.parts {
+        let (Some(cid), Some(c)) = (p.content_id(), p.content_type()) else {
+            continue;
+        };
+        if !c.c_type.eq_ignore_ascii_case("image") {
+            continue;
+        }
+        let ct = match c
+            .c_subtype
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("png") => "image/png",
+            Some("jpeg") | Some("jpg") | Some("pjpeg") => "image/jpeg",
+            Some("gif") => "image/gif",
+            Some("webp") => "image/webp",
+            _ => continue,
+        };
+        total += p.contents().len();
+        if total > 8 << 20 {
+            break;
+        }
+        let cid = cid
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_owned();
+        let data = base64::engine::general_purpose::STANDARD.encode(p.contents());
+        inline.insert(cid, format!("data:{ct};base64,{data}"));
+    }
+    Some((html, inline))
+}
+
 /// Every attachment of a stored message: (file name, declared type, bytes)
 /// — what a forward carries along.
 pub fn attachments_of(raw: &[u8]) -> Vec<(String, String, Vec<u8>)> {
