@@ -599,6 +599,7 @@ struct MessagePage {
     remote: bool,
     flagged: bool,
     in_trash: bool,
+    in_drafts: bool,
 }
 
 #[derive(Deserialize)]
@@ -693,6 +694,7 @@ async fn message(
                 || rq.remote.as_deref() == Some("1"),
             flagged: meta.has_keyword("$flagged"),
             in_trash: current == Role::Trash.id(),
+            in_drafts: meta.uid_in(Role::Drafts.id()).is_some(),
             m: view::Shown {
                 subject: subject_or(a.t, &shown.subject),
                 ..shown
@@ -914,12 +916,14 @@ struct ComposePage {
     previewed: bool,
     forward_of: String,
     forwarded: Vec<String>,
+    draft_of: String,
 }
 
 #[derive(Deserialize)]
 struct ComposeQuery {
     reply: Option<String>,
     forward: Option<String>,
+    draft: Option<String>,
     to: Option<String>,
 }
 
@@ -952,6 +956,7 @@ async fn compose_page(
         previewed: false,
         forward_of: String::new(),
         forwarded: Vec::new(),
+        draft_of: String::new(),
     };
     if let Some(id) = q.reply.as_deref().or(q.forward.as_deref()) {
         let (meta, raw) = own_message(&web, &a, id)?;
@@ -979,7 +984,22 @@ async fn compose_page(
             );
         }
     }
-    let rcpts = view::split_recipients(&page.to, MAX_RECIPIENTS);
+    if let Some(id) = q.draft.as_deref() {
+        // Resuming a draft: its fields, and its attachments carried along.
+        let (meta, raw) = own_message(&web, &a, id)?;
+        if meta.uid_in(Role::Drafts.id()).is_none() {
+            return Err(WebError::not_found(a.t));
+        }
+        let s = view::show(&raw);
+        page.to = s.to.clone();
+        page.cc = s.cc.clone();
+        page.subject = s.subject.clone();
+        page.body = s.text.clone();
+        page.draft_of = format!("{:x}", meta.id);
+        page.forward_of = page.draft_of.clone();
+        page.forwarded = s.attachments.iter().map(|x| x.name.clone()).collect();
+    }
+    let rcpts = view::split_recipients(&format!("{},{}", page.to, page.cc), MAX_RECIPIENTS);
     page.routes_html = routes_html(a.t, &view::routes(&web.svc, &a.s.user, &rcpts, a.t))?;
     html(&page, a.t)
 }
@@ -1011,6 +1031,7 @@ struct Draft {
     in_reply_to: String,
     references: String,
     forward_of: String,
+    draft_of: String,
     files: Vec<(String, String, Vec<u8>)>,
 }
 
@@ -1070,6 +1091,7 @@ async fn read_draft(t: &'static Txt, mut mp: Multipart, max: usize) -> Result<Dr
             "in_reply_to" => d.in_reply_to = text,
             "references" => d.references = text,
             "forward_of" => d.forward_of = text,
+            "draft_of" => d.draft_of = text,
             _ => {}
         }
     }
@@ -1117,6 +1139,17 @@ fn build_message(
         .subject(d.subject.clone())
         .message_id(Some(message_id.clone()))
         .user_agent("Caliopen web".into());
+    if to.is_empty() && cc.is_empty() {
+        // A draft may have no recipient yet: its envelope is the sender's own.
+        let me: lettre::Address =
+            a.s.address
+                .parse()
+                .map_err(|e| format!("own address: {e}"))?;
+        b = b.envelope(
+            lettre::address::Envelope::new(Some(me.clone()), vec![me])
+                .map_err(|e| e.to_string())?,
+        );
+    }
     for t in to {
         b = b.to(t.parse().map_err(|e| format!("{t:?}: {e}"))?);
     }
@@ -1186,6 +1219,7 @@ async fn compose(State(web): State<Arc<Web>>, a: Authed, mp: Multipart) -> WebRe
             previewed,
             forward_of: d.forward_of.clone(),
             forwarded: forwarded_names.clone(),
+            draft_of: d.draft_of.clone(),
         };
         let mut r = html(&page, a.t)?;
         if page.error.is_some() {
@@ -1195,6 +1229,51 @@ async fn compose(State(web): State<Arc<Web>>, a: Authed, mp: Multipart) -> WebRe
     };
     if d.op == "preview" {
         return again(None, !d.files.is_empty());
+    }
+    // The draft this form edits (the user's own, in Drafts): replaced when
+    // saved again, removed once sent.
+    let draft_of = match d.draft_of.trim() {
+        "" => None,
+        id => {
+            let (m, _) = own_message(&web, &a, id)?;
+            m.uid_in(Role::Drafts.id()).map(|_| m.id)
+        }
+    };
+    if d.op == "draft" {
+        d.files.extend(forwarded);
+        let (data, _) = match build_message(&web, &a, &d, &to, &cc) {
+            Ok(x) => x,
+            Err(e) => return again(Some(format!("{} {e}", a.t.bad_request)), false),
+        };
+        let meta = MessageMeta {
+            from: a.s.address.clone(),
+            to: all.clone(),
+            subject: d.subject.clone(),
+            via: Via::Local,
+            ..Default::default()
+        };
+        let into = [crate::store::Delivery {
+            owner: a.s.user.clone(),
+            to: Vec::new(),
+            mailbox: Role::Drafts.id(),
+            keywords: vec![crate::mail::mailbox::SEEN.into(), "$draft".into()],
+            received: false,
+        }];
+        let store = web.svc.store();
+        let ids = store
+            .deliver_local(&meta, &into, &data)
+            .await
+            .map_err(|e| WebError::store(a.t, e))?;
+        if let Some(old) = draft_of {
+            store
+                .remove_messages(&a.s.user, &[old], Some(Role::Drafts.id()))
+                .await
+                .map_err(|e| WebError::store(a.t, e))?;
+        }
+        let to = ids
+            .first()
+            .map_or("/mail".to_owned(), |id| format!("/compose?draft={id:x}"));
+        return Ok(Redirect::to(&to).into_response());
     }
     if all.is_empty() {
         return again(Some(a.t.routes_empty.into()), false);
@@ -1230,6 +1309,16 @@ async fn compose(State(web): State<Arc<Web>>, a: Authed, mp: Multipart) -> WebRe
     {
         Ok(routed) => {
             tracing::info!(user = %a.s.user, %message_id, routes = %routed, "web: message sent");
+            if let Some(old) = draft_of {
+                if let Err(e) = web
+                    .svc
+                    .store()
+                    .remove_messages(&a.s.user, &[old], Some(Role::Drafts.id()))
+                    .await
+                {
+                    tracing::warn!(error = %e, "web: sent draft not removed from Drafts");
+                }
+            }
             html(
                 &SentPage {
                     f: a.frame("compose"),

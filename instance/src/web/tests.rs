@@ -632,6 +632,81 @@ fn compose_previews_routes_and_sends_through_the_router() {
 }
 
 #[test]
+fn drafts_are_saved_resumed_replaced_and_gone_once_sent() {
+    runtime().block_on(async {
+        let t = setup().await;
+        let (cookie, csrf) = t.login("alice").await;
+        let post = |fields: Vec<(&'static str, String)>| {
+            let refs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (ct, body) = multipart(&refs, Some(("plan.pdf", b"%PDF-plan")));
+            Request::post("/compose")
+                .header(header::CONTENT_TYPE, ct)
+                .header(header::COOKIE, cookie.clone())
+                .body(Body::from(body))
+                .expect("req")
+        };
+        let drafts = || {
+            t.svc
+                .store()
+                .newest("alice", Role::Drafts.id(), None, 10)
+                .expect("drafts")
+                .0
+        };
+        // No recipient yet: saved all the same.
+        let r = t
+            .req(post(vec![
+                ("csrf", csrf.clone()),
+                ("op", "draft".into()),
+                ("subject", "Plan".into()),
+                ("body", "first words".into()),
+            ]))
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+        let at = r.headers[header::LOCATION].to_str().expect("to").to_owned();
+        let d = drafts();
+        assert_eq!(d.len(), 1);
+        assert!(d[0].has_keyword("$draft"));
+        assert_eq!(at, format!("/compose?draft={:x}", d[0].id));
+        let page = t.get(&at, Some(&cookie)).await;
+        assert!(page.body.contains("value=\"Plan\"") && page.body.contains("first words"));
+        assert!(page.body.contains("plan.pdf"), "its attachment goes along");
+        // Saved again: replaced, not added.
+        let first = d[0].id;
+        let r = t
+            .req(post(vec![
+                ("csrf", csrf.clone()),
+                ("op", "draft".into()),
+                ("to", "bob@alpha.test".into()),
+                ("subject", "Plan".into()),
+                ("body", "more words".into()),
+                ("draft_of", format!("{first:x}")),
+            ]))
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER);
+        let d = drafts();
+        assert_eq!(d.len(), 1);
+        assert_ne!(d[0].id, first);
+        // Sent: delivered, and gone from Drafts.
+        let r = t
+            .req(post(vec![
+                ("csrf", csrf.clone()),
+                ("op", "send".into()),
+                ("to", "bob@alpha.test".into()),
+                ("subject", "Plan".into()),
+                ("body", "final words".into()),
+                ("draft_of", format!("{:x}", d[0].id)),
+            ]))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(drafts().is_empty());
+        let inbox = t.svc.store().list("bob").expect("bob");
+        assert_eq!(inbox.len(), 1);
+        let raw = t.svc.store().raw(inbox[0].id).expect("raw").expect("raw");
+        assert!(super::view::show(&raw).text.contains("final words"));
+    });
+}
+
+#[test]
 fn settings_change_language_publication_and_password() {
     runtime().block_on(async {
         let t = setup().await;
