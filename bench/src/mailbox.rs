@@ -77,13 +77,7 @@ pub async fn run(work: &std::path::Path, p: &MailboxParams, report: &mut Report)
         .iter()
         .find(|b| b.id == inbox)
         .map_or(1, |b| b.uid_next);
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rand = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rand = crate::storage::xorshift();
     let mut list_lat = Vec::with_capacity(p.probes);
     let mut listed = 0;
     for _ in 0..p.probes {

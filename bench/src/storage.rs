@@ -112,13 +112,7 @@ pub async fn run(work: &std::path::Path, p: &StorageParams, report: &mut Report)
     let disk = dir_size(&path);
 
     // Latency: list a mailbox, get one message's bytes, each on random keys.
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rand = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rand = xorshift();
     let probes = 2000.min(p.accounts * 4).max(100);
     let mut list_lat = Vec::with_capacity(probes);
     let mut listed = 0usize;
@@ -191,6 +185,17 @@ pub async fn run(work: &std::path::Path, p: &StorageParams, report: &mut Report)
 
 fn add_pcts(report: &mut Report, case: &str, what: &str, lat: &mut [Duration], note: &str) {
     add_latency(report, "storage", case, what, lat, note, None);
+}
+
+/// A fixed-seed xorshift generator: the same probes in every run.
+pub fn xorshift() -> impl FnMut() -> u64 {
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    }
 }
 
 /// Adds the p50 and p99 of `lat` in µs as two rows of `section`, the p99

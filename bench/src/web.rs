@@ -171,13 +171,7 @@ pub async fn run(work: &std::path::Path, p: &WebParams, report: &mut Report) -> 
         .iter()
         .find(|b| b.id == inbox)
         .map_or(1, |b| b.uid_next);
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rand = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rand = crate::storage::xorshift();
     for (what, random) in [("first page", false), ("random older page", true)] {
         let mut lat = Vec::with_capacity(p.probes);
         let mut bytes = 0;

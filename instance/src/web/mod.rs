@@ -109,15 +109,11 @@ impl CleanCache {
 impl Web {
     /// The sanitised HTML body of a message (`None`: it has none), from the
     /// cache or made off the async workers (a 1 MB body takes ~100 ms).
-    async fn clean_body(
-        &self,
-        id: u64,
-        raw: Vec<u8>,
-        remote: bool,
-    ) -> Option<Arc<sanitize::Clean>> {
+    async fn clean_body(&self, id: u64, raw: &[u8], remote: bool) -> Option<Arc<sanitize::Clean>> {
         if let Some(c) = self.cleaned.get((id, remote)) {
             return Some(c);
         }
+        let raw = raw.to_vec();
         let c = tokio::task::spawn_blocking(move || {
             view::html_and_inline(&raw)
                 .map(|(h, inline)| Arc::new(sanitize::clean_with(&h, remote, inline)))

@@ -635,7 +635,7 @@ async fn message(
     let index = view::index_of(&web.svc, &meta, &raw);
     let remote = remote_wanted(&a, &rq, &shown.from_address);
     let blocked = if shown.has_html {
-        web.clean_body(meta.id, raw.clone(), false)
+        web.clean_body(meta.id, &raw, false)
             .await
             .map_or(0, |c| c.blocked)
     } else {
@@ -690,8 +690,7 @@ async fn message(
             dims: (index.technic, index.context, index.comportment),
             explanation,
             blocked,
-            remote: remote && !matches!(a.prefs.remote, RemotePolicy::Never)
-                || rq.remote.as_deref() == Some("1"),
+            remote,
             flagged: meta.has_keyword("$flagged"),
             in_trash: current == Role::Trash.id(),
             in_drafts: meta.uid_in(Role::Drafts.id()).is_some(),
@@ -727,7 +726,7 @@ async fn message_body(
 ) -> WebResult {
     let (meta, raw) = own_message(&web, &a, &id)?;
     let remote = remote_wanted(&a, &rq, &view::from_address(&raw));
-    let Some(clean) = web.clean_body(meta.id, raw, remote).await else {
+    let Some(clean) = web.clean_body(meta.id, &raw, remote).await else {
         return Err(WebError::not_found(a.t));
     };
     web.svc

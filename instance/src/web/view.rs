@@ -344,7 +344,10 @@ pub fn show(raw: &[u8]) -> Shown {
 
 /// The HTML body of a stored message, when it has one.
 pub fn html_body(raw: &[u8]) -> Option<String> {
-    let msg = mail_parser::MessageParser::default().parse(raw)?;
+    html_of(&mail_parser::MessageParser::default().parse(raw)?)
+}
+
+fn html_of(msg: &mail_parser::Message<'_>) -> Option<String> {
     let i = *msg.html_body.iter().find(|&&i| {
         msg.parts
             .get(i as usize)
@@ -373,12 +376,12 @@ pub fn attachment(raw: &[u8], n: usize) -> Option<(String, Vec<u8>)> {
 pub fn html_and_inline(raw: &[u8]) -> Option<(String, std::collections::HashMap<String, String>)> {
     use base64::Engine;
     use mail_parser::MimeHeaders;
-    let html = html_body(raw)?;
+    let msg = mail_parser::MessageParser::default().parse(raw)?;
+    let html = html_of(&msg)?;
     let mut inline = std::collections::HashMap::new();
     if !html.contains("cid:") {
         return Some((html, inline));
     }
-    let msg = mail_parser::MessageParser::default().parse(raw)?;
     let mut total = 0usize;
     for p in &msg.parts {
         let (Some(cid), Some(c)) = (p.content_id(), p.content_type()) else {
