@@ -1881,7 +1881,7 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
             }
             if want.envelope && !want.needs_view() {
                 let raw = store
-                    .raw(m.blob_id())
+                    .body(m.blob_id())
                     .map_err(|e| store_no(&e))?
                     .unwrap_or_default();
                 sep(&mut r);
@@ -1893,7 +1893,7 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
             }
             if want.needs_view() {
                 let raw = store
-                    .raw(m.blob_id())
+                    .body(m.blob_id())
                     .map_err(|e| store_no(&e))?
                     .unwrap_or_default();
                 let header = imap_header(&m, &raw);
@@ -2372,7 +2372,7 @@ impl Ctx<'_> {
         if self.raw.is_none() {
             self.raw = Some(
                 self.store
-                    .raw(self.m.blob_id())
+                    .body(self.m.blob_id())
                     .ok()
                     .flatten()
                     .unwrap_or_default(),

@@ -276,6 +276,9 @@ pub trait MailStore: Send + Sync + std::fmt::Debug {
     fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError>;
     /// A message's bytes, exactly as received.
     fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The bytes of a blob ([`MessageMeta::blob_id`]): what [`MailStore::raw`]
+    /// returns, without reading the record again.
+    fn body(&self, blob: u64) -> Result<Option<Vec<u8>>, StoreError>;
     /// A user's contacts.
     fn contacts(&self, owner: &str) -> Result<Vec<ContactRecord>, StoreError>;
     /// One contact of a user.
@@ -468,6 +471,9 @@ impl MailStore for Store {
     }
     fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Store::raw(self, id)
+    }
+    fn body(&self, blob: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Store::body(self, blob)
     }
     fn contacts(&self, owner: &str) -> Result<Vec<ContactRecord>, StoreError> {
         Store::contacts(self, owner)

@@ -3,9 +3,13 @@
 //! Trees (the list is kept here and nowhere else):
 //! - `users`: local part → user record (JSON: password hash, created_at).
 //! - `messages`: message id (u64 BE) → [`MessageMeta`] (JSON).
-//! - `raw`: blob id → message bytes exactly as received, once per
-//!   delivery (its copies for several accounts share them; `R` entries of
-//!   `mail` count the references).
+//! - `bodies`: the index of message bytes, which are kept in segment files
+//!   of their own ([`bodies`]): `B` blob id → location, `#` SHA-256 → blob
+//!   id (the content address: the same bytes are kept once, whoever they
+//!   were delivered to), `Q` blob id → a body `caliopen store check
+//!   --repair` set aside. `R` entries of `mail` count a blob's references.
+//! - `raw`: blob id → message bytes, in sled, as releases before the body
+//!   store kept them; emptied into the segments at open ([`upgrade`]).
 //! - `mail`: the mail model — accounts, mailboxes, UIDs, changes,
 //!   tombstones, threads, aliases (see [`model`] for its keys).
 //! - `mailbox`: the flat per-user index of releases before the mail core;
@@ -20,16 +24,24 @@
 //! Writes are made durable by group commit ([`GroupCommit`]): a message is
 //! acknowledged only after the flush that covers it.
 
+pub mod bodies;
+mod check;
 mod commit;
+mod compact;
 mod engine;
 pub mod model;
 mod ops;
 pub mod upgrade;
 
+#[cfg(test)]
+mod body_tests;
+
 pub use crate::mail::{
     contact_key, AutocryptKey, ContactRecord, Counters, Delivery, MessageMeta, PathClass,
     SeenLevel, Transport, UserStats, Via,
 };
+pub use bodies::{Codec, StoreOptions};
+pub use check::CheckReport;
 pub use commit::GroupCommit;
 pub use engine::{KeywordChange, MailStore, Recipients, StoreFuture};
 pub use ops::MAX_IDS_PER_CHANGE;
@@ -61,6 +73,28 @@ pub enum StoreError {
     /// This storage engine does not keep that part of the model.
     #[error("this storage engine does not keep {0}")]
     Unsupported(&'static str),
+    /// The disk is full, or below the configured reserve (temporary: SMTP
+    /// answers `452 4.3.1`).
+    #[error("insufficient storage: {0}")]
+    Full(String),
+    /// A file of the body store failed.
+    #[error("body store: {0}")]
+    Io(String),
+    /// A deduplicated body went away before the delivery naming it was
+    /// written (the writer stores the bytes and tries again).
+    #[error("shared body {0:016x} went away")]
+    BodyGone(u64),
+}
+
+impl StoreError {
+    /// True when the failure is a full disk (sled's own `ENOSPC` included).
+    pub fn is_full(&self) -> bool {
+        match self {
+            StoreError::Full(_) => true,
+            StoreError::Db(sled::Error::Io(e)) => e.raw_os_error() == Some(28),
+            _ => false,
+        }
+    }
 }
 
 /// A user record.
@@ -95,7 +129,15 @@ pub struct Store {
     db: sled::Db,
     users: sled::Tree,
     messages: sled::Tree,
-    raw: sled::Tree,
+    /// Message bytes kept in sled by releases before the body store
+    /// (emptied at open).
+    legacy_raw: sled::Tree,
+    /// The body index (`bodies`).
+    body_index: sled::Tree,
+    /// The segment files.
+    bodies: bodies::Bodies,
+    /// How new bodies are written.
+    codec: (Codec, i32),
     mail: sled::Tree,
     /// The flat index of releases before the mail core (emptied at open).
     legacy_mailbox: sled::Tree,
@@ -118,6 +160,8 @@ pub struct Store {
     batches: Arc<std::sync::atomic::AtomicU64>,
     /// Wakes the sessions that watch an account (IMAP IDLE).
     signals: Arc<Signals>,
+    /// Reclaims dead body space in the background (joined at the last drop).
+    _compactor: Option<Arc<compact::CompactorThread>>,
 }
 
 /// One signal per watched account, bumped after each durable change.
@@ -165,13 +209,26 @@ impl Store {
     /// Opens the database at `path` (must run inside a tokio runtime: it
     /// starts the group committer).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(|e| match e {
-            sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked(format!(
-                "{} is in use by another process (is `caliopen run` already running?)",
-                path.display()
-            )),
-            other => StoreError::Db(other),
-        })?;
+        Self::open_with(path, &StoreOptions::default())
+    }
+
+    /// Opens the database at `path` with these options.
+    pub fn open_with(path: &Path, opts: &StoreOptions) -> Result<Self, StoreError> {
+        // sled's page cache is most of the memory the store uses; the rest
+        // of the budget is for our own caches (the web client's).
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(opts.cache_bytes / 4 * 3)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("lock") => {
+                    StoreError::Locked(format!(
+                        "{} is in use by another process (is `caliopen run` already running?)",
+                        path.display()
+                    ))
+                }
+                other => StoreError::Db(other),
+            })?;
         let users = db.open_tree("users")?;
         let cache: HashSet<String> = users
             .iter()
@@ -187,7 +244,10 @@ impl Store {
             batcher: unused,
             _writer: None,
             messages: db.open_tree("messages")?,
-            raw: db.open_tree("raw")?,
+            legacy_raw: db.open_tree("raw")?,
+            body_index: db.open_tree("bodies")?,
+            bodies: bodies::Bodies::open(&path.join("bodies"), opts.min_free_bytes)?,
+            codec: (opts.codec, opts.zstd_level),
             mail,
             legacy_mailbox: db.open_tree("mailbox")?,
             txns: db.open_tree("mesh_txns")?,
@@ -203,6 +263,7 @@ impl Store {
             user_cache: Arc::new(RwLock::new(cache)),
             batches: Arc::default(),
             signals: Arc::default(),
+            _compactor: None,
             db,
         };
         let (batcher, thread) = writer.start_batcher();
@@ -212,7 +273,12 @@ impl Store {
             ..writer
         };
         upgrade::run(&store)?;
-        Ok(store)
+        upgrade::bodies_out_of_sled(&store)?;
+        let compactor = compact::CompactorThread::start(&store, compact::INTERVAL);
+        Ok(Self {
+            _compactor: Some(Arc::new(compactor)),
+            ..store
+        })
     }
 
     /// The database (for trees owned by other components, like the mesh outbox).
@@ -348,6 +414,7 @@ impl Store {
         }
         let (corr, facts) =
             crate::privacy::correspondence_and_thread(raw, &template.from, template.received_at);
+        let body = bodies::encode(raw, self.codec.0, self.codec.1)?;
         Ok(Job {
             ids_bytes: ids.iter().flat_map(|i| i.to_be_bytes()).collect(),
             ids,
@@ -357,7 +424,8 @@ impl Store {
             facts,
             class: path_class(template),
             received_at: template.received_at,
-            raw: raw.to_vec(),
+            body,
+            loc: None,
             txn_id: txn_id.map(<[u8]>::to_vec),
         })
     }
@@ -369,7 +437,7 @@ impl Store {
         let domains = self.served_domains();
         let now = now_unix();
         (
-            &self.raw,
+            &self.body_index,
             &self.messages,
             &self.mail,
             &self.txns,
@@ -436,15 +504,39 @@ impl Store {
                     // writes its log buffer out twice per transaction)
                     // serves what one commit will. Large ones are not held:
                     // their transaction costs what their bytes cost.
-                    if batch.iter().map(|(j, _)| j.raw.len()).sum::<usize>() < GATHER_BYTES {
+                    if batch
+                        .iter()
+                        .map(|(j, _)| j.body.payload.len())
+                        .sum::<usize>()
+                        < GATHER_BYTES
+                    {
                         store.commit.wait_idle(MAX_GATHER);
                         drain(&mut batch, &mut rx);
                     }
-                    let jobs: Vec<&Job> = batch.iter().map(|(j, _)| j).collect();
+                    // The bytes first, on disk before any index entry names them.
+                    let placed = store.place_bodies(&mut batch);
+                    let (mut failed, mut todo) = (Vec::new(), Vec::new());
+                    for (item, p) in batch.into_iter().zip(placed) {
+                        match p {
+                            Ok(()) => todo.push(item),
+                            Err(e) => failed.push((item, e)),
+                        }
+                    }
+                    for ((job, _), _) in &failed {
+                        store.bodies.settle(job.loc.as_ref());
+                    }
+                    for ((_, reply), e) in failed {
+                        let _ = reply.send(Err(e));
+                    }
+                    if todo.is_empty() {
+                        continue;
+                    }
+                    let mut batch = todo;
                     store
                         .batches
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let outcomes = match store.write_batch(&jobs) {
+                    let jobs: Vec<&Job> = batch.iter().map(|(j, _)| j).collect();
+                    let mut outcomes = match store.write_batch(&jobs) {
                         Ok(o) => o.into_iter().map(Ok).collect::<Vec<_>>(),
                         // One bad job must not fail the others: write them one by one.
                         Err(_) if batch.len() > 1 => batch
@@ -453,6 +545,19 @@ impl Store {
                             .collect(),
                         Err(e) => vec![Err(e)],
                     };
+                    // A shared body released meanwhile: its bytes are
+                    // written after all, and the job tried once more.
+                    for ((job, _), outcome) in batch.iter_mut().zip(outcomes.iter_mut()) {
+                        if matches!(outcome, Err(StoreError::BodyGone(_))) {
+                            *outcome = store
+                                .place_own_body(job)
+                                .and_then(|()| store.write_batch(&[job]))
+                                .map(|mut o| o.pop().flatten());
+                        }
+                    }
+                    for (job, _) in &batch {
+                        store.bodies.settle(job.loc.as_ref());
+                    }
                     let commit = store.commit.clone();
                     runtime.spawn(async move {
                         let synced = commit.sync().await;
@@ -712,10 +817,106 @@ impl Store {
         let Some(meta) = self.meta(id)? else {
             return Ok(None);
         };
-        Ok(self
-            .raw
-            .get(meta.blob_id().to_be_bytes())?
-            .map(|v| v.to_vec()))
+        self.body(meta.blob_id())
+    }
+
+    /// The bytes of a blob (a message's [`MessageMeta::blob_id`]), checked
+    /// on the way: damaged bytes are an error, never mail.
+    pub fn body(&self, blob: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        // Twice: compaction may move the record between the index read and
+        // the file read (the second read finds the new place).
+        for _ in 0..2 {
+            let Some(v) = self.body_index.get(model::body_key(blob))? else {
+                if self.body_index.get(model::quarantine_key(blob))?.is_some() {
+                    return Err(StoreError::Corrupt(format!(
+                        "the body of {blob:016x} is quarantined (see `caliopen store check`)"
+                    )));
+                }
+                return Ok(self.legacy_raw.get(blob.to_be_bytes())?.map(|v| v.to_vec()));
+            };
+            let loc = bodies::Loc::decode(&v)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad body index entry {blob:016x}")))?;
+            match self.bodies.read(blob, &loc) {
+                Ok(raw) => return Ok(Some(raw)),
+                Err(bodies::Damage::Missing) => continue,
+                Err(d) => {
+                    tracing::error!(blob = %format!("{blob:016x}"), damage = %d, "a message body fails its check");
+                    return Err(StoreError::Corrupt(format!("the body of {blob:016x}: {d}")));
+                }
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "the body of {blob:016x}: its segment file is missing"
+        )))
+    }
+
+    /// Bodies in the index.
+    pub fn body_count(&self) -> usize {
+        self.body_index.scan_prefix(b"B").count()
+    }
+
+    /// The segment files' counters.
+    pub fn body_stats(&self) -> &bodies::BodyStats {
+        self.bodies.stats()
+    }
+
+    /// Changes the free-space reserve below which deliveries are refused.
+    pub fn set_min_free(&self, bytes: u64) {
+        self.bodies.set_min_free(bytes);
+    }
+
+    /// Finds each job's body a place: the blob of the same bytes stored
+    /// before (or earlier in this batch), or a new record, all synced
+    /// before this returns (one `fdatasync` per segment written).
+    fn place_bodies(&self, batch: &mut [(Job, JobReply)]) -> Vec<Result<(), StoreError>> {
+        let mut seen: HashMap<[u8; 32], u64> = HashMap::new();
+        let mut out = Vec::with_capacity(batch.len());
+        let need: u64 = batch.iter().map(|(j, _)| j.body.payload.len() as u64).sum();
+        let room = self.bodies.check_space(need);
+        for (job, _) in batch.iter_mut() {
+            let known = match seen.get(&job.body.hash) {
+                Some(b) => Some(*b),
+                None => match self.body_index.get(model::hash_key(&job.body.hash)) {
+                    Ok(v) => v
+                        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                        .map(u64::from_be_bytes),
+                    Err(e) => {
+                        out.push(Err(e.into()));
+                        continue;
+                    }
+                },
+            };
+            let r = match known {
+                Some(blob) => {
+                    job.share(blob);
+                    Ok(())
+                }
+                None => match &room {
+                    Err(e) => Err(StoreError::Full(e.to_string())),
+                    Ok(()) => self.bodies.append(job.blob, &job.body).map(|loc| {
+                        job.loc = Some(loc);
+                        seen.insert(job.body.hash, job.blob);
+                    }),
+                },
+            };
+            out.push(r);
+        }
+        if let Err(e) = self.bodies.sync() {
+            let msg = e.to_string();
+            return out
+                .into_iter()
+                .map(|_| Err(StoreError::Flush(msg.clone())))
+                .collect();
+        }
+        out
+    }
+
+    /// Stores a job's own bytes (its shared body went away).
+    fn place_own_body(&self, job: &mut Job) -> Result<(), StoreError> {
+        job.unshare();
+        self.bodies.check_space(job.body.payload.len() as u64)?;
+        job.loc = Some(self.bodies.append(job.blob, &job.body)?);
+        self.bodies.sync()
     }
 
     /// Flushes everything to disk.
@@ -758,8 +959,32 @@ struct Job {
     facts: crate::mail::thread::ThreadFacts,
     class: PathClass,
     received_at: i64,
-    raw: Vec<u8>,
+    /// The bytes, hashed and compressed.
+    body: bodies::Encoded,
+    /// Where they were written; `None` when the job shares the blob of
+    /// the same bytes stored before.
+    loc: Option<bodies::Loc>,
     txn_id: Option<Vec<u8>>,
+}
+
+impl Job {
+    /// Makes every copy refer to `blob`, the bytes stored before.
+    fn share(&mut self, blob: u64) {
+        self.blob = blob;
+        self.loc = None;
+        for (m, _) in &mut self.prepared {
+            m.blob = Some(blob);
+        }
+    }
+
+    /// Back to a blob of its own (the first copy's id).
+    fn unshare(&mut self) {
+        let first = self.ids[0];
+        self.blob = first;
+        for (m, _) in &mut self.prepared {
+            m.blob = (m.id != first).then_some(first);
+        }
+    }
 }
 
 /// Where the writer answers a delivery.
@@ -783,12 +1008,29 @@ fn write_job(
     accounts: &mut HashMap<String, model::Account>,
 ) -> TxResult<()> {
     let corr = &job.corr;
-    r.insert(&job.blob.to_be_bytes(), job.raw.as_slice())?;
-    if job.prepared.len() > 1 {
-        b.insert(
-            model::refs_key(job.blob),
-            &(job.prepared.len() as u32).to_be_bytes(),
-        )?;
+    let copies = job.prepared.len() as u32;
+    match &job.loc {
+        Some(loc) => {
+            r.insert(model::body_key(job.blob), loc.encode())?;
+            r.insert(model::hash_key(&loc.hash), &job.blob.to_be_bytes())?;
+            if copies > 1 {
+                b.insert(model::refs_key(job.blob), &copies.to_be_bytes())?;
+            }
+        }
+        None => {
+            // The same bytes, stored before: one more reference per copy.
+            if r.get(model::body_key(job.blob))?.is_none() {
+                return Err(ConflictableTransactionError::Abort(StoreError::BodyGone(
+                    job.blob,
+                )));
+            }
+            let k = model::refs_key(job.blob);
+            let refs = b
+                .get(&k)?
+                .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+                .map_or(1, u32::from_be_bytes);
+            b.insert(k, &refs.saturating_add(copies).to_be_bytes())?;
+        }
     }
     let mut owners: Vec<&str> = Vec::new();
     for (meta, d) in &job.prepared {

@@ -24,7 +24,7 @@
 //! account, its UIDs and its quota, and a thread root has no `H` entry (its
 //! id is the thread's), so that a delivery writes as few keys as it can. Every change
 //! of an account is one sled transaction over this tree and `messages`
-//! (and `raw` when bytes go), committed by the group commit before it is
+//! (and `bodies`, the body index, when bytes go), committed by the group commit before it is
 //! acknowledged.
 
 use super::{tx_error, StoreError};
@@ -151,6 +151,36 @@ pub(super) fn refs_key(blob: u64) -> Vec<u8> {
     cat(&[&[TAG_REFS], &blob.to_be_bytes()])
 }
 
+/// The body index key of a blob's location ([`super::bodies::Loc`]).
+pub(super) fn body_key(blob: u64) -> Vec<u8> {
+    cat(&[b"B", &blob.to_be_bytes()])
+}
+
+/// The body index key of a content address (value: the blob id).
+pub(super) fn hash_key(hash: &[u8; 32]) -> Vec<u8> {
+    cat(&[b"#", hash])
+}
+
+/// The body index key of a quarantined blob (value: why, then its old
+/// location).
+pub(super) fn quarantine_key(blob: u64) -> Vec<u8> {
+    cat(&[b"Q", &blob.to_be_bytes()])
+}
+
+/// Forgets a blob's body: its location and, when it names this blob, its
+/// content address (the record becomes dead space for compaction).
+pub(super) fn release_body(bodies: &TransactionalTree, blob: u64) -> TxResult<()> {
+    if let Some(v) = bodies.remove(body_key(blob))? {
+        if let Some(loc) = super::bodies::Loc::decode(&v) {
+            let hk = hash_key(&loc.hash);
+            if bodies.get(&hk)?.as_deref() == Some(&blob.to_be_bytes()[..]) {
+                bodies.remove(hk)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn alias_db_key(alias: &str) -> Vec<u8> {
     cat(&[&[TAG_ALIAS], alias.as_bytes()])
 }
@@ -213,7 +243,8 @@ fn uid_validity(now: i64, id: MailboxId) -> u32 {
 pub(super) struct Tx<'a> {
     pub mail: &'a TransactionalTree,
     pub messages: &'a TransactionalTree,
-    pub raw: &'a TransactionalTree,
+    /// The body index (`bodies`: see [`super::bodies`]).
+    pub bodies: &'a TransactionalTree,
     pub owner: &'a str,
     pub acct: Account,
     pub now: i64,
@@ -228,12 +259,12 @@ impl<'a> Tx<'a> {
     pub fn open(
         mail: &'a TransactionalTree,
         messages: &'a TransactionalTree,
-        raw: &'a TransactionalTree,
+        bodies: &'a TransactionalTree,
         owner: &'a str,
         now: i64,
     ) -> TxResult<Self> {
         let acct = load_account(mail, owner, now)?;
-        Ok(Self::with_account(mail, messages, raw, owner, acct, now))
+        Ok(Self::with_account(mail, messages, bodies, owner, acct, now))
     }
 
     /// Like [`Tx::open`], with the account already read in this
@@ -242,7 +273,7 @@ impl<'a> Tx<'a> {
     pub fn with_account(
         mail: &'a TransactionalTree,
         messages: &'a TransactionalTree,
-        raw: &'a TransactionalTree,
+        bodies: &'a TransactionalTree,
         owner: &'a str,
         acct: Account,
         now: i64,
@@ -251,7 +282,7 @@ impl<'a> Tx<'a> {
         Self {
             mail,
             messages,
-            raw,
+            bodies,
             owner,
             acct,
             now,
@@ -494,7 +525,7 @@ impl<'a> Tx<'a> {
         };
         if refs <= 1 {
             self.mail.remove(k)?;
-            self.raw.remove(&blob.to_be_bytes())?;
+            release_body(self.bodies, blob)?;
         } else {
             self.mail.insert(k, &(refs - 1).to_be_bytes())?;
         }

@@ -49,9 +49,9 @@ impl Store {
             return Err(ModelError::NoAccount(owner.to_owned()).into());
         }
         let now = now_unix();
-        let out = (&self.mail, &self.messages, &self.raw)
-            .transaction(|(mail, messages, raw)| {
-                let mut tx = Tx::open(mail, messages, raw, owner, now)?;
+        let out = (&self.mail, &self.messages, &self.body_index)
+            .transaction(|(mail, messages, bodies)| {
+                let mut tx = Tx::open(mail, messages, bodies, owner, now)?;
                 let r = f(&mut tx)?;
                 let state = tx.finish()?;
                 Ok((r, state))
@@ -487,9 +487,9 @@ impl Store {
             .collect::<Result<_, StoreError>>()?;
         let now = now_unix();
         for batch in ids.chunks(256) {
-            (&self.mail, &self.messages, &self.raw)
-                .transaction(|(mail, messages, raw)| {
-                    let mut tx = Tx::open(mail, messages, raw, owner, now)?;
+            (&self.mail, &self.messages, &self.body_index)
+                .transaction(|(mail, messages, bodies)| {
+                    let mut tx = Tx::open(mail, messages, bodies, owner, now)?;
                     for &id in batch {
                         // A message already gone (a batch done before a crash) is skipped.
                         if let Ok(old) = tx.message(id) {

@@ -126,7 +126,7 @@ fn from_flat(store: &Store) -> Result<Report, StoreError> {
                 ),
                 None => None,
             };
-            let facts = match store.raw.get(id.to_be_bytes())? {
+            let facts = match store.legacy_raw.get(id.to_be_bytes())? {
                 Some(raw) => crate::mail::thread::facts(&raw),
                 None => Default::default(),
             };
@@ -135,10 +135,10 @@ fn from_flat(store: &Store) -> Result<Report, StoreError> {
         let (moved, dangling) = (
             &store.mail,
             &store.messages,
-            &store.raw,
+            &store.body_index,
             &store.legacy_mailbox,
         )
-            .transaction(|(mail, messages, raw, legacy)| {
+            .transaction(|(mail, messages, bodies, legacy)| {
                 let (mut moved, mut dangling) = (0, 0);
                 for (key, owner, meta, facts) in &work {
                     legacy.remove(key)?;
@@ -146,7 +146,7 @@ fn from_flat(store: &Store) -> Result<Report, StoreError> {
                         dangling += 1;
                         continue;
                     };
-                    let mut tx = Tx::open(mail, messages, raw, owner, now)?;
+                    let mut tx = Tx::open(mail, messages, bodies, owner, now)?;
                     let meta = MessageMeta {
                         owner: owner.clone(),
                         ..meta
@@ -162,4 +162,80 @@ fn from_flat(store: &Store) -> Result<Report, StoreError> {
         report.dangling += dangling;
     }
     Ok(report)
+}
+
+/// Bodies moved per batch (and at most this many bytes).
+const BODY_BATCH: usize = 512;
+const BODY_BATCH_BYTES: usize = 16 << 20;
+
+/// Moves the message bytes that releases before the body store kept in
+/// sled (`raw`) into the segment files, in batches: each batch's bodies
+/// are written and synced, then one transaction names them in the index
+/// and removes them from `raw`. A crash in the middle leaves each body in
+/// `raw` (its copy in a segment, if written, is dead space that compaction
+/// reclaims) or moved, never neither; the next open goes on from there.
+/// Returns the bodies moved.
+pub fn bodies_out_of_sled(store: &Store) -> Result<u64, StoreError> {
+    let total = store.legacy_raw.len();
+    if total == 0 {
+        return Ok(0);
+    }
+    tracing::info!(bodies = total, "moving message bodies out of sled");
+    let started = std::time::Instant::now();
+    let mut moved = 0u64;
+    loop {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        for kv in store.legacy_raw.iter() {
+            let (k, v) = kv?;
+            let Some(blob) = <[u8; 8]>::try_from(k.as_ref()).ok().map(u64::from_be_bytes) else {
+                continue;
+            };
+            bytes += v.len();
+            batch.push((blob, v));
+            if batch.len() >= BODY_BATCH || bytes >= BODY_BATCH_BYTES {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let mut placed = Vec::with_capacity(batch.len());
+        for (blob, raw) in &batch {
+            let e = super::bodies::encode(raw, store.codec.0, store.codec.1)?;
+            store.bodies.check_space(e.payload.len() as u64)?;
+            placed.push((*blob, store.bodies.append(*blob, &e)?));
+        }
+        store.bodies.sync()?;
+        let applied = (&store.legacy_raw, &store.body_index)
+            .transaction(|(raw, index)| {
+                for (blob, loc) in &placed {
+                    if raw.remove(&blob.to_be_bytes())?.is_none() {
+                        continue;
+                    }
+                    index.insert(model::body_key(*blob), loc.encode())?;
+                    let hk = model::hash_key(&loc.hash);
+                    if index.get(&hk)?.is_none() {
+                        index.insert(hk, &blob.to_be_bytes())?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(tx_error);
+        for (_, loc) in &placed {
+            store.bodies.settle(Some(loc));
+        }
+        applied?;
+        store.db.flush()?;
+        moved += placed.len() as u64;
+        if moved % 20_000 < placed.len() as u64 {
+            tracing::info!(moved, total, "moving message bodies out of sled");
+        }
+    }
+    tracing::info!(
+        moved,
+        seconds = started.elapsed().as_secs_f64(),
+        "message bodies moved out of sled"
+    );
+    Ok(moved)
 }
