@@ -145,6 +145,14 @@ impl MailStore for MemStore {
     fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().messages.get(&id).map(|(_, r)| r.clone()))
     }
+    fn body(&self, blob: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .lock()
+            .messages
+            .values()
+            .find(|(m, _)| m.blob_id() == blob)
+            .map(|(_, r)| r.clone()))
+    }
     fn contacts(&self, owner: &str) -> Result<Vec<ContactRecord>, StoreError> {
         let prefix = contact_key(owner, "");
         Ok(self
