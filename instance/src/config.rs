@@ -226,6 +226,78 @@ impl Default for AccountsSection {
     }
 }
 
+/// `[store]`: how the message store uses memory and disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// Memory for the store's caches, in MiB (sled's page cache takes
+    /// three quarters, the web client's sanitised bodies the rest).
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
+    /// How message bodies are compressed: `zstd`, `lz4` or `none`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// zstd's level, 1 (fast) to 19.
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// Deliveries are refused (SMTP `452 4.3.1`) while the data
+    /// directory's filesystem has less free space than this, in MiB.
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
+}
+
+fn default_cache_mb() -> u64 {
+    64
+}
+fn default_compression() -> String {
+    "zstd".into()
+}
+fn default_zstd_level() -> i32 {
+    1
+}
+fn default_min_free_mb() -> u64 {
+    256
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            cache_mb: default_cache_mb(),
+            compression: default_compression(),
+            zstd_level: default_zstd_level(),
+            min_free_mb: default_min_free_mb(),
+        }
+    }
+}
+
+impl StoreSection {
+    /// The store's options.
+    pub fn options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            codec: crate::store::Codec::parse(&self.compression).unwrap_or_default(),
+            zstd_level: self.zstd_level,
+            cache_bytes: self.cache_mb << 20,
+            min_free_bytes: self.min_free_mb << 20,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if crate::store::Codec::parse(&self.compression).is_none() {
+            return Err(format!(
+                "key `store.compression`: {:?} is not one of zstd, lz4, none",
+                self.compression
+            ));
+        }
+        if !(1..=19).contains(&self.zstd_level) {
+            return Err("key `store.zstd_level`: must be 1 to 19".into());
+        }
+        if !(8..=1 << 20).contains(&self.cache_mb) {
+            return Err("key `store.cache_mb`: must be 8 to 1048576 (MiB)".into());
+        }
+        Ok(())
+    }
+}
+
 impl AccountsSection {
     /// The default limits.
     pub fn limits(&self) -> crate::mail::QuotaLimits {
@@ -561,6 +633,9 @@ pub struct Config {
     /// Accounts (quotas).
     #[serde(default)]
     pub accounts: AccountsSection,
+    /// Storage: memory, compression, disk reserve.
+    #[serde(default)]
+    pub store: StoreSection,
     /// DNS.
     #[serde(default)]
     pub dns: DnsSection,
@@ -598,6 +673,7 @@ impl Config {
             web: WebSection::default(),
             login: LoginSection::default(),
             accounts: AccountsSection::default(),
+            store: StoreSection::default(),
             dns: DnsSection::default(),
             association: None,
             source: None,
@@ -642,6 +718,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.store.validate()?;
         if self.domains.is_empty() {
             return Err("key `domains`: at least one mail domain is required".into());
         }

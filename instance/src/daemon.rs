@@ -194,7 +194,8 @@ pub async fn run(
             config.web.max_connections = web.max(1);
         }
     }
-    let store = Store::open(&dir.join("db")).map_err(|e| e.to_string())?;
+    let store =
+        Store::open_with(&dir.join("db"), &config.store.options()).map_err(|e| e.to_string())?;
     store.set_quota_default(config.accounts.limits());
     let tls = load_tls(&config)?;
     let workers = match config.login.max_concurrent_checks {

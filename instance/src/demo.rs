@@ -325,6 +325,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             },
             login: Default::default(),
             accounts: Default::default(),
+            store: Default::default(),
             dns: Default::default(),
             association,
             source: None,

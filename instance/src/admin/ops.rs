@@ -61,6 +61,12 @@ pub enum Op {
         /// The message id (hexadecimal, as `mail list` shows it).
         id: String,
     },
+    /// Checks every body against its hash and every index entry against
+    /// a body; with `repair`, quarantines and corrects.
+    StoreCheck {
+        /// Quarantine and correct what does not match.
+        repair: bool,
+    },
 }
 
 /// What an operation answers.
@@ -260,6 +266,13 @@ pub async fn execute(svc: &MailService, op: Op) -> Result<OpOutput, OpError> {
             store.put_alias(&key, &owners).await?;
             tracing::info!(alias = %key, targets = ?owners, "alias set");
             json!({"alias": key, "targets": owners})
+        }
+        Op::StoreCheck { repair } => {
+            let svc = svc.clone();
+            let report = tokio::task::spawn_blocking(move || svc.store().check(repair))
+                .await
+                .map_err(|e| OpError::Internal(format!("the check stopped: {e}")))??;
+            serde_json::to_value(&report).map_err(|e| OpError::Internal(e.to_string()))?
         }
         Op::AliasList => serde_json::Value::Array(
             store

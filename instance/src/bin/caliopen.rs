@@ -119,6 +119,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: MailCmd,
     },
+    /// Check or repair the message store.
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
     /// Manage aliases (an address for one or more accounts; @domain: catch-all).
     Alias {
         #[command(subcommand)]
@@ -207,6 +212,23 @@ enum AliasCmd {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         alias: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Verify every body against its hash and every index entry against a body
+    /// (through the running daemon, or on the data directory when none runs).
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Quarantine damaged bodies and correct wrong counts (a message whose body
+        /// is gone is reported, never deleted).
+        #[arg(long)]
+        repair: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -478,7 +500,7 @@ async fn user_add(config: &Path, localpart: &str, password_stdin: bool) -> anyho
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
         out!("user {} ready", r.into_inner().addresses.join(", "));
     } else {
-        let store = Store::open(&dir.join("db"))?;
+        let store = Store::open_with(&dir.join("db"), &cfg.store.options())?;
         store.put_user(&localpart, &hash).await?;
         let addrs: Vec<String> = cfg
             .domains
@@ -514,12 +536,51 @@ async fn run_op(config: &Path, op: Op) -> anyhow::Result<OpOutput> {
             raw: r.raw,
         });
     }
-    let store = Store::open(&dir.join("db"))?;
+    let store = Store::open_with(&dir.join("db"), &cfg.store.options())?;
     store.set_quota_default(cfg.accounts.limits());
     let svc = MailService::new(store.clone(), cfg.domains.clone());
     let out = execute(&svc, op).await?;
     store.flush().await?;
     Ok(out)
+}
+
+/// `caliopen store check`: the report, one problem per line; exit 1 when a
+/// problem remains.
+async fn store_check(config: &Path, repair: bool, json: bool) -> anyhow::Result<()> {
+    let out = run_op(config, Op::StoreCheck { repair }).await?;
+    let r: caliopen_instance::store::CheckReport = serde_json::from_value(out.json.clone())?;
+    if json {
+        out!("{}", out.json);
+    } else {
+        for p in &r.problems {
+            out!("{p}");
+        }
+        if r.problem_count > r.problems.len() as u64 {
+            out!("... and {} more", r.problem_count - r.problems.len() as u64);
+        }
+        let size = |b: u64| match b {
+            b if b >= 10 << 20 => format!("{} MiB", b >> 20),
+            b if b >= 10 << 10 => format!("{} KiB", b >> 10),
+            b => format!("{b} B"),
+        };
+        out!(
+            "{} bodies ({}, {} stored), {} messages, {} segments ({}), {} still in sled, {} quarantined: {} problems, {} repaired",
+            r.bodies,
+            size(r.raw_bytes),
+            size(r.stored_bytes),
+            r.messages,
+            r.segments,
+            size(r.segment_bytes),
+            r.legacy,
+            r.quarantined,
+            r.problem_count,
+            r.repaired
+        );
+    }
+    if r.problem_count > r.repaired {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// A JSON array of strings, comma-separated.
@@ -736,7 +797,7 @@ async fn privacy(config: &Path, user: &str, contact: &str, json: bool) -> anyhow
                 .into_inner();
             (c, me, true)
         } else {
-            let store = Store::open(&dir.join("db"))?;
+            let store = Store::open_with(&dir.join("db"), &cfg.store.options())?;
             if !store.user_exists(user) {
                 bail!("no user {user:?}");
             }
@@ -947,6 +1008,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::User {
             cmd: UserCmd::List { config, json },
         } => user_list(&config, json).await,
+        Cmd::Store {
+            cmd:
+                StoreCmd::Check {
+                    config,
+                    repair,
+                    json,
+                },
+        } => store_check(&config, repair, json).await,
         Cmd::User {
             cmd: UserCmd::Remove { config, localpart },
         } => {

@@ -307,6 +307,10 @@ fn store_no(e: &StoreError) -> String {
             ModelError::BadName(_) | ModelError::BadKeyword(_) => format!("[CANNOT] {m}"),
             _ => m.to_string(),
         },
+        other if other.is_full() => {
+            tracing::error!(error = %other, "IMAP: the disk is full");
+            "[LIMIT] the server's storage is full, try again later".into()
+        }
         other => {
             tracing::warn!(error = %other, "IMAP: storage failure");
             "[SERVERBUG] storage failure, try again".into()

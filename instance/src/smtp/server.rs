@@ -235,6 +235,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                             tracing::warn!(recipients = %who, client = %transport.client, "message refused for now: mailbox full");
                             Err(StoreFailure::MailboxFull)
                         }
+                        Err(DeliveryError::Store(e)) if e.is_full() => {
+                            tracing::error!(error = %e, client = %transport.client, "message refused for now: the disk is full");
+                            Err(StoreFailure::DiskFull)
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, client = %transport.client, "message not stored");
                             Err(StoreFailure::Temporary)

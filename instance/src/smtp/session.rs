@@ -74,6 +74,8 @@ pub enum StoreFailure {
     Temporary,
     /// Every recipient's mailbox is full (452 4.2.2).
     MailboxFull,
+    /// The server's disk is full (452 4.3.1).
+    DiskFull,
 }
 
 /// Decisions the session delegates.
@@ -651,6 +653,9 @@ impl Session {
                 reply("451 4.3.0 Temporary local problem, try again later")
             }
             Err(StoreFailure::MailboxFull) => reply("452 4.2.2 Mailbox full, try again later"),
+            Err(StoreFailure::DiskFull) => {
+                reply("452 4.3.1 Insufficient system storage, try again later")
+            }
         });
         self.reset_transaction();
         self.state = State::Command;

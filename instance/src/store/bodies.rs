@@ -776,9 +776,15 @@ impl Drop for Inner {
                 tracing::error!("the body preparer thread panicked");
             }
         }
-        // A prepared segment never written is removed (it holds nothing).
+        // Segments never written are removed (they hold nothing): the one
+        // prepared, and the active one when nothing went in (a command that
+        // only read the store).
         if let Some((id, _, _)) = lock(&self.chores.todo).ready.take() {
             drop(std::fs::remove_file(self.dir.join(segment_name(id))));
+        }
+        let w = lock(&self.writer);
+        if w.off == 0 {
+            drop(std::fs::remove_file(self.dir.join(segment_name(w.active))));
         }
     }
 }

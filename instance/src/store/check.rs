@@ -17,7 +17,7 @@ use std::collections::HashMap;
 const MAX_LISTED: usize = 1000;
 
 /// What a check found.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct CheckReport {
     /// Bodies in the index.
     pub bodies: u64,

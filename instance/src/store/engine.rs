@@ -279,6 +279,15 @@ pub trait MailStore: Send + Sync + std::fmt::Debug {
     /// The bytes of a blob ([`MessageMeta::blob_id`]): what [`MailStore::raw`]
     /// returns, without reading the record again.
     fn body(&self, blob: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Checks every body and index entry (blocking: it reads every body);
+    /// with `repair`, quarantines and corrects (see `store::check`).
+    fn check(&self, _repair: bool) -> Result<crate::store::CheckReport, StoreError> {
+        Err(StoreError::Unsupported("a body check"))
+    }
+    /// The memory budget for caches, in bytes (`[store] cache_mb`).
+    fn cache_budget(&self) -> u64 {
+        crate::store::StoreOptions::default().cache_bytes
+    }
     /// A user's contacts.
     fn contacts(&self, owner: &str) -> Result<Vec<ContactRecord>, StoreError>;
     /// One contact of a user.
@@ -474,6 +483,12 @@ impl MailStore for Store {
     }
     fn body(&self, blob: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Store::body(self, blob)
+    }
+    fn cache_budget(&self) -> u64 {
+        Store::cache_budget(self)
+    }
+    fn check(&self, repair: bool) -> Result<crate::store::CheckReport, StoreError> {
+        Store::check(self, repair)
     }
     fn contacts(&self, owner: &str) -> Result<Vec<ContactRecord>, StoreError> {
         Store::contacts(self, owner)

@@ -138,6 +138,8 @@ pub struct Store {
     bodies: bodies::Bodies,
     /// How new bodies are written.
     codec: (Codec, i32),
+    /// The memory budget for caches (`[store] cache_mb`), in bytes.
+    cache_bytes: u64,
     mail: sled::Tree,
     /// The flat index of releases before the mail core (emptied at open).
     legacy_mailbox: sled::Tree,
@@ -248,6 +250,7 @@ impl Store {
             body_index: db.open_tree("bodies")?,
             bodies: bodies::Bodies::open(&path.join("bodies"), opts.min_free_bytes)?,
             codec: (opts.codec, opts.zstd_level),
+            cache_bytes: opts.cache_bytes,
             mail,
             legacy_mailbox: db.open_tree("mailbox")?,
             txns: db.open_tree("mesh_txns")?,
@@ -848,6 +851,12 @@ impl Store {
         Err(StoreError::Corrupt(format!(
             "the body of {blob:016x}: its segment file is missing"
         )))
+    }
+
+    /// The memory budget for caches, in bytes: three quarters to sled's
+    /// page cache, the rest for the front ends' own (the web client's).
+    pub fn cache_budget(&self) -> u64 {
+        self.cache_bytes
     }
 
     /// Bodies in the index.

@@ -65,9 +65,10 @@ pub struct Web {
 /// Sanitised bodies recently shown, by (message, remote allowed): a message's
 /// bytes never change, and one view sanitises its body twice (the page
 /// counts what was blocked, its frame shows the result). Bounded in
-/// entries and bytes.
+/// entries and bytes (a quarter of `[store] cache_mb`).
 #[derive(Debug, Default)]
 struct CleanCache {
+    max_bytes: usize,
     entries: std::sync::Mutex<std::collections::VecDeque<(CleanKey, Arc<sanitize::Clean>)>>,
 }
 
@@ -75,7 +76,6 @@ struct CleanCache {
 type CleanKey = (u64, bool);
 
 const CLEAN_CACHE_ENTRIES: usize = 64;
-const CLEAN_CACHE_BYTES: usize = 32 << 20;
 
 impl CleanCache {
     fn get(&self, key: CleanKey) -> Option<Arc<sanitize::Clean>> {
@@ -97,7 +97,7 @@ impl CleanCache {
         let mut keep = 0;
         for (_, c) in e.iter() {
             total += c.html.len();
-            if keep == CLEAN_CACHE_ENTRIES || total > CLEAN_CACHE_BYTES {
+            if keep == CLEAN_CACHE_ENTRIES || total > self.max_bytes {
                 break;
             }
             keep += 1;
@@ -129,11 +129,15 @@ impl Web {
 impl Web {
     /// The web client over `svc`.
     pub fn new(svc: MailService, session_lifetime: Duration, max_message_size: usize) -> Arc<Self> {
+        let max_bytes = usize::try_from(svc.store().cache_budget() / 4).unwrap_or(usize::MAX);
         Arc::new(Self {
             sessions: session::Sessions::new(session_lifetime),
             svc,
             max_message_size,
-            cleaned: CleanCache::default(),
+            cleaned: CleanCache {
+                max_bytes,
+                ..Default::default()
+            },
         })
     }
 
