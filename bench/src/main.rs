@@ -333,6 +333,9 @@ fn main() -> Result<()> {
             eprintln!("storage failed: {e:#}");
             report.skipped.push(format!("storage: {e:#}"));
         }
+        if let Err(e) = storage::codecs(&mut report) {
+            report.skipped.push(format!("storage codecs: {e:#}"));
+        }
     }
 
     if on("mailbox") {

@@ -244,6 +244,14 @@ pub struct StoreSection {
     /// directory's filesystem has less free space than this, in MiB.
     #[serde(default = "default_min_free_mb")]
     pub min_free_mb: u64,
+    /// Seconds between two passes of the background compaction (which
+    /// gives deleted mail's space back).
+    #[serde(default = "default_compact_seconds")]
+    pub compact_seconds: u64,
+}
+
+fn default_compact_seconds() -> u64 {
+    300
 }
 
 fn default_cache_mb() -> u64 {
@@ -266,6 +274,7 @@ impl Default for StoreSection {
             compression: default_compression(),
             zstd_level: default_zstd_level(),
             min_free_mb: default_min_free_mb(),
+            compact_seconds: default_compact_seconds(),
         }
     }
 }
@@ -278,6 +287,7 @@ impl StoreSection {
             zstd_level: self.zstd_level,
             cache_bytes: self.cache_mb << 20,
             min_free_bytes: self.min_free_mb << 20,
+            compact_every: std::time::Duration::from_secs(self.compact_seconds),
         }
     }
 
@@ -290,6 +300,9 @@ impl StoreSection {
         }
         if !(1..=19).contains(&self.zstd_level) {
             return Err("key `store.zstd_level`: must be 1 to 19".into());
+        }
+        if !(1..=86_400).contains(&self.compact_seconds) {
+            return Err("key `store.compact_seconds`: must be 1 to 86400".into());
         }
         if !(8..=1 << 20).contains(&self.cache_mb) {
             return Err("key `store.cache_mb`: must be 8 to 1048576 (MiB)".into());

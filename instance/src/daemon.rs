@@ -405,6 +405,7 @@ pub async fn run(
                 node: mesh_node.clone(),
                 outbox: mesh_outbox,
                 log: membership_log,
+                bodies: Some(store.body_store().clone()),
             };
             tracker.spawn(crate::metrics::serve(l, sources, token.clone()));
             tracing::info!(addr = %a, "health and metrics endpoint up");

@@ -90,6 +90,8 @@ pub struct MetricsSources {
     pub outbox: Option<Outbox>,
     /// The membership-log monitor, when the log key is pinned.
     pub log: Option<std::sync::Arc<caliopen_federation::LogMonitor>>,
+    /// The message body segments.
+    pub bodies: Option<crate::store::bodies::Bodies>,
 }
 
 fn c(out: &mut String, name: &str, help: &str, labels: &[(&str, &str, u64)]) {
@@ -111,6 +113,52 @@ pub fn render(s: &MetricsSources) -> String {
     let m = &s.metrics;
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::new();
+    if let Some(b) = &s.bodies {
+        let st = b.stats();
+        c(
+            &mut out,
+            "caliopen_store_body_bytes_total",
+            "Message body bytes written to the segment files, before and after compression.",
+            &[
+                ("form", "raw", l(&st.raw_bytes)),
+                ("form", "stored", l(&st.stored_bytes)),
+            ],
+        );
+        c(
+            &mut out,
+            "caliopen_store_body_records_total",
+            "Body records written (new bodies and those copied forward by compaction).",
+            &[
+                ("how", "written", l(&st.written)),
+                ("how", "relocated", l(&st.relocated)),
+            ],
+        );
+        c(
+            &mut out,
+            "caliopen_store_segments_deleted_total",
+            "Body segment files deleted by compaction.",
+            &[("reason", "compacted", l(&st.segments_deleted))],
+        );
+        c(
+            &mut out,
+            "caliopen_store_refused_full_total",
+            "Body writes refused because the disk is below its free-space reserve.",
+            &[("reason", "min_free", l(&st.refused_full))],
+        );
+        let segs = b.segments();
+        g(
+            &mut out,
+            "caliopen_store_segment_bytes",
+            "Bytes of the body segment files.",
+            segs.iter().map(|(_, n)| n).sum(),
+        );
+        g(
+            &mut out,
+            "caliopen_store_free_bytes",
+            "Free bytes on the data directory's filesystem.",
+            crate::store::bodies::free_bytes(b.dir()).unwrap_or(0),
+        );
+    }
     c(
         &mut out,
         "caliopen_messages_stored_total",

@@ -65,6 +65,16 @@ fn a_flat_mailbox_upgrades_to_the_mail_core_losing_nothing() {
         "{raw:?}"
     );
     assert!(raw.contains("In-Reply-To: <m0@ext.test>\r\n"));
+    // The bodies the old release kept in sled moved out, and check.
+    let check = caliopen_ok(&["store", "check", "--config", cfg], None);
+    assert!(
+        check.contains("15 bodies") && check.contains("15 messages"),
+        "{check}"
+    );
+    assert!(
+        check.contains(" 0 still in sled") && check.contains(": 0 problems"),
+        "{check}"
+    );
     let users = json(&["user", "list", "--config", cfg, "--json"]);
     let users = users.as_array().expect("array");
     assert_eq!(users.len(), 2);

@@ -126,6 +126,8 @@ pub struct StoreOptions {
     /// Deliveries are refused (`452 4.3.1`) while the filesystem has less
     /// free space than this.
     pub min_free_bytes: u64,
+    /// How often the background compaction runs.
+    pub compact_every: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -135,6 +137,7 @@ impl Default for StoreOptions {
             zstd_level: 1,
             cache_bytes: 64 << 20,
             min_free_bytes: 64 << 20,
+            compact_every: super::compact::INTERVAL,
         }
     }
 }

@@ -277,7 +277,7 @@ impl Store {
         };
         upgrade::run(&store)?;
         upgrade::bodies_out_of_sled(&store)?;
-        let compactor = compact::CompactorThread::start(&store, compact::INTERVAL);
+        let compactor = compact::CompactorThread::start(&store, opts.compact_every);
         Ok(Self {
             _compactor: Some(Arc::new(compactor)),
             ..store
@@ -862,6 +862,11 @@ impl Store {
     /// Bodies in the index.
     pub fn body_count(&self) -> usize {
         self.body_index.scan_prefix(b"B").count()
+    }
+
+    /// The body segment files.
+    pub fn body_store(&self) -> &bodies::Bodies {
+        &self.bodies
     }
 
     /// The segment files' counters.
