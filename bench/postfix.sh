@@ -33,17 +33,22 @@ setup)
     "alias_maps = hash:/etc/aliases" \
     "alias_database = hash:/etc/aliases" \
     "biff = no" \
+    "mailbox_size_limit = 0" \
+    "message_size_limit = 52428800" \
     "smtpd_banner = \$myhostname ESMTP"
   # One SMTP listener, on loopback.
   sed -i -E "s/^(smtp|127\.0\.0\.1:[0-9]+)[[:space:]]+inet/127.0.0.1:$PORT inet/" /etc/postfix/master.cf
   newaliases
   install -d -o "$USER_NAME" -g "$USER_NAME" "/home/$USER_NAME/Maildir" \
     "/home/$USER_NAME/Maildir/new" "/home/$USER_NAME/Maildir/cur" "/home/$USER_NAME/Maildir/tmp"
+  postfix check >&2 || { echo "postfix check failed: see above" >&2; exit 1; }
   postfix start >&2 || postfix reload >&2
-  for _ in $(seq 50); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break
+  up=
+  for _ in $(seq 100); do
+    if (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null; then up=1; break; fi
     sleep 0.1
   done
+  [ -n "$up" ] || { echo "Postfix is not listening on 127.0.0.1:$PORT after 10 s (see /var/log/mail.log)" >&2; exit 1; }
   echo "127.0.0.1:$PORT /home/$USER_NAME/Maildir $USER_NAME@$DOMAIN"
   ;;
 stop)

@@ -57,6 +57,11 @@ pub fn timed_run(
     let t0 = Instant::now();
     let mut child = smtp_source(addr, sessions, count, size, "bench@sender.test", to)?;
     let mut exited = None;
+    // A server that stops delivering (Postfix's local agent refusing to
+    // start, say) is an error after this long without progress, not a
+    // wait of the whole timeout.
+    let stall = Duration::from_secs(60).min(timeout);
+    let (mut last_n, mut last_progress) = (0u64, Instant::now());
     loop {
         if exited.is_none() {
             if let Some(st) = child.try_wait()? {
@@ -73,6 +78,16 @@ pub fn timed_run(
         let n = delivered()?.saturating_sub(base);
         if let (true, Some(accepted)) = (n >= count as u64, exited) {
             return Ok((accepted, t0.elapsed()));
+        }
+        if n > last_n {
+            (last_n, last_progress) = (n, Instant::now());
+        } else if last_progress.elapsed() > stall {
+            let _ = child.kill();
+            bail!(
+                "no delivery for {stall:?}: {n} of {count} delivered to {to} via {addr} \
+                 (for Postfix: is its local delivery agent running? see /var/log/mail.log, \
+                 `postconf mailbox_size_limit message_size_limit`)"
+            );
         }
         if t0.elapsed() > timeout {
             let _ = child.kill();
