@@ -126,3 +126,119 @@ fn normalise(b: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// `kill -9` while an upgrade moves bodies out of sled: after any number
+/// of kills, every message reads back byte for byte, none twice.
+#[test]
+fn crash_kill_9_during_the_body_migration_loses_nothing() {
+    use caliopen_instance::store::{Delivery, MessageMeta, Store, Via};
+    let root = tempfile::tempdir().expect("tmp");
+    let inst = Instance::init(root.path(), "alpha", "alpha.test", None, None, None);
+    inst.add_user("alice", "alice password");
+    let db = inst.data.join("db");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // A store of 12,000 messages, each its own bytes.
+    let sent: Vec<(u64, u64, Vec<u8>)> = rt.block_on(async {
+        let store = Store::open(&db).expect("open");
+        let mut set = tokio::task::JoinSet::new();
+        for w in 0..16u64 {
+            let store = store.clone();
+            set.spawn(async move {
+                let mut out = Vec::new();
+                for i in (w..12_000).step_by(16) {
+                    let raw = format!(
+                        "Message-ID: <{i}@ext.test>\r\nSubject: migrate {i}\r\n\r\n{}\r\n",
+                        format!("line {i} of a body that is its own. ").repeat(40)
+                    )
+                    .into_bytes();
+                    let meta = MessageMeta {
+                        from: "x@ext.test".into(),
+                        via: Via::Smtp,
+                        ..Default::default()
+                    };
+                    let d = Delivery::inbox("alice", vec!["alice@alpha.test".into()]);
+                    let id = store
+                        .deliver_local(&meta, &[d], &raw)
+                        .await
+                        .expect("deliver")[0];
+                    let blob = store.meta(id).expect("meta").expect("there").blob_id();
+                    out.push((id, blob, raw));
+                }
+                out
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.extend(r.expect("join"));
+        }
+        out
+    });
+    // Make it what a release before the body store left: the bytes in
+    // sled's `raw` tree, no body index, no segment files.
+    {
+        let sdb = sled::open(&db).expect("sled");
+        let raw = sdb.open_tree("raw").expect("raw");
+        for (_, blob, bytes) in &sent {
+            raw.insert(blob.to_be_bytes(), bytes.as_slice())
+                .expect("put");
+        }
+        sdb.open_tree("bodies")
+            .expect("bodies")
+            .clear()
+            .expect("clear");
+        sdb.flush().expect("flush");
+    }
+    std::fs::remove_dir_all(db.join("bodies")).expect("rm bodies");
+    // Each `caliopen` command opens the store, and the open migrates: kill
+    // it at random moments until one run finishes by itself.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut kills = 0;
+    let mut finished = false;
+    for _ in 0..40 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = Command::new(common::BIN)
+            .args(["store", "check", "--config", inst.c()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(30 + seed % 400));
+        if child.try_wait().expect("wait").is_some() {
+            finished = true;
+            break;
+        }
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+        kills += 1;
+    }
+    println!("kill -9 {kills} times during the migration; a run finished by itself: {finished}");
+    assert!(kills >= 2, "the migration was killed {kills} times only");
+    if !finished {
+        // Resumable: the killed runs moved part of it for good.
+        let left = sled::open(&db)
+            .expect("sled")
+            .open_tree("raw")
+            .expect("raw")
+            .len();
+        println!("{left} of {} bodies still in sled", sent.len());
+        assert!(left < sent.len(), "no batch survived {kills} kills");
+    }
+    let out = common::caliopen_ok(&["store", "check", "--config", inst.c()], None);
+    assert!(
+        out.contains(" 0 still in sled") && out.contains(": 0 problems"),
+        "after {kills} kills (finished: {finished}): {out}"
+    );
+    assert!(out.contains(&format!("{} bodies", sent.len())), "{out}");
+    rt.block_on(async {
+        let store = Store::open(&db).expect("open");
+        for (id, _, raw) in &sent {
+            assert_eq!(
+                store.raw(*id).expect("raw").as_deref(),
+                Some(&raw[..]),
+                "message {id:x} after {kills} kills"
+            );
+        }
+    });
+}

@@ -177,8 +177,16 @@ impl InstanceAdmin for AdminService {
 
     async fn run(&self, r: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
         self.check(&r)?;
-        let op: Op = serde_json::from_str(&r.into_inner().op_json)
+        let mut op: Op = serde_json::from_str(&r.into_inner().op_json)
             .map_err(|e| Status::invalid_argument(format!("op_json: {e}")))?;
+        if let Op::StoreCheck { repair, live } = &mut op {
+            if *repair {
+                return Err(Status::failed_precondition(
+                    "store check --repair needs the store to itself: stop the daemon first",
+                ));
+            }
+            *live = true;
+        }
         let out = execute(&self.svc, op).await.map_err(|e| e.status())?;
         Ok(Response::new(RunResponse {
             result_json: out.json.to_string(),

@@ -547,7 +547,14 @@ async fn run_op(config: &Path, op: Op) -> anyhow::Result<OpOutput> {
 /// `caliopen store check`: the report, one problem per line; exit 1 when a
 /// problem remains.
 async fn store_check(config: &Path, repair: bool, json: bool) -> anyhow::Result<()> {
-    let out = run_op(config, Op::StoreCheck { repair }).await?;
+    let out = run_op(
+        config,
+        Op::StoreCheck {
+            repair,
+            live: false,
+        },
+    )
+    .await?;
     let r: caliopen_instance::store::CheckReport = serde_json::from_value(out.json.clone())?;
     if json {
         out!("{}", out.json);
