@@ -104,6 +104,9 @@ struct Args {
     /// Messages in the storage run (default 1000000, quick 10000).
     #[arg(long)]
     store_messages: Option<usize>,
+    /// The store's `[store] cache_mb` in the storage run (default: the store's default).
+    #[arg(long)]
+    store_cache_mb: Option<u64>,
     /// Messages in the one large mailbox (default 100000, quick 10000).
     #[arg(long)]
     mailbox_messages: Option<usize>,
@@ -321,6 +324,7 @@ fn main() -> Result<()> {
                 .unwrap_or(if q { 10_000 } else { 1_000_000 }),
             size: 2048,
             writers: 64,
+            cache_mb: a.store_cache_mb,
         };
         let work = a.work.clone();
         let r = rt.block_on(async {

@@ -19,6 +19,8 @@ pub struct StorageParams {
     pub size: usize,
     /// Concurrent writers (each awaits the group commit).
     pub writers: usize,
+    /// `[store] cache_mb` (`None`: the default).
+    pub cache_mb: Option<u64>,
 }
 
 /// Fills a fresh store through its public API, then measures memory, disk
@@ -27,12 +29,17 @@ pub async fn run(work: &std::path::Path, p: &StorageParams, report: &mut Report)
     let tmp = tempfile::tempdir_in(work)?;
     let path = tmp.path().join("db");
     let rss0 = rss_bytes();
-    let store = Store::open(&path)?;
+    let mut opts = caliopen_instance::store::StoreOptions::default();
+    if let Some(mb) = p.cache_mb {
+        opts.cache_bytes = mb << 20;
+    }
+    let store = Store::open_with(&path, &opts)?;
     let case = format!(
-        "{} accounts, {} msgs of {} KB",
+        "{} accounts, {} msgs of {} KB, cache {} MiB",
         p.accounts,
         p.messages,
-        p.size / 1024
+        p.size / 1024,
+        opts.cache_bytes >> 20
     );
 
     let t0 = Instant::now();

@@ -228,7 +228,17 @@ pub fn encode(raw: &[u8], codec: Codec, zstd_level: i32) -> Result<Encoded, Stor
         .map_err(|_| StoreError::Corrupt(format!("a body of {} bytes is too large", raw.len())))?;
     let packed = match codec {
         Codec::None => None,
-        Codec::Zstd => zstd::bulk::compress(raw, zstd_level).ok(),
+        // One compression context per thread, kept: making one per body
+        // costs more than compressing a small one.
+        Codec::Zstd => ZSTD_C.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.as_ref().is_none_or(|(level, _)| *level != zstd_level) {
+                *c = zstd::bulk::Compressor::new(zstd_level)
+                    .ok()
+                    .map(|z| (zstd_level, z));
+            }
+            c.as_mut().and_then(|(_, z)| z.compress(raw).ok())
+        }),
         Codec::Lz4 => Some(lz4_flex::block::compress(raw)),
     };
     let (codec, payload) = match packed {
@@ -243,11 +253,25 @@ pub fn encode(raw: &[u8], codec: Codec, zstd_level: i32) -> Result<Encoded, Stor
     })
 }
 
+thread_local! {
+    static ZSTD_C: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static ZSTD_D: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Restores a message's bytes from a payload.
 fn decode_payload(codec: Codec, payload: &[u8], raw_len: u32) -> Option<Vec<u8>> {
     let out = match codec {
         Codec::None => payload.to_vec(),
-        Codec::Zstd => zstd::bulk::decompress(payload, raw_len as usize).ok()?,
+        Codec::Zstd => ZSTD_D.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = zstd::bulk::Decompressor::new().ok();
+            }
+            d.as_mut()
+                .and_then(|z| z.decompress(payload, raw_len as usize).ok())
+        })?,
         Codec::Lz4 => lz4_flex::block::decompress(payload, raw_len as usize).ok()?,
     };
     (out.len() == raw_len as usize).then_some(out)

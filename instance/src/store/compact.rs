@@ -143,7 +143,9 @@ impl Store {
             .iter()
             .filter(|(seg, _)| !pinned.contains(seg))
             .map(|(&seg, &size)| (seg, size, live.get(&seg).copied().unwrap_or(0)))
-            .filter(|&(_, size, named)| (named as f64) < size as f64 * bodies::COMPACT_BELOW)
+            .filter(|&(_, size, named)| {
+                named == 0 || (named as f64) < size as f64 * bodies::COMPACT_BELOW
+            })
             .collect();
         // The emptiest first: the most space for the least copying.
         victims.sort_by(|a, b| {
