@@ -151,32 +151,38 @@ impl Store {
         victims.sort_by(|a, b| {
             (a.2 as f64 / a.1.max(1) as f64).total_cmp(&(b.2 as f64 / b.1.max(1) as f64))
         });
+        // Within the pass's copying budget.
         let mut budget = MAX_COPY_PER_PASS;
-        for (seg, size, named) in victims {
+        victims.retain(|&(_, _, named)| {
+            let fits = named <= budget;
+            if fits {
+                budget -= named;
+            }
+            fits
+        });
+        // Pass 2, once for all of them: the records they still hold.
+        let mut records: HashMap<u64, Vec<(u64, Loc)>> = HashMap::new();
+        if victims.iter().any(|v| v.2 > 0) {
+            for kv in self.body_index.scan_prefix(b"B") {
+                let (k, v) = kv?;
+                if let (Some(loc), Some(blob)) = (
+                    Loc::decode(&v),
+                    k.get(1..9)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes),
+                ) {
+                    if victims.iter().any(|v| v.0 == loc.seg) {
+                        records.entry(loc.seg).or_default().push((blob, loc));
+                    }
+                }
+            }
+        }
+        for (seg, size, _) in victims {
             if stopped() {
                 break;
             }
-            if named > budget {
-                continue;
-            }
-            budget -= named;
-            if named > 0 {
-                // Pass 2, for this segment only: its named records.
-                let mut records: Vec<(u64, Loc)> = Vec::new();
-                for kv in self.body_index.scan_prefix(b"B") {
-                    let (k, v) = kv?;
-                    if let (Some(loc), Some(blob)) = (
-                        Loc::decode(&v),
-                        k.get(1..9)
-                            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                            .map(u64::from_be_bytes),
-                    ) {
-                        if loc.seg == seg {
-                            records.push((blob, loc));
-                        }
-                    }
-                }
-                if !self.move_records(runtime, &records, &mut report)? {
+            if let Some(held) = records.get(&seg) {
+                if !self.move_records(runtime, held, &mut report)? {
                     continue;
                 }
             }

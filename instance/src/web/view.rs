@@ -300,13 +300,7 @@ pub fn show(raw: &[u8]) -> Shown {
         .enumerate()
         .map(|(n, p)| {
             use mail_parser::MimeHeaders;
-            let ct = p
-                .content_type()
-                .map(|c| match &c.c_subtype {
-                    Some(s) => format!("{}/{}", c.c_type, s),
-                    None => c.c_type.to_string(),
-                })
-                .unwrap_or_else(|| "application/octet-stream".into());
+            let ct = mime_type_of(p);
             Attachment {
                 n,
                 name: safe_file_name(p.attachment_name().unwrap_or("")),
@@ -426,13 +420,7 @@ pub fn attachments_of(raw: &[u8]) -> Vec<(String, String, Vec<u8>)> {
     };
     msg.attachments()
         .map(|p| {
-            let ct = p
-                .content_type()
-                .map(|c| match &c.c_subtype {
-                    Some(s) => format!("{}/{}", c.c_type, s),
-                    None => c.c_type.to_string(),
-                })
-                .unwrap_or_else(|| "application/octet-stream".into());
+            let ct = mime_type_of(p);
             (
                 safe_file_name(p.attachment_name().unwrap_or("")),
                 ct,
@@ -628,6 +616,18 @@ pub fn search(
             return Ok((hits, false));
         }
     }
+}
+
+/// A part's MIME type (`type/subtype`), `application/octet-stream` when it
+/// names none.
+fn mime_type_of(p: &mail_parser::MessagePart<'_>) -> String {
+    use mail_parser::MimeHeaders;
+    p.content_type()
+        .map(|c| match &c.c_subtype {
+            Some(s) => format!("{}/{}", c.c_type, s),
+            None => c.c_type.to_string(),
+        })
+        .unwrap_or_else(|| "application/octet-stream".into())
 }
 
 #[cfg(test)]
