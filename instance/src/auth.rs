@@ -207,6 +207,27 @@ impl SenderAuth {
         Some(best_dkim(out.iter().map(|o| o.result())).into())
     }
 
+    /// Each DKIM signature's result in the order of the message's
+    /// `DKIM-Signature` fields ("pass", "fail", …), against the cache first.
+    pub async fn dkim_each(&self, raw: &[u8]) -> Vec<String> {
+        let Some(msg) = parse_authenticated(raw) else {
+            return Vec::new();
+        };
+        let out = match tokio::time::timeout(
+            self.timeout,
+            self.resolver
+                .verify_dkim(Parameters::new(&msg).with_txt_cache(self.txt.as_ref())),
+        )
+        .await
+        {
+            Ok(out) => out,
+            Err(_) => return vec!["temperror".into(); msg.dkim_headers.len()],
+        };
+        out.iter()
+            .map(|o| best_dkim(std::iter::once(o.result())).to_owned())
+            .collect()
+    }
+
     /// DKIM, SPF (MAIL FROM, or HELO for the null sender) and DMARC of one
     /// inbound message from `ip`. Bounded by the configured timeout.
     pub async fn check(
@@ -358,6 +379,82 @@ impl SenderAuth {
             }
             Ok(Err(e)) => Err(format!("MX lookup for {domain}: {e}")),
         }
+    }
+}
+
+/// A record type `caliopen dns check` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupType {
+    /// MX.
+    Mx,
+    /// TXT.
+    Txt,
+    /// SRV.
+    Srv,
+    /// CNAME.
+    Cname,
+}
+
+impl SenderAuth {
+    /// The records of `name` of type `t` through this resolver, in
+    /// presentation form (`10 mx.example.org.`, TXT strings joined,
+    /// `0 1 587 mx.example.org.`, `mx.example.org.`); empty when the name
+    /// has none or does not exist.
+    pub async fn lookup(&self, name: &str, t: LookupType) -> Result<Vec<String>, String> {
+        use mail_auth::hickory_resolver::proto::rr::{RData, RecordType};
+        if !self.enabled {
+            return Err("DNS is disabled ([dns] enabled = false)".into());
+        }
+        let rtype = match t {
+            LookupType::Mx => RecordType::MX,
+            LookupType::Txt => RecordType::TXT,
+            LookupType::Srv => RecordType::SRV,
+            LookupType::Cname => RecordType::CNAME,
+        };
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        let lookup = match tokio::time::timeout(
+            self.timeout * 2,
+            self.resolver.resolver().lookup(fqdn.as_str(), rtype),
+        )
+        .await
+        {
+            Err(_) => return Err(format!("{rtype} lookup for {name} timed out")),
+            Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => return Ok(Vec::new()),
+            Ok(Err(e)) => return Err(format!("{rtype} lookup for {name}: {e}")),
+            Ok(Ok(l)) => l,
+        };
+        let lower = |n: &dyn std::fmt::Display| {
+            let s = n.to_string().to_ascii_lowercase();
+            if s.ends_with('.') {
+                s
+            } else {
+                format!("{s}.")
+            }
+        };
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match (&r.data, t) {
+                (RData::MX(mx), LookupType::Mx) => {
+                    Some(format!("{} {}", mx.preference, lower(&mx.exchange)))
+                }
+                (RData::TXT(txt), LookupType::Txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .map(|c| String::from_utf8_lossy(c).into_owned())
+                        .collect::<String>(),
+                ),
+                (RData::SRV(srv), LookupType::Srv) => Some(format!(
+                    "{} {} {} {}",
+                    srv.priority,
+                    srv.weight,
+                    srv.port,
+                    lower(&srv.target)
+                )),
+                (RData::CNAME(c), LookupType::Cname) => Some(lower(&c.0)),
+                _ => None,
+            })
+            .collect())
     }
 }
 

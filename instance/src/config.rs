@@ -88,6 +88,24 @@ pub struct SmtpConfig {
     /// Port of direct delivery to MX hosts (when `[dns] enabled` and no relay).
     #[serde(default = "default_delivery_port")]
     pub delivery_port: u16,
+    /// The MTA-STS policy (RFC 8461) the web listener serves for the
+    /// domains: `testing` (default: senders report but deliver anyway),
+    /// `enforce` (once the MX certificate is from a public CA), `none`.
+    #[serde(default)]
+    pub mta_sts: MtaStsMode,
+}
+
+/// The published MTA-STS mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtaStsMode {
+    /// No policy published.
+    None,
+    /// Senders report failures but deliver anyway.
+    #[default]
+    Testing,
+    /// Senders deliver only over TLS with a valid certificate.
+    Enforce,
 }
 
 fn default_smtp_retry() -> u64 {
@@ -158,6 +176,7 @@ impl Default for SmtpConfig {
             delivery_port: default_delivery_port(),
             retry_initial_seconds: default_smtp_retry(),
             retry_max_seconds: default_smtp_retry_max(),
+            mta_sts: MtaStsMode::default(),
         }
     }
 }
@@ -583,6 +602,26 @@ impl Default for DnsSection {
     }
 }
 
+/// DKIM signing of outgoing mail (keys in `DATA/dkim/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimSection {
+    /// Sign what local users send to other members and to the outside
+    /// (off: for a relay that signs on the instance's behalf).
+    #[serde(default = "default_true")]
+    pub sign: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for DkimSection {
+    fn default() -> Self {
+        Self { sign: true }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -652,6 +691,9 @@ pub struct Config {
     /// DNS.
     #[serde(default)]
     pub dns: DnsSection,
+    /// DKIM signing.
+    #[serde(default)]
+    pub dkim: DkimSection,
     /// Association membership (absent: unlabelled, no mesh).
     #[serde(default)]
     pub association: Option<AssociationConfig>,
@@ -688,6 +730,7 @@ impl Config {
             accounts: AccountsSection::default(),
             store: StoreSection::default(),
             dns: DnsSection::default(),
+            dkim: DkimSection::default(),
             association: None,
             source: None,
         }

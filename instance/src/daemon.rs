@@ -210,6 +210,21 @@ pub async fn run(
     let svc = MailService::new(store.clone(), config.domains.clone())
         .with_credentials(credentials)
         .with_from_check(config.smtp.from_check);
+    if config.dkim.sign {
+        let keys = crate::dkim::DkimKeys::open(&dir).map_err(|e| e.to_string())?;
+        for d in keys
+            .ensure(&config.domains, crate::store::now_unix())
+            .map_err(|e| e.to_string())?
+        {
+            tracing::warn!(
+                domain = %d,
+                "DKIM keys made for this domain: publish the records `caliopen dns` prints"
+            );
+        }
+        svc.set_dkim(Arc::new(keys));
+    } else {
+        tracing::info!("DKIM signing is off ([dkim] sign = false)");
+    }
     let timeout = Duration::from_secs(config.dns.timeout_seconds);
     let resolver = if config.dns.enabled {
         tracing::info!(servers = ?config.dns.servers, "DNS on: DKIM, SPF and DMARC are checked on inbound mail");

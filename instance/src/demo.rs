@@ -327,6 +327,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             accounts: Default::default(),
             store: Default::default(),
             dns: Default::default(),
+            dkim: Default::default(),
             association,
             source: None,
         });

@@ -31,6 +31,12 @@ pub struct Metrics {
     pub sent_smtp_plain: AtomicU64,
     /// Bounces generated.
     pub bounces: AtomicU64,
+    /// Messages DKIM-signed on their way out.
+    pub dkim_signed: AtomicU64,
+    /// Messages leaving unsigned (no key for their From: domain).
+    pub dkim_unsigned: AtomicU64,
+    /// Messages leaving unsigned because signing failed.
+    pub dkim_failed: AtomicU64,
     /// RCPT refused: unknown local user.
     pub rcpt_unknown_user: AtomicU64,
     /// RCPT refused: relaying denied.
@@ -186,6 +192,16 @@ pub fn render(s: &MetricsSources) -> String {
             ("path", "mesh", l(&m.sent_mesh)),
             ("path", "smtp_starttls", l(&m.sent_smtp_tls)),
             ("path", "smtp_plain", l(&m.sent_smtp_plain)),
+        ],
+    );
+    c(
+        &mut out,
+        "caliopen_dkim_messages_total",
+        "Messages leaving the instance, by DKIM signing outcome.",
+        &[
+            ("outcome", "signed", l(&m.dkim_signed)),
+            ("outcome", "no_key", l(&m.dkim_unsigned)),
+            ("outcome", "failed", l(&m.dkim_failed)),
         ],
     );
     c(

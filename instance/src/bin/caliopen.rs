@@ -124,6 +124,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: StoreCmd,
     },
+    /// The DNS records to publish for the instance's domains (`dns check`: compare with DNS).
+    #[command(args_conflicts_with_subcommands = true)]
+    Dns {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// JSON output: an array of {"name","type","value"}.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: Option<DnsCmd>,
+    },
+    /// DKIM keys: list them, rotate them.
+    Dkim {
+        #[command(subcommand)]
+        cmd: DkimCmd,
+    },
     /// Manage aliases (an address for one or more accounts; @domain: catch-all).
     Alias {
         #[command(subcommand)]
@@ -141,6 +157,45 @@ enum Cmd {
         /// JSON output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnsCmd {
+    /// Ask the instance's resolver for every record and say what is missing or different.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCmd {
+    /// Every key pair, its selectors and its state (pending, signing, overlap, retired).
+    List {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a new key pair per domain: published now, signing after --publish-hours;
+    /// the pair it replaces stays published --overlap-days longer, then retires.
+    Rotate {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only this domain (repeatable; default: every domain of the configuration).
+        #[arg(long, value_name = "DOMAIN")]
+        domain: Vec<String>,
+        /// Hours between publication and the first signature.
+        #[arg(long, value_name = "N", default_value_t = caliopen_instance::dkim::DEFAULT_PUBLISH_HOURS)]
+        publish_hours: u64,
+        /// Days the replaced pair stays published after the new one signs.
+        #[arg(long, value_name = "N", default_value_t = caliopen_instance::dkim::DEFAULT_OVERLAP_DAYS)]
+        overlap_days: u64,
     },
 }
 
@@ -366,6 +421,8 @@ fn init(
             .map_err(anyhow::Error::msg)?;
     write_file(&data.join("tls.key"), tkey.as_bytes(), 0o600).map_err(anyhow::Error::msg)?;
     write_file(&data.join("tls.pem"), cert.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
+    caliopen_instance::dkim::DkimKeys::open(data)?
+        .ensure(std::slice::from_ref(&domain), now_unix())?;
     write_file(&cfg_path, text.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
     out!("instance for {domain} created in {}", data.display());
     out!("configuration: {}", cfg_path.display());
@@ -373,6 +430,12 @@ fn init(
         "member CSR for the association: {}",
         data.join("member.csr.pem").display()
     );
+    out!("DKIM keys for {domain}: {}", data.join("dkim").display());
+    let cfg = cfg_path.display();
+    out!("next:");
+    out!("  1. join the association: send member.csr.pem, then `caliopen join --config {cfg} --ca CA.pem --cert MEMBER.pem --association URL`");
+    out!("  2. publish the DNS records `caliopen dns --config {cfg}` prints, and check them with `caliopen dns check --config {cfg}`");
+    out!("  3. add users: `caliopen user add --config {cfg} LOCALPART`, then `caliopen run --config {cfg}`");
     Ok(())
 }
 
@@ -546,6 +609,202 @@ async fn run_op(config: &Path, op: Op) -> anyhow::Result<OpOutput> {
 
 /// `caliopen store check`: the report, one problem per line; exit 1 when a
 /// problem remains.
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn dkim_keys(cfg: &Config) -> anyhow::Result<Option<caliopen_instance::dkim::DkimKeys>> {
+    if !cfg.dkim.sign {
+        return Ok(None);
+    }
+    Ok(Some(caliopen_instance::dkim::DkimKeys::open(
+        &cfg.data_dir(),
+    )?))
+}
+
+fn dns_show(config: &Path, json: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let keys = dkim_keys(&cfg)?;
+    let records = caliopen_instance::publish::records(&cfg, keys.as_ref(), now_unix());
+    if json {
+        out!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    let host = cfg.hostname.trim_end_matches('.');
+    out!(
+        "; DNS records for {} (zone-file form; --json for a list)",
+        cfg.domains.join(", ")
+    );
+    out!("; also needed: A/AAAA records of {host} naming this server's public addresses, and a PTR record of each naming {host}");
+    if keys.is_none() {
+        out!("; DKIM signing is off ([dkim] sign = false): no DKIM records");
+    }
+    let mut why = "";
+    for r in &records {
+        if r.why != why {
+            out!("; {}", r.why);
+            why = r.why;
+        }
+        let value = if r.rtype == "TXT" {
+            caliopen_instance::publish::zone_txt(&r.value)
+        } else {
+            r.value.clone()
+        };
+        out!("{}.\tIN {}\t{value}", r.name, r.rtype);
+    }
+    if let Some(p) =
+        caliopen_instance::publish::mta_sts_policy(&cfg).filter(|_| cfg.web.listen.is_some())
+    {
+        out!("; the MTA-STS policy the web listener serves at https://mta-sts.<domain>/.well-known/mta-sts.txt:");
+        for l in p.lines() {
+            out!(";   {l}");
+        }
+    }
+    Ok(())
+}
+
+async fn dns_check(config: &Path, json: bool) -> anyhow::Result<()> {
+    use caliopen_instance::publish::Found;
+    let cfg = Config::load(config)?;
+    let keys = dkim_keys(&cfg)?;
+    let records = caliopen_instance::publish::records(&cfg, keys.as_ref(), now_unix());
+    let resolver = caliopen_instance::auth::SenderAuth::new(
+        &cfg.dns.servers,
+        std::time::Duration::from_secs(cfg.dns.timeout_seconds),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let lines = caliopen_instance::publish::check(&records, &resolver).await;
+    let bad = lines.iter().filter(|l| l.found != Found::Ok).count();
+    if json {
+        out!("{}", serde_json::to_string_pretty(&lines)?);
+    } else {
+        for l in &lines {
+            let verdict = match l.found {
+                Found::Ok => "ok",
+                Found::Missing => "MISSING",
+                Found::Different => "DIFFERENT",
+                Found::Error => "ERROR",
+            };
+            out!(
+                "{verdict:<9} {:<5} {} {}",
+                l.record.rtype,
+                l.record.name,
+                l.record.value
+            );
+            if l.found != Found::Ok && !l.published.is_empty() {
+                for p in &l.published {
+                    out!("          published: {p}");
+                }
+            }
+        }
+        out!(
+            "{} records: {} as expected, {bad} to fix",
+            lines.len(),
+            lines.len() - bad
+        );
+    }
+    if bad > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn dkim_list(config: &Path, json: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let Some(keys) = dkim_keys(&cfg)? else {
+        bail!(
+            "DKIM signing is off in {} ([dkim] sign = false)",
+            config.display()
+        );
+    };
+    let list = keys.list(now_unix());
+    if json {
+        out!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        out!("no DKIM keys yet: `caliopen run` makes them at start, or run `caliopen dkim rotate`");
+    }
+    let when = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| t.to_string())
+    };
+    for p in &list {
+        out!(
+            "{} {} {:?}: selectors {} and {}, signs from {}{}",
+            p.domain,
+            p.pair.name,
+            p.state,
+            p.ed25519_selector,
+            p.rsa_selector,
+            when(p.pair.sign_from),
+            p.pair
+                .retire_at
+                .map(|r| format!(", retired at {}", when(r)))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn dkim_rotate(
+    config: &Path,
+    domains: Vec<String>,
+    publish_hours: u64,
+    overlap_days: u64,
+) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let Some(keys) = dkim_keys(&cfg)? else {
+        bail!(
+            "DKIM signing is off in {} ([dkim] sign = false)",
+            config.display()
+        );
+    };
+    let domains = if domains.is_empty() {
+        cfg.domains.clone()
+    } else {
+        for d in &domains {
+            if !cfg.domains.iter().any(|c| c.eq_ignore_ascii_case(d)) {
+                bail!("{d} is not one of the domains of {}", config.display());
+            }
+        }
+        domains
+    };
+    let now = now_unix();
+    let made = keys.rotate(
+        &domains,
+        now,
+        std::time::Duration::from_secs(publish_hours.saturating_mul(3600)),
+        std::time::Duration::from_secs(overlap_days.saturating_mul(86400)),
+    )?;
+    for (d, p) in &made {
+        out!(
+            "{d}: new pair {} (selectors {} and {}); publish these now, it signs in {publish_hours} h:",
+            p.name,
+            p.ed25519_selector(),
+            p.rsa_selector()
+        );
+        for r in keys.records(d, now) {
+            if r.name.starts_with(&p.name) {
+                out!(
+                    "  {}.\tIN TXT\t{}",
+                    r.name,
+                    caliopen_instance::publish::zone_txt(&r.value)
+                );
+            }
+        }
+    }
+    out!("the running daemon picks the change up within a minute; `caliopen dkim list` shows the schedule");
+    Ok(())
+}
+
 async fn store_check(config: &Path, repair: bool, json: bool) -> anyhow::Result<()> {
     let out = run_op(
         config,
@@ -1015,6 +1274,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::User {
             cmd: UserCmd::List { config, json },
         } => user_list(&config, json).await,
+        Cmd::Dns {
+            cmd: Some(DnsCmd::Check { config, json }),
+            ..
+        } => dns_check(&config, json).await,
+        Cmd::Dns {
+            config: Some(config),
+            json,
+            cmd: None,
+        } => dns_show(&config, json),
+        Cmd::Dns { .. } => bail!("caliopen dns: --config FILE is required"),
+        Cmd::Dkim {
+            cmd: DkimCmd::List { config, json },
+        } => dkim_list(&config, json),
+        Cmd::Dkim {
+            cmd:
+                DkimCmd::Rotate {
+                    config,
+                    domain,
+                    publish_hours,
+                    overlap_days,
+                },
+        } => dkim_rotate(&config, domain, publish_hours, overlap_days),
         Cmd::Store {
             cmd:
                 StoreCmd::Check {

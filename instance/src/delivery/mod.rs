@@ -140,6 +140,7 @@ pub struct MailService {
     mesh: Arc<OnceLock<Arc<dyn MeshOutlet>>>,
     queue: Arc<OnceLock<Arc<dyn SmtpOutlet>>>,
     auth: Arc<OnceLock<crate::auth::SenderAuth>>,
+    dkim: Arc<OnceLock<Arc<crate::dkim::DkimKeys>>>,
     metrics: Arc<crate::metrics::Metrics>,
     credentials: crate::login::Credentials,
     from_check: FromCheck,
@@ -200,9 +201,53 @@ impl MailService {
             mesh: Arc::new(OnceLock::new()),
             queue: Arc::new(OnceLock::new()),
             auth: Arc::new(OnceLock::new()),
+            dkim: Arc::new(OnceLock::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             credentials: crate::login::Credentials::new(crate::login::CredentialsConfig::default()),
             from_check: FromCheck::Enforce,
+        }
+    }
+
+    /// Signs what local users send to other members and to the outside
+    /// with these keys (set once, at start).
+    pub fn set_dkim(&self, keys: Arc<crate::dkim::DkimKeys>) {
+        let _ = self.dkim.set(keys);
+    }
+
+    /// The DKIM keys, when signing is on.
+    pub fn dkim(&self) -> Option<&Arc<crate::dkim::DkimKeys>> {
+        self.dkim.get()
+    }
+
+    /// `data` with its DKIM signatures, when a key signs for its From:
+    /// domain; otherwise (or when signing fails, logged and counted) the
+    /// bytes as they are — mail is never refused for its signature.
+    /// RSA signing takes about a millisecond: off the async workers.
+    async fn signed(&self, data: &[u8]) -> Option<Vec<u8>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let keys = self.dkim.get()?.clone();
+        let bytes = data.to_vec();
+        let r = tokio::task::spawn_blocking(move || keys.sign(&bytes, now_unix())).await;
+        match r {
+            Ok(Ok(Some(signed))) => {
+                self.metrics.dkim_signed.fetch_add(1, Relaxed);
+                Some(signed)
+            }
+            Ok(Ok(None)) => {
+                self.metrics.dkim_unsigned.fetch_add(1, Relaxed);
+                tracing::debug!("not DKIM-signed: no key for its From: domain");
+                None
+            }
+            Ok(Err(e)) => {
+                self.metrics.dkim_failed.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "DKIM signing failed: sent unsigned");
+                None
+            }
+            Err(e) => {
+                self.metrics.dkim_failed.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "DKIM signing task failed: sent unsigned");
+                None
+            }
         }
     }
 
@@ -527,9 +572,20 @@ impl MailService {
                 counter.fetch_add(received as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        // What leaves the instance is signed once for all its routes (the
+        // local copies, the sent one included, keep the submitted bytes).
+        let leaving = sender.is_some()
+            && ((!by_member.is_empty() && self.mesh.get().is_some())
+                || (!outside.is_empty() && self.queue.get().is_some()));
+        let signed = if leaving {
+            self.signed(data).await
+        } else {
+            None
+        };
+        let out_data = signed.as_deref().unwrap_or(data);
         if let Some(mesh) = self.mesh.get() {
             for (member, rcpts) in by_member {
-                mesh.enqueue(&member, mail_from, rcpts, data)
+                mesh.enqueue(&member, mail_from, rcpts, out_data)
                     .await
                     .map_err(DeliveryError::Queue)?;
                 self.metrics
@@ -539,7 +595,7 @@ impl MailService {
             }
         }
         if let (Some(q), false) = (self.queue.get(), outside.is_empty()) {
-            q.enqueue(mail_from, outside, data)
+            q.enqueue(mail_from, outside, out_data)
                 .await
                 .map_err(DeliveryError::Queue)?;
             routed.smtp = true;
