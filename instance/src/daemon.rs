@@ -361,6 +361,7 @@ pub async fn run(
                         ),
                         idle_timeout: Duration::from_secs(config.web.idle_timeout_seconds.max(1)),
                     },
+                    well_known: Some(Arc::new(crate::publish::WellKnown::new(&config))),
                 },
             )
             .await

@@ -366,6 +366,36 @@ pub fn autodiscover_xml(config: &Config, email: Option<&str>) -> String {
     x
 }
 
+/// The documents the web listener serves to mail servers and mail
+/// clients without a login, made once from the configuration.
+#[derive(Debug)]
+pub struct WellKnown {
+    /// The MTA-STS policy (none: `[smtp] mta_sts = "none"`).
+    pub mta_sts: Option<String>,
+    /// Thunderbird's autoconfiguration.
+    pub autoconfig: String,
+    config: Config,
+}
+
+impl WellKnown {
+    /// The documents for `config`.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            mta_sts: mta_sts_policy(config),
+            autoconfig: autoconfig_xml(config),
+            config: config.clone(),
+        }
+    }
+
+    /// The autodiscover answer to a request body.
+    pub fn autodiscover(&self, body: &str) -> String {
+        autodiscover_xml(
+            &self.config,
+            autodiscover_address(&self.config, body).as_deref(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,6 +51,8 @@ pub struct WebConfig {
     pub max_message_size: usize,
     /// Connection limits.
     pub limits: crate::limits::ConnLimits,
+    /// The MTA-STS policy and client autoconfiguration it serves.
+    pub well_known: Option<Arc<crate::publish::WellKnown>>,
 }
 
 /// What every handler shares.
@@ -60,6 +62,7 @@ pub struct Web {
     sessions: session::Sessions,
     max_message_size: usize,
     cleaned: CleanCache,
+    well_known: std::sync::OnceLock<Arc<crate::publish::WellKnown>>,
 }
 
 /// Sanitised bodies recently shown, by (message, remote allowed): a message's
@@ -138,7 +141,14 @@ impl Web {
                 max_bytes,
                 ..Default::default()
             },
+            well_known: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves these documents under `/.well-known/`, `/mail/` and
+    /// `/autodiscover/` (set once, before serving).
+    pub fn set_well_known(&self, w: Arc<crate::publish::WellKnown>) {
+        let _ = self.well_known.set(w);
     }
 
     fn count_sessions(&self) {
@@ -272,6 +282,9 @@ impl WebListener {
             self.config.session_lifetime,
             self.config.max_message_size,
         );
+        if let Some(w) = &self.config.well_known {
+            web.set_well_known(w.clone());
+        }
         let app = router(web);
         let mut tls = (*self.config.tls).clone();
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

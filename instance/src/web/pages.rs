@@ -65,6 +65,17 @@ pub(super) fn routes(web: Arc<Web>) -> axum::Router {
         .route("/events", get(events))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
+        .route("/.well-known/mta-sts.txt", get(mta_sts))
+        .route("/.well-known/autoconfig/mail/config-v1.1.xml", get(autoconfig))
+        .route("/mail/config-v1.1.xml", get(autoconfig))
+        .route(
+            "/autodiscover/autodiscover.xml",
+            get(autodiscover).post(autodiscover).layer(axum::extract::DefaultBodyLimit::max(16 * 1024)),
+        )
+        .route(
+            "/Autodiscover/Autodiscover.xml",
+            get(autodiscover).post(autodiscover).layer(axum::extract::DefaultBodyLimit::max(16 * 1024)),
+        )
         .fallback(not_found)
         .with_state(web)
 }
@@ -208,6 +219,45 @@ pub(super) fn error_page(
 async fn not_found(headers: HeaderMap) -> Response {
     let t = i18n::pick(Lang::Auto, accept_language(&headers));
     error_page(t, StatusCode::NOT_FOUND, t.not_found, None)
+}
+
+// ---------------------------------------------------------------------------
+// Documents for mail servers and clients (no login)
+
+fn document(ct: &'static str, body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, ct),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// RFC 8461 §3.3: the policy as `text/plain` (404 when none is published).
+async fn mta_sts(State(web): State<Arc<Web>>) -> Response {
+    match web.well_known.get().and_then(|w| w.mta_sts.clone()) {
+        Some(p) => document("text/plain", p),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn autoconfig(State(web): State<Arc<Web>>) -> Response {
+    match web.well_known.get() {
+        Some(w) => document("application/xml; charset=utf-8", w.autoconfig.clone()),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn autodiscover(State(web): State<Arc<Web>>, body: axum::body::Bytes) -> Response {
+    match web.well_known.get() {
+        Some(w) => document(
+            "text/xml; charset=utf-8",
+            w.autodiscover(&String::from_utf8_lossy(&body)),
+        ),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn css() -> Response {
