@@ -320,6 +320,18 @@ fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
+/// mail-auth may fold a signature's field right before its final `;`,
+/// after the `b=` value. RFC 6376 §3.7 has verifiers drop the whitespace
+/// around `b=` — but dkimpy keeps a fold that follows it and then fails.
+/// The signed form has no whitespace there: remove the fold.
+fn unfold_end(mut header: String) -> String {
+    if header.ends_with("\r\n\t;\r\n") {
+        header.truncate(header.len() - "\r\n\t;\r\n".len());
+        header.push_str(";\r\n");
+    }
+    header
+}
+
 /// The From: domain of a message, lowercase (none without exactly one
 /// From address).
 pub fn from_domain(data: &[u8]) -> Option<String> {
@@ -553,8 +565,8 @@ impl DkimKeys {
             .rsa
             .sign(data)
             .map_err(|e| DkimError::Sign(e.to_string()))?;
-        let ed = ed.to_header();
-        let rsa = rsa.to_header();
+        let ed = unfold_end(ed.to_header());
+        let rsa = unfold_end(rsa.to_header());
         let mut out = Vec::with_capacity(ed.len() + rsa.len() + data.len());
         out.extend_from_slice(ed.as_bytes());
         out.extend_from_slice(rsa.as_bytes());
@@ -938,6 +950,27 @@ mod tests {
         std::fs::write(tmp.path().join("dkim/keys.json"), "{").expect("write");
         let e = DkimKeys::open(tmp.path()).expect_err("schedule");
         assert!(e.to_string().contains("keys.json"), "{e}");
+    }
+
+    #[test]
+    fn no_fold_before_the_final_semicolon() {
+        assert_eq!(unfold_end("a; b=xyz\r\n\t;\r\n".into()), "a; b=xyz;\r\n");
+        assert_eq!(unfold_end("a; b=xyz;\r\n".into()), "a; b=xyz;\r\n");
+        // Signed many times, no header ends folded and every one verifies.
+        let tmp = tempfile::tempdir().expect("tmp");
+        let keys = DkimKeys::open(tmp.path()).expect("open");
+        keys.ensure(&["example.org".into()], 1_800_000_000)
+            .expect("ensure");
+        let recs = keys.records("example.org", 1_800_000_000);
+        for i in 0..20 {
+            let msg = String::from_utf8_lossy(MSG).replace("hello", &"x".repeat(i));
+            let s = keys
+                .sign(msg.as_bytes(), 1_800_000_000)
+                .expect("sign")
+                .expect("signed");
+            assert!(!String::from_utf8_lossy(&s).contains("\t;\r\n"));
+            assert_eq!(verify(&s, &recs), vec!["pass", "pass"]);
+        }
     }
 
     #[test]

@@ -18,8 +18,10 @@ use common::caliopen_ok as caliopen;
 use common::Daemon;
 
 const TYPE_A: u16 = 1;
+const TYPE_CNAME: u16 = 5;
 const TYPE_MX: u16 = 15;
 const TYPE_TXT: u16 = 16;
+const TYPE_SRV: u16 = 33;
 
 /// Records: (lowercase name without the final dot, type) → RDATAs.
 type Zone = HashMap<(String, u16), Vec<Vec<u8>>>;
@@ -51,6 +53,33 @@ fn mx(pref: u16, host: &str) -> Vec<u8> {
     let mut out = pref.to_be_bytes().to_vec();
     out.extend(name_wire(host));
     out
+}
+
+fn srv(value: &str) -> Vec<u8> {
+    let f: Vec<&str> = value.split_whitespace().collect();
+    assert_eq!(f.len(), 4, "SRV value {value:?}");
+    let mut out = Vec::new();
+    for n in &f[..3] {
+        out.extend_from_slice(&n.parse::<u16>().expect("SRV number").to_be_bytes());
+    }
+    out.extend(name_wire(f[3]));
+    out
+}
+
+/// The wire form of one record printed by `caliopen dns --json`.
+fn published(r: &serde_json::Value) -> (String, u16, Vec<u8>) {
+    let name = r["name"].as_str().expect("name").to_owned();
+    let value = r["value"].as_str().expect("value");
+    match r["type"].as_str().expect("type") {
+        "MX" => {
+            let (pref, host) = value.split_once(' ').expect("MX value");
+            (name, TYPE_MX, mx(pref.parse().expect("preference"), host))
+        }
+        "TXT" => (name, TYPE_TXT, txt(value)),
+        "SRV" => (name, TYPE_SRV, srv(value)),
+        "CNAME" => (name, TYPE_CNAME, name_wire(value)),
+        t => panic!("record type {t} in {r}"),
+    }
 }
 
 /// Answers one query from `zone`; `None` for a packet that is not a query.
@@ -102,10 +131,23 @@ struct DnsServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     queries: Arc<AtomicUsize>,
+    zone: Arc<std::sync::Mutex<Zone>>,
 }
 
 impl DnsServer {
+    /// Publishes one more record.
+    fn add(&self, name: &str, t: u16, rdata: Vec<u8>) {
+        self.zone
+            .lock()
+            .expect("zone")
+            .entry((name.to_ascii_lowercase(), t))
+            .or_default()
+            .push(rdata);
+    }
+
     fn start(zone: Zone) -> Self {
+        let zone = Arc::new(std::sync::Mutex::new(zone));
+        let z = zone.clone();
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind dns");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
@@ -119,7 +161,8 @@ impl DnsServer {
                 let Ok((len, from)) = sock.recv_from(&mut buf) else {
                     continue;
                 };
-                if let Some(r) = answer(&zone, &buf[..len]) {
+                let r = answer(&z.lock().expect("zone"), &buf[..len]);
+                if let Some(r) = r {
                     n.fetch_add(1, Ordering::Relaxed);
                     let _ = sock.send_to(&r, from);
                 }
@@ -129,6 +172,7 @@ impl DnsServer {
             addr,
             stop,
             queries,
+            zone,
         }
     }
 }
@@ -216,8 +260,9 @@ fn direct_mx_delivery_and_sender_checks_with_a_loopback_dns() {
     };
     add("beta.test", TYPE_MX, mx(10, "mx.beta.test"));
     add("mx.beta.test", TYPE_A, vec![127, 0, 0, 1]);
-    add("alpha.test", TYPE_TXT, txt("v=spf1 ip4:127.0.0.1 -all"));
-    add("_dmarc.alpha.test", TYPE_TXT, txt("v=DMARC1; p=reject"));
+    // alpha.test publishes what `caliopen dns` prints (below), and the
+    // address of its MX, which its SPF record (`mx`) names.
+    add("mx.alpha.test", TYPE_A, vec![127, 0, 0, 1]);
     add("example.test", TYPE_TXT, txt("v=spf1 ip4:127.0.0.1 -all"));
     add("_dmarc.example.test", TYPE_TXT, txt("v=DMARC1; p=none"));
     add(
@@ -262,6 +307,35 @@ fn direct_mx_delivery_and_sender_checks_with_a_loopback_dns() {
         ],
         Some("alice password\n"),
     );
+    // `caliopen dns check` asks the resolver of the configuration: nothing
+    // is published yet, then everything `caliopen dns --json` lists is.
+    let (ok, out, _) = common::run_caliopen(&["dns", "check", "--config", &a_cfg], None);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("MISSING   MX    alpha.test 10 mx.alpha.test."),
+        "{out}"
+    );
+    assert!(out.contains("-ed25519._domainkey.alpha.test"), "{out}");
+    let records: Vec<serde_json::Value> =
+        serde_json::from_str(&caliopen(&["dns", "--config", &a_cfg, "--json"], None))
+            .expect("dns --json");
+    for r in &records {
+        let (name, t, rdata) = published(r);
+        dns.add(&name, t, rdata);
+    }
+    let types: Vec<&str> = records.iter().filter_map(|r| r["type"].as_str()).collect();
+    for t in ["MX", "TXT", "SRV"] {
+        assert!(types.contains(&t), "{types:?}");
+    }
+    let out = caliopen(&["dns", "check", "--config", &a_cfg], None);
+    assert!(
+        out.contains(&format!(
+            "{n} records: {n} as expected, 0 to fix",
+            n = records.len()
+        )),
+        "{out}"
+    );
+
     let a_log = tmp.path().join("a.log");
     let (child, a) = common::spawn_daemon(
         Path::new(&a_cfg),
@@ -293,7 +367,8 @@ s.quit()
     assert_eq!(m["transport"]["tls_version"], "TLSv1_3", "{m}");
     assert_eq!(m["transport"]["spf"], "pass", "{m}");
     assert_eq!(m["transport"]["dmarc"], "pass", "{m}");
-    assert_eq!(m["transport"]["dkim"], "none", "{m}");
+    // Signed by A with both keys, checked by B against the published records.
+    assert_eq!(m["transport"]["dkim"], "pass", "{m}");
     let features: Vec<&str> = m["privacy"]["explanation"]
         .as_array()
         .expect("explanation")

@@ -66,15 +66,22 @@ pub(super) fn routes(web: Arc<Web>) -> axum::Router {
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
         .route("/.well-known/mta-sts.txt", get(mta_sts))
-        .route("/.well-known/autoconfig/mail/config-v1.1.xml", get(autoconfig))
+        .route(
+            "/.well-known/autoconfig/mail/config-v1.1.xml",
+            get(autoconfig),
+        )
         .route("/mail/config-v1.1.xml", get(autoconfig))
         .route(
             "/autodiscover/autodiscover.xml",
-            get(autodiscover).post(autodiscover).layer(axum::extract::DefaultBodyLimit::max(16 * 1024)),
+            get(autodiscover)
+                .post(autodiscover)
+                .layer(axum::extract::DefaultBodyLimit::max(16 * 1024)),
         )
         .route(
             "/Autodiscover/Autodiscover.xml",
-            get(autodiscover).post(autodiscover).layer(axum::extract::DefaultBodyLimit::max(16 * 1024)),
+            get(autodiscover)
+                .post(autodiscover)
+                .layer(axum::extract::DefaultBodyLimit::max(16 * 1024)),
         )
         .fallback(not_found)
         .with_state(web)
