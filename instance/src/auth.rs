@@ -30,6 +30,19 @@ pub struct Verdicts {
     pub spf: Option<String>,
     /// DMARC of the From: domain.
     pub dmarc: Option<String>,
+    /// The From: domain's DMARC policy, when DMARC failed.
+    pub dmarc_policy: Option<DmarcPolicy>,
+}
+
+/// What a domain's DMARC record asks receivers to do with mail that fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmarcPolicy {
+    /// `p=none`: only report.
+    None,
+    /// `p=quarantine`: treat as suspicious (junk).
+    Quarantine,
+    /// `p=reject`: refuse it.
+    Reject,
 }
 
 /// Reads a recorded verdict for the privacy index.
@@ -301,10 +314,16 @@ impl SenderAuth {
                 (DmarcResult::PermError(_), _) | (_, DmarcResult::PermError(_)) => "permerror",
                 _ => "fail",
             };
+            let dmarc_policy = (dmarc_v == "fail").then(|| match dmarc.policy() {
+                mail_auth::dmarc::Policy::Reject => DmarcPolicy::Reject,
+                mail_auth::dmarc::Policy::Quarantine => DmarcPolicy::Quarantine,
+                _ => DmarcPolicy::None,
+            });
             Verdicts {
                 dkim: Some(dkim_v.into()),
                 spf: Some(spf_v.into()),
                 dmarc: Some(dmarc_v.into()),
+                dmarc_policy,
             }
         };
         match tokio::time::timeout(self.timeout * 3, run).await {
@@ -315,9 +334,58 @@ impl SenderAuth {
                     dkim: Some("temperror".into()),
                     spf: Some("temperror".into()),
                     dmarc: Some("temperror".into()),
+                    dmarc_policy: None,
                 }
             }
         }
+    }
+
+    /// The first of `zones` (DNS blocklists, RFC 5782) that lists `ip`:
+    /// an A record in 127.0.0.0/8 for the reversed address under the zone
+    /// (127.255.255.0/24 is a list's error code, not a listing). A failed
+    /// lookup lists nothing.
+    pub async fn blocklisted(&self, ip: IpAddr, zones: &[String]) -> Option<String> {
+        if !self.enabled || zones.is_empty() {
+            return None;
+        }
+        let reversed = match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
+            }
+            IpAddr::V6(v6) => v6
+                .octets()
+                .iter()
+                .rev()
+                .flat_map(|b| [b & 0x0f, b >> 4])
+                .map(|n| format!("{n:x}"))
+                .collect::<Vec<_>>()
+                .join("."),
+        };
+        for zone in zones {
+            let name = format!("{reversed}.{}.", zone.trim_end_matches('.'));
+            let r = tokio::time::timeout(
+                self.timeout,
+                self.resolver.resolver().lookup(
+                    name.as_str(),
+                    mail_auth::hickory_resolver::proto::rr::RecordType::A,
+                ),
+            )
+            .await;
+            if let Ok(Ok(l)) = r {
+                let listed = l.answers().iter().any(|rec| match &rec.data {
+                    mail_auth::hickory_resolver::proto::rr::RData::A(a) => {
+                        let o = a.0.octets();
+                        o[0] == 127 && !(o[1] == 255 && o[2] == 255)
+                    }
+                    _ => false,
+                });
+                if listed {
+                    return Some(zone.clone());
+                }
+            }
+        }
+        None
     }
 
     /// The addresses of `host` through this resolver (never the system's).

@@ -586,6 +586,10 @@ pub struct DnsSection {
     /// Seconds one lookup may take.
     #[serde(default = "default_dns_timeout")]
     pub timeout_seconds: u64,
+    /// DNS blocklist zones (RFC 5782) asked about each client that sends
+    /// mail over the MX; a listed client's mail goes to the junk mailbox.
+    #[serde(default)]
+    pub blocklists: Vec<String>,
 }
 
 fn default_dns_timeout() -> u64 {
@@ -598,6 +602,7 @@ impl Default for DnsSection {
             enabled: false,
             servers: Vec::new(),
             timeout_seconds: default_dns_timeout(),
+            blocklists: Vec::new(),
         }
     }
 }
@@ -788,6 +793,19 @@ impl Config {
                 });
             if !ok {
                 return Err(format!("key `domains`: invalid domain {d:?}"));
+            }
+        }
+        for z in &self.dns.blocklists {
+            let z = z.trim_end_matches('.');
+            let ok = !z.is_empty()
+                && z.len() <= 200
+                && z.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                return Err(format!("key `dns.blocklists`: invalid zone {z:?}"));
             }
         }
         if self.smtp.max_message_size < 1024 {

@@ -209,7 +209,8 @@ pub async fn run(
     });
     let svc = MailService::new(store.clone(), config.domains.clone())
         .with_credentials(credentials)
-        .with_from_check(config.smtp.from_check);
+        .with_from_check(config.smtp.from_check)
+        .with_blocklists(config.dns.blocklists.clone());
     if config.dkim.sign {
         let keys = crate::dkim::DkimKeys::open(&dir).map_err(|e| e.to_string())?;
         for d in keys

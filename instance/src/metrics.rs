@@ -31,6 +31,10 @@ pub struct Metrics {
     pub sent_smtp_plain: AtomicU64,
     /// Bounces generated.
     pub bounces: AtomicU64,
+    /// Inbound messages refused for their domain's DMARC `p=reject`.
+    pub inbound_rejected_dmarc: AtomicU64,
+    /// Inbound messages filed as junk by the sender checks.
+    pub inbound_junk: AtomicU64,
     /// Messages DKIM-signed on their way out.
     pub dkim_signed: AtomicU64,
     /// Messages leaving unsigned (no key for their From: domain).
@@ -192,6 +196,15 @@ pub fn render(s: &MetricsSources) -> String {
             ("path", "mesh", l(&m.sent_mesh)),
             ("path", "smtp_starttls", l(&m.sent_smtp_tls)),
             ("path", "smtp_plain", l(&m.sent_smtp_plain)),
+        ],
+    );
+    c(
+        &mut out,
+        "caliopen_inbound_filtered_total",
+        "Inbound messages the sender checks refused or filed as junk.",
+        &[
+            ("action", "rejected_dmarc", l(&m.inbound_rejected_dmarc)),
+            ("action", "junk", l(&m.inbound_junk)),
         ],
     );
     c(

@@ -238,6 +238,43 @@ fn wait_for(cfg: &str, user: &str, n: usize, log: &Path) -> Vec<serde_json::Valu
     }
 }
 
+fn list_box(cfg: &str, user: &str, mailbox: &str) -> Vec<serde_json::Value> {
+    let out = caliopen(
+        &[
+            "mail",
+            "list",
+            "--config",
+            cfg,
+            "--user",
+            user,
+            "--mailbox",
+            mailbox,
+            "--json",
+        ],
+        None,
+    );
+    serde_json::from_str::<serde_json::Value>(&out)
+        .expect("json")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn python_out(script: &str) -> String {
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn python(script: &str) {
     let o = Command::new("python3")
         .arg("-c")
@@ -271,10 +308,20 @@ fn direct_mx_delivery_and_sender_checks_with_a_loopback_dns() {
         txt("v=DKIM1; k=ed25519; p=KljoPXc81OxIhm7hSM7y/UtEmzOssBhnsmKoeA8Kptc="),
     );
     add("nomail.test", TYPE_MX, mx(0, "."));
+    // Junk and refusals at B: a domain asking for quarantine, one whose SPF
+    // allows nobody, one allowing loopback whose client a blocklist lists.
+    add("quar.test", TYPE_TXT, txt("v=spf1 ip4:127.0.0.1 -all"));
+    add("_dmarc.quar.test", TYPE_TXT, txt("v=DMARC1; p=quarantine"));
+    add("nobody.test", TYPE_TXT, txt("v=spf1 -all"));
+    add("loop.test", TYPE_TXT, txt("v=spf1 ip4:127.0.0.0/8 -all"));
+    add("2.0.0.127.bl.test", TYPE_A, vec![127, 0, 0, 2]);
     let dns = DnsServer::start(zone);
 
     let tmp = tempfile::tempdir().expect("tmp");
     let b_cfg = instance(tmp.path(), "b", "beta.test", dns.addr, "");
+    // B asks a blocklist about its clients (the [dns] section is last).
+    let text = std::fs::read_to_string(&b_cfg).expect("config") + "blocklists = [\"bl.test\"]\n";
+    std::fs::write(&b_cfg, text).expect("write config");
     caliopen(
         &["user", "add", "--config", &b_cfg, "bob", "--password-stdin"],
         Some("bob password\n"),
@@ -415,6 +462,67 @@ for path in ["{good}", "{bad}"]:
     assert!(
         signed["privacy"]["technic"].as_u64() > altered["privacy"]["technic"].as_u64(),
         "{signed} {altered}"
+    );
+
+    // Sender checks that refuse or file as junk, over B's MX.
+    let out = python_out(&format!(
+        r#"
+import smtplib
+def send(mail_from, frm, subject, source="127.0.0.1"):
+    s = smtplib.SMTP("127.0.0.1", {port}, timeout=10, source_address=(source, 0))
+    try:
+        s.sendmail(mail_from, ["bob@beta.test"], ("From: %s\r\nTo: bob@beta.test\r\nSubject: %s\r\n\r\nHello.\r\n" % (frm, subject)).encode())
+        r = "250"
+    except smtplib.SMTPDataError as e:
+        r = "%d %s" % (e.smtp_code, e.smtp_error.decode())
+    s.quit()
+    print(subject, "=>", r)
+# alpha.test publishes p=reject; this one is not signed by it and comes from example.test.
+send("bob@example.test", "alice@alpha.test", "forged alpha")
+send("bob@example.test", "someone@quar.test", "quarantined")
+send("x@nobody.test", "x@nobody.test", "spf fails")
+send("y@loop.test", "y@loop.test", "listed client", source="127.0.0.2")
+"#,
+        port = b.smtp.port()
+    ));
+    assert!(
+        out.contains("forged alpha => 550 5.7.1 Rejected: the message fails DMARC"),
+        "{out}"
+    );
+    for s in ["quarantined", "spf fails", "listed client"] {
+        assert!(out.contains(&format!("{s} => 250")), "{out}");
+    }
+    let t0 = Instant::now();
+    let junk = loop {
+        let j = list_box(&b_cfg, "bob", "junk");
+        if j.len() >= 3 || t0.elapsed() > Duration::from_secs(30) {
+            break j;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let reason = |subject: &str| -> String {
+        let m = junk
+            .iter()
+            .find(|m| m["subject"] == subject)
+            .unwrap_or_else(|| panic!("{subject} not in junk: {junk:?}"));
+        let features: Vec<&str> = m["privacy"]["explanation"]
+            .as_array()
+            .expect("explanation")
+            .iter()
+            .filter_map(|e| e["feature"].as_str())
+            .collect();
+        assert!(features.contains(&"filter.junk"), "{m}");
+        m["transport"]["junk"].as_str().expect("reason").to_owned()
+    };
+    assert!(reason("quarantined").contains("quarantine"));
+    assert!(reason("spf fails").contains("SPF failed"));
+    assert!(reason("listed client").contains("127.0.0.2 is listed by bl.test"));
+    let inbox = list(&b_cfg, "bob");
+    assert!(
+        !inbox
+            .iter()
+            .any(|m| m["subject"] == "forged alpha" || m["subject"] == "quarantined"),
+        "{inbox:?}"
     );
     println!(
         "{} DNS queries answered by the loopback server",

@@ -131,6 +131,17 @@ pub enum Route {
     None,
 }
 
+/// What the sender checks decide for a message from the internet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderVerdict {
+    /// Deliver it.
+    Accept,
+    /// Deliver it to the recipients' junk mailbox, for this reason.
+    Junk(String),
+    /// Refuse it: it fails DMARC and its From: domain says `p=reject`.
+    Reject,
+}
+
 /// Local mail service: who exists, password checks, durable storage, and
 /// the routes to other members and to the outside.
 #[derive(Debug, Clone)]
@@ -144,6 +155,7 @@ pub struct MailService {
     metrics: Arc<crate::metrics::Metrics>,
     credentials: crate::login::Credentials,
     from_check: FromCheck,
+    blocklists: Arc<Vec<String>>,
 }
 
 /// The decoded Subject header of a message ("" when absent).
@@ -205,7 +217,14 @@ impl MailService {
             metrics: Arc::new(crate::metrics::Metrics::default()),
             credentials: crate::login::Credentials::new(crate::login::CredentialsConfig::default()),
             from_check: FromCheck::Enforce,
+            blocklists: Arc::new(Vec::new()),
         }
+    }
+
+    /// Asks these DNS blocklists about every client sending over the MX.
+    pub fn with_blocklists(mut self, zones: Vec<String>) -> Self {
+        self.blocklists = Arc::new(zones);
+        self
     }
 
     /// Signs what local users send to other members and to the outside
@@ -408,9 +427,24 @@ impl MailService {
             .await
     }
 
-    /// Records DKIM/SPF/DMARC verdicts of a message from the internet.
-    pub async fn check_sender(&self, data: &[u8], helo: &str, mail_from: &str, t: &mut Transport) {
-        let Some(a) = self.auth.get() else { return };
+    /// Records DKIM/SPF/DMARC verdicts of a message from the internet and
+    /// says what to do with it: refuse it when it fails DMARC and its
+    /// From: domain asks for rejection; file it as junk (the reason in
+    /// `t.junk`) when it fails DMARC under `p=quarantine`, fails SPF with
+    /// no valid DKIM signature, or comes from a client a configured
+    /// blocklist lists.
+    pub async fn check_sender(
+        &self,
+        data: &[u8],
+        helo: &str,
+        mail_from: &str,
+        t: &mut Transport,
+    ) -> SenderVerdict {
+        use crate::auth::DmarcPolicy;
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(a) = self.auth.get() else {
+            return SenderVerdict::Accept;
+        };
         let ip = t
             .client
             .parse::<std::net::SocketAddr>()
@@ -419,9 +453,37 @@ impl MailService {
         let v = a
             .check(data, ip, helo, mail_from, self.primary_domain())
             .await;
+        let spf_failed = v.spf.as_deref() == Some("fail");
+        let dkim_passed = v.dkim.as_deref() == Some("pass");
         t.dkim = v.dkim;
         t.spf = v.spf;
         t.dmarc = v.dmarc;
+        let verdict = match v.dmarc_policy {
+            Some(DmarcPolicy::Reject) => SenderVerdict::Reject,
+            Some(DmarcPolicy::Quarantine) => SenderVerdict::Junk(
+                "DMARC failed and the From: domain asks for quarantine".into(),
+            ),
+            _ if spf_failed && !dkim_passed => SenderVerdict::Junk(
+                "SPF failed (the sending server is not allowed by the sender's domain) and no DKIM signature is valid".into(),
+            ),
+            _ => match a.blocklisted(ip, &self.blocklists).await {
+                Some(zone) => {
+                    SenderVerdict::Junk(format!("the sending server {ip} is listed by {zone}"))
+                }
+                None => SenderVerdict::Accept,
+            },
+        };
+        match &verdict {
+            SenderVerdict::Reject => {
+                self.metrics.inbound_rejected_dmarc.fetch_add(1, Relaxed);
+            }
+            SenderVerdict::Junk(why) => {
+                self.metrics.inbound_junk.fetch_add(1, Relaxed);
+                t.junk = Some(why.clone());
+            }
+            SenderVerdict::Accept => {}
+        }
+        verdict
     }
 
     /// The mailbox a plus detail files into: a mailbox of that name (case
@@ -540,6 +602,16 @@ impl MailService {
         // by a digest of its submitter, envelope and bytes: when a crash
         // (or a failed queue) costs the client its 250 and it sends again,
         // the recipients here and the sent mailbox get it once.
+        // Mail from the internet the sender checks marked as junk goes to
+        // each recipient's junk mailbox (plus-address folders included).
+        if via == Via::Smtp && transport.junk.is_some() {
+            for d in &mut local {
+                d.mailbox = Role::Junk.id();
+                if !d.keywords.iter().any(|k| k == "$junk") {
+                    d.keywords.push("$junk".into());
+                }
+            }
+        }
         let received = local.len();
         let mut txn = None;
         if let Some(owner) = &sender {

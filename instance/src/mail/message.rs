@@ -43,6 +43,10 @@ pub struct Transport {
     /// DMARC verdict of the From: domain, when checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dmarc: Option<String>,
+    /// Why it was filed as junk on arrival (DMARC quarantine, SPF failure,
+    /// a blocklist), when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junk: Option<String>,
 }
 
 /// One place of a message: a mailbox and the UID it has there.

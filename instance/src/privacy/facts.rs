@@ -203,6 +203,7 @@ pub fn facts_of(meta: &MessageMeta, raw: &[u8]) -> MessageFacts {
         known_contact: false,
         contact_has_key: false,
         sender_public_level: None,
+        junk: meta.transport.junk.clone(),
     };
     let Some(msg) = parse_guarded(raw) else {
         return f;

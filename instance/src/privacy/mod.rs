@@ -91,6 +91,8 @@ pub struct MessageFacts {
     pub contact_has_key: bool,
     /// The sender's public privacy level from the mesh, if known.
     pub sender_public_level: Option<u8>,
+    /// Why the sender checks filed it as junk, when they did.
+    pub junk: Option<String>,
 }
 
 /// Which dimension a feature counts in.
@@ -300,6 +302,15 @@ pub fn score_message(f: &MessageFacts) -> PrivacyIndex {
         }
     }
 
+    if let Some(why) = &f.junk {
+        a.add(
+            "filter.junk",
+            Context,
+            -10,
+            format!("Filed as junk on arrival: {why}."),
+        );
+    }
+
     // Comportment: the correspondents.
     if f.known_contact {
         a.add(
@@ -413,6 +424,7 @@ mod tests {
             known_contact: false,
             contact_has_key: false,
             sender_public_level: None,
+            junk: None,
         }
     }
 

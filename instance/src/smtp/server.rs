@@ -217,9 +217,19 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         Via::Smtp
                     };
                     let mut t = transport.clone();
-                    if via == Via::Smtp {
-                        svc.check_sender(&env.data, &env.helo, &env.mail_from, &mut t)
-                            .await;
+                    if via == Via::Smtp
+                        && svc
+                            .check_sender(&env.data, &env.helo, &env.mail_from, &mut t)
+                            .await
+                            == crate::delivery::SenderVerdict::Reject
+                    {
+                        tracing::info!(
+                            client = %transport.client,
+                            mail_from = %env.mail_from,
+                            "message refused: it fails DMARC and its From: domain says p=reject"
+                        );
+                        session.stored(Err(StoreFailure::Rejected));
+                        continue;
                     }
                     let r = svc
                         .accept(&env.mail_from, &env.rcpt_to, &env.data, t, via)

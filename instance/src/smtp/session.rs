@@ -76,6 +76,8 @@ pub enum StoreFailure {
     MailboxFull,
     /// The server's disk is full (452 4.3.1).
     DiskFull,
+    /// Refused by the sender's domain's own policy (550 5.7.1, DMARC).
+    Rejected,
 }
 
 /// Decisions the session delegates.
@@ -656,6 +658,9 @@ impl Session {
             Err(StoreFailure::DiskFull) => {
                 reply("452 4.3.1 Insufficient system storage, try again later")
             }
+            Err(StoreFailure::Rejected) => reply(
+                "550 5.7.1 Rejected: the message fails DMARC and its From: domain asks for rejection",
+            ),
         });
         self.reset_transaction();
         self.state = State::Command;
