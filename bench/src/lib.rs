@@ -11,6 +11,7 @@ pub mod imap_bench;
 pub mod login;
 pub mod mailbox;
 pub mod mesh;
+pub mod outbound;
 pub mod report;
 pub mod smtp;
 pub mod storage;

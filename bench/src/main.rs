@@ -15,11 +15,11 @@ struct Args {
     /// Small counts: a smoke run of every section in a minute or two.
     #[arg(long)]
     quick: bool,
-    /// Sections to run (comma-separated): sys, smtp, imap, relay, privacy, scale, storage, mailbox, login, web.
+    /// Sections to run (comma-separated): sys, smtp, outbound, imap, relay, privacy, scale, storage, mailbox, login, web.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "sys,smtp,imap,relay,privacy,scale,storage,mailbox,login,web"
+        default_value = "sys,smtp,outbound,imap,relay,privacy,scale,storage,mailbox,login,web"
     )]
     only: Vec<String>,
     /// Where results are written.
@@ -179,6 +179,14 @@ fn main() -> Result<()> {
         if let Err(e) = smtp_section(&a, &mut report) {
             eprintln!("smtp section failed: {e:#}");
             report.skipped.push(format!("smtp: {e:#}"));
+        }
+    }
+
+    if on("outbound") {
+        eprintln!("== outbound SMTP with and without DKIM signing (smtp-sink as relay)");
+        if let Err(e) = outbound_section(&a, &rt, &mut report) {
+            eprintln!("outbound section failed: {e:#}");
+            report.skipped.push(format!("outbound: {e:#}"));
         }
     }
 
@@ -413,6 +421,80 @@ fn quiesce() {
         other => eprintln!("  sync before a case failed: {other:?}"),
     }
     std::thread::sleep(Duration::from_millis(500));
+}
+
+fn outbound_section(a: &Args, rt: &tokio::runtime::Runtime, report: &mut Report) -> Result<()> {
+    use caliopen_bench::outbound;
+    let n = a.smtp_messages.unwrap_or(if a.quick { 300 } else { 3000 });
+    for size in [2048usize, 100 * 1024] {
+        let us = outbound::sign_cost(
+            &a.work.join("dkim-cost"),
+            size,
+            if a.quick { 50 } else { 500 },
+        )?;
+        report.add(
+            "outbound",
+            &format!("DKIM signing alone, {} KB", size / 1024),
+            "µs/msg",
+            us,
+            None,
+            "Ed25519 + RSA-2048, relaxed/relaxed, one thread",
+        );
+        for sessions in [1usize, 20] {
+            let case = format!(
+                "{} KB, {sessions} session{}",
+                size / 1024,
+                if sessions > 1 { "s" } else { "" }
+            );
+            let mut by = [None, None];
+            // Unsigned first, then signed, then both again: the better of two
+            // runs each, so that one slow moment of a shared machine does
+            // not decide the ratio.
+            for round in 0..2 {
+                for (i, sign) in [false, true].into_iter().enumerate() {
+                    quiesce();
+                    let dir = a.work.join(format!("outbound-{i}-{round}"));
+                    let o =
+                        rt.block_on(outbound::run(&a.caliopen, &dir, sign, n, sessions, size))?;
+                    if sign && o.signed < n as u64 {
+                        anyhow::bail!("only {} of {n} messages were signed", o.signed);
+                    }
+                    if !sign && o.signed != 0 {
+                        anyhow::bail!("{} messages signed with [dkim] sign = false", o.signed);
+                    }
+                    let best: &mut Option<outbound::Outcome> = &mut by[i];
+                    if best.is_none_or(|b| o.delivered_per_s > b.delivered_per_s) {
+                        *best = Some(o);
+                    }
+                }
+            }
+            let (Some(plain), Some(signed)) = (by[0], by[1]) else {
+                anyhow::bail!("no outbound result");
+            };
+            for (label, o) in [("unsigned", plain), ("DKIM-signed", signed)] {
+                report.add(
+                    "outbound",
+                    &format!("caliopen {case}, {label}"),
+                    "msg/s relayed",
+                    o.delivered_per_s,
+                    None,
+                    &format!(
+                        "{n} msgs submitted (STARTTLS, AUTH) until all are handed to smtp-sink; accepted {:.0} msg/s; best of 2",
+                        o.accepted_per_s
+                    ),
+                );
+            }
+            report.add(
+                "outbound",
+                &format!("caliopen {case}"),
+                "signed/unsigned",
+                signed.delivered_per_s / plain.delivered_per_s,
+                Some("≥ 0.90"),
+                "throughput with signing over without, same run",
+            );
+        }
+    }
+    Ok(())
 }
 
 fn smtp_section(a: &Args, report: &mut Report) -> Result<()> {

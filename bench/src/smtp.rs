@@ -119,6 +119,9 @@ pub fn maildir_clear(maildir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The password of the user `Daemon::start` adds.
+pub const DAEMON_PASSWORD: &str = "a benchmark password";
+
 /// A `caliopen run` daemon started for the benchmark.
 pub struct Daemon {
     child: Child,
@@ -126,6 +129,8 @@ pub struct Daemon {
     pub data: PathBuf,
     /// MX listener.
     pub smtp: SocketAddr,
+    /// Submission listener (STARTTLS, AUTH).
+    pub submission: SocketAddr,
     /// Metrics endpoint.
     pub metrics: SocketAddr,
     /// Client API (TLS), when started with `--api`.
@@ -169,6 +174,19 @@ impl Daemon {
         user: &str,
         init_args: &[&str],
     ) -> Result<Self> {
+        Self::start_configured(bin, data, domain, user, init_args, "")
+    }
+
+    /// The same, with `extra` appended to the configuration `init` wrote
+    /// (whole sections, e.g. `[dkim]`).
+    pub fn start_configured(
+        bin: &Path,
+        data: &Path,
+        domain: &str,
+        user: &str,
+        init_args: &[&str],
+        extra: &str,
+    ) -> Result<Self> {
         let d = data.to_str().context("utf-8 path")?;
         let mut args = vec![
             "init",
@@ -186,11 +204,16 @@ impl Daemon {
         args.extend_from_slice(init_args);
         caliopen(bin, &args, None)?;
         let config = data.join("caliopen.toml");
+        if !extra.is_empty() {
+            let mut text = std::fs::read_to_string(&config)?;
+            text.push_str(extra);
+            std::fs::write(&config, text)?;
+        }
         let c = config.to_str().context("utf-8 path")?;
         caliopen(
             bin,
             &["user", "add", "--config", c, user, "--password-stdin"],
-            Some("a benchmark password\n"),
+            Some(&format!("{DAEMON_PASSWORD}\n")),
         )?;
         let log = std::fs::File::create(data.join("daemon.log"))?;
         let mut child = Command::new(bin)
@@ -208,6 +231,7 @@ impl Daemon {
         };
         Ok(Self {
             smtp: addr(1)?,
+            submission: addr(3)?,
             metrics: addr(5)?,
             api: w.get(7).and_then(|s| s.parse().ok()),
             imap: w.get(9).and_then(|s| s.parse().ok()),

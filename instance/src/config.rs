@@ -93,6 +93,17 @@ pub struct SmtpConfig {
     /// `enforce` (once the MX certificate is from a public CA), `none`.
     #[serde(default)]
     pub mta_sts: MtaStsMode,
+    /// Extra trusted roots (PEM) for recipient domains' MTA-STS policy
+    /// hosts and MX certificates, besides the web PKI (a private PKI, tests).
+    #[serde(default)]
+    pub mta_sts_ca: Option<PathBuf>,
+    /// Port MTA-STS policies are fetched from (443; another only in tests).
+    #[serde(default = "default_https_port")]
+    pub mta_sts_port: u16,
+}
+
+fn default_https_port() -> u16 {
+    443
 }
 
 /// The published MTA-STS mode.
@@ -177,6 +188,8 @@ impl Default for SmtpConfig {
             retry_initial_seconds: default_smtp_retry(),
             retry_max_seconds: default_smtp_retry_max(),
             mta_sts: MtaStsMode::default(),
+            mta_sts_ca: None,
+            mta_sts_port: default_https_port(),
         }
     }
 }

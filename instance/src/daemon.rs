@@ -262,6 +262,22 @@ pub async fn run(
             }
             None => None,
         };
+        let mx_ca_pem = match &config.smtp.mta_sts_ca {
+            Some(p) => {
+                let p = config.in_data(p);
+                Some(std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?)
+            }
+            None => None,
+        };
+        let mta_sts = match &direct {
+            Some(r) => Some(Arc::new(crate::mta_sts::MtaSts::new(
+                r.clone(),
+                mx_ca_pem.as_deref(),
+                config.smtp.mta_sts_port,
+                store.db(),
+            )?)),
+            None => None,
+        };
         let q = crate::outbound::SmtpQueue::open(
             store.db(),
             crate::outbound::RelayConfig {
@@ -274,10 +290,13 @@ pub async fn run(
                 lifetime: Duration::from_secs(config.smtp.queue_lifetime_hours * 3600),
                 direct: direct.clone(),
                 mx_port: config.smtp.delivery_port,
+                mta_sts,
+                mx_ca_pem,
             },
         )
         .map_err(|e| e.to_string())?
-        .with_durability(Arc::new(store.clone()));
+        .with_durability(Arc::new(store.clone()))
+        .with_metrics(svc.metrics().clone());
         tracker.spawn(
             q.clone()
                 .run(svc.clone(), config.domains[0].clone(), token.clone()),

@@ -23,6 +23,7 @@ pub mod login;
 pub mod mail;
 pub mod mesh;
 pub mod metrics;
+pub mod mta_sts;
 pub mod outbound;
 pub mod privacy;
 pub mod publish;

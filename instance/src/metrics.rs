@@ -35,6 +35,12 @@ pub struct Metrics {
     pub inbound_rejected_dmarc: AtomicU64,
     /// Inbound messages filed as junk by the sender checks.
     pub inbound_junk: AtomicU64,
+    /// Direct deliveries made under an MTA-STS `enforce` policy.
+    pub mta_sts_enforced: AtomicU64,
+    /// Delivery attempts deferred because an `enforce` policy forbade them.
+    pub mta_sts_refused: AtomicU64,
+    /// Deliveries a `testing` policy would have refused.
+    pub mta_sts_testing_violations: AtomicU64,
     /// Messages DKIM-signed on their way out.
     pub dkim_signed: AtomicU64,
     /// Messages leaving unsigned (no key for their From: domain).
@@ -205,6 +211,20 @@ pub fn render(s: &MetricsSources) -> String {
         &[
             ("action", "rejected_dmarc", l(&m.inbound_rejected_dmarc)),
             ("action", "junk", l(&m.inbound_junk)),
+        ],
+    );
+    c(
+        &mut out,
+        "caliopen_mta_sts_total",
+        "Direct deliveries and MTA-STS policies of recipient domains.",
+        &[
+            ("outcome", "enforced", l(&m.mta_sts_enforced)),
+            ("outcome", "refused", l(&m.mta_sts_refused)),
+            (
+                "outcome",
+                "testing_violation",
+                l(&m.mta_sts_testing_violations),
+            ),
         ],
     );
     c(

@@ -52,6 +52,10 @@ pub struct RelayConfig {
     pub direct: Option<crate::auth::SenderAuth>,
     /// Port of direct delivery (25).
     pub mx_port: u16,
+    /// MTA-STS policies of recipient domains, for direct delivery.
+    pub mta_sts: Option<Arc<crate::mta_sts::MtaSts>>,
+    /// Extra trusted roots for MX certificates (PEM), besides the web PKI.
+    pub mx_ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +91,7 @@ pub struct SmtpQueue {
     wake: Arc<Notify>,
     cfg: Arc<RelayConfig>,
     durability: Option<Arc<dyn caliopen_federation::Durability>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 fn now_ms() -> i64 {
@@ -105,6 +110,7 @@ impl SmtpQueue {
             wake: Arc::new(Notify::new()),
             cfg: Arc::new(cfg),
             durability: None,
+            metrics: None,
         })
     }
 
@@ -228,6 +234,7 @@ impl SmtpQueue {
         connect: &str,
         host: &str,
         port: u16,
+        mx: bool,
     ) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
         let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(connect.to_owned())
             .port(port)
@@ -238,7 +245,12 @@ impl SmtpQueue {
         if tls {
             let mut p = TlsParameters::builder(host.to_owned())
                 .dangerous_accept_invalid_certs(accept_any_cert);
-            if let Some(ca) = &self.cfg.ca_pem {
+            let roots = if mx {
+                &self.cfg.mx_ca_pem
+            } else {
+                &self.cfg.ca_pem
+            };
+            if let Some(ca) = roots {
                 let blocks = pem::parse_many(ca).map_err(|e| e.to_string())?;
                 for b in blocks.into_iter().filter(|b| b.tag() == "CERTIFICATE") {
                     let cert =
@@ -262,11 +274,42 @@ impl SmtpQueue {
         let Some(resolver) = &self.cfg.direct else {
             return Err(SendError::Transient("direct delivery is off".into()));
         };
-        let hosts = match resolver.mx(domain).await {
+        let mut hosts = match resolver.mx(domain).await {
             Ok(h) => h,
             Err(err) if err.contains("null MX") => return Err(SendError::Permanent(err)),
             Err(err) => return Err(SendError::Transient(err)),
         };
+        let policy = match &self.cfg.mta_sts {
+            Some(m) => m.policy(domain, now_ms() / 1000).await,
+            None => None,
+        };
+        let enforce = policy
+            .as_ref()
+            .is_some_and(|p| p.mode == crate::mta_sts::Mode::Enforce);
+        if let Some(p) = &policy {
+            let (allowed, refused): (Vec<String>, Vec<String>) =
+                hosts.into_iter().partition(|h| p.matches(h));
+            if !refused.is_empty() {
+                if enforce {
+                    tracing::warn!(%domain, refused = ?refused, "MTA-STS: MX hosts the policy does not name are skipped");
+                } else {
+                    self.count_sts_testing_violation();
+                    tracing::info!(%domain, hosts = ?refused, "MTA-STS (testing): these MX hosts are not in the policy");
+                }
+            }
+            hosts = if enforce {
+                allowed
+            } else {
+                allowed.into_iter().chain(refused).collect()
+            };
+            if hosts.is_empty() {
+                self.count_sts_refused();
+                return Err(SendError::Transient(format!(
+                    "MTA-STS: no MX host of {domain} is named by its policy (mx: {})",
+                    p.mx.join(", ")
+                )));
+            }
+        }
         let mut last = String::from("no MX host");
         for host in hosts.iter().take(5) {
             // Addresses come from our resolver: the system's is never asked.
@@ -286,8 +329,19 @@ impl SmtpQueue {
                     dest_host: host.clone(),
                     ..e.clone()
                 };
-                match self.send_host(&attempt, &ip.to_string(), data, true).await {
-                    Ok(tls) => return Ok(tls),
+                match self
+                    .send_host(&attempt, &ip.to_string(), data, true, enforce)
+                    .await
+                {
+                    Ok(tls) => {
+                        if enforce {
+                            self.count_sts_enforced();
+                        } else if policy.is_some() && tls != "starttls" {
+                            self.count_sts_testing_violation();
+                            tracing::info!(%domain, mx = %host, tls, "MTA-STS (testing): delivered without verified TLS, which the policy asks for");
+                        }
+                        return Ok(tls);
+                    }
                     Err(SendError::Permanent(p)) => return Err(SendError::Permanent(p)),
                     Err(SendError::Transient(t)) => {
                         tracing::info!(mx = %host, %ip, error = %t, "MX host failed; trying the next");
@@ -302,16 +356,20 @@ impl SmtpQueue {
     async fn send_one(&self, e: &Entry, data: &[u8]) -> Result<&'static str, SendError> {
         match &e.direct_domain {
             Some(d) => self.send_direct(e, d, data).await,
-            None => self.send_host(e, &e.dest_host, data, false).await,
+            None => self.send_host(e, &e.dest_host, data, false, false).await,
         }
     }
 
+    /// One attempt to `connect` for `e`. `verified_only`: an MTA-STS
+    /// policy in force — STARTTLS with a certificate valid for the host
+    /// name, or nothing (deferred).
     async fn send_host(
         &self,
         e: &Entry,
         connect: &str,
         data: &[u8],
         mx: bool,
+        verified_only: bool,
     ) -> Result<&'static str, SendError> {
         let from = if e.mail_from.is_empty() {
             None
@@ -323,7 +381,7 @@ impl SmtpQueue {
             .map_err(|err| SendError::Permanent(format!("invalid envelope: {err}")))?;
         // Opportunistic STARTTLS: try it, and fall back to clear text only
         // when the TLS attempt itself failed (not when the relay refused the mail).
-        match self.transport_with(true, false, connect, &e.dest_host, e.dest_port) {
+        match self.transport_with(true, false, connect, &e.dest_host, e.dest_port, mx) {
             Ok(t) => match t.send_raw(&env, data).await {
                 Ok(_) => return Ok("starttls"),
                 Err(err) if err.is_permanent() => {
@@ -332,12 +390,20 @@ impl SmtpQueue {
                 Err(err) if err.is_transient() => {
                     return Err(SendError::Transient(err.to_string()))
                 }
+                Err(err) if verified_only => {
+                    self.count_sts_refused();
+                    tracing::warn!(error = %err, host = %e.dest_host, "MTA-STS: the policy asks for verified TLS, which failed: deferred");
+                    return Err(SendError::Transient(format!(
+                        "MTA-STS: verified STARTTLS with {} failed: {err}",
+                        e.dest_host
+                    )));
+                }
                 Err(err) if mx => {
                     // MX hosts rarely hold certificates for their names: encrypt
                     // without authentication rather than not at all (RFC 7435).
                     tracing::info!(error = %err, host = %e.dest_host, "verified STARTTLS failed; trying unauthenticated TLS");
                     if let Ok(t) =
-                        self.transport_with(true, true, connect, &e.dest_host, e.dest_port)
+                        self.transport_with(true, true, connect, &e.dest_host, e.dest_port, mx)
                     {
                         match t.send_raw(&env, data).await {
                             Ok(_) => return Ok("starttls-unverified"),
@@ -357,12 +423,17 @@ impl SmtpQueue {
                     tracing::info!(error = %err, "STARTTLS to the relay failed; sending in clear")
                 }
             },
+            Err(err) if verified_only => {
+                return Err(SendError::Transient(format!(
+                    "MTA-STS: TLS parameters unusable: {err}"
+                )))
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "relay TLS parameters unusable; sending in clear")
             }
         }
         let t = self
-            .transport_with(false, false, connect, &e.dest_host, e.dest_port)
+            .transport_with(false, false, connect, &e.dest_host, e.dest_port, mx)
             .map_err(SendError::Transient)?;
         t.send_raw(&env, data)
             .await
@@ -374,6 +445,33 @@ impl SmtpQueue {
                     SendError::Transient(err.to_string())
                 }
             })
+    }
+
+    fn count_sts_enforced(&self) {
+        if let Some(m) = &self.metrics {
+            m.mta_sts_enforced
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn count_sts_refused(&self) {
+        if let Some(m) = &self.metrics {
+            m.mta_sts_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn count_sts_testing_violation(&self) {
+        if let Some(m) = &self.metrics {
+            m.mta_sts_testing_violations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Counts MTA-STS outcomes in `m`.
+    pub fn with_metrics(mut self, m: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(m);
+        self
     }
 
     /// Delivers until `token` is cancelled.

@@ -120,7 +120,8 @@ fn answer(zone: &Zone, q: &[u8]) -> Option<Vec<u8>> {
         r.extend_from_slice(&[0xc0, 0x0c]); // the question's name
         r.extend_from_slice(&qtype.to_be_bytes());
         r.extend_from_slice(&1u16.to_be_bytes());
-        r.extend_from_slice(&60u32.to_be_bytes());
+        // A short TTL: tests change records while the daemons run.
+        r.extend_from_slice(&1u32.to_be_bytes());
         r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
         r.extend_from_slice(&rdata);
     }
@@ -135,6 +136,14 @@ struct DnsServer {
 }
 
 impl DnsServer {
+    /// Replaces the records of `name` and type `t`.
+    fn set(&self, name: &str, t: u16, rdatas: Vec<Vec<u8>>) {
+        self.zone
+            .lock()
+            .expect("zone")
+            .insert((name.to_ascii_lowercase(), t), rdatas);
+    }
+
     /// Publishes one more record.
     fn add(&self, name: &str, t: u16, rdata: Vec<u8>) {
         self.zone
@@ -527,5 +536,155 @@ send("y@loop.test", "y@loop.test", "listed client", source="127.0.0.2")
     println!(
         "{} DNS queries answered by the loopback server",
         dns.queries.load(Ordering::Relaxed)
+    );
+}
+
+fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A's direct delivery to B under B's MTA-STS policy (`mode: enforce`),
+/// fetched over HTTPS from B's web listener: while beta.test's MX is a host
+/// the policy does not name, the message waits in A's queue; once DNS names
+/// the policy's MX it leaves over verified STARTTLS.
+#[test]
+fn mta_sts_enforce_holds_mail_until_the_mx_matches_the_policy() {
+    let mut zone: Zone = HashMap::new();
+    let mut add = |n: &str, t: u16, r: Vec<u8>| {
+        zone.entry((n.to_owned(), t)).or_default().push(r);
+    };
+    add("beta.test", TYPE_MX, mx(10, "mail.beta.test"));
+    for h in [
+        "mail.beta.test",
+        "mx.beta.test",
+        "mta-sts.beta.test",
+        "mx.alpha.test",
+    ] {
+        add(h, TYPE_A, vec![127, 0, 0, 1]);
+    }
+    let dns = DnsServer::start(zone);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let web = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let b_cfg = instance(
+        tmp.path(),
+        "b",
+        "beta.test",
+        dns.addr,
+        "mta_sts = \"enforce\"\n",
+    );
+    let text = std::fs::read_to_string(&b_cfg).expect("config")
+        + &format!("\n[web]\nlisten = \"127.0.0.1:{web}\"\n");
+    std::fs::write(&b_cfg, text).expect("write");
+    caliopen(
+        &["user", "add", "--config", &b_cfg, "bob", "--password-stdin"],
+        Some("bob password\n"),
+    );
+    let records: Vec<serde_json::Value> =
+        serde_json::from_str(&caliopen(&["dns", "--config", &b_cfg, "--json"], None))
+            .expect("json");
+    let sts = records
+        .iter()
+        .find(|r| r["name"] == "_mta-sts.beta.test")
+        .expect("B publishes an MTA-STS record");
+    let (name, t, rdata) = published(sts);
+    dns.add(&name, t, rdata);
+    let b_log = tmp.path().join("b.log");
+    let (child, b) = common::spawn_daemon(
+        Path::new(&b_cfg),
+        Stdio::from(std::fs::File::create(&b_log).expect("log")),
+        &[("RUST_LOG", "info")],
+    );
+    let _b = Daemon(child);
+
+    // A trusts B's certificate (self-signed: a private PKI) for MTA-STS.
+    let b_cert = tmp.path().join("b/tls.pem");
+    let a_cfg = instance(
+        tmp.path(),
+        "a",
+        "alpha.test",
+        dns.addr,
+        &format!(
+            "delivery_port = {}\nmta_sts_port = {web}\nmta_sts_ca = \"{}\"\nretry_initial_seconds = 1\nretry_max_seconds = 1\n",
+            b.smtp.port(),
+            b_cert.display()
+        ),
+    );
+    caliopen(
+        &[
+            "user",
+            "add",
+            "--config",
+            &a_cfg,
+            "alice",
+            "--password-stdin",
+        ],
+        Some("alice password\n"),
+    );
+    let a_log = tmp.path().join("a.log");
+    let (child, a) = common::spawn_daemon(
+        Path::new(&a_cfg),
+        Stdio::from(std::fs::File::create(&a_log).expect("log")),
+        &[("RUST_LOG", "info")],
+    );
+    let _a = Daemon(child);
+    python(&format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(cafile="{tls}")
+ctx.check_hostname = False
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=10)
+s.starttls(context=ctx)
+s.login("alice@alpha.test", "alice password")
+s.sendmail("alice@alpha.test", ["bob@beta.test"], b"From: alice@alpha.test\r\nTo: bob@beta.test\r\nSubject: under MTA-STS\r\n\r\nHi Bob.\r\n")
+s.quit()
+"#,
+        tls = tmp.path().join("a/tls.pem").display(),
+        port = a.submission.port()
+    ));
+    let metrics = a.metrics.expect("metrics");
+    let t0 = Instant::now();
+    while metric(metrics, "caliopen_mta_sts_total{outcome=\"refused\"}") < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no refusal; log:\n{}",
+            std::fs::read_to_string(&a_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        list(&b_cfg, "bob").is_empty(),
+        "delivered to a host the policy does not name"
+    );
+    let log = std::fs::read_to_string(&a_log).expect("log");
+    assert!(log.contains("MTA-STS policy fetched"), "{log}");
+    assert!(
+        log.contains("no MX host of beta.test is named by its policy"),
+        "{log}"
+    );
+
+    // DNS now names the policy's MX: the next attempt delivers, verified.
+    dns.set("beta.test", TYPE_MX, vec![mx(10, "mx.beta.test")]);
+    let got = wait_for(&b_cfg, "bob", 1, &a_log);
+    assert_eq!(got[0]["subject"], "under MTA-STS");
+    assert_eq!(got[0]["transport"]["tls_version"], "TLSv1_3", "{}", got[0]);
+    assert_eq!(
+        metric(metrics, "caliopen_mta_sts_total{outcome=\"enforced\"}"),
+        1
+    );
+    let log = std::fs::read_to_string(&a_log).expect("log");
+    assert!(
+        log.contains("tls=starttls ") || log.contains("tls=\"starttls\""),
+        "{log}"
     );
 }

@@ -43,6 +43,8 @@ async fn sender(relay: SocketAddr, lifetime: Duration) -> Sender {
             lifetime,
             direct: None,
             mx_port: 25,
+            mta_sts: None,
+            mx_ca_pem: None,
         },
     )
     .expect("queue");

@@ -416,9 +416,15 @@ fn init(
     .map_err(anyhow::Error::msg)?;
     write_file(&data.join("member.csr.pem"), csr.pem()?.as_bytes(), 0o644)
         .map_err(anyhow::Error::msg)?;
-    let (cert, tkey) =
-        self_signed_tls(&[format!("mx.{domain}"), domain.clone(), "localhost".into()])
-            .map_err(anyhow::Error::msg)?;
+    let (cert, tkey) = self_signed_tls(&[
+        format!("mx.{domain}"),
+        domain.clone(),
+        format!("mta-sts.{domain}"),
+        format!("autoconfig.{domain}"),
+        format!("autodiscover.{domain}"),
+        "localhost".into(),
+    ])
+    .map_err(anyhow::Error::msg)?;
     write_file(&data.join("tls.key"), tkey.as_bytes(), 0o600).map_err(anyhow::Error::msg)?;
     write_file(&data.join("tls.pem"), cert.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
     caliopen_instance::dkim::DkimKeys::open(data)?

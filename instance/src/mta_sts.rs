@@ -1,0 +1,379 @@
+//! MTA-STS (RFC 8461) for outgoing mail: before delivering directly to a
+//! domain's MX hosts, the queue asks whether the domain publishes a policy
+//! (`_mta-sts.<domain>` TXT), fetches it over HTTPS with a verified
+//! certificate (`https://mta-sts.<domain>/.well-known/mta-sts.txt`), and
+//! caches it (tree `mta_sts`, for `max_age`; a cached policy survives a
+//! restart and outlives a missing TXT record, so that an attacker who
+//! strips DNS answers cannot downgrade it). Under `mode: enforce` only MX
+//! hosts the policy names are used, and only over STARTTLS with a
+//! certificate valid for the host name; anything else is deferred (and
+//! bounced at the end of the queue lifetime). Under `mode: testing`
+//! delivery goes on as before and what enforcement would have refused is
+//! logged and counted.
+
+use crate::auth::{LookupType, SenderAuth};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The largest policy accepted (RFC 8461 §3.3 suggests 64 KiB).
+pub const MAX_POLICY_BYTES: usize = 64 * 1024;
+/// The longest `max_age` a policy may ask (RFC 8461 §3.2: about a year).
+pub const MAX_AGE_LIMIT: u64 = 31_557_600;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A policy's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Only matching MX hosts, only over verified TLS.
+    Enforce,
+    /// Report, deliver anyway.
+    Testing,
+    /// No policy.
+    None,
+}
+
+/// A domain's policy, as fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The `id` of the TXT record it was fetched for.
+    pub id: String,
+    /// Its mode.
+    pub mode: Mode,
+    /// MX host patterns (`mx.example.org`, `*.example.org`).
+    pub mx: Vec<String>,
+    /// Seconds it may be cached.
+    pub max_age: u64,
+    /// Unix seconds it was fetched.
+    pub fetched_at: i64,
+}
+
+impl Policy {
+    /// Parses a policy document (RFC 8461 §3.2): `key: value` lines, CRLF
+    /// or LF; `version: STSv1`, `mode`, `max_age` and (but for `none`) at
+    /// least one `mx` are required; unknown keys are ignored.
+    pub fn parse(text: &str, id: &str, fetched_at: i64) -> Result<Self, String> {
+        let (mut version, mut mode, mut max_age, mut mx) = (None, None, None, Vec::new());
+        for line in text.lines() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (k, v) = line
+                .split_once(':')
+                .ok_or_else(|| format!("not a `key: value` line: {line:?}"))?;
+            let v = v.trim();
+            match k.trim() {
+                "version" => version = Some(v.to_owned()),
+                "mode" => {
+                    mode = Some(match v {
+                        "enforce" => Mode::Enforce,
+                        "testing" => Mode::Testing,
+                        "none" => Mode::None,
+                        other => return Err(format!("unknown mode {other:?}")),
+                    })
+                }
+                "max_age" => {
+                    let n: u64 = v
+                        .parse()
+                        .map_err(|_| format!("max_age is not a number: {v:?}"))?;
+                    max_age = Some(n.min(MAX_AGE_LIMIT));
+                }
+                "mx" => {
+                    let p = v.trim_end_matches('.').to_ascii_lowercase();
+                    let host = p.strip_prefix("*.").unwrap_or(&p);
+                    let ok = !host.is_empty()
+                        && host.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.len() <= 63
+                                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        });
+                    if !ok {
+                        return Err(format!("invalid mx pattern {v:?}"));
+                    }
+                    mx.push(p);
+                }
+                _ => {}
+            }
+        }
+        if version.as_deref() != Some("STSv1") {
+            return Err("version is not STSv1".into());
+        }
+        let mode = mode.ok_or("no mode")?;
+        let max_age = max_age.ok_or("no max_age")?;
+        if mx.is_empty() && mode != Mode::None {
+            return Err("no mx".into());
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            mode,
+            mx,
+            max_age,
+            fetched_at,
+        })
+    }
+
+    /// True when `host` is one of the MX hosts the policy allows: an exact
+    /// name, or `*.domain` for one more label on the left (RFC 8461 §4.1).
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.mx.iter().any(|p| match p.strip_prefix("*.") {
+            Some(suffix) => host
+                .split_once('.')
+                .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
+            None => *p == host,
+        })
+    }
+
+    fn fresh(&self, now: i64) -> bool {
+        self.fetched_at
+            .saturating_add(i64::try_from(self.max_age).unwrap_or(i64::MAX))
+            > now
+    }
+}
+
+/// The `id` of a `v=STSv1; id=…` record, among the TXT records of a name.
+fn record_id(records: &[String]) -> Option<String> {
+    use mail_auth::common::parse::TxtRecordParser;
+    let mut ids = records
+        .iter()
+        .filter(|r| r.trim_start().starts_with("v=STSv1"))
+        .filter_map(|r| mail_auth::mta_sts::MtaSts::parse(r.as_bytes()).ok());
+    let first = ids.next()?;
+    // More than one record: treated as none (RFC 8461 §3.1).
+    ids.next().is_none().then_some(first.id)
+}
+
+/// Policies of recipient domains: lookup, fetch, cache.
+pub struct MtaSts {
+    resolver: SenderAuth,
+    tls: Arc<rustls::ClientConfig>,
+    port: u16,
+    cache: sled::Tree,
+}
+
+impl std::fmt::Debug for MtaSts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MtaSts").field("port", &self.port).finish()
+    }
+}
+
+impl MtaSts {
+    /// Policies looked up through `resolver`, fetched on `port` (443) with
+    /// the web PKI and `extra_roots` (PEM) as trust anchors, cached in `db`.
+    pub fn new(
+        resolver: SenderAuth,
+        extra_roots: Option<&[u8]>,
+        port: u16,
+        db: &sled::Db,
+    ) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = extra_roots {
+            for b in pem::parse_many(pem).map_err(|e| format!("extra roots: {e}"))? {
+                if b.tag() == "CERTIFICATE" {
+                    roots
+                        .add(b.into_contents().into())
+                        .map_err(|e| format!("extra root: {e}"))?;
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            resolver,
+            tls: Arc::new(tls),
+            port,
+            cache: db.open_tree("mta_sts").map_err(|e| e.to_string())?,
+        })
+    }
+
+    fn cached(&self, domain: &str) -> Option<Policy> {
+        let v = self.cache.get(domain.as_bytes()).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
+    /// The policy that applies to mail for `domain` at `now` (none: no
+    /// policy, or `mode: none`).
+    pub async fn policy(&self, domain: &str, now: i64) -> Option<Policy> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let cached = self.cached(&domain).filter(|p| p.fresh(now));
+        let txt = self
+            .resolver
+            .lookup(&format!("_mta-sts.{domain}"), LookupType::Txt)
+            .await;
+        let id = match txt {
+            Ok(records) => record_id(&records),
+            Err(e) => {
+                tracing::debug!(%domain, error = %e, "MTA-STS record lookup failed");
+                None
+            }
+        };
+        let policy = match (id, cached) {
+            // No record (or no answer): a cached policy still holds.
+            (None, c) => c,
+            (Some(id), Some(c)) if c.id == id => Some(c),
+            (Some(id), c) => match self.fetch(&domain).await {
+                Ok(text) => match Policy::parse(&text, &id, now) {
+                    Ok(p) => {
+                        tracing::info!(%domain, mode = ?p.mode, mx = ?p.mx, max_age = p.max_age, "MTA-STS policy fetched");
+                        if let Ok(json) = serde_json::to_vec(&p) {
+                            if let Err(e) = self.cache.insert(domain.as_bytes(), json) {
+                                tracing::warn!(%domain, error = %e, "could not cache an MTA-STS policy");
+                            }
+                        }
+                        Some(p)
+                    }
+                    Err(e) => {
+                        tracing::warn!(%domain, error = %e, "MTA-STS policy unreadable: the previous one (if any) holds");
+                        c
+                    }
+                },
+                Err(e) => {
+                    tracing::info!(%domain, error = %e, "MTA-STS policy not fetched: the previous one (if any) holds");
+                    c
+                }
+            },
+        };
+        policy.filter(|p| p.mode != Mode::None)
+    }
+
+    /// GET `https://mta-sts.<domain>/.well-known/mta-sts.txt`: a verified
+    /// certificate for that name, status 200, `text/plain`, no redirect,
+    /// at most [`MAX_POLICY_BYTES`].
+    async fn fetch(&self, domain: &str) -> Result<String, String> {
+        tokio::time::timeout(FETCH_TIMEOUT, self.fetch_inner(domain))
+            .await
+            .map_err(|_| format!("fetching the policy of {domain} timed out"))?
+    }
+
+    async fn fetch_inner(&self, domain: &str) -> Result<String, String> {
+        use http_body_util::BodyExt;
+        let host = format!("mta-sts.{domain}");
+        let ips = self.resolver.addresses(&host).await?;
+        let ip = ips.first().ok_or_else(|| format!("{host}: no address"))?;
+        let tcp = tokio::net::TcpStream::connect((*ip, self.port))
+            .await
+            .map_err(|e| format!("connect to {host} ({ip}:{}): {e}", self.port))?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| format!("{host}: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {host}: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP with {host}: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = hyper::Request::get("/.well-known/mta-sts.txt")
+            .header(hyper::header::HOST, &host)
+            .header(hyper::header::USER_AGENT, "caliopen")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("GET from {host}: {e}"))?;
+        if res.status() != hyper::StatusCode::OK {
+            return Err(format!("{host} answered {}", res.status()));
+        }
+        let ct = res
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("text/plain")
+        {
+            return Err(format!("{host} sent {ct:?}, not text/plain"));
+        }
+        let body = http_body_util::Limited::new(res.into_body(), MAX_POLICY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("policy from {host}: {e}"))?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|_| format!("policy from {host} is not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_parses_and_matches_its_hosts() {
+        let p = Policy::parse(
+            "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.org\r\nmx: *.backup.example.org\r\nmax_age: 86400\r\nextension: ignored\r\n",
+            "20261201",
+            1000,
+        )
+        .expect("policy");
+        assert_eq!(p.mode, Mode::Enforce);
+        assert_eq!(p.max_age, 86400);
+        assert!(p.matches("MX1.example.org."));
+        assert!(p.matches("a.backup.example.org"));
+        assert!(!p.matches("a.b.backup.example.org"), "one label only");
+        assert!(!p.matches("backup.example.org"));
+        assert!(!p.matches("mx2.example.org"));
+        assert!(p.fresh(1000 + 86399) && !p.fresh(1000 + 86400));
+        // LF lines, huge max_age capped.
+        let p = Policy::parse(
+            "version: STSv1\nmode: testing\nmx: mx\nmax_age: 999999999999\n",
+            "1",
+            0,
+        )
+        .expect("policy");
+        assert_eq!(p.max_age, MAX_AGE_LIMIT);
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_the_reason() {
+        for (text, why) in [
+            ("mode: enforce\nmx: a\nmax_age: 1\n", "version"),
+            ("version: STSv1\nmode: strict\nmx: a\nmax_age: 1\n", "mode"),
+            ("version: STSv1\nmode: enforce\nmax_age: 1\n", "no mx"),
+            ("version: STSv1\nmode: enforce\nmx: a\n", "max_age"),
+            (
+                "version: STSv1\nmode: enforce\nmx: a b\nmax_age: 1\n",
+                "mx pattern",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: a\nmax_age: -1\n",
+                "max_age",
+            ),
+            ("<html>", "key: value"),
+        ] {
+            let e = Policy::parse(text, "x", 0).expect_err(text);
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+        assert!(Policy::parse("version: STSv1\nmode: none\nmax_age: 1\n", "x", 0).is_ok());
+    }
+
+    #[test]
+    fn exactly_one_sts_record_counts() {
+        assert_eq!(
+            record_id(&["v=STSv1; id=abc".into()]).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            record_id(&["v=spf1 -all".into(), "v=STSv1; id=abc".into()]).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            record_id(&["v=STSv1; id=a".into(), "v=STSv1; id=b".into()]),
+            None
+        );
+        assert_eq!(record_id(&[]), None);
+    }
+}
