@@ -71,7 +71,7 @@ pub fn self_signed_tls(names: &[String]) -> Result<(String, String), String> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-fn load_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, String> {
+fn load_tls(config: &Config) -> Result<Arc<crate::certs::CertStore>, String> {
     let cert_path = config.in_data(&config.smtp.tls_cert);
     let key_path = config.in_data(&config.smtp.tls_key);
     if !cert_path.exists() && !key_path.exists() {
@@ -82,31 +82,8 @@ fn load_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, String> {
         write_file(&cert_path, c.as_bytes(), 0o644)?;
         tracing::warn!(cert = %cert_path.display(), "no STARTTLS certificate: generated a self-signed one");
     }
-    let cert_pem =
-        std::fs::read_to_string(&cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?;
-    let key_pem =
-        std::fs::read_to_string(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
-    let certs: Vec<rustls_pki_types::CertificateDer<'static>> = pem::parse_many(&cert_pem)
-        .map_err(|e| format!("{}: {e}", cert_path.display()))?
-        .into_iter()
-        .filter(|p| p.tag() == "CERTIFICATE")
-        .map(|p| p.into_contents().into())
-        .collect();
-    let key = pem::parse(&key_pem).map_err(|e| format!("{}: {e}", key_path.display()))?;
-    let key: rustls_pki_types::PrivateKeyDer<'static> = match key.tag() {
-        "PRIVATE KEY" => rustls_pki_types::PrivatePkcs8KeyDer::from(key.into_contents()).into(),
-        "EC PRIVATE KEY" => rustls_pki_types::PrivateSec1KeyDer::from(key.into_contents()).into(),
-        "RSA PRIVATE KEY" => rustls_pki_types::PrivatePkcs1KeyDer::from(key.into_contents()).into(),
-        t => return Err(format!("{}: unsupported key type {t}", key_path.display())),
-    };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("STARTTLS certificate: {e}"))?;
-    Ok(Arc::new(cfg))
+    crate::certs::CertStore::load(&cert_path, &key_path)
+        .map_err(|e| format!("STARTTLS certificate: {e}"))
 }
 
 fn admin_token(dir: &Path) -> Result<String, String> {
@@ -197,7 +174,8 @@ pub async fn run(
     let store =
         Store::open_with(&dir.join("db"), &config.store.options()).map_err(|e| e.to_string())?;
     store.set_quota_default(config.accounts.limits());
-    let tls = load_tls(&config)?;
+    let certs = load_tls(&config)?;
+    let tls = certs.server_config()?;
     let workers = match config.login.max_concurrent_checks {
         0 => crate::login::CredentialsConfig::default().workers,
         n => n,
@@ -239,6 +217,8 @@ pub async fn run(
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // A certificate renewed on disk is served without a restart.
+    tracker.spawn(certs.clone().watch(token.clone(), svc.metrics().clone()));
     // Direct delivery to MX hosts needs DNS and is used when no relay is set.
     let direct = resolver.filter(|_| config.smtp.relay.is_none());
     if config.smtp.relay.is_some() || !config.smtp.routes.is_empty() || direct.is_some() {

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod daemon;
 pub mod delivery;

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub mta_sts_refused: AtomicU64,
     /// Deliveries a `testing` policy would have refused.
     pub mta_sts_testing_violations: AtomicU64,
+    /// TLS certificates read again after a change on disk.
+    pub tls_reloads: AtomicU64,
+    /// Changed TLS certificate files that could not be used.
+    pub tls_reload_failures: AtomicU64,
     /// Messages DKIM-signed on their way out.
     pub dkim_signed: AtomicU64,
     /// Messages leaving unsigned (no key for their From: domain).
@@ -211,6 +215,15 @@ pub fn render(s: &MetricsSources) -> String {
         &[
             ("action", "rejected_dmarc", l(&m.inbound_rejected_dmarc)),
             ("action", "junk", l(&m.inbound_junk)),
+        ],
+    );
+    c(
+        &mut out,
+        "caliopen_tls_certificate_reloads_total",
+        "Changes of the TLS certificate files: served, or refused (the previous one stays).",
+        &[
+            ("outcome", "served", l(&m.tls_reloads)),
+            ("outcome", "refused", l(&m.tls_reload_failures)),
         ],
     );
     c(

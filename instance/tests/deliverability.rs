@@ -341,3 +341,175 @@ print(urllib.request.urlopen("http://{}/metrics", timeout=10).read().decode())
         "{metrics}"
     );
 }
+
+/// The SHA-256 of the certificate `openssl s_client` is shown on `port`
+/// (`starttls`: `smtp`, `imap`, or none for implicit TLS).
+fn served_fingerprint(port: u16, starttls: Option<&str>) -> String {
+    let mut args = vec![
+        "s_client".to_owned(),
+        "-connect".to_owned(),
+        format!("127.0.0.1:{port}"),
+    ];
+    if let Some(p) = starttls {
+        args.extend(["-starttls".to_owned(), p.to_owned()]);
+    }
+    let mut c = Command::new("openssl")
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    drop(c.stdin.take());
+    let out = c.wait_with_output().expect("s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .unwrap_or_else(|| panic!("no certificate from port {port}: {text}"));
+    let end = text[start..]
+        .find("-----END CERTIFICATE-----")
+        .expect("end of certificate")
+        + start
+        + "-----END CERTIFICATE-----".len();
+    let der = pem_der(&text[start..end]);
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+    hex::encode(d.as_ref())
+}
+
+fn pem_der(pem_text: &str) -> Vec<u8> {
+    pem::parse(pem_text).expect("pem").into_contents()
+}
+
+/// A certificate replaced on disk (made here by openssl, as certbot or an
+/// operator would) is what every listener serves next, without a restart;
+/// a broken replacement is refused and the previous one stays.
+#[test]
+fn a_renewed_certificate_is_served_by_every_listener_without_a_restart() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (sub, imap, web) = (free_port(), free_port(), free_port());
+    let data = tmp.path().join("a");
+    caliopen(
+        &[
+            "init",
+            "--data",
+            data.to_str().expect("utf-8"),
+            "--domain",
+            "alpha.test",
+            "--smtp",
+            "127.0.0.1:0",
+            "--submission",
+            &format!("127.0.0.1:{sub}"),
+            "--metrics",
+            "127.0.0.1:0",
+            "--imap",
+            &format!("127.0.0.1:{imap}"),
+            "--web",
+            &format!("127.0.0.1:{web}"),
+        ],
+        None,
+    );
+    let cfg = data.join("caliopen.toml");
+    let log = tmp.path().join("a.log");
+    let (child, bound) = common::spawn_daemon(
+        &cfg,
+        Stdio::from(std::fs::File::create(&log).expect("log")),
+        &[("RUST_LOG", "info")],
+    );
+    let _d = Daemon(child);
+    let old = pem_der(&std::fs::read_to_string(data.join("tls.pem")).expect("pem"));
+    let old = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &old).as_ref());
+    let listeners = [
+        (sub, Some("smtp")),
+        (bound.smtp.port(), Some("smtp")),
+        (imap, Some("imap")),
+        (web, None),
+    ];
+    for (port, st) in listeners {
+        assert_eq!(served_fingerprint(port, st), old, "port {port}");
+    }
+    // A new pair from openssl, written key first then certificate (as a
+    // renewal tool does), each replaced by rename.
+    let new_key = tmp.path().join("new.key");
+    let new_cert = tmp.path().join("new.pem");
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-keyout", new_key.to_str().expect("utf-8")])
+        .args(["-out", new_cert.to_str().expect("utf-8")])
+        .args([
+            "-days",
+            "30",
+            "-subj",
+            "/CN=mx.alpha.test",
+            "-addext",
+            "subjectAltName=DNS:mx.alpha.test",
+        ])
+        .output()
+        .expect("openssl req");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let new_fp = {
+        let der = pem_der(&std::fs::read_to_string(&new_cert).expect("pem"));
+        hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der).as_ref())
+    };
+    std::fs::rename(&new_key, data.join("tls.key")).expect("key");
+    std::fs::rename(&new_cert, data.join("tls.pem")).expect("cert");
+    let t0 = Instant::now();
+    while served_fingerprint(sub, Some("smtp")) != new_fp {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the new certificate is not served; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (port, st) in listeners {
+        assert_eq!(served_fingerprint(port, st), new_fp, "port {port}");
+    }
+    // A certificate that does not match the key: refused, logged, counted.
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-keyout", "/dev/null", "-days", "1", "-subj", "/CN=other"])
+        .output()
+        .expect("openssl req");
+    let other = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(other.contains("BEGIN CERTIFICATE"), "{other}");
+    std::fs::write(tmp.path().join("other.pem"), &other).expect("write");
+    std::fs::rename(tmp.path().join("other.pem"), data.join("tls.pem")).expect("rename");
+    let metrics = bound.metrics.expect("metrics");
+    let t0 = Instant::now();
+    loop {
+        let m = python(&format!(
+            "import urllib.request\nprint(urllib.request.urlopen('http://{metrics}/metrics', timeout=10).read().decode())"
+        ));
+        if m.contains("caliopen_tls_certificate_reloads_total{outcome=\"refused\"} 1") {
+            assert!(
+                m.contains("caliopen_tls_certificate_reloads_total{outcome=\"served\"} 1"),
+                "{m}"
+            );
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{m}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(served_fingerprint(sub, Some("smtp")), new_fp);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("cannot be used: still serving the previous one"),
+        "{text}"
+    );
+}
