@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// One measured run.
 #[derive(Debug, Clone, Copy)]
@@ -78,22 +78,6 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-async fn reply<R: AsyncBufRead + Unpin>(r: &mut R, code: &str) -> Result<()> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 {
-            bail!("connection closed, expected {code}");
-        }
-        if !line.starts_with(code) {
-            bail!("expected {code}, got {}", line.trim());
-        }
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok(());
-        }
-    }
-}
-
 async fn command<S: AsyncBufRead + AsyncWrite + Unpin>(
     s: &mut S,
     cmd: &[u8],
@@ -101,7 +85,7 @@ async fn command<S: AsyncBufRead + AsyncWrite + Unpin>(
 ) -> Result<()> {
     s.write_all(cmd).await?;
     s.flush().await?;
-    reply(s, code).await
+    crate::smtp::expect(s, code).await
 }
 
 type Session = BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
@@ -116,7 +100,7 @@ async fn login(
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let mut plain = BufReader::new(tcp);
-    reply(&mut plain, "220").await?;
+    crate::smtp::expect(&mut plain, "220").await?;
     command(&mut plain, b"EHLO bench.client\r\n", "250").await?;
     command(&mut plain, b"STARTTLS\r\n", "220").await?;
     let name = rustls::pki_types::ServerName::try_from("mx.bench.test")?.to_owned();

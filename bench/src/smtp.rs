@@ -321,10 +321,8 @@ pub fn message(from: &str, to: &str, subject: &str, size: usize) -> Vec<u8> {
     m
 }
 
-async fn expect(
-    r: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
-    code: &str,
-) -> Result<()> {
+/// Reads one SMTP reply (all its lines), which must have `code`.
+pub async fn expect<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, code: &str) -> Result<()> {
     let mut line = String::new();
     loop {
         line.clear();

@@ -14,28 +14,13 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::caliopen_ok as caliopen;
-use common::Daemon;
+use common::{python, Daemon};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
-}
-
-fn python(script: &str) -> String {
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 struct Sink(Child);

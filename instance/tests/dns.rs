@@ -269,33 +269,8 @@ fn list_box(cfg: &str, user: &str, mailbox: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-fn python_out(script: &str) -> String {
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn python(script: &str) {
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    common::python(script);
 }
 
 #[test]
@@ -474,7 +449,7 @@ for path in ["{good}", "{bad}"]:
     );
 
     // Sender checks that refuse or file as junk, over B's MX.
-    let out = python_out(&format!(
+    let out = common::python(&format!(
         r#"
 import smtplib
 def send(mail_from, frm, subject, source="127.0.0.1"):
@@ -537,18 +512,6 @@ send("y@loop.test", "y@loop.test", "listed client", source="127.0.0.2")
         "{} DNS queries answered by the loopback server",
         dns.queries.load(Ordering::Relaxed)
     );
-}
-
-fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
 }
 
 /// A's direct delivery to B under B's MTA-STS policy (`mode: enforce`),
@@ -654,7 +617,7 @@ s.quit()
     ));
     let metrics = a.metrics.expect("metrics");
     let t0 = Instant::now();
-    while metric(metrics, "caliopen_mta_sts_total{outcome=\"refused\"}") < 2 {
+    while common::metric(metrics, "caliopen_mta_sts_total{outcome=\"refused\"}") < 2 {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "no refusal; log:\n{}",
@@ -679,7 +642,7 @@ s.quit()
     assert_eq!(got[0]["subject"], "under MTA-STS");
     assert_eq!(got[0]["transport"]["tls_version"], "TLSv1_3", "{}", got[0]);
     assert_eq!(
-        metric(metrics, "caliopen_mta_sts_total{outcome=\"enforced\"}"),
+        common::metric(metrics, "caliopen_mta_sts_total{outcome=\"enforced\"}"),
         1
     );
     let log = std::fs::read_to_string(&a_log).expect("log");

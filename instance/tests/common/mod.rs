@@ -101,3 +101,33 @@ impl Drop for Daemon {
         let _ = self.0.wait();
     }
 }
+
+/// Runs a Python script, which must succeed; returns its standard output.
+pub fn python(script: &str) -> String {
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// One sample (its name with labels, exactly) of a daemon's Prometheus
+/// endpoint; 0 when absent.
+pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
