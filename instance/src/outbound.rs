@@ -14,8 +14,7 @@
 use crate::delivery::{MailService, OutletFuture, SmtpOutlet};
 
 use lettre::address::Envelope;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::client::TlsParameters;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +28,103 @@ enum SendError {
     Permanent(String),
     /// Try again later (4xx, connection, TLS).
     Transient(String),
+}
+
+/// The longest one delivery attempt of `len` bytes may take (connection,
+/// TLS, the transaction): two minutes, plus one second per 64 KiB (a
+/// server must take at least that much); past it the attempt counts as a
+/// failed connection. The queue delivers one message at a time: a server
+/// that stops answering must not hold it for long.
+fn attempt_timeout(len: usize) -> Duration {
+    Duration::from_secs(120 + (len as u64 >> 16))
+}
+
+/// Why one attempt failed.
+#[derive(Debug)]
+enum AttemptError {
+    /// The server answered (or the SMTP or TLS layer failed): lettre says
+    /// whether it is permanent or transient.
+    Smtp(lettre::transport::smtp::Error),
+    /// The connection could not be made.
+    Connect(std::io::Error),
+    /// STARTTLS was required and is not offered.
+    NoStartTls,
+    /// The attempt took longer than [`attempt_timeout`] (seconds).
+    Timeout(u64),
+}
+
+impl AttemptError {
+    fn is_permanent(&self) -> bool {
+        matches!(self, Self::Smtp(e) if e.is_permanent())
+    }
+
+    fn is_transient(&self) -> bool {
+        matches!(self, Self::Smtp(e) if e.is_transient())
+    }
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Smtp(e) => write!(f, "{e}"),
+            Self::Connect(e) => write!(f, "connection failed: {e}"),
+            Self::NoStartTls => f.write_str("STARTTLS is not offered"),
+            Self::Timeout(s) => write!(f, "the attempt took more than {s} s"),
+        }
+    }
+}
+
+/// One delivery attempt: a fresh connection with TCP_NODELAY (SMTP is a
+/// dialogue of small writes: with Nagle's algorithm each one that follows
+/// another waits for the delayed acknowledgement, 40 ms a message on
+/// Linux), the greeting, STARTTLS when asked, the transaction, QUIT.
+struct Attempt {
+    connect: String,
+    port: u16,
+    hello: String,
+    tls: Option<TlsParameters>,
+}
+
+impl Attempt {
+    async fn send_raw(&self, env: &Envelope, data: &[u8]) -> Result<(), AttemptError> {
+        use lettre::transport::smtp::client::AsyncSmtpConnection;
+        use lettre::transport::smtp::extension::ClientId;
+        let run = async {
+            let tcp = tokio::net::TcpStream::connect((self.connect.as_str(), self.port))
+                .await
+                .map_err(AttemptError::Connect)?;
+            // Without it only latency suffers: not worth failing for.
+            let _ = tcp.set_nodelay(true);
+            let hello = ClientId::Domain(self.hello.clone());
+            let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello)
+                .await
+                .map_err(AttemptError::Smtp)?;
+            if let Some(p) = &self.tls {
+                if !conn.can_starttls() {
+                    conn.abort().await;
+                    return Err(AttemptError::NoStartTls);
+                }
+                conn.starttls(p.clone(), &hello)
+                    .await
+                    .map_err(AttemptError::Smtp)?;
+            }
+            match conn.send(env, data).await {
+                Ok(_) => {
+                    // The message is the server's now; a failed QUIT changes nothing.
+                    let _ = conn.quit().await;
+                    Ok(())
+                }
+                Err(e) => {
+                    conn.abort().await;
+                    Err(AttemptError::Smtp(e))
+                }
+            }
+        };
+        let limit = attempt_timeout(data.len());
+        tokio::time::timeout(limit, run)
+            .await
+            .map_err(|_| AttemptError::Timeout(limit.as_secs()))?
+    }
 }
 
 /// Where and how to send mail for the outside world.
@@ -225,8 +321,9 @@ impl SmtpQueue {
         Ok(())
     }
 
-    /// A transport to `connect` (a name or an address) on `port`, with
-    /// STARTTLS required and verified against `host` when `tls`.
+    /// One delivery attempt to `connect` (a name or an address) on
+    /// `port`, with STARTTLS required and verified against `host` when
+    /// `tls` (any certificate when `accept_any_cert`).
     fn transport_with(
         &self,
         tls: bool,
@@ -235,14 +332,8 @@ impl SmtpQueue {
         host: &str,
         port: u16,
         mx: bool,
-    ) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
-        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(connect.to_owned())
-            .port(port)
-            .timeout(Some(Duration::from_secs(60)))
-            .hello_name(lettre::transport::smtp::extension::ClientId::Domain(
-                self.cfg.hello.clone(),
-            ));
-        if tls {
+    ) -> Result<Attempt, String> {
+        let tls = if tls {
             let mut p = TlsParameters::builder(host.to_owned())
                 .dangerous_accept_invalid_certs(accept_any_cert);
             let roots = if mx {
@@ -259,9 +350,16 @@ impl SmtpQueue {
                     p = p.add_root_certificate(cert);
                 }
             }
-            b = b.tls(Tls::Required(p.build_rustls().map_err(|e| e.to_string())?));
-        }
-        Ok(b.build())
+            Some(p.build_rustls().map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        Ok(Attempt {
+            connect: connect.to_owned(),
+            port,
+            hello: self.cfg.hello.clone(),
+            tls,
+        })
     }
 
     /// Direct delivery: each MX host in turn until one answers for good.
