@@ -22,11 +22,21 @@ use tokio_util::sync::CancellationToken;
 /// How often the files are looked at.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 
-type Stamp = Option<(SystemTime, u64)>;
+/// What identifies a version of a file: modification time, size, inode
+/// and change time (a copy that keeps the mtime, `cp -p`, still changes
+/// the inode or the ctime).
+type Stamp = Option<(SystemTime, u64, u64, i64, i64)>;
 
 fn stamp(p: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((
+        m.modified().ok()?,
+        m.len(),
+        m.ino(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
 }
 
 /// The current certificate, and where it comes from.

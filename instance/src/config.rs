@@ -90,7 +90,8 @@ pub struct SmtpConfig {
     pub delivery_port: u16,
     /// The MTA-STS policy (RFC 8461) the web listener serves for the
     /// domains: `testing` (default: senders report but deliver anyway),
-    /// `enforce` (once the MX certificate is from a public CA), `none`.
+    /// `enforce` (once the MX certificate is from a public CA), `none` (to
+    /// withdraw a published policy), `off` (nothing published).
     #[serde(default)]
     pub mta_sts: MtaStsMode,
     /// Extra trusted roots (PEM) for recipient domains' MTA-STS policy
@@ -110,7 +111,11 @@ fn default_https_port() -> u16 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MtaStsMode {
-    /// No policy published.
+    /// Nothing published (for domains that never published a policy).
+    Off,
+    /// A `mode: none` policy under a new id: how a published policy is
+    /// withdrawn (RFC 8461 §8.3) — keep it until the old `max_age` is over,
+    /// then set `off`.
     None,
     /// Senders report failures but deliver anyway.
     #[default]

@@ -227,6 +227,12 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
@@ -402,13 +408,9 @@ impl DkimKeys {
                         message: format!("invalid pair name {:?}", p.name),
                     });
                 }
-                // A retired pair's keys may already be gone.
-                if p.retire_at.is_some()
-                    && !dir
-                        .join(domain)
-                        .join(format!("{}.pem", p.rsa_selector()))
-                        .exists()
-                {
+                // A retired pair neither signs nor is published: its
+                // keys are not needed (and may be half deleted).
+                if p.retired(unix_now()) {
                     continue;
                 }
                 let s = Self::signers(dir, domain, p)?;

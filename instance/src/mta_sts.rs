@@ -151,7 +151,14 @@ pub struct MtaSts {
     tls: Arc<rustls::ClientConfig>,
     port: u16,
     cache: sled::Tree,
+    /// (domain, id) → when a fetch last failed: not tried again for
+    /// [`RETRY_FAILED_FETCH`] (each try may take the whole fetch timeout,
+    /// and the queue delivers one message at a time).
+    failed: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
 }
+
+/// How long a failed policy fetch is not tried again.
+pub const RETRY_FAILED_FETCH: Duration = Duration::from_secs(600);
 
 impl std::fmt::Debug for MtaSts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,6 +198,7 @@ impl MtaSts {
             tls: Arc::new(tls),
             port,
             cache: db.open_tree("mta_sts").map_err(|e| e.to_string())?,
+            failed: Default::default(),
         })
     }
 
@@ -219,6 +227,7 @@ impl MtaSts {
             // No record (or no answer): a cached policy still holds.
             (None, c) => c,
             (Some(id), Some(c)) if c.id == id => Some(c),
+            (Some(id), c) if self.failed_lately(&domain, &id) => c,
             (Some(id), c) => match self.fetch(&domain).await {
                 Ok(text) => match Policy::parse(&text, &id, now) {
                     Ok(p) => {
@@ -237,11 +246,34 @@ impl MtaSts {
                 },
                 Err(e) => {
                     tracing::info!(%domain, error = %e, "MTA-STS policy not fetched: the previous one (if any) holds");
+                    self.fetch_failed(&domain, &id);
                     c
                 }
             },
         };
         policy.filter(|p| p.mode != Mode::None)
+    }
+
+    fn failed_lately(&self, domain: &str, id: &str) -> bool {
+        let mut m = self
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.retain(|_, t| t.elapsed() < RETRY_FAILED_FETCH);
+        m.contains_key(&(domain.to_owned(), id.to_owned()))
+    }
+
+    fn fetch_failed(&self, domain: &str, id: &str) {
+        let mut m = self
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() < 10_000 {
+            m.insert(
+                (domain.to_owned(), id.to_owned()),
+                std::time::Instant::now(),
+            );
+        }
     }
 
     /// GET `https://mta-sts.<domain>/.well-known/mta-sts.txt`: a verified
@@ -257,10 +289,24 @@ impl MtaSts {
         use http_body_util::BodyExt;
         let host = format!("mta-sts.{domain}");
         let ips = self.resolver.addresses(&host).await?;
-        let ip = ips.first().ok_or_else(|| format!("{host}: no address"))?;
-        let tcp = tokio::net::TcpStream::connect((*ip, self.port))
+        let mut tcp = None;
+        let mut last = format!("{host}: no address");
+        for ip in &ips {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::net::TcpStream::connect((*ip, self.port)),
+            )
             .await
-            .map_err(|e| format!("connect to {host} ({ip}:{}): {e}", self.port))?;
+            {
+                Ok(Ok(s)) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = format!("connect to {host} ({ip}:{}): {e}", self.port),
+                Err(_) => last = format!("connect to {host} ({ip}:{}) timed out", self.port),
+            }
+        }
+        let tcp = tcp.ok_or(last)?;
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| format!("{host}: {e}"))?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())

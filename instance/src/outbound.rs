@@ -31,12 +31,12 @@ enum SendError {
 }
 
 /// The longest one delivery attempt of `len` bytes may take (connection,
-/// TLS, the transaction): two minutes, plus one second per 64 KiB (a
-/// server must take at least that much); past it the attempt counts as a
-/// failed connection. The queue delivers one message at a time: a server
-/// that stops answering must not hold it for long.
+/// TLS, the transaction): ten minutes — RFC 5321 §4.5.3.2 lets a server
+/// take that long after the final dot alone — plus one second per 64 KiB
+/// of data. Past it the attempt is a temporary failure, retried later
+/// (never re-sent at once another way: the server may have taken it).
 fn attempt_timeout(len: usize) -> Duration {
-    Duration::from_secs(120 + (len as u64 >> 16))
+    Duration::from_secs(600 + (len as u64 >> 16))
 }
 
 /// Why one attempt failed.
@@ -45,6 +45,8 @@ enum AttemptError {
     /// The server answered (or the SMTP or TLS layer failed): lettre says
     /// whether it is permanent or transient.
     Smtp(lettre::transport::smtp::Error),
+    /// STARTTLS failed (refused, or the handshake failed).
+    Tls(lettre::transport::smtp::Error),
     /// The connection could not be made.
     Connect(std::io::Error),
     /// STARTTLS was required and is not offered.
@@ -58,8 +60,15 @@ impl AttemptError {
         matches!(self, Self::Smtp(e) if e.is_permanent())
     }
 
+    /// A temporary failure that another way of sending would not cure
+    /// (or might duplicate): retried later. Only a TLS problem, or a
+    /// missing STARTTLS, leads to the next way (unauthenticated TLS, clear).
     fn is_transient(&self) -> bool {
-        matches!(self, Self::Smtp(e) if e.is_transient())
+        match self {
+            Self::Smtp(e) => !e.is_permanent(),
+            Self::Connect(_) | Self::Timeout(_) => true,
+            Self::Tls(_) | Self::NoStartTls => false,
+        }
     }
 }
 
@@ -67,6 +76,7 @@ impl std::fmt::Display for AttemptError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Smtp(e) => write!(f, "{e}"),
+            Self::Tls(e) => write!(f, "STARTTLS failed: {e}"),
             Self::Connect(e) => write!(f, "connection failed: {e}"),
             Self::NoStartTls => f.write_str("STARTTLS is not offered"),
             Self::Timeout(s) => write!(f, "the attempt took more than {s} s"),
@@ -106,7 +116,7 @@ impl Attempt {
                 }
                 conn.starttls(p.clone(), &hello)
                     .await
-                    .map_err(AttemptError::Smtp)?;
+                    .map_err(AttemptError::Tls)?;
             }
             match conn.send(env, data).await {
                 Ok(_) => {
@@ -385,6 +395,7 @@ impl SmtpQueue {
             .as_ref()
             .is_some_and(|p| p.mode == crate::mta_sts::Mode::Enforce);
         if let Some(p) = &policy {
+            let hosts_before = hosts.clone();
             let (allowed, refused): (Vec<String>, Vec<String>) =
                 hosts.into_iter().partition(|h| p.matches(h));
             if !refused.is_empty() {
@@ -395,11 +406,12 @@ impl SmtpQueue {
                     tracing::info!(%domain, hosts = ?refused, "MTA-STS (testing): these MX hosts are not in the policy");
                 }
             }
-            hosts = if enforce {
-                allowed
+            if enforce {
+                hosts = allowed;
             } else {
-                allowed.into_iter().chain(refused).collect()
-            };
+                // Testing: delivery goes on as before, in the MX order.
+                hosts = hosts_before;
+            }
             if hosts.is_empty() {
                 self.count_sts_refused();
                 return Err(SendError::Transient(format!(

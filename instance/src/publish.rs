@@ -34,7 +34,11 @@ fn fqdn(name: &str) -> String {
 /// (one for every domain: they share the MX); `None` when off.
 pub fn mta_sts_policy(config: &Config) -> Option<String> {
     let mode = match config.smtp.mta_sts {
-        MtaStsMode::None => return None,
+        MtaStsMode::Off => return None,
+        // Withdrawing: senders replace their cached policy with this one.
+        MtaStsMode::None => {
+            return Some("version: STSv1\r\nmode: none\r\nmax_age: 86400\r\n".into())
+        }
         MtaStsMode::Testing => "testing",
         MtaStsMode::Enforce => "enforce",
     };
@@ -476,7 +480,13 @@ mod tests {
         assert_ne!(mta_sts_id(&a), mta_sts_id(&b));
         assert_eq!(mta_sts_id(&a), mta_sts_id(&a.clone()));
         assert!(mta_sts_id(&a).bytes().all(|c| c.is_ascii_alphanumeric()));
-        assert_eq!(mta_sts_policy(&config("mta_sts = \"none\"\n")), None);
+        let none = mta_sts_policy(&config("mta_sts = \"none\"\n")).expect("withdrawal policy");
+        assert!(
+            none.contains("mode: none\r\n") && !none.contains("mx:"),
+            "{none}"
+        );
+        assert_ne!(mta_sts_id(&none), mta_sts_id(&a));
+        assert_eq!(mta_sts_policy(&config("mta_sts = \"off\"\n")), None);
     }
 
     #[test]

@@ -50,13 +50,17 @@ pub trait MeshOutlet: Send + Sync + std::fmt::Debug {
         &'a self,
         address: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Option<LevelAnswer>, String>> + Send + 'a>>;
-    /// Queues a message for `member`, durably.
+    /// Queues `data` for `member`, durably. The member's idempotence key
+    /// is derived from `identity`, the message as submitted: sent again
+    /// after a lost reply (and signed again, with another DKIM time) it is
+    /// the same transaction, stored once there.
     fn enqueue<'a>(
         &'a self,
         member: &'a str,
         mail_from: &'a str,
         rcpt_to: Vec<String>,
         data: &'a [u8],
+        identity: &'a [u8],
     ) -> OutletFuture<'a>;
 }
 
@@ -448,7 +452,7 @@ impl MailService {
         let ip = t
             .client
             .parse::<std::net::SocketAddr>()
-            .map(|s| s.ip())
+            .map(|s| s.ip().to_canonical())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let v = a
             .check(data, ip, helo, mail_from, self.primary_domain())
@@ -657,7 +661,7 @@ impl MailService {
         let out_data = signed.as_deref().unwrap_or(data);
         if let Some(mesh) = self.mesh.get() {
             for (member, rcpts) in by_member {
-                mesh.enqueue(&member, mail_from, rcpts, out_data)
+                mesh.enqueue(&member, mail_from, rcpts, out_data, data)
                     .await
                     .map_err(DeliveryError::Queue)?;
                 self.metrics

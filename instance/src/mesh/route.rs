@@ -154,10 +154,11 @@ impl MeshOutlet for MeshRoute {
         mail_from: &'a str,
         rcpt_to: Vec<String>,
         data: &'a [u8],
+        identity: &'a [u8],
     ) -> OutletFuture<'a> {
         Box::pin(async move {
             let deliver = Deliver {
-                txn_id: txn_id(member, mail_from, &rcpt_to, data),
+                txn_id: txn_id(member, mail_from, &rcpt_to, identity),
                 mail_from: mail_from.to_owned(),
                 rcpt_to,
                 message: data.to_vec(),
