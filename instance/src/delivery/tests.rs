@@ -205,3 +205,85 @@ fn a_submission_is_kept_in_the_senders_sent_mailbox_once() {
         assert_eq!((sent_box.total, sent_box.unseen), (1, 0));
     });
 }
+
+/// A mesh outlet that records what it is given.
+#[derive(Debug, Default)]
+struct RecordingMesh {
+    got: std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl MeshOutlet for RecordingMesh {
+    fn member_for(&self, domain: &str) -> Option<String> {
+        (domain == "gamma.test").then(|| "gamma".to_owned())
+    }
+
+    fn public_level<'a>(
+        &'a self,
+        _address: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<LevelAnswer>, String>> + Send + 'a>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn enqueue<'a>(
+        &'a self,
+        _member: &'a str,
+        _mail_from: &'a str,
+        _rcpt_to: Vec<String>,
+        data: &'a [u8],
+        identity: &'a [u8],
+    ) -> OutletFuture<'a> {
+        self.got
+            .lock()
+            .expect("lock")
+            .push((data.to_vec(), identity.to_vec()));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[test]
+fn mail_for_members_is_signed_but_keyed_by_the_submitted_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let (svc, _store) = service(dir.path()).await;
+        let keys = crate::dkim::DkimKeys::open(dir.path()).expect("keys");
+        keys.ensure(&["alpha.test".into()], now_unix())
+            .expect("ensure");
+        svc.set_dkim(Arc::new(keys));
+        let mesh = Arc::new(RecordingMesh::default());
+        svc.set_mesh(mesh.clone());
+        let data = b"From: alice@alpha.test\r\nTo: dan@gamma.test\r\nSubject: hi\r\n\r\nhello\r\n";
+        let t = Transport {
+            auth_user: Some("alice@alpha.test".into()),
+            ..Default::default()
+        };
+        for _ in 0..2 {
+            svc.accept(
+                "alice@alpha.test",
+                &["dan@gamma.test".into()],
+                data,
+                t.clone(),
+                Via::Local,
+            )
+            .await
+            .expect("accepted");
+        }
+        let got = mesh.got.lock().expect("lock").clone();
+        assert_eq!(got.len(), 2);
+        for (sent, identity) in &got {
+            assert!(
+                sent.starts_with(b"DKIM-Signature:"),
+                "signed for the member"
+            );
+            assert!(sent.ends_with(data));
+            // The member's idempotence key comes from what was submitted,
+            // the same both times whatever the signatures' times.
+            assert_eq!(identity.as_slice(), data.as_slice());
+        }
+        assert_eq!(
+            svc.metrics()
+                .dkim_signed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+    });
+}
