@@ -232,46 +232,46 @@ fn txt_kind(v: &str) -> &str {
     ""
 }
 
-/// Asks `resolver` for every record and compares.
+/// Asks `resolver` for every record (all at once: a slow resolver costs
+/// one timeout, not one per record) and compares.
 pub async fn check(records: &[Record], resolver: &SenderAuth) -> Vec<CheckLine> {
-    let mut out = Vec::with_capacity(records.len());
-    for r in records {
-        let t = match r.rtype {
-            "MX" => LookupType::Mx,
-            "SRV" => LookupType::Srv,
-            "CNAME" => LookupType::Cname,
-            _ => LookupType::Txt,
-        };
-        let (found, published) = match resolver.lookup(&r.name, t).await {
-            Err(e) => (Found::Error, vec![e]),
-            Ok(values) => {
-                let want = normalise(r.rtype, &r.value);
-                let same_kind: Vec<String> = if r.rtype == "TXT" {
-                    values
-                        .iter()
-                        .filter(|v| txt_kind(v) == txt_kind(&r.value))
-                        .cloned()
-                        .collect()
-                } else {
-                    values.clone()
-                };
-                let found = if same_kind.iter().any(|v| normalise(r.rtype, v) == want) {
-                    Found::Ok
-                } else if same_kind.is_empty() {
-                    Found::Missing
-                } else {
-                    Found::Different
-                };
-                (found, values)
-            }
-        };
-        out.push(CheckLine {
-            record: r.clone(),
-            found,
-            published,
-        });
+    futures_util::future::join_all(records.iter().map(|r| check_one(r, resolver))).await
+}
+
+async fn check_one(r: &Record, resolver: &SenderAuth) -> CheckLine {
+    let t = match r.rtype {
+        "MX" => LookupType::Mx,
+        "SRV" => LookupType::Srv,
+        "CNAME" => LookupType::Cname,
+        _ => LookupType::Txt,
+    };
+    let (found, published) = match resolver.lookup(&r.name, t).await {
+        Err(e) => (Found::Error, vec![e]),
+        Ok(values) => {
+            let want = normalise(r.rtype, &r.value);
+            let same_kind: Vec<&String> = if r.rtype == "TXT" {
+                values
+                    .iter()
+                    .filter(|v| txt_kind(v) == txt_kind(&r.value))
+                    .collect()
+            } else {
+                values.iter().collect()
+            };
+            let found = if same_kind.iter().any(|v| normalise(r.rtype, v) == want) {
+                Found::Ok
+            } else if same_kind.is_empty() {
+                Found::Missing
+            } else {
+                Found::Different
+            };
+            (found, values)
+        }
+    };
+    CheckLine {
+        record: r.clone(),
+        found,
+        published,
     }
-    out
 }
 
 fn xml_escape(s: &str) -> String {
