@@ -1,11 +1,16 @@
 //! The Caliopen instance daemon (DESIGN.md §2, §5).
 //!
-//! Built: configuration (`config`), durable storage with group commit
-//! (`store`), the SMTP session state machine and listeners (`smtp`), the
-//! mesh side when the instance holds a label (`mesh`), bounces (`dsn`), the
-//! local admin API (`admin`), outbound SMTP through a relay (`outbound`),
-//! health and metrics (`metrics`) and the daemon itself (`daemon`). Not
-//! built yet (issue #4 continues): direct MX delivery, DKIM/SPF/DMARC.
+//! The mail model (`mail`) and its store (`store`: sled indexes, body
+//! segments, group commit), the router every front end hands mail to
+//! (`delivery`), the front ends — SMTP (`smtp`), IMAP (`imap`), the web
+//! client (`web`), the client API (`api`) — the mesh side when the instance
+//! holds a label (`mesh`), outbound SMTP through a relay or MX with MTA-STS
+//! (`outbound`, `mta_sts`), sender checks and the resolver (`auth`), DKIM
+//! signing (`dkim`), what the operator publishes (`publish`), the TLS
+//! certificate of every listener (`certs`), passwords (`login`), the
+//! privacy index (`privacy`), bounces (`dsn`), the admin API (`admin`),
+//! health and metrics (`metrics`), limits (`limits`) and the daemon
+//! itself (`daemon`). See docs/ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
 pub mod admin;
