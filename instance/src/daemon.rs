@@ -254,7 +254,7 @@ pub async fn run(
                 r.clone(),
                 mx_ca_pem.as_deref(),
                 config.smtp.mta_sts_port,
-                store.db(),
+                Some(store.db()),
             )?)),
             None => None,
         };

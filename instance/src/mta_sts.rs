@@ -150,7 +150,8 @@ pub struct MtaSts {
     resolver: SenderAuth,
     tls: Arc<rustls::ClientConfig>,
     port: u16,
-    cache: sled::Tree,
+    /// Fetched policies (none: `caliopen dns check`, which only fetches).
+    cache: Option<sled::Tree>,
     /// (domain, id) → when a fetch last failed: not tried again for
     /// [`RETRY_FAILED_FETCH`] (each try may take the whole fetch timeout,
     /// and the queue delivers one message at a time).
@@ -168,12 +169,13 @@ impl std::fmt::Debug for MtaSts {
 
 impl MtaSts {
     /// Policies looked up through `resolver`, fetched on `port` (443) with
-    /// the web PKI and `extra_roots` (PEM) as trust anchors, cached in `db`.
+    /// the web PKI and `extra_roots` (PEM) as trust anchors, cached in `db`
+    /// (when given).
     pub fn new(
         resolver: SenderAuth,
         extra_roots: Option<&[u8]>,
         port: u16,
-        db: &sled::Db,
+        db: Option<&sled::Db>,
     ) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -197,13 +199,16 @@ impl MtaSts {
             resolver,
             tls: Arc::new(tls),
             port,
-            cache: db.open_tree("mta_sts").map_err(|e| e.to_string())?,
+            cache: match db {
+                Some(db) => Some(db.open_tree("mta_sts").map_err(|e| e.to_string())?),
+                None => None,
+            },
             failed: Default::default(),
         })
     }
 
     fn cached(&self, domain: &str) -> Option<Policy> {
-        let v = self.cache.get(domain.as_bytes()).ok()??;
+        let v = self.cache.as_ref()?.get(domain.as_bytes()).ok()??;
         serde_json::from_slice(&v).ok()
     }
 
@@ -232,8 +237,8 @@ impl MtaSts {
                 Ok(text) => match Policy::parse(&text, &id, now) {
                     Ok(p) => {
                         tracing::info!(%domain, mode = ?p.mode, mx = ?p.mx, max_age = p.max_age, "MTA-STS policy fetched");
-                        if let Ok(json) = serde_json::to_vec(&p) {
-                            if let Err(e) = self.cache.insert(domain.as_bytes(), json) {
+                        if let (Ok(json), Some(cache)) = (serde_json::to_vec(&p), &self.cache) {
+                            if let Err(e) = cache.insert(domain.as_bytes(), json) {
                                 tracing::warn!(%domain, error = %e, "could not cache an MTA-STS policy");
                             }
                         }
@@ -279,7 +284,7 @@ impl MtaSts {
     /// GET `https://mta-sts.<domain>/.well-known/mta-sts.txt`: a verified
     /// certificate for that name, status 200, `text/plain`, no redirect,
     /// at most [`MAX_POLICY_BYTES`].
-    async fn fetch(&self, domain: &str) -> Result<String, String> {
+    pub async fn fetch(&self, domain: &str) -> Result<String, String> {
         tokio::time::timeout(FETCH_TIMEOUT, self.fetch_inner(domain))
             .await
             .map_err(|_| format!("fetching the policy of {domain} timed out"))?

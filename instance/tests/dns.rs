@@ -539,13 +539,13 @@ fn mta_sts_enforce_holds_mail_until_the_mx_matches_the_policy() {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let b_cfg = instance(
-        tmp.path(),
-        "b",
-        "beta.test",
-        dns.addr,
-        "mta_sts = \"enforce\"\n",
+    // B checks its own policy over HTTPS with `dns check` (its certificate
+    // is self-signed: it names it as a root).
+    let b_extra = format!(
+        "mta_sts = \"enforce\"\nmta_sts_port = {web}\nmta_sts_ca = \"{}\"\n",
+        tmp.path().join("b/tls.pem").display()
     );
+    let b_cfg = instance(tmp.path(), "b", "beta.test", dns.addr, &b_extra);
     let text = std::fs::read_to_string(&b_cfg).expect("config")
         + &format!("\n[web]\nlisten = \"127.0.0.1:{web}\"\n");
     std::fs::write(&b_cfg, text).expect("write");
@@ -569,6 +569,12 @@ fn mta_sts_enforce_holds_mail_until_the_mx_matches_the_policy() {
         &[("RUST_LOG", "info")],
     );
     let _b = Daemon(child);
+    let (_, out, _) = common::run_caliopen(&["dns", "check", "--config", &b_cfg], None);
+    assert!(
+        out.contains("ok        HTTPS https://mta-sts.beta.test/.well-known/mta-sts.txt"),
+        "{out}"
+    );
+    assert!(out.contains("ok        TXT   _mta-sts.beta.test"), "{out}");
 
     // A trusts B's certificate (self-signed: a private PKI) for MTA-STS.
     let b_cert = tmp.path().join("b/tls.pem");

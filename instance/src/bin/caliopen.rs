@@ -681,7 +681,45 @@ async fn dns_check(config: &Path, json: bool) -> anyhow::Result<()> {
         std::time::Duration::from_secs(cfg.dns.timeout_seconds),
     )
     .map_err(anyhow::Error::msg)?;
-    let lines = caliopen_instance::publish::check(&records, &resolver).await;
+    let mut lines = caliopen_instance::publish::check(&records, &resolver).await;
+    // The MTA-STS policy as senders fetch it: over HTTPS, from mta-sts.DOMAIN.
+    if let (Some(want), true) = (
+        caliopen_instance::publish::mta_sts_policy(&cfg),
+        cfg.web.listen.is_some(),
+    ) {
+        let roots = match &cfg.smtp.mta_sts_ca {
+            Some(p) => {
+                let p = cfg.in_data(p);
+                Some(std::fs::read(&p).with_context(|| format!("read {}", p.display()))?)
+            }
+            None => None,
+        };
+        let client = caliopen_instance::mta_sts::MtaSts::new(
+            resolver.clone(),
+            roots.as_deref(),
+            cfg.smtp.mta_sts_port,
+            None,
+        )
+        .map_err(anyhow::Error::msg)?;
+        for d in &cfg.domains {
+            let record = caliopen_instance::publish::Record {
+                name: format!("https://mta-sts.{d}/.well-known/mta-sts.txt"),
+                rtype: "HTTPS",
+                value: want.replace("\r\n", "; ").trim_end_matches("; ").to_owned(),
+                why: "the MTA-STS policy as senders fetch it",
+            };
+            let (found, published) = match client.fetch(d).await {
+                Ok(text) if text == want => (Found::Ok, Vec::new()),
+                Ok(text) => (Found::Different, vec![text.replace("\r\n", "; ")]),
+                Err(e) => (Found::Error, vec![e]),
+            };
+            lines.push(caliopen_instance::publish::CheckLine {
+                record,
+                found,
+                published,
+            });
+        }
+    }
     let bad = lines.iter().filter(|l| l.found != Found::Ok).count();
     if json {
         out!("{}", serde_json::to_string_pretty(&lines)?);
