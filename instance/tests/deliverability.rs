@@ -65,6 +65,35 @@ fn smtp_sink(port: u16, dir: &Path) -> Sink {
     Sink(child)
 }
 
+/// `caliopen init` of alpha.test in `data` with submission, IMAP and web
+/// on these ports (and `extra` arguments); returns what init printed.
+fn init_alpha(data: &Path, sub: u16, imap: u16, web: u16, extra: &[&str]) -> String {
+    let (sub, imap, web) = (
+        format!("127.0.0.1:{sub}"),
+        format!("127.0.0.1:{imap}"),
+        format!("127.0.0.1:{web}"),
+    );
+    let mut args = vec![
+        "init",
+        "--data",
+        data.to_str().expect("utf-8"),
+        "--domain",
+        "alpha.test",
+        "--smtp",
+        "127.0.0.1:0",
+        "--submission",
+        &sub,
+        "--metrics",
+        "127.0.0.1:0",
+        "--imap",
+        &imap,
+        "--web",
+        &web,
+    ];
+    args.extend_from_slice(extra);
+    caliopen(&args, None)
+}
+
 #[test]
 fn outgoing_mail_is_dkim_signed_and_clients_configure_themselves() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -75,28 +104,8 @@ fn outgoing_mail_is_dkim_signed_and_clients_configure_themselves() {
 
     let (sub, imap, web) = (free_port(), free_port(), free_port());
     let data = tmp.path().join("a");
-    let init = caliopen(
-        &[
-            "init",
-            "--data",
-            data.to_str().expect("utf-8"),
-            "--domain",
-            "alpha.test",
-            "--smtp",
-            "127.0.0.1:0",
-            "--submission",
-            &format!("127.0.0.1:{sub}"),
-            "--metrics",
-            "127.0.0.1:0",
-            "--imap",
-            &format!("127.0.0.1:{imap}"),
-            "--web",
-            &format!("127.0.0.1:{web}"),
-            "--relay",
-            &format!("127.0.0.1:{sink_port}"),
-        ],
-        None,
-    );
+    let relay = format!("127.0.0.1:{sink_port}");
+    let init = init_alpha(&data, sub, imap, web, &["--relay", &relay]);
     // `init` makes the keys and says what to do next.
     assert!(init.contains("DKIM keys for alpha.test"), "{init}");
     assert!(init.contains("caliopen dns --config"), "{init}");
@@ -373,26 +382,7 @@ fn a_renewed_certificate_is_served_by_every_listener_without_a_restart() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (sub, imap, web) = (free_port(), free_port(), free_port());
     let data = tmp.path().join("a");
-    caliopen(
-        &[
-            "init",
-            "--data",
-            data.to_str().expect("utf-8"),
-            "--domain",
-            "alpha.test",
-            "--smtp",
-            "127.0.0.1:0",
-            "--submission",
-            &format!("127.0.0.1:{sub}"),
-            "--metrics",
-            "127.0.0.1:0",
-            "--imap",
-            &format!("127.0.0.1:{imap}"),
-            "--web",
-            &format!("127.0.0.1:{web}"),
-        ],
-        None,
-    );
+    init_alpha(&data, sub, imap, web, &[]);
     let cfg = data.join("caliopen.toml");
     let log = tmp.path().join("a.log");
     let (child, bound) = common::spawn_daemon(
