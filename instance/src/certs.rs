@@ -16,27 +16,16 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often the files are looked at.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// What identifies a version of a file: modification time, size, inode
-/// and change time (a copy that keeps the mtime, `cp -p`, still changes
-/// the inode or the ctime).
-type Stamp = Option<(SystemTime, u64, u64, i64, i64)>;
+type Stamp = Option<crate::limits::FileVersion>;
 
 fn stamp(p: &Path) -> Stamp {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).ok()?;
-    Some((
-        m.modified().ok()?,
-        m.len(),
-        m.ino(),
-        m.ctime(),
-        m.ctime_nsec(),
-    ))
+    crate::limits::file_version(p)
 }
 
 /// The current certificate, and where it comes from.
@@ -214,7 +203,7 @@ mod tests {
     fn bump(p: &Path) {
         // Same-second rewrites keep mtime on coarse filesystems: move it on.
         let f = std::fs::File::options().write(true).open(p).expect("open");
-        f.set_modified(SystemTime::now() + Duration::from_secs(2))
+        f.set_modified(std::time::SystemTime::now() + Duration::from_secs(2))
             .expect("mtime");
     }
 

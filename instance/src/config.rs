@@ -668,6 +668,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// True for a host or domain name in LDH form (RFC 1123 §2.1): labels of
+/// 1–63 letters, digits and hyphens, at most 253 octets, no final dot.
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -802,27 +814,14 @@ impl Config {
             return Err("key `domains`: at least one mail domain is required".into());
         }
         for d in &self.domains {
-            let ok = !d.is_empty()
-                && d.len() <= 253
-                && d.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                });
-            if !ok {
+            if !is_dns_name(d) {
                 return Err(format!("key `domains`: invalid domain {d:?}"));
             }
         }
         for z in &self.dns.blocklists {
             let z = z.trim_end_matches('.');
-            let ok = !z.is_empty()
-                && z.len() <= 200
-                && z.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                });
-            if !ok {
+            // Room for the reversed address in front of the zone.
+            if !is_dns_name(z) || z.len() > 200 {
                 return Err(format!("key `dns.blocklists`: invalid zone {z:?}"));
             }
         }

@@ -29,7 +29,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// The headers signed, in this order; `From` is listed twice so that a
 /// second `From` added on the way breaks the signature (oversigning), and
@@ -200,8 +200,8 @@ struct Signers {
 
 struct Loaded {
     schedule: Schedule,
-    /// (modified, length) of the schedule file when read.
-    stamp: Option<(SystemTime, u64)>,
+    /// The version of the schedule file read.
+    stamp: Option<crate::limits::FileVersion>,
     checked: Instant,
     /// (domain, pair name) → its signers.
     signers: HashMap<(String, String), Arc<Signers>>,
@@ -225,27 +225,6 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
         path: path.to_owned(),
         source,
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
-fn valid_domain(d: &str) -> bool {
-    !d.is_empty()
-        && d.len() <= 253
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 fn valid_name(n: &str) -> bool {
@@ -370,7 +349,7 @@ impl DkimKeys {
 
     fn load(dir: &Path) -> Result<Loaded, DkimError> {
         let path = dir.join(STATE_FILE);
-        let before = stamp(&path);
+        let before = crate::limits::file_version(&path);
         let schedule = match std::fs::read(&path) {
             Ok(bytes) => {
                 let s: Schedule =
@@ -395,7 +374,7 @@ impl DkimKeys {
         };
         let mut signers = HashMap::new();
         for (domain, pairs) in &schedule.domains {
-            if !valid_domain(domain) {
+            if !crate::config::is_dns_name(domain) {
                 return Err(DkimError::Corrupt {
                     path,
                     message: format!("invalid domain {domain:?}"),
@@ -410,7 +389,7 @@ impl DkimKeys {
                 }
                 // A retired pair neither signs nor is published: its
                 // keys are not needed (and may be half deleted).
-                if p.retired(unix_now()) {
+                if p.retired(crate::store::now_unix()) {
                     continue;
                 }
                 let s = Self::signers(dir, domain, p)?;
@@ -513,7 +492,7 @@ impl DkimKeys {
             return;
         }
         l.checked = Instant::now();
-        if stamp(&self.dir.join(STATE_FILE)) == l.stamp {
+        if crate::limits::file_version(&self.dir.join(STATE_FILE)) == l.stamp {
             return;
         }
         match Self::load(&self.dir) {
@@ -741,7 +720,7 @@ impl DkimKeys {
         self.change(|dir, s| {
             let mut made = Vec::new();
             for d in &missing {
-                if !valid_domain(d) {
+                if !crate::config::is_dns_name(d) {
                     return Err(DkimError::UnknownDomain(d.clone()));
                 }
                 if s.domains
@@ -774,7 +753,7 @@ impl DkimKeys {
             let mut made = Vec::new();
             for d in domains {
                 let d = d.to_ascii_lowercase();
-                if !valid_domain(&d) {
+                if !crate::config::is_dns_name(&d) {
                     return Err(DkimError::UnknownDomain(d));
                 }
                 // Forget retired pairs and delete their keys.

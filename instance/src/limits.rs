@@ -458,3 +458,27 @@ mod tests {
         assert!(check_private_dir(dir.path()).is_ok());
     }
 }
+
+/// What tells one version of a file from the next: modification time,
+/// size, inode and change time (a copy that keeps the mtime, `cp -p`,
+/// still changes the inode or the ctime). Compared by the readers that
+/// re-read a file when it changes (TLS certificate, DKIM schedule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileVersion {
+    modified: std::time::SystemTime,
+    len: u64,
+    inode: u64,
+    ctime: (i64, i64),
+}
+
+/// The current version of `path` (none when it cannot be read).
+pub fn file_version(path: &Path) -> Option<FileVersion> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileVersion {
+        modified: m.modified().ok()?,
+        len: m.len(),
+        inode: m.ino(),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}

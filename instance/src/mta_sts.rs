@@ -83,13 +83,7 @@ impl Policy {
                 "mx" => {
                     let p = v.trim_end_matches('.').to_ascii_lowercase();
                     let host = p.strip_prefix("*.").unwrap_or(&p);
-                    let ok = !host.is_empty()
-                        && host.split('.').all(|l| {
-                            !l.is_empty()
-                                && l.len() <= 63
-                                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        });
-                    if !ok {
+                    if !crate::config::is_dns_name(host) {
                         return Err(format!("invalid mx pattern {v:?}"));
                     }
                     mx.push(p);

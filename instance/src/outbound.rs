@@ -402,7 +402,7 @@ impl SmtpQueue {
                 if enforce {
                     tracing::warn!(%domain, refused = ?refused, "MTA-STS: MX hosts the policy does not name are skipped");
                 } else {
-                    self.count_sts_testing_violation();
+                    self.count_sts(|m| &m.mta_sts_testing_violations);
                     tracing::info!(%domain, hosts = ?refused, "MTA-STS (testing): these MX hosts are not in the policy");
                 }
             }
@@ -413,7 +413,7 @@ impl SmtpQueue {
                 hosts = hosts_before;
             }
             if hosts.is_empty() {
-                self.count_sts_refused();
+                self.count_sts(|m| &m.mta_sts_refused);
                 return Err(SendError::Transient(format!(
                     "MTA-STS: no MX host of {domain} is named by its policy (mx: {})",
                     p.mx.join(", ")
@@ -445,9 +445,9 @@ impl SmtpQueue {
                 {
                     Ok(tls) => {
                         if enforce {
-                            self.count_sts_enforced();
+                            self.count_sts(|m| &m.mta_sts_enforced);
                         } else if policy.is_some() && tls != "starttls" {
-                            self.count_sts_testing_violation();
+                            self.count_sts(|m| &m.mta_sts_testing_violations);
                             tracing::info!(%domain, mx = %host, tls, "MTA-STS (testing): delivered without verified TLS, which the policy asks for");
                         }
                         return Ok(tls);
@@ -501,7 +501,7 @@ impl SmtpQueue {
                     return Err(SendError::Transient(err.to_string()))
                 }
                 Err(err) if verified_only => {
-                    self.count_sts_refused();
+                    self.count_sts(|m| &m.mta_sts_refused);
                     tracing::warn!(error = %err, host = %e.dest_host, "MTA-STS: the policy asks for verified TLS, which failed: deferred");
                     return Err(SendError::Transient(format!(
                         "MTA-STS: verified STARTTLS with {} failed: {err}",
@@ -557,24 +557,13 @@ impl SmtpQueue {
             })
     }
 
-    fn count_sts_enforced(&self) {
+    /// Counts one MTA-STS outcome, when metrics are set.
+    fn count_sts(
+        &self,
+        counter: impl Fn(&crate::metrics::Metrics) -> &std::sync::atomic::AtomicU64,
+    ) {
         if let Some(m) = &self.metrics {
-            m.mta_sts_enforced
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    fn count_sts_refused(&self) {
-        if let Some(m) = &self.metrics {
-            m.mta_sts_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    fn count_sts_testing_violation(&self) {
-        if let Some(m) = &self.metrics {
-            m.mta_sts_testing_violations
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counter(m).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -370,6 +370,26 @@ fn served_fingerprint(port: u16, starttls: Option<&str>) -> String {
     hex::encode(d.as_ref())
 }
 
+/// A P-256 self-signed certificate made by openssl (`extra`: its name).
+fn openssl_self_signed(key: &Path, cert: &Path, extra: &[&str]) {
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "30"])
+        .args(["-keyout", key.to_str().expect("utf-8")])
+        .args(["-out", cert.to_str().expect("utf-8")])
+        .args(extra)
+        .output()
+        .expect("openssl req");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn pem_der(pem_text: &str) -> Vec<u8> {
     pem::parse(pem_text).expect("pem").into_contents()
 }
@@ -406,29 +426,16 @@ fn a_renewed_certificate_is_served_by_every_listener_without_a_restart() {
     // renewal tool does), each replaced by rename.
     let new_key = tmp.path().join("new.key");
     let new_cert = tmp.path().join("new.pem");
-    let o = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args(["-keyout", new_key.to_str().expect("utf-8")])
-        .args(["-out", new_cert.to_str().expect("utf-8")])
-        .args([
-            "-days",
-            "30",
+    openssl_self_signed(
+        &new_key,
+        &new_cert,
+        &[
             "-subj",
             "/CN=mx.alpha.test",
             "-addext",
             "subjectAltName=DNS:mx.alpha.test",
-        ])
-        .output()
-        .expect("openssl req");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ],
+    );
     let new_fp = {
         let der = pem_der(&std::fs::read_to_string(&new_cert).expect("pem"));
         hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der).as_ref())
@@ -448,23 +455,11 @@ fn a_renewed_certificate_is_served_by_every_listener_without_a_restart() {
         assert_eq!(served_fingerprint(port, st), new_fp, "port {port}");
     }
     // A certificate that does not match the key: refused, logged, counted.
-    let o = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args(["-keyout", "/dev/null", "-days", "1", "-subj", "/CN=other"])
-        .output()
-        .expect("openssl req");
-    let other = String::from_utf8_lossy(&o.stdout).into_owned();
+    let other_path = tmp.path().join("other.pem");
+    openssl_self_signed(Path::new("/dev/null"), &other_path, &["-subj", "/CN=other"]);
+    let other = std::fs::read_to_string(&other_path).expect("pem");
     assert!(other.contains("BEGIN CERTIFICATE"), "{other}");
-    std::fs::write(tmp.path().join("other.pem"), &other).expect("write");
-    std::fs::rename(tmp.path().join("other.pem"), data.join("tls.pem")).expect("rename");
+    std::fs::rename(&other_path, data.join("tls.pem")).expect("rename");
     let metrics = bound.metrics.expect("metrics");
     let t0 = Instant::now();
     loop {
