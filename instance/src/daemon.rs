@@ -396,7 +396,10 @@ pub async fn run(
         let token = token.clone();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(InstanceAdminServer::new(admin))
+                .add_service(
+                    InstanceAdminServer::new(admin)
+                        .max_decoding_message_size(crate::admin::MAX_ADMIN_REQUEST),
+                )
                 .add_service(ClientServer::new(client.clone()))
                 .add_service(crate::api::reflection()?)
                 .serve_with_incoming_shutdown(

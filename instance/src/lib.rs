@@ -35,6 +35,7 @@ pub mod privacy;
 pub mod publish;
 pub mod smtp;
 pub mod store;
+pub mod transfer;
 pub mod web;
 
 /// What the unit tests of several modules share.

@@ -3,8 +3,10 @@
 //! running daemon, since only one process may open the database.
 
 mod ops;
+mod transfer;
 
-pub use ops::{execute, Op, OpError, OpOutput};
+pub use ops::{execute, execute_with, Op, OpError, OpOutput};
+pub use transfer::{AppendItem, MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_IMPORT_MESSAGE};
 
 use crate::delivery::MailService;
 use crate::mail::Mailbox;
@@ -25,6 +27,9 @@ pub const ADMIN_SOCKET: &str = "admin.sock";
 /// Largest admin answer the command-line tool accepts (a listing of about a
 /// million messages).
 pub const MAX_ADMIN_MESSAGE: usize = 1 << 30;
+
+/// Largest request the admin API takes (a batch of imported messages).
+pub const MAX_ADMIN_REQUEST: usize = (MAX_IMPORT_MESSAGE + (1 << 20)) as usize;
 
 /// Token file name in the data directory.
 pub const ADMIN_TOKEN: &str = "admin.token";
@@ -177,7 +182,8 @@ impl InstanceAdmin for AdminService {
 
     async fn run(&self, r: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
         self.check(&r)?;
-        let mut op: Op = serde_json::from_str(&r.into_inner().op_json)
+        let r = r.into_inner();
+        let mut op: Op = serde_json::from_str(&r.op_json)
             .map_err(|e| Status::invalid_argument(format!("op_json: {e}")))?;
         if let Op::StoreCheck { repair, live } = &mut op {
             if *repair {
@@ -187,7 +193,9 @@ impl InstanceAdmin for AdminService {
             }
             *live = true;
         }
-        let out = execute(&self.svc, op).await.map_err(|e| e.status())?;
+        let out = execute_with(&self.svc, op, r.input)
+            .await
+            .map_err(|e| e.status())?;
         Ok(Response::new(RunResponse {
             result_json: out.json.to_string(),
             raw: out.raw,
@@ -249,4 +257,84 @@ pub fn with_token<T>(msg: T, token: &str) -> Request<T> {
         r.metadata_mut().insert("authorization", v);
     }
     r
+}
+
+/// Why an operation run through a [`Runner`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The operation failed (bad input, nothing found, the store).
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// The running daemon refused or failed it.
+    #[error("{0}")]
+    Daemon(String),
+    /// The database could not be opened or flushed.
+    #[error("storage: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Runs [`Op`]s: in the daemon over its admin socket when one runs on the
+/// data directory, else on the database itself (only one process may
+/// open it).
+#[derive(Debug)]
+pub enum Runner {
+    /// A daemon answers on `DATA/admin.sock`.
+    Daemon {
+        /// Its admin client.
+        client: InstanceAdminClient<Channel>,
+        /// The admin token.
+        token: String,
+    },
+    /// No daemon: the tool opened the database.
+    Local(MailService),
+}
+
+impl Runner {
+    /// The daemon of `cfg`'s data directory, or its database.
+    pub async fn open(cfg: &crate::config::Config) -> Result<Self, RunError> {
+        let dir = cfg.data_dir();
+        if let Some((client, token)) = connect(&dir).await {
+            return Ok(Runner::Daemon { client, token });
+        }
+        let store = crate::store::Store::open_with(&dir.join("db"), &cfg.store.options())?;
+        store.set_quota_default(cfg.accounts.limits());
+        Ok(Runner::Local(MailService::new(store, cfg.domains.clone())))
+    }
+
+    /// True when a daemon runs the operations.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Runner::Daemon { .. })
+    }
+
+    /// Runs one operation with `input` bytes (see [`execute_with`]).
+    pub async fn run(&self, op: &Op, input: Vec<u8>) -> Result<OpOutput, RunError> {
+        match self {
+            Runner::Daemon { client, token } => {
+                let op_json =
+                    serde_json::to_string(op).map_err(|e| RunError::Daemon(e.to_string()))?;
+                let r = client
+                    .clone()
+                    .max_encoding_message_size(MAX_ADMIN_REQUEST)
+                    .run(with_token(RunRequest { op_json, input }, token))
+                    .await
+                    .map_err(|s| RunError::Daemon(s.message().to_owned()))?
+                    .into_inner();
+                Ok(OpOutput {
+                    json: serde_json::from_str(&r.result_json)
+                        .map_err(|e| RunError::Daemon(format!("bad answer: {e}")))?,
+                    raw: r.raw,
+                })
+            }
+            Runner::Local(svc) => Ok(execute_with(svc, op.clone(), input).await?),
+        }
+    }
+
+    /// Makes what the operations wrote durable (the database, when the
+    /// tool opened it; a daemon's writes are durable when it answers).
+    pub async fn close(self) -> Result<(), RunError> {
+        if let Runner::Local(svc) = self {
+            svc.store().flush().await?;
+        }
+        Ok(())
+    }
 }

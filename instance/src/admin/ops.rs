@@ -61,6 +61,63 @@ pub enum Op {
         /// The message id (hexadecimal, as `mail list` shows it).
         id: String,
     },
+    /// The mailboxes of an account, with their roles and counts.
+    MailboxList {
+        /// The account.
+        user: String,
+    },
+    /// Makes a mailbox and its parents unless it exists.
+    MailboxEnsure {
+        /// The account.
+        user: String,
+        /// The mailbox (a `/`-separated path, or a role).
+        name: String,
+    },
+    /// The messages of a mailbox in UID order, without their bytes.
+    MailIndex {
+        /// The account.
+        user: String,
+        /// A mailbox name, or a role.
+        mailbox: String,
+    },
+    /// The bytes of several messages, one after the other (the answer's
+    /// JSON gives their sizes).
+    MailFetch {
+        /// The account.
+        user: String,
+        /// Message ids (hexadecimal).
+        ids: Vec<String>,
+    },
+    /// Stores messages into a mailbox, each at most once per key; their
+    /// bytes, one after the other, are the operation's input.
+    MailAppend {
+        /// The account.
+        user: String,
+        /// A mailbox name, or a role.
+        mailbox: String,
+        /// The messages, in the order of the input.
+        items: Vec<super::transfer::AppendItem>,
+    },
+    /// How far each folder of an IMAP import source has been copied.
+    ImportMarks {
+        /// The account.
+        user: String,
+        /// The source (`imap://login@host:port`).
+        source: String,
+    },
+    /// Records how far one folder of an IMAP import source is copied.
+    ImportMark {
+        /// The account.
+        user: String,
+        /// The source.
+        source: String,
+        /// The folder at the source.
+        folder: String,
+        /// Its `UIDVALIDITY`.
+        uid_validity: u32,
+        /// The highest UID copied.
+        last_uid: u32,
+    },
     /// Checks every body against its hash and every index entry against
     /// a body; with `repair`, quarantines and corrects.
     StoreCheck {
@@ -122,7 +179,7 @@ impl From<StoreError> for OpError {
     }
 }
 
-fn user_of(svc: &MailService, l: &str) -> Result<String, OpError> {
+pub(super) fn user_of(svc: &MailService, l: &str) -> Result<String, OpError> {
     let l = l.to_ascii_lowercase();
     if !svc.store().user_exists(&l) {
         return Err(OpError::NotFound(format!("no user {l:?}")));
@@ -192,8 +249,37 @@ fn check_alias(svc: &MailService, alias: &str) -> Result<String, OpError> {
 
 /// Runs an operation.
 pub async fn execute(svc: &MailService, op: Op) -> Result<OpOutput, OpError> {
+    execute_with(svc, op, Vec::new()).await
+}
+
+/// Runs an operation that takes bytes (`mail_append`; the others ignore them).
+pub async fn execute_with(svc: &MailService, op: Op, input: Vec<u8>) -> Result<OpOutput, OpError> {
+    use super::transfer;
     let store = svc.store();
     let json = match op {
+        Op::MailboxList { user } => transfer::mailbox_list(svc, &user)?,
+        Op::MailboxEnsure { user, name } => transfer::mailbox_ensure(svc, &user, &name).await?,
+        Op::MailIndex { user, mailbox } => transfer::mail_index(svc, &user, &mailbox)?,
+        Op::MailFetch { user, ids } => return transfer::mail_fetch(svc, &user, &ids),
+        Op::MailAppend {
+            user,
+            mailbox,
+            items,
+        } => transfer::mail_append(svc, &user, &mailbox, &items, &input).await?,
+        Op::ImportMarks { user, source } => transfer::import_marks(svc, &user, &source)?,
+        Op::ImportMark {
+            user,
+            source,
+            folder,
+            uid_validity,
+            last_uid,
+        } => {
+            let mark = crate::store::ImportMark {
+                uid_validity,
+                last_uid,
+            };
+            transfer::import_mark(svc, &user, &source, &folder, mark).await?
+        }
         Op::UserList => {
             let mut out = Vec::new();
             for u in store.users()? {

@@ -5,14 +5,15 @@
 //! open the database themselves when no daemon runs.
 
 use anyhow::{bail, Context};
-use caliopen_instance::admin::{connect, execute, valid_localpart, with_token, Op, OpOutput};
+use caliopen_instance::admin::{connect, valid_localpart, with_token, Op, OpOutput, Runner};
 use caliopen_instance::config::{Config, LogFormat};
 use caliopen_instance::daemon::{self, self_signed_tls, write_file};
 use caliopen_instance::delivery::MailService;
 use caliopen_instance::smtp::server::hash_password;
 use caliopen_instance::store::Store;
+use caliopen_instance::transfer;
 use caliopen_proto::pb::client as pbc;
-use caliopen_proto::pb::instance_admin::{PutUserRequest, RunRequest};
+use caliopen_proto::pb::instance_admin::PutUserRequest;
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -311,6 +312,73 @@ enum MailCmd {
         /// The message id (as `mail list` shows it).
         id: String,
     },
+    /// Write a user's mail out: every mailbox as Maildir++ (folders, flags,
+    /// dates), or one mailbox as mboxrd.
+    #[command(group(clap::ArgGroup::new("to").required(true).args(["maildir", "mbox"])))]
+    Export {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "LOCALPART")]
+        user: String,
+        /// A new (or empty) directory for a Maildir++ of every mailbox.
+        #[arg(long, value_name = "DIR")]
+        maildir: Option<PathBuf>,
+        /// A new mbox file for one mailbox (see --mailbox).
+        #[arg(long, value_name = "FILE")]
+        mbox: Option<PathBuf>,
+        /// The mailbox an mbox export writes (name or role); default: inbox.
+        #[arg(long, value_name = "NAME", requires = "mbox")]
+        mailbox: Option<String>,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring mail in: a Maildir++ (every folder), an mbox (into one mailbox),
+    /// or every folder of an account on another IMAP server. Runs again
+    /// without copying anything twice.
+    #[command(group(clap::ArgGroup::new("from").required(true).args(["maildir", "mbox", "imap"])))]
+    Import {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "LOCALPART")]
+        user: String,
+        /// A Maildir++ directory.
+        #[arg(long, value_name = "DIR")]
+        maildir: Option<PathBuf>,
+        /// An mbox file (mboxrd; Status/X-Status/X-Keywords give the flags).
+        #[arg(long, value_name = "FILE")]
+        mbox: Option<PathBuf>,
+        /// The mailbox an mbox goes into (name or role; made if missing); default: inbox.
+        #[arg(long, value_name = "NAME", requires = "mbox")]
+        mailbox: Option<String>,
+        /// An IMAP server, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        imap: Option<String>,
+        /// The login at the IMAP server.
+        #[arg(long, value_name = "NAME", requires = "imap")]
+        login: Option<String>,
+        /// Read the IMAP password from standard input (first line).
+        #[arg(long, requires = "imap")]
+        password_stdin: bool,
+        /// STARTTLS on the plain port (the default).
+        #[arg(long, requires = "imap", conflicts_with = "tls")]
+        starttls: bool,
+        /// TLS from the first byte (port 993).
+        #[arg(long, requires = "imap")]
+        tls: bool,
+        /// Trust this CA (PEM) for the IMAP server's certificate, besides the web PKI.
+        #[arg(long, value_name = "FILE", requires = "imap")]
+        ca: Option<PathBuf>,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging(format: LogFormat, filter: Option<&str>, default: &str) {
@@ -588,29 +656,157 @@ async fn user_add(config: &Path, localpart: &str, password_stdin: bool) -> anyho
 /// none runs.
 async fn run_op(config: &Path, op: Op) -> anyhow::Result<OpOutput> {
     let cfg = Config::load(config)?;
-    let dir = cfg.data_dir();
-    if let Some((mut c, token)) = connect(&dir).await {
-        let r = c
-            .run(with_token(
-                RunRequest {
-                    op_json: serde_json::to_string(&op)?,
-                },
-                &token,
-            ))
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-            .into_inner();
-        return Ok(OpOutput {
-            json: serde_json::from_str(&r.result_json)?,
-            raw: r.raw,
-        });
-    }
-    let store = Store::open_with(&dir.join("db"), &cfg.store.options())?;
-    store.set_quota_default(cfg.accounts.limits());
-    let svc = MailService::new(store.clone(), cfg.domains.clone());
-    let out = execute(&svc, op).await?;
-    store.flush().await?;
+    let runner = Runner::open(&cfg).await?;
+    let out = runner.run(&op, Vec::new()).await?;
+    runner.close().await?;
     Ok(out)
+}
+
+enum ImportFrom {
+    Maildir(PathBuf),
+    Mbox(PathBuf, String),
+    Imap {
+        addr: String,
+        login: String,
+        tls: bool,
+        ca: Option<PathBuf>,
+    },
+}
+
+/// Prints an export or import summary, and what was left out.
+fn print_summary(verb: &str, s: &transfer::Summary, json: bool) -> anyhow::Result<()> {
+    if json {
+        out!("{}", serde_json::to_string_pretty(s)?);
+    } else {
+        out!(
+            "{verb} {} messages ({:.1} MB) in {} folders; {} were already there",
+            s.messages,
+            s.bytes as f64 / 1e6,
+            s.folders,
+            s.duplicates
+        );
+        if s.keywords_dropped > 0 {
+            out!(
+                "{} keywords were not valid IMAP keywords and were left out",
+                s.keywords_dropped
+            );
+        }
+        for k in &s.skipped {
+            out!("left out: {k}");
+        }
+    }
+    Ok(())
+}
+
+fn user_arg(user: &str) -> anyhow::Result<String> {
+    let u = user.to_ascii_lowercase();
+    if !valid_localpart(&u) {
+        bail!("invalid user name {user:?}");
+    }
+    Ok(u)
+}
+
+async fn mail_export(
+    config: &Path,
+    user: &str,
+    maildir: Option<PathBuf>,
+    mbox: Option<PathBuf>,
+    mailbox: Option<String>,
+    quiet: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let user = user_arg(user)?;
+    let cfg = Config::load(config)?;
+    let runner = Runner::open(&cfg).await?;
+    let progress = transfer::Progress::new("export", quiet);
+    let r = match (maildir, mbox) {
+        (Some(dir), _) => transfer::maildir::export(&runner, &user, &dir, progress).await,
+        (_, Some(file)) => {
+            let mailbox = mailbox.unwrap_or_else(|| "inbox".into());
+            transfer::mbox::export(&runner, &user, &mailbox, &file, progress).await
+        }
+        _ => bail!("one of --maildir or --mbox is needed"),
+    };
+    runner.close().await?;
+    print_summary("exported", &r?, json)
+}
+
+async fn mail_import(
+    config: &Path,
+    user: &str,
+    from: ImportFrom,
+    quiet: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let user = user_arg(user)?;
+    let cfg = Config::load(config)?;
+    // Read before anything else: the password comes first on stdin.
+    let imap = match &from {
+        ImportFrom::Imap {
+            addr,
+            login,
+            tls,
+            ca,
+        } => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']).to_owned();
+            if password.is_empty() {
+                bail!("--password-stdin: no password on standard input");
+            }
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| {
+                    Some((
+                        h.trim_matches(['[', ']']).to_owned(),
+                        p.parse::<u16>().ok()?,
+                    ))
+                })
+                .with_context(|| format!("--imap {addr:?}: expected HOST:PORT"))?;
+            let extra_roots = match ca {
+                Some(p) => Some(std::fs::read(p).with_context(|| format!("--ca {}", p.display()))?),
+                None => None,
+            };
+            Some(transfer::imap::Source {
+                host,
+                port,
+                login: login.clone(),
+                password,
+                security: if *tls {
+                    transfer::imap::Security::Tls
+                } else {
+                    transfer::imap::Security::StartTls
+                },
+                extra_roots,
+                timeout: std::time::Duration::from_secs(120),
+                chunk: 200,
+            })
+        }
+        _ => None,
+    };
+    let runner = Runner::open(&cfg).await?;
+    let mut imp = transfer::Importer::new(&runner, &user, transfer::Progress::new("import", quiet));
+    let r = match (&from, &imap) {
+        (ImportFrom::Maildir(dir), _) => transfer::maildir::import(&mut imp, dir).await,
+        (ImportFrom::Mbox(file, mailbox), _) => {
+            transfer::mbox::import(&mut imp, file, mailbox).await
+        }
+        (ImportFrom::Imap { .. }, Some(src)) => transfer::imap::import(&mut imp, src).await,
+        _ => Ok(()),
+    };
+    // What was copied before a failure stays, and is said.
+    let summary = match r {
+        Ok(()) => imp.finish().await,
+        Err(e) => {
+            let s = imp.summary.clone();
+            let _ = imp.finish().await;
+            runner.close().await?;
+            print_summary("imported", &s, json)?;
+            return Err(e.into());
+        }
+    };
+    runner.close().await?;
+    print_summary("imported", &summary?, json)
 }
 
 /// `caliopen store check`: the report, one problem per line; exit 1 when a
@@ -1308,6 +1504,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json,
                 },
         } => mail_list(&config, user, mailbox, json).await,
+        Cmd::Mail {
+            cmd:
+                MailCmd::Export {
+                    config,
+                    user,
+                    maildir,
+                    mbox,
+                    mailbox,
+                    quiet,
+                    json,
+                },
+        } => mail_export(&config, &user, maildir, mbox, mailbox, quiet, json).await,
+        Cmd::Mail {
+            cmd:
+                MailCmd::Import {
+                    config,
+                    user,
+                    maildir,
+                    mbox,
+                    mailbox,
+                    imap,
+                    login,
+                    password_stdin,
+                    starttls: _,
+                    tls,
+                    ca,
+                    quiet,
+                    json,
+                },
+        } => {
+            let from = match (maildir, mbox, imap) {
+                (Some(d), _, _) => ImportFrom::Maildir(d),
+                (_, Some(f), _) => ImportFrom::Mbox(f, mailbox.unwrap_or_else(|| "inbox".into())),
+                (_, _, Some(addr)) => {
+                    let Some(login) = login else {
+                        bail!("--imap needs --login NAME");
+                    };
+                    if !password_stdin {
+                        bail!("--imap needs --password-stdin (the password is read from standard input)");
+                    }
+                    ImportFrom::Imap {
+                        addr,
+                        login,
+                        tls,
+                        ca,
+                    }
+                }
+                _ => bail!("one of --maildir, --mbox or --imap is needed"),
+            };
+            mail_import(&config, &user, from, quiet, json).await
+        }
         Cmd::Mail {
             cmd: MailCmd::Show { config, user, id },
         } => {

@@ -272,6 +272,28 @@ pub trait MailStore: Send + Sync + std::fmt::Debug {
     fn remove_alias<'a>(&'a self, _key: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async { unsupported("aliases") })
     }
+    /// True when a [`MailStore::deliver_once`] transaction was stored.
+    fn has_txn(&self, _txn_id: &[u8]) -> Result<bool, StoreError> {
+        unsupported("transaction lookups")
+    }
+    /// How far each folder of an import source is copied.
+    fn import_marks(
+        &self,
+        _owner: &str,
+        _source: &str,
+    ) -> Result<Vec<(String, crate::store::ImportMark)>, StoreError> {
+        unsupported("import marks")
+    }
+    /// Records how far a folder of an import source is copied; durable.
+    fn set_import_mark<'a>(
+        &'a self,
+        _owner: &'a str,
+        _source: &'a str,
+        _folder: &'a str,
+        _mark: crate::store::ImportMark,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async { unsupported("import marks") })
+    }
     /// A message's record.
     fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError>;
     /// A message's bytes, exactly as received.
@@ -474,6 +496,25 @@ impl MailStore for Store {
     }
     fn remove_alias<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(Store::remove_alias(self, key))
+    }
+    fn has_txn(&self, txn_id: &[u8]) -> Result<bool, StoreError> {
+        Store::has_txn(self, txn_id)
+    }
+    fn import_marks(
+        &self,
+        owner: &str,
+        source: &str,
+    ) -> Result<Vec<(String, crate::store::ImportMark)>, StoreError> {
+        Store::import_marks(self, owner, source)
+    }
+    fn set_import_mark<'a>(
+        &'a self,
+        owner: &'a str,
+        source: &'a str,
+        folder: &'a str,
+        mark: crate::store::ImportMark,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(Store::set_import_mark(self, owner, source, folder, mark))
     }
     fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
         Store::meta(self, id)

@@ -44,7 +44,7 @@ pub use bodies::{Codec, StoreOptions};
 pub use check::CheckReport;
 pub use commit::GroupCommit;
 pub use engine::{KeywordChange, MailStore, Recipients, StoreFuture};
-pub use ops::MAX_IDS_PER_CHANGE;
+pub use ops::{ImportMark, MAX_IDS_PER_CHANGE};
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -343,6 +343,11 @@ impl Store {
             .get(localpart.as_bytes())?
             .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
+    }
+
+    /// True when a transaction of [`Store::deliver_once`] was stored.
+    pub fn has_txn(&self, txn_id: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.txns.contains_key(txn_id)?)
     }
 
     /// Stores `raw` for every delivery (an account and a mailbox each),

@@ -15,6 +15,8 @@
 //! | `H` | owner 0 thread(8) id(8)        | empty: the messages of a thread         |
 //! | `R` | blob(8)                        | reference count (u32); absent = 1       |
 //! | `L` | alias address                  | the accounts it reaches (JSON)          |
+//! | `I` | owner 0 source 0 folder        | [`ImportMark`]: how far an import from  |
+//! |     |                                | that IMAP folder has come (JSON)        |
 //! | `V` | —                              | schema version (u32)                    |
 //!
 //! "What changed since S" is a range read of `C`, `X` and `Y` from S+1;
@@ -61,11 +63,13 @@ const TAG_SUBJECT: u8 = b'S';
 const TAG_THREAD: u8 = b'H';
 const TAG_REFS: u8 = b'R';
 pub(super) const TAG_ALIAS: u8 = b'L';
+pub(super) const TAG_IMPORT: u8 = b'I';
 pub(super) const KEY_VERSION: &[u8] = b"V";
 
 /// Every tag of an account's keys (for removing an account).
-pub(super) const ACCOUNT_TAGS: [u8; 8] = [
+pub(super) const ACCOUNT_TAGS: [u8; 9] = [
     TAG_ACCOUNT,
+    TAG_IMPORT,
     TAG_UID,
     TAG_CHANGE,
     TAG_TOMBSTONE,

@@ -566,3 +566,62 @@ impl Store {
         Ok(had)
     }
 }
+
+/// How far an import from one folder of another IMAP server has come
+/// (`caliopen mail import --imap`): the folder's `UIDVALIDITY` and the
+/// highest UID copied, so that the next run asks only for what is newer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportMark {
+    /// The folder's `UIDVALIDITY` when it was copied.
+    pub uid_validity: u32,
+    /// Every message up to this UID is copied.
+    pub last_uid: u32,
+}
+
+fn import_key(owner: &str, source: &str, folder: &str) -> Result<Vec<u8>, StoreError> {
+    if source.contains('\0') || folder.contains('\0') {
+        return Err(StoreError::Model(ModelError::Limit(
+            "an import source or folder name may not hold a NUL".into(),
+        )));
+    }
+    let mut rest = Vec::with_capacity(source.len() + folder.len() + 1);
+    rest.extend_from_slice(source.as_bytes());
+    rest.push(0);
+    rest.extend_from_slice(folder.as_bytes());
+    Ok(model::ukey(model::TAG_IMPORT, owner, &rest))
+}
+
+impl Store {
+    /// Every folder mark of one import source of an account.
+    pub fn import_marks(
+        &self,
+        owner: &str,
+        source: &str,
+    ) -> Result<Vec<(String, ImportMark)>, StoreError> {
+        let prefix = import_key(owner, source, "")?;
+        let mut out = Vec::new();
+        for kv in self.mail.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let folder = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let mark: ImportMark =
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push((folder, mark));
+        }
+        Ok(out)
+    }
+
+    /// Records how far an import from `folder` of `source` has come;
+    /// durable. Written after the messages it covers are.
+    pub async fn set_import_mark(
+        &self,
+        owner: &str,
+        source: &str,
+        folder: &str,
+        mark: ImportMark,
+    ) -> Result<(), StoreError> {
+        let key = import_key(owner, source, folder)?;
+        let v = serde_json::to_vec(&mark).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.mail.insert(key, v)?;
+        self.commit.sync().await.map_err(StoreError::Flush)
+    }
+}
