@@ -372,6 +372,10 @@ enum MailCmd {
         /// Trust this CA (PEM) for the IMAP server's certificate, besides the web PKI.
         #[arg(long, value_name = "FILE", requires = "imap")]
         ca: Option<PathBuf>,
+        /// Messages per IMAP fetch: a run cut short resumes after the last whole one.
+        #[arg(long, value_name = "N", default_value_t = 200, requires = "imap",
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        chunk: u32,
         /// No progress lines.
         #[arg(long)]
         quiet: bool,
@@ -670,6 +674,7 @@ enum ImportFrom {
         login: String,
         tls: bool,
         ca: Option<PathBuf>,
+        chunk: usize,
     },
 }
 
@@ -747,6 +752,7 @@ async fn mail_import(
             login,
             tls,
             ca,
+            chunk,
         } => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
@@ -779,7 +785,7 @@ async fn mail_import(
                 },
                 extra_roots,
                 timeout: std::time::Duration::from_secs(120),
-                chunk: 200,
+                chunk: *chunk,
             })
         }
         _ => None,
@@ -798,10 +804,11 @@ async fn mail_import(
     let summary = match r {
         Ok(()) => imp.finish().await,
         Err(e) => {
-            let s = imp.summary.clone();
-            let _ = imp.finish().await;
+            let s: transfer::Summary = imp.finish().await.unwrap_or_default();
             runner.close().await?;
-            print_summary("imported", &s, json)?;
+            if s.messages > 0 || s.duplicates > 0 {
+                print_summary("imported before the error:", &s, json)?;
+            }
             return Err(e.into());
         }
     };
@@ -1530,6 +1537,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     starttls: _,
                     tls,
                     ca,
+                    chunk,
                     quiet,
                     json,
                 },
@@ -1549,6 +1557,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         login,
                         tls,
                         ca,
+                        chunk: chunk as usize,
                     }
                 }
                 _ => bail!("one of --maildir, --mbox or --imap is needed"),

@@ -396,7 +396,14 @@ async fn connect(src: &Source) -> Result<Client, TransferError> {
         tokio::time::timeout(src.timeout, tls.connect(name.clone(), tcp))
             .await
             .map_err(|_| TransferError::Imap(format!("{addr}: TLS handshake timed out")))?
-            .map_err(|e| TransferError::Imap(format!("{addr}: TLS: {e}")))
+            .map_err(|e| {
+                let hint = if e.to_string().contains("UnknownIssuer") {
+                    " (a server with a private CA: name it with --ca FILE)"
+                } else {
+                    ""
+                };
+                TransferError::Imap(format!("{addr}: TLS: {e}{hint}"))
+            })
     };
     let mut c = match src.security {
         Security::Tls => {

@@ -141,8 +141,13 @@ impl Progress {
         }
         self.last = Some(now);
         let secs = (now - self.started).as_secs_f64().max(0.001);
+        let place = if folder.is_empty() {
+            String::new()
+        } else {
+            format!("; folder {folder}")
+        };
         eprintln!(
-            "{}: {} messages ({:.1} MB, {:.0} msg/s), {} already there, {} skipped; folder {folder}",
+            "{}: {} messages ({:.1} MB, {:.0} msg/s), {} already there, {} skipped{place}",
             self.verb,
             s.messages,
             s.bytes as f64 / 1e6,
