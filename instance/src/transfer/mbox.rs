@@ -58,7 +58,12 @@ fn from_line_time(line: &str) -> Option<i64> {
         .split(':')
         .map(|p| p.parse().ok())
         .collect::<Option<_>>()?;
-    let year: i32 = toks[m + 3..].iter().find_map(|t| t.parse().ok())?;
+    // The year: four digits (a zone such as `+0000` may come before it).
+    let year: i32 = toks[m + 3..]
+        .iter()
+        .find(|t| t.len() == 4 && t.bytes().all(|b| b.is_ascii_digit()))?
+        .parse()
+        .ok()?;
     let date =
         time::Date::from_calendar_date(year, time::Month::try_from(month).ok()?, day).ok()?;
     let t = time::Time::from_hms(
