@@ -15,11 +15,11 @@ struct Args {
     /// Small counts: a smoke run of every section in a minute or two.
     #[arg(long)]
     quick: bool,
-    /// Sections to run (comma-separated): sys, smtp, outbound, imap, relay, privacy, scale, storage, mailbox, login, web.
+    /// Sections to run (comma-separated): sys, smtp, outbound, imap, relay, privacy, scale, storage, mailbox, login, web, transfer.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "sys,smtp,outbound,imap,relay,privacy,scale,storage,mailbox,login,web"
+        default_value = "sys,smtp,outbound,imap,relay,privacy,scale,storage,mailbox,login,web,transfer"
     )]
     only: Vec<String>,
     /// Where results are written.
@@ -395,6 +395,14 @@ fn main() -> Result<()> {
         }
     }
 
+    if on("transfer") {
+        eprintln!("== Maildir import and export, next to mbsync");
+        if let Err(e) = transfer_section(&a, &mut report) {
+            eprintln!("transfer section failed: {e:#}");
+            report.skipped.push(format!("transfer: {e:#}"));
+        }
+    }
+
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(a.out.join("latest.json"), json)?;
     let md = report.markdown();
@@ -410,6 +418,69 @@ fn main() -> Result<()> {
     // (minutes after a million messages): scratch data, so leave at once.
     rt.shutdown_background();
     std::process::exit(0)
+}
+
+fn transfer_section(a: &Args, report: &mut Report) -> Result<()> {
+    use caliopen_bench::transfer;
+    for (size, n) in [
+        (2048usize, if a.quick { 1000 } else { 10_000 }),
+        (100 * 1024, if a.quick { 200 } else { 2000 }),
+    ] {
+        quiesce();
+        let o = transfer::measure(&a.caliopen, &a.work.join("transfer"), n, size)?;
+        let case = format!("{} KB, {n} messages in 3 folders", size / 1024);
+        for (label, (rate, mb), note) in [
+            (
+                "caliopen mail import --maildir",
+                o.import,
+                "no daemon; one group commit (fsync) per batch of 256",
+            ),
+            (
+                "caliopen mail export --maildir",
+                o.export,
+                "one syncfs at the end",
+            ),
+            (
+                "mbsync Maildir to Maildir (reference)",
+                o.mbsync,
+                "isync, FSync yes (each message)",
+            ),
+        ] {
+            report.add(
+                "transfer",
+                &format!("{label}, {case}"),
+                "msg/s",
+                rate,
+                None,
+                note,
+            );
+            report.add(
+                "transfer",
+                &format!("{label}, {case}"),
+                "MB/s",
+                mb,
+                None,
+                note,
+            );
+        }
+        report.add(
+            "transfer",
+            &format!("import / mbsync, {case}"),
+            "ratio",
+            o.import.0 / o.mbsync.0,
+            None,
+            "same data, same run",
+        );
+        report.add(
+            "transfer",
+            &format!("export / mbsync, {case}"),
+            "ratio",
+            o.export.0 / o.mbsync.0,
+            None,
+            "same data, same run",
+        );
+    }
+    Ok(())
 }
 
 /// Writes out what earlier cases left dirty in the page cache (`sync`), so
