@@ -738,3 +738,276 @@ fn an_imap_import_from_dovecot_resumes_after_a_kill_and_copies_each_message_once
     assert!(!ok && err.contains("--ca FILE"), "{err}");
     assert_eq!(count("bob"), total + 1);
 }
+
+/// The `mail list --json` rows of every mailbox of `user`, without the
+/// ids (which differ between instances), sorted.
+fn all_mail(config: &str, user: &str) -> Vec<String> {
+    let mut rows = Vec::new();
+    for mailbox in [
+        "inbox",
+        "sent",
+        "drafts",
+        "trash",
+        "junk",
+        "archive",
+        "Work",
+        "Work/2026",
+        "Entwürfe",
+    ] {
+        let (ok, out, _) = run_caliopen(
+            &[
+                "mail",
+                "list",
+                "--config",
+                config,
+                "--user",
+                user,
+                "--mailbox",
+                mailbox,
+                "--json",
+            ],
+            None,
+        );
+        if !ok {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        for m in v.as_array().expect("array") {
+            rows.push(
+                serde_json::json!({
+                    "mailbox": m["mailbox"],
+                    "subject": m["subject"],
+                    "from": m["from"],
+                    "received_at": m["received_at"],
+                    "keywords": m["keywords"],
+                    "via": m["via"],
+                    "transport": m["transport"],
+                    "size": m["size"],
+                    "privacy": m["privacy"]["total"],
+                })
+                .to_string(),
+            );
+        }
+    }
+    rows.sort();
+    rows
+}
+
+#[test]
+fn an_account_moves_to_another_instance_with_its_password_facts_and_a_verified_digest() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = instance(dir.path(), false);
+    let src = dir.path().join("src");
+    python(&format!(
+        "import sys; sys.argv = ['', {CORPUS:?}, {:?}]\n{MAKE_MAILDIR}",
+        s(&src)
+    ));
+    caliopen(
+        &[
+            "mail",
+            "import",
+            "--config",
+            &a,
+            "--user",
+            "alice",
+            "--maildir",
+            s(&src),
+            "--quiet",
+        ],
+        None,
+    );
+    caliopen(
+        &["alias", "add", "--config", &a, "team@alpha.test", "alice"],
+        None,
+    );
+    caliopen(
+        &[
+            "user",
+            "quota",
+            "--config",
+            &a,
+            "alice",
+            "--bytes",
+            "900000000",
+        ],
+        None,
+    );
+    let archive = dir.path().join("alice.caliopen");
+    let out = caliopen(
+        &[
+            "account",
+            "export",
+            "--config",
+            &a,
+            "--user",
+            "alice",
+            "--out",
+            s(&archive),
+            "--quiet",
+            "--json",
+        ],
+        None,
+    );
+    let exported: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let n = exported["end"]["messages"].as_u64().expect("count");
+    assert!(n >= 60, "{exported}");
+
+    // Another instance, another domain, with an IMAP listener.
+    let bdir = dir.path().join("b");
+    std::fs::create_dir_all(&bdir).expect("mkdir");
+    let bdata = bdir.join("beta");
+    let imap = format!("127.0.0.1:{}", free_port());
+    caliopen(
+        &[
+            "init",
+            "--data",
+            s(&bdata),
+            "--domain",
+            "beta.test",
+            "--smtp",
+            "127.0.0.1:0",
+            "--submission",
+            "127.0.0.1:0",
+            "--imap",
+            &imap,
+        ],
+        None,
+    );
+    let b = s(&bdata.join("caliopen.toml")).to_owned();
+    let out = caliopen(
+        &[
+            "account",
+            "import",
+            "--config",
+            &b,
+            "--in",
+            s(&archive),
+            "--quiet",
+            "--json",
+        ],
+        None,
+    );
+    let imported: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(imported["stored"], exported["end"], "{imported}");
+    assert_eq!(imported["summary"]["messages"], n);
+    // team@alpha.test names a domain beta does not serve: left out, said.
+    assert!(
+        imported["aliases_left"][0]
+            .as_str()
+            .expect("alias")
+            .contains("team@alpha.test"),
+        "{imported}"
+    );
+    // Every message with its mailbox, keywords, date, facts and privacy index.
+    assert_eq!(all_mail(&b, "alice"), all_mail(&a, "alice"));
+    let users: serde_json::Value =
+        serde_json::from_str(&caliopen(&["user", "list", "--config", &b, "--json"], None))
+            .expect("json");
+    assert_eq!(users[0]["quota"]["limit_bytes"], 900000000, "{users}");
+    assert_eq!(users[0]["quota"]["own_limits"], true, "{users}");
+
+    // alice logs in at beta over IMAP with the password she had at alpha.
+    let (child, _) = common::spawn_daemon(Path::new(&b), Stdio::null(), &[]);
+    let daemon = Daemon(child);
+    let inbox = python(&format!(
+        "import imaplib, ssl\nctx = ssl._create_unverified_context()\n\
+         M = imaplib.IMAP4('127.0.0.1', {})\nM.starttls(ctx)\nM.login('alice@beta.test', 'a long password')\n\
+         typ, data = M.select('INBOX', readonly=True)\nassert typ == 'OK', data\nprint(int(data[0]))",
+        imap.rsplit(':').next().expect("port")
+    ));
+    let want = all_mail(&a, "alice")
+        .iter()
+        .filter(|r| r.contains("\"mailbox\":\"INBOX\""))
+        .count();
+    assert_eq!(inbox.trim(), want.to_string());
+
+    // Into an account that exists: refused without --resume.
+    let (ok, _, err) = run_caliopen(
+        &["account", "import", "--config", &b, "--in", s(&archive)],
+        None,
+    );
+    assert!(!ok && err.contains("--resume"), "{err}");
+
+    // A truncated archive: what it held is imported, the error says so;
+    // the whole file with --resume copies the rest once, and verifies.
+    let bytes = std::fs::read(&archive).expect("read");
+    let half = dir.path().join("half.caliopen");
+    std::fs::write(&half, &bytes[..bytes.len() / 2]).expect("write");
+    let (ok, _, err) = run_caliopen(
+        &[
+            "account",
+            "import",
+            "--config",
+            &b,
+            "--in",
+            s(&half),
+            "--user",
+            "dave",
+            "--quiet",
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("truncated"), "{err}");
+    let out = caliopen(
+        &[
+            "account",
+            "import",
+            "--config",
+            &b,
+            "--in",
+            s(&archive),
+            "--user",
+            "dave",
+            "--resume",
+            "--json",
+            "--quiet",
+        ],
+        None,
+    );
+    let resumed: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(resumed["stored"], exported["end"], "{resumed}");
+    let first_part = resumed["summary"]["duplicates"]
+        .as_u64()
+        .expect("duplicates");
+    assert!(first_part > 0 && first_part < n, "{resumed}");
+    assert_eq!(
+        resumed["summary"]["messages"].as_u64(),
+        Some(n - first_part)
+    );
+    // A damaged one: refused with the record named, nothing after it taken.
+    let mut bad = bytes.clone();
+    let at = bad.len() / 3;
+    bad[at] ^= 0x40;
+    let damaged = dir.path().join("bad.caliopen");
+    std::fs::write(&damaged, &bad).expect("write");
+    let (ok, _, err) = run_caliopen(
+        &[
+            "account",
+            "import",
+            "--config",
+            &b,
+            "--in",
+            s(&damaged),
+            "--user",
+            "erin",
+            "--quiet",
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("damaged"), "{err}");
+    let (ok, _, err) = run_caliopen(
+        &[
+            "account",
+            "import",
+            "--config",
+            &b,
+            "--in",
+            s(&src.join("cur")),
+            "--user",
+            "frank",
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("error"), "{err}");
+    drop(daemon);
+}

@@ -6,7 +6,10 @@ mod ops;
 mod transfer;
 
 pub use ops::{execute, execute_with, Op, OpError, OpOutput};
-pub use transfer::{AppendItem, MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_IMPORT_MESSAGE};
+pub use transfer::{
+    AccountManifest, AppendItem, MessageFacts, MAX_BATCH_BYTES, MAX_BATCH_MESSAGES,
+    MAX_IMPORT_MESSAGE,
+};
 
 use crate::delivery::MailService;
 use crate::mail::Mailbox;

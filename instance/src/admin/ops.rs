@@ -98,6 +98,21 @@ pub enum Op {
         /// The messages, in the order of the input.
         items: Vec<super::transfer::AppendItem>,
     },
+    /// What an account archive carries besides the messages.
+    AccountManifest {
+        /// The account.
+        user: String,
+    },
+    /// Makes an archived account here (or, with `resume`, takes the one
+    /// an interrupted import made).
+    AccountCreate {
+        /// Its local part here.
+        user: String,
+        /// The archive's manifest.
+        manifest: super::transfer::AccountManifest,
+        /// Go on with an account that exists.
+        resume: bool,
+    },
     /// How far each folder of an IMAP import source has been copied.
     ImportMarks {
         /// The account.
@@ -267,6 +282,15 @@ pub async fn execute_with(svc: &MailService, op: Op, input: Vec<u8>) -> Result<O
             items,
         } => transfer::mail_append(svc, &user, &mailbox, &items, &input).await?,
         Op::ImportMarks { user, source } => transfer::import_marks(svc, &user, &source)?,
+        Op::AccountManifest { user } => {
+            serde_json::to_value(transfer::account_manifest(svc, &user)?)
+                .map_err(|e| OpError::Internal(e.to_string()))?
+        }
+        Op::AccountCreate {
+            user,
+            manifest,
+            resume,
+        } => transfer::account_create(svc, &user, &manifest, resume).await?,
         Op::ImportMark {
             user,
             source,

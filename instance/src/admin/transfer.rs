@@ -33,6 +33,23 @@ pub struct AppendItem {
     /// an item whose key was stored before for this account is not stored
     /// again, so that a run cut short can be run again.
     pub key: String,
+    /// How it travelled, when the source knows (an account archive of a
+    /// Caliopen instance): kept as it was, so its privacy index is too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<MessageFacts>,
+}
+
+/// The delivery facts of a message, as an account archive carries them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageFacts {
+    /// Envelope sender.
+    pub from: String,
+    /// Envelope recipients at the instance it came from.
+    pub to: Vec<String>,
+    /// How it came.
+    pub via: Via,
+    /// Transport facts (TLS, authentication verdicts, the mesh member).
+    pub transport: Transport,
 }
 
 /// The mailboxes of an account.
@@ -89,6 +106,12 @@ pub(super) fn mail_index(
                 "keywords": m.keywords,
                 "received_at": m.received_at,
                 "size": m.size,
+                "facts": MessageFacts {
+                    from: m.from.clone(),
+                    to: m.to.clone(),
+                    via: m.via,
+                    transport: m.transport.clone(),
+                },
             }));
         }
     }
@@ -182,7 +205,10 @@ pub(super) async fn mail_append(
             "at most {MAX_BATCH_MESSAGES} messages per append"
         )));
     }
-    let total: u64 = items.iter().map(|i| i.size).sum();
+    let total = items
+        .iter()
+        .try_fold(0u64, |a, i| a.checked_add(i.size))
+        .ok_or_else(|| OpError::Invalid("the item sizes overflow".into()))?;
     if total != input.len() as u64 {
         return Err(OpError::Invalid(format!(
             "the items add up to {total} bytes but {} came",
@@ -210,27 +236,46 @@ pub(super) async fn mail_append(
             .ok_or_else(|| OpError::Invalid(format!("bad item key {:?}", item.key)))?;
         let (keywords, d) = import_keywords(&item.keywords);
         dropped += d;
-        jobs.push((raw, keywords, item.received_at, txn_id(&u, &key)));
+        jobs.push((
+            raw,
+            keywords,
+            item.received_at,
+            txn_id(&u, &key),
+            item.facts.clone(),
+        ));
     }
     let store = svc.store();
     // Mail the account sent is not counted as received (its counters and
     // contact book take it as its own).
     let received = !matches!(mbx.role, Some(Role::Sent) | Some(Role::Drafts));
-    let store_one = |raw: &[u8], keywords: Vec<String>, when: i64, txn: Vec<u8>| {
-        // How an imported message travelled is not known: it is taken as
-        // plain SMTP without TLS (the lowest technical score), never as
-        // better than it may have been.
-        let template = MessageMeta {
+    let store_one = |raw: &[u8],
+                     keywords: Vec<String>,
+                     when: i64,
+                     txn: Vec<u8>,
+                     facts: Option<MessageFacts>| {
+        // How a message from another server travelled is not known: it is
+        // taken as plain SMTP without TLS (the lowest technical score),
+        // never as better than it may have been. An account archive of a
+        // Caliopen instance says how, and is believed: the operator chose
+        // to bring it here.
+        let facts = facts.unwrap_or_else(|| MessageFacts {
             from: crate::web::view::from_address(raw),
-            subject: crate::delivery::subject_of(raw),
-            received_at: when,
+            to: Vec::new(),
             via: Via::Smtp,
             transport: Transport::default(),
+        });
+        let template = MessageMeta {
+            from: facts.from,
+            to: facts.to,
+            subject: crate::delivery::subject_of(raw),
+            received_at: when,
+            via: facts.via,
+            transport: facts.transport,
             ..Default::default()
         };
         let d = Delivery {
             owner: u.clone(),
-            to: Vec::new(),
+            to: template.to.clone(),
             mailbox: mbx.id,
             keywords,
             received,
@@ -249,7 +294,7 @@ pub(super) async fn mail_append(
         // Every delivery of the batch goes to the group commit at once.
         let results = futures_util::future::join_all(
             jobs.into_iter()
-                .map(|(raw, k, when, txn)| store_one(raw, k, when, txn)),
+                .map(|(raw, k, when, txn, facts)| store_one(raw, k, when, txn, facts)),
         )
         .await;
         for r in results {
@@ -263,7 +308,7 @@ pub(super) async fn mail_append(
     } else {
         // Near the quota: one at a time, each checked (messages copied
         // before are not counted twice), up to the first that does not fit.
-        for (raw, k, when, txn) in jobs {
+        for (raw, k, when, txn, facts) in jobs {
             let q = store.quota(&u)?;
             if q.would_exceed(raw.len() as u64) {
                 if !store.has_txn(&txn)? {
@@ -280,7 +325,7 @@ pub(super) async fn mail_append(
                 duplicates += 1;
                 continue;
             }
-            let (_, seen) = store_one(raw, k, when, txn).await?;
+            let (_, seen) = store_one(raw, k, when, txn, facts).await?;
             if seen {
                 duplicates += 1;
             } else {
@@ -338,6 +383,96 @@ pub(super) async fn import_mark(
         .set_import_mark(&u, source, folder, mark)
         .await?;
     Ok(json!({"folder": folder, "uid_validity": mark.uid_validity, "last_uid": mark.last_uid}))
+}
+
+/// What an account archive carries besides the messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountManifest {
+    /// The account's local part where it comes from.
+    pub user: String,
+    /// The domains of the instance it comes from.
+    pub domains: Vec<String>,
+    /// Its password hash (PHC string): the user logs in with the same
+    /// password where it goes.
+    pub password_hash: String,
+    /// Its own quota, when it had one (none: the default where it goes).
+    pub quota: Option<crate::mail::QuotaLimits>,
+    /// Its settings (remote content, language, the privacy level's history).
+    pub prefs: crate::mail::prefs::Prefs,
+    /// Its mailboxes (names; role mailboxes by their role).
+    pub mailboxes: Vec<String>,
+    /// The aliases that reach it alone (`local@domain`, `@domain`).
+    pub aliases: Vec<String>,
+}
+
+/// The account's manifest.
+pub(super) fn account_manifest(svc: &MailService, user: &str) -> Result<AccountManifest, OpError> {
+    let u = user_of(svc, user)?;
+    let store = svc.store();
+    let rec = store
+        .user(&u)?
+        .ok_or_else(|| OpError::NotFound(format!("no user {u:?}")))?;
+    let q = store.quota(&u)?;
+    let mailboxes = store
+        .mailboxes(&u)?
+        .into_iter()
+        .map(|b| match b.role {
+            Some(r) => r.as_str().to_owned(),
+            None => b.name,
+        })
+        .collect();
+    let aliases = store
+        .aliases()
+        .into_iter()
+        .filter(|(_, t)| t.len() == 1 && t[0] == u)
+        .map(|(a, _)| a)
+        .collect();
+    Ok(AccountManifest {
+        user: u.clone(),
+        domains: svc.domains().to_vec(),
+        password_hash: rec.password_hash,
+        quota: q.overridden.then_some(q.limits),
+        prefs: store.prefs(&u)?,
+        mailboxes,
+        aliases,
+    })
+}
+
+/// Makes the account of a manifest here (as `user`): the user with its
+/// password hash, its own quota, settings and mailboxes. An account that
+/// exists is taken only to resume an import into it.
+pub(super) async fn account_create(
+    svc: &MailService,
+    user: &str,
+    manifest: &AccountManifest,
+    resume: bool,
+) -> Result<serde_json::Value, OpError> {
+    let u = user.to_ascii_lowercase();
+    if !super::valid_localpart(&u) {
+        return Err(OpError::Invalid(format!("invalid user name {u:?}")));
+    }
+    crate::login::hash_within_bounds(&manifest.password_hash)
+        .map_err(|e| OpError::Invalid(format!("the archive's password hash: {e}")))?;
+    let store = svc.store();
+    let exists = store.user_exists(&u);
+    if exists && !resume {
+        return Err(OpError::Invalid(format!(
+            "user {u:?} exists here: give --resume to go on with an import into it that was cut short"
+        )));
+    }
+    if !exists {
+        store.put_user(&u, &manifest.password_hash).await?;
+    }
+    store.set_quota(&u, manifest.quota).await?;
+    store.set_prefs(&u, &manifest.prefs).await?;
+    let mut made = Vec::new();
+    for name in &manifest.mailboxes {
+        if find_mailbox(svc, &u, name).is_err() {
+            store.create_mailbox(&u, name).await?;
+            made.push(name.clone());
+        }
+    }
+    Ok(json!({"user": u, "created": !exists, "mailboxes_made": made}))
 }
 
 #[cfg(test)]

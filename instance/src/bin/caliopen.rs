@@ -120,6 +120,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: MailCmd,
     },
+    /// Move whole accounts: every message with its facts, the password hash, quota, settings, aliases.
+    Account {
+        #[command(subcommand)]
+        cmd: AccountCmd,
+    },
     /// Check or repair the message store.
     Store {
         #[command(subcommand)]
@@ -156,6 +161,46 @@ enum Cmd {
         #[arg(long, value_name = "ADDRESS")]
         contact: String,
         /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Write one account into a new archive file (a digest of it is printed and kept in the file).
+    Export {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "LOCALPART")]
+        user: String,
+        /// The archive to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an account from an archive and check that what is stored matches its digest.
+    Import {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The archive.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// The account's name here (default: its name in the archive).
+        #[arg(long, value_name = "LOCALPART")]
+        user: Option<String>,
+        /// Go on with an import that was cut short (the account exists).
+        #[arg(long)]
+        resume: bool,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+        /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -1563,6 +1608,92 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => bail!("one of --maildir, --mbox or --imap is needed"),
             };
             mail_import(&config, &user, from, quiet, json).await
+        }
+        Cmd::Account {
+            cmd:
+                AccountCmd::Export {
+                    config,
+                    user,
+                    out,
+                    quiet,
+                    json,
+                },
+        } => {
+            let user = user_arg(&user)?;
+            let cfg = Config::load(&config)?;
+            let runner = Runner::open(&cfg).await?;
+            let r = transfer::account::export(
+                &runner,
+                &user,
+                &out,
+                transfer::Progress::new("export", quiet),
+            )
+            .await;
+            runner.close().await?;
+            let (summary, end) = r?;
+            if json {
+                out!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"summary": summary, "end": end})
+                    )?
+                );
+            } else {
+                print_summary("exported", &summary, false)?;
+                out!("digest {}", end.digest);
+            }
+            Ok(())
+        }
+        Cmd::Account {
+            cmd:
+                AccountCmd::Import {
+                    config,
+                    input,
+                    user,
+                    resume,
+                    quiet,
+                    json,
+                },
+        } => {
+            let user = user.map(|u| user_arg(&u)).transpose()?;
+            let cfg = Config::load(&config)?;
+            let runner = Runner::open(&cfg).await?;
+            let r = transfer::account::import(
+                &runner,
+                &input,
+                user.as_deref(),
+                resume,
+                transfer::Progress::new("import", quiet),
+            )
+            .await;
+            runner.close().await?;
+            let r = r?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_summary("imported", &r.summary, false)?;
+                for a in &r.aliases {
+                    out!("alias {a}");
+                }
+                for a in &r.aliases_left {
+                    out!("alias left out: {a}");
+                }
+            }
+            if r.stored != r.archive {
+                bail!(
+                    "the account here ({} messages, {} bytes, digest {}) differs from the archive ({} messages, {} bytes, digest {})",
+                    r.stored.messages, r.stored.bytes, r.stored.digest,
+                    r.archive.messages, r.archive.bytes, r.archive.digest
+                );
+            }
+            if !json {
+                out!(
+                    "verified: {} messages, digest {}",
+                    r.stored.messages,
+                    r.stored.digest
+                );
+            }
+            Ok(())
         }
         Cmd::Mail {
             cmd: MailCmd::Show { config, user, id },

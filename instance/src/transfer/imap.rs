@@ -645,17 +645,30 @@ async fn copy_folder(
             .iter()
             .map(|(u, _)| u.to_string())
             .collect();
-        let events = c
-            .run(
-                &format!(
-                    "UID FETCH {} (UID FLAGS INTERNALDATE BODY.PEEK[])",
-                    set.join(",")
-                ),
-                "UID FETCH",
-            )
+        // Each message is handed on as it arrives (the server's sizes are
+        // not trusted to bound the memory of a chunk).
+        let tag = c
+            .start(&format!(
+                "UID FETCH {} (UID FLAGS INTERNALDATE BODY.PEEK[])",
+                set.join(",")
+            ))
             .await?;
-        for e in events {
-            let Event::Fetch(m) = e else { continue };
+        loop {
+            let m = match c.next().await? {
+                Event::Done { tag: t, ok, text } if t == tag => {
+                    if ok {
+                        break;
+                    }
+                    return Err(TransferError::Imap(format!("UID FETCH refused: {text}")));
+                }
+                Event::Bye(text) => {
+                    return Err(TransferError::Imap(format!(
+                        "the server closed the session during UID FETCH: {text}"
+                    )))
+                }
+                Event::Fetch(m) => m,
+                _ => continue,
+            };
             let (Some(_), Some(raw)) = (m.uid, m.body) else {
                 continue;
             };
@@ -680,6 +693,7 @@ async fn copy_folder(
                     keywords,
                     received_at: when,
                     key,
+                    facts: None,
                 },
             )
             .await?;

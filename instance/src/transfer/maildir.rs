@@ -271,6 +271,7 @@ pub async fn import(imp: &mut Importer<'_>, dir: &Path) -> Result<(), TransferEr
                         .map_or(0, |d| d.as_secs() as i64)
                 },
                 key: key_of(&[b"maildir", target.as_bytes(), unique.as_bytes()]),
+                facts: None,
             };
             imp.push(&mailbox, item).await?;
         }

@@ -317,6 +317,7 @@ async fn finish(
             keywords,
             received_at: when,
             key,
+            facts: None,
         },
     )
     .await

@@ -14,6 +14,7 @@
 //! once. An IMAP import also keeps, per folder, the `UIDVALIDITY` and the
 //! highest UID copied, so that the next run asks only for what is new.
 
+pub mod account;
 pub mod flags;
 pub mod imap;
 pub mod maildir;
@@ -71,6 +72,8 @@ pub struct Item {
     pub received_at: i64,
     /// What identifies it at its source (see the module text).
     pub key: [u8; 32],
+    /// How it travelled, when the source knows (an account archive).
+    pub facts: Option<crate::admin::MessageFacts>,
 }
 
 /// SHA-256 of the parts, each followed by a NUL: an item key.
@@ -306,6 +309,7 @@ impl<'a> Importer<'a> {
                     keywords: i.keywords.clone(),
                     received_at: i.received_at,
                     key: hex::encode(i.key),
+                    facts: i.facts.clone(),
                 }
             })
             .collect();
@@ -354,6 +358,8 @@ pub struct Exported {
     pub received_at: i64,
     /// Its bytes, exactly as stored.
     pub raw: Vec<u8>,
+    /// How it came.
+    pub facts: Option<crate::admin::MessageFacts>,
 }
 
 /// A mailbox of the account being exported.
@@ -413,7 +419,14 @@ where
             Vec::new(),
         )
         .await?;
-    let list: Vec<(String, Vec<String>, i64, u64)> = index.json["messages"]
+    type Entry = (
+        String,
+        Vec<String>,
+        i64,
+        u64,
+        Option<crate::admin::MessageFacts>,
+    );
+    let list: Vec<Entry> = index.json["messages"]
         .as_array()
         .into_iter()
         .flatten()
@@ -428,6 +441,7 @@ where
                     .collect(),
                 m["received_at"].as_i64().unwrap_or(0),
                 m["size"].as_u64().unwrap_or(0),
+                serde_json::from_value(m["facts"].clone()).ok(),
             ))
         })
         .collect();
@@ -473,6 +487,7 @@ where
                             keywords: m.1.clone(),
                             received_at: m.2,
                             raw: o.raw,
+                            facts: m.4.clone(),
                         })?;
                     }
                 }
@@ -503,6 +518,7 @@ where
                 keywords: m.1.clone(),
                 received_at: m.2,
                 raw: out.raw[at..at + size].to_vec(),
+                facts: m.4.clone(),
             })?;
             at += size;
         }
