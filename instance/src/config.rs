@@ -828,6 +828,19 @@ impl Config {
         if self.smtp.max_message_size < 1024 {
             return Err("key `smtp.max_message_size`: at least 1024 bytes".into());
         }
+        // Whatever is stored can be exported and imported again (account
+        // moves and handovers carry messages up to this size).
+        let most = crate::admin::MAX_IMPORT_MESSAGE;
+        if self.smtp.max_message_size as u64 > most {
+            return Err(format!(
+                "key `smtp.max_message_size`: at most {most} bytes (what an account move carries)"
+            ));
+        }
+        if self.imap.append_limit.is_some_and(|l| u64::from(l) > most) {
+            return Err(format!(
+                "key `imap.append_limit`: at most {most} bytes (what an account move carries)"
+            ));
+        }
         if self.smtp.max_recipients == 0 {
             return Err("key `smtp.max_recipients`: must be at least 1".into());
         }

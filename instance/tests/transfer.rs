@@ -361,6 +361,136 @@ fn maildir_and_mbox_go_out_and_in_byte_for_byte() {
         None,
     );
     assert!(!ok && err.contains("is not an mbox"), "{err}");
+
+    // A CRLF mbox (as Windows tools write it): the blank separator line is
+    // not part of the messages; a message with an X-IMAP header is mail
+    // (only UW IMAP's folder-data message is not); the first line wins.
+    let crlf = dir.path().join("crlf.mbox");
+    std::fs::write(
+        &crlf,
+        b"From a@b Mon Dec  1 10:20:30 2026\r\nX-IMAP: 1 2\r\nSubject: DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA\r\n\r\ndata\r\n\r\n\
+          From a@b Mon Dec  1 10:20:31 2026\r\nX-IMAP: 7\r\nSubject: one\r\n\r\nfirst\r\n\r\n\
+          From a@b Mon Dec  1 10:20:32 2026\r\nSubject: two\r\n\r\nsecond\r\n>From here\r\n\r\n",
+    )
+    .expect("write");
+    let got = imp(&["--user", "bob", "--mbox", s(&crlf), "--mailbox", "Crlf"]);
+    assert_eq!(got["messages"], 2, "{got}");
+    let listed: serde_json::Value = serde_json::from_str(&caliopen(
+        &[
+            "mail",
+            "list",
+            "--config",
+            &config,
+            "--user",
+            "bob",
+            "--mailbox",
+            "Crlf",
+            "--json",
+        ],
+        None,
+    ))
+    .expect("json");
+    let mut bodies: Vec<String> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| {
+            caliopen(
+                &[
+                    "mail",
+                    "show",
+                    "--config",
+                    &config,
+                    "--user",
+                    "bob",
+                    m["id"].as_str().expect("id"),
+                ],
+                None,
+            )
+        })
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        vec![
+            "Subject: one\r\n\r\nfirst\r\n".to_owned(),
+            "Subject: two\r\n\r\nsecond\r\nFrom here\r\n".to_owned()
+        ]
+    );
+
+    // A symbolic link in a Maildir is not followed (it could name any file
+    // of this machine), and is said.
+    let linked = dir.path().join("linked");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(linked.join(sub)).expect("mkdir");
+    }
+    std::os::unix::fs::symlink(&config, linked.join("cur/1.host:2,S")).expect("symlink");
+    std::fs::write(
+        linked.join("cur/2.host:2,S"),
+        b"Subject: real\r\n\r\nyes\r\n",
+    )
+    .expect("w");
+    let got = imp(&["--user", "bob", "--maildir", s(&linked)]);
+    assert_eq!(got["messages"], 1, "{got}");
+    assert!(
+        got["skipped"][0]
+            .as_str()
+            .is_some_and(|m| m.contains("symbolic link")),
+        "{got}"
+    );
+
+    // A message-count quota holds for a whole batch: 3 more fit, not 5.
+    let carol_has = carol.as_array().expect("array").len() as u64;
+    caliopen(
+        &[
+            "user",
+            "quota",
+            "--config",
+            &config,
+            "carol",
+            "--messages",
+            &(carol_has + 3).to_string(),
+        ],
+        None,
+    );
+    let five = dir.path().join("five.mbox");
+    let mut m = Vec::new();
+    for i in 0..5 {
+        m.extend_from_slice(
+            format!("From a@b Mon Dec  1 10:20:3{i} 2026\nSubject: n{i}\n\nbody {i}\n\n")
+                .as_bytes(),
+        );
+    }
+    std::fs::write(&five, &m).expect("write");
+    let (ok, _, err) = run_caliopen(
+        &[
+            "mail",
+            "import",
+            "--config",
+            &config,
+            "--user",
+            "carol",
+            "--mbox",
+            s(&five),
+            "--mailbox",
+            "Five",
+            "--quiet",
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("over quota"), "{err}");
+    let users: serde_json::Value = serde_json::from_str(&caliopen(
+        &["user", "list", "--config", &config, "--json"],
+        None,
+    ))
+    .expect("json");
+    let carol_q = users
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|u| u["localpart"] == "carol")
+        .map(|u| u["quota"]["used_messages"].clone());
+    assert_eq!(carol_q, Some(serde_json::json!(carol_has + 3)), "{users}");
 }
 
 /// Dovecot 2.3 on loopback (bench/dovecot.sh: its own configuration and
@@ -828,7 +958,9 @@ fn an_account_moves_to_another_instance_with_its_password_facts_and_a_verified_d
             &a,
             "alice",
             "--bytes",
-            "900000000",
+            "20000000000",
+            "--messages",
+            "5000",
         ],
         None,
     );
@@ -903,8 +1035,17 @@ fn an_account_moves_to_another_instance_with_its_password_facts_and_a_verified_d
     let users: serde_json::Value =
         serde_json::from_str(&caliopen(&["user", "list", "--config", &b, "--json"], None))
             .expect("json");
-    assert_eq!(users[0]["quota"]["limit_bytes"], 900000000, "{users}");
+    // Her own quota, but not above beta's default (10 GiB): beta's
+    // operator decides what an account here may take.
+    assert_eq!(users[0]["quota"]["limit_bytes"], 10737418240u64, "{users}");
+    assert_eq!(users[0]["quota"]["limit_messages"], 5000, "{users}");
     assert_eq!(users[0]["quota"]["own_limits"], true, "{users}");
+    assert!(
+        imported["quota"]
+            .as_str()
+            .is_some_and(|q| q.contains("asked for 20000000000")),
+        "{imported}"
+    );
 
     // alice logs in at beta over IMAP with the password she had at alpha.
     let (child, _) = common::spawn_daemon(Path::new(&b), Stdio::null(), &[]);
@@ -995,6 +1136,29 @@ fn an_account_moves_to_another_instance_with_its_password_facts_and_a_verified_d
         None,
     );
     assert!(!ok && err.contains("damaged"), "{err}");
+
+    // dave removed and made again from the same archive: everything is
+    // copied again (what the first account imported is not remembered
+    // for the second).
+    caliopen(&["user", "remove", "--config", &b, "dave"], None);
+    let out = caliopen(
+        &[
+            "account",
+            "import",
+            "--config",
+            &b,
+            "--in",
+            s(&archive),
+            "--user",
+            "dave",
+            "--json",
+            "--quiet",
+        ],
+        None,
+    );
+    let again: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(again["summary"]["messages"].as_u64(), Some(n), "{again}");
+    assert_eq!(again["stored"], exported["end"], "{again}");
     let (ok, _, err) = run_caliopen(
         &[
             "account",
@@ -1010,4 +1174,39 @@ fn an_account_moves_to_another_instance_with_its_password_facts_and_a_verified_d
     );
     assert!(!ok && err.contains("error"), "{err}");
     drop(daemon);
+
+    // The same archive imported at alpha under another name: the alias
+    // team@alpha.test reaches alice there and is not taken from her.
+    let out = caliopen(
+        &[
+            "account",
+            "import",
+            "--config",
+            &a,
+            "--in",
+            s(&archive),
+            "--user",
+            "alice2",
+            "--json",
+            "--quiet",
+        ],
+        None,
+    );
+    let twin: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        twin["aliases_left"][0]
+            .as_str()
+            .is_some_and(|a| a.contains("exists here (it reaches alice)")),
+        "{twin}"
+    );
+    let aliases: serde_json::Value = serde_json::from_str(&caliopen(
+        &["alias", "list", "--config", &a, "--json"],
+        None,
+    ))
+    .expect("json");
+    assert_eq!(
+        aliases[0]["targets"],
+        serde_json::json!(["alice"]),
+        "{aliases}"
+    );
 }

@@ -276,6 +276,19 @@ pub enum RunError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// The operation's own error back from the daemon's status, so that a
+/// caller can tell "not found" and "bad input" from a failure whichever
+/// way the operation ran.
+fn run_error_of(s: tonic::Status) -> RunError {
+    let m = s.message().to_owned();
+    match s.code() {
+        tonic::Code::NotFound => RunError::Op(OpError::NotFound(m)),
+        tonic::Code::InvalidArgument => RunError::Op(OpError::Invalid(m)),
+        tonic::Code::Internal => RunError::Op(OpError::Internal(m)),
+        _ => RunError::Daemon(m),
+    }
+}
+
 /// Runs [`Op`]s: in the daemon over its admin socket when one runs on the
 /// data directory, else on the database itself (only one process may
 /// open it).
@@ -320,7 +333,7 @@ impl Runner {
                     .max_encoding_message_size(MAX_ADMIN_REQUEST)
                     .run(with_token(RunRequest { op_json, input }, token))
                     .await
-                    .map_err(|s| RunError::Daemon(s.message().to_owned()))?
+                    .map_err(run_error_of)?
                     .into_inner();
                 Ok(OpOutput {
                     json: serde_json::from_str(&r.result_json)

@@ -39,6 +39,10 @@ pub enum Op {
         alias: String,
         /// The accounts it reaches (local parts, or their addresses here).
         targets: Vec<String>,
+        /// Refuse instead of replacing an alias that exists (an account
+        /// import must not take an alias that reaches someone else).
+        #[serde(default)]
+        only_new: bool,
     },
     /// Every alias.
     AliasList,
@@ -79,6 +83,9 @@ pub enum Op {
         user: String,
         /// A mailbox name, or a role.
         mailbox: String,
+        /// Only the messages with a higher UID (a page after the last one).
+        #[serde(default)]
+        after_uid: u32,
     },
     /// The bytes of several messages, one after the other (the answer's
     /// JSON gives their sizes).
@@ -274,7 +281,11 @@ pub async fn execute_with(svc: &MailService, op: Op, input: Vec<u8>) -> Result<O
     let json = match op {
         Op::MailboxList { user } => transfer::mailbox_list(svc, &user)?,
         Op::MailboxEnsure { user, name } => transfer::mailbox_ensure(svc, &user, &name).await?,
-        Op::MailIndex { user, mailbox } => transfer::mail_index(svc, &user, &mailbox)?,
+        Op::MailIndex {
+            user,
+            mailbox,
+            after_uid,
+        } => transfer::mail_index(svc, &user, &mailbox, after_uid)?,
         Op::MailFetch { user, ids } => return transfer::mail_fetch(svc, &user, &ids),
         Op::MailAppend {
             user,
@@ -354,8 +365,13 @@ pub async fn execute_with(svc: &MailService, op: Op, input: Vec<u8>) -> Result<O
             tracing::info!(user = %l, limits = ?q.limits, own = q.overridden, "quota set");
             json!({"localpart": l, "quota": quota_json(&q)})
         }
-        Op::AliasAdd { alias, targets } => {
+        Op::AliasAdd {
+            alias,
+            targets,
+            only_new,
+        } => {
             let key = check_alias(svc, &alias)?;
+
             if targets.is_empty() || targets.len() > MAX_ALIAS_TARGETS {
                 return Err(OpError::Invalid(format!(
                     "an alias reaches 1 to {MAX_ALIAS_TARGETS} accounts"
@@ -378,7 +394,21 @@ pub async fn execute_with(svc: &MailService, op: Op, input: Vec<u8>) -> Result<O
                     owners.push(l);
                 }
             }
-            store.put_alias(&key, &owners).await?;
+            // With `only_new`, an alias that is already so (an import run
+            // again) is left as it is, and one that reaches others refused.
+            let already = match store.alias(&key) {
+                Some(t) if only_new && t == owners => true,
+                Some(t) if only_new => {
+                    return Err(OpError::Invalid(format!(
+                        "alias {key} exists here (it reaches {})",
+                        t.join(", ")
+                    )))
+                }
+                _ => false,
+            };
+            if !already {
+                store.put_alias(&key, &owners).await?;
+            }
             tracing::info!(alias = %key, targets = ?owners, "alias set");
             json!({"alias": key, "targets": owners})
         }

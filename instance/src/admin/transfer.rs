@@ -87,17 +87,28 @@ pub(super) async fn mailbox_ensure(
     Ok(json!({"id": b.id, "name": name, "created": true}))
 }
 
-/// The messages of one mailbox in UID order, without their bytes.
+/// Most messages in one `mail_index` answer (a page).
+pub const MAX_INDEX_PAGE: usize = 4096;
+
+/// The messages of one mailbox with a UID above `after_uid`, in UID
+/// order, without their bytes: a page of at most [`MAX_INDEX_PAGE`]
+/// (`more` says whether others follow).
 pub(super) fn mail_index(
     svc: &MailService,
     user: &str,
     mailbox: &str,
+    after_uid: u32,
 ) -> Result<serde_json::Value, OpError> {
     let u = user_of(svc, user)?;
     let mbx = find_mailbox(svc, &u, mailbox)?;
     let store = svc.store();
     let mut out = Vec::new();
-    for (uid, id) in store.uids(&u, mbx.id)? {
+    let mut uids = store.uids(&u, mbx.id)?;
+    uids.retain(|(uid, _)| *uid > after_uid);
+    uids.sort_unstable();
+    let more = uids.len() > MAX_INDEX_PAGE;
+    uids.truncate(MAX_INDEX_PAGE);
+    for (uid, id) in uids {
         // A message removed between the two reads is left out.
         if let Some(m) = store.meta(id)? {
             out.push(json!({
@@ -115,7 +126,12 @@ pub(super) fn mail_index(
             }));
         }
     }
-    Ok(json!({"mailbox": mbx.name, "uid_validity": mbx.uid_validity, "messages": out}))
+    Ok(json!({
+        "mailbox": mbx.name,
+        "uid_validity": mbx.uid_validity,
+        "messages": out,
+        "more": more,
+    }))
 }
 
 /// The bytes of several messages of an account, one after the other.
@@ -159,13 +175,19 @@ pub(super) fn mail_fetch(
 }
 
 /// The idempotence key of an imported message in the store's transaction
-/// index: the account and the source's key, hashed under a label of its
-/// own (mesh transaction ids never collide with it).
-fn txn_id(user: &str, key: &[u8]) -> Vec<u8> {
+/// index: the account (its name and incarnation, so that an account made
+/// again after a removal imports everything again) and the source's key,
+/// hashed under a label of its own (mesh transaction ids never collide
+/// with it).
+fn txn_id(user: &str, incarnation: u64, key: &[u8]) -> Vec<u8> {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(b"caliopen import\0");
     ctx.update(user.as_bytes());
     ctx.update(b"\0");
+    // Accounts made before incarnations existed (0) keep their keys.
+    if incarnation != 0 {
+        ctx.update(&incarnation.to_be_bytes());
+    }
     ctx.update(key);
     ctx.finish().as_ref().to_vec()
 }
@@ -215,6 +237,7 @@ pub(super) async fn mail_append(
             input.len()
         )));
     }
+    let incarnation = svc.store().incarnation(&u)?;
     let mut rest = input;
     let mut jobs = Vec::with_capacity(items.len());
     let mut dropped = 0;
@@ -240,7 +263,7 @@ pub(super) async fn mail_append(
             raw,
             keywords,
             item.received_at,
-            txn_id(&u, &key),
+            txn_id(&u, incarnation, &key),
             item.facts.clone(),
         ));
     }
@@ -290,7 +313,7 @@ pub(super) async fn mail_append(
     let mut stored = 0u64;
     let mut duplicates = 0u64;
     let quota = store.quota(&u)?;
-    if !quota.would_exceed(total) || items.is_empty() {
+    if items.is_empty() || !quota.would_exceed_with(items.len() as u64, total) {
         // Every delivery of the batch goes to the group commit at once.
         let results = futures_util::future::join_all(
             jobs.into_iter()
@@ -460,11 +483,16 @@ pub(super) async fn account_create(
             "user {u:?} exists here: give --resume to go on with an import into it that was cut short"
         )));
     }
+    // An account made by an import cut short keeps what the first run
+    // gave it (the operator may have changed its quota since).
+    let mut quota = None;
     if !exists {
         store.put_user(&u, &manifest.password_hash).await?;
+        let default = store.quota(&u)?.limits;
+        quota = manifest.quota.map(|q| capped_quota(q, default));
+        store.set_quota(&u, quota.filter(|q| *q != default)).await?;
+        store.set_prefs(&u, &manifest.prefs).await?;
     }
-    store.set_quota(&u, manifest.quota).await?;
-    store.set_prefs(&u, &manifest.prefs).await?;
     let mut made = Vec::new();
     for name in &manifest.mailboxes {
         if find_mailbox(svc, &u, name).is_err() {
@@ -472,7 +500,30 @@ pub(super) async fn account_create(
             made.push(name.clone());
         }
     }
-    Ok(json!({"user": u, "created": !exists, "mailboxes_made": made}))
+    Ok(json!({
+        "user": u,
+        "created": !exists,
+        "mailboxes_made": made,
+        "quota": quota,
+        "quota_asked": manifest.quota,
+    }))
+}
+
+/// An archive's own quota, never above this instance's default: the
+/// operator of the source chose it, not the operator here (0: no limit).
+fn capped_quota(
+    asked: crate::mail::QuotaLimits,
+    default: crate::mail::QuotaLimits,
+) -> crate::mail::QuotaLimits {
+    let cap = |a: u64, d: u64| match (a, d) {
+        (_, 0) => a,
+        (0, d) => d,
+        (a, d) => a.min(d),
+    };
+    crate::mail::QuotaLimits {
+        bytes: cap(asked.bytes, default.bytes),
+        messages: cap(asked.messages, default.messages),
+    }
 }
 
 #[cfg(test)]
@@ -494,8 +545,22 @@ mod tests {
     }
 
     #[test]
+    fn an_archive_quota_stays_under_the_default() {
+        use crate::mail::QuotaLimits as Q;
+        let d = Q {
+            bytes: 1000,
+            messages: 0,
+        };
+        let q = |bytes, messages| Q { bytes, messages };
+        assert_eq!(capped_quota(q(0, 0), d), q(1000, 0));
+        assert_eq!(capped_quota(q(500, 7), d), q(500, 7));
+        assert_eq!(capped_quota(q(5000, 7), d), q(1000, 7));
+    }
+
+    #[test]
     fn the_key_is_per_account() {
-        assert_ne!(txn_id("alice", b"k"), txn_id("bob", b"k"));
-        assert_eq!(txn_id("alice", b"k"), txn_id("alice", b"k"));
+        assert_ne!(txn_id("alice", 1, b"k"), txn_id("bob", 1, b"k"));
+        assert_ne!(txn_id("alice", 1, b"k"), txn_id("alice", 2, b"k"));
+        assert_eq!(txn_id("alice", 1, b"k"), txn_id("alice", 1, b"k"));
     }
 }

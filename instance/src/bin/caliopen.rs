@@ -185,6 +185,11 @@ enum AccountCmd {
         json: bool,
     },
     /// Make an account from an archive and check that what is stored matches its digest.
+    ///
+    /// The archive is believed for what it says of each message's journey (how
+    /// it came, TLS, the mesh member), so its privacy index comes along: import
+    /// only archives you got from the user or the member they leave. Its quota
+    /// is kept up to this instance's default; aliases that exist here are left out.
     Import {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
@@ -1678,6 +1683,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for a in &r.aliases_left {
                     out!("alias left out: {a}");
                 }
+                if let Some(q) = &r.quota {
+                    out!("quota: {q}");
+                }
             }
             if r.stored != r.archive {
                 bail!(
@@ -1785,7 +1793,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     targets,
                 },
         } => {
-            let out = run_op(&config, Op::AliasAdd { alias, targets }).await?;
+            let out = run_op(
+                &config,
+                Op::AliasAdd {
+                    alias,
+                    targets,
+                    only_new: false,
+                },
+            )
+            .await?;
             out!(
                 "alias {} -> {}",
                 out.json["alias"].as_str().unwrap_or(""),

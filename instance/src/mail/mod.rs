@@ -80,8 +80,14 @@ impl Quota {
 
     /// True when a message of `size` bytes would go over a limit.
     pub fn would_exceed(&self, size: u64) -> bool {
-        (self.limits.bytes > 0 && self.used.bytes.saturating_add(size) > self.limits.bytes)
-            || (self.limits.messages > 0 && self.used.messages >= self.limits.messages)
+        self.would_exceed_with(1, size)
+    }
+
+    /// True when `count` messages of `bytes` bytes in all would go over a limit.
+    pub fn would_exceed_with(&self, count: u64, bytes: u64) -> bool {
+        (self.limits.bytes > 0 && self.used.bytes.saturating_add(bytes) > self.limits.bytes)
+            || (self.limits.messages > 0
+                && self.used.messages.saturating_add(count) > self.limits.messages)
     }
 }
 

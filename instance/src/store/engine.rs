@@ -276,6 +276,11 @@ pub trait MailStore: Send + Sync + std::fmt::Debug {
     fn has_txn(&self, _txn_id: &[u8]) -> Result<bool, StoreError> {
         unsupported("transaction lookups")
     }
+    /// The account's incarnation: random, made with it, so that imports
+    /// keyed to it do not carry over to a later account of the same name.
+    fn incarnation(&self, _owner: &str) -> Result<u64, StoreError> {
+        unsupported("account incarnations")
+    }
     /// How far each folder of an import source is copied.
     fn import_marks(
         &self,
@@ -499,6 +504,9 @@ impl MailStore for Store {
     }
     fn has_txn(&self, txn_id: &[u8]) -> Result<bool, StoreError> {
         Store::has_txn(self, txn_id)
+    }
+    fn incarnation(&self, owner: &str) -> Result<u64, StoreError> {
+        Store::incarnation(self, owner)
     }
     fn import_marks(
         &self,

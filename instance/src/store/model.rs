@@ -95,6 +95,11 @@ pub struct Account {
     /// The account's mailboxes, by id.
     #[serde(default)]
     pub mailboxes: BTreeMap<MailboxId, Mailbox>,
+    /// Random, made with the account: what an import keyed to this
+    /// account remembers does not apply to another account of the same
+    /// name made after this one is removed (0 for accounts made before).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 impl Account {
@@ -680,10 +685,22 @@ pub(super) fn put_account(mail: &TransactionalTree, owner: &str, acct: &Account)
 }
 
 /// Makes an account and its six role mailboxes (inside a transaction).
+/// 64 random bits (zero only if the system's generator fails, which
+/// leaves an account keyed as one made before incarnations existed).
+fn random_u64() -> u64 {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    match aws_lc_rs::rand::SystemRandom::new().fill(&mut b) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => 0,
+    }
+}
+
 pub(super) fn new_account(mail: &TransactionalTree, owner: &str, now: i64) -> TxResult<Account> {
     let mut acct = Account {
         modseq: 1,
         next_mailbox: FIRST_USER_MAILBOX,
+        incarnation: random_u64(),
         ..Default::default()
     };
     for r in Role::ALL {

@@ -592,6 +592,20 @@ fn import_key(owner: &str, source: &str, folder: &str) -> Result<Vec<u8>, StoreE
 }
 
 impl Store {
+    /// The account's incarnation (random, made with it; see
+    /// `Account::incarnation`).
+    pub fn incarnation(&self, owner: &str) -> Result<u64, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct View {
+            #[serde(default)]
+            incarnation: u64,
+        }
+        match self.mail.get(model::ukey(model::TAG_ACCOUNT, owner, &[]))? {
+            Some(v) => Ok(decode::<View>(&v)?.incarnation),
+            None => Err(ModelError::NoAccount(owner.to_owned()).into()),
+        }
+    }
+
     /// Every folder mark of one import source of an account.
     pub fn import_marks(
         &self,

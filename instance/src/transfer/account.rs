@@ -248,6 +248,8 @@ pub struct Imported {
     pub aliases: Vec<String>,
     /// Aliases of the archive left out (not a domain of this instance, or taken).
     pub aliases_left: Vec<String>,
+    /// What became of the archive's own quota, when it had one.
+    pub quota: Option<String>,
 }
 
 /// Imports an archive as `user` (default: its own name); `resume` goes on
@@ -286,7 +288,7 @@ pub async fn import(
         }
     };
     let user = user.unwrap_or(&manifest.user).to_ascii_lowercase();
-    runner
+    let made = runner
         .run(
             &Op::AccountCreate {
                 user: user.clone(),
@@ -295,7 +297,9 @@ pub async fn import(
             },
             Vec::new(),
         )
-        .await?;
+        .await?
+        .json;
+    let quota = quota_note(&made["quota_asked"], &made["quota"]);
     let source = manifest.domains.first().cloned().unwrap_or_default();
     let mut imp = Importer::new(runner, &user, progress);
     let end = loop {
@@ -368,6 +372,7 @@ pub async fn import(
                 &Op::AliasAdd {
                     alias: a.clone(),
                     targets: vec![user.clone()],
+                    only_new: true,
                 },
                 Vec::new(),
             )
@@ -384,6 +389,31 @@ pub async fn import(
         stored,
         aliases,
         aliases_left,
+        quota,
+    })
+}
+
+/// Says what became of an archive's own quota (`None`: it had none, or the
+/// account existed before).
+fn quota_note(asked: &serde_json::Value, given: &serde_json::Value) -> Option<String> {
+    let text = |q: &serde_json::Value| {
+        let n = |k: &str| match q[k].as_u64() {
+            Some(0) | None => "no limit".to_owned(),
+            Some(v) => v.to_string(),
+        };
+        format!("{} bytes, {} messages", n("bytes"), n("messages"))
+    };
+    if given.is_null() {
+        return None;
+    }
+    Some(if asked == given {
+        format!("kept ({})", text(given))
+    } else {
+        format!(
+            "{} (the archive asked for {}; this instance's default is the most an import gives)",
+            text(given),
+            text(asked)
+        )
     })
 }
 

@@ -129,6 +129,8 @@ enum Event {
         attrs: Vec<String>,
         delimiter: Option<char>,
         name: String,
+        /// The name as sent (what SELECT and EXAMINE must send back).
+        wire: String,
     },
     /// `* CAPABILITY`, or a `[CAPABILITY …]` code.
     Capability(Vec<String>),
@@ -162,12 +164,16 @@ struct Client {
     buf: Vec<u8>,
 }
 
-fn mailbox_name(m: &Mailbox<'_>) -> String {
+/// A mailbox's name decoded from modified UTF-7, and as the server sent it.
+fn mailbox_name(m: &Mailbox<'_>) -> (String, String) {
     match m {
-        Mailbox::Inbox => "INBOX".into(),
+        Mailbox::Inbox => ("INBOX".into(), "INBOX".into()),
         Mailbox::Other(o) => {
             let raw = String::from_utf8_lossy(o.as_ref()).into_owned();
-            crate::imap::render::utf7_decode(&raw).unwrap_or(raw)
+            (
+                crate::imap::render::utf7_decode(&raw).unwrap_or(raw.clone()),
+                raw,
+            )
         }
     }
 }
@@ -195,14 +201,18 @@ fn event_of(r: Response<'_>) -> Event {
             items,
             delimiter,
             mailbox,
-        }) => Event::List {
-            attrs: items
-                .iter()
-                .map(|a: &FlagNameAttribute<'_>| a.to_string())
-                .collect(),
-            delimiter: delimiter.map(|d| d.inner()),
-            name: mailbox_name(&mailbox),
-        },
+        }) => {
+            let (name, wire) = mailbox_name(&mailbox);
+            Event::List {
+                attrs: items
+                    .iter()
+                    .map(|a: &FlagNameAttribute<'_>| a.to_string())
+                    .collect(),
+                delimiter: delimiter.map(|d| d.inner()),
+                name,
+                wire,
+            }
+        }
         Response::Data(Data::Exists(n)) => Event::Exists(n),
         Response::Data(Data::Fetch { items, .. }) => Event::Fetch(fetched(items)),
         _ => Event::Other,
@@ -327,6 +337,14 @@ impl Client {
         self.finish(&tag, what).await
     }
 
+    /// Like [`Client::run`], with the server's `NO` or `BAD` text as the
+    /// inner error (the session goes on).
+    async fn try_run(&mut self, cmd: &str) -> Result<Result<Vec<Event>, String>, TransferError> {
+        let tag = self.start(cmd).await?;
+        self.collect(&tag, cmd.split(' ').next().unwrap_or(cmd))
+            .await
+    }
+
     async fn start(&mut self, cmd: &str) -> Result<String, TransferError> {
         let tag = format!("c{}", self.next_tag);
         self.next_tag += 1;
@@ -335,14 +353,23 @@ impl Client {
     }
 
     async fn finish(&mut self, tag: &str, what: &str) -> Result<Vec<Event>, TransferError> {
+        self.collect(tag, what)
+            .await?
+            .map_err(|text| TransferError::Imap(format!("{what} refused: {text}")))
+    }
+
+    /// The responses until `tag`'s completion; a `NO` or `BAD` is the
+    /// inner error, a `BYE` the outer one.
+    async fn collect(
+        &mut self,
+        tag: &str,
+        what: &str,
+    ) -> Result<Result<Vec<Event>, String>, TransferError> {
         let mut out = Vec::new();
         loop {
             match self.next().await? {
                 Event::Done { tag: t, ok, text } if t == tag => {
-                    if ok {
-                        return Ok(out);
-                    }
-                    return Err(TransferError::Imap(format!("{what} refused: {text}")));
+                    return Ok(if ok { Ok(out) } else { Err(text) });
                 }
                 Event::Bye(text) => {
                     return Err(TransferError::Imap(format!(
@@ -447,6 +474,8 @@ async fn greeting(c: &mut Client) -> Result<(), TransferError> {
 struct Folder {
     /// Its name as the server spells it (decoded from modified UTF-7).
     name: String,
+    /// Its name as sent (for EXAMINE).
+    wire: String,
     /// Its path here (`/`-separated).
     path: String,
     attrs: Vec<String>,
@@ -517,6 +546,7 @@ async fn folders(c: &mut Client) -> Result<Vec<Folder>, TransferError> {
             attrs,
             delimiter,
             name,
+            wire,
         } = e
         {
             let path = match delimiter {
@@ -527,7 +557,12 @@ async fn folders(c: &mut Client) -> Result<Vec<Folder>, TransferError> {
                     .join("/"),
                 _ => name.clone(),
             };
-            out.push(Folder { name, path, attrs });
+            out.push(Folder {
+                name,
+                wire,
+                path,
+                attrs,
+            });
         }
     }
     // Parents before children (made with their own names), the inbox first.
@@ -555,9 +590,18 @@ pub async fn import(imp: &mut Importer<'_>, src: &Source) -> Result<(), Transfer
         .await?
         .json;
     for f in folders(&mut c).await? {
-        // Not a folder of messages, or a view of others (Gmail's All Mail
-        // and Starred hold copies of what the other folders hold).
-        if f.has("\\Noselect") || f.has("\\NonExistent") || f.has("\\All") || f.has("\\Flagged") {
+        // Not a folder of messages, or a view of others (Gmail's All Mail,
+        // Starred and Important hold copies of what the other folders hold).
+        if [
+            "\\Noselect",
+            "\\NonExistent",
+            "\\All",
+            "\\Flagged",
+            "\\Important",
+        ]
+        .iter()
+        .any(|a| f.has(a))
+        {
             continue;
         }
         let target = super::target_mailbox(&f.path, f.role());
@@ -573,24 +617,46 @@ pub async fn import(imp: &mut Importer<'_>, src: &Source) -> Result<(), Transfer
             }
             Err(e) => return Err(e),
         };
-        let wire = crate::imap::render::utf7_encode(&f.name);
         let mut uid_validity = 0;
         let mut exists = 0;
-        for e in c
-            .run(&format!("EXAMINE {}", quoted(&wire)?), "EXAMINE")
-            .await?
-        {
+        // A folder the server will not open is said and left; the others
+        // are still copied.
+        let examined = match c.try_run(&format!("EXAMINE {}", quoted(&f.wire)?)).await? {
+            Ok(events) => events,
+            Err(why) => {
+                imp.summary.skipped.push(format!(
+                    "folder {:?}: the server did not open it: {why}",
+                    f.name
+                ));
+                continue;
+            }
+        };
+        for e in examined {
             match e {
                 Event::UidValidity(v) => uid_validity = v,
                 Event::Exists(n) => exists = n,
                 _ => {}
             }
         }
+        // A server that gives no UIDVALIDITY (0 is not one) cannot be
+        // resumed by UID: the folder is read again and the keys keep what
+        // was copied from coming twice.
         let mark = &marks[f.name.as_str()];
-        let from = if mark["uid_validity"].as_u64() == Some(uid_validity as u64) {
-            mark["last_uid"].as_u64().unwrap_or(0) as u32 + 1
-        } else {
-            1
+        let from = match mark["last_uid"].as_u64() {
+            Some(last)
+                if uid_validity != 0
+                    && mark["uid_validity"].as_u64() == Some(uid_validity.into()) =>
+            {
+                match u32::try_from(last).ok().and_then(|l| l.checked_add(1)) {
+                    Some(n) => n,
+                    // The folder's last UID is copied: nothing can come after.
+                    None => {
+                        imp.progress.tick(&imp.summary, &f.name, true);
+                        continue;
+                    }
+                }
+            }
+            _ => 1,
         };
         if exists > 0 {
             copy_folder(&mut c, imp, src, &source, &f, &mailbox, from, uid_validity).await?;
@@ -624,12 +690,21 @@ async fn copy_folder(
     {
         if let Event::Fetch(m) = e {
             if let Some(u) = m.uid.filter(|u| *u >= from) {
-                todo.push((u, m.size.unwrap_or(0) as u64));
+                let size = m.size.unwrap_or(0) as u64;
+                if size > crate::admin::MAX_IMPORT_MESSAGE {
+                    imp.summary.skipped.push(format!(
+                        "folder {:?} UID {u}: {size} bytes, over the import limit of {}",
+                        f.name,
+                        crate::admin::MAX_IMPORT_MESSAGE
+                    ));
+                    continue;
+                }
+                todo.push((u, size));
             }
         }
     }
     todo.sort_unstable();
-    todo.dedup();
+    todo.dedup_by_key(|t| t.0);
     let mut start = 0;
     while start < todo.len() {
         let mut end = start;
@@ -653,6 +728,7 @@ async fn copy_folder(
                 set.join(",")
             ))
             .await?;
+        let mut got = std::collections::HashSet::new();
         loop {
             let m = match c.next().await? {
                 Event::Done { tag: t, ok, text } if t == tag => {
@@ -669,9 +745,13 @@ async fn copy_folder(
                 Event::Fetch(m) => m,
                 _ => continue,
             };
-            let (Some(_), Some(raw)) = (m.uid, m.body) else {
+            let (Some(uid), Some(raw)) = (m.uid, m.body) else {
                 continue;
             };
+            got.insert(uid);
+            // Without an INTERNALDATE the key takes none (so that a run
+            // again finds the same key) and the message is dated now.
+            let keyed_date = m.internal_date.unwrap_or(0);
             let when = m.internal_date.unwrap_or_else(crate::store::now_unix);
             let keywords = m
                 .flags
@@ -679,13 +759,9 @@ async fn copy_folder(
                 .filter_map(|fl| super::flags::from_imap(fl))
                 .collect();
             let d = digest(&raw);
-            let key = key_of(&[
-                b"imap",
-                source.as_bytes(),
-                f.name.as_bytes(),
-                &d,
-                &when.to_be_bytes(),
-            ]);
+            // Not the server's name or address: the same account reached
+            // by another name is the same source.
+            let key = key_of(&[b"imap", f.name.as_bytes(), &d, &keyed_date.to_be_bytes()]);
             imp.push(
                 mailbox,
                 Item {
@@ -699,6 +775,16 @@ async fn copy_folder(
             .await?;
         }
         imp.flush().await?;
+        // Asked for but not sent (expunged meanwhile, or a server that
+        // would not give it): said, so that nothing goes missing unseen.
+        for (u, _) in &todo[start..end] {
+            if !got.contains(u) {
+                imp.summary.skipped.push(format!(
+                    "folder {:?} UID {u}: the server did not send it (expunged meanwhile?)",
+                    f.name
+                ));
+            }
+        }
         let last = todo[end - 1].0;
         imp.runner()
             .run(

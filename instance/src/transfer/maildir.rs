@@ -171,7 +171,9 @@ fn source_folders(dir: &Path) -> Result<Vec<SourceFolder>, TransferError> {
     for e in std::fs::read_dir(dir).map_err(|e| TransferError::io(dir, e))? {
         let e = e.map_err(|e| TransferError::io(dir, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if !e.path().join("cur").is_dir() {
+        // A folder is a directory of the Maildir itself: a symbolic link
+        // is not followed (it could lead anywhere on this machine).
+        if !e.file_type().is_ok_and(|t| t.is_dir()) || !e.path().join("cur").is_dir() {
             continue;
         }
         if let Some(path) = folder_path(&name) {
@@ -190,9 +192,14 @@ fn source_folders(dir: &Path) -> Result<Vec<SourceFolder>, TransferError> {
 /// The user keywords of a folder (`dovecot-keywords`: `N keyword` lines).
 fn folder_keywords(dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    let Ok(text) = std::fs::read_to_string(dir.join("dovecot-keywords")) else {
+    use std::io::Read as _;
+    let mut text = String::new();
+    // 26 keywords fit in far less; a bigger file is not Dovecot's.
+    let read = std::fs::File::open(dir.join("dovecot-keywords"))
+        .and_then(|f| f.take(64 << 10).read_to_string(&mut text));
+    if read.is_err() {
         return out;
-    };
+    }
     for line in text.lines() {
         let mut it = line.splitn(2, ' ');
         let (Some(n), Some(k)) = (it.next(), it.next()) else {
@@ -207,6 +214,21 @@ fn folder_keywords(dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// A message file's bytes: not through a symbolic link put in its place
+/// since the listing, and not more than the import limit.
+fn read_message(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    let mut raw = Vec::new();
+    f.take(crate::admin::MAX_IMPORT_MESSAGE)
+        .read_to_end(&mut raw)?;
+    Ok(raw)
 }
 
 /// Imports every folder of the Maildir++ at `dir` into the importer's account.
@@ -227,10 +249,27 @@ pub async fn import(imp: &mut Importer<'_>, dir: &Path) -> Result<(), TransferEr
                 if name.starts_with('.') {
                     continue;
                 }
+                // Not followed if a symbolic link (DirEntry::metadata does
+                // not follow it): only the Maildir's own files are read.
                 let meta = e
                     .metadata()
                     .map_err(|err| TransferError::io(e.path(), err))?;
                 if !meta.is_file() {
+                    if meta.is_symlink() {
+                        imp.summary.skipped.push(format!(
+                            "{}: a symbolic link, not followed",
+                            e.path().display()
+                        ));
+                    }
+                    continue;
+                }
+                if meta.len() > crate::admin::MAX_IMPORT_MESSAGE {
+                    imp.summary.skipped.push(format!(
+                        "{}: {} bytes, over the import limit of {}",
+                        e.path().display(),
+                        meta.len(),
+                        crate::admin::MAX_IMPORT_MESSAGE
+                    ));
                     continue;
                 }
                 let mtime = meta
@@ -249,7 +288,7 @@ pub async fn import(imp: &mut Importer<'_>, dir: &Path) -> Result<(), TransferEr
         // Oldest first, so that UIDs follow the dates.
         files.sort();
         for (mtime, unique, path, info) in files {
-            let raw = match std::fs::read(&path) {
+            let raw = match read_message(&path) {
                 Ok(r) => r,
                 // Moved by a client since the listing (Maildir allows it).
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

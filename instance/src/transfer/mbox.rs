@@ -136,13 +136,15 @@ fn with_status(raw: &[u8], keywords: &[String]) -> Vec<u8> {
 }
 
 /// Takes the mbox keyword headers out of a message's header: the
-/// message and its keywords (`None` for a folder's internal-data message).
+/// message and its keywords (`None` for a folder's internal-data message:
+/// an `X-IMAP` header and the subject UW IMAP gives it).
 fn take_status(raw: &[u8]) -> Option<(Vec<u8>, Vec<String>)> {
     let end = header_end(raw).unwrap_or(raw.len());
     let mut out = Vec::with_capacity(raw.len());
     let (mut status, mut x, mut kw) = (String::new(), String::new(), String::new());
     let mut at = 0;
     let mut dropping = false;
+    let (mut x_imap, mut internal_subject) = (false, false);
     while at < end {
         let e = raw[at..end]
             .iter()
@@ -168,13 +170,19 @@ fn take_status(raw: &[u8]) -> Option<(Vec<u8>, Vec<String>)> {
                     "status" => status = v,
                     "x-status" => x = v,
                     "x-keywords" => kw = v,
-                    "x-imap" => return None,
+                    "x-imap" => x_imap = true,
                     _ => {}
                 }
                 continue;
             }
+            if lname == "subject" && value.contains("FOLDER INTERNAL DATA") {
+                internal_subject = true;
+            }
         }
         out.extend_from_slice(line);
+    }
+    if x_imap && internal_subject {
+        return None;
     }
     out.extend_from_slice(&raw[end..]);
     Some((out, flags::from_mbox(&status, &x, &kw)))
@@ -239,56 +247,100 @@ pub async fn export(
     Ok(summary)
 }
 
+/// The longest piece of a line read at once (a longer line is read in
+/// pieces, so that memory stays bounded whatever the file holds).
+const MAX_LINE: u64 = 1 << 20;
+
+/// The message being read.
+struct Current {
+    when: i64,
+    raw: Vec<u8>,
+    /// Over the import limit: its bytes are dropped as they come.
+    over: u64,
+    /// The file's line where it starts.
+    line: u64,
+}
+
 /// Imports the mbox `file` into `target` (a mailbox path or role).
 pub async fn import(
     imp: &mut Importer<'_>,
     file: &Path,
     target: &str,
 ) -> Result<(), TransferError> {
+    use std::io::Read as _;
     let f = std::fs::File::open(file).map_err(|e| TransferError::io(file, e))?;
     let mut r = BufReader::with_capacity(1 << 20, f);
     let mailbox = imp.ensure(target).await?;
     let mut seen: HashMap<[u8; 32], u32> = HashMap::new();
-    let mut cur: Option<(i64, Vec<u8>)> = None;
-    let mut last_empty = false;
+    let mut cur: Option<Current> = None;
+    // The length of the last line when it was empty (`\n` or `\r\n`): the
+    // separator before the next `From ` line, not part of the message.
+    let mut last_empty = 0;
     let mut line = Vec::new();
-    let mut first = true;
+    let mut at_start = true;
+    let mut lineno = 0u64;
     loop {
         line.clear();
-        let n = r
+        let n = (&mut r)
+            .take(MAX_LINE)
             .read_until(b'\n', &mut line)
             .map_err(|e| TransferError::io(file, e))?;
         let eof = n == 0;
-        if eof || line.starts_with(b"From ") {
-            if let Some((when, mut raw)) = cur.take() {
-                if last_empty {
-                    raw.pop();
-                }
-                finish(imp, &mailbox, target, &mut seen, when, raw).await?;
+        let starts = at_start;
+        at_start = line.ends_with(b"\n");
+        if starts {
+            lineno += 1;
+        }
+        if eof || (starts && line.starts_with(b"From ")) {
+            if let Some(mut c) = cur.take() {
+                c.raw.truncate(c.raw.len() - last_empty.min(c.raw.len()));
+                finish(imp, &mailbox, &mut seen, c).await?;
             }
             if eof {
                 break;
             }
             let text = String::from_utf8_lossy(&line);
             let when = from_line_time(&text).unwrap_or_else(crate::store::now_unix);
-            cur = Some((when, Vec::new()));
-            last_empty = false;
-            first = false;
+            cur = Some(Current {
+                when,
+                raw: Vec::new(),
+                over: 0,
+                line: lineno,
+            });
+            last_empty = 0;
+            // The rest of an overlong From line is not the message.
+            while !at_start {
+                line.clear();
+                let n = (&mut r)
+                    .take(MAX_LINE)
+                    .read_until(b'\n', &mut line)
+                    .map_err(|e| TransferError::io(file, e))?;
+                at_start = n == 0 || line.ends_with(b"\n");
+            }
             continue;
         }
-        if first {
+        let Some(c) = cur.as_mut() else {
             return Err(TransferError::Format(format!(
                 "{} is not an mbox: it does not start with a \"From \" line",
                 file.display()
             )));
-        }
-        if let Some((_, raw)) = cur.as_mut() {
-            last_empty = line == b"\n";
-            if line.first() == Some(&b'>') && needs_quote(&line) {
-                raw.extend_from_slice(&line[1..]);
-            } else {
-                raw.extend_from_slice(&line);
-            }
+        };
+        last_empty = if starts && (line == b"\n" || line == b"\r\n") {
+            line.len()
+        } else {
+            0
+        };
+        let piece = if starts && line.first() == Some(&b'>') && needs_quote(&line) {
+            &line[1..]
+        } else {
+            &line[..]
+        };
+        if c.over > 0 || c.raw.len() as u64 + piece.len() as u64 > crate::admin::MAX_IMPORT_MESSAGE
+        {
+            c.over += (c.raw.len() + piece.len()) as u64;
+            c.raw = Vec::new();
+        } else {
+            c.raw.extend_from_slice(piece);
         }
     }
     Ok(())
@@ -297,25 +349,32 @@ pub async fn import(
 async fn finish(
     imp: &mut Importer<'_>,
     mailbox: &str,
-    target: &str,
     seen: &mut HashMap<[u8; 32], u32>,
-    when: i64,
-    raw: Vec<u8>,
+    c: Current,
 ) -> Result<(), TransferError> {
-    let Some((raw, keywords)) = take_status(&raw) else {
+    if c.over > 0 {
+        imp.summary.skipped.push(format!(
+            "the message at line {}: over {} bytes, the import limit",
+            c.line,
+            crate::admin::MAX_IMPORT_MESSAGE
+        ));
+        return Ok(());
+    }
+    let Some((raw, keywords)) = take_status(&c.raw) else {
         // A folder's internal-data message (UW IMAP, pine): not mail.
         return Ok(());
     };
     let d = digest(&raw);
     let rank = seen.entry(d).or_insert(0);
     *rank += 1;
-    let key = key_of(&[b"mbox", target.as_bytes(), &d, &rank.to_be_bytes()]);
+    // The mailbox as made here (not as typed: `sent` and `Sent` are one).
+    let key = key_of(&[b"mbox", mailbox.as_bytes(), &d, &rank.to_be_bytes()]);
     imp.push(
         mailbox,
         Item {
             raw,
             keywords,
-            received_at: when,
+            received_at: c.when,
             key,
             facts: None,
         },
@@ -358,7 +417,13 @@ mod tests {
         let (back, k) = take_status(&with).unwrap();
         assert_eq!(back, raw);
         assert_eq!(k, vec!["$flagged", "$seen", "todo"]);
-        assert!(take_status(b"X-IMAP: 1 2\nSubject: x\n\n").is_none());
+        assert!(take_status(
+            b"X-IMAP: 1 2\nSubject: DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA\n\n"
+        )
+        .is_none());
+        // Any other message that carries the header is mail.
+        let (back, _) = take_status(b"X-IMAP: 1 2\nSubject: x\n\nbody\n").unwrap();
+        assert_eq!(back, b"Subject: x\n\nbody\n");
     }
 
     #[test]

@@ -170,8 +170,17 @@ pub fn target_mailbox(path: &str, marked: Option<Role>) -> String {
     if let Some(r) = marked {
         return r.as_str().to_owned();
     }
+    // Courier and Dovecot's `INBOX.` namespace puts every folder under
+    // the inbox: `INBOX.Sent` is the Sent folder.
+    let path = match path.get(..6) {
+        Some(p) if p.eq_ignore_ascii_case("inbox/") && path.len() > 6 => &path[6..],
+        _ => path,
+    };
     let lower = path.to_lowercase();
-    let role = match lower.trim_start_matches("[gmail]/") {
+    let role = match lower
+        .trim_start_matches("[gmail]/")
+        .trim_start_matches("[google mail]/")
+    {
         "inbox" => Some(Role::Inbox),
         "sent" | "sent messages" | "sent items" | "sent mail" | "envoyés" | "éléments envoyés" => {
             Some(Role::Sent)
@@ -182,12 +191,9 @@ pub fn target_mailbox(path: &str, marked: Option<Role>) -> String {
         "archive" | "archives" => Some(Role::Archive),
         _ => None,
     };
-    if let Some(r) = role {
-        return r.as_str().to_owned();
-    }
-    match path.get(..6) {
-        Some(p) if p.eq_ignore_ascii_case("inbox/") && path.len() > 6 => path[6..].to_owned(),
-        _ => path.to_owned(),
+    match role {
+        Some(r) => r.as_str().to_owned(),
+        None => path.to_owned(),
     }
 }
 
@@ -410,41 +416,67 @@ pub async fn export_messages<F>(
 where
     F: FnMut(Exported) -> Result<(), TransferError>,
 {
-    let index = runner
-        .run(
-            &Op::MailIndex {
-                user: user.to_owned(),
-                mailbox: mailbox.to_owned(),
-            },
-            Vec::new(),
-        )
-        .await?;
-    type Entry = (
-        String,
-        Vec<String>,
-        i64,
-        u64,
-        Option<crate::admin::MessageFacts>,
-    );
-    let list: Vec<Entry> = index.json["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| {
-            Some((
-                m["id"].as_str()?.to_owned(),
-                m["keywords"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|k| k.as_str().map(str::to_owned))
-                    .collect(),
-                m["received_at"].as_i64().unwrap_or(0),
-                m["size"].as_u64().unwrap_or(0),
-                serde_json::from_value(m["facts"].clone()).ok(),
-            ))
-        })
-        .collect();
+    let mut after_uid = 0;
+    loop {
+        let index = runner
+            .run(
+                &Op::MailIndex {
+                    user: user.to_owned(),
+                    mailbox: mailbox.to_owned(),
+                    after_uid,
+                },
+                Vec::new(),
+            )
+            .await?;
+        let page = index.json["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let list: Vec<Entry> = page
+            .iter()
+            .filter_map(|m| {
+                Some((
+                    m["id"].as_str()?.to_owned(),
+                    m["keywords"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|k| k.as_str().map(str::to_owned))
+                        .collect(),
+                    m["received_at"].as_i64().unwrap_or(0),
+                    m["size"].as_u64().unwrap_or(0),
+                    serde_json::from_value(m["facts"].clone()).ok(),
+                ))
+            })
+            .collect();
+        export_page(runner, user, &list, &mut each).await?;
+        let last = page.last().and_then(|m| m["uid"].as_u64());
+        match last.and_then(|u| u32::try_from(u).ok()) {
+            Some(u) if index.json["more"].as_bool() == Some(true) && u > after_uid => after_uid = u,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// One message of a `mail_index` page: id, keywords, date, size, facts.
+type Entry = (
+    String,
+    Vec<String>,
+    i64,
+    u64,
+    Option<crate::admin::MessageFacts>,
+);
+
+/// Fetches the messages of one index page in batches, in its order.
+async fn export_page<F>(
+    runner: &Runner,
+    user: &str,
+    list: &[Entry],
+    each: &mut F,
+) -> Result<(), TransferError>
+where
+    F: FnMut(Exported) -> Result<(), TransferError>,
+{
     let mut start = 0;
     while start < list.len() {
         let mut end = start;
@@ -472,7 +504,7 @@ where
             // batch one by one and leave the gone ones out.
             Err(RunError::Op(crate::admin::OpError::NotFound(_))) if end - start > 1 => {
                 for m in &list[start..end] {
-                    if let Ok(o) = runner
+                    let one = runner
                         .run(
                             &Op::MailFetch {
                                 user: user.to_owned(),
@@ -480,16 +512,19 @@ where
                             },
                             Vec::new(),
                         )
-                        .await
-                    {
-                        each(Exported {
-                            id: m.0.clone(),
-                            keywords: m.1.clone(),
-                            received_at: m.2,
-                            raw: o.raw,
-                            facts: m.4.clone(),
-                        })?;
-                    }
+                        .await;
+                    let o = match one {
+                        Ok(o) => o,
+                        Err(RunError::Op(crate::admin::OpError::NotFound(_))) => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    each(Exported {
+                        id: m.0.clone(),
+                        keywords: m.1.clone(),
+                        received_at: m.2,
+                        raw: o.raw,
+                        facts: m.4.clone(),
+                    })?;
                 }
                 start = end;
                 continue;
@@ -539,6 +574,9 @@ mod tests {
         assert_eq!(target_mailbox("Deleted Items", None), "trash");
         assert_eq!(target_mailbox("Work/2026", None), "Work/2026");
         assert_eq!(target_mailbox("INBOX/Work", None), "Work");
+        assert_eq!(target_mailbox("INBOX/Spam", None), "junk");
+        assert_eq!(target_mailbox("INBOX/Sent", None), "sent");
+        assert_eq!(target_mailbox("[Google Mail]/Drafts", None), "drafts");
         assert_eq!(target_mailbox("Outbox", Some(Role::Sent)), "sent");
     }
 
