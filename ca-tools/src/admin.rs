@@ -132,6 +132,21 @@ impl CaAdmin for AdminService {
             .await?;
         Ok(Response::new(pb::SetBaselineResponse { directory_serial }))
     }
+
+    async fn handover(
+        &self,
+        r: Request<pb::HandoverRequest>,
+    ) -> Result<Response<pb::HandoverResponse>, Status> {
+        let r = r.into_inner();
+        let h = self
+            .blocking("handover", move |ca| ca.handover(&r.from, &r.to))
+            .await?;
+        Ok(Response::new(pb::HandoverResponse {
+            to: h.to,
+            domains: h.domains,
+            at: h.at,
+        }))
+    }
 }
 
 /// Connects to the admin socket of a service running on `dir`, if one answers.

@@ -5,7 +5,7 @@ use crate::csr::{normalize_domain, parse_csr};
 use crate::error::{CaError, Result};
 use crate::keyfile::{read_private, write_file_atomic, write_private_new};
 use crate::member_cert::{assemble_certificate, tbs_certificate, MemberCertSpec};
-use crate::store::{CertRecord, Change, Revocation, Status, Store, Supersession};
+use crate::store::{CertRecord, Change, Handover, Revocation, Status, Store, Supersession};
 use crate::tlog::{self, Checkpoint, Entry, EntryKind, Signer};
 use caliopen_charter::Charter;
 use caliopen_proto::directory::{DIRECTORY_ALGORITHM, DIRECTORY_PURPOSE};
@@ -19,7 +19,7 @@ use rcgen::{
 };
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -390,7 +390,7 @@ fn open_log_key(dir: &Path, store: &Store, name: &str, root_key_id: &[u8]) -> Re
 pub struct LogEntryInfo {
     /// Position in the log (0-based).
     pub index: u64,
-    /// `issuance`, `renewal`, `revocation` or `baseline`.
+    /// `issuance`, `renewal`, `revocation`, `baseline` or `handover`.
     pub kind: &'static str,
     /// When the operation happened (Unix seconds).
     pub time: u64,
@@ -412,6 +412,9 @@ pub struct LogEntryInfo {
     /// New baseline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_software_version: Option<String>,
+    /// The successor a handover names (`member_id` is the member that closed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub successor: Option<String>,
 }
 
 impl LogEntryInfo {
@@ -426,6 +429,7 @@ impl LogEntryInfo {
             renewed_from: None,
             reason: None,
             min_software_version: None,
+            successor: None,
         };
         let cert = |info: &mut Self, der: &[u8]| {
             info.sha256 = Some(sha256_hex(der));
@@ -450,6 +454,10 @@ impl LogEntryInfo {
             EntryKind::Baseline {
                 min_software_version,
             } => info.min_software_version = Some(min_software_version.clone()),
+            EntryKind::Handover { from, to } => {
+                info.member_id = Some(from.clone());
+                info.successor = Some(to.clone());
+            }
         }
         info
     }
@@ -472,6 +480,11 @@ impl LogEntryInfo {
                 o(&self.sha256)
             ),
             "revocation" => format!("serial {} reason {}", o(&self.serial), o(&self.reason)),
+            "handover" => format!(
+                "member {} hands over to {}",
+                o(&self.member_id),
+                o(&self.successor)
+            ),
             _ => format!("min_software_version {:?}", o(&self.min_software_version)),
         }
     }
@@ -904,7 +917,7 @@ impl Authority {
                 EntryKind::Revocation { serial, .. } => {
                     revoked.insert(hex::encode(serial));
                 }
-                EntryKind::Baseline { .. } => {}
+                EntryKind::Baseline { .. } | EntryKind::Handover { .. } => {}
             }
             tree.push_entry(&b);
         }
@@ -1377,16 +1390,32 @@ impl Authority {
         let csr = parse_csr(csr_pem)?;
         let _g = self.lock();
         let old = self.identify_at(client_cert_der, at.unix_timestamp())?;
-        let mut want = csr.dns_names.clone();
-        want.sort();
-        let mut have = old.domains.clone();
-        have.sort();
-        if want != have {
+        // The current domains, and any of the domains handed over to this
+        // member by a predecessor that closed (those it may add).
+        let inherited: Vec<String> = self
+            .store
+            .handovers()?
+            .into_iter()
+            .filter(|(_, h)| h.to == old.member_id)
+            .flat_map(|(_, h)| h.domains)
+            .filter(|d| !old.domains.contains(d))
+            .collect();
+        let want: HashSet<&String> = csr.dns_names.iter().collect();
+        let keeps_all = old.domains.iter().all(|d| want.contains(d));
+        let only_known = want
+            .iter()
+            .all(|d| old.domains.contains(d) || inherited.contains(d));
+        if !keeps_all || !only_known {
+            let mut may = old.domains.join(", ");
+            if !inherited.is_empty() {
+                may = format!("{may}, and may add {}", inherited.join(", "));
+            }
             return Err(CaError::Refused(format!(
-                "renewal must ask for exactly the current domains ({})",
-                old.domains.join(", ")
+                "renewal must ask for the current domains ({may})"
             )));
         }
+        let mut domains = old.domains.clone();
+        domains.extend(inherited.into_iter().filter(|d| want.contains(d)));
         // Same lifetime as the old certificate (rounded to whole days; its
         // validity starts 5 minutes early).
         let days = u32::try_from((old.not_after - old.not_before + 43_200) / 86_400)
@@ -1400,7 +1429,7 @@ impl Authority {
         };
         // Keep the member's domain order (the first is the subject CN).
         let csr = crate::csr::CsrInfo {
-            dns_names: old.domains.clone(),
+            dns_names: domains,
             ..csr
         };
         let (record, der) = self.issue_locked(
@@ -1590,6 +1619,12 @@ impl Authority {
                 .cmp(&a.not_before)
                 .then(b.serial.cmp(&a.serial))
         });
+        let handovers: HashMap<String, String> = self
+            .store
+            .handovers()?
+            .into_iter()
+            .map(|(from, h)| (from, h.to))
+            .collect();
         let mut members: BTreeMap<String, DirectoryMember> = BTreeMap::new();
         let mut listed: Vec<CertRecord> = Vec::new();
         for r in active {
@@ -1603,6 +1638,7 @@ impl Authority {
                     charter_version: r.charter_version.clone(),
                     successor: r.successor.clone().unwrap_or_default(),
                     not_after: r.not_after,
+                    handed_over_to: handovers.get(&r.member_id).cloned().unwrap_or_default(),
                 });
             // Supersession keeps this true by itself; the cap also covers
             // state written before it existed.
@@ -1669,6 +1705,112 @@ impl Authority {
         self.store.flush()?;
         self.republish()?;
         Ok(serial)
+    }
+
+    /// Records that `from` closes and hands its users and domains over to
+    /// `to`, the successor its label names: one log entry, then a directory
+    /// in which `from` names `to` as the member that now serves its
+    /// domains (and `to` may renew with them as SANs). Run again with the
+    /// same members, it changes nothing.
+    pub fn handover(&self, from: &str, to: &str) -> Result<Handover> {
+        let (from, to) = (from.trim(), to.trim());
+        if from.is_empty() || to.is_empty() || from == to {
+            return Err(CaError::BadInput(
+                "a handover names two different members (--from and --to)".into(),
+            ));
+        }
+        let _g = self.lock();
+        let t = now();
+        let now_s = t.unix_timestamp();
+        let newest = |member: &str| -> Result<Option<CertRecord>> {
+            Ok(self
+                .store
+                .all_certs()?
+                .into_iter()
+                .filter(|r| r.member_id == member && r.status(now_s) == Status::Active)
+                .max_by_key(|r| r.not_before))
+        };
+        let old =
+            newest(from)?.ok_or_else(|| CaError::NotFound(format!("no active member {from:?}")))?;
+        // The successor, by member id or by one of its domains.
+        let succ = match newest(to)? {
+            Some(r) => r,
+            None => {
+                let d = to.to_ascii_lowercase();
+                let id = self
+                    .store
+                    .all_certs()?
+                    .into_iter()
+                    .find(|r| r.status(now_s) == Status::Active && r.domains.contains(&d))
+                    .map(|r| r.member_id)
+                    .ok_or_else(|| {
+                        CaError::NotFound(format!(
+                            "no active member {to:?} (the successor must hold a valid label)"
+                        ))
+                    })?;
+                newest(&id)?.ok_or_else(|| CaError::NotFound(format!("no active member {id:?}")))?
+            }
+        };
+        if succ.member_id == old.member_id {
+            return Err(CaError::BadInput(
+                "a member cannot be its own successor".into(),
+            ));
+        }
+        // The label names the successor by its member id or a domain of it.
+        match old.successor.as_deref() {
+            Some(s) if s == succ.member_id || succ.domains.iter().any(|d| d == s) => {}
+            Some(s) => {
+                return Err(CaError::Refused(format!(
+                    "{from} names {s} as its successor (in its label), not {}",
+                    succ.member_id
+                )))
+            }
+            None => {
+                return Err(CaError::Refused(format!(
+                    "{from} names no successor in its label: sign it again with --successor"
+                )))
+            }
+        }
+        let to = succ.member_id.as_str();
+        if let Some((_, h)) = self.store.handovers()?.into_iter().find(|(f, _)| f == from) {
+            if h.to == to {
+                return Ok(h);
+            }
+            return Err(CaError::Refused(format!(
+                "{from} was handed over to {} already",
+                h.to
+            )));
+        }
+        let h = Handover {
+            to: to.to_owned(),
+            domains: old.domains.clone(),
+            at: now_s,
+        };
+        self.commit_logged(
+            &Change {
+                handover: Some((from, &h)),
+                ..Change::default()
+            },
+            &[Entry {
+                time: unix(t),
+                kind: EntryKind::Handover {
+                    from: from.to_owned(),
+                    to: to.to_owned(),
+                },
+            }],
+        )?;
+        self.audit(&serde_json::json!({
+            "event": "handover", "from": from, "to": to, "domains": h.domains,
+        }))?;
+        self.issue_directory_locked(t)?;
+        self.store.flush()?;
+        self.republish()?;
+        Ok(h)
+    }
+
+    /// Every recorded handover (the member that closed, and to whom).
+    pub fn handovers(&self) -> Result<Vec<(String, Handover)>> {
+        self.store.handovers()
     }
 
     /// Every certificate ever issued with its standing now.

@@ -41,4 +41,4 @@ pub use service::{
     service_identity, AssociationService, BoundService, ServiceConfig, MAX_WATCHERS,
     REFRESH_INTERVAL,
 };
-pub use store::{CertRecord, Revocation, Status, Supersession};
+pub use store::{CertRecord, Handover, Revocation, Status, Supersession};

@@ -10,7 +10,8 @@
 //!   (encoded `SignedDirectory`); for the membership log `log_size` (u64
 //!   big-endian), `log_checkpoint` (the latest signed checkpoint, UTF-8, dated
 //!   by the log's `cosignature/v1` and replaced by each heartbeat) and
-//!   `log_origin` (UTF-8).
+//!   `log_origin` (UTF-8); `handover/<member id>` → [`Handover`] (JSON) for
+//!   each member that closed and handed over to its successor.
 //! - `log_entries`: index (u64 big-endian) → entry bytes ([`crate::tlog::Entry`]).
 //! - `log_nodes`: level (u8) ‖ index (u64 big-endian) → the 32-byte hash of
 //!   that complete subtree (level 0: leaf hashes), so that tree heads and
@@ -140,6 +141,27 @@ pub struct Change<'a> {
     pub certs: Vec<(Vec<u8>, &'a CertRecord)>,
     /// A new security baseline.
     pub min_software_version: Option<&'a str>,
+    /// A member's handover to its successor (the member that closes, what
+    /// is recorded).
+    pub handover: Option<(&'a str, &'a Handover)>,
+}
+
+/// A member that closed and handed its users and domains to its successor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Handover {
+    /// The successor's member id.
+    pub to: String,
+    /// The domains the member served then (the successor serves them now).
+    pub domains: Vec<String>,
+    /// When it was recorded (Unix seconds).
+    pub at: i64,
+}
+
+/// `meta` key prefix of handover records (then the member id).
+const K_HANDOVER: &[u8] = b"handover/";
+
+fn handover_key(from: &str) -> Vec<u8> {
+    [K_HANDOVER, from.as_bytes()].concat()
 }
 
 fn node_key(level: u8, index: u64) -> [u8; 9] {
@@ -255,6 +277,14 @@ impl Store {
                     .map_err(|e| CaError::State(e.to_string()))
             })
             .collect::<Result<_>>()?;
+        let handover = change
+            .handover
+            .map(|(from, h)| {
+                serde_json::to_vec(h)
+                    .map(|v| (handover_key(from), v))
+                    .map_err(|e| CaError::State(e.to_string()))
+            })
+            .transpose()?;
         let res = (&self.certs, &self.meta, &self.log_entries, &self.log_nodes).transaction(
             |(t_certs, t_meta, t_entries, t_nodes)| {
                 let mut size = match t_meta.get(K_LOG_SIZE)? {
@@ -292,6 +322,9 @@ impl Store {
                 }
                 if let Some(v) = change.min_software_version {
                     t_meta.insert(K_MIN_VERSION, v.as_bytes())?;
+                }
+                if let Some((k, v)) = &handover {
+                    t_meta.insert(k.as_slice(), v.as_slice())?;
                 }
                 Ok((size, checkpoint))
             },
@@ -481,6 +514,20 @@ impl Store {
     }
 
     /// The security baseline ("" when unset).
+    /// Every recorded handover: the member that closed, and to whom.
+    pub fn handovers(&self) -> Result<Vec<(String, Handover)>> {
+        self.meta
+            .scan_prefix(K_HANDOVER)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let from = String::from_utf8_lossy(&k[K_HANDOVER.len()..]).into_owned();
+                let h = serde_json::from_slice(&v)
+                    .map_err(|e| CaError::State(format!("corrupt handover record: {e}")))?;
+                Ok((from, h))
+            })
+            .collect()
+    }
+
     pub fn min_software_version(&self) -> Result<String> {
         Ok(self
             .meta

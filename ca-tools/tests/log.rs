@@ -424,3 +424,104 @@ fn an_undated_checkpoint_is_dated_by_the_first_heartbeat() {
     assert_eq!(c.size, 6);
     assert!(ca.verify_log().expect("verify").signed_at.is_some());
 }
+
+/// A CSR for several domains.
+fn csr_for(key: &KeyPair, domains: &[&str]) -> Vec<u8> {
+    CertificateParams::new(domains.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+        .expect("params")
+        .serialize_request(key)
+        .expect("csr")
+        .pem()
+        .expect("pem")
+        .into_bytes()
+}
+
+#[test]
+fn a_handover_goes_to_the_named_successor_only_and_is_logged() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Authority::init(&tmp.path().join("a"), "Handover", 3650, Settings::default())
+        .expect("init");
+    let t0 = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    let (ko, ks, kx) = (
+        KeyPair::generate().expect("k"),
+        KeyPair::generate().expect("k"),
+        KeyPair::generate().expect("k"),
+    );
+    let issue = |member: &str, key: &KeyPair, successor: Option<&str>| {
+        ca.sign_at(
+            &SignRequest {
+                csr: csr(key, &format!("{member}.test")),
+                member_id: member.into(),
+                charter_version: "1.0".into(),
+                successor: successor.map(str::to_owned),
+                endpoints: vec!["127.0.0.1:7443".into()],
+                days: None,
+            },
+            t0,
+        )
+        .expect("sign")
+    };
+    // "old" names its successor by one of its domains.
+    issue("old", &ko, Some("succ.test"));
+    let succ = issue("succ", &ks, None);
+    issue("other", &kx, None);
+
+    // Not the named successor, no successor named, unknown members: refused.
+    let err = ca
+        .handover("old", "other")
+        .expect_err("not named")
+        .to_string();
+    assert!(err.contains("names succ.test as its successor"), "{err}");
+    let err = ca.handover("other", "succ").expect_err("none").to_string();
+    assert!(err.contains("names no successor"), "{err}");
+    assert!(ca.handover("ghost", "succ").is_err());
+    assert!(ca.handover("old", "old").is_err());
+    let before = ca.log_entries().expect("entries").len();
+
+    // By domain or by id: one entry, the directory names the successor.
+    let h = ca.handover("old", "succ.test").expect("handover");
+    assert_eq!(
+        (h.to.as_str(), h.domains.clone()),
+        ("succ", vec!["old.test".to_owned()])
+    );
+    let again = ca.handover("old", "succ").expect("again");
+    assert_eq!(again, h);
+    let entries = ca.log_entries().expect("entries");
+    assert_eq!(entries.len(), before + 1, "run again: nothing more logged");
+    let last = entries.last().expect("last");
+    assert_eq!(last.kind, "handover");
+    assert_eq!(last.member_id.as_deref(), Some("old"));
+    assert_eq!(last.successor.as_deref(), Some("succ"));
+    let (_, tree) = rebuild(&ca);
+    assert_eq!(tree.size(), entries.len() as u64);
+    ca.verify_log().expect("the log verifies");
+    let signed = SignedDirectory::decode(ca.published().directory.as_slice()).expect("signed");
+    let dir = Directory::decode(signed.directory.as_slice()).expect("dir");
+    let by = |id: &str| {
+        dir.members
+            .iter()
+            .find(|m| m.member_id == id)
+            .expect("member")
+    };
+    assert_eq!(by("old").handed_over_to, "succ");
+    assert_eq!(by("succ").handed_over_to, "");
+    assert!(ca.handover("old", "other").is_err(), "handed over already");
+
+    // The successor renews with the old domain added; nobody else may.
+    let renewed = ca
+        .renew_at(
+            &der(&succ.record.certificate_pem),
+            &csr_for(&ks, &["succ.test", "old.test"]),
+            t0 + time::Duration::seconds(5),
+        )
+        .expect("renew with the inherited domain");
+    assert_eq!(renewed.record.domains, vec!["succ.test", "old.test"]);
+    let err = ca
+        .renew_at(
+            &der(&renewed.record.certificate_pem),
+            &csr_for(&ks, &["succ.test", "old.test", "other.test"]),
+            t0 + time::Duration::seconds(6),
+        )
+        .expect_err("a domain not handed over");
+    assert!(err.to_string().contains("current domains"), "{err}");
+}

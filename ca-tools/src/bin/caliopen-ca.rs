@@ -127,6 +127,18 @@ enum Cmd {
         #[arg(long, value_name = "VERSION")]
         min_version: String,
     },
+    /// Record that a member closes and hands its users and domains over to its
+    /// successor (the one its label names); a new directory maps its domains to it.
+    Handover {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The member that closes (member id).
+        #[arg(long, value_name = "MEMBER")]
+        from: String,
+        /// Its successor (member id, or a domain of it).
+        #[arg(long, value_name = "SUCCESSOR")]
+        to: String,
+    },
     /// Verify a signed directory with a root certificate and print it as JSON.
     VerifyDirectory {
         /// Association root certificate(s), PEM.
@@ -525,6 +537,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             out!("baseline set; directory serial {serial}");
+        }
+        Cmd::Handover { dir, from, to } => {
+            let who = from.clone();
+            let (to, domains) = match backend(&dir.dir).await? {
+                Backend::Remote(mut c) => {
+                    let r = c
+                        .handover(pb::HandoverRequest { from, to })
+                        .await
+                        .map_err(status_to_error)?
+                        .into_inner();
+                    (r.to, r.domains)
+                }
+                Backend::Local(ca) => {
+                    let h = tokio::task::spawn_blocking(move || ca.handover(&from, &to)).await??;
+                    (h.to, h.domains)
+                }
+            };
+            out!(
+                "{who} hands over to {to}: {} now served by {to}; run `caliopen handover` on {who}'s instance",
+                domains.join(", ")
+            );
         }
         Cmd::VerifyDirectory { ca, input } => {
             let ca_text =

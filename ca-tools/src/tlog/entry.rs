@@ -5,11 +5,13 @@
 //! entry      = version kind time body        ; no trailing bytes
 //! version    = 0x01
 //! kind       = 0x01 issuance | 0x02 renewal | 0x03 revocation | 0x04 baseline
+//!            | 0x05 handover
 //! time       = uint64 big-endian, Unix seconds of the operation
 //! issuance   = cert
 //! renewal    = serial cert                   ; serial: the certificate renewed
 //! revocation = serial reason
 //! baseline   = string                        ; minimum software version ("" clears)
+//! handover   = string string                 ; the member that closes, its successor
 //! cert       = uint24 length, certificate DER
 //! serial     = uint8 length (1..=20), serial number bytes (RFC 5280 §4.1.2.2)
 //! reason     = uint8 length, RFC 5280 reason name, ASCII
@@ -63,6 +65,14 @@ pub enum EntryKind {
         /// The new minimum software version.
         min_software_version: String,
     },
+    /// A member closes and hands its users and domains over to its
+    /// successor (the one its label names).
+    Handover {
+        /// The member that closes.
+        from: String,
+        /// Its successor.
+        to: String,
+    },
 }
 
 /// One log entry.
@@ -75,13 +85,14 @@ pub struct Entry {
 }
 
 impl EntryKind {
-    /// Short name: `issuance`, `renewal`, `revocation`, `baseline`.
+    /// Short name: `issuance`, `renewal`, `revocation`, `baseline`, `handover`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Issuance { .. } => "issuance",
             Self::Renewal { .. } => "renewal",
             Self::Revocation { .. } => "revocation",
             Self::Baseline { .. } => "baseline",
+            Self::Handover { .. } => "handover",
         }
     }
 }
@@ -184,6 +195,15 @@ impl Entry {
                 out.extend_from_slice(&self.time.to_be_bytes());
                 put_short(&mut out, min_software_version.as_bytes())?;
             }
+            EntryKind::Handover { from, to } => {
+                out.push(5);
+                out.extend_from_slice(&self.time.to_be_bytes());
+                if from.is_empty() || to.is_empty() {
+                    return Err(EntryError::Malformed("a handover names two members"));
+                }
+                put_short(&mut out, from.as_bytes())?;
+                put_short(&mut out, to.as_bytes())?;
+            }
         }
         // Served in tlog-tiles entry bundles, whose length prefix is a
         // uint16: a longer entry could be logged but never published.
@@ -227,6 +247,13 @@ impl Entry {
             4 => EntryKind::Baseline {
                 min_software_version: r.text()?,
             },
+            5 => {
+                let (from, to) = (r.text()?, r.text()?);
+                if from.is_empty() || to.is_empty() {
+                    return Err(EntryError::Malformed("a handover names two members"));
+                }
+                EntryKind::Handover { from, to }
+            }
             _ => return Err(EntryError::Malformed("unknown kind")),
         };
         if !r.0.is_empty() {
@@ -266,6 +293,13 @@ mod tests {
                 time: 5,
                 kind: EntryKind::Baseline {
                     min_software_version: "0.2.0".into(),
+                },
+            },
+            Entry {
+                time: 6,
+                kind: EntryKind::Handover {
+                    from: "old-member".into(),
+                    to: "successor".into(),
                 },
             },
         ]
