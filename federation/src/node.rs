@@ -10,7 +10,7 @@ use crate::trust::{check_member, PeerIdentity, TrustState, TrustStore};
 use crate::wire::{decode_single, encode_frame, FrameError, DEFAULT_MAX_FRAME};
 use caliopen_proto::pb::mesh::{
     error_reply, request, response, CheckpointPush, CrlPush, Deliver, DeliverReply, DirectoryPush,
-    ErrorReply, Hello, PrivacyQuery, PrivacyReply, PushReply, Request, Response, SplitViewPush,
+    ErrorReply, HandoverChunk, HandoverReply, Hello, PrivacyQuery, PrivacyReply, PushReply, Request, Response, SplitViewPush,
 };
 use caliopen_proto::{MESH_PROTOCOL_VERSION, SOFTWARE_VERSION};
 use std::collections::HashMap;
@@ -86,6 +86,19 @@ pub trait MeshHandler: Send + Sync + 'static {
         peer: &PeerIdentity,
         q: PrivacyQuery,
     ) -> BoxFuture<Result<PrivacyReply, HandlerError>>;
+    /// Takes a piece of an account archive from a member that handed over
+    /// to this one (already checked against the directory).
+    fn handover_chunk(
+        &self,
+        _peer: &PeerIdentity,
+        _c: HandoverChunk,
+    ) -> BoxFuture<Result<HandoverReply, HandlerError>> {
+        Box::pin(async {
+            Err(HandlerError::Refused(
+                "this member does not take handovers".into(),
+            ))
+        })
+    }
 }
 
 /// Tunables of a mesh endpoint.
@@ -799,7 +812,14 @@ impl MeshNode {
                         .rsplit_once('@')
                         .map(|(_, dom)| dom.to_ascii_lowercase())
                         .unwrap_or_default();
-                    if !peer.domains.contains(&domain) {
+                    // A member that handed over to this one forwards what
+                    // still reaches it, from any sender.
+                    let predecessor = self
+                        .inner
+                        .trust
+                        .current()
+                        .handed_over(&peer.member_id, &self.inner.cfg.member_id);
+                    if !peer.domains.contains(&domain) && !predecessor {
                         self.inner
                             .stats
                             .sender_refused
@@ -822,6 +842,30 @@ impl MeshNode {
                             body: Some(response::Body::Deliver(r)),
                         }
                     }
+                    Err(e) => handler_error_response(e),
+                }
+            }
+            request::Body::HandoverChunk(c) => {
+                // Only from a member the directory says handed over to this one.
+                if !self
+                    .inner
+                    .trust
+                    .current()
+                    .handed_over(&peer.member_id, &self.inner.cfg.member_id)
+                {
+                    tracing::warn!(peer = %peer.member_id, "handover refused: not our predecessor");
+                    return error_response(
+                        error_reply::Code::Refused,
+                        format!(
+                            "the directory does not say that {} handed over to {}",
+                            peer.member_id, self.inner.cfg.member_id
+                        ),
+                    );
+                }
+                match self.inner.handler.handover_chunk(peer, c).await {
+                    Ok(r) => Response {
+                        body: Some(response::Body::Handover(r)),
+                    },
                     Err(e) => handler_error_response(e),
                 }
             }
@@ -1196,6 +1240,27 @@ impl MeshNode {
             .body
         {
             Some(response::Body::Deliver(r)) => Ok(r),
+            _ => Err(MeshError::Unexpected),
+        }
+    }
+
+    /// Sends a piece of an account archive to `member`, the successor.
+    pub async fn handover_chunk(
+        &self,
+        member: &str,
+        c: HandoverChunk,
+    ) -> Result<HandoverReply, MeshError> {
+        match self
+            .request(
+                member,
+                Request {
+                    body: Some(request::Body::HandoverChunk(c)),
+                },
+            )
+            .await?
+            .body
+        {
+            Some(response::Body::Handover(r)) => Ok(r),
             _ => Err(MeshError::Unexpected),
         }
     }

@@ -103,12 +103,30 @@ impl Renewer {
 
     /// Renews now, whatever the lifetime left.
     pub async fn renew_now(&self) -> Result<(), String> {
+        self.renew_with(&[]).await
+    }
+
+    /// The certificate's domains (SAN dNSNames).
+    pub fn domains(&self) -> Result<Vec<String>, String> {
+        inspect(&self.certificate_pem()).map(|(_, _, sans)| sans)
+    }
+
+    /// Renews now asking for `extra` domains besides the certificate's
+    /// (domains a predecessor handed over to this member: the association
+    /// grants only those).
+    pub async fn renew_with(&self, extra: &[String]) -> Result<(), String> {
         let (cert_pem, key_pem) = self
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let (_, _, sans) = inspect(&cert_pem)?;
+        let (_, _, mut sans) = inspect(&cert_pem)?;
+        for d in extra {
+            let d = d.to_ascii_lowercase();
+            if !sans.contains(&d) {
+                sans.push(d);
+            }
+        }
         let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
         let csr = rcgen::CertificateParams::new(sans)
             .and_then(|p| p.serialize_request(&key))

@@ -189,6 +189,8 @@ pub async fn run(
         .with_credentials(credentials)
         .with_from_check(config.smtp.from_check)
         .with_blocklists(config.dns.blocklists.clone());
+    svc.set_spool_dir(dir.join("handover"));
+    crate::handover::load_forwarding(&svc);
     if config.dkim.sign {
         let keys = crate::dkim::DkimKeys::open(&dir).map_err(|e| e.to_string())?;
         for d in keys

@@ -23,6 +23,7 @@ pub mod delivery;
 pub mod demo;
 pub mod dkim;
 pub mod dsn;
+pub mod handover;
 pub mod imap;
 pub mod limits;
 pub mod login;

@@ -131,18 +131,38 @@ impl TrustState {
             .find(|m| m.member_id == member_id)
     }
 
-    /// The member serving a mail domain.
+    /// The member serving a mail domain: the one listing it, or, when that
+    /// member closed and handed over (`handed_over_to`), its successor (and
+    /// so on, a few steps at most).
     pub fn member_for_domain(
         &self,
         domain: &str,
     ) -> Option<&caliopen_proto::pb::directory::DirectoryMember> {
         let d = domain.to_ascii_lowercase();
-        self.directory
-            .as_ref()?
-            .directory
-            .members
+        let members = &self.directory.as_ref()?.directory.members;
+        // A successor that lists the domain itself (renewed with it) comes
+        // before the member that closed.
+        let mut m = members
             .iter()
-            .find(|m| m.domains.contains(&d))
+            .find(|m| m.domains.contains(&d) && m.handed_over_to.is_empty())
+            .or_else(|| members.iter().find(|m| m.domains.contains(&d)))?;
+        for _ in 0..4 {
+            if m.handed_over_to.is_empty() {
+                break;
+            }
+            match members.iter().find(|n| n.member_id == m.handed_over_to) {
+                Some(n) => m = n,
+                None => break,
+            }
+        }
+        Some(m)
+    }
+
+    /// True when `member` closed and handed its users over to `successor`
+    /// (so `successor` takes what it forwards, whoever the sender).
+    pub fn handed_over(&self, member: &str, successor: &str) -> bool {
+        self.member(member)
+            .is_some_and(|m| !successor.is_empty() && m.handed_over_to == successor)
     }
 }
 

@@ -6,6 +6,7 @@ mod ops;
 mod transfer;
 
 pub use ops::{execute, execute_with, Op, OpError, OpOutput};
+pub(crate) use ops::user_of;
 pub use transfer::{
     AccountManifest, AppendItem, MessageFacts, MAX_BATCH_BYTES, MAX_BATCH_MESSAGES,
     MAX_IMPORT_MESSAGE,

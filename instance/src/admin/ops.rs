@@ -110,6 +110,22 @@ pub enum Op {
         /// The account.
         user: String,
     },
+    /// Where a successor handover stands (the daemon's view).
+    HandoverStatus,
+    /// Streams one account to the successor over the mesh (one pass) and
+    /// compares what it stored.
+    HandoverAccount {
+        /// The account.
+        user: String,
+        /// The pass (1: while still delivering; 2: after forwarding began).
+        pass: u32,
+    },
+    /// Forwards everything for the served domains to the successor, or
+    /// stops forwarding.
+    HandoverForward {
+        /// On or off.
+        on: bool,
+    },
     /// Makes an archived account here (or, with `resume`, takes the one
     /// an interrupted import made).
     AccountCreate {
@@ -201,7 +217,7 @@ impl From<StoreError> for OpError {
     }
 }
 
-pub(super) fn user_of(svc: &MailService, l: &str) -> Result<String, OpError> {
+pub(crate) fn user_of(svc: &MailService, l: &str) -> Result<String, OpError> {
     let l = l.to_ascii_lowercase();
     if !svc.store().user_exists(&l) {
         return Err(OpError::NotFound(format!("no user {l:?}")));
@@ -280,6 +296,12 @@ pub async fn execute_with(svc: &MailService, op: Op, input: Vec<u8>) -> Result<O
     let store = svc.store();
     let json = match op {
         Op::MailboxList { user } => transfer::mailbox_list(svc, &user)?,
+        Op::HandoverStatus => crate::handover::status(svc),
+        // Boxed: it runs other operations (export) itself.
+        Op::HandoverAccount { user, pass } => {
+            Box::pin(crate::handover::send_account(svc, &user, pass)).await?
+        }
+        Op::HandoverForward { on } => crate::handover::set_forwarding(svc, on)?,
         Op::MailboxEnsure { user, name } => transfer::mailbox_ensure(svc, &user, &name).await?,
         Op::MailIndex {
             user,

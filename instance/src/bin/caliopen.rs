@@ -120,6 +120,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: MailCmd,
     },
+    /// Close this member: stream every account to the successor the association recorded
+    /// (`caliopen-ca handover`) over the mesh, verify each, then forward all mail for the
+    /// served domains to it. Resumable: run it again after an interruption.
+    ///
+    /// Two passes: the first while mail is still delivered here, then forwarding starts and
+    /// a second pass carries what arrived in between. The daemon must run (it holds the
+    /// mesh connection). Exits non-zero when an account could not be verified.
+    Handover {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only these accounts (repeatable; one pass, no forwarding; default: every
+        /// account, two passes, then forwarding).
+        #[arg(long, value_name = "LOCALPART")]
+        user: Vec<String>,
+        /// One JSON object per account and pass on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Move whole accounts: every message with its facts, the password hash, quota, settings, aliases.
     Account {
         #[command(subcommand)]
@@ -1241,6 +1259,117 @@ fn log_show(config: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `caliopen handover`: every account (or the ones named) to the successor,
+/// two passes around the start of forwarding.
+async fn handover(config: &Path, only: Vec<String>, json: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let runner = Runner::open(&cfg).await?;
+    if !runner.is_daemon() {
+        bail!(
+            "the daemon of {} is not running: a handover goes over its mesh connection (start it with `caliopen run`)",
+            config.display()
+        );
+    }
+    let status = runner.run(&Op::HandoverStatus, Vec::new()).await?.json;
+    let Some(succ) = status["successor"].as_str().map(str::to_owned) else {
+        bail!(
+            "the directory records no handover for this member: the association runs `caliopen-ca handover --from MEMBER --to SUCCESSOR` first"
+        );
+    };
+    let users: Vec<String> = if only.is_empty() {
+        runner
+            .run(&Op::UserList, Vec::new())
+            .await?
+            .json
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u["localpart"].as_str().map(str::to_owned))
+            .collect()
+    } else {
+        only.iter()
+            .map(|u| user_arg(u))
+            .collect::<anyhow::Result<_>>()?
+    };
+    if !json {
+        out!("handing {} accounts over to {succ}", users.len());
+    }
+    let mut failed = Vec::new();
+    let passes: &[u32] = if only.is_empty() { &[1, 2] } else { &[1] };
+    for &pass in passes {
+        if pass == 2 {
+            runner
+                .run(&Op::HandoverForward { on: true }, Vec::new())
+                .await?;
+            if !json {
+                out!("forwarding every served domain to {succ}; second pass");
+            }
+        }
+        for u in &users {
+            let r = runner
+                .run(
+                    &Op::HandoverAccount {
+                        user: u.clone(),
+                        pass,
+                    },
+                    Vec::new(),
+                )
+                .await;
+            match r {
+                Ok(o) if o.json["same"] == true => {
+                    if json {
+                        out!("{}", o.json);
+                    } else {
+                        out!(
+                            "{u}: pass {pass}: {} messages, {} bytes, digest {} verified at {succ} ({:.1} s)",
+                            o.json["stored"]["messages"],
+                            o.json["stored"]["bytes"],
+                            o.json["stored"]["digest"].as_str().unwrap_or(""),
+                            o.json["seconds"].as_f64().unwrap_or(0.0)
+                        );
+                    }
+                }
+                Ok(o) => {
+                    if json {
+                        out!("{}", o.json);
+                    } else {
+                        out!(
+                            "{u}: pass {pass}: DIFFERS at {succ}: stored {} here {}",
+                            o.json["stored"],
+                            o.json["archive"]
+                        );
+                    }
+                    failed.push(u.clone());
+                }
+                Err(e) => {
+                    if json {
+                        out!(
+                            "{}",
+                            serde_json::json!({"account": u, "pass": pass, "error": e.to_string()})
+                        );
+                    } else {
+                        out!("{u}: pass {pass}: FAILED: {e}");
+                    }
+                    failed.push(u.clone());
+                }
+            }
+        }
+        if !failed.is_empty() {
+            break;
+        }
+    }
+    runner.close().await?;
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} accounts not handed over ({}); nothing is forwarded until all are: fix and run again",
+            failed.len(),
+            users.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
 async fn user_list(config: &Path, json: bool) -> anyhow::Result<()> {
     let out = run_op(config, Op::UserList).await?;
     if json {
@@ -1614,6 +1743,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             mail_import(&config, &user, from, quiet, json).await
         }
+        Cmd::Handover { config, user, json } => handover(&config, user, json).await,
         Cmd::Account {
             cmd:
                 AccountCmd::Export {

@@ -50,6 +50,24 @@ pub trait MeshOutlet: Send + Sync + std::fmt::Debug {
         &'a self,
         address: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Option<LevelAnswer>, String>> + Send + 'a>>;
+    /// The successor the directory says this member handed over to.
+    fn successor(&self) -> Option<String> {
+        None
+    }
+    /// Sends a piece of an account archive to `member` (the successor).
+    fn handover_chunk<'a>(
+        &'a self,
+        _member: &'a str,
+        _chunk: caliopen_proto::pb::mesh::HandoverChunk,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = Result<caliopen_proto::pb::mesh::HandoverReply, String>>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async { Err("this instance holds no label".to_owned()) })
+    }
     /// Queues `data` for `member`, durably. The member's idempotence key
     /// is derived from `identity`, the message as submitted: sent again
     /// after a lost reply (and signed again, with another DKIM time) it is
@@ -160,6 +178,11 @@ pub struct MailService {
     credentials: crate::login::Credentials,
     from_check: FromCheck,
     blocklists: Arc<Vec<String>>,
+    /// Where handover archives are spooled (the data directory's `handover/`).
+    spool: Arc<OnceLock<std::path::PathBuf>>,
+    /// The successor everything for the served domains goes to, once this
+    /// member has handed over (see [`crate::handover`]).
+    forward_to: Arc<std::sync::RwLock<Option<String>>>,
 }
 
 /// The decoded Subject header of a message ("" when absent).
@@ -222,7 +245,41 @@ impl MailService {
             credentials: crate::login::Credentials::new(crate::login::CredentialsConfig::default()),
             from_check: FromCheck::Enforce,
             blocklists: Arc::new(Vec::new()),
+            spool: Arc::new(OnceLock::new()),
+            forward_to: Arc::new(std::sync::RwLock::new(None)),
         }
+    }
+
+    /// Sets where handover archives are spooled.
+    pub fn set_spool_dir(&self, dir: std::path::PathBuf) {
+        let _ = self.spool.set(dir);
+    }
+
+    /// Where handover archives are spooled, when set (by the daemon).
+    pub fn spool_dir(&self) -> Option<&std::path::Path> {
+        self.spool.get().map(|p| p.as_path())
+    }
+
+    /// Sends everything for the served domains to `successor` over the
+    /// mesh (`None`: deliver here again).
+    pub fn set_forwarding(&self, successor: Option<String>) {
+        *self
+            .forward_to
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = successor;
+    }
+
+    /// The successor mail for the served domains is forwarded to, if any.
+    pub fn forwarding(&self) -> Option<String> {
+        self.forward_to
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The mesh route, when the instance holds a label.
+    pub fn mesh(&self) -> Option<&Arc<dyn MeshOutlet>> {
+        self.mesh.get()
     }
 
     /// Asks these DNS blocklists about every client sending over the MX.
@@ -360,6 +417,12 @@ impl MailService {
 
     /// Where mail for `addr` goes.
     pub fn route(&self, addr: &str) -> Route {
+        // Handed over: the successor serves these domains now.
+        if let Some(succ) = self.forwarding() {
+            if self.is_local_domain(addr) {
+                return Route::Mesh(succ);
+            }
+        }
         let store = &self.store;
         match address::resolve(
             addr,

@@ -17,6 +17,7 @@ use std::sync::Arc;
 struct Handler {
     svc: MailService,
     limiter: PeerLimiter,
+    handover: Arc<crate::handover::Receiver>,
 }
 
 impl MeshHandler for Handler {
@@ -30,8 +31,15 @@ impl MeshHandler for Handler {
         Box::pin(async move {
             let mut results = Vec::new();
             let mut local = Vec::new();
+            let mut forward = Vec::new();
             for r in &d.rcpt_to {
                 let (status, detail) = match svc.route(r) {
+                    // Handed over: what still reaches this member goes on
+                    // to the successor.
+                    Route::Mesh(_) if svc.is_local_domain(r) => {
+                        forward.push(r.clone());
+                        (recipient_result::Status::Accepted, String::new())
+                    }
                     Route::Local(targets) if svc.add_local(r, targets.clone(), &mut local) => {
                         (recipient_result::Status::Accepted, String::new())
                     }
@@ -88,12 +96,41 @@ impl MeshHandler for Handler {
                     "mesh message stored"
                 );
             }
+            if !forward.is_empty() {
+                let transport = Transport {
+                    peer_member: Some(peer.clone()),
+                    tls_version: Some("TLSv1_3".into()),
+                    ..Default::default()
+                };
+                if let Err(e) = svc
+                    .accept(&d.mail_from, &forward, &d.message, transport, Via::Mesh)
+                    .await
+                {
+                    tracing::warn!(peer, error = %e, "could not forward to the successor");
+                    for r in results.iter_mut().filter(|r| forward.contains(&r.rcpt)) {
+                        r.status = recipient_result::Status::RejectedTemporary as i32;
+                        r.detail = "4.3.0 could not forward to the successor".into();
+                    }
+                } else {
+                    tracing::info!(peer, recipients = forward.len(), "forwarded to the successor");
+                }
+            }
             Ok(DeliverReply {
                 txn_id: d.txn_id,
                 results,
                 duplicate,
             })
         })
+    }
+
+    fn handover_chunk(
+        &self,
+        peer: &PeerIdentity,
+        c: caliopen_proto::pb::mesh::HandoverChunk,
+    ) -> BoxFuture<Result<caliopen_proto::pb::mesh::HandoverReply, HandlerError>> {
+        let receiver = self.handover.clone();
+        let peer = peer.member_id.clone();
+        Box::pin(async move { receiver.chunk(&peer, c).await })
     }
 
     fn privacy_query(
@@ -168,6 +205,7 @@ pub fn store_handler_with_limit(
     burst: f64,
 ) -> Arc<dyn MeshHandler> {
     Arc::new(Handler {
+        handover: crate::handover::Receiver::new(svc.clone()),
         svc,
         limiter: PeerLimiter::new(queries_per_second, burst),
     })

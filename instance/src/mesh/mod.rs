@@ -133,7 +133,47 @@ pub async fn start(
         }),
         trust.provider().clone(),
     );
-    tracker.spawn(renewer.run(token.clone()));
+    tracker.spawn(renewer.clone().run(token.clone()));
+    // A predecessor handed over to this member (issue 19): once the
+    // operator serves its domains (they are in `domains`), the certificate
+    // is renewed with them at once, so that peers take mail from them.
+    {
+        let trust = trust.clone();
+        let token = token.clone();
+        let renewer = renewer.clone();
+        let me = member_id.clone();
+        let served = config.domains.clone();
+        tracker.spawn(async move {
+            let mut rx = trust.subscribe();
+            let mut tried = 0u64;
+            loop {
+                let st = trust.current();
+                let serial = st.directory_serial();
+                let have = renewer.domains().unwrap_or_default();
+                let inherited: Vec<String> = st
+                    .directory
+                    .iter()
+                    .flat_map(|d| d.directory.members.iter())
+                    .filter(|m| m.handed_over_to == me)
+                    .flat_map(|m| m.domains.iter().cloned())
+                    .filter(|d| served.contains(d) && !have.contains(d))
+                    .collect();
+                if !inherited.is_empty() && serial != tried {
+                    tried = serial;
+                    match renewer.renew_with(&inherited).await {
+                        Ok(()) => tracing::info!(domains = ?inherited,
+                            "certificate renewed with the domains handed over to this member"),
+                        Err(e) => tracing::error!(domains = ?inherited, error = %e,
+                            "ALARM: renewal with the handed-over domains failed"),
+                    }
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { break },
+                    _ = token.cancelled() => break,
+                }
+            }
+        });
+    }
 
     let policy = RetryPolicy {
         base: std::time::Duration::from_secs(config.mesh.retry_initial_seconds),

@@ -139,6 +139,33 @@ impl MeshOutlet for MeshRoute {
         MeshRoute::member_for(self, domain)
     }
 
+    fn successor(&self) -> Option<String> {
+        let st = self.trust.current();
+        st.member(&self.member_id)
+            .map(|m| m.handed_over_to.clone())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn handover_chunk<'a>(
+        &'a self,
+        member: &'a str,
+        chunk: caliopen_proto::pb::mesh::HandoverChunk,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<caliopen_proto::pb::mesh::HandoverReply, String>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            self.node
+                .handover_chunk(member, chunk)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
     fn public_level<'a>(
         &'a self,
         address: &'a str,

@@ -30,6 +30,8 @@ impl Policy for MailService {
             Route::Mesh(_) | Route::Smtp if kind == Kind::Submission && authenticated => {
                 RcptVerdict::Accept
             }
+            // A served domain, handed over: forwarded to the successor.
+            Route::Mesh(_) if self.is_local_domain(address) => RcptVerdict::Accept,
             _ => {
                 self.metrics().rcpt_relay_denied.fetch_add(1, Relaxed);
                 RcptVerdict::RelayDenied

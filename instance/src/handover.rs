@@ -1,0 +1,444 @@
+//! Successor handover (issue 19): a member that closes streams every
+//! account to the successor its label names, over the mesh, once the
+//! association has recorded the handover (`caliopen-ca handover`; the
+//! directory then says `handed_over_to`).
+//!
+//! The unit is the account archive of `caliopen account export` (CRC per
+//! record, a digest of the whole account at the end). The closing side
+//! writes it into its spool (`DATA/handover/out/`), then sends it in
+//! pieces ([`HandoverChunk`]); the successor appends each piece to its copy
+//! (`DATA/handover/in/<member>/`) with an `fdatasync`, and always answers
+//! how much it holds, so that a run cut short goes on from there. With
+//! the last piece the successor imports the archive in the background —
+//! the account keeps its password hash, mailboxes, keywords, dates and
+//! transport facts — and compares what it stored with the archive's
+//! digest; the closing side asks until the import is done and compares
+//! that digest with its own. An account whose name exists at the
+//! successor (not made by this handover) is refused, never merged.
+//!
+//! `caliopen handover` makes two passes: the first while the instance
+//! still delivers, then it forwards everything for its domains to the
+//! successor (mesh inbox and MX alike), then a second pass carries what
+//! arrived in between (the import keys make it copy only that).
+
+use crate::admin::{OpError, Runner};
+use crate::delivery::MailService;
+use crate::transfer::account::End;
+use caliopen_federation::HandlerError;
+use caliopen_proto::pb::mesh::{HandoverChunk, HandoverReply};
+use serde_json::json;
+use std::collections::HashSet;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Bytes per piece sent.
+pub const CHUNK: usize = 1 << 20;
+/// Largest piece taken.
+pub const MAX_CHUNK: usize = 8 << 20;
+/// How long the closing side waits for the successor's import of one
+/// account before it gives up (the archive stays; a run again resumes).
+pub const IMPORT_WAIT: Duration = Duration::from_secs(6 * 3600);
+/// The file that says this instance forwards to its successor.
+const FORWARDING: &str = "forwarding";
+
+/// True for a spool file name part: letters, digits, `.`, `-`, `_`.
+fn safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 96
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+fn spool(svc: &MailService) -> Result<PathBuf, OpError> {
+    svc.spool_dir()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| OpError::Invalid("a handover runs in the daemon (start it)".into()))
+}
+
+fn io(what: &Path, e: std::io::Error) -> OpError {
+    OpError::Internal(format!("{}: {e}", what.display()))
+}
+
+/// Writes `data` to `path` durably (a temporary file renamed over it).
+fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(d) = path.parent() {
+        std::fs::File::open(d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Loads the forwarding state the last `caliopen handover` left.
+pub fn load_forwarding(svc: &MailService) {
+    if let Some(dir) = svc.spool_dir() {
+        if let Ok(s) = std::fs::read_to_string(dir.join(FORWARDING)) {
+            let s = s.trim().to_owned();
+            if !s.is_empty() {
+                tracing::warn!(successor = %s, "handed over: mail for the served domains is forwarded");
+                svc.set_forwarding(Some(s));
+            }
+        }
+    }
+}
+
+/// What the handover stands at here: the successor the directory names,
+/// and whether mail is forwarded to it.
+pub fn status(svc: &MailService) -> serde_json::Value {
+    json!({
+        "labelled": svc.mesh().is_some(),
+        "successor": svc.mesh().and_then(|m| m.successor()),
+        "forwarding": svc.forwarding(),
+    })
+}
+
+fn successor_of(svc: &MailService) -> Result<String, OpError> {
+    let mesh = svc.mesh().ok_or_else(|| {
+        OpError::Invalid("this instance holds no label: a handover goes over the mesh".into())
+    })?;
+    mesh.successor().ok_or_else(|| {
+        OpError::Invalid(
+            "the directory records no handover for this member: the association runs \
+             `caliopen-ca handover --from MEMBER --to SUCCESSOR` first"
+                .into(),
+        )
+    })
+}
+
+/// Forwards everything for the served domains to the successor (durably
+/// recorded), or stops forwarding.
+pub fn set_forwarding(svc: &MailService, on: bool) -> Result<serde_json::Value, OpError> {
+    let dir = spool(svc)?;
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    let path = dir.join(FORWARDING);
+    if on {
+        let succ = successor_of(svc)?;
+        write_durable(&path, succ.as_bytes()).map_err(|e| io(&path, e))?;
+        svc.set_forwarding(Some(succ.clone()));
+        tracing::warn!(successor = %succ, "forwarding every served domain to the successor");
+    } else {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path, e)),
+        }
+        svc.set_forwarding(None);
+    }
+    Ok(status(svc))
+}
+
+/// Sends one account to the successor (pass `pass`: one archive each) and
+/// compares what the successor stored with the archive.
+pub async fn send_account(
+    svc: &MailService,
+    user: &str,
+    pass: u32,
+) -> Result<serde_json::Value, OpError> {
+    let succ = successor_of(svc)?;
+    let mesh = svc.mesh().cloned().ok_or_else(|| OpError::Invalid("no label".into()))?;
+    let user = crate::admin::user_of(svc, user)?;
+    let out = spool(svc)?.join("out");
+    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    let archive = format!("{user}.{pass}");
+    let path = out.join(format!("{archive}.caliopen"));
+    let end_path = out.join(format!("{archive}.end"));
+    // The archive of this pass is made once (a run cut short sends the
+    // same bytes again, so the successor's copy can resume).
+    let end: End = match std::fs::read(&end_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|_| path.exists())
+    {
+        Some(e) => e,
+        None => {
+            let tmp = out.join(format!("{archive}.partial"));
+            let _ = std::fs::remove_file(&tmp);
+            let runner = Runner::Local(svc.clone());
+            let (_, end) = crate::transfer::account::export(
+                &runner,
+                &user,
+                &tmp,
+                crate::transfer::Progress::new("handover", true),
+            )
+            .await
+            .map_err(|e| OpError::Internal(format!("exporting {user}: {e}")))?;
+            std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+            let b = serde_json::to_vec(&end).map_err(|e| OpError::Internal(e.to_string()))?;
+            write_durable(&end_path, &b).map_err(|e| io(&end_path, e))?;
+            end
+        }
+    };
+    let total = std::fs::metadata(&path).map_err(|e| io(&path, e))?.len();
+    let mut f = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
+    let started = std::time::Instant::now();
+    let mut offset = 0u64;
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    let send = |c: HandoverChunk| {
+        let mesh = mesh.clone();
+        let succ = succ.clone();
+        async move {
+            // A lost answer or a dropped connection: the same piece again.
+            let mut last = String::new();
+            for attempt in 0..5u32 {
+                match mesh.handover_chunk(&succ, c.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err(e) => last = e,
+                }
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+            Err(OpError::Internal(format!("sending to {succ}: {last}")))
+        }
+    };
+    while offset < total {
+        f.seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| io(&path, e))?;
+        let n = f.read(&mut buf).map_err(|e| io(&path, e))?;
+        if n == 0 {
+            return Err(OpError::Internal(format!(
+                "{}: shorter than its length",
+                path.display()
+            )));
+        }
+        let r = send(HandoverChunk {
+            account: user.clone(),
+            archive: archive.clone(),
+            offset,
+            data: buf[..n].to_vec(),
+            last: false,
+            total,
+        })
+        .await?;
+        if r.received > total {
+            return Err(OpError::Internal(format!(
+                "{succ} holds {} bytes of a {total}-byte archive",
+                r.received
+            )));
+        }
+        if r.received > offset {
+            sent += r.received - offset;
+        }
+        offset = r.received;
+    }
+    // The last piece: the successor imports, and is asked until done.
+    let reply = loop {
+        let r = send(HandoverChunk {
+            account: user.clone(),
+            archive: archive.clone(),
+            offset: total,
+            data: Vec::new(),
+            last: true,
+            total,
+        })
+        .await?;
+        if !r.error.is_empty() {
+            return Err(OpError::Invalid(format!("{succ} could not import {user}: {}", r.error)));
+        }
+        if r.imported {
+            break r;
+        }
+        if started.elapsed() > IMPORT_WAIT {
+            return Err(OpError::Internal(format!(
+                "{succ} is still importing {user}: run the handover again later"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stored = End {
+        messages: reply.messages,
+        bytes: reply.bytes,
+        digest: reply.digest,
+    };
+    let same = stored == end;
+    tracing::info!(account = %user, successor = %succ, pass, messages = end.messages,
+        same, "account handed over");
+    Ok(json!({
+        "account": user,
+        "successor": succ,
+        "pass": pass,
+        "archive": end,
+        "stored": stored,
+        "same": same,
+        "sent_bytes": sent,
+        "seconds": started.elapsed().as_secs_f64(),
+    }))
+}
+
+/// The successor's side: the archives of its predecessors, appended piece
+/// by piece and imported once whole.
+#[derive(Debug)]
+pub struct Receiver {
+    svc: MailService,
+    running: Mutex<HashSet<PathBuf>>,
+}
+
+fn refused(m: impl Into<String>) -> HandlerError {
+    HandlerError::Malformed(m.into())
+}
+
+fn unavailable(p: &Path, e: std::io::Error) -> HandlerError {
+    tracing::error!(file = %p.display(), error = %e, "handover spool");
+    HandlerError::Unavailable("the successor's spool failed".into())
+}
+
+impl Receiver {
+    /// A receiver storing into `svc`.
+    pub fn new(svc: MailService) -> Arc<Self> {
+        Arc::new(Self {
+            svc,
+            running: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Takes one piece from `member` (the directory says it handed over
+    /// to this member; checked by the mesh node before).
+    pub async fn chunk(
+        self: &Arc<Self>,
+        member: &str,
+        c: HandoverChunk,
+    ) -> Result<HandoverReply, HandlerError> {
+        if !crate::admin::valid_localpart(&c.account) {
+            return Err(refused(format!("{:?} is not an account name", c.account)));
+        }
+        if !safe_name(&c.archive) || !safe_name(member) {
+            return Err(refused("bad archive or member name"));
+        }
+        if c.data.len() > MAX_CHUNK {
+            return Err(refused(format!("a piece is at most {MAX_CHUNK} bytes")));
+        }
+        let Some(spool) = self.svc.spool_dir() else {
+            return Err(HandlerError::Unavailable("no spool".into()));
+        };
+        let dir = spool.join("in").join(member);
+        std::fs::create_dir_all(&dir).map_err(|e| unavailable(&dir, e))?;
+        let path = dir.join(format!("{}.caliopen", c.archive));
+        let done = dir.join(format!("{}.done", c.archive));
+        let failed = dir.join(format!("{}.failed", c.archive));
+        if let Ok(b) = std::fs::read(&done) {
+            if let Ok(e) = serde_json::from_slice::<End>(&b) {
+                return Ok(HandoverReply {
+                    received: c.total,
+                    imported: true,
+                    messages: e.messages,
+                    bytes: e.bytes,
+                    digest: e.digest,
+                    error: String::new(),
+                });
+            }
+        }
+        let mut len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let reply = |received, error: String| HandoverReply {
+            received,
+            error,
+            ..Default::default()
+        };
+        if !c.last {
+            // Only where the copy ends; anything else is answered with
+            // where it ends, for the sender to go on from there.
+            if c.offset == len && len + c.data.len() as u64 <= c.total {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| unavailable(&path, e))?;
+                f.write_all(&c.data).map_err(|e| unavailable(&path, e))?;
+                f.sync_data().map_err(|e| unavailable(&path, e))?;
+                len += c.data.len() as u64;
+            }
+            return Ok(reply(len, String::new()));
+        }
+        if len != c.total {
+            return Ok(reply(len, String::new()));
+        }
+        if let Ok(why) = std::fs::read_to_string(&failed) {
+            return Ok(reply(len, why));
+        }
+        let started = {
+            let mut running = self
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            running.insert(path.clone())
+        };
+        if started {
+            let me = self.clone();
+            let account = c.account.clone();
+            let member = member.to_owned();
+            tokio::spawn(async move {
+                let r = me.import(&member, &account, &path).await;
+                let (file, data) = match r {
+                    Ok(end) => (done, serde_json::to_vec(&end).unwrap_or_default()),
+                    Err(why) => {
+                        tracing::warn!(member, account, error = %why, "handover import failed");
+                        (failed, why.into_bytes())
+                    }
+                };
+                if let Err(e) = write_durable(&file, &data) {
+                    tracing::error!(file = %file.display(), error = %e, "handover spool");
+                }
+                me.running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&path);
+            });
+        }
+        Ok(reply(len, String::new()))
+    }
+
+    /// Imports one whole archive; the account as stored, when it matches.
+    async fn import(&self, member: &str, account: &str, path: &Path) -> Result<End, String> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        // Made by this handover (an earlier pass, or a run cut short):
+        // resumed; else an account of that name here is someone else's.
+        let mine = dir.join(format!("{account}.account"));
+        let resume = mine.exists();
+        if !resume {
+            if self.svc.store().user_exists(account) {
+                return Err(format!(
+                    "an account named {account} exists here already (not from {member}); \
+                     it is left as it is"
+                ));
+            }
+            write_durable(&mine, member.as_bytes()).map_err(|e| e.to_string())?;
+        }
+        let runner = Runner::Local(self.svc.clone());
+        let r = crate::transfer::account::import(
+            &runner,
+            path,
+            Some(account),
+            resume,
+            crate::transfer::Progress::new("handover", true),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tracing::info!(member, account, messages = r.summary.messages,
+            duplicates = r.summary.duplicates, "handover archive imported");
+        if r.stored != r.archive {
+            return Err(format!(
+                "stored {} messages (digest {}), the archive holds {} (digest {})",
+                r.stored.messages, r.stored.digest, r.archive.messages, r.archive.digest
+            ));
+        }
+        Ok(r.stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_names_stay_in_their_directory() {
+        assert!(safe_name("alice.1"));
+        assert!(safe_name("member-a_2"));
+        for bad in ["", "..", ".hidden", "a/b", "a\0", &"x".repeat(97)] {
+            assert!(!safe_name(bad), "{bad:?}");
+        }
+    }
+}
