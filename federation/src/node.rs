@@ -10,7 +10,8 @@ use crate::trust::{check_member, PeerIdentity, TrustState, TrustStore};
 use crate::wire::{decode_single, encode_frame, FrameError, DEFAULT_MAX_FRAME};
 use caliopen_proto::pb::mesh::{
     error_reply, request, response, CheckpointPush, CrlPush, Deliver, DeliverReply, DirectoryPush,
-    ErrorReply, HandoverChunk, HandoverReply, Hello, PrivacyQuery, PrivacyReply, PushReply, Request, Response, SplitViewPush,
+    ErrorReply, HandoverChunk, HandoverReply, Hello, PrivacyQuery, PrivacyReply, PushReply,
+    Request, Response, SplitViewPush,
 };
 use caliopen_proto::{MESH_PROTOCOL_VERSION, SOFTWARE_VERSION};
 use std::collections::HashMap;

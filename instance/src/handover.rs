@@ -141,7 +141,10 @@ pub async fn send_account(
     pass: u32,
 ) -> Result<serde_json::Value, OpError> {
     let succ = successor_of(svc)?;
-    let mesh = svc.mesh().cloned().ok_or_else(|| OpError::Invalid("no label".into()))?;
+    let mesh = svc
+        .mesh()
+        .cloned()
+        .ok_or_else(|| OpError::Invalid("no label".into()))?;
     let user = crate::admin::user_of(svc, user)?;
     let out = spool(svc)?.join("out");
     std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
@@ -238,7 +241,10 @@ pub async fn send_account(
         })
         .await?;
         if !r.error.is_empty() {
-            return Err(OpError::Invalid(format!("{succ} could not import {user}: {}", r.error)));
+            return Err(OpError::Invalid(format!(
+                "{succ} could not import {user}: {}",
+                r.error
+            )));
         }
         if r.imported {
             break r;
@@ -417,8 +423,13 @@ impl Receiver {
         )
         .await
         .map_err(|e| e.to_string())?;
-        tracing::info!(member, account, messages = r.summary.messages,
-            duplicates = r.summary.duplicates, "handover archive imported");
+        tracing::info!(
+            member,
+            account,
+            messages = r.summary.messages,
+            duplicates = r.summary.duplicates,
+            "handover archive imported"
+        );
         if r.stored != r.archive {
             return Err(format!(
                 "stored {} messages (digest {}), the archive holds {} (digest {})",

@@ -5,8 +5,8 @@
 mod ops;
 mod transfer;
 
-pub use ops::{execute, execute_with, Op, OpError, OpOutput};
 pub(crate) use ops::user_of;
+pub use ops::{execute, execute_with, Op, OpError, OpOutput};
 pub use transfer::{
     AccountManifest, AppendItem, MessageFacts, MAX_BATCH_BYTES, MAX_BATCH_MESSAGES,
     MAX_IMPORT_MESSAGE,

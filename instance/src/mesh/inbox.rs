@@ -112,7 +112,11 @@ impl MeshHandler for Handler {
                         r.detail = "4.3.0 could not forward to the successor".into();
                     }
                 } else {
-                    tracing::info!(peer, recipients = forward.len(), "forwarded to the successor");
+                    tracing::info!(
+                        peer,
+                        recipients = forward.len(),
+                        "forwarded to the successor"
+                    );
                 }
             }
             Ok(DeliverReply {

@@ -1,6 +1,8 @@
 //! Helpers shared by the tests that drive the `caliopen` binary.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod federation;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
