@@ -443,6 +443,152 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mail::{Transport, Via};
+    use crate::store::Store;
+    use crate::test_util::runtime;
+
+    /// An archive of alice's account (40 messages) at an instance of its own.
+    async fn archive(dir: &Path) -> (Vec<u8>, End) {
+        let store = Store::open(&dir.join("src-db")).expect("store");
+        let svc = MailService::new(store.clone(), vec!["old.test".into()]);
+        let hash = crate::login::hash_password("a long password").expect("hash");
+        store.put_user("alice", &hash).await.expect("user");
+        for i in 0..40 {
+            let m = format!(
+                "From: x@ext.test\r\nSubject: m{i}\r\n\r\n{}\r\n",
+                "y".repeat(i * 500)
+            );
+            svc.accept(
+                "x@ext.test",
+                &["alice@old.test".to_owned()],
+                m.as_bytes(),
+                Transport::default(),
+                Via::Smtp,
+            )
+            .await
+            .expect("accept");
+        }
+        let path = dir.join("alice.caliopen");
+        let (_, end) = crate::transfer::account::export(
+            &Runner::Local(svc),
+            "alice",
+            &path,
+            crate::transfer::Progress::new("t", true),
+        )
+        .await
+        .expect("export");
+        (std::fs::read(&path).expect("read"), end)
+    }
+
+    fn piece(archive: &str, offset: u64, data: &[u8], last: bool, total: u64) -> HandoverChunk {
+        HandoverChunk {
+            account: "alice".into(),
+            archive: archive.into(),
+            offset,
+            data: data.to_vec(),
+            last,
+            total,
+        }
+    }
+
+    async fn until_imported(r: &Arc<Receiver>, archive: &str, total: u64) -> HandoverReply {
+        for _ in 0..500 {
+            let rep = r
+                .chunk("old", piece(archive, total, &[], true, total))
+                .await
+                .expect("last");
+            if rep.imported || !rep.error.is_empty() {
+                return rep;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("not imported");
+    }
+
+    #[test]
+    fn pieces_out_of_place_are_not_written_and_the_import_is_verified() {
+        let dir = tempfile::tempdir().expect("tmp");
+        runtime().block_on(async {
+            let (bytes, end) = archive(dir.path()).await;
+            let total = bytes.len() as u64;
+            let store = Store::open(&dir.path().join("dst-db")).expect("store");
+            let svc = MailService::new(store.clone(), vec!["succ.test".into(), "old.test".into()]);
+            svc.set_spool_dir(dir.path().join("spool"));
+            let r = Receiver::new(svc.clone());
+            let step = (bytes.len() / 5).max(1);
+            let mut at = 0u64;
+            // The first piece, then one ahead of the copy, one behind it
+            // (a resend after a lost answer), one beyond the total: each
+            // answered with where the copy ends, none written.
+            let rep = r
+                .chunk("old", piece("alice.1", 0, &bytes[..step], false, total))
+                .await
+                .expect("p");
+            assert_eq!(rep.received, step as u64);
+            at += step as u64;
+            for (off, data) in [
+                (at + 10, &bytes[at as usize..]),
+                (0, &bytes[..step]),
+                (at, &[0u8; 4][..]),
+            ] {
+                let t = if data.len() == 4 { at + 2 } else { total };
+                let rep = r
+                    .chunk("old", piece("alice.1", off, data, false, t))
+                    .await
+                    .expect("p");
+                assert_eq!(rep.received, at, "offset {off}");
+            }
+            // Not whole yet: the last piece only says where the copy ends.
+            let rep = r
+                .chunk("old", piece("alice.1", total, &[], true, total))
+                .await
+                .expect("p");
+            assert_eq!((rep.received, rep.imported), (at, false));
+            while at < total {
+                let end_at = (at as usize + step).min(bytes.len());
+                let rep = r
+                    .chunk(
+                        "old",
+                        piece("alice.1", at, &bytes[at as usize..end_at], false, total),
+                    )
+                    .await
+                    .expect("p");
+                at = rep.received;
+            }
+            let rep = until_imported(&r, "alice.1", total).await;
+            assert!(rep.imported, "{rep:?}");
+            assert_eq!(
+                (rep.messages, rep.bytes, rep.digest.clone()),
+                (end.messages, end.bytes, end.digest.clone())
+            );
+            assert_eq!(store.quota("alice").expect("quota").used.messages, 40);
+            // After a restart the answer comes from what was recorded.
+            let again = Receiver::new(svc.clone());
+            let rep = again
+                .chunk("old", piece("alice.1", total, &[], true, total))
+                .await
+                .expect("p");
+            assert!(rep.imported && rep.digest == end.digest);
+
+            // A damaged archive: refused by the import, said, kept apart.
+            let mut bad = bytes.clone();
+            let mid = bad.len() / 2;
+            bad[mid] ^= 1;
+            let rep = r
+                .chunk("old", piece("alice.2", 0, &bad, false, total))
+                .await
+                .expect("p");
+            assert_eq!(rep.received, total);
+            let rep = until_imported(&r, "alice.2", total).await;
+            assert!(!rep.imported && rep.error.contains("damaged"), "{rep:?}");
+            // Bad names never reach the file system.
+            let mut p = piece("../x", 0, b"x", false, 1);
+            assert!(r.chunk("old", p.clone()).await.is_err());
+            p.archive = "ok".into();
+            p.account = "../root".into();
+            assert!(r.chunk("old", p).await.is_err());
+        });
+    }
 
     #[test]
     fn spool_names_stay_in_their_directory() {
