@@ -19,7 +19,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "sys,smtp,outbound,imap,relay,privacy,scale,storage,mailbox,login,web,transfer"
+        default_value = "sys,smtp,outbound,imap,relay,handover,privacy,scale,storage,mailbox,login,web,transfer"
     )]
     only: Vec<String>,
     /// Where results are written.
@@ -261,6 +261,30 @@ fn main() -> Result<()> {
         if let Err(e) = r.1 {
             eprintln!("relay section failed: {e:#}");
             report.skipped.push(format!("mesh relay: {e:#}"));
+        }
+    }
+    if on("handover") {
+        eprintln!("== successor handover over the mesh");
+        let work = a.work.clone();
+        let r = rt.block_on(async {
+            let mut sub = Report::default();
+            let mut res = Ok(());
+            for (size, count) in [
+                (2048usize, if q { 2000 } else { 10_000 }),
+                (100 * 1024, if q { 200 } else { 2000 }),
+            ] {
+                quiesce();
+                res = mesh::handover(&work, count, size, &mut sub).await;
+                if res.is_err() {
+                    break;
+                }
+            }
+            (sub, res)
+        });
+        report.rows.extend(r.0.rows);
+        if let Err(e) = r.1 {
+            eprintln!("handover section failed: {e:#}");
+            report.skipped.push(format!("handover: {e:#}"));
         }
     }
     if on("login") {

@@ -71,6 +71,17 @@ impl Fed {
         cfg: MeshConfig,
         handler: Arc<dyn MeshHandler>,
     ) -> Result<Member> {
+        self.member_with_successor(id, cfg, handler, None).await
+    }
+
+    /// [`Fed::member`] with a successor named in the label.
+    pub async fn member_with_successor(
+        &self,
+        id: &str,
+        cfg: MeshConfig,
+        handler: Arc<dyn MeshHandler>,
+        successor: Option<&str>,
+    ) -> Result<Member> {
         let domain = format!("{id}.test");
         let trust = Arc::new(TrustStore::new(self.ca.root_pem(), vec!["1.0".into()])?);
         let identity = IdentitySlot::new();
@@ -93,6 +104,7 @@ impl Fed {
             member_id: id.into(),
             charter_version: "1.0".into(),
             endpoints: vec![addr.to_string()],
+            successor: successor.map(str::to_owned),
             ..Default::default()
         })?;
         identity.set_pem(
@@ -989,5 +1001,112 @@ pub async fn scale(work: &std::path::Path, n: usize, report: &mut Report) -> Res
     for m in &members {
         m.node.shutdown().await;
     }
+    Ok(())
+}
+
+/// Successor handover throughput: one account of `n` messages of `size`
+/// bytes streamed from a member that closed to its successor by the
+/// instance's own path (`caliopen handover`: export into the spool, pieces
+/// over the mesh, each `fdatasync`ed at the successor, import, digest
+/// compared), next to the relay rows of the same run.
+pub async fn handover(
+    work: &std::path::Path,
+    n: usize,
+    size: usize,
+    report: &mut Report,
+) -> Result<()> {
+    use caliopen_instance::mail::{Transport, Via};
+    let fed = Fed::new(work)?;
+    let dir_a = tempfile::tempdir_in(work)?;
+    let dir_b = tempfile::tempdir_in(work)?;
+    let store_a = Store::open(&dir_a.path().join("db"))?;
+    let store_b = Store::open(&dir_b.path().join("db"))?;
+    let hash = caliopen_instance::login::hash_password("bench password")
+        .map_err(|e| anyhow::anyhow!(e))?;
+    store_a.put_user("alice", &hash).await?;
+    // No quota in the way of the measured account.
+    store_a.set_quota_default(caliopen_instance::mail::QuotaLimits::default());
+    store_b.set_quota_default(caliopen_instance::mail::QuotaLimits::default());
+    let svc_a = MailService::new(store_a.clone(), vec!["alpha.test".into()]);
+    let svc_b = MailService::new(
+        store_b.clone(),
+        vec!["beta.test".into(), "alpha.test".into()],
+    );
+    svc_a.set_spool_dir(dir_a.path().join("handover"));
+    svc_b.set_spool_dir(dir_b.path().join("handover"));
+    let a = fed
+        .member_with_successor(
+            "alpha",
+            unthrottled("alpha"),
+            caliopen_instance::mesh::store_handler(svc_a.clone()),
+            Some("beta"),
+        )
+        .await?;
+    let b = fed
+        .member(
+            "beta",
+            unthrottled("beta"),
+            caliopen_instance::mesh::store_handler(svc_b.clone()),
+        )
+        .await?;
+    fed.ca.handover("alpha", "beta")?;
+    fed.sync(&[&a, &b])?;
+    let outbox = Outbox::open(&dir_a.path().join("mesh-outbox"), RetryPolicy::default())?;
+    svc_a.set_mesh(Arc::new(caliopen_instance::mesh::MeshRoute {
+        member_id: "alpha".into(),
+        trust: a.trust.clone(),
+        outbox,
+        node: a.node.clone(),
+        answers: Arc::default(),
+        log: None,
+    }));
+    // The account: n messages, delivered as the MX would (group commit).
+    let body = smtp::message(
+        "someone@example.org",
+        "alice@alpha.test",
+        "handover benchmark",
+        size,
+    );
+    let rcpt = vec!["alice@alpha.test".to_owned()];
+    for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
+        let mut jobs = tokio::task::JoinSet::new();
+        for i in chunk {
+            let mut m = format!("X-Seq: {i}\r\n").into_bytes();
+            m.extend_from_slice(&body);
+            let (svc, rcpt) = (svc_a.clone(), rcpt.clone());
+            jobs.spawn(async move {
+                svc.accept(
+                    "someone@example.org",
+                    &rcpt,
+                    &m,
+                    Transport::default(),
+                    Via::Smtp,
+                )
+                .await
+                .map(|_| ())
+            });
+        }
+        while let Some(r) = jobs.join_next().await {
+            r??;
+        }
+    }
+    a.node.connect("beta").await?;
+    let t0 = Instant::now();
+    let out = caliopen_instance::handover::send_account(&svc_a, "alice", 1).await?;
+    let el = t0.elapsed().as_secs_f64();
+    if out["same"] != true {
+        bail!("the successor's account differs: {out}");
+    }
+    let bytes = out["archive"]["bytes"].as_f64().unwrap_or(0.0);
+    let case = format!(
+        "handover alpha->beta, one account, {n} x {} KB",
+        size / 1024
+    );
+    let note =
+        "export into the spool + 1 MiB pieces over QUIC (fdatasync each) + import + digest check";
+    report.add("mesh-relay", &case, "msg/s", n as f64 / el, None, note);
+    report.add("mesh-relay", &case, "MB/s", bytes / el / 1e6, None, "");
+    a.node.shutdown().await;
+    b.node.shutdown().await;
     Ok(())
 }
