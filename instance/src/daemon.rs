@@ -191,6 +191,7 @@ pub async fn run(
         .with_blocklists(config.dns.blocklists.clone());
     svc.set_spool_dir(dir.join("handover"));
     crate::handover::load_forwarding(&svc);
+    crate::handover::load_moved(&svc);
     if config.dkim.sign {
         let keys = crate::dkim::DkimKeys::open(&dir).map_err(|e| e.to_string())?;
         for d in keys

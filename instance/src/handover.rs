@@ -37,6 +37,8 @@ use std::time::Duration;
 pub const CHUNK: usize = 1 << 20;
 /// Largest piece taken.
 pub const MAX_CHUNK: usize = 8 << 20;
+/// Largest archive taken (an account far above any quota is not one).
+pub const MAX_ARCHIVE: u64 = 1 << 40;
 /// How long the closing side waits for the successor's import of one
 /// account before it gives up (the archive stays; a run again resumes).
 pub const IMPORT_WAIT: Duration = Duration::from_secs(6 * 3600);
@@ -141,14 +143,31 @@ pub async fn send_account(
     pass: u32,
 ) -> Result<serde_json::Value, OpError> {
     let succ = successor_of(svc)?;
+    let user = crate::admin::user_of(svc, user)?;
+    let mut out = send_archive(svc, &user, &succ, &format!("{user}.{pass}"), "").await?;
+    out["pass"] = json!(pass);
+    Ok(out)
+}
+
+/// Exports `user` into the spool as `archive` (once), sends it to
+/// `member` piece by piece (with `code` for an account move), waits for
+/// its import there and compares what it stored with the archive.
+async fn send_archive(
+    svc: &MailService,
+    user: &str,
+    member: &str,
+    archive: &str,
+    code: &str,
+) -> Result<serde_json::Value, OpError> {
+    let succ = member.to_owned();
+    let user = user.to_owned();
+    let archive = archive.to_owned();
     let mesh = svc
         .mesh()
         .cloned()
         .ok_or_else(|| OpError::Invalid("no label".into()))?;
-    let user = crate::admin::user_of(svc, user)?;
     let out = spool(svc)?.join("out");
     std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
-    let archive = format!("{user}.{pass}");
     let path = out.join(format!("{archive}.caliopen"));
     let end_path = out.join(format!("{archive}.end"));
     // The archive of this pass is made once (a run cut short sends the
@@ -192,7 +211,10 @@ pub async fn send_account(
             for attempt in 0..5u32 {
                 match mesh.handover_chunk(&succ, c.clone()).await {
                     Ok(r) => return Ok(r),
-                    Err(e) => last = e,
+                    Err((false, e)) => {
+                        return Err(OpError::Invalid(format!("{succ} refused: {e}")))
+                    }
+                    Err((true, e)) => last = e,
                 }
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
@@ -216,6 +238,7 @@ pub async fn send_account(
             data: buf[..n].to_vec(),
             last: false,
             total,
+            code: code.to_owned(),
         })
         .await?;
         if r.received > total {
@@ -238,6 +261,7 @@ pub async fn send_account(
             data: Vec::new(),
             last: true,
             total,
+            code: code.to_owned(),
         })
         .await?;
         if !r.error.is_empty() {
@@ -262,18 +286,180 @@ pub async fn send_account(
         digest: reply.digest,
     };
     let same = stored == end;
-    tracing::info!(account = %user, successor = %succ, pass, messages = end.messages,
-        same, "account handed over");
+    tracing::info!(account = %user, to = %succ, archive, messages = end.messages,
+        same, "account sent");
     Ok(json!({
         "account": user,
         "successor": succ,
-        "pass": pass,
         "archive": end,
         "stored": stored,
         "same": same,
         "sent_bytes": sent,
         "seconds": started.elapsed().as_secs_f64(),
     }))
+}
+
+/// What `caliopen account accept` records: a move of `account` from
+/// `member`, under the name `as_name`, with a code (its SHA-256) valid
+/// until `expires`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Acceptance {
+    as_name: String,
+    code_sha256: String,
+    expires: i64,
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref())
+}
+
+fn acceptance_path(spool: &Path, member: &str, account: &str) -> PathBuf {
+    spool
+        .join("accept")
+        .join(member)
+        .join(format!("{account}.json"))
+}
+
+/// The account name a move of `account` from `member` is accepted as,
+/// when `code` is the one given and has not expired.
+fn accepted(spool: &Path, member: &str, account: &str, code: &str) -> Result<String, String> {
+    let path = acceptance_path(spool, member, account);
+    let a: Acceptance = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| format!("no move of {account} from {member} was accepted here"))?;
+    if sha256_hex(code.trim().as_bytes()) != a.code_sha256 {
+        return Err("the move code is not the one given".into());
+    }
+    if crate::store::now_unix() > a.expires {
+        return Err("the move code has expired: accept the move again".into());
+    }
+    Ok(a.as_name)
+}
+
+/// Accepts the move of `account` from `member` here as `as_name`: a new
+/// one-time code, valid for `hours`, to give to the user's old operator.
+pub fn accept_move(
+    svc: &MailService,
+    member: &str,
+    account: &str,
+    as_name: &str,
+    hours: u32,
+) -> Result<serde_json::Value, OpError> {
+    use aws_lc_rs::rand::SecureRandom;
+    let account = account.to_ascii_lowercase();
+    let as_name = as_name.to_ascii_lowercase();
+    if !crate::admin::valid_localpart(&account) || !crate::admin::valid_localpart(&as_name) {
+        return Err(OpError::Invalid("invalid account name".into()));
+    }
+    if !safe_name(member) {
+        return Err(OpError::Invalid(format!("{member:?} is not a member id")));
+    }
+    if svc.store().user_exists(&as_name) {
+        return Err(OpError::Invalid(format!(
+            "user {as_name:?} exists here: choose another name with --as"
+        )));
+    }
+    let mut raw = [0u8; 16];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| OpError::Internal("no randomness".into()))?;
+    let code = hex::encode(raw);
+    let expires = crate::store::now_unix() + i64::from(hours.clamp(1, 24 * 30)) * 3600;
+    let path = acceptance_path(&spool(svc)?, member, &account);
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+    }
+    let a = Acceptance {
+        as_name: as_name.clone(),
+        code_sha256: sha256_hex(code.as_bytes()),
+        expires,
+    };
+    let b = serde_json::to_vec(&a).map_err(|e| OpError::Internal(e.to_string()))?;
+    write_durable(&path, &b).map_err(|e| io(&path, e))?;
+    Ok(
+        json!({"member": member, "account": account, "as": as_name, "code": code, "expires": expires}),
+    )
+}
+
+/// A user's move recorded at the member they left.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Moved {
+    to: String,
+    until: i64,
+}
+
+/// Loads the moves recorded here (the new addresses given by `551`).
+pub fn load_moved(svc: &MailService) {
+    let Some(dir) = svc.spool_dir().map(|d| d.join("moved")) else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(user) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if let Some(m) = std::fs::read(e.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Moved>(&b).ok())
+        {
+            svc.set_moved(user, &m.to, m.until);
+        }
+    }
+}
+
+/// Moves `user` to `to` (an address at another labelled member) with the
+/// code its operator gave: the account is sent and verified there, then
+/// this instance refuses mail for it with `551 5.1.6` and the new address
+/// for `redirect_days`, and as an unknown user after.
+pub async fn move_account(
+    svc: &MailService,
+    user: &str,
+    to: &str,
+    code: &str,
+    redirect_days: u32,
+) -> Result<serde_json::Value, OpError> {
+    let user = crate::admin::user_of(svc, user)?;
+    let (local, domain) = crate::delivery::split_address(to)
+        .ok_or_else(|| OpError::Invalid(format!("{to:?} is not an address")))?;
+    let mesh = svc.mesh().cloned().ok_or_else(|| {
+        OpError::Invalid("this instance holds no label: a move goes over the mesh".into())
+    })?;
+    let member = mesh.member_for(&domain).ok_or_else(|| {
+        OpError::Invalid(format!(
+            "{domain} is not served by another labelled member (export the account instead)"
+        ))
+    })?;
+    if code.trim().is_empty() {
+        return Err(OpError::Invalid(
+            "the receiving operator gives a code with `caliopen account accept`".into(),
+        ));
+    }
+    let mut out = send_archive(svc, &user, &member, &format!("move-{user}"), code.trim()).await?;
+    if out["same"] != true {
+        return Err(OpError::Internal(format!(
+            "{member} stored something else than the archive: {out}"
+        )));
+    }
+    let to = format!("{local}@{domain}");
+    let until = crate::store::now_unix() + i64::from(redirect_days) * 86_400;
+    let dir = spool(svc)?.join("moved");
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    let path = dir.join(format!("{user}.json"));
+    let b = serde_json::to_vec(&Moved {
+        to: to.clone(),
+        until,
+    })
+    .map_err(|e| OpError::Internal(e.to_string()))?;
+    write_durable(&path, &b).map_err(|e| io(&path, e))?;
+    svc.set_moved(&user, &to, until);
+    tracing::warn!(account = %user, to = %to, member, "account moved");
+    out["to"] = json!(to);
+    out["redirect_until"] = json!(until);
+    Ok(out)
 }
 
 /// The successor's side: the archives of its predecessors, appended piece
@@ -318,8 +504,22 @@ impl Receiver {
         if c.data.len() > MAX_CHUNK {
             return Err(refused(format!("a piece is at most {MAX_CHUNK} bytes")));
         }
+        if c.total > MAX_ARCHIVE {
+            return Err(refused(format!(
+                "an archive is at most {MAX_ARCHIVE} bytes"
+            )));
+        }
         let Some(spool) = self.svc.spool_dir() else {
             return Err(HandlerError::Unavailable("no spool".into()));
+        };
+        // A move: the account under the name its operator accepted it as.
+        let target = if c.code.is_empty() {
+            c.account.clone()
+        } else {
+            accepted(spool, member, &c.account, &c.code).map_err(|why| {
+                tracing::warn!(member, account = %c.account, why, "account move refused");
+                HandlerError::Refused(why)
+            })?
         };
         let dir = spool.join("in").join(member);
         std::fs::create_dir_all(&dir).map_err(|e| unavailable(&dir, e))?;
@@ -374,7 +574,7 @@ impl Receiver {
         };
         if started {
             let me = self.clone();
-            let account = c.account.clone();
+            let account = target;
             let member = member.to_owned();
             tokio::spawn(async move {
                 let r = me.import(&member, &account, &path).await;

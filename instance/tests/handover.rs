@@ -375,3 +375,122 @@ async fn a_member_closes_and_its_successor_serves_its_users_and_domain() {
     stop.cancel();
     let _ = service.await;
 }
+
+/// One user leaves alpha for beta: beta's operator accepts the move (a
+/// one-time code), alpha sends the account over the mesh, beta verifies
+/// it; the user logs in at beta with their password, and alpha's MX
+/// answers `551 5.1.6` with the new address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_moves_to_another_member_with_a_one_time_code() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Arc::new(
+        Authority::init(
+            &tmp.path().join("assoc"),
+            "Move Test",
+            3650,
+            Settings::default(),
+        )
+        .expect("init"),
+    );
+    let bound = BoundService::bind(ca.clone(), "127.0.0.1:0".parse().expect("addr"), &[])
+        .await
+        .expect("bind");
+    let url = format!("https://{}", bound.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let service = tokio::spawn(bound.run(async move { s.cancelled().await }));
+    let root = tmp.path().to_owned();
+    let (alpha, beta) = tokio::task::spawn_blocking(move || {
+        let mut alpha = make_member(&root, &ca, &url, "alpha", "alpha.test", None);
+        let mut beta = make_member(&root, &ca, &url, "beta", "beta.test", None);
+        alpha.add_user("bob", "bob password");
+        let f = root.join("bob.mbox");
+        mbox(&f, "bob@alpha.test", 0, 50);
+        import(&alpha, "bob", &f, "inbox");
+        alpha.start();
+        beta.start();
+        let (a, b) = (alpha.c().to_owned(), beta.c().to_owned());
+        let mv = |code: &str| {
+            run_caliopen(
+                &[
+                    "account",
+                    "move",
+                    "--config",
+                    &a,
+                    "--user",
+                    "bob",
+                    "--to",
+                    "robert@beta.test",
+                    "--code",
+                    code,
+                ],
+                None,
+            )
+        };
+        // Not accepted yet, then a wrong code: refused, nothing made.
+        let (ok, _, err) = mv("00112233445566778899aabbccddeeff");
+        assert!(
+            !ok && err.contains("no move of bob from alpha"),
+            "{err}\n{}",
+            alpha.log()
+        );
+        let out = caliopen(
+            &[
+                "account",
+                "accept",
+                "--config",
+                &b,
+                "--from",
+                "alpha",
+                "--account",
+                "bob",
+                "--as",
+                "robert",
+            ],
+            None,
+        );
+        let code = out
+            .split("code ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("code")
+            .to_owned();
+        let (ok, _, err) = mv("00112233445566778899aabbccddeeff");
+        assert!(!ok && err.contains("not the one given"), "{err}");
+        assert!(
+            run_caliopen(&["mail", "list", "--config", &b, "--user", "robert"], None).0 == false
+        );
+        let (ok, out, err) = mv(&code);
+        assert!(ok, "{out}{err}\n{}\n{}", alpha.log(), beta.log());
+        assert!(
+            out.contains("50 messages") && out.contains("551 5.1.6"),
+            "{out}"
+        );
+        assert_eq!(inbox_count(&b, "robert"), 50);
+        (alpha, beta)
+    })
+    .await
+    .expect("move");
+    // robert logs in at beta with bob's password.
+    let n = python(&format!(
+        "import imaplib, ssl\nctx = ssl._create_unverified_context()\n\
+         M = imaplib.IMAP4('127.0.0.1', {})\nM.starttls(ctx)\n\
+         M.login('robert@beta.test', 'bob password')\n\
+         typ, data = M.select('INBOX', readonly=True)\nprint(int(data[0]))",
+        beta.imap.expect("imap")
+    ));
+    assert_eq!(n.trim(), "50");
+    // alpha's MX gives the new address.
+    let reply = python(&format!(
+        "import smtplib\ns = smtplib.SMTP('127.0.0.1', {}, timeout=10)\ns.ehlo('x.example')\n\
+         s.mail('someone@example.org')\ncode, msg = s.rcpt('bob@alpha.test')\nprint(code, msg.decode())",
+        alpha.smtp.expect("smtp").port()
+    ));
+    assert!(
+        reply.starts_with("551") && reply.contains("5.1.6") && reply.contains("robert@beta.test"),
+        "{reply}"
+    );
+    drop((alpha, beta));
+    stop.cancel();
+    let _ = service.await;
+}

@@ -315,7 +315,9 @@ impl Runner {
         }
         let store = crate::store::Store::open_with(&dir.join("db"), &cfg.store.options())?;
         store.set_quota_default(cfg.accounts.limits());
-        Ok(Runner::Local(MailService::new(store, cfg.domains.clone())))
+        let svc = MailService::new(store, cfg.domains.clone());
+        svc.set_spool_dir(dir.join("handover"));
+        Ok(Runner::Local(svc))
     }
 
     /// True when a daemon runs the operations.

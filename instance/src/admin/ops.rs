@@ -120,6 +120,28 @@ pub enum Op {
         /// The pass (1: while still delivering; 2: after forwarding began).
         pass: u32,
     },
+    /// Accepts a user's move from another member here (a one-time code).
+    MoveAccept {
+        /// The member the user leaves.
+        from: String,
+        /// The account's name there.
+        account: String,
+        /// Its name here.
+        as_name: String,
+        /// How long the code is valid.
+        hours: u32,
+    },
+    /// Moves an account to another member (with the code its operator gave).
+    MoveAccount {
+        /// The account.
+        user: String,
+        /// The new address.
+        to: String,
+        /// The code.
+        code: String,
+        /// How long `551 5.1.6` gives the new address.
+        redirect_days: u32,
+    },
     /// Forwards everything for the served domains to the successor, or
     /// stops forwarding.
     HandoverForward {
@@ -302,6 +324,27 @@ pub async fn execute_with(svc: &MailService, op: Op, input: Vec<u8>) -> Result<O
             Box::pin(crate::handover::send_account(svc, &user, pass)).await?
         }
         Op::HandoverForward { on } => crate::handover::set_forwarding(svc, on)?,
+        Op::MoveAccept {
+            from,
+            account,
+            as_name,
+            hours,
+        } => crate::handover::accept_move(svc, &from, &account, &as_name, hours)?,
+        Op::MoveAccount {
+            user,
+            to,
+            code,
+            redirect_days,
+        } => {
+            Box::pin(crate::handover::move_account(
+                svc,
+                &user,
+                &to,
+                &code,
+                redirect_days,
+            ))
+            .await?
+        }
         Op::MailboxEnsure { user, name } => transfer::mailbox_ensure(svc, &user, &name).await?,
         Op::MailIndex {
             user,

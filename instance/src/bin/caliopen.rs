@@ -202,6 +202,41 @@ enum AccountCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Accept a user's move from another member: prints a one-time code to give to
+    /// their old operator (for `caliopen account move`).
+    Accept {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The member the user leaves (member id).
+        #[arg(long, value_name = "MEMBER")]
+        from: String,
+        /// The account's name there (local part).
+        #[arg(long, value_name = "LOCALPART")]
+        account: String,
+        /// Its name here (default: the same).
+        #[arg(long = "as", value_name = "LOCALPART")]
+        as_name: Option<String>,
+        /// How long the code is valid.
+        #[arg(long, default_value_t = 72)]
+        hours: u32,
+    },
+    /// Move an account to another labelled member over the mesh, verified there; then
+    /// mail for it is refused with `551 5.1.6` and the new address.
+    Move {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "LOCALPART")]
+        user: String,
+        /// The new address (its domain served by the receiving member).
+        #[arg(long, value_name = "ADDRESS")]
+        to: String,
+        /// The code the receiving operator gave (`caliopen account accept`).
+        #[arg(long)]
+        code: String,
+        /// How long senders are told the new address (then: unknown user).
+        #[arg(long, default_value_t = 180)]
+        redirect_days: u32,
+    },
     /// Make an account from an archive and check that what is stored matches its digest.
     ///
     /// The archive is believed for what it says of each message's journey (how
@@ -1744,6 +1779,76 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mail_import(&config, &user, from, quiet, json).await
         }
         Cmd::Handover { config, user, json } => handover(&config, user, json).await,
+        Cmd::Account {
+            cmd:
+                AccountCmd::Accept {
+                    config,
+                    from,
+                    account,
+                    as_name,
+                    hours,
+                },
+        } => {
+            let account = user_arg(&account)?;
+            let as_name = as_name.map(|a| user_arg(&a)).transpose()?;
+            let out = run_op(
+                &config,
+                Op::MoveAccept {
+                    from,
+                    as_name: as_name.unwrap_or_else(|| account.clone()),
+                    account,
+                    hours,
+                },
+            )
+            .await?;
+            out!(
+                "move of {}@{} accepted here as {}; code {} (valid until {}): give it to the old operator",
+                out.json["account"].as_str().unwrap_or(""),
+                out.json["member"].as_str().unwrap_or(""),
+                out.json["as"].as_str().unwrap_or(""),
+                out.json["code"].as_str().unwrap_or(""),
+                out.json["expires"]
+            );
+            Ok(())
+        }
+        Cmd::Account {
+            cmd:
+                AccountCmd::Move {
+                    config,
+                    user,
+                    to,
+                    code,
+                    redirect_days,
+                },
+        } => {
+            let user = user_arg(&user)?;
+            let cfg = Config::load(&config)?;
+            let runner = Runner::open(&cfg).await?;
+            if !runner.is_daemon() {
+                bail!("the daemon is not running: a move goes over its mesh connection (start it with `caliopen run`)");
+            }
+            let out = runner
+                .run(
+                    &Op::MoveAccount {
+                        user,
+                        to,
+                        code,
+                        redirect_days,
+                    },
+                    Vec::new(),
+                )
+                .await?;
+            runner.close().await?;
+            out!(
+                "{} moved to {} at {}: {} messages, digest {} verified there; mail for it now gets 551 5.1.6",
+                out.json["account"].as_str().unwrap_or(""),
+                out.json["to"].as_str().unwrap_or(""),
+                out.json["successor"].as_str().unwrap_or(""),
+                out.json["stored"]["messages"],
+                out.json["stored"]["digest"].as_str().unwrap_or("")
+            );
+            Ok(())
+        }
         Cmd::Account {
             cmd:
                 AccountCmd::Export {

@@ -55,18 +55,20 @@ pub trait MeshOutlet: Send + Sync + std::fmt::Debug {
         None
     }
     /// Sends a piece of an account archive to `member` (the successor).
+    /// The error says whether sending it again may help (a lost
+    /// connection) or not (the member refused it).
     fn handover_chunk<'a>(
         &'a self,
         _member: &'a str,
         _chunk: caliopen_proto::pb::mesh::HandoverChunk,
     ) -> Pin<
         Box<
-            dyn Future<Output = Result<caliopen_proto::pb::mesh::HandoverReply, String>>
+            dyn Future<Output = Result<caliopen_proto::pb::mesh::HandoverReply, (bool, String)>>
                 + Send
                 + 'a,
         >,
     > {
-        Box::pin(async { Err("this instance holds no label".to_owned()) })
+        Box::pin(async { Err((false, "this instance holds no label".to_owned())) })
     }
     /// Queues `data` for `member`, durably. The member's idempotence key
     /// is derived from `identity`, the message as submitted: sent again
@@ -183,6 +185,9 @@ pub struct MailService {
     /// The successor everything for the served domains goes to, once this
     /// member has handed over (see [`crate::handover`]).
     forward_to: Arc<std::sync::RwLock<Option<String>>>,
+    /// Accounts moved to another member: local part → (new address, until
+    /// when it is given; Unix seconds).
+    moved: Arc<std::sync::RwLock<std::collections::HashMap<String, (String, i64)>>>,
 }
 
 /// The decoded Subject header of a message ("" when absent).
@@ -247,7 +252,33 @@ impl MailService {
             blocklists: Arc::new(Vec::new()),
             spool: Arc::new(OnceLock::new()),
             forward_to: Arc::new(std::sync::RwLock::new(None)),
+            moved: Arc::default(),
         }
+    }
+
+    /// Records that `user` moved to `to`, given to senders until `until`.
+    pub fn set_moved(&self, user: &str, to: &str, until: i64) {
+        self.moved
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(user.to_ascii_lowercase(), (to.to_owned(), until));
+    }
+
+    /// For an address of an account that moved away: `Some(Some(new))`
+    /// while the new address is given, `Some(None)` after; `None` for any
+    /// other address.
+    pub fn moved(&self, addr: &str) -> Option<Option<String>> {
+        let (l, d) = split_address(addr)?;
+        if !self.domains.contains(&d) {
+            return None;
+        }
+        let l = l.split('+').next().unwrap_or(&l).to_owned();
+        let m = self
+            .moved
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (to, until) = m.get(&l)?;
+        Some((now_unix() <= *until).then(|| to.clone()))
     }
 
     /// Sets where handover archives are spooled.

@@ -33,6 +33,18 @@ impl MeshHandler for Handler {
             let mut local = Vec::new();
             let mut forward = Vec::new();
             for r in &d.rcpt_to {
+                if let Some(to) = svc.moved(r) {
+                    let detail = match to {
+                        Some(to) => format!("551 5.1.6 user has moved; please try <{to}>"),
+                        None => "550 5.1.1 no such user here".to_owned(),
+                    };
+                    results.push(RecipientResult {
+                        rcpt: r.clone(),
+                        status: recipient_result::Status::RejectedPermanent as i32,
+                        detail,
+                    });
+                    continue;
+                }
                 let (status, detail) = match svc.route(r) {
                     // Handed over: what still reaches this member goes on
                     // to the successor.

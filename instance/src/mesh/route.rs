@@ -153,16 +153,24 @@ impl MeshOutlet for MeshRoute {
     ) -> std::pin::Pin<
         Box<
             dyn std::future::Future<
-                    Output = Result<caliopen_proto::pb::mesh::HandoverReply, String>,
+                    Output = Result<caliopen_proto::pb::mesh::HandoverReply, (bool, String)>,
                 > + Send
                 + 'a,
         >,
     > {
         Box::pin(async move {
-            self.node
-                .handover_chunk(member, chunk)
-                .await
-                .map_err(|e| e.to_string())
+            self.node.handover_chunk(member, chunk).await.map_err(|e| {
+                // What the member answered will not change by asking again.
+                use caliopen_proto::pb::mesh::error_reply::Code;
+                let retry = !matches!(
+                    e,
+                    caliopen_federation::MeshError::Remote {
+                        code: Code::Refused | Code::Malformed | Code::Unsupported,
+                        ..
+                    }
+                );
+                (retry, e.to_string())
+            })
         })
     }
 

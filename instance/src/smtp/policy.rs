@@ -10,6 +10,15 @@ use crate::delivery::{split_address, MailService, Route};
 impl Policy for MailService {
     fn rcpt(&self, kind: Kind, authenticated: bool, address: &str) -> RcptVerdict {
         use std::sync::atomic::Ordering::Relaxed;
+        // A user who moved to another member: the new address, for a while.
+        match self.moved(address) {
+            Some(Some(to)) => return RcptVerdict::Moved(to),
+            Some(None) => {
+                self.metrics().rcpt_unknown_user.fetch_add(1, Relaxed);
+                return RcptVerdict::UnknownUser;
+            }
+            None => {}
+        }
         match self.route(address) {
             Route::Local(targets) => {
                 if self.mailbox_full(&targets) {

@@ -64,6 +64,8 @@ pub enum RcptVerdict {
     RelayDenied,
     /// The mailbox is over quota: try later (452 4.2.2).
     MailboxFull,
+    /// The user moved to this address (551 5.1.6, RFC 5321 §3.4 and RFC 3463).
+    Moved(String),
 }
 
 /// Why a message was not stored ([`Session::stored`]); the detail goes to
@@ -553,6 +555,9 @@ impl Session {
                         RcptVerdict::MailboxFull => self
                             .out
                             .push_back(reply("452 4.2.2 Mailbox full, try again later")),
+                        RcptVerdict::Moved(to) => self.out.push_back(reply(&format!(
+                            "551 5.1.6 User has moved; please try <{to}>"
+                        ))),
                     }
                 }
             }
