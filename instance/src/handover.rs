@@ -688,6 +688,7 @@ mod tests {
             data: data.to_vec(),
             last,
             total,
+            code: String::new(),
         }
     }
 

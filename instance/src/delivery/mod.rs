@@ -23,6 +23,16 @@ pub use crate::config::FromCheck;
 /// A pending outlet operation.
 pub type OutletFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 
+/// What sending a handover piece gives: the member's answer, or why not
+/// and whether sending it again may help.
+pub type HandoverFuture<'a> = Pin<
+    Box<
+        dyn Future<Output = Result<caliopen_proto::pb::mesh::HandoverReply, (bool, String)>>
+            + Send
+            + 'a,
+    >,
+>;
+
 /// A public level looked up across the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LevelAnswer {
@@ -61,13 +71,7 @@ pub trait MeshOutlet: Send + Sync + std::fmt::Debug {
         &'a self,
         _member: &'a str,
         _chunk: caliopen_proto::pb::mesh::HandoverChunk,
-    ) -> Pin<
-        Box<
-            dyn Future<Output = Result<caliopen_proto::pb::mesh::HandoverReply, (bool, String)>>
-                + Send
-                + 'a,
-        >,
-    > {
+    ) -> HandoverFuture<'a> {
         Box::pin(async { Err((false, "this instance holds no label".to_owned())) })
     }
     /// Queues `data` for `member`, durably. The member's idempotence key

@@ -150,14 +150,7 @@ impl MeshOutlet for MeshRoute {
         &'a self,
         member: &'a str,
         chunk: caliopen_proto::pb::mesh::HandoverChunk,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<caliopen_proto::pb::mesh::HandoverReply, (bool, String)>,
-                > + Send
-                + 'a,
-        >,
-    > {
+    ) -> crate::delivery::HandoverFuture<'a> {
         Box::pin(async move {
             self.node.handover_chunk(member, chunk).await.map_err(|e| {
                 // What the member answered will not change by asking again.
