@@ -1039,7 +1039,7 @@ pub async fn handover(
             "alpha",
             unthrottled("alpha"),
             caliopen_instance::mesh::store_handler(svc_a.clone()),
-            Some("beta"),
+            Some("beta.test"),
         )
         .await?;
     let b = fed

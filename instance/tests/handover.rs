@@ -6,16 +6,13 @@
 //! renewed with the old domain, a third member's mail for the old domain
 //! goes to the successor, and the old instance forwards what still reaches it.
 
-use caliopen_ca::{Authority, BoundService, Settings};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 mod common;
 
 use common::caliopen_ok as caliopen;
-use common::federation::{make_member, Member};
+use common::federation::{make_member, Association, Member};
 use common::{python, run_caliopen};
 
 /// An mbox of `n` messages to `to`, numbered from `first`.
@@ -128,22 +125,8 @@ fn smtp_send(port: u16, login: Option<(&str, &str)>, from: &str, to: &str, subje
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_closes_and_its_successor_serves_its_users_and_domain() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let ca = Arc::new(
-        Authority::init(
-            &tmp.path().join("assoc"),
-            "Handover Test",
-            3650,
-            Settings::default(),
-        )
-        .expect("init"),
-    );
-    let bound = BoundService::bind(ca.clone(), "127.0.0.1:0".parse().expect("addr"), &[])
-        .await
-        .expect("bind");
-    let url = format!("https://{}", bound.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    let service = tokio::spawn(bound.run(async move { s.cancelled().await }));
+    let assoc = Association::start(&tmp.path().join("assoc"), "Handover Test").await;
+    let (ca, url) = (assoc.ca.clone(), assoc.url.clone());
     let root = tmp.path().to_owned();
 
     let (mut old, mut succ, mut third) = {
@@ -372,8 +355,7 @@ async fn a_member_closes_and_its_successor_serves_its_users_and_domain() {
         .expect("from third");
     assert_eq!(from_third["via"], "mesh", "{from_third}");
     drop((old, succ, third));
-    stop.cancel();
-    let _ = service.await;
+    assoc.stop().await;
 }
 
 /// One user leaves alpha for beta: beta's operator accepts the move (a
@@ -383,22 +365,8 @@ async fn a_member_closes_and_its_successor_serves_its_users_and_domain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_moves_to_another_member_with_a_one_time_code() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let ca = Arc::new(
-        Authority::init(
-            &tmp.path().join("assoc"),
-            "Move Test",
-            3650,
-            Settings::default(),
-        )
-        .expect("init"),
-    );
-    let bound = BoundService::bind(ca.clone(), "127.0.0.1:0".parse().expect("addr"), &[])
-        .await
-        .expect("bind");
-    let url = format!("https://{}", bound.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    let service = tokio::spawn(bound.run(async move { s.cancelled().await }));
+    let assoc = Association::start(&tmp.path().join("assoc"), "Move Test").await;
+    let (ca, url) = (assoc.ca.clone(), assoc.url.clone());
     let root = tmp.path().to_owned();
     let (alpha, beta) = tokio::task::spawn_blocking(move || {
         let mut alpha = make_member(&root, &ca, &url, "alpha", "alpha.test", None);
@@ -492,6 +460,5 @@ async fn a_user_moves_to_another_member_with_a_one_time_code() {
         "{reply}"
     );
     drop((alpha, beta));
-    stop.cancel();
-    let _ = service.await;
+    assoc.stop().await;
 }

@@ -189,3 +189,40 @@ impl Member {
         }
     }
 }
+
+/// An association (in process) with its service on loopback.
+pub struct Association {
+    pub ca: std::sync::Arc<Authority>,
+    pub url: String,
+    stop: tokio_util::sync::CancellationToken,
+    service: tokio::task::JoinHandle<Result<(), caliopen_ca::CaError>>,
+}
+
+impl Association {
+    /// Makes one in `dir` and serves it.
+    pub async fn start(dir: &Path, name: &str) -> Association {
+        let ca = std::sync::Arc::new(
+            Authority::init(dir, name, 3650, caliopen_ca::Settings::default()).expect("init"),
+        );
+        let bound =
+            caliopen_ca::BoundService::bind(ca.clone(), "127.0.0.1:0".parse().expect("addr"), &[])
+                .await
+                .expect("bind");
+        let url = format!("https://{}", bound.local_addr().expect("addr"));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        let service = tokio::spawn(bound.run(async move { s.cancelled().await }));
+        Association {
+            ca,
+            url,
+            stop,
+            service,
+        }
+    }
+
+    /// Stops the service.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.service.await;
+    }
+}
