@@ -1392,13 +1392,30 @@ impl Authority {
         let old = self.identify_at(client_cert_der, at.unix_timestamp())?;
         // The current domains, and any of the domains handed over to this
         // member by a predecessor that closed (those it may add).
-        let inherited: Vec<String> = self
+        // Not one another member holds now (a domain the predecessor let
+        // go and someone else was given since).
+        let mine: Vec<(String, Handover)> = self
             .store
             .handovers()?
             .into_iter()
             .filter(|(_, h)| h.to == old.member_id)
+            .collect();
+        let now_s = at.unix_timestamp();
+        let held_elsewhere: HashSet<String> = self
+            .store
+            .all_certs()?
+            .into_iter()
+            .filter(|r| {
+                r.status(now_s) == Status::Active
+                    && r.member_id != old.member_id
+                    && !mine.iter().any(|(from, _)| *from == r.member_id)
+            })
+            .flat_map(|r| r.domains)
+            .collect();
+        let inherited: Vec<String> = mine
+            .into_iter()
             .flat_map(|(_, h)| h.domains)
-            .filter(|d| !old.domains.contains(d))
+            .filter(|d| !old.domains.contains(d) && !held_elsewhere.contains(d))
             .collect();
         let want: HashSet<&String> = csr.dns_names.iter().collect();
         let keeps_all = old.domains.iter().all(|d| want.contains(d));
@@ -1772,12 +1789,24 @@ impl Authority {
             }
         }
         let to = succ.member_id.as_str();
-        if let Some((_, h)) = self.store.handovers()?.into_iter().find(|(f, _)| f == from) {
+        let handovers = self.store.handovers()?;
+        if let Some((_, h)) = handovers.iter().find(|(f, _)| f == from) {
             if h.to == to {
-                return Ok(h);
+                // Published again, in case a failure came between the
+                // record and its directory.
+                self.issue_directory_locked(t)?;
+                self.store.flush()?;
+                self.republish()?;
+                return Ok(h.clone());
             }
             return Err(CaError::Refused(format!(
                 "{from} was handed over to {} already",
+                h.to
+            )));
+        }
+        if let Some((_, h)) = handovers.iter().find(|(f, _)| f == to) {
+            return Err(CaError::Refused(format!(
+                "{to} closed itself (handed over to {}): name a member that stays",
                 h.to
             )));
         }

@@ -506,6 +506,12 @@ fn a_handover_goes_to_the_named_successor_only_and_is_logged() {
     assert_eq!(by("old").handed_over_to, "succ");
     assert_eq!(by("succ").handed_over_to, "");
     assert!(ca.handover("old", "other").is_err(), "handed over already");
+    // A member that names the closed one as its successor cannot hand
+    // over to it (no forwarding loop through a member that left).
+    let ky = KeyPair::generate().expect("k");
+    issue("late", &ky, Some("old.test"));
+    let err = ca.handover("late", "old").expect_err("closed").to_string();
+    assert!(err.contains("closed itself"), "{err}");
 
     // The successor renews with the old domain added; nobody else may.
     let renewed = ca

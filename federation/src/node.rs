@@ -814,12 +814,17 @@ impl MeshNode {
                         .map(|(_, dom)| dom.to_ascii_lowercase())
                         .unwrap_or_default();
                     // A member that handed over to this one forwards what
-                    // still reaches it, from any sender.
-                    let predecessor = self
-                        .inner
-                        .trust
-                        .current()
-                        .handed_over(&peer.member_id, &self.inner.cfg.member_id);
+                    // still reaches it, from any sender, to the domains it
+                    // handed over (and only those).
+                    let st = self.inner.trust.current();
+                    let predecessor = st.handed_over(&peer.member_id, &self.inner.cfg.member_id)
+                        && st.member(&peer.member_id).is_some_and(|m| {
+                            d.rcpt_to.iter().all(|r| {
+                                r.rsplit_once('@').is_some_and(|(_, dom)| {
+                                    m.domains.contains(&dom.to_ascii_lowercase())
+                                })
+                            })
+                        });
                     if !peer.domains.contains(&domain) && !predecessor {
                         self.inner
                             .stats

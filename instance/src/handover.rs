@@ -196,6 +196,9 @@ async fn send_archive(
             end
         }
     };
+    // The archive's name at the receiver: this content's own (a new
+    // export, with other content, is a new archive there).
+    let archive = format!("{archive}.{}", end.digest.get(..16).unwrap_or(&end.digest));
     let total = std::fs::metadata(&path).map_err(|e| io(&path, e))?.len();
     let mut f = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
     let started = std::time::Instant::now();
@@ -221,39 +224,39 @@ async fn send_archive(
             Err(OpError::Internal(format!("sending to {succ}: {last}")))
         }
     };
-    while offset < total {
-        f.seek(std::io::SeekFrom::Start(offset))
-            .map_err(|e| io(&path, e))?;
-        let n = f.read(&mut buf).map_err(|e| io(&path, e))?;
-        if n == 0 {
-            return Err(OpError::Internal(format!(
-                "{}: shorter than its length",
-                path.display()
-            )));
-        }
-        let r = send(HandoverChunk {
-            account: user.clone(),
-            archive: archive.clone(),
-            offset,
-            data: buf[..n].to_vec(),
-            last: false,
-            total,
-            code: code.to_owned(),
-        })
-        .await?;
-        if r.received > total {
-            return Err(OpError::Internal(format!(
-                "{succ} holds {} bytes of a {total}-byte archive",
-                r.received
-            )));
-        }
-        if r.received > offset {
-            sent += r.received - offset;
-        }
-        offset = r.received;
-    }
-    // The last piece: the successor imports, and is asked until done.
     let reply = loop {
+        while offset < total {
+            f.seek(std::io::SeekFrom::Start(offset))
+                .map_err(|e| io(&path, e))?;
+            let n = f.read(&mut buf).map_err(|e| io(&path, e))?;
+            if n == 0 {
+                return Err(OpError::Internal(format!(
+                    "{}: shorter than its length",
+                    path.display()
+                )));
+            }
+            let r = send(HandoverChunk {
+                account: user.clone(),
+                archive: archive.clone(),
+                offset,
+                data: buf[..n].to_vec(),
+                last: false,
+                total,
+                code: code.to_owned(),
+            })
+            .await?;
+            if r.received > total {
+                return Err(OpError::Internal(format!(
+                    "{succ} holds {} bytes of a {total}-byte archive",
+                    r.received
+                )));
+            }
+            if r.received > offset {
+                sent += r.received - offset;
+            }
+            offset = r.received;
+        }
+        // The last piece: the successor imports, and is asked until done.
         let r = send(HandoverChunk {
             account: user.clone(),
             archive: archive.clone(),
@@ -273,6 +276,11 @@ async fn send_archive(
         if r.imported {
             break r;
         }
+        if r.received < total {
+            // Its copy is shorter than it said before (lost): send the rest.
+            offset = r.received;
+            continue;
+        }
         if started.elapsed() > IMPORT_WAIT {
             return Err(OpError::Internal(format!(
                 "{succ} is still importing {user}: run the handover again later"
@@ -286,14 +294,24 @@ async fn send_archive(
         digest: reply.digest,
     };
     let same = stored == end;
+    // Every message of the archive is there, but the account differs: it
+    // changed since an earlier pass (keywords, folders, deletions are not
+    // carried again; the messages are).
+    let complete = same || reply.complete;
     tracing::info!(account = %user, to = %succ, archive, messages = end.messages,
-        same, "account sent");
+        same, complete, "account sent");
+    if complete {
+        // Done: the next run makes a fresh archive.
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&end_path);
+    }
     Ok(json!({
         "account": user,
         "successor": succ,
         "archive": end,
         "stored": stored,
         "same": same,
+        "complete": complete,
         "sent_bytes": sent,
         "seconds": started.elapsed().as_secs_f64(),
     }))
@@ -439,7 +457,7 @@ pub async fn move_account(
         ));
     }
     let mut out = send_archive(svc, &user, &member, &format!("move-{user}"), code.trim()).await?;
-    if out["same"] != true {
+    if out["complete"] != true {
         return Err(OpError::Internal(format!(
             "{member} stored something else than the archive: {out}"
         )));
@@ -468,6 +486,7 @@ pub async fn move_account(
 pub struct Receiver {
     svc: MailService,
     running: Mutex<HashSet<PathBuf>>,
+    writing: Mutex<()>,
 }
 
 fn refused(m: impl Into<String>) -> HandlerError {
@@ -485,6 +504,7 @@ impl Receiver {
         Arc::new(Self {
             svc,
             running: Mutex::new(HashSet::new()),
+            writing: Mutex::new(()),
         })
     }
 
@@ -512,6 +532,26 @@ impl Receiver {
         let Some(spool) = self.svc.spool_dir() else {
             return Err(HandlerError::Unavailable("no spool".into()));
         };
+        let dir = spool.join("in").join(member);
+        std::fs::create_dir_all(&dir).map_err(|e| unavailable(&dir, e))?;
+        let path = dir.join(format!("{}.caliopen", c.archive));
+        let done = dir.join(format!("{}.done", c.archive));
+        let failed = dir.join(format!("{}.failed", c.archive));
+        // An archive imported before (the sender asks again after a lost
+        // answer, or after a restart here): what was recorded.
+        if let Ok(b) = std::fs::read(&done) {
+            if let Ok(d) = serde_json::from_slice::<DoneRecord>(&b) {
+                return Ok(HandoverReply {
+                    received: c.total,
+                    imported: true,
+                    messages: d.end.messages,
+                    bytes: d.end.bytes,
+                    digest: d.end.digest,
+                    error: String::new(),
+                    complete: d.complete,
+                });
+            }
+        }
         // A move: the account under the name its operator accepted it as.
         let target = if c.code.is_empty() {
             c.account.clone()
@@ -521,33 +561,22 @@ impl Receiver {
                 HandlerError::Refused(why)
             })?
         };
-        let dir = spool.join("in").join(member);
-        std::fs::create_dir_all(&dir).map_err(|e| unavailable(&dir, e))?;
-        let path = dir.join(format!("{}.caliopen", c.archive));
-        let done = dir.join(format!("{}.done", c.archive));
-        let failed = dir.join(format!("{}.failed", c.archive));
-        if let Ok(b) = std::fs::read(&done) {
-            if let Ok(e) = serde_json::from_slice::<End>(&b) {
-                return Ok(HandoverReply {
-                    received: c.total,
-                    imported: true,
-                    messages: e.messages,
-                    bytes: e.bytes,
-                    digest: e.digest,
-                    error: String::new(),
-                });
-            }
-        }
-        let mut len = std::fs::metadata(&path).map_or(0, |m| m.len());
         let reply = |received, error: String| HandoverReply {
             received,
             error,
             ..Default::default()
         };
-        if !c.last {
-            // Only where the copy ends; anything else is answered with
-            // where it ends, for the sender to go on from there.
-            if c.offset == len && len + c.data.len() as u64 <= c.total {
+        let len = {
+            // One writer at a time: a piece sent again while the first
+            // send is still being written must not be appended twice.
+            let _w = self
+                .writing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut len = std::fs::metadata(&path).map_or(0, |m| m.len());
+            if !c.last && c.offset == len && len + c.data.len() as u64 <= c.total {
+                // Only where the copy ends; anything else is answered with
+                // where it ends, for the sender to go on from there.
                 let mut f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -557,12 +586,15 @@ impl Receiver {
                 f.sync_data().map_err(|e| unavailable(&path, e))?;
                 len += c.data.len() as u64;
             }
-            return Ok(reply(len, String::new()));
-        }
-        if len != c.total {
+            len
+        };
+        if !c.last || len != c.total {
             return Ok(reply(len, String::new()));
         }
         if let Ok(why) = std::fs::read_to_string(&failed) {
+            // Said once; the next request tries the import again (the
+            // operator may have fixed the cause).
+            let _ = std::fs::remove_file(&failed);
             return Ok(reply(len, why));
         }
         let started = {
@@ -576,10 +608,29 @@ impl Receiver {
             let me = self.clone();
             let account = target;
             let member = member.to_owned();
+            let code = c.code.clone();
+            let from = c.account.clone();
+            let spool = spool.to_path_buf();
             tokio::spawn(async move {
-                let r = me.import(&member, &account, &path).await;
+                // A handover brings the aliases of the domains handed over;
+                // a move brings none (they stay the old member's).
+                let alias_domains = if code.is_empty() {
+                    me.svc
+                        .mesh()
+                        .map(|m| m.domains_of(&member))
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let r = me.import(&member, &account, &path, &alias_domains).await;
                 let (file, data) = match r {
-                    Ok(end) => (done, serde_json::to_vec(&end).unwrap_or_default()),
+                    Ok(d) => {
+                        if !code.is_empty() {
+                            // The code is spent.
+                            let _ = std::fs::remove_file(acceptance_path(&spool, &member, &from));
+                        }
+                        (done, serde_json::to_vec(&d).unwrap_or_default())
+                    }
                     Err(why) => {
                         tracing::warn!(member, account, error = %why, "handover import failed");
                         (failed, why.into_bytes())
@@ -597,8 +648,15 @@ impl Receiver {
         Ok(reply(len, String::new()))
     }
 
-    /// Imports one whole archive; the account as stored, when it matches.
-    async fn import(&self, member: &str, account: &str, path: &Path) -> Result<End, String> {
+    /// Imports one whole archive: the account as stored, and whether every
+    /// message of the archive is there when the account differs from it.
+    async fn import(
+        &self,
+        member: &str,
+        account: &str,
+        path: &Path,
+        alias_domains: &[String],
+    ) -> Result<DoneRecord, String> {
         let dir = path.parent().unwrap_or(Path::new("."));
         // Made by this handover (an earlier pass, or a run cut short):
         // resumed; else an account of that name here is someone else's.
@@ -619,6 +677,7 @@ impl Receiver {
             path,
             Some(account),
             resume,
+            Some(alias_domains),
             crate::transfer::Progress::new("handover", true),
         )
         .await
@@ -630,14 +689,29 @@ impl Receiver {
             duplicates = r.summary.duplicates,
             "handover archive imported"
         );
-        if r.stored != r.archive {
+        let all_there = r.summary.skipped.is_empty()
+            && r.summary.messages + r.summary.duplicates == r.archive.messages;
+        if r.stored != r.archive && !all_there {
             return Err(format!(
                 "stored {} messages (digest {}), the archive holds {} (digest {})",
                 r.stored.messages, r.stored.digest, r.archive.messages, r.archive.digest
             ));
         }
-        Ok(r.stored)
+        Ok(DoneRecord {
+            complete: all_there,
+            end: r.stored,
+        })
     }
+}
+
+/// What an import of an archive left (`<archive>.done`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct DoneRecord {
+    #[serde(flatten)]
+    end: End,
+    /// Every message of the archive is stored.
+    #[serde(default)]
+    complete: bool,
 }
 
 #[cfg(test)]

@@ -1351,12 +1351,17 @@ async fn handover(config: &Path, only: Vec<String>, json: bool) -> anyhow::Resul
                 )
                 .await;
             match r {
-                Ok(o) if o.json["same"] == true => {
+                Ok(o) if o.json["complete"] == true => {
                     if json {
                         out!("{}", o.json);
                     } else {
+                        let how = if o.json["same"] == true {
+                            "digest verified"
+                        } else {
+                            "every message there (keywords and folders changed since pass 1 stay as then)"
+                        };
                         out!(
-                            "{u}: pass {pass}: {} messages, {} bytes, digest {} verified at {succ} ({:.1} s)",
+                            "{u}: pass {pass}: {} messages, {} bytes, {how} at {succ}, digest {} ({:.1} s)",
                             o.json["stored"]["messages"],
                             o.json["stored"]["bytes"],
                             o.json["stored"]["digest"].as_str().unwrap_or(""),
@@ -1396,7 +1401,7 @@ async fn handover(config: &Path, only: Vec<String>, json: bool) -> anyhow::Resul
     runner.close().await?;
     if !failed.is_empty() {
         bail!(
-            "{} of {} accounts not handed over ({}); nothing is forwarded until all are: fix and run again",
+            "{} of {} accounts not handed over ({}): fix and run again (forwarding starts, or stays on, only after a first pass of every account)",
             failed.len(),
             users.len(),
             failed.join(", ")
@@ -1903,6 +1908,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &input,
                 user.as_deref(),
                 resume,
+                None,
                 transfer::Progress::new("import", quiet),
             )
             .await;

@@ -64,6 +64,14 @@ pub trait MeshOutlet: Send + Sync + std::fmt::Debug {
     fn successor(&self) -> Option<String> {
         None
     }
+    /// The domains the directory lists for `member`.
+    fn domains_of(&self, _member: &str) -> Vec<String> {
+        Vec::new()
+    }
+    /// The domains members that closed handed over to this one.
+    fn inherited_domains(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Sends a piece of an account archive to `member` (the successor).
     /// The error says whether sending it again may help (a lost
     /// connection) or not (the member refused it).

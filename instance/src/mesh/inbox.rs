@@ -64,6 +64,19 @@ impl MeshHandler for Handler {
                             "4.2.2 mailbox full".to_owned(),
                         )
                     }
+                    // A domain handed over to this member whose accounts
+                    // may still be on their way: try again later.
+                    _ if crate::delivery::split_address(r).is_some_and(|(_, d)| {
+                        svc.mesh()
+                            .is_some_and(|m| m.inherited_domains().contains(&d))
+                    }) =>
+                    {
+                        (
+                            recipient_result::Status::RejectedTemporary,
+                            "4.2.1 not here yet: a handover to this member is in progress"
+                                .to_owned(),
+                        )
+                    }
                     _ => (
                         recipient_result::Status::RejectedPermanent,
                         "no such user here".to_owned(),

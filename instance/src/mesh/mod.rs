@@ -145,10 +145,12 @@ pub async fn start(
         let served = config.domains.clone();
         tracker.spawn(async move {
             let mut rx = trust.subscribe();
-            let mut tried = 0u64;
+            let mut retry = std::time::Duration::from_secs(30);
+            // The directory serial a renewal succeeded for (not asked again
+            // for it, even if the association left a domain out).
+            let mut done_for = 0u64;
             loop {
                 let st = trust.current();
-                let serial = st.directory_serial();
                 let have = renewer.domains().unwrap_or_default();
                 let inherited: Vec<String> = st
                     .directory
@@ -158,17 +160,30 @@ pub async fn start(
                     .flat_map(|m| m.domains.iter().cloned())
                     .filter(|d| served.contains(d) && !have.contains(d))
                     .collect();
-                if !inherited.is_empty() && serial != tried {
-                    tried = serial;
+                let mut wait = None;
+                if !inherited.is_empty() && st.directory_serial() != done_for {
                     match renewer.renew_with(&inherited).await {
-                        Ok(()) => tracing::info!(domains = ?inherited,
-                            "certificate renewed with the domains handed over to this member"),
-                        Err(e) => tracing::error!(domains = ?inherited, error = %e,
-                            "ALARM: renewal with the handed-over domains failed"),
+                        Ok(()) => {
+                            retry = std::time::Duration::from_secs(30);
+                            done_for = st.directory_serial();
+                            tracing::info!(domains = ?inherited,
+                                "certificate renewed with the domains handed over to this member");
+                        }
+                        Err(e) => {
+                            tracing::error!(domains = ?inherited, error = %e, retry_in = ?retry,
+                                "ALARM: renewal with the handed-over domains failed");
+                            wait = Some(retry);
+                            retry = (retry * 2).min(std::time::Duration::from_secs(3600));
+                        }
                     }
                 }
+                // Again on the next directory, or after the backoff.
+                let sleep = tokio::time::sleep(
+                    wait.unwrap_or(std::time::Duration::from_secs(365 * 86_400)),
+                );
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { break },
+                    _ = sleep => {}
                     _ = token.cancelled() => break,
                 }
             }

@@ -139,6 +139,24 @@ impl MeshOutlet for MeshRoute {
         MeshRoute::member_for(self, domain)
     }
 
+    fn domains_of(&self, member: &str) -> Vec<String> {
+        self.trust
+            .current()
+            .member(member)
+            .map(|m| m.domains.clone())
+            .unwrap_or_default()
+    }
+
+    fn inherited_domains(&self) -> Vec<String> {
+        let st = self.trust.current();
+        st.directory
+            .iter()
+            .flat_map(|d| d.directory.members.iter())
+            .filter(|m| m.handed_over_to == self.member_id)
+            .flat_map(|m| m.domains.iter().cloned())
+            .collect()
+    }
+
     fn successor(&self) -> Option<String> {
         let st = self.trust.current();
         st.member(&self.member_id)

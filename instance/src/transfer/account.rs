@@ -253,12 +253,14 @@ pub struct Imported {
 }
 
 /// Imports an archive as `user` (default: its own name); `resume` goes on
-/// with an account an interrupted import made.
+/// with an account an interrupted import made. `alias_domains`: make only
+/// the archive's aliases at these domains (`None`: every domain served).
 pub async fn import(
     runner: &Runner,
     file: &Path,
     user: Option<&str>,
     resume: bool,
+    alias_domains: Option<&[String]>,
     progress: super::Progress,
 ) -> Result<Imported, TransferError> {
     let f = std::fs::File::open(file).map_err(|e| TransferError::io(file, e))?;
@@ -367,6 +369,14 @@ pub async fn import(
     let mut aliases = Vec::new();
     let mut aliases_left = Vec::new();
     for a in &manifest.aliases {
+        let domain = a
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .to_ascii_lowercase();
+        if alias_domains.is_some_and(|ok| !ok.contains(&domain)) {
+            aliases_left.push(format!("{a}: not a domain handed over by the sender"));
+            continue;
+        }
         match runner
             .run(
                 &Op::AliasAdd {
