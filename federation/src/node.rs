@@ -10,8 +10,8 @@ use crate::trust::{check_member, PeerIdentity, TrustState, TrustStore};
 use crate::wire::{decode_single, encode_frame, FrameError, DEFAULT_MAX_FRAME};
 use caliopen_proto::pb::mesh::{
     error_reply, request, response, CheckpointPush, CrlPush, Deliver, DeliverReply, DirectoryPush,
-    ErrorReply, HandoverChunk, HandoverReply, Hello, PrivacyQuery, PrivacyReply, PushReply,
-    Request, Response, SplitViewPush,
+    ErrorReply, HandoverChunk, HandoverReply, Hello, MoveNotice, PrivacyQuery, PrivacyReply,
+    PushReply, Request, Response, SplitViewPush,
 };
 use caliopen_proto::{MESH_PROTOCOL_VERSION, SOFTWARE_VERSION};
 use std::collections::HashMap;
@@ -87,6 +87,20 @@ pub trait MeshHandler: Send + Sync + 'static {
         peer: &PeerIdentity,
         q: PrivacyQuery,
     ) -> BoxFuture<Result<PrivacyReply, HandlerError>>;
+    /// Follows a user's move in the contact books (already checked: the
+    /// old address is the peer's, the new one a member's).
+    fn move_notice(
+        &self,
+        _peer: &PeerIdentity,
+        _n: MoveNotice,
+    ) -> BoxFuture<Result<PushReply, HandlerError>> {
+        Box::pin(async {
+            Ok(PushReply {
+                accepted: false,
+                detail: "move notices are not taken here".into(),
+            })
+        })
+    }
     /// Takes a piece of an account archive from a member that handed over
     /// to this one (already checked against the directory).
     fn handover_chunk(
@@ -878,6 +892,32 @@ impl MeshNode {
                     Err(e) => handler_error_response(e),
                 }
             }
+            request::Body::MoveNotice(n) => {
+                let st = self.inner.trust.current();
+                let dom = |a: &str| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+                let old_ok = dom(&n.old_address).is_some_and(|d| {
+                    peer.domains.contains(&d)
+                        || st
+                            .member(&peer.member_id)
+                            .is_some_and(|m| m.domains.contains(&d))
+                });
+                let new_ok =
+                    dom(&n.new_address).is_some_and(|d| st.member_for_domain(&d).is_some());
+                if !old_ok || !new_ok {
+                    tracing::warn!(peer = %peer.member_id, old = %n.old_address,
+                        new = %n.new_address, "move notice refused");
+                    return error_response(
+                        error_reply::Code::Refused,
+                        "a move notice names an address of the sender and one at a labelled member",
+                    );
+                }
+                match self.inner.handler.move_notice(peer, n).await {
+                    Ok(r) => Response {
+                        body: Some(response::Body::Push(r)),
+                    },
+                    Err(e) => handler_error_response(e),
+                }
+            }
             request::Body::PrivacyQuery(q) => match self.inner.handler.privacy_query(peer, q).await
             {
                 Ok(r) => Response {
@@ -1249,6 +1289,23 @@ impl MeshNode {
             .body
         {
             Some(response::Body::Deliver(r)) => Ok(r),
+            _ => Err(MeshError::Unexpected),
+        }
+    }
+
+    /// Tells `member` that a user of this member moved.
+    pub async fn move_notice(&self, member: &str, n: MoveNotice) -> Result<PushReply, MeshError> {
+        match self
+            .request(
+                member,
+                Request {
+                    body: Some(request::Body::MoveNotice(n)),
+                },
+            )
+            .await?
+            .body
+        {
+            Some(response::Body::Push(r)) => Ok(r),
             _ => Err(MeshError::Unexpected),
         }
     }

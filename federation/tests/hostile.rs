@@ -684,3 +684,92 @@ async fn a_member_with_stale_trust_refuses_mail_from_a_peer_revoked_meanwhile() 
         "{stored} of {rounds} messages from a revoked member were stored"
     );
 }
+
+/// Handover pieces and move notices from a member that has no business
+/// sending them are refused by the node, before any handler sees them.
+#[tokio::test]
+async fn handover_pieces_and_move_notices_need_the_directory_on_their_side() {
+    use caliopen_proto::pb::mesh::{HandoverChunk, MoveNotice};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Authority::init(
+        &tmp.path().join("assoc"),
+        "Handover Hostile",
+        3650,
+        Settings::default(),
+    )
+    .expect("init");
+    let beta = member(&ca, "beta", |_| {}).await;
+    let mallory = member(&ca, "mallory", |_| {}).await;
+    let gamma = member(&ca, "gamma", |_| {}).await;
+    sync(&ca, &[&beta, &mallory, &gamma]);
+    let refused = |r: Result<Response, MeshError>| match r {
+        Err(MeshError::Remote { code, message }) => {
+            assert_eq!(code, error_reply::Code::Refused, "{message}");
+            message
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // mallory never handed over to beta: no piece without a code.
+    let piece = HandoverChunk {
+        account: "alice".into(),
+        archive: "alice.1".into(),
+        offset: 0,
+        data: b"CALIOPEN-ACCOUNT".to_vec(),
+        last: false,
+        total: 16,
+        code: String::new(),
+    };
+    let m = refused(
+        mallory
+            .node
+            .request("beta", req(request::Body::HandoverChunk(piece.clone())))
+            .await,
+    );
+    assert!(m.contains("handed over"), "{m}");
+    // A notice for an address of another member's domain, or to an
+    // address at no member: refused.
+    for (old, new) in [
+        ("alice@gamma.test", "alice@mallory.test"),
+        ("alice@mallory.test", "alice@nowhere.example"),
+    ] {
+        let m = refused(
+            mallory
+                .node
+                .request(
+                    "beta",
+                    req(request::Body::MoveNotice(MoveNotice {
+                        old_address: old.into(),
+                        new_address: new.into(),
+                        moved_at: now(),
+                    })),
+                )
+                .await,
+        );
+        assert!(m.contains("move notice"), "{m}");
+    }
+    // Its own user, to a member: passed on to the handler (this test
+    // handler takes none).
+    let r = mallory
+        .node
+        .move_notice(
+            "beta",
+            MoveNotice {
+                old_address: "alice@mallory.test".into(),
+                new_address: "alice@gamma.test".into(),
+                moved_at: now(),
+            },
+        )
+        .await
+        .expect("passed to the handler");
+    assert!(!r.accepted);
+    // With a code, the handler decides (this one takes no handovers).
+    let with_code = HandoverChunk {
+        code: "0011".into(),
+        ..piece
+    };
+    assert!(mallory
+        .node
+        .request("beta", req(request::Body::HandoverChunk(with_code)))
+        .await
+        .is_err());
+}

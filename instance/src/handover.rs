@@ -475,6 +475,13 @@ pub async fn move_account(
     write_durable(&path, &b).map_err(|e| io(&path, e))?;
     svc.set_moved(&user, &to, until);
     tracing::warn!(account = %user, to = %to, member, "account moved");
+    // Contact books across the mesh follow (the notice goes over each
+    // member's authenticated connection; they check it against the directory).
+    let mut notified = 0;
+    for d in svc.domains() {
+        notified = notified.max(mesh.notify_move(&format!("{user}@{d}"), &to).await);
+    }
+    out["notified_members"] = json!(notified);
     out["to"] = json!(to);
     out["redirect_until"] = json!(until);
     Ok(out)

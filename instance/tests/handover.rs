@@ -379,9 +379,24 @@ async fn a_user_moves_to_another_member_with_a_one_time_code() {
         let f = root.join("bob.mbox");
         mbox(&f, "bob@alpha.test", 0, 50);
         import(&alpha, "bob", &f, "inbox");
+        beta.add_user("carol", "carol password");
         alpha.start();
         beta.start();
         let (a, b) = (alpha.c().to_owned(), beta.c().to_owned());
+        // carol (at beta) writes to bob before he moves: he is in her book.
+        smtp_send(
+            beta.submission.expect("submission").port(),
+            Some(("carol@beta.test", "carol password")),
+            "carol@beta.test",
+            "bob@alpha.test",
+            "before the move",
+        );
+        wait_for(
+            "carol's mail at bob's",
+            20,
+            || inbox_count(&a, "bob") == 51,
+            || alpha.log(),
+        );
         let mv = |code: &str| {
             run_caliopen(
                 &[
@@ -436,10 +451,36 @@ async fn a_user_moves_to_another_member_with_a_one_time_code() {
         let (ok, out, err) = mv(&code);
         assert!(ok, "{out}{err}\n{}\n{}", alpha.log(), beta.log());
         assert!(
-            out.contains("50 messages") && out.contains("551 5.1.6"),
+            out.contains("51 messages") && out.contains("551 5.1.6"),
             "{out}"
         );
-        assert_eq!(inbox_count(&b, "robert"), 50);
+        assert_eq!(inbox_count(&b, "robert"), 51);
+        // carol's contact book followed the move (notice from alpha, checked
+        // against the directory at beta).
+        let contact = |addr: &str| -> serde_json::Value {
+            let out = caliopen(
+                &[
+                    "privacy",
+                    "--config",
+                    &b,
+                    "--user",
+                    "carol",
+                    "--contact",
+                    addr,
+                    "--json",
+                ],
+                None,
+            );
+            serde_json::from_str::<serde_json::Value>(&out).expect("json")["contact"].clone()
+        };
+        let moved = contact("robert@beta.test");
+        assert_eq!(
+            (&moved["known"], &moved["sent"]),
+            (&serde_json::json!(true), &serde_json::json!(1)),
+            "{moved}"
+        );
+        // (A look-up makes a record of its own: nothing was sent to it.)
+        assert_eq!(contact("bob@alpha.test")["sent"], 0);
         (alpha, beta)
     })
     .await
@@ -452,7 +493,7 @@ async fn a_user_moves_to_another_member_with_a_one_time_code() {
          typ, data = M.select('INBOX', readonly=True)\nprint(int(data[0]))",
         beta.imap.expect("imap")
     ));
-    assert_eq!(n.trim(), "50");
+    assert_eq!(n.trim(), "51");
     // alpha's MX gives the new address.
     let reply = python(&format!(
         "import smtplib\ns = smtplib.SMTP('127.0.0.1', {}, timeout=10)\ns.ehlo('x.example')\n\

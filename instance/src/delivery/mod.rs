@@ -64,6 +64,15 @@ pub trait MeshOutlet: Send + Sync + std::fmt::Debug {
     fn successor(&self) -> Option<String> {
         None
     }
+    /// Tells every other member that `old` moved to `new` (best effort);
+    /// how many took the notice.
+    fn notify_move<'a>(
+        &'a self,
+        _old: &'a str,
+        _new: &'a str,
+    ) -> Pin<Box<dyn Future<Output = usize> + Send + 'a>> {
+        Box::pin(async { 0 })
+    }
     /// The domains the directory lists for `member`.
     fn domains_of(&self, _member: &str) -> Vec<String> {
         Vec::new()

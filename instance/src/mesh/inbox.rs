@@ -152,6 +152,43 @@ impl MeshHandler for Handler {
         })
     }
 
+    fn move_notice(
+        &self,
+        peer: &PeerIdentity,
+        n: caliopen_proto::pb::mesh::MoveNotice,
+    ) -> BoxFuture<Result<caliopen_proto::pb::mesh::PushReply, HandlerError>> {
+        let svc = self.svc.clone();
+        let peer = peer.member_id.clone();
+        Box::pin(async move {
+            let (Some(old), Some(new)) = (
+                crate::privacy::public::normalise_address(&n.old_address),
+                crate::privacy::public::normalise_address(&n.new_address),
+            ) else {
+                return Err(HandlerError::Malformed("not addresses".into()));
+            };
+            let store = svc.store();
+            let users = store
+                .users()
+                .map_err(|e| HandlerError::Unavailable(e.to_string()))?;
+            let mut moved = 0usize;
+            for u in users {
+                if store
+                    .move_contact(&u, &old, &new)
+                    .await
+                    .map_err(|e| HandlerError::Unavailable(e.to_string()))?
+                {
+                    moved += 1;
+                }
+            }
+            tracing::info!(peer, old = %old, new = %new, contact_books = moved,
+                "move notice followed");
+            Ok(caliopen_proto::pb::mesh::PushReply {
+                accepted: true,
+                detail: format!("{moved} contact books follow"),
+            })
+        })
+    }
+
     fn handover_chunk(
         &self,
         peer: &PeerIdentity,

@@ -139,6 +139,47 @@ impl MeshOutlet for MeshRoute {
         MeshRoute::member_for(self, domain)
     }
 
+    fn notify_move<'a>(
+        &'a self,
+        old: &'a str,
+        new: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + 'a>> {
+        Box::pin(async move {
+            let members: Vec<String> = self
+                .trust
+                .current()
+                .directory
+                .iter()
+                .flat_map(|d| d.directory.members.iter())
+                .map(|m| m.member_id.clone())
+                .filter(|m| *m != self.member_id)
+                .collect();
+            let mut set = tokio::task::JoinSet::new();
+            for m in members {
+                let node = self.node.clone();
+                let n = caliopen_proto::pb::mesh::MoveNotice {
+                    old_address: old.to_owned(),
+                    new_address: new.to_owned(),
+                    moved_at: crate::store::now_unix(),
+                };
+                set.spawn(async move {
+                    match node.move_notice(&m, n).await {
+                        Ok(r) => r.accepted,
+                        Err(e) => {
+                            tracing::warn!(member = %m, error = %e, "move notice not taken");
+                            false
+                        }
+                    }
+                });
+            }
+            let mut n = 0;
+            while let Some(r) = set.join_next().await {
+                n += usize::from(r.unwrap_or(false));
+            }
+            n
+        })
+    }
+
     fn domains_of(&self, member: &str) -> Vec<String> {
         self.trust
             .current()

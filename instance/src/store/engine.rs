@@ -319,6 +319,16 @@ pub trait MailStore: Send + Sync + std::fmt::Debug {
     fn contacts(&self, owner: &str) -> Result<Vec<ContactRecord>, StoreError>;
     /// One contact of a user.
     fn contact(&self, owner: &str, address: &str) -> Result<Option<ContactRecord>, StoreError>;
+    /// Follows a contact's move to a new address; durable. True when the
+    /// user had the old address (and not the new one already).
+    fn move_contact<'a>(
+        &'a self,
+        _owner: &'a str,
+        _old: &'a str,
+        _new: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async { unsupported("contacts") })
+    }
     /// Remembers a contact's public level; durable.
     fn set_seen_level<'a>(
         &'a self,
@@ -553,6 +563,14 @@ impl MailStore for Store {
         now: i64,
     ) -> StoreFuture<'a, ()> {
         Box::pin(Store::set_seen_level(self, owner, address, seen, now))
+    }
+    fn move_contact<'a>(
+        &'a self,
+        owner: &'a str,
+        old: &'a str,
+        new: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(Store::move_contact(self, owner, old, new))
     }
     fn user_stats(&self, localpart: &str) -> Result<UserStats, StoreError> {
         Store::user_stats(self, localpart)

@@ -754,6 +754,38 @@ impl Store {
             .transpose()
     }
 
+    /// Follows a contact's move: the record goes to the new address, as it
+    /// is (left alone when the user has the new address already). True
+    /// when it moved.
+    pub async fn move_contact(
+        &self,
+        owner: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let (ko, kn) = (contact_key(owner, old), contact_key(owner, new));
+        let moved = self
+            .contacts
+            .transaction(|c| {
+                let Some(v) = c.get(&ko)? else {
+                    return Ok(false);
+                };
+                if c.get(&kn)?.is_some() {
+                    return Ok(false);
+                }
+                let mut rec: ContactRecord = tx_json(Some(v))?;
+                rec.address = new.to_owned();
+                c.remove(ko.as_slice())?;
+                c.insert(kn.as_slice(), tx_bytes(&rec)?)?;
+                Ok(true)
+            })
+            .map_err(tx_error)?;
+        if moved {
+            self.commit.sync().await.map_err(StoreError::Flush)?;
+        }
+        Ok(moved)
+    }
+
     /// Remembers a contact's public level heard from the mesh (creates the
     /// contact when the user looked them up first).
     pub async fn set_seen_level(
