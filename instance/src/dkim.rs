@@ -25,7 +25,6 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -250,24 +249,7 @@ fn pair_name(now: i64, serial: u64) -> String {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), DkimError> {
-    let tmp = path.with_extension("tmp");
-    (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(parent) = path.parent() {
-            std::fs::File::open(parent)?.sync_all()?;
-        }
-        Ok(())
-    })()
-    .map_err(io("write", path))
+    crate::limits::write_private_file(path, data).map_err(io("write", path))
 }
 
 /// Makes a pair's keys: (Ed25519 PKCS#8, RSA-2048 PKCS#8).

@@ -64,17 +64,9 @@ fn io(what: &Path, e: std::io::Error) -> OpError {
     OpError::Internal(format!("{}: {e}", what.display()))
 }
 
-/// Writes `data` to `path` durably (a temporary file renamed over it).
+/// Writes `data` to `path` durably, for the owner only.
 fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(d) = path.parent() {
-        std::fs::File::open(d)?.sync_all()?;
-    }
-    Ok(())
+    crate::limits::write_private_file(path, data)
 }
 
 /// Loads the forwarding state the last `caliopen handover` left.

@@ -158,6 +158,16 @@ impl TrustState {
         Some(m)
     }
 
+    /// The domains members that closed handed over to `member`.
+    pub fn inherited_domains(&self, member: &str) -> Vec<String> {
+        self.directory
+            .iter()
+            .flat_map(|d| d.directory.members.iter())
+            .filter(|m| !member.is_empty() && m.handed_over_to == member)
+            .flat_map(|m| m.domains.iter().cloned())
+            .collect()
+    }
+
     /// True when `member` closed and handed its users over to `successor`
     /// (so `successor` takes what it forwards, whoever the sender).
     pub fn handed_over(&self, member: &str, successor: &str) -> bool {

@@ -153,11 +153,8 @@ pub async fn start(
                 let st = trust.current();
                 let have = renewer.domains().unwrap_or_default();
                 let inherited: Vec<String> = st
-                    .directory
-                    .iter()
-                    .flat_map(|d| d.directory.members.iter())
-                    .filter(|m| m.handed_over_to == me)
-                    .flat_map(|m| m.domains.iter().cloned())
+                    .inherited_domains(&me)
+                    .into_iter()
                     .filter(|d| served.contains(d) && !have.contains(d))
                     .collect();
                 let mut wait = None;

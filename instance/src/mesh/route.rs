@@ -189,13 +189,7 @@ impl MeshOutlet for MeshRoute {
     }
 
     fn inherited_domains(&self) -> Vec<String> {
-        let st = self.trust.current();
-        st.directory
-            .iter()
-            .flat_map(|d| d.directory.members.iter())
-            .filter(|m| m.handed_over_to == self.member_id)
-            .flat_map(|m| m.domains.iter().cloned())
-            .collect()
+        self.trust.current().inherited_domains(&self.member_id)
     }
 
     fn successor(&self) -> Option<String> {
