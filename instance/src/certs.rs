@@ -40,6 +40,8 @@ pub struct CertStore {
     pub reloads: std::sync::atomic::AtomicU64,
     /// Refused reloads (metrics).
     pub reload_failures: std::sync::atomic::AtomicU64,
+    /// TLS-ALPN-01 answers of an ACME renewal in progress.
+    challenges: Arc<crate::acme::Challenges>,
 }
 
 /// Reads a PEM certificate chain and its key.
@@ -86,6 +88,7 @@ impl CertStore {
             stamps: Mutex::new(stamps),
             reloads: Default::default(),
             reload_failures: Default::default(),
+            challenges: Default::default(),
         }))
     }
 
@@ -98,6 +101,11 @@ impl CertStore {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         Ok(Arc::new(cfg))
+    }
+
+    /// The ACME challenge answers served with this certificate.
+    pub fn acme_challenges(&self) -> Arc<crate::acme::Challenges> {
+        self.challenges.clone()
     }
 
     /// The certificate served now (its end-entity DER).
@@ -179,7 +187,18 @@ impl CertStore {
 }
 
 impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // An ACME server validating TLS-ALPN-01 offers only `acme-tls/1`
+        // (RFC 8737 §3): it gets the challenge certificate for the name it
+        // asks, or no handshake at all.
+        if hello
+            .alpn()
+            .is_some_and(|mut a| a.any(|p| p == crate::acme::ACME_TLS_ALPN))
+        {
+            return hello
+                .server_name()
+                .and_then(|n| self.challenges.alpn_cert(n));
+        }
         Some(
             self.current
                 .read()

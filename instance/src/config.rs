@@ -645,6 +645,36 @@ impl Default for DkimSection {
     }
 }
 
+/// Certificates from an ACME server (RFC 8555), obtained and renewed by
+/// the daemon (`acme.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSection {
+    /// The ACME server's directory URL (HTTPS), e.g. Let's Encrypt's
+    /// `https://acme-v02.api.letsencrypt.org/directory`.
+    pub directory: String,
+    /// Contact URLs of the ACME account (`mailto:postmaster@example.org`).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// Names on the certificate (empty: the host name, and with a web
+    /// listener `mta-sts.`, `autoconfig.` and `autodiscover.` of each
+    /// domain).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// A PEM root to trust for the ACME server's own HTTPS (a private or
+    /// test CA; relative to the data directory).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// `http-01` (answered on `http_listen`, port 80) or `tls-alpn-01`
+    /// (answered by the web listener, which must then be on port 443).
+    #[serde(default)]
+    pub challenge: crate::acme::ChallengeKind,
+    /// Plain-HTTP listener for HTTP-01 answers; it redirects everything
+    /// else to the web listener.
+    #[serde(default)]
+    pub http_listen: Option<SocketAddr>,
+}
+
 /// Logging.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -732,6 +762,9 @@ pub struct Config {
     /// Association membership (absent: unlabelled, no mesh).
     #[serde(default)]
     pub association: Option<AssociationConfig>,
+    /// ACME certificates (absent: the certificate files are kept by hand).
+    #[serde(default)]
+    pub acme: Option<AcmeSection>,
     /// Where the configuration was read from (not in the file).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -767,6 +800,7 @@ impl Config {
             dns: DnsSection::default(),
             dkim: DkimSection::default(),
             association: None,
+            acme: None,
             source: None,
         }
     }
@@ -808,8 +842,63 @@ impl Config {
         Ok(c)
     }
 
+    /// What the ACME task needs, when `[acme]` is set.
+    pub fn acme_settings(&self) -> Option<crate::acme::AcmeSettings> {
+        let a = self.acme.as_ref()?;
+        let names = if a.names.is_empty() {
+            crate::acme::default_names(&self.hostname, &self.domains, self.web.listen.is_some())
+        } else {
+            a.names.iter().map(|n| n.to_ascii_lowercase()).collect()
+        };
+        Some(crate::acme::AcmeSettings {
+            directory: a.directory.clone(),
+            contact: a.contact.clone(),
+            names,
+            server_ca: a.ca.as_ref().map(|p| self.in_data(p)),
+            challenge: a.challenge,
+        })
+    }
+
+    fn validate_acme(&self) -> Result<(), String> {
+        let Some(a) = &self.acme else {
+            return Ok(());
+        };
+        if !a.directory.starts_with("https://") {
+            return Err(format!(
+                "key `acme.directory`: an https:// URL is needed, not {:?}",
+                a.directory
+            ));
+        }
+        for c in &a.contact {
+            if !c.starts_with("mailto:") || c.len() < 10 {
+                return Err(format!("key `acme.contact`: {c:?} is not a mailto: URL"));
+            }
+        }
+        for n in &a.names {
+            if !is_dns_name(n) {
+                return Err(format!("key `acme.names`: invalid host name {n:?}"));
+            }
+        }
+        if a.names.is_empty() && !is_dns_name(&self.hostname) {
+            return Err(format!(
+                "key `hostname`: {:?} is not a DNS name a certificate can carry (set acme.names)",
+                self.hostname
+            ));
+        }
+        match a.challenge {
+            crate::acme::ChallengeKind::Http01 if a.http_listen.is_none() => Err(
+                "key `acme.http_listen`: HTTP-01 needs a plain-HTTP listener (port 80), or set challenge = \"tls-alpn-01\" with a web listener on 443".into(),
+            ),
+            crate::acme::ChallengeKind::TlsAlpn01 if self.web.listen.is_none() => Err(
+                "key `acme.challenge`: TLS-ALPN-01 is answered by the web listener: set web.listen (port 443)".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         self.store.validate()?;
+        self.validate_acme()?;
         if self.domains.is_empty() {
             return Err("key `domains`: at least one mail domain is required".into());
         }

@@ -38,6 +38,8 @@ pub struct Bound {
     pub imap: Option<SocketAddr>,
     /// The web client (HTTPS), when enabled.
     pub web: Option<SocketAddr>,
+    /// The plain-HTTP listener of ACME HTTP-01, when enabled.
+    pub acme_http: Option<SocketAddr>,
 }
 
 /// Writes `data` to a new or replaced file with `mode`, fsynced.
@@ -377,6 +379,45 @@ pub async fn run(
         None => None,
     };
 
+    // ACME: the plain-HTTP listener of HTTP-01 and the renewal task.
+    let acme_http = match config.acme_settings() {
+        Some(settings) => {
+            svc.metrics()
+                .acme_on
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let http_addr = match config.acme.as_ref().and_then(|a| a.http_listen) {
+                Some(addr) => {
+                    let l = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| format!("ACME HTTP listener {addr}: {e}"))?;
+                    let a = l.local_addr().map_err(|e| e.to_string())?;
+                    tracing::info!(addr = %a, "ACME HTTP-01 listener up (plain HTTP; redirects the rest to HTTPS)");
+                    tracker.spawn(crate::acme::serve_http(
+                        l,
+                        certs.acme_challenges(),
+                        web_addr.map(|w| w.port()),
+                        token.clone(),
+                        tracker.clone(),
+                    ));
+                    Some(a)
+                }
+                None => None,
+            };
+            tracing::info!(directory = %settings.directory, names = ?settings.names, challenge = ?settings.challenge, "ACME on: the certificate is obtained and renewed by the daemon");
+            let acme = crate::acme::Acme::new(
+                settings,
+                &dir,
+                config.in_data(&config.smtp.tls_cert),
+                config.in_data(&config.smtp.tls_key),
+                certs.clone(),
+                svc.metrics().clone(),
+            );
+            tracker.spawn(acme.run(token.clone()));
+            http_addr
+        }
+        None => None,
+    };
+
     let sock = dir.join(ADMIN_SOCKET);
     if sock.exists() {
         if tokio::net::UnixStream::connect(&sock).await.is_ok() {
@@ -483,6 +524,7 @@ pub async fn run(
         api: api_addr,
         imap: imap_addr,
         web: web_addr,
+        acme_http,
     });
     tracing::info!(data = %dir.display(), domains = ?config.domains, "caliopen instance running");
 

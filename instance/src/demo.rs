@@ -329,6 +329,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             dns: Default::default(),
             dkim: Default::default(),
             association,
+            acme: None,
             source: None,
         });
     }

@@ -13,6 +13,7 @@
 //! itself (`daemon`). See docs/ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod api;
 pub mod auth;

@@ -95,20 +95,29 @@ pub fn tighten_permissions(dir: &Path) -> std::io::Result<usize> {
 /// temporary file, synced, renamed over it, then the directory synced — a
 /// crash leaves the old content or the new, never a part.
 pub fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_replace_file(path, data, 0o600)
+}
+
+/// Replaces `path` with `data` durably, with `mode`, as
+/// [`write_private_file`] does (`PATH.tmp` beside it, synced, renamed,
+/// the directory synced).
+pub fn write_replace_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
     std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::File::open(parent)?.sync_all()?;
     }
     Ok(())
@@ -278,6 +287,11 @@ impl<S> GuardedConn<S> {
     /// The client's address.
     pub fn remote_addr(&self) -> SocketAddr {
         self.remote
+    }
+
+    /// The stream inside.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
 
     fn touch(&mut self) {

@@ -45,6 +45,16 @@ pub struct Metrics {
     pub tls_reloads: AtomicU64,
     /// Changed TLS certificate files that could not be used.
     pub tls_reload_failures: AtomicU64,
+    /// Certificates obtained from the ACME server and served.
+    pub acme_renewed: AtomicU64,
+    /// ACME attempts that failed.
+    pub acme_failed: AtomicU64,
+    /// 1 while ACME renewal keeps failing (the alarm), else 0.
+    pub acme_failing: AtomicU64,
+    /// Seconds the certificate served has left (ACME on only).
+    pub acme_expiry_seconds: std::sync::atomic::AtomicI64,
+    /// Whether ACME is configured (its metrics are shown only then).
+    pub acme_on: std::sync::atomic::AtomicBool,
     /// Messages DKIM-signed on their way out.
     pub dkim_signed: AtomicU64,
     /// Messages leaving unsigned (no key for their From: domain).
@@ -226,6 +236,28 @@ pub fn render(s: &MetricsSources) -> String {
             ("outcome", "refused", l(&m.tls_reload_failures)),
         ],
     );
+    if m.acme_on.load(std::sync::atomic::Ordering::Relaxed) {
+        c(
+            &mut out,
+            "caliopen_acme_certificates_total",
+            "ACME attempts to obtain or renew the instance certificate, by outcome.",
+            &[
+                ("outcome", "issued", l(&m.acme_renewed)),
+                ("outcome", "failed", l(&m.acme_failed)),
+            ],
+        );
+        g(
+            &mut out,
+            "caliopen_acme_renewal_failing",
+            "1 while ACME renewal keeps failing (3 in a row, or little lifetime left): page someone.",
+            l(&m.acme_failing),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP caliopen_acme_certificate_expiry_seconds Seconds until the certificate served expires.\n# TYPE caliopen_acme_certificate_expiry_seconds gauge\ncaliopen_acme_certificate_expiry_seconds {}",
+            m.acme_expiry_seconds.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     c(
         &mut out,
         "caliopen_mta_sts_total",

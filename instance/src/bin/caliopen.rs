@@ -1700,13 +1700,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon::run(cfg, stop, |b| {
                 let _ = writeln!(
                     std::io::stdout(),
-                    "smtp {} submission {} metrics {} api {} imap {} web {}",
+                    "smtp {} submission {} metrics {} api {} imap {} web {} acme-http {}",
                     b.smtp,
                     b.submission,
                     b.metrics.map_or("off".to_owned(), |a| a.to_string()),
                     b.api.map_or("off".to_owned(), |a| a.to_string()),
                     b.imap.map_or("off".to_owned(), |a| a.to_string()),
-                    b.web.map_or("off".to_owned(), |a| a.to_string())
+                    b.web.map_or("off".to_owned(), |a| a.to_string()),
+                    b.acme_http.map_or("off".to_owned(), |a| a.to_string())
                 );
                 let _ = std::io::stdout().flush();
             })

@@ -287,7 +287,14 @@ impl WebListener {
         }
         let app = router(web);
         let mut tls = (*self.config.tls).clone();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // `acme-tls/1` last: only an ACME server validating TLS-ALPN-01
+        // offers it (and nothing else); its connection ends after the
+        // handshake.
+        tls.alpn_protocols = vec![
+            b"h2".to_vec(),
+            b"http/1.1".to_vec(),
+            crate::acme::ACME_TLS_ALPN.to_vec(),
+        ];
         let incoming = crate::limits::guarded_tls_incoming(
             "web",
             self.listener,
@@ -305,6 +312,10 @@ impl WebListener {
             let Some(Ok(conn)) = conn else {
                 break;
             };
+            if conn.get_ref().get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+                tracing::debug!(peer = %conn.remote_addr(), "web: TLS-ALPN-01 validation handshake done");
+                continue;
+            }
             let peer = Peer(Some(conn.remote_addr().ip()));
             let app = app.clone();
             let token = token.clone();

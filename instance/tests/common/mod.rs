@@ -58,6 +58,7 @@ pub struct Bound {
     pub imap: Option<SocketAddr>,
     /// The web client, when enabled.
     pub web: Option<SocketAddr>,
+    pub acme_http: Option<SocketAddr>,
 }
 
 /// Starts `caliopen run --config CONFIG` (stderr to `stderr`) and waits for
@@ -88,6 +89,7 @@ pub fn spawn_daemon(config: &Path, stderr: Stdio, envs: &[(&str, &str)]) -> (Chi
         api: words.get(7).and_then(|w| w.parse().ok()),
         imap: words.get(9).and_then(|w| w.parse().ok()),
         web: words.get(11).and_then(|w| w.parse().ok()),
+        acme_http: words.get(13).and_then(|w| w.parse().ok()),
     };
     (child, bound)
 }

@@ -418,6 +418,7 @@ fn spawn_wrapped(
             api: words.get(7).and_then(|w| w.parse().ok()),
             imap: words.get(9).and_then(|w| w.parse().ok()),
             web: words.get(11).and_then(|w| w.parse().ok()),
+            acme_http: words.get(13).and_then(|w| w.parse().ok()),
         },
     )
 }
