@@ -455,6 +455,11 @@ impl MailService {
         self.store.as_ref()
     }
 
+    /// A handle on the store that outlives this service (for threads).
+    pub fn store_handle(&self) -> Arc<dyn MailStore> {
+        self.store.clone()
+    }
+
     /// True when `addr` is at one of the served domains.
     pub fn is_local_domain(&self, addr: &str) -> bool {
         split_address(addr).is_some_and(|(_, d)| self.domains.contains(&d))

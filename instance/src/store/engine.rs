@@ -180,6 +180,21 @@ pub trait MailStore: Send + Sync + std::fmt::Debug {
     fn watch(&self, _owner: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// Sets what is told about each new durable delivery (`false`: the
+    /// engine does not tell, or a hook was set already).
+    fn set_delivered_hook(&self, _hook: crate::store::DeliveredHook) -> bool {
+        false
+    }
+    /// A directory for data derived from the store (`None`: the engine
+    /// keeps nothing on disk).
+    fn derived_dir(&self, _name: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+    /// True while message bytes of this SHA-256 are held (an engine that
+    /// cannot tell says yes).
+    fn holds_body(&self, _hash: &[u8; 32]) -> bool {
+        true
+    }
     /// A thread's messages, oldest first.
     fn thread(&self, _owner: &str, _thread: u64) -> Result<Vec<MessageMeta>, StoreError> {
         unsupported("threads")
@@ -438,6 +453,18 @@ impl MailStore for Store {
     }
     fn watch(&self, owner: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.signals.subscribe(owner))
+    }
+    fn set_delivered_hook(&self, hook: crate::store::DeliveredHook) -> bool {
+        Store::set_delivered_hook(self, hook)
+    }
+    fn derived_dir(&self, name: &str) -> Option<std::path::PathBuf> {
+        Some(Store::derived_dir(self, name))
+    }
+    fn holds_body(&self, hash: &[u8; 32]) -> bool {
+        // A read error keeps the result (it is only a cache).
+        self.body_index
+            .contains_key(super::model::hash_key(hash))
+            .unwrap_or(true)
     }
     fn thread(&self, owner: &str, thread: u64) -> Result<Vec<MessageMeta>, StoreError> {
         Store::thread(self, owner, thread)

@@ -162,8 +162,26 @@ pub struct Store {
     batches: Arc<std::sync::atomic::AtomicU64>,
     /// Wakes the sessions that watch an account (IMAP IDLE).
     signals: Arc<Signals>,
+    /// Told about each new delivery (set once).
+    delivered: Arc<std::sync::OnceLock<DeliveredHook>>,
+    /// Where the database lives (`DATA/db`).
+    root: std::path::PathBuf,
     /// Reclaims dead body space in the background (joined at the last drop).
     _compactor: Option<Arc<compact::CompactorThread>>,
+}
+
+/// What is told about each new delivery once it is durable: the message
+/// bytes (the web client prepares large HTML bodies ahead of the first
+/// view). Called on the delivering task: it must not block.
+pub struct DeliveredHook(pub Box<DeliveredFn>);
+
+/// The function of a [`DeliveredHook`]: the message bytes.
+pub type DeliveredFn = dyn Fn(&[u8]) + Send + Sync;
+
+impl std::fmt::Debug for DeliveredHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeliveredHook")
+    }
 }
 
 /// One signal per watched account, bumped after each durable change.
@@ -266,6 +284,8 @@ impl Store {
             user_cache: Arc::new(RwLock::new(cache)),
             batches: Arc::default(),
             signals: Arc::default(),
+            delivered: Arc::default(),
+            root: path.to_owned(),
             _compactor: None,
             db,
         };
@@ -391,8 +411,23 @@ impl Store {
             for d in deliveries {
                 self.signals.notify(&d.owner);
             }
+            if let Some(h) = self.delivered.get() {
+                (h.0)(raw);
+            }
         }
         r
+    }
+
+    /// Sets what is told about each new delivery, once it is durable (the
+    /// first caller wins; `false` when one was set already).
+    pub fn set_delivered_hook(&self, hook: DeliveredHook) -> bool {
+        self.delivered.set(hook).is_ok()
+    }
+
+    /// A directory for data derived from the store and rebuilt at will
+    /// (`DATA/db/NAME`): not part of its durability promise.
+    pub fn derived_dir(&self, name: &str) -> std::path::PathBuf {
+        self.root.join(name)
     }
 
     /// Everything a delivery writes, computed before the transaction.

@@ -18,6 +18,7 @@
 
 pub mod i18n;
 mod pages;
+pub mod prepared;
 pub mod sanitize;
 pub mod session;
 #[cfg(test)]
@@ -62,6 +63,10 @@ pub struct Web {
     sessions: session::Sessions,
     max_message_size: usize,
     cleaned: CleanCache,
+    /// Large sanitised bodies on disk, prepared at delivery (`prepared.rs`).
+    disk: Option<Arc<prepared::DiskCache>>,
+    /// The thread preparing them, when this web client set the store's hook.
+    preparer: Option<Arc<prepared::Preparer>>,
     well_known: std::sync::OnceLock<Arc<crate::publish::WellKnown>>,
 }
 
@@ -117,9 +122,22 @@ impl Web {
             return Some(c);
         }
         let raw = raw.to_vec();
+        let disk = self
+            .disk
+            .clone()
+            .filter(|_| raw.len() >= prepared::PREPARE_MIN);
         let c = tokio::task::spawn_blocking(move || {
-            view::html_and_inline(&raw)
-                .map(|(h, inline)| Arc::new(sanitize::clean_with(&h, remote, inline)))
+            let key = disk.as_ref().map(|_| prepared::key_of(&raw));
+            if let (Some(d), Some(k)) = (&disk, &key) {
+                if let Some(c) = d.get(k, remote) {
+                    return Some(Arc::new(c));
+                }
+            }
+            let c = prepared::sanitise(&raw, remote)?;
+            if let (Some(d), Some(k)) = (&disk, &key) {
+                d.put(k, remote, &c);
+            }
+            Some(Arc::new(c))
         })
         .await
         .ok()
@@ -127,13 +145,50 @@ impl Web {
         self.cleaned.put((id, remote), c.clone());
         Some(c)
     }
+
+    /// Bodies handed to the preparer and not prepared yet, and bodies
+    /// prepared (`None` without a preparer).
+    pub fn preparing(&self) -> Option<(usize, u64)> {
+        self.preparer.as_ref().map(|p| {
+            (
+                p.pending(),
+                p.done.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    }
 }
 
 impl Web {
     /// The web client over `svc`.
     pub fn new(svc: MailService, session_lifetime: Duration, max_message_size: usize) -> Arc<Self> {
         let max_bytes = usize::try_from(svc.store().cache_budget() / 4).unwrap_or(usize::MAX);
+        let disk = svc.store().derived_dir("web-cache").and_then(|dir| {
+            match prepared::DiskCache::open(&dir, prepared::DISK_BUDGET) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    tracing::warn!(error = %e, dir = %dir.display(), "web: no cache of sanitised bodies on disk");
+                    None
+                }
+            }
+        });
+        let preparer = disk
+            .as_ref()
+            .and_then(|d| {
+                let store = svc.store_handle();
+                let live: prepared::Live = Box::new(move |h| store.holds_body(h));
+                prepared::Preparer::start(d.clone(), live).ok()
+            })
+            .map(Arc::new)
+            .filter(|p| {
+                let p = p.clone();
+                svc.store()
+                    .set_delivered_hook(crate::store::DeliveredHook(Box::new(move |raw| {
+                        p.offer(raw);
+                    })))
+            });
         Arc::new(Self {
+            disk,
+            preparer,
             sessions: session::Sessions::new(session_lifetime),
             svc,
             max_message_size,

@@ -17,6 +17,7 @@ use crate::test_util::runtime;
 
 struct T {
     app: axum::Router,
+    web: Arc<Web>,
     svc: MailService,
     _dir: tempfile::TempDir,
 }
@@ -33,7 +34,8 @@ async fn setup() -> T {
     store.put_user("bob", "pw-bob").await.expect("user");
     let web = Web::new(svc.clone(), Duration::from_secs(3600), 1 << 20);
     T {
-        app: router(web),
+        app: router(web.clone()),
+        web,
         svc,
         _dir: dir,
     }
@@ -383,6 +385,85 @@ fn the_inbox_lists_threads_newest_first_in_pages_with_their_privacy() {
         let none = t.get("/mail?q=from%3Anobody", Some(&cookie)).await;
         assert!(none.body.contains("No messages here."));
     });
+}
+
+#[test]
+fn a_large_html_message_is_sanitised_at_delivery_and_shown_from_that() {
+    runtime().block_on(async {
+        let t = setup().await;
+        let row = "<tr><td style=\"color:red\"><a href=\"https://x.test/\">link</a>\
+                   <img src=\"https://tracker.test/p.gif\"><script>alert(1)</script></td></tr>";
+        let html = format!("<table>{}</table>", row.repeat(800));
+        let raw = mail(
+            "Big",
+            "MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n",
+            &html,
+        );
+        assert!(raw.len() >= super::prepared::PREPARE_MIN);
+        let id = t.deliver("alice@alpha.test", &raw, Via::Smtp).await;
+        let t0 = std::time::Instant::now();
+        while t.web.preparing() != Some((0, 1)) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{:?}",
+                t.web.preparing()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // What the thread kept is what a view would have made.
+        let stored = t.svc.store().raw(id).expect("raw").expect("raw");
+        let key = super::prepared::key_of(&stored);
+        let disk = t.web.disk.clone().expect("a disk cache");
+        let kept = disk.get(&key, false).expect("prepared at delivery");
+        let direct = super::prepared::sanitise(&stored, false).expect("html");
+        assert_eq!(kept.html, direct.html);
+        assert_eq!(kept.blocked, 800);
+        assert!(!kept.html.contains("<script"));
+        // The view serves the prepared result (marked here to tell it
+        // apart from a fresh sanitisation).
+        disk.put(
+            &key,
+            false,
+            &super::sanitize::Clean {
+                html: "<p>prepared</p>".into(),
+                blocked: 5,
+            },
+        );
+        let (cookie, _) = t.login("alice").await;
+        let body = t
+            .get(&format!("/messages/{id:x}/body"), Some(&cookie))
+            .await;
+        assert_eq!(body.status, StatusCode::OK);
+        assert!(body.body.contains("<p>prepared</p>"), "{}", body.body);
+        let page = t.get(&format!("/messages/{id:x}"), Some(&cookie)).await;
+        assert!(
+            page.body.contains("5 remote resources blocked"),
+            "{}",
+            page.body
+        );
+        // Small messages are not prepared.
+        t.deliver("alice@alpha.test", &mail("Small", "", "hi"), Via::Smtp)
+            .await;
+        assert_eq!(t.web.preparing(), Some((0, 1)));
+        // Deleted for ever: the store no longer holds the bytes, and the
+        // sweep removes their sanitised copy.
+        let csrf = csrf_of(&t.get("/settings", Some(&cookie)).await.body);
+        let act = format!("/messages/{id:x}/action");
+        for mbx in [Role::Inbox.id(), Role::Trash.id()] {
+            let r = t
+                .post(
+                    &act,
+                    Some(&cookie),
+                    &format!("op=delete&mailbox={mbx}&csrf={csrf}"),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+        }
+        assert!(!t.svc.store().holds_body(&key));
+        let live = t.svc.store_handle();
+        assert_eq!(disk.sweep(&|k: &[u8; 32]| live.holds_body(k)), 1);
+        assert!(!disk.has(&key, false));
+    })
 }
 
 #[test]
