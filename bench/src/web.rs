@@ -180,7 +180,11 @@ pub async fn run(work: &std::path::Path, p: &WebParams, report: &mut Report) -> 
         ),
     );
     // The second twenty lose their prepared results.
-    let cache = tmp.path().join("db").join("web-cache");
+    let cache = tmp
+        .path()
+        .join("db")
+        .join("web-cache")
+        .join(format!("v{}", caliopen_instance::web::sanitize::VERSION));
     for id in &big_ids[20..] {
         let raw = store.raw(*id)?.context("raw")?;
         let key = caliopen_instance::web::prepared::key_of(&raw);

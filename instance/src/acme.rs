@@ -58,6 +58,9 @@ const ALARM_AFTER: u32 = 3;
 /// Longest sleep before the plan is looked at again (a new ARI window, a
 /// certificate replaced by hand).
 const RECHECK_MOST: Duration = Duration::from_secs(12 * 3600);
+/// How long a renewal-information question (or restoring the account
+/// for it) may take.
+const ARI_DEADLINE: Duration = Duration::from_secs(30);
 /// How long one whole attempt may take (order, challenges, finalisation).
 const ATTEMPT_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -105,6 +108,12 @@ impl Challenges {
     /// The TLS-ALPN-01 certificate for `name`, while it is asked for.
     pub fn alpn_cert(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         lock(&self.alpn).get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    /// Sets a TLS-ALPN-01 answer (for tests of the resolver).
+    #[cfg(test)]
+    pub fn insert_alpn_for_test(&self, name: &str, cert: CertifiedKey) {
+        lock(&self.alpn).insert(name.to_ascii_lowercase(), Arc::new(cert));
     }
 
     fn clear(&self) {
@@ -205,8 +214,6 @@ pub fn due(facts: &CertFacts, wanted: &[String], now: i64) -> Result<i64, &'stat
 pub struct Acme {
     settings: AcmeSettings,
     dir: PathBuf,
-    cert_path: PathBuf,
-    key_path: PathBuf,
     certs: Arc<CertStore>,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -226,21 +233,17 @@ fn now_unix() -> i64 {
 }
 
 impl Acme {
-    /// A task for `settings`, keeping `cert_path`/`key_path` (served by
-    /// `certs`) issued; its state lives in `data/acme/`.
+    /// A task for `settings`, keeping the certificate files of `certs`
+    /// issued; its state lives in `data/acme/`.
     pub fn new(
         settings: AcmeSettings,
         data: &std::path::Path,
-        cert_path: PathBuf,
-        key_path: PathBuf,
         certs: Arc<CertStore>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
             settings,
             dir: data.join("acme"),
-            cert_path,
-            key_path,
             certs,
             metrics,
         }
@@ -270,9 +273,31 @@ impl Acme {
                 }
                 Ok(at) => {
                     let mut wait = Duration::from_secs((at - now).max(0) as u64);
-                    // The server may suggest an earlier window (RFC 9773).
-                    if let Some(acct) = &account {
-                        if let Some((start, end, retry)) = self.ari_window(acct).await {
+                    // The server may suggest an earlier window (RFC 9773):
+                    // ask with the account (restored from its file after a
+                    // restart), within a deadline.
+                    if account.is_none() {
+                        account = tokio::select! {
+                            r = tokio::time::timeout(ARI_DEADLINE, self.account()) => match r {
+                                Ok(Ok(a)) => Some(a),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "ACME: no account to ask for renewal information");
+                                    None
+                                }
+                                Err(_) => None,
+                            },
+                            _ = token.cancelled() => return,
+                        };
+                    }
+                    let ari = match &account {
+                        Some(acct) => tokio::select! {
+                            r = tokio::time::timeout(ARI_DEADLINE, self.ari_window(acct)) => r.ok().flatten(),
+                            _ = token.cancelled() => return,
+                        },
+                        None => None,
+                    };
+                    {
+                        if let Some((start, end, retry)) = ari {
                             let pick = start + (end - start).max(0) / 2;
                             if pick <= now {
                                 tracing::info!("ACME: the server's renewal window is open");
@@ -338,9 +363,18 @@ impl Acme {
                     } else {
                         tracing::warn!(error = %e, failures, retry_in_s = delay.as_secs(), "ACME: renewal failed");
                     }
-                    // An account refused once is made again next time.
-                    if e.contains("account") {
+                    // An account the server no longer knows (deactivated,
+                    // or another server behind the same URL) is set aside
+                    // and a new one made at the next attempt.
+                    if e.contains("accountDoesNotExist") || e.contains("unauthorized") {
                         account = None;
+                        let path = self.dir.join("account.json");
+                        let aside = self
+                            .dir
+                            .join(format!("account.json.refused-{}", now_unix()));
+                        if std::fs::rename(&path, &aside).is_ok() {
+                            tracing::warn!(file = %aside.display(), "ACME: the server refused the account: set aside, a new one comes next");
+                        }
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -458,10 +492,16 @@ impl Acme {
         if let (true, Some(r)) = (ari, replaces) {
             new = new.replaces(r);
         }
-        let mut order = acct
-            .new_order(&new)
-            .await
-            .map_err(|e| format!("new order: {}", chain(&e)))?;
+        let mut order = match acct.new_order(&new).await {
+            Ok(o) => o,
+            // A replacement the server already saw (an earlier attempt got
+            // its certificate but could not install it): order afresh.
+            Err(e) if ari && chain(&e).contains("alreadyReplaced") => acct
+                .new_order(&NewOrder::new(&ids))
+                .await
+                .map_err(|e| format!("new order: {}", chain(&e)))?,
+            Err(e) => return Err(format!("new order: {}", chain(&e))),
+        };
         let challenges = self.certs.acme_challenges();
         let mut authzs = order.authorizations();
         while let Some(a) = authzs.next().await {
@@ -536,14 +576,9 @@ impl Acme {
             .find(|p| p.tag() == "CERTIFICATE")
             .ok_or("the server's answer holds no certificate")?;
         let facts = cert_facts(first.contents())?;
-        crate::limits::write_private_file(&self.key_path, key_pem.as_bytes())
-            .map_err(|e| format!("{}: {e}", self.key_path.display()))?;
-        crate::limits::write_replace_file(&self.cert_path, chain_pem.as_bytes(), 0o644)
-            .map_err(|e| format!("{}: {e}", self.cert_path.display()))?;
-        match self.certs.reload_if_changed() {
-            Ok(_) => {}
-            Err(e) => return Err(format!("the new certificate cannot be served: {e}")),
-        }
+        self.certs
+            .install_pair(key_pem.as_bytes(), chain_pem.as_bytes())
+            .map_err(|e| format!("the new certificate: {e}"))?;
         self.metrics
             .acme_expiry_seconds
             .store(facts.not_after - now_unix(), Relaxed);
@@ -553,6 +588,8 @@ impl Acme {
 
 /// Most connections at once on the HTTP-01 listener.
 const HTTP_MAX_CONNECTIONS: usize = 256;
+/// Most connections at once from one address on the HTTP-01 listener.
+const HTTP_MAX_PER_IP: usize = 16;
 /// Longest life of one HTTP-01 connection.
 const HTTP_CONN_DEADLINE: Duration = Duration::from_secs(15);
 
@@ -635,21 +672,14 @@ pub async fn serve_http(
     token: CancellationToken,
     tracker: tokio_util::task::TaskTracker,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(HTTP_MAX_CONNECTIONS));
+    let gate = crate::limits::Gate::new(HTTP_MAX_CONNECTIONS, HTTP_MAX_PER_IP);
     loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ACME HTTP listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = token.cancelled() => return,
+        let Some((stream, peer)) = crate::limits::accept(&listener, &token, "acme-http").await
+        else {
+            return;
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "ACME HTTP listener: too many connections, closed");
+        let Ok(slot) = gate.admit(peer.ip()) else {
+            tracing::debug!(%peer, "ACME HTTP listener: connection limit, closed");
             continue;
         };
         let challenges = challenges.clone();
@@ -683,6 +713,9 @@ pub async fn serve_http(
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
+                .max_buf_size(8192)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             tokio::select! {
                 r = tokio::time::timeout(HTTP_CONN_DEADLINE, conn) => {

@@ -50,28 +50,35 @@ fn read_pair(
     key_path: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, String> {
-    let cert_pem =
-        std::fs::read_to_string(cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?;
-    let key_pem =
-        std::fs::read_to_string(key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
-    let certs: Vec<rustls_pki_types::CertificateDer<'static>> = pem::parse_many(&cert_pem)
-        .map_err(|e| format!("{}: {e}", cert_path.display()))?
+    let cert_pem = std::fs::read(cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    let key_pem = std::fs::read(key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
+    pair_from_pem(&cert_pem, &key_pem, provider)
+        .map_err(|e| format!("{} and {}: {e}", cert_path.display(), key_path.display()))
+}
+
+/// A PEM certificate chain and its key, checked to match.
+fn pair_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let certs: Vec<rustls_pki_types::CertificateDer<'static>> = pem::parse_many(cert_pem)
+        .map_err(|e| format!("certificate: {e}"))?
         .into_iter()
         .filter(|p| p.tag() == "CERTIFICATE")
         .map(|p| p.into_contents().into())
         .collect();
     if certs.is_empty() {
-        return Err(format!("{}: no certificate in it", cert_path.display()));
+        return Err("no certificate in it".into());
     }
-    let key = pem::parse(&key_pem).map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let key = pem::parse(key_pem).map_err(|e| format!("key: {e}"))?;
     let key: rustls_pki_types::PrivateKeyDer<'static> = match key.tag() {
         "PRIVATE KEY" => rustls_pki_types::PrivatePkcs8KeyDer::from(key.into_contents()).into(),
         "EC PRIVATE KEY" => rustls_pki_types::PrivateSec1KeyDer::from(key.into_contents()).into(),
         "RSA PRIVATE KEY" => rustls_pki_types::PrivatePkcs1KeyDer::from(key.into_contents()).into(),
-        t => return Err(format!("{}: unsupported key type {t}", key_path.display())),
+        t => return Err(format!("unsupported key type {t}")),
     };
-    CertifiedKey::from_der(certs, key, provider)
-        .map_err(|e| format!("{} and {}: {e}", cert_path.display(), key_path.display()))
+    CertifiedKey::from_der(certs, key, provider).map_err(|e| e.to_string())
 }
 
 impl CertStore {
@@ -119,22 +126,21 @@ impl CertStore {
     }
 
     /// Reads the files again when either changed; `Ok(true)` when a new
-    /// certificate is now served.
+    /// certificate is now served. The files are read under the lock that
+    /// [`CertStore::install_pair`] writes them under: never half a pair.
     pub fn reload_if_changed(&self) -> Result<bool, String> {
         use std::sync::atomic::Ordering::Relaxed;
+        let mut last = self
+            .stamps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = (stamp(&self.cert_path), stamp(&self.key_path));
-        {
-            let mut last = self
-                .stamps
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *last == now {
-                return Ok(false);
-            }
-            // Looked at once per change, whatever the outcome: a broken
-            // pair is reported once, not every few seconds.
-            *last = now;
+        if *last == now {
+            return Ok(false);
         }
+        // Looked at once per change, whatever the outcome: a broken pair
+        // is reported once, not every few seconds.
+        *last = now;
         match read_pair(&self.cert_path, &self.key_path, &self.provider) {
             Ok(ck) => {
                 *self
@@ -149,6 +155,29 @@ impl CertStore {
                 Err(e)
             }
         }
+    }
+
+    /// Replaces the pair on disk (the key first, each file whole: 0600 and
+    /// 0644) and serves it at once — for the ACME task. The new pair must
+    /// parse and match before anything is written.
+    pub fn install_pair(&self, key_pem: &[u8], chain_pem: &[u8]) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut last = self
+            .stamps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ck = pair_from_pem(chain_pem, key_pem, &self.provider)?;
+        crate::limits::write_private_file(&self.key_path, key_pem)
+            .map_err(|e| format!("{}: {e}", self.key_path.display()))?;
+        crate::limits::write_replace_file(&self.cert_path, chain_pem, 0o644)
+            .map_err(|e| format!("{}: {e}", self.cert_path.display()))?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(ck);
+        *last = (stamp(&self.cert_path), stamp(&self.key_path));
+        self.reloads.fetch_add(1, Relaxed);
+        Ok(())
     }
 
     /// Looks at the files every [`CHECK_EVERY`] until `token` is cancelled.
@@ -188,13 +217,13 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        // An ACME server validating TLS-ALPN-01 offers only `acme-tls/1`
-        // (RFC 8737 §3): it gets the challenge certificate for the name it
-        // asks, or no handshake at all.
-        if hello
-            .alpn()
-            .is_some_and(|mut a| a.any(|p| p == crate::acme::ACME_TLS_ALPN))
-        {
+        // An ACME server validating TLS-ALPN-01 offers `acme-tls/1` and
+        // nothing else (RFC 8737 §3): it gets the challenge certificate for
+        // the name it asks, or no handshake at all.
+        if hello.alpn().is_some_and(|a| {
+            let offered: Vec<&[u8]> = a.collect();
+            offered == [crate::acme::ACME_TLS_ALPN]
+        }) {
             return hello
                 .server_name()
                 .and_then(|n| self.challenges.alpn_cert(n));
@@ -224,6 +253,150 @@ mod tests {
         let f = std::fs::File::options().write(true).open(p).expect("open");
         f.set_modified(std::time::SystemTime::now() + Duration::from_secs(2))
             .expect("mtime");
+    }
+
+    /// A verifier that takes any certificate and keeps the one it saw.
+    #[derive(Debug)]
+    struct Keep(Mutex<Vec<u8>>);
+
+    impl rustls::client::danger::ServerCertVerifier for Keep {
+        fn verify_server_cert(
+            &self,
+            end_entity: &rustls_pki_types::CertificateDer<'_>,
+            _: &[rustls_pki_types::CertificateDer<'_>],
+            _: &rustls_pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            *self.0.lock().expect("lock") = end_entity.to_vec();
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::aws_lc_rs::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    /// A handshake in memory offering `alpn`: the certificate the server
+    /// showed and the protocol chosen, or `None` when it failed.
+    fn handshake(
+        server: &Arc<rustls::ServerConfig>,
+        alpn: &[&[u8]],
+    ) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        let keep = Arc::new(Keep(Mutex::new(Vec::new())));
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(keep.clone())
+        .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls_pki_types::ServerName::try_from("mx.a.test").expect("name");
+        let mut c = rustls::ClientConnection::new(Arc::new(cfg), name).expect("client");
+        let mut s = rustls::ServerConnection::new(server.clone()).expect("server");
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).ok()?;
+            s.read_tls(&mut buf.as_slice()).ok()?;
+            s.process_new_packets().ok()?;
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).ok()?;
+            c.read_tls(&mut buf.as_slice()).ok()?;
+            c.process_new_packets().ok()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                let seen = keep.0.lock().expect("lock").clone();
+                return Some((seen, s.alpn_protocol().map(<[u8]>::to_vec)));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn only_a_client_offering_acme_tls_alone_gets_the_challenge_certificate() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        pair(tmp.path(), "mx.a.test");
+        let s = CertStore::load(&tmp.path().join("tls.pem"), &tmp.path().join("tls.key"))
+            .expect("load");
+        let real = s.current_der();
+        let mut cfg = (*s.server_config().expect("config")).clone();
+        cfg.alpn_protocols = vec![
+            b"h2".to_vec(),
+            b"http/1.1".to_vec(),
+            crate::acme::ACME_TLS_ALPN.to_vec(),
+        ];
+        let cfg = Arc::new(cfg);
+        let acme: &[u8] = crate::acme::ACME_TLS_ALPN;
+        // No challenge asked for: a validator gets no handshake at all.
+        assert!(handshake(&cfg, &[acme]).is_none());
+        let ch = crate::acme::alpn_challenge_cert("mx.a.test", &[9u8; 32]).expect("cert");
+        let challenge = ch.cert[0].to_vec();
+        s.acme_challenges().insert_alpn_for_test("mx.a.test", ch);
+        let (seen, proto) = handshake(&cfg, &[acme]).expect("validator");
+        assert_eq!(seen, challenge);
+        assert_eq!(proto.as_deref(), Some(acme));
+        // Anyone else, even offering acme-tls/1 among others, gets the real one.
+        for offer in [
+            &[b"h2" as &[u8], acme][..],
+            &[acme, b"http/1.1"],
+            &[b"h2"],
+            &[],
+        ] {
+            let (seen, proto) = handshake(&cfg, offer).expect("client");
+            assert_eq!(seen, real, "{offer:?}");
+            assert_ne!(proto.as_deref(), Some(acme), "{offer:?}");
+        }
+    }
+
+    #[test]
+    fn an_installed_pair_is_served_at_once_and_a_mismatched_one_never_written() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tmp");
+        pair(tmp.path(), "one.test");
+        let s = CertStore::load(&tmp.path().join("tls.pem"), &tmp.path().join("tls.key"))
+            .expect("load");
+        let (c2, k2) = crate::daemon::self_signed_tls(&["two.test".into()]).expect("cert");
+        s.install_pair(k2.as_bytes(), c2.as_bytes())
+            .expect("install");
+        assert_eq!(
+            s.current_der(),
+            pem::parse(&c2).expect("pem").into_contents()
+        );
+        let key = tmp.path().join("tls.key");
+        assert_eq!(std::fs::read_to_string(&key).expect("key"), k2);
+        let mode = std::fs::metadata(&key).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The watcher does not count the installed files as a change.
+        assert!(!s.reload_if_changed().expect("unchanged"));
+        // A chain whose key is another one: refused, nothing written.
+        let (c3, _) = crate::daemon::self_signed_tls(&["three.test".into()]).expect("cert");
+        assert!(s.install_pair(k2.as_bytes(), c3.as_bytes()).is_err());
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("tls.pem")).expect("pem"),
+            c2
+        );
+        assert_eq!(
+            s.current_der(),
+            pem::parse(&c2).expect("pem").into_contents()
+        );
     }
 
     #[test]

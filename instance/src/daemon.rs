@@ -84,8 +84,25 @@ fn load_tls(config: &Config) -> Result<Arc<crate::certs::CertStore>, String> {
         write_file(&cert_path, c.as_bytes(), 0o644)?;
         tracing::warn!(cert = %cert_path.display(), "no STARTTLS certificate: generated a self-signed one");
     }
-    crate::certs::CertStore::load(&cert_path, &key_path)
-        .map_err(|e| format!("STARTTLS certificate: {e}"))
+    match crate::certs::CertStore::load(&cert_path, &key_path) {
+        Ok(c) => Ok(c),
+        // With ACME the pair is the daemon's own: one left unusable (a crash
+        // between its two renames, a full disk) is replaced by a self-signed
+        // pair, which ACME replaces in turn at once.
+        Err(e) if config.acme.is_some() => {
+            tracing::error!(error = %e, "TLS certificate unusable: serving a self-signed one until ACME replaces it");
+            let mut names = vec![config.hostname.clone()];
+            names.extend(config.domains.iter().cloned());
+            let (c, k) = self_signed_tls(&names)?;
+            crate::limits::write_private_file(&key_path, k.as_bytes())
+                .map_err(|e| format!("{}: {e}", key_path.display()))?;
+            crate::limits::write_replace_file(&cert_path, c.as_bytes(), 0o644)
+                .map_err(|e| format!("{}: {e}", cert_path.display()))?;
+            crate::certs::CertStore::load(&cert_path, &key_path)
+                .map_err(|e| format!("STARTTLS certificate: {e}"))
+        }
+        Err(e) => Err(format!("STARTTLS certificate: {e}")),
+    }
 }
 
 fn admin_token(dir: &Path) -> Result<String, String> {
@@ -404,14 +421,7 @@ pub async fn run(
                 None => None,
             };
             tracing::info!(directory = %settings.directory, names = ?settings.names, challenge = ?settings.challenge, "ACME on: the certificate is obtained and renewed by the daemon");
-            let acme = crate::acme::Acme::new(
-                settings,
-                &dir,
-                config.in_data(&config.smtp.tls_cert),
-                config.in_data(&config.smtp.tls_key),
-                certs.clone(),
-                svc.metrics().clone(),
-            );
+            let acme = crate::acme::Acme::new(settings, &dir, certs.clone(), svc.metrics().clone());
             tracker.spawn(acme.run(token.clone()));
             http_addr
         }

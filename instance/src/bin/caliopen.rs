@@ -159,6 +159,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<DnsCmd>,
     },
+    /// The TLS certificate every listener serves: names, issuer, validity,
+    /// and with [acme] when the daemon renews it.
+    Certificate {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// DKIM keys: list them, rotate them.
     Dkim {
         #[command(subcommand)]
@@ -1057,6 +1066,85 @@ async fn dns_check(config: &Path, json: bool) -> anyhow::Result<()> {
     }
     if bad > 0 {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn certificate_show(config: &Path, json: bool) -> anyhow::Result<()> {
+    use caliopen_instance::acme;
+    let cfg = Config::load(config)?;
+    let path = cfg.in_data(&cfg.smtp.tls_cert);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    let leaf = pem::parse_many(&text)
+        .with_context(|| format!("{}", path.display()))?
+        .into_iter()
+        .find(|p| p.tag() == "CERTIFICATE")
+        .with_context(|| format!("{}: no certificate in it", path.display()))?;
+    let f = acme::cert_facts(leaf.contents())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let issuer = x509_parser::parse_x509_certificate(leaf.contents())
+        .map(|(_, c)| c.issuer().to_string())
+        .unwrap_or_default();
+    let now = now_unix();
+    let settings = cfg.acme_settings();
+    let renewal = settings.as_ref().map(|s| match acme::due(&f, &s.names, now) {
+        Ok(at) => serde_json::json!({"at": at, "reason": "two thirds of its lifetime (earlier if the CA's renewal information says so)"}),
+        Err(why) => serde_json::json!({"at": now, "reason": why}),
+    });
+    let v = serde_json::json!({
+        "file": path.display().to_string(),
+        "names": f.names,
+        "issuer": issuer,
+        "self_signed": f.self_signed,
+        "not_before": f.not_before,
+        "not_after": f.not_after,
+        "seconds_left": f.not_after - now,
+        "acme": settings.as_ref().map(|s| serde_json::json!({
+            "directory": s.directory,
+            "names": s.names,
+            "challenge": format!("{:?}", s.challenge),
+            "account": cfg.data_dir().join("acme/account.json").exists(),
+            "renewal": renewal,
+        })),
+    });
+    if json {
+        out!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let when = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| t.to_string())
+    };
+    out!("certificate {}", path.display());
+    out!("  names:  {}", f.names.join(", "));
+    out!(
+        "  issuer: {issuer}{}",
+        if f.self_signed { " (self-signed)" } else { "" }
+    );
+    out!(
+        "  valid:  {} to {} ({})",
+        when(f.not_before),
+        when(f.not_after),
+        if f.not_after <= now {
+            "EXPIRED".to_owned()
+        } else {
+            format!("{} days left", (f.not_after - now) / 86_400)
+        }
+    );
+    match &settings {
+        None => out!("  ACME:   off (the files are kept by hand; see [acme] in deploy/caliopen.example.toml)"),
+        Some(s) => {
+            out!("  ACME:   {} ({:?}) for {}", s.directory, s.challenge, s.names.join(", "));
+            match acme::due(&f, &s.names, now) {
+                Ok(at) => out!("  renewal: at {} at the latest", when(at)),
+                Err(why) => out!("  renewal: due now: {why} (the running daemon asks at once)"),
+            }
+        }
     }
     Ok(())
 }
@@ -1965,6 +2053,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd: None,
         } => dns_show(&config, json),
         Cmd::Dns { .. } => bail!("caliopen dns: --config FILE is required"),
+        Cmd::Certificate { config, json } => certificate_show(&config, json),
         Cmd::Dkim {
             cmd: DkimCmd::List { config, json },
         } => dkim_list(&config, json),

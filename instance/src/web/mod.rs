@@ -174,8 +174,10 @@ impl Web {
         let preparer = disk
             .as_ref()
             .and_then(|d| {
-                let store = svc.store_handle();
-                let live: prepared::Live = Box::new(move |h| store.holds_body(h));
+                // Weak: the store holds the hook that feeds this thread.
+                let store = Arc::downgrade(&svc.store_handle());
+                let live: prepared::Live =
+                    Box::new(move |h| store.upgrade().is_none_or(|s| s.holds_body(h)));
                 prepared::Preparer::start(d.clone(), live).ok()
             })
             .map(Arc::new)

@@ -64,13 +64,31 @@ pub struct DiskCache {
 }
 
 impl DiskCache {
-    /// Opens (makes, 0700) the directory and counts what it holds.
-    pub fn open(dir: &Path, budget: u64) -> std::io::Result<Self> {
+    /// Opens (makes, 0700) the directory of this sanitiser's version
+    /// under `root` — results of other versions are removed: a fix to the
+    /// sanitiser reaches mail prepared before it — and counts what it holds.
+    pub fn open(root: &Path, budget: u64) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
+        let name = format!("v{}", super::sanitize::VERSION);
+        let dir = root.join(&name);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)?;
+            .create(&dir)?;
+        for e in std::fs::read_dir(root)?.flatten() {
+            if e.file_name() != name.as_str() {
+                let p = e.path();
+                let r = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                if let Err(err) = r {
+                    tracing::warn!(error = %err, file = %p.display(), "web cache: cannot remove an old version");
+                }
+            }
+        }
+        let dir = dir.as_path();
         let mut used = 0;
         for e in std::fs::read_dir(dir)?.flatten() {
             if let Ok(m) = e.metadata() {
@@ -146,7 +164,12 @@ impl DiskCache {
         for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            let Some(hex_key) = name.split('-').next().filter(|h| h.len() == 64) else {
+            // Results only (`<64 hex>-0|1`): never a file being written.
+            let Some(hex_key) = name
+                .strip_suffix("-0")
+                .or_else(|| name.strip_suffix("-1"))
+                .filter(|h| h.len() == 64)
+            else {
                 continue;
             };
             let mut key = [0u8; 32];
@@ -175,7 +198,13 @@ impl DiskCache {
             .flatten()
             .filter_map(|e| {
                 let m = e.metadata().ok()?;
-                Some((m.modified().ok()?, m.len(), e.path()))
+                let modified = m.modified().ok()?;
+                // A file being written is not evicted (a stale one is).
+                let fresh = modified.elapsed().map_or(true, |a| a.as_secs() < 60);
+                if fresh && e.file_name().to_string_lossy().ends_with(".tmp") {
+                    return None;
+                }
+                Some((modified, m.len(), e.path()))
             })
             .collect();
         let mut used: u64 = files.iter().map(|f| f.1).sum();
@@ -246,26 +275,39 @@ impl Preparer {
                 // Ends when the last sender (the store's hook) is dropped.
                 let mut next_sweep = std::time::Instant::now() + SWEEP_EVERY;
                 loop {
+                    // Swept on time even when deliveries never stop.
+                    if std::time::Instant::now() >= next_sweep {
+                        let n = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            cache.sweep(&live)
+                        }))
+                        .unwrap_or(0);
+                        if n > 0 {
+                            tracing::debug!(
+                                removed = n,
+                                "web cache: results of deleted mail removed"
+                            );
+                        }
+                        next_sweep = std::time::Instant::now() + SWEEP_EVERY;
+                    }
                     let wait = next_sweep.saturating_duration_since(std::time::Instant::now());
                     let raw = match rx.recv_timeout(wait) {
                         Ok(raw) => raw,
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            let n = cache.sweep(&live);
-                            if n > 0 {
-                                tracing::debug!(
-                                    removed = n,
-                                    "web cache: results of deleted mail removed"
-                                );
-                            }
-                            next_sweep = std::time::Instant::now() + SWEEP_EVERY;
-                            continue;
-                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                     };
                     let key = key_of(&raw);
                     if !cache.has(&key, false) {
-                        if let Some(c) = sanitise(&raw, false) {
-                            cache.put(&key, false, &c);
+                        // A message that makes the parser or the sanitiser
+                        // panic is left to the view (which answers 500 for
+                        // it); the thread goes on.
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            sanitise(&raw, false)
+                        })) {
+                            Ok(Some(c)) => cache.put(&key, false, &c),
+                            Ok(None) => {}
+                            Err(_) => tracing::error!(
+                                "web cache: sanitising a delivered message panicked"
+                            ),
                         }
                     }
                     q.fetch_sub(raw.len(), Relaxed);

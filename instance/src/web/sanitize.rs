@@ -19,6 +19,11 @@ use std::sync::Arc;
 /// The largest HTML body sanitised (a larger one is cut there first).
 pub const MAX_HTML: usize = 4 * 1024 * 1024;
 
+/// The version of what [`clean_with`] produces: bump it with any change to
+/// the allow lists or the rewriting, so that bodies prepared by an older
+/// version (`prepared.rs`) are not served again.
+pub const VERSION: u32 = 1;
+
 /// A sanitised body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Clean {
