@@ -8,23 +8,16 @@
 //! the renewal at two thirds of its (30-second) lifetime — without a
 //! restart. An unreachable ACME server raises the alarm metric at once.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
+use common::free_port;
+
 use common::caliopen_ok as caliopen;
 use common::Daemon;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// A child process killed when dropped.
 struct Proc(Child);

@@ -6,22 +6,16 @@
 //! parse (Python's XML parser) and name the instance's real ports; its
 //! MTA-STS policy is what RFC 8461 asks.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
+use common::free_port;
+
 use common::caliopen_ok as caliopen;
 use common::{python, Daemon};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 struct Sink(Child);
 

@@ -9,23 +9,17 @@
 //! nothing on a second run and only the new message on a third.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod common;
 
+use common::free_port;
+
 use common::caliopen_ok as caliopen;
 use common::{python, run_caliopen, Daemon, BIN};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus/eml");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8")

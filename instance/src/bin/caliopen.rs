@@ -1070,6 +1070,17 @@ async fn dns_check(config: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A Unix time as RFC 3339 (the number itself when out of range).
+fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
 fn certificate_show(config: &Path, json: bool) -> anyhow::Result<()> {
     use caliopen_instance::acme;
     let cfg = Config::load(config)?;
@@ -1111,15 +1122,7 @@ fn certificate_show(config: &Path, json: bool) -> anyhow::Result<()> {
         out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let when = |t: i64| {
-        time::OffsetDateTime::from_unix_timestamp(t)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| t.to_string())
-    };
+    let when = rfc3339;
     out!("certificate {}", path.display());
     out!("  names:  {}", f.names.join(", "));
     out!(
@@ -1165,15 +1168,7 @@ fn dkim_list(config: &Path, json: bool) -> anyhow::Result<()> {
     if list.is_empty() {
         out!("no DKIM keys yet: `caliopen run` makes them at start, or run `caliopen dkim rotate`");
     }
-    let when = |t: i64| {
-        time::OffsetDateTime::from_unix_timestamp(t)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| t.to_string())
-    };
+    let when = rfc3339;
     for p in &list {
         out!(
             "{} {} {:?}: selectors {} and {}, signs from {}{}",

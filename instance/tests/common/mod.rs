@@ -8,6 +8,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// A loopback port free a moment ago (for configurations written before
+/// the listener starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_caliopen");
 
