@@ -101,6 +101,10 @@ pub struct SmtpConfig {
     /// Port MTA-STS policies are fetched from (443; another only in tests).
     #[serde(default = "default_https_port")]
     pub mta_sts_port: u16,
+    /// Count the TLS outcomes of direct deliveries and send each recipient
+    /// domain that asks (`_smtp._tls` TXT) a daily report (RFC 8460).
+    #[serde(default = "default_true")]
+    pub tls_reports: bool,
 }
 
 fn default_https_port() -> u16 {
@@ -195,6 +199,7 @@ impl Default for SmtpConfig {
             mta_sts: MtaStsMode::default(),
             mta_sts_ca: None,
             mta_sts_port: default_https_port(),
+            tls_reports: true,
         }
     }
 }

@@ -280,6 +280,27 @@ pub async fn run(
             )?)),
             None => None,
         };
+        // TLS outcomes of direct deliveries, reported daily (RFC 8460).
+        let tls_reports = match &direct {
+            Some(_) if config.smtp.tls_reports => {
+                Some(crate::tlsrpt::TlsReports::open(store.db())?)
+            }
+            _ => None,
+        };
+        if let (Some(reports), Some(resolver), Some(https)) = (&tls_reports, &direct, &mta_sts) {
+            let reporter = Arc::new(crate::tlsrpt::Reporter {
+                reports: reports.clone(),
+                resolver: resolver.clone(),
+                https: https.clone(),
+                organization: config.hostname.clone(),
+            });
+            svc.set_tls_reporter(reporter.clone());
+            tracker.spawn(crate::tlsrpt::run_daily(
+                reporter,
+                svc.clone(),
+                token.clone(),
+            ));
+        }
         let q = crate::outbound::SmtpQueue::open(
             store.db(),
             crate::outbound::RelayConfig {
@@ -294,6 +315,7 @@ pub async fn run(
                 mx_port: config.smtp.delivery_port,
                 mta_sts,
                 mx_ca_pem,
+                tls_reports,
             },
         )
         .map_err(|e| e.to_string())?

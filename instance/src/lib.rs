@@ -37,6 +37,7 @@ pub mod privacy;
 pub mod publish;
 pub mod smtp;
 pub mod store;
+pub mod tlsrpt;
 pub mod transfer;
 pub mod web;
 

@@ -284,16 +284,21 @@ impl MtaSts {
             .map_err(|_| format!("fetching the policy of {domain} timed out"))?
     }
 
-    async fn fetch_inner(&self, domain: &str) -> Result<String, String> {
-        use http_body_util::BodyExt;
-        let host = format!("mta-sts.{domain}");
-        let ips = self.resolver.addresses(&host).await?;
+    /// A verified TLS connection to `host:port` (addresses from our
+    /// resolver), speaking HTTP/1.1.
+    async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>, String>
+    {
+        let ips = self.resolver.addresses(host).await?;
         let mut tcp = None;
         let mut last = format!("{host}: no address");
         for ip in &ips {
             match tokio::time::timeout(
                 Duration::from_secs(10),
-                tokio::net::TcpStream::connect((*ip, self.port)),
+                tokio::net::TcpStream::connect((*ip, port)),
             )
             .await
             {
@@ -301,28 +306,70 @@ impl MtaSts {
                     tcp = Some(s);
                     break;
                 }
-                Ok(Err(e)) => last = format!("connect to {host} ({ip}:{}): {e}", self.port),
-                Err(_) => last = format!("connect to {host} ({ip}:{}) timed out", self.port),
+                Ok(Err(e)) => last = format!("connect to {host} ({ip}:{port}): {e}"),
+                Err(_) => last = format!("connect to {host} ({ip}:{port}) timed out"),
             }
         }
         let tcp = tcp.ok_or(last)?;
-        let name = rustls::pki_types::ServerName::try_from(host.clone())
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
             .map_err(|e| format!("{host}: {e}"))?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS with {host}: {e}"))?;
-        let (mut sender, conn) =
+        let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
                 .map_err(|e| format!("HTTP with {host}: {e}"))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        Ok(sender)
+    }
+
+    /// POSTs a gzipped TLS report (RFC 8460 §5.3.1) to an `https://` URI
+    /// over verified TLS; any 2xx answer is success.
+    pub async fn post_report(&self, uri: &str, gz: &[u8]) -> Result<(), String> {
+        let rest = uri
+            .get(8..)
+            .filter(|_| uri[..8].eq_ignore_ascii_case("https://"))
+            .ok_or_else(|| format!("{uri}: not an https URI"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{uri}: bad port"))?),
+            None => (authority, 443),
+        };
+        if !crate::config::is_dns_name(host) {
+            return Err(format!("{uri}: the host is not a DNS name"));
+        }
+        let mut sender = self.connect(host, port).await?;
+        let req = hyper::Request::post(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::USER_AGENT, "caliopen")
+            .header(hyper::header::CONTENT_TYPE, "application/tlsrpt+gzip")
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(gz)))
+            .map_err(|e| e.to_string())?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("POST to {host}: {e}"))?;
+        if !res.status().is_success() {
+            return Err(format!("{host} answered {}", res.status()));
+        }
+        Ok(())
+    }
+
+    async fn fetch_inner(&self, domain: &str) -> Result<String, String> {
+        use http_body_util::BodyExt;
+        let host = format!("mta-sts.{domain}");
+        let mut sender = self.connect(&host, self.port).await?;
         let req = hyper::Request::get("/.well-known/mta-sts.txt")
             .header(hyper::header::HOST, &host)
             .header(hyper::header::USER_AGENT, "caliopen")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
             .map_err(|e| e.to_string())?;
         let res = sender
             .send_request(req)

@@ -162,6 +162,8 @@ pub struct RelayConfig {
     pub mta_sts: Option<Arc<crate::mta_sts::MtaSts>>,
     /// Extra trusted roots for MX certificates (PEM), besides the web PKI.
     pub mx_ca_pem: Option<Vec<u8>>,
+    /// Where direct deliveries' TLS outcomes are counted (RFC 8460).
+    pub tls_reports: Option<crate::tlsrpt::TlsReports>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -394,6 +396,12 @@ impl SmtpQueue {
         let enforce = policy
             .as_ref()
             .is_some_and(|p| p.mode == crate::mta_sts::Mode::Enforce);
+        let sts = policy.as_ref().map(crate::tlsrpt::StsFacts::of);
+        let report = |outcome: crate::tlsrpt::Outcome| {
+            if let Some(r) = &self.cfg.tls_reports {
+                r.record(now_ms() / 1000, domain, sts.as_ref(), &outcome);
+            }
+        };
         if let Some(p) = &policy {
             let hosts_before = hosts.clone();
             let (allowed, refused): (Vec<String>, Vec<String>) =
@@ -401,6 +409,14 @@ impl SmtpQueue {
             if !refused.is_empty() {
                 if enforce {
                     tracing::warn!(%domain, refused = ?refused, "MTA-STS: MX hosts the policy does not name are skipped");
+                    for h in &refused {
+                        report(crate::tlsrpt::Outcome::Failure {
+                            result: crate::tlsrpt::Failure::ValidationFailure,
+                            mx: h.clone(),
+                            ip: None,
+                            info: Some("MX host not listed in the MTA-STS policy".into()),
+                        });
+                    }
                 } else {
                     self.count_sts(|m| &m.mta_sts_testing_violations);
                     tracing::info!(%domain, hosts = ?refused, "MTA-STS (testing): these MX hosts are not in the policy");
@@ -439,10 +455,40 @@ impl SmtpQueue {
                     dest_host: host.clone(),
                     ..e.clone()
                 };
-                match self
-                    .send_host(&attempt, &ip.to_string(), data, true, enforce)
-                    .await
-                {
+                let mut tls_error = None;
+                let r = self
+                    .send_host(
+                        &attempt,
+                        &ip.to_string(),
+                        data,
+                        true,
+                        enforce,
+                        &mut tls_error,
+                    )
+                    .await;
+                // The session's TLS outcome for the domain's reports: under
+                // a policy only verified TLS succeeds; without one, any.
+                let failed = |why: &Option<String>| crate::tlsrpt::Outcome::Failure {
+                    result: why.as_deref().map_or(
+                        crate::tlsrpt::Failure::StarttlsNotSupported,
+                        crate::tlsrpt::Failure::of_tls_error,
+                    ),
+                    mx: host.clone(),
+                    ip: Some(ip),
+                    info: None,
+                };
+                match (&r, &tls_error) {
+                    (Ok("starttls"), _) => report(crate::tlsrpt::Outcome::Success),
+                    (Ok("starttls-unverified"), _) if policy.is_none() => {
+                        report(crate::tlsrpt::Outcome::Success)
+                    }
+                    (Ok(_), why) => report(failed(why)),
+                    (Err(_), Some(_)) => report(failed(&tls_error)),
+                    // No TLS session took place (no connection, or a refusal
+                    // after TLS that the error does not tell apart).
+                    (Err(_), None) => {}
+                }
+                match r {
                     Ok(tls) => {
                         if enforce {
                             self.count_sts(|m| &m.mta_sts_enforced);
@@ -466,7 +512,10 @@ impl SmtpQueue {
     async fn send_one(&self, e: &Entry, data: &[u8]) -> Result<&'static str, SendError> {
         match &e.direct_domain {
             Some(d) => self.send_direct(e, d, data).await,
-            None => self.send_host(e, &e.dest_host, data, false, false).await,
+            None => {
+                self.send_host(e, &e.dest_host, data, false, false, &mut None)
+                    .await
+            }
         }
     }
 
@@ -480,6 +529,7 @@ impl SmtpQueue {
         data: &[u8],
         mx: bool,
         verified_only: bool,
+        tls_error: &mut Option<String>,
     ) -> Result<&'static str, SendError> {
         let from = if e.mail_from.is_empty() {
             None
@@ -501,6 +551,7 @@ impl SmtpQueue {
                     return Err(SendError::Transient(err.to_string()))
                 }
                 Err(err) if verified_only => {
+                    *tls_error = Some(err.to_string());
                     self.count_sts(|m| &m.mta_sts_refused);
                     tracing::warn!(error = %err, host = %e.dest_host, "MTA-STS: the policy asks for verified TLS, which failed: deferred");
                     return Err(SendError::Transient(format!(
@@ -509,6 +560,7 @@ impl SmtpQueue {
                     )));
                 }
                 Err(err) if mx => {
+                    *tls_error = Some(err.to_string());
                     // MX hosts rarely hold certificates for their names: encrypt
                     // without authentication rather than not at all (RFC 7435).
                     tracing::info!(error = %err, host = %e.dest_host, "verified STARTTLS failed; trying unauthenticated TLS");

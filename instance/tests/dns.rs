@@ -668,4 +668,165 @@ s.quit()
         log.contains("tls=starttls ") || log.contains("tls=\"starttls\""),
         "{log}"
     );
+
+    // TLS reporting (RFC 8460): beta.test asks for reports over HTTPS (a
+    // Python server with B's certificate) and by mail; A sends the report
+    // of today's sessions when asked.
+    caliopen(
+        &[
+            "user",
+            "add",
+            "--config",
+            &b_cfg,
+            "tlsrpt",
+            "--password-stdin",
+        ],
+        Some("tlsrpt password\n"),
+    );
+    let rpt_port = common::free_port();
+    let posted = tmp.path().join("posted");
+    let server = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            r#"
+import http.server, os, ssl
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open("{out}.tmp", "wb") as f:
+            f.write(self.headers.get("Content-Type", "").encode() + b"\n" + self.path.encode() + b"\n" + body)
+        os.rename("{out}.tmp", "{out}")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", {rpt_port}), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain("{cert}", "{key}")
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+# Until the report came (the test's own probe of the port is one request).
+while not os.path.exists("{out}"):
+    srv.handle_request()
+"#,
+            out = posted.display(),
+            cert = b_cert.display(),
+            key = tmp.path().join("b/tls.key").display(),
+        ))
+        .spawn()
+        .expect("python3");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(server);
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", rpt_port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "report server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    dns.add(
+        "_smtp._tls.beta.test",
+        TYPE_TXT,
+        txt(&format!(
+            "v=TLSRPTv1; rua=https://mta-sts.beta.test:{rpt_port}/tlsrpt,mailto:tlsrpt@beta.test"
+        )),
+    );
+    let sent: serde_json::Value = serde_json::from_str(&caliopen(
+        &[
+            "tlsrpt",
+            "send",
+            "--config",
+            &a_cfg,
+            "--include-today",
+            "--json",
+        ],
+        None,
+    ))
+    .expect("tlsrpt send --json");
+    let sent = sent.as_array().expect("array");
+    let outcome = |uri: &str| {
+        sent.iter()
+            .find(|s| s["uri"] == uri)
+            .map(|s| s["outcome"].clone())
+    };
+    assert_eq!(
+        outcome(&format!("https://mta-sts.beta.test:{rpt_port}/tlsrpt")),
+        Some("sent".into()),
+        "{sent:?}"
+    );
+    assert_eq!(
+        outcome("mailto:tlsrpt@beta.test"),
+        Some("queued".into()),
+        "{sent:?}"
+    );
+    // The report as posted: gzipped JSON of RFC 8460, read by Python.
+    let report = common::python(&format!(
+        r#"
+import gzip, json
+data = open("{p}", "rb").read()
+ctype, path, body = data.split(b"\n", 2)
+assert ctype == b"application/tlsrpt+gzip", ctype
+assert path == b"/tlsrpt", path
+print(json.dumps(json.loads(gzip.decompress(body))))
+"#,
+        p = posted.display()
+    ));
+    let report: serde_json::Value = serde_json::from_str(report.trim()).expect("report json");
+    assert_eq!(report["organization-name"], "mx.alpha.test", "{report}");
+    assert_eq!(report["contact-info"], "postmaster@alpha.test", "{report}");
+    let sts = report["policies"]
+        .as_array()
+        .expect("policies")
+        .iter()
+        .find(|p| p["policy"]["policy-type"] == "sts")
+        .cloned()
+        .expect("an sts policy");
+    assert_eq!(sts["policy"]["policy-domain"], "beta.test", "{sts}");
+    assert_eq!(sts["policy"]["mx-host"][0], "mx.beta.test", "{sts}");
+    assert!(
+        sts["summary"]["total-successful-session-count"].as_u64() >= Some(1),
+        "{sts}"
+    );
+    let details = sts["failure-details"].as_array().expect("failures");
+    assert!(
+        details
+            .iter()
+            .any(|d| d["result-type"] == "validation-failure"
+                && d["receiving-mx-hostname"] == "mail.beta.test"),
+        "{sts}"
+    );
+    // The same report by mail, at B.
+    let got = wait_for(&b_cfg, "tlsrpt", 1, &a_log);
+    let subject = got[0]["subject"].as_str().unwrap_or("");
+    assert!(
+        subject.starts_with("Report Domain: beta.test Submitter: mx.alpha.test Report-ID: <"),
+        "{subject}"
+    );
+    let id = got[0]["id"].as_str().expect("id").to_owned();
+    let raw = tmp.path().join("report.eml");
+    let (ok, bytes, _) = common::run_caliopen(
+        &["mail", "show", "--config", &b_cfg, "--user", "tlsrpt", &id],
+        None,
+    );
+    assert!(ok);
+    std::fs::write(&raw, bytes).expect("write");
+    let mailed = common::python(&format!(
+        r#"
+import email, gzip, json
+m = email.message_from_binary_file(open("{p}", "rb"))
+assert m.get_content_type() == "multipart/report", m.get_content_type()
+assert m.get_param("report-type") == "tlsrpt"
+assert m["TLS-Report-Domain"] == "beta.test"
+assert m["TLS-Report-Submitter"] == "mx.alpha.test"
+parts = [p for p in m.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
+assert len(parts) == 1 and parts[0].get_filename().endswith(".json.gz"), parts
+print(json.loads(gzip.decompress(parts[0].get_payload(decode=True)))["report-id"])
+"#,
+        p = raw.display()
+    ));
+    assert_eq!(mailed.trim(), report["report-id"].as_str().unwrap_or(""));
 }

@@ -45,6 +45,7 @@ async fn sender(relay: SocketAddr, lifetime: Duration) -> Sender {
             mx_port: 25,
             mta_sts: None,
             mx_ca_pem: None,
+            tls_reports: None,
         },
     )
     .expect("queue");

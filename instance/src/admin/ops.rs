@@ -189,6 +189,13 @@ pub enum Op {
         #[serde(default)]
         live: bool,
     },
+    /// Sends the SMTP TLS reports (RFC 8460) of the finished days now
+    /// (and of today so far with `include_today`); the daemon only.
+    TlsReportSend {
+        /// Today's sessions too.
+        #[serde(default)]
+        include_today: bool,
+    },
 }
 
 /// What an operation answers.
@@ -319,6 +326,16 @@ pub async fn execute_with(svc: &MailService, op: Op, input: Vec<u8>) -> Result<O
     let json = match op {
         Op::MailboxList { user } => transfer::mailbox_list(svc, &user)?,
         Op::HandoverStatus => crate::handover::status(svc),
+        Op::TlsReportSend { include_today } => {
+            let r = svc.tls_reporter().ok_or_else(|| {
+                OpError::Invalid(
+                    "TLS reports are sent by the running daemon, with direct delivery ([dns] enabled, no relay): start `caliopen run`".into(),
+                )
+            })?;
+            let today = crate::tlsrpt::day_of(crate::delivery::now_unix());
+            serde_json::to_value(r.run(svc, today, include_today).await)
+                .map_err(|e| OpError::Internal(e.to_string()))?
+        }
         // Boxed: it runs other operations (export) itself.
         Op::HandoverAccount { user, pass } => {
             Box::pin(crate::handover::send_account(svc, &user, pass)).await?

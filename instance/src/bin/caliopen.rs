@@ -168,6 +168,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// SMTP TLS reports (RFC 8460) of direct deliveries.
+    Tlsrpt {
+        #[command(subcommand)]
+        cmd: TlsrptCmd,
+    },
     /// DKIM keys: list them, rotate them.
     Dkim {
         #[command(subcommand)]
@@ -279,6 +284,22 @@ enum DnsCmd {
     Check {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsrptCmd {
+    /// Send the reports of finished days now (the daemon sends them after
+    /// each UTC midnight by itself), through the running daemon.
+    Send {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Today's sessions so far too.
+        #[arg(long)]
+        include_today: bool,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -2049,6 +2070,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => dns_show(&config, json),
         Cmd::Dns { .. } => bail!("caliopen dns: --config FILE is required"),
         Cmd::Certificate { config, json } => certificate_show(&config, json),
+        Cmd::Tlsrpt {
+            cmd:
+                TlsrptCmd::Send {
+                    config,
+                    include_today,
+                    json,
+                },
+        } => {
+            let out = run_op(&config, Op::TlsReportSend { include_today }).await?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&out.json)?);
+                return Ok(());
+            }
+            let list = out.json.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                out!("no TLS sessions recorded for the days asked");
+            }
+            for s in &list {
+                out!(
+                    "{} {} {}: {}",
+                    s["day"].as_str().unwrap_or(""),
+                    s["domain"].as_str().unwrap_or(""),
+                    match s["uri"].as_str().unwrap_or("") {
+                        "" => "-",
+                        u => u,
+                    },
+                    s["outcome"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
         Cmd::Dkim {
             cmd: DkimCmd::List { config, json },
         } => dkim_list(&config, json),

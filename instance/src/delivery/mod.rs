@@ -197,6 +197,8 @@ pub struct MailService {
     queue: Arc<OnceLock<Arc<dyn SmtpOutlet>>>,
     auth: Arc<OnceLock<crate::auth::SenderAuth>>,
     dkim: Arc<OnceLock<Arc<crate::dkim::DkimKeys>>>,
+    /// Sends SMTP TLS reports (direct delivery only).
+    tls_reporter: Arc<OnceLock<Arc<crate::tlsrpt::Reporter>>>,
     metrics: Arc<crate::metrics::Metrics>,
     credentials: crate::login::Credentials,
     from_check: FromCheck,
@@ -227,7 +229,8 @@ pub fn split_address(addr: &str) -> Option<(String, String)> {
     Some((l.to_ascii_lowercase(), d.to_ascii_lowercase()))
 }
 
-fn now_unix() -> i64 {
+/// Unix seconds now.
+pub fn now_unix() -> i64 {
     crate::store::now_unix()
 }
 
@@ -267,6 +270,7 @@ impl MailService {
             queue: Arc::new(OnceLock::new()),
             auth: Arc::new(OnceLock::new()),
             dkim: Arc::new(OnceLock::new()),
+            tls_reporter: Arc::new(OnceLock::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             credentials: crate::login::Credentials::new(crate::login::CredentialsConfig::default()),
             from_check: FromCheck::Enforce,
@@ -349,6 +353,16 @@ impl MailService {
     /// The DKIM keys, when signing is on.
     pub fn dkim(&self) -> Option<&Arc<crate::dkim::DkimKeys>> {
         self.dkim.get()
+    }
+
+    /// Sets the TLS report sender (once).
+    pub fn set_tls_reporter(&self, r: Arc<crate::tlsrpt::Reporter>) {
+        let _ = self.tls_reporter.set(r);
+    }
+
+    /// The TLS report sender, when direct delivery is on.
+    pub fn tls_reporter(&self) -> Option<&Arc<crate::tlsrpt::Reporter>> {
+        self.tls_reporter.get()
     }
 
     /// `data` with its DKIM signatures, when a key signs for its From:
@@ -817,6 +831,19 @@ impl MailService {
         q.enqueue(mail_from, rcpt_to, data)
             .await
             .map_err(DeliveryError::Queue)
+    }
+
+    /// Queues a message the instance itself writes (a TLS report) for the
+    /// outside, DKIM-signed like a user's mail.
+    pub async fn send_signed_out(
+        &self,
+        mail_from: &str,
+        rcpt_to: Vec<String>,
+        data: &[u8],
+    ) -> Result<(), DeliveryError> {
+        let signed = self.signed(data).await;
+        self.send_out(mail_from, rcpt_to, signed.as_deref().unwrap_or(data))
+            .await
     }
 
     /// Returns a message to its local sender with an RFC 3464 report
