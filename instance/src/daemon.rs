@@ -326,6 +326,8 @@ pub async fn run(
                 .run(svc.clone(), config.domains[0].clone(), token.clone()),
         );
         svc.set_queue(Arc::new(q));
+        // Aliases may forward to other domains: senders rewritten by SRS.
+        svc.set_srs(crate::srs::Srs::open(&dir)?);
         tracing::info!(relay = ?config.smtp.relay, routes = config.smtp.routes.len(), direct = direct.is_some(), "outbound SMTP enabled");
     }
     let (mesh_node, mesh_outbox, membership_log) =

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub tls_reloads: AtomicU64,
     /// Changed TLS certificate files that could not be used.
     pub tls_reload_failures: AtomicU64,
+    /// Recipients an alias forwarded to other domains (SRS).
+    pub forwarded: AtomicU64,
     /// Certificates obtained from the ACME server and served.
     pub acme_renewed: AtomicU64,
     /// ACME attempts that failed.
@@ -235,6 +237,12 @@ pub fn render(s: &MetricsSources) -> String {
             ("outcome", "served", l(&m.tls_reloads)),
             ("outcome", "refused", l(&m.tls_reload_failures)),
         ],
+    );
+    c(
+        &mut out,
+        "caliopen_forwarded_total",
+        "Recipients an alias forwarded to other domains (envelope sender rewritten by SRS).",
+        &[("kind", "alias", l(&m.forwarded))],
     );
     if m.acme_on.load(std::sync::atomic::Ordering::Relaxed) {
         c(

@@ -460,6 +460,67 @@ for path in ["{good}", "{bad}"]:
         "{signed} {altered}"
     );
 
+    // An alias of A forwards to bob@beta.test: the envelope sender is
+    // rewritten (SRS) so that B's SPF check of A passes, and the message
+    // keeps its DKIM signature, which B verifies.
+    caliopen(
+        &[
+            "alias",
+            "add",
+            "--config",
+            &a_cfg,
+            "fwd@alpha.test",
+            "bob@beta.test",
+        ],
+        None,
+    );
+    python(&format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=10)
+s.sendmail("bob@example.test", ["fwd@alpha.test"], open("{good}", "rb").read())
+s.quit()
+"#,
+        good = fixture.display(),
+        port = a.smtp.port()
+    ));
+    let got = wait_for(&b_cfg, "bob", 4, &a_log);
+    let fwd = got
+        .iter()
+        .find(|m| m["from"].as_str().is_some_and(|f| f.starts_with("SRS0=")))
+        .expect("the forwarded copy");
+    let srs = fwd["from"].as_str().expect("from").to_owned();
+    assert!(srs.ends_with("=example.test=bob@alpha.test"), "{srs}");
+    assert_eq!(fwd["subject"], "Signed by its domain", "{fwd}");
+    assert_eq!(fwd["transport"]["spf"], "pass", "{fwd}");
+    assert_eq!(fwd["transport"]["dkim"], "pass", "{fwd}");
+    // A bounce to the rewritten sender is taken (and sent on to the
+    // original sender); a forged one is refused.
+    let forged = srs.replacen("=example.test=bob", "=example.test=eve", 1);
+    let codes = common::python(&format!(
+        r#"
+import smtplib
+for rcpt in ["{srs}", "{forged}"]:
+    s = smtplib.SMTP("127.0.0.1", {port}, timeout=10)
+    s.ehlo("bounces.example.test")
+    s.mail("")
+    print(s.rcpt(rcpt)[0])
+    s.quit()
+"#,
+        port = a.smtp.port()
+    ));
+    assert_eq!(
+        codes.split_whitespace().collect::<Vec<_>>(),
+        ["250", "550"],
+        "{codes}"
+    );
+    assert!(
+        common::metric(
+            a.metrics.expect("metrics"),
+            "caliopen_forwarded_total{kind=\"alias\"}"
+        ) >= 1
+    );
+
     // Sender checks that refuse or file as junk, over B's MX.
     let out = common::python(&format!(
         r#"

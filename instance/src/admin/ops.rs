@@ -37,7 +37,8 @@ pub enum Op {
     AliasAdd {
         /// The alias.
         alias: String,
-        /// The accounts it reaches (local parts, or their addresses here).
+        /// The accounts it reaches (local parts, or their addresses here),
+        /// and addresses of other domains it forwards to.
         targets: Vec<String>,
         /// Refuse instead of replacing an alias that exists (an account
         /// import must not take an alias that reaches someone else).
@@ -456,18 +457,26 @@ pub async fn execute_with(svc: &MailService, op: Op, input: Vec<u8>) -> Result<O
 
             if targets.is_empty() || targets.len() > MAX_ALIAS_TARGETS {
                 return Err(OpError::Invalid(format!(
-                    "an alias reaches 1 to {MAX_ALIAS_TARGETS} accounts"
+                    "an alias reaches 1 to {MAX_ALIAS_TARGETS} accounts or addresses"
                 )));
             }
             let mut owners: Vec<String> = Vec::new();
             for t in &targets {
                 let l = match split_address(t) {
                     Some((l, d)) if svc.domains().contains(&d) => l,
-                    Some(_) => {
-                        return Err(OpError::Invalid(format!(
-                            "{t}: an alias reaches accounts of this instance only"
-                        )))
+                    // An address elsewhere: mail is forwarded to it, its
+                    // envelope sender rewritten (SRS).
+                    Some((l, d)) if !l.is_empty() && crate::config::is_dns_name(&d) => {
+                        let a = format!("{l}@{d}");
+                        if a.len() > 254 || l.len() > 64 || l.contains(['<', '>', ' ', ',']) {
+                            return Err(OpError::Invalid(format!("{t:?} is not an address")));
+                        }
+                        if !owners.contains(&a) {
+                            owners.push(a);
+                        }
+                        continue;
                     }
+                    Some(_) => return Err(OpError::Invalid(format!("{t:?} is not an address"))),
                     None if valid_localpart(&t.to_ascii_lowercase()) => t.to_ascii_lowercase(),
                     None => return Err(OpError::Invalid(format!("{t:?} is not an account"))),
                 };

@@ -378,13 +378,16 @@ enum UserCmd {
 
 #[derive(Subcommand)]
 enum AliasCmd {
-    /// Make (or replace) an alias for one or more users.
+    /// Make (or replace) an alias for one or more users, or one that
+    /// forwards to addresses of other domains (the envelope sender is
+    /// rewritten with SRS; the message and its DKIM signatures are kept).
     Add {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// ALIAS@DOMAIN, or @DOMAIN for the domain's catch-all.
         alias: String,
-        /// The users it reaches (local parts or their addresses).
+        /// The users it reaches (local parts or their addresses), and
+        /// addresses elsewhere it forwards to.
         #[arg(required = true)]
         targets: Vec<String>,
     },

@@ -167,6 +167,12 @@ impl std::fmt::Display for Routed {
 pub enum Route {
     /// Accounts of this instance (after aliases, plus-addressing, catch-all).
     Local(Vec<address::Target>),
+    /// An alias forwarding to other domains (and maybe to accounts here
+    /// too): sent on with a rewritten envelope sender (SRS).
+    Forward(Vec<address::Target>, Vec<String>),
+    /// An address of ours in the SRS form: a bounce of forwarded mail, for
+    /// the original sender it names.
+    Reverse(String),
     /// A labelled member, over the mesh.
     Mesh(String),
     /// The outside, by SMTP.
@@ -199,6 +205,8 @@ pub struct MailService {
     dkim: Arc<OnceLock<Arc<crate::dkim::DkimKeys>>>,
     /// Sends SMTP TLS reports (direct delivery only).
     tls_reporter: Arc<OnceLock<Arc<crate::tlsrpt::Reporter>>>,
+    /// Rewrites the envelope sender of forwarded mail.
+    srs: Arc<OnceLock<crate::srs::Srs>>,
     metrics: Arc<crate::metrics::Metrics>,
     credentials: crate::login::Credentials,
     from_check: FromCheck,
@@ -227,6 +235,23 @@ pub fn split_address(addr: &str) -> Option<(String, String)> {
         return None;
     }
     Some((l.to_ascii_lowercase(), d.to_ascii_lowercase()))
+}
+
+/// Most `Received:` headers on a message an alias forwards (RFC 5321
+/// §6.3 asks for a limit of this order to break loops).
+pub const MAX_HOPS: usize = 30;
+
+/// The number of `Received:` header fields of a message.
+fn hops(data: &[u8]) -> usize {
+    let end = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| data.windows(2).position(|w| w == b"\n\n"))
+        .unwrap_or(data.len());
+    data[..end]
+        .split(|&b| b == b'\n')
+        .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
 }
 
 /// Unix seconds now.
@@ -271,6 +296,7 @@ impl MailService {
             auth: Arc::new(OnceLock::new()),
             dkim: Arc::new(OnceLock::new()),
             tls_reporter: Arc::new(OnceLock::new()),
+            srs: Arc::new(OnceLock::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             credentials: crate::login::Credentials::new(crate::login::CredentialsConfig::default()),
             from_check: FromCheck::Enforce,
@@ -353,6 +379,12 @@ impl MailService {
     /// The DKIM keys, when signing is on.
     pub fn dkim(&self) -> Option<&Arc<crate::dkim::DkimKeys>> {
         self.dkim.get()
+    }
+
+    /// Sets the key of rewritten senders (once): aliases may then forward
+    /// to other domains.
+    pub fn set_srs(&self, srs: crate::srs::Srs) {
+        let _ = self.srs.set(srs);
     }
 
     /// Sets the TLS report sender (once).
@@ -495,6 +527,15 @@ impl MailService {
             }
         }
         let store = &self.store;
+        // A rewritten sender of forwarded mail (a bounce coming back).
+        // (The local part as written: its hash is case-sensitive.)
+        if let (Some(srs), Some((local, domain))) = (self.srs.get(), addr.rsplit_once('@')) {
+            if self.domains.contains(&domain.to_ascii_lowercase()) && self.queue.get().is_some() {
+                if let Ok(orig) = srs.reverse(local) {
+                    return Route::Reverse(orig);
+                }
+            }
+        }
         match address::resolve(
             addr,
             &self.domains,
@@ -502,6 +543,16 @@ impl MailService {
             |k| store.alias(k),
         ) {
             Resolution::Local(t) => Route::Local(t),
+            // Forwarding needs the outbound queue and the SRS key; without
+            // them only the accounts here are reached (or nobody: refused,
+            // never accepted and lost).
+            Resolution::Forward(t, out)
+                if self.srs.get().is_some() && self.queue.get().is_some() =>
+            {
+                Route::Forward(t, out)
+            }
+            Resolution::Forward(t, _) if !t.is_empty() => Route::Local(t),
+            Resolution::Forward(..) => Route::None,
             Resolution::Unknown => Route::None,
             Resolution::NotLocal => {
                 let Some((_, domain)) = split_address(addr) else {
@@ -692,6 +743,10 @@ impl MailService {
         let mut full: Vec<String> = Vec::new();
         let mut by_member: Vec<(String, Vec<String>)> = Vec::new();
         let mut outside: Vec<String> = Vec::new();
+        // Forwarded by an alias (rewritten sender), and bounces of
+        // forwarded mail going back to their original sender.
+        let mut forwards: Vec<String> = Vec::new();
+        let mut returned: Vec<String> = Vec::new();
         let mut paths: Vec<(String, PathClass)> = Vec::new();
         for r in rcpt_to {
             match self.route(r) {
@@ -700,6 +755,21 @@ impl MailService {
                     if !self.add_local(r, targets, &mut local) {
                         full.push(r.clone());
                     }
+                }
+                Route::Forward(targets, out) => {
+                    paths.push((r.clone(), PathClass::Local));
+                    if !targets.is_empty() && !self.add_local(r, targets, &mut local) {
+                        full.push(r.clone());
+                    }
+                    for o in out {
+                        if !forwards.contains(&o) {
+                            forwards.push(o);
+                        }
+                    }
+                }
+                Route::Reverse(orig) => {
+                    paths.push((r.clone(), PathClass::Plain));
+                    returned.push(orig);
                 }
                 Route::Mesh(m) => {
                     paths.push((r.clone(), PathClass::Mesh));
@@ -717,7 +787,20 @@ impl MailService {
                 Route::None => return Err(DeliveryError::NoRoute(r.clone())),
             }
         }
-        if local.is_empty() && by_member.is_empty() && outside.is_empty() && !full.is_empty() {
+        if !forwards.is_empty() && hops(data) > MAX_HOPS {
+            // A forwarding loop (two aliases naming each other's domains).
+            return Err(DeliveryError::NoRoute(format!(
+                "{} (more than {MAX_HOPS} Received headers: a forwarding loop)",
+                forwards.join(", ")
+            )));
+        }
+        if local.is_empty()
+            && by_member.is_empty()
+            && outside.is_empty()
+            && forwards.is_empty()
+            && returned.is_empty()
+            && !full.is_empty()
+        {
             self.metrics
                 .rcpt_mailbox_full
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -813,6 +896,30 @@ impl MailService {
                 .queued_smtp
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        // Forwarded as it came (its DKIM signatures stay valid), from a
+        // sender of ours that the receiver's SPF check accepts and that
+        // brings a bounce back here (SRS).
+        if let (Some(q), Some(srs), false) = (self.queue.get(), self.srs.get(), forwards.is_empty())
+        {
+            let sender = srs.forward(mail_from, self.primary_domain());
+            q.enqueue(&sender, forwards.clone(), data)
+                .await
+                .map_err(DeliveryError::Queue)?;
+            routed.smtp = true;
+            self.metrics
+                .forwarded
+                .fetch_add(forwards.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(recipients = ?forwards, "forwarded by an alias (sender rewritten by SRS)");
+        }
+        // A bounce of forwarded mail goes on to its original sender, from
+        // the null sender as bounces do.
+        if let (Some(q), false) = (self.queue.get(), returned.is_empty()) {
+            q.enqueue("", returned.clone(), data)
+                .await
+                .map_err(DeliveryError::Queue)?;
+            routed.smtp = true;
+            tracing::info!(recipients = ?returned, "a bounce of forwarded mail sent back (SRS)");
+        }
         Ok(routed)
     }
 
@@ -863,7 +970,9 @@ impl MailService {
             .bounces
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let owners: Vec<String> = match self.route(sender) {
-            Route::Local(t) => t.into_iter().map(|t| t.owner).collect(),
+            Route::Local(t) | Route::Forward(t, _) if !t.is_empty() => {
+                t.into_iter().map(|t| t.owner).collect()
+            }
             _ => {
                 tracing::warn!(sender, "bounce dropped: the sender is not a local user");
                 return;
@@ -910,3 +1019,15 @@ impl MailService {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod hop_tests {
+    #[test]
+    fn received_headers_are_counted_in_the_header_only() {
+        let m = b"Received: a\r\nreceived: b\r\nSubject: x\r\n\r\nReceived: in the body\r\n";
+        assert_eq!(super::hops(m), 2);
+        assert_eq!(super::hops(b"Subject: none\n\nReceived: body\n"), 0);
+        let many = "Received: x\r\n".repeat(super::MAX_HOPS + 1) + "\r\nbody";
+        assert!(super::hops(many.as_bytes()) > super::MAX_HOPS);
+    }
+}

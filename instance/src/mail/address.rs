@@ -19,6 +19,9 @@ pub struct Target {
 pub enum Resolution {
     /// Accounts of this instance (at least one; no account twice).
     Local(Vec<Target>),
+    /// An alias that also (or only) forwards to addresses of other
+    /// domains: the accounts here (maybe none) and those addresses.
+    Forward(Vec<Target>, Vec<String>),
     /// A served domain, but no account, alias nor catch-all for it.
     Unknown,
     /// Not a domain of this instance.
@@ -43,7 +46,7 @@ pub fn alias_key(address: &str) -> Option<String> {
 /// alias table (by [`alias_key`]). Order: an alias of the exact address, an
 /// account, the same two for the address without its plus detail, the
 /// domain's catch-all. Alias targets that are no (longer an) account are
-/// left out.
+/// left out; targets with an `@` are addresses elsewhere (forwarding).
 pub fn resolve(
     address: &str,
     domains: &[String],
@@ -57,17 +60,27 @@ pub fn resolve(
     if local.is_empty() || !domains.contains(&domain) {
         return Resolution::NotLocal;
     }
+    let forwards = std::cell::RefCell::new(Vec::<String>::new());
     let via_alias = |key: &str, detail: Option<&str>| -> Option<Vec<Target>> {
         let mut out: Vec<Target> = Vec::new();
+        let mut fwd = Vec::new();
         for owner in alias(key)? {
-            if exists(&owner) && !out.iter().any(|t| t.owner == owner) {
+            if owner.contains('@') {
+                if !fwd.contains(&owner) {
+                    fwd.push(owner);
+                }
+            } else if exists(&owner) && !out.iter().any(|t| t.owner == owner) {
                 out.push(Target {
                     owner,
                     detail: detail.map(str::to_owned),
                 });
             }
         }
-        (!out.is_empty()).then_some(out)
+        if out.is_empty() && fwd.is_empty() {
+            return None;
+        }
+        *forwards.borrow_mut() = fwd;
+        Some(out)
     };
     let account = |l: &str, detail: Option<&str>| {
         exists(l).then(|| {
@@ -88,7 +101,9 @@ pub fn resolve(
             via_alias(&format!("{base}@{domain}"), detail).or_else(|| account(base, detail))
         })
         .or_else(|| via_alias(&format!("@{domain}"), None));
+    let forwards = forwards.into_inner();
     match found {
+        Some(t) if !forwards.is_empty() => Resolution::Forward(t, forwards),
         Some(t) => Resolution::Local(t),
         None => Resolution::Unknown,
     }
@@ -113,6 +128,8 @@ mod tests {
                     "alice".into(),
                 ]),
                 "ghost@a.test" => Some(vec!["gone".into()]),
+                "fwd@a.test" => Some(vec!["alice".into(), "x@out.test".into()]),
+                "ext@a.test" => Some(vec!["x@out.test".into(), "gone".into()]),
                 "@b.test" => Some(vec!["carol".into()]),
                 _ => None,
             },
@@ -169,5 +186,14 @@ mod tests {
         );
         assert_eq!(run("alice@elsewhere.test"), Resolution::NotLocal);
         assert_eq!(run("no-at-sign"), Resolution::NotLocal);
+        // Forwarding aliases: accounts here and addresses elsewhere.
+        assert_eq!(
+            run("fwd@a.test"),
+            Resolution::Forward(vec![local("alice", None)], vec!["x@out.test".into()])
+        );
+        assert_eq!(
+            run("ext+tag@a.test"),
+            Resolution::Forward(Vec::new(), vec!["x@out.test".into()])
+        );
     }
 }

@@ -52,6 +52,12 @@ impl MeshHandler for Handler {
                         forward.push(r.clone());
                         (recipient_result::Status::Accepted, String::new())
                     }
+                    // An alias forwarding to other domains, or a bounce of
+                    // forwarded mail: the router sends them on.
+                    Route::Forward(..) | Route::Reverse(_) => {
+                        forward.push(r.clone());
+                        (recipient_result::Status::Accepted, String::new())
+                    }
                     Route::Local(targets) if svc.add_local(r, targets.clone(), &mut local) => {
                         (recipient_result::Status::Accepted, String::new())
                     }
@@ -131,17 +137,13 @@ impl MeshHandler for Handler {
                     .accept(&d.mail_from, &forward, &d.message, transport, Via::Mesh)
                     .await
                 {
-                    tracing::warn!(peer, error = %e, "could not forward to the successor");
+                    tracing::warn!(peer, error = %e, "could not forward");
                     for r in results.iter_mut().filter(|r| forward.contains(&r.rcpt)) {
                         r.status = recipient_result::Status::RejectedTemporary as i32;
-                        r.detail = "4.3.0 could not forward to the successor".into();
+                        r.detail = "4.3.0 could not forward".into();
                     }
                 } else {
-                    tracing::info!(
-                        peer,
-                        recipients = forward.len(),
-                        "forwarded to the successor"
-                    );
+                    tracing::info!(peer, recipients = forward.len(), "forwarded");
                 }
             }
             Ok(DeliverReply {

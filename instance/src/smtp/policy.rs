@@ -20,7 +20,13 @@ impl Policy for MailService {
             None => {}
         }
         match self.route(address) {
-            Route::Local(targets) => {
+            // A bounce of forwarded mail: sent on to its original sender.
+            Route::Reverse(_) => RcptVerdict::Accept,
+            // Forwarded elsewhere: taken even when the accounts here are full.
+            Route::Forward(targets, _) if targets.is_empty() || !self.mailbox_full(&targets) => {
+                RcptVerdict::Accept
+            }
+            Route::Local(targets) | Route::Forward(targets, _) => {
                 if self.mailbox_full(&targets) {
                     self.metrics().rcpt_mailbox_full.fetch_add(1, Relaxed);
                     RcptVerdict::MailboxFull
@@ -55,7 +61,7 @@ impl Policy for MailService {
             return false;
         };
         match self.route(address) {
-            Route::Local(targets) => {
+            Route::Local(targets) | Route::Forward(targets, _) => {
                 split_address(address).is_some_and(|(al, _)| al == ul)
                     || targets.iter().any(|t| t.owner == ul)
             }

@@ -467,7 +467,10 @@ pub fn routes(
                 };
             };
             let (icon, title, detail) = match svc.route(&addr) {
-                Route::Local(_) => ("hand", t.route_local_title, t.route_local.to_owned()),
+                Route::Local(_) | Route::Forward(..) => {
+                    ("hand", t.route_local_title, t.route_local.to_owned())
+                }
+                Route::Reverse(_) => ("envelope", t.route_smtp_title, t.route_smtp.to_owned()),
                 Route::Mesh(m) => ("seal", t.route_mesh_title, format!("{} {m}.", t.route_mesh)),
                 Route::Smtp => ("envelope", t.route_smtp_title, t.route_smtp.to_owned()),
                 Route::None => ("none", t.route_none_title, t.route_none.to_owned()),
