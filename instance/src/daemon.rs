@@ -293,6 +293,7 @@ pub async fn run(
                 resolver: resolver.clone(),
                 https: https.clone(),
                 organization: config.hostname.clone(),
+                running: Default::default(),
             });
             svc.set_tls_reporter(reporter.clone());
             tracker.spawn(crate::tlsrpt::run_daily(

@@ -342,7 +342,13 @@ impl MtaSts {
             Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{uri}: bad port"))?),
             None => (authority, 443),
         };
-        if !crate::config::is_dns_name(host) {
+        // A name (resolved by our resolver, certificate verified for it),
+        // never an address literal.
+        let top_is_numeric = host
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        if !crate::config::is_dns_name(host) || top_is_numeric {
             return Err(format!("{uri}: the host is not a DNS name"));
         }
         let mut sender = self.connect(host, port).await?;

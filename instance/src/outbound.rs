@@ -393,12 +393,16 @@ impl SmtpQueue {
             Some(m) => m.policy(domain, now_ms() / 1000).await,
             None => None,
         };
-        let enforce = policy
-            .as_ref()
-            .is_some_and(|p| p.mode == crate::mta_sts::Mode::Enforce);
+        // TLS reports are delivered whatever TLS allows and are not
+        // themselves counted (RFC 8460 §5.3).
+        let is_report = e.mail_from.starts_with(crate::tlsrpt::SENDER_LOCAL);
+        let enforce = !is_report
+            && policy
+                .as_ref()
+                .is_some_and(|p| p.mode == crate::mta_sts::Mode::Enforce);
         let sts = policy.as_ref().map(crate::tlsrpt::StsFacts::of);
         let report = |outcome: crate::tlsrpt::Outcome| {
-            if let Some(r) = &self.cfg.tls_reports {
+            if let (Some(r), false) = (&self.cfg.tls_reports, is_report) {
                 r.record(now_ms() / 1000, domain, sts.as_ref(), &outcome);
             }
         };
@@ -475,9 +479,17 @@ impl SmtpQueue {
                     ),
                     mx: host.clone(),
                     ip: Some(ip),
-                    info: None,
+                    info: why.as_deref().map(|w| w.chars().take(200).collect()),
                 };
+                // A host the policy does not list (testing mode sends to it).
+                let listed = policy.as_ref().is_none_or(|p| p.matches(host));
                 match (&r, &tls_error) {
+                    (Ok("starttls"), _) if !listed => report(crate::tlsrpt::Outcome::Failure {
+                        result: crate::tlsrpt::Failure::ValidationFailure,
+                        mx: host.clone(),
+                        ip: Some(ip),
+                        info: Some("MX host not listed in the MTA-STS policy".into()),
+                    }),
                     (Ok("starttls"), _) => report(crate::tlsrpt::Outcome::Success),
                     (Ok("starttls-unverified"), _) if policy.is_none() => {
                         report(crate::tlsrpt::Outcome::Success)

@@ -29,6 +29,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+/// The local part reports are mailed from (`tlsrpt-noreply@` the primary
+/// domain): such mail is delivered whatever TLS allows and not counted.
+pub const SENDER_LOCAL: &str = "tlsrpt-noreply@";
+
 /// Distinct failure details kept per day, domain and policy.
 pub const MAX_FAILURE_DETAILS: usize = 100;
 /// Records older than this many days are dropped unreported.
@@ -62,13 +66,14 @@ impl Failure {
     /// The failure of a verified STARTTLS attempt, from its error text
     /// (rustls' certificate errors as lettre reports them).
     pub fn of_tls_error(e: &str) -> Self {
-        if e.contains("NotValidForName") || e.contains("not valid for name") {
+        let lower = e.to_ascii_lowercase();
+        if lower.contains("notvalidforname") || lower.contains("not valid for name") {
             Failure::HostMismatch
-        } else if e.contains("Expired") {
+        } else if lower.contains("expired") {
             Failure::Expired
-        } else if e.contains("UnknownIssuer") || e.contains("BadSignature") {
+        } else if lower.contains("unknownissuer") || lower.contains("badsignature") {
             Failure::NotTrusted
-        } else if e.contains("certificate") {
+        } else if lower.contains("certificate") {
             Failure::ValidationFailure
         } else {
             Failure::StarttlsNotSupported
@@ -126,6 +131,13 @@ struct Sessions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 struct DayRecord {
     policies: BTreeMap<String, Sessions>,
+    /// The id of this day's report once one was sent somewhere: a URI
+    /// that failed gets the same report again, with the same id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    report_id: Option<String>,
+    /// The URIs that have it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    done: Vec<String>,
 }
 
 /// How one session ended.
@@ -247,6 +259,20 @@ impl TlsReports {
             .collect()
     }
 
+    /// Keeps a report's id and the URIs that have it (finished days only:
+    /// their sessions no longer change).
+    fn progress(&self, day: u32, domain: &str, (id, done): (String, Vec<String>)) {
+        let r = self.tree.update_and_fetch(key(day, domain), |old| {
+            let mut rec: DayRecord = serde_json::from_slice(old?).ok()?;
+            rec.report_id = (!id.is_empty()).then(|| id.clone());
+            rec.done = done.clone();
+            serde_json::to_vec(&rec).ok()
+        });
+        if let Err(e) = r {
+            tracing::warn!(error = %e, domain, "TLS report: progress not kept");
+        }
+    }
+
     fn forget(&self, day: u32, domain: &str) {
         if let Err(e) = self.tree.remove(key(day, domain)) {
             tracing::warn!(error = %e, domain, "TLS report: a record could not be removed");
@@ -339,8 +365,10 @@ pub fn report_json(
                             if !d["ip"].is_null() {
                                 v["receiving-ip"] = d["ip"].clone();
                             }
+                            // Free text goes in `failure-reason-code`
+                            // (`additional-information` is a URI).
                             if !d["info"].is_null() {
-                                v["additional-information"] = d["info"].clone();
+                                v["failure-reason-code"] = d["info"].clone();
                             }
                             v
                         })
@@ -429,6 +457,8 @@ pub struct Reporter {
     pub https: std::sync::Arc<crate::mta_sts::MtaSts>,
     /// `organization-name` (the host name).
     pub organization: String,
+    /// One run at a time (the daily task and `caliopen tlsrpt send`).
+    pub running: tokio::sync::Mutex<()>,
 }
 
 impl Reporter {
@@ -441,6 +471,7 @@ impl Reporter {
         today: u32,
         include_today: bool,
     ) -> Vec<Sent> {
+        let _one = self.running.lock().await;
         let mut out = Vec::new();
         for day in self.reports.days() {
             if day > today || (day == today && !include_today) {
@@ -448,16 +479,28 @@ impl Reporter {
             }
             let stale = today.saturating_sub(day) > KEEP_DAYS;
             for (domain, rec) in self.reports.day(day) {
-                let done = self.report(svc, day, &domain, &rec, &mut out).await;
-                if done || stale {
-                    self.reports.forget(day, &domain);
+                // Today's report is a preview: its record stays, and the
+                // whole day is reported once it is over.
+                if day == today {
+                    let mut preview = rec.clone();
+                    preview.done.clear();
+                    preview.report_id = None;
+                    // Its outcomes are in `out`; nothing is kept of it.
+                    let _ = self.report(svc, day, &domain, &preview, &mut out).await;
+                    continue;
+                }
+                match self.report(svc, day, &domain, &rec, &mut out).await {
+                    Ok(()) => self.reports.forget(day, &domain),
+                    Err(_) if stale => self.reports.forget(day, &domain),
+                    Err(progress) => self.reports.progress(day, &domain, progress),
                 }
             }
         }
         out
     }
 
-    /// One domain's report of one day; true when nothing is left to do.
+    /// One domain's report of one day: `Ok` when nothing is left to do,
+    /// else the report id and the URIs that have it.
     async fn report(
         &self,
         svc: &crate::delivery::MailService,
@@ -465,7 +508,7 @@ impl Reporter {
         domain: &str,
         rec: &DayRecord,
         out: &mut Vec<Sent>,
-    ) -> bool {
+    ) -> Result<(), (String, Vec<String>)> {
         let date = time::OffsetDateTime::from_unix_timestamp(i64::from(day) * 86_400)
             .map(|t| t.date().to_string())
             .unwrap_or_default();
@@ -479,21 +522,35 @@ impl Reporter {
         };
         let name = format!("_smtp._tls.{domain}");
         let rua = match self.resolver.lookup(&name, LookupType::Txt).await {
-            Ok(txts) => txts.iter().find_map(|t| parse_record(t)),
+            // More than one TLSRPTv1 record is no record (RFC 8460 §3).
+            Ok(txts) => {
+                let mut found = txts.iter().filter_map(|t| parse_record(t));
+                match (found.next(), found.next()) {
+                    (Some(r), None) => Some(r),
+                    _ => None,
+                }
+            }
             Err(e) => {
                 said("", format!("DNS: {e}"));
-                return false;
+                return Err((rec.report_id.clone().unwrap_or_default(), rec.done.clone()));
             }
         };
         let Some(rua) = rua else {
             said("", "no-record".into());
-            return true;
+            return Ok(());
         };
         let primary = svc.primary_domain().to_owned();
         let contact = format!("postmaster@{primary}");
-        let mut id = [0u8; 8];
-        let _ = aws_lc_rs::rand::fill(&mut id);
-        let report_id = format!("{date}.{}@{}", hex::encode(id), self.organization);
+        let report_id = rec.report_id.clone().unwrap_or_else(|| {
+            let mut id = [0u8; 8];
+            let _ = aws_lc_rs::rand::fill(&mut id);
+            format!(
+                "{}{}@{}",
+                date.replace('-', ""),
+                hex::encode(id),
+                self.organization
+            )
+        });
         let rec_json = serde_json::to_value(rec).unwrap_or_default();
         let json = report_json(
             day,
@@ -505,8 +562,12 @@ impl Reporter {
         );
         let body = serde_json::to_vec(&json).unwrap_or_default();
         let gz = gzip(&body);
+        let mut done = rec.done.clone();
         let mut all = true;
         for uri in rua {
+            if done.contains(&uri) {
+                continue;
+            }
             let r = if uri.to_ascii_lowercase().starts_with("https://") {
                 tokio::time::timeout(POST_TIMEOUT, self.https.post_report(&uri, &gz))
                     .await
@@ -518,7 +579,10 @@ impl Reporter {
                     .map(|_| "queued".to_owned())
             };
             match r {
-                Ok(o) => said(&uri, o),
+                Ok(o) => {
+                    said(&uri, o);
+                    done.push(uri);
+                }
                 Err(e) => {
                     tracing::warn!(%domain, %uri, error = %e, "TLS report not delivered");
                     all = false;
@@ -526,7 +590,11 @@ impl Reporter {
                 }
             }
         }
-        all
+        if all {
+            Ok(())
+        } else {
+            Err((report_id, done))
+        }
     }
 
     /// The report as mail to `to` (RFC 8460 §5.3), signed and queued.
@@ -540,11 +608,15 @@ impl Reporter {
         gz: &[u8],
     ) -> Result<(), String> {
         let to = to.split('?').next().unwrap_or_default();
-        if crate::delivery::split_address(to).is_none() {
+        if to
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '<' | '>' | ',' | '"'))
+            || to.parse::<lettre::Address>().is_err()
+        {
             return Err(format!("{to:?} is not an address"));
         }
         let primary = svc.primary_domain().to_owned();
-        let from = format!("tlsrpt-noreply@{primary}");
+        let from = format!("{SENDER_LOCAL}{primary}");
         let start = i64::from(day) * 86_400;
         let mut boundary = [0u8; 12];
         let _ = aws_lc_rs::rand::fill(&mut boundary);
@@ -574,7 +646,14 @@ impl Reporter {
              Content-Disposition: attachment; filename=\"{org}!{domain}!{start}!{end}!{id}.json.gz\"\r\n\r\n\
              {b64}\r\n--{boundary}--\r\n",
             end = start + 86_399,
-            id = report_id.split('@').next().unwrap_or_default(),
+            // RFC 8460 §5.1: the unique id is letters and digits.
+            id = report_id
+                .split('@')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>(),
         );
         svc.send_signed_out(&from, vec![to.to_owned()], msg.as_bytes())
             .await
@@ -609,6 +688,10 @@ mod tests {
             Failure::HostMismatch
         );
         assert_eq!(f("invalid peer certificate: Expired"), Failure::Expired);
+        assert_eq!(
+            f("invalid peer certificate: certificate expired: verification time 1, but certificate is not valid after 0"),
+            Failure::Expired
+        );
         assert_eq!(
             f("STARTTLS is not supported by the server"),
             Failure::StarttlsNotSupported
@@ -670,6 +753,19 @@ mod tests {
         assert_eq!(d["receiving-mx-hostname"], "mx.b.test");
         assert_eq!(d["receiving-ip"], "127.0.0.1");
         assert_eq!(d["failed-session-count"], 2);
+        // A report that reached one URI of two keeps its id and that URI.
+        r.progress(
+            20_000,
+            "b.test",
+            ("id1".into(), vec!["https://r.test/x".into()]),
+        );
+        let kept = &r.day(20_000)[0].1;
+        assert_eq!(kept.report_id.as_deref(), Some("id1"));
+        assert_eq!(kept.done, vec!["https://r.test/x".to_owned()]);
+        assert_eq!(
+            kept.policies, day[0].1.policies,
+            "the counts stay as they were"
+        );
         r.forget(20_000, "b.test");
         assert_eq!(r.days(), vec![20_001]);
     }
