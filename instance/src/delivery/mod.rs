@@ -207,6 +207,8 @@ pub struct MailService {
     tls_reporter: Arc<OnceLock<Arc<crate::tlsrpt::Reporter>>>,
     /// Rewrites the envelope sender of forwarded mail.
     srs: Arc<OnceLock<crate::srs::Srs>>,
+    /// Rendered IMAP envelopes, shared by the IMAP sessions.
+    envelopes: Arc<crate::imap::cache::Envelopes>,
     metrics: Arc<crate::metrics::Metrics>,
     credentials: crate::login::Credentials,
     from_check: FromCheck,
@@ -283,6 +285,7 @@ impl MailService {
     /// A service over `store` for the mail `domains` of this instance.
     pub fn new(store: impl MailStore + 'static, domains: Vec<String>) -> Self {
         store.set_domains(&domains);
+        let envelope_budget = crate::imap::cache::budget(store.cache_budget());
         Self {
             store: Arc::new(store),
             domains: Arc::new(
@@ -297,6 +300,7 @@ impl MailService {
             dkim: Arc::new(OnceLock::new()),
             tls_reporter: Arc::new(OnceLock::new()),
             srs: Arc::new(OnceLock::new()),
+            envelopes: Arc::new(crate::imap::cache::Envelopes::new(envelope_budget)),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             credentials: crate::login::Credentials::new(crate::login::CredentialsConfig::default()),
             from_check: FromCheck::Enforce,
@@ -379,6 +383,11 @@ impl MailService {
     /// The DKIM keys, when signing is on.
     pub fn dkim(&self) -> Option<&Arc<crate::dkim::DkimKeys>> {
         self.dkim.get()
+    }
+
+    /// Rendered IMAP envelopes of recently fetched messages.
+    pub fn envelopes(&self) -> &crate::imap::cache::Envelopes {
+        &self.envelopes
     }
 
     /// Sets the key of rewritten senders (once): aliases may then forward

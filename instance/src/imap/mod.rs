@@ -9,6 +9,7 @@
 //!   BODYSTRUCTURE, sections) from the stored bytes;
 //! - [`server`]: the listener, TLS, IDLE wake-ups and timeouts.
 
+pub mod cache;
 pub mod listext;
 pub mod render;
 pub mod server;

@@ -1884,15 +1884,26 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
                 );
             }
             if want.envelope && !want.needs_view() {
-                let raw = store
-                    .body(m.blob_id())
-                    .map_err(|e| store_no(&e))?
-                    .unwrap_or_default();
                 sep(&mut r);
                 r.extend_from_slice(b"ENVELOPE ");
-                match crate::mail::parse_headers_guarded(&raw) {
-                    Some(msg) => render::envelope(&mut r, &msg),
-                    None => r.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"),
+                let envelopes = self.svc.envelopes();
+                match envelopes.get(m.blob_id()) {
+                    Some(env) => r.extend_from_slice(&env),
+                    None => {
+                        let raw = store
+                            .body(m.blob_id())
+                            .map_err(|e| store_no(&e))?
+                            .unwrap_or_default();
+                        let mut env = Vec::with_capacity(256);
+                        match crate::mail::parse_headers_guarded(&raw) {
+                            Some(msg) => render::envelope(&mut env, &msg),
+                            None => {
+                                env.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)")
+                            }
+                        }
+                        envelopes.put(m.blob_id(), &env);
+                        r.extend_from_slice(&env);
+                    }
                 }
             }
             if want.needs_view() {
