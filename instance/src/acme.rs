@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The ALPN protocol of TLS-ALPN-01 (RFC 8737 §6.2).
@@ -225,12 +225,7 @@ struct StoredAccount {
     credentials: AccountCredentials,
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use crate::store::now_unix;
 
 impl Acme {
     /// A task for `settings`, keeping the certificate files of `certs`

@@ -9,7 +9,7 @@
 //! restart. An unreachable ACME server raises the alarm metric at once.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -17,17 +17,7 @@ mod common;
 use common::free_port;
 
 use common::caliopen_ok as caliopen;
-use common::Daemon;
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Daemon, Killed};
 
 fn wait_port(port: u16, what: &str) {
     let t0 = Instant::now();
@@ -44,7 +34,7 @@ fn wait_port(port: u16, what: &str) {
 /// `tls`, resolving names through challtestsrv; certificates last
 /// `validity` seconds. Returns the processes, pebble's HTTPS certificate
 /// (to trust for the ACME API) and its management port.
-fn start_pebble(dir: &Path, http: u16, tls: u16, validity: u64) -> (Vec<Proc>, String, u16) {
+fn start_pebble(dir: &Path, http: u16, tls: u16, validity: u64) -> (Vec<Killed>, String, u16) {
     let (acme, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
     // pebble's own HTTPS: a leaf for 127.0.0.1 signed by a CA of the test
     // (`pebble-ca.pem`, what the daemon is told to trust).
@@ -145,7 +135,7 @@ fn start_pebble(dir: &Path, http: u16, tls: u16, validity: u64) -> (Vec<Proc>, S
         .stderr(Stdio::null())
         .spawn()
         .expect("pebble-challtestsrv (Debian package pebble)");
-    let cts = Proc(cts);
+    let cts = Killed(cts);
     wait_port(dns_mgmt, "pebble-challtestsrv");
     let log = std::fs::File::create(dir.join("pebble.log")).expect("log");
     let pebble = Command::new("pebble")
@@ -160,7 +150,7 @@ fn start_pebble(dir: &Path, http: u16, tls: u16, validity: u64) -> (Vec<Proc>, S
         .stderr(Stdio::from(log))
         .spawn()
         .expect("pebble (Debian package pebble)");
-    let pebble = Proc(pebble);
+    let pebble = Killed(pebble);
     wait_port(acme, "pebble");
     (
         vec![pebble, cts],

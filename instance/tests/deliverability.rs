@@ -7,7 +7,7 @@
 //! MTA-STS policy is what RFC 8461 asks.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -17,17 +17,8 @@ use common::free_port;
 use common::caliopen_ok as caliopen;
 use common::{python, Daemon};
 
-struct Sink(Child);
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `smtp-sink` on `port`, writing each message under `dir`.
-fn smtp_sink(port: u16, dir: &Path) -> Sink {
+fn smtp_sink(port: u16, dir: &Path) -> common::Killed {
     let bin = ["/usr/sbin/smtp-sink", "smtp-sink"]
         .into_iter()
         .find(|b| Command::new(b).arg("-h").output().is_ok())
@@ -56,7 +47,7 @@ fn smtp_sink(port: u16, dir: &Path) -> Sink {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Sink(child)
+    common::Killed(child)
 }
 
 /// `caliopen init` of alpha.test in `data` with submission, IMAP and web

@@ -776,14 +776,7 @@ while not os.path.exists("{out}"):
         ))
         .spawn()
         .expect("python3");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = Kill(server);
+    let _server = common::Killed(server);
     let t0 = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", rpt_port)).is_err() {
         assert!(t0.elapsed() < Duration::from_secs(10), "report server");

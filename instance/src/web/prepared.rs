@@ -41,13 +41,9 @@ pub type Live = Box<dyn Fn(&[u8; 32]) -> bool + Send>;
 
 const MAGIC: &[u8; 4] = b"CLN1";
 
-/// The cache key of a message's bytes.
-pub fn key_of(raw: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, raw);
-    let mut k = [0u8; 32];
-    k.copy_from_slice(d.as_ref());
-    k
-}
+/// The cache key of a message's bytes: their SHA-256, the body store's
+/// content address (so the sweep can ask the store whether it holds them).
+pub use crate::store::bodies::hash_of as key_of;
 
 /// The file of a result: the key in hex, `-1` with remote content, else `-0`.
 pub fn file_name(key: &[u8; 32], remote: bool) -> String {

@@ -103,6 +103,17 @@ pub fn spawn_daemon(config: &Path, stderr: Stdio, envs: &[(&str, &str)]) -> (Chi
     (child, bound)
 }
 
+/// A helper process of a test (a server we did not write), killed and
+/// reaped when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running daemon, stopped with SIGTERM (and reaped) when dropped.
 pub struct Daemon(pub Child);
 
