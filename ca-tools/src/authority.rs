@@ -984,7 +984,23 @@ impl Authority {
         if self.store.current_crl()?.is_none() {
             self.issue_crl_locked()?;
         }
-        if self.store.current_directory()?.is_none() {
+        // A directory written before it named each certificate's log index
+        // is reissued, so that members can check inclusion.
+        let stale = self
+            .store
+            .current_directory()?
+            .map(|b| {
+                SignedDirectory::decode(b.as_slice())
+                    .ok()
+                    .and_then(|s| Directory::decode(s.directory.as_slice()).ok())
+                    .is_none_or(|d| {
+                        d.members
+                            .iter()
+                            .any(|m| m.cert_sha256.len() != m.cert_log_index.len())
+                    })
+            })
+            .unwrap_or(true);
+        if stale {
             self.issue_directory_locked(now())?;
         }
         // Which superseded certificates the stored directory still lists, and
@@ -1652,6 +1668,7 @@ impl Authority {
                     domains: r.domains.clone(),
                     endpoints: r.endpoints.clone(),
                     cert_sha256: Vec::new(),
+                    cert_log_index: Vec::new(),
                     charter_version: r.charter_version.clone(),
                     successor: r.successor.clone().unwrap_or_default(),
                     not_after: r.not_after,
@@ -1662,8 +1679,16 @@ impl Authority {
             if m.cert_sha256.len() >= MAX_LISTED_PER_MEMBER {
                 continue;
             }
-            m.cert_sha256
-                .push(hex::decode(&r.sha256).map_err(|e| CaError::State(e.to_string()))?);
+            let sha256 = hex::decode(&r.sha256).map_err(|e| CaError::State(e.to_string()))?;
+            // The directory is derived from the log: a certificate the log
+            // does not carry is not listed (members would refuse it anyway).
+            let Some(index) = self.store.log_index_of_cert(&sha256)? else {
+                tracing::error!(serial = %r.serial, member = %r.member_id,
+                    "certificate missing from the membership log; not listed in the directory                      (run `caliopen-ca log verify`)");
+                continue;
+            };
+            m.cert_sha256.push(sha256);
+            m.cert_log_index.push(index);
             m.not_after = m.not_after.max(r.not_after);
             listed.push(r);
         }

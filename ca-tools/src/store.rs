@@ -16,6 +16,10 @@
 //! - `log_nodes`: level (u8) ‖ index (u64 big-endian) → the 32-byte hash of
 //!   that complete subtree (level 0: leaf hashes), so that tree heads and
 //!   proofs read O(log n) keys.
+//! - `log_certs`: SHA-256 of a certificate's DER → index (u64 big-endian) of
+//!   the issuance or renewal entry that carries it, written in the same
+//!   transaction as the entry; the directory names it next to each listed
+//!   certificate so that members can check the certificate is in the log.
 //!
 //! A membership change and its log entries, the new hashes, the log size and
 //! the checkpoint signed over them are written in one sled transaction
@@ -132,6 +136,7 @@ pub struct Store {
     meta: sled::Tree,
     log_entries: sled::Tree,
     log_nodes: sled::Tree,
+    log_certs: sled::Tree,
 }
 
 /// What one logged commit changes besides the log itself.
@@ -184,6 +189,19 @@ fn as_u64(v: &[u8], what: &str) -> Result<u64> {
 }
 
 type TxError = ConflictableTransactionError<CaError>;
+
+/// SHA-256 of the certificate an issuance or renewal entry carries.
+fn logged_cert_sha256(entry: &[u8]) -> Option<[u8; 32]> {
+    match tlog::Entry::decode(entry).ok()?.kind {
+        tlog::EntryKind::Issuance { cert_der } | tlog::EntryKind::Renewal { cert_der, .. } => {
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cert_der)
+                .as_ref()
+                .try_into()
+                .ok()
+        }
+        _ => None,
+    }
+}
 
 /// The log's hashes as seen inside a transaction: those written by it so
 /// far, then the committed ones.
@@ -249,13 +267,46 @@ impl Store {
         let meta = db.open_tree("meta")?;
         let log_entries = db.open_tree("log_entries")?;
         let log_nodes = db.open_tree("log_nodes")?;
-        Ok(Self {
+        let log_certs = db.open_tree("log_certs")?;
+        let store = Self {
             db,
             certs,
             meta,
             log_entries,
             log_nodes,
-        })
+            log_certs,
+        };
+        store.index_logged_certs()?;
+        Ok(store)
+    }
+
+    /// Fills `log_certs` from the entries of a log written before it existed
+    /// (one atomic batch, so a crash leaves it empty and the next open
+    /// starts again). Nothing to do once it is filled: every later entry
+    /// writes its own key.
+    fn index_logged_certs(&self) -> Result<()> {
+        if !self.log_certs.is_empty() || self.log_entries.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for kv in self.log_entries.iter() {
+            let (k, v) = kv?;
+            if let Some(sha) = logged_cert_sha256(&v) {
+                batch.insert(sha.as_slice(), k.to_vec());
+            }
+        }
+        self.log_certs.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Index of the log entry that issued the certificate of DER SHA-256
+    /// `sha256`, if the log has one.
+    pub fn log_index_of_cert(&self, sha256: &[u8]) -> Result<Option<u64>> {
+        self.log_certs
+            .get(sha256)?
+            .map(|v| as_u64(&v, "log index of a certificate"))
+            .transpose()
     }
 
     /// Appends `entries` to the log and applies `change`, in one
@@ -285,8 +336,15 @@ impl Store {
                     .map_err(|e| CaError::State(e.to_string()))
             })
             .transpose()?;
-        let res = (&self.certs, &self.meta, &self.log_entries, &self.log_nodes).transaction(
-            |(t_certs, t_meta, t_entries, t_nodes)| {
+        let logged: Vec<Option<[u8; 32]>> = entries.iter().map(|e| logged_cert_sha256(e)).collect();
+        let res = (
+            &self.certs,
+            &self.meta,
+            &self.log_entries,
+            &self.log_nodes,
+            &self.log_certs,
+        )
+            .transaction(|(t_certs, t_meta, t_entries, t_nodes, t_log_certs)| {
                 let mut size = match t_meta.get(K_LOG_SIZE)? {
                     None => 0,
                     Some(v) => {
@@ -294,7 +352,7 @@ impl Store {
                     }
                 };
                 let mut fresh: HashMap<(u8, u64), Hash> = HashMap::new();
-                for e in entries {
+                for (e, cert) in entries.iter().zip(&logged) {
                     let src = TxNodes {
                         tree: t_nodes,
                         fresh: &fresh,
@@ -305,6 +363,9 @@ impl Store {
                         fresh.insert((level, index), h);
                     }
                     t_entries.insert(&size.to_be_bytes(), e.as_slice())?;
+                    if let Some(sha) = cert {
+                        t_log_certs.insert(sha.as_slice(), &size.to_be_bytes())?;
+                    }
                     size += 1;
                 }
                 let root = tlog::root(
@@ -327,8 +388,7 @@ impl Store {
                     t_meta.insert(k.as_slice(), v.as_slice())?;
                 }
                 Ok((size, checkpoint))
-            },
-        );
+            });
         res.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => CaError::Db(e),
@@ -427,6 +487,7 @@ impl Store {
     pub fn wipe_log(&self) -> Result<()> {
         self.log_entries.clear()?;
         self.log_nodes.clear()?;
+        self.log_certs.clear()?;
         for k in [K_LOG_SIZE, K_LOG_CHECKPOINT, K_LOG_ORIGIN] {
             self.meta.remove(k)?;
         }

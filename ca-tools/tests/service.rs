@@ -264,6 +264,29 @@ async fn renewal_needs_mutual_tls_and_an_active_certificate() {
     .expect("verify");
     assert_eq!(dir.members.len(), 1);
     assert_eq!(dir.members[0].cert_sha256.len(), 2);
+    // Each listed certificate names the log entry that carries it.
+    let entries = s.ca.log_entry_bytes().expect("log entries");
+    assert_eq!(dir.members[0].cert_log_index.len(), 2);
+    for (sha, &i) in dir.members[0]
+        .cert_sha256
+        .iter()
+        .zip(&dir.members[0].cert_log_index)
+    {
+        assert!(
+            i < dir.log_size,
+            "index {i} within the log the directory covers"
+        );
+        let e = caliopen_ca::tlog::Entry::decode(&entries[i as usize]).expect("entry");
+        let der = match e.kind {
+            caliopen_ca::tlog::EntryKind::Issuance { cert_der }
+            | caliopen_ca::tlog::EntryKind::Renewal { cert_der, .. } => cert_der,
+            other => panic!("entry {i} is a {}", other.name()),
+        };
+        assert_eq!(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der).as_ref(),
+            &sha[..]
+        );
+    }
 
     // Once revoked, the old certificate renews nothing.
     let ca = s.ca.clone();

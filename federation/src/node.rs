@@ -4,7 +4,7 @@
 //! CRLs and directories, and closes the connections of peers that lose
 //! their label.
 
-use crate::log::{LogError, LogMonitor, Offer, SplitView};
+use crate::log::{InclusionError, LogError, LogMonitor, Offer, SplitView};
 use crate::tls::{client_config, server_config, IdentitySlot, TlsError};
 use crate::trust::{check_member, PeerIdentity, TrustState, TrustStore};
 use crate::wire::{decode_single, encode_frame, FrameError, DEFAULT_MAX_FRAME};
@@ -221,6 +221,9 @@ pub struct MeshStats {
     /// CRL and directory pushes refused (bad signature, older than held,
     /// expired, malformed).
     pub pushes_refused: AtomicU64,
+    /// Connections refused because the peer's certificate is not shown to
+    /// be in the membership log (issue 18).
+    pub refused_not_logged: AtomicU64,
 }
 
 /// What a connection's stream tasks share.
@@ -410,6 +413,38 @@ impl MeshNode {
         self.inner.log.get()
     }
 
+    /// With a membership log attached, a peer's certificate must be shown
+    /// in it, at the entry the directory names for it
+    /// ([`LogMonitor::check_certificate`]); else the peer is refused like
+    /// a revoked one.
+    async fn check_logged(&self, identity: &PeerIdentity) -> Result<(), InclusionError> {
+        let Some(log) = self.log() else {
+            return Ok(());
+        };
+        if log.is_included(&identity.sha256) {
+            return Ok(());
+        }
+        let index = self
+            .inner
+            .trust
+            .current()
+            .member(&identity.member_id)
+            .and_then(|m| {
+                let i = m.cert_sha256.iter().position(|s| *s == identity.sha256)?;
+                m.cert_log_index.get(i).copied()
+            });
+        let r = log
+            .check_certificate(&identity.member_id, &identity.sha256, index)
+            .await;
+        if r.is_err() {
+            self.inner
+                .stats
+                .refused_not_logged
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
     /// Member ids with a live connection.
     pub fn connected_peers(&self) -> Vec<String> {
         let mut v: Vec<String> = self.lock_peers().keys().cloned().collect();
@@ -478,6 +513,13 @@ impl MeshNode {
                     conn.close(CLOSE_REVOKED.into(), b"not a member");
                     return;
                 };
+                drop(st);
+                if let Err(e) = node.check_logged(&identity).await {
+                    tracing::warn!(%remote, peer = %identity.member_id, error = %e,
+                        "mesh connection refused: certificate not shown in the membership log");
+                    conn.close(CLOSE_REVOKED.into(), b"not in the membership log");
+                    return;
+                }
                 tracing::debug!(%remote, peer = %identity.member_id, "mesh connection accepted");
                 node.register(conn, identity, false);
             });
@@ -1188,6 +1230,13 @@ impl MeshNode {
         if identity.member_id != member {
             conn.close(CLOSE_REVOKED.into(), b"unexpected member");
             return Err(err(format!("answered as {}", identity.member_id)));
+        }
+        drop(st);
+        if let Err(e) = self.check_logged(&identity).await {
+            conn.close(CLOSE_REVOKED.into(), b"not in the membership log");
+            return Err(err(format!(
+                "certificate not shown in the membership log: {e}"
+            )));
         }
         // A finished handshake is not acceptance: the peer may still refuse
         // our certificate. The Hello exchange proves it took us.

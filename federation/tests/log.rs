@@ -2,14 +2,15 @@
 //! and kept, rollbacks, bad signatures and bad proofs refused, consistency
 //! proofs from a real association's tiles over HTTPS, and a hostile
 //! association that shows two members different logs caught through the
-//! mesh by both, with a proof that verifies.
+//! mesh by both, with a proof that verifies; a certificate the CA key
+//! signed outside the log members see is refused on the mesh.
 
 mod common;
 use caliopen_ca::tlog::{
     consistency_proof, root, sign_timestamped, Checkpoint, Hash, MemoryTree, Signer,
 };
 use caliopen_ca::{Authority, BoundService, Settings, SignRequest};
-use caliopen_federation::log::{LogChange, ProofSource};
+use caliopen_federation::log::{Leaf, LogChange, ProofSource};
 use caliopen_federation::node::BoxFuture;
 use caliopen_federation::{
     AssociationLink, HttpsTiles, IdentitySlot, LogError, LogKey, LogMonitor, MeshConfig, MeshNode,
@@ -96,6 +97,9 @@ impl ProofSource for TreeProofs {
         }
         Box::pin(async move { p })
     }
+    fn leaf(&self, _: u64, _: u64) -> BoxFuture<Result<Leaf, String>> {
+        Box::pin(async { Err("this test log keeps no entries".to_owned()) })
+    }
     fn checkpoint(&self) -> BoxFuture<Result<String, String>> {
         Box::pin(async { Err("no checkpoint here".to_owned()) })
     }
@@ -107,6 +111,9 @@ struct Down;
 
 impl ProofSource for Down {
     fn prefix_path(&self, _: u64, _: u64) -> BoxFuture<Result<Vec<Hash>, String>> {
+        Box::pin(async { Err("association unreachable".to_owned()) })
+    }
+    fn leaf(&self, _: u64, _: u64) -> BoxFuture<Result<Leaf, String>> {
         Box::pin(async { Err("association unreachable".to_owned()) })
     }
     fn checkpoint(&self) -> BoxFuture<Result<String, String>> {
@@ -614,4 +621,149 @@ async fn a_hostile_association_showing_two_members_different_logs_is_caught_by_b
     stop_b.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), svc_a).await;
     let _ = tokio::time::timeout(Duration::from_secs(15), svc_b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_issued_outside_the_log_members_see_is_refused_on_the_mesh() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir_a = tmp.path().join("assoc");
+    let dir_b = tmp.path().join("assoc-secret");
+    let ca = Authority::init(&dir_a, "Secret", 3650, Settings::default()).expect("init");
+    let root_pem = ca.root_pem().to_owned();
+    let (alpha, alpha_id) = start_member("alpha", &root_pem).await;
+    let (bravo, bravo_id) = start_member("bravo", &root_pem).await;
+    let (mallory, mallory_id) = start_member("mallory", &root_pem).await;
+    let label = |ca: &Authority, id: &str, m: &Member, slot: &IdentitySlot| {
+        let key = KeyPair::generate().expect("key");
+        let issued = ca
+            .sign(&SignRequest {
+                csr: csr(&key, &format!("{id}.test")),
+                member_id: id.into(),
+                charter_version: "1.0".into(),
+                endpoints: vec![m.node.local_addr().expect("addr").to_string()],
+                ..Default::default()
+            })
+            .expect("sign");
+        slot.set_pem(
+            &issued.record.certificate_pem,
+            &key.serialize_pem(),
+            m.trust.provider(),
+        )
+        .expect("identity");
+    };
+    label(&ca, "alpha", &alpha, &alpha_id);
+    label(&ca, "bravo", &bravo, &bravo_id);
+    // Whoever holds the CA key keeps a second copy of the state and labels
+    // a relay there: the certificate is real and the directory that lists
+    // it is signed by the CA key, but the log members see never has it.
+    drop(ca);
+    copy_dir(&dir_a, &dir_b);
+    let ca_a = Arc::new(Authority::open(&dir_a, Settings::default()).expect("open"));
+    let ca_b = Authority::open(&dir_b, Settings::default()).expect("open secret");
+    ca_a.set_baseline("0.0.1").expect("baseline"); // the public log moves on
+    label(&ca_b, "mallory", &mallory, &mallory_id);
+
+    let (url, stop, svc) = serve(ca_a.clone()).await;
+    let mut link = AssociationLink::new(url, root_pem.clone());
+    link.poll_interval = Duration::from_secs(3600);
+    let mon = LogMonitor::open(
+        &tmp.path().join("alpha-log"),
+        log_key_of(&dir_a),
+        Arc::new(HttpsTiles::new(&link)),
+        Some(alpha.trust.clone()),
+    )
+    .expect("monitor");
+    assert!(alpha.node.attach_log(mon.clone()));
+    let token = CancellationToken::new();
+    // Every member follows the association (CRL, directory); alpha checks
+    // the log.
+    let mut followers = vec![tokio::spawn(
+        link.clone()
+            .with_log(mon.clone())
+            .follow(alpha.trust.clone(), token.clone()),
+    )];
+    for m in [&bravo, &mallory] {
+        followers.push(tokio::spawn(
+            link.clone().follow(m.trust.clone(), token.clone()),
+        ));
+    }
+    until("the checkpoint, CRLs and directories", || {
+        mon.held().is_some()
+            && [&alpha, &bravo, &mallory]
+                .iter()
+                .all(|m| m.trust.current().member("alpha").is_some())
+    })
+    .await;
+    // The secret directory reaches every member (gossip, a poisoned
+    // mirror…): it is signed by the CA key, so it is taken.
+    let serial = alpha.trust.current().directory_serial();
+    let secret = loop {
+        let (n, bytes) = ca_b.issue_directory().expect("directory");
+        if n > serial {
+            use prost::Message;
+            break caliopen_proto::pb::directory::SignedDirectory::decode(bytes.as_slice())
+                .expect("directory");
+        }
+    };
+    for m in [&alpha, &bravo, &mallory] {
+        assert!(m.trust.offer_directory(&secret, None, 0).expect("taken"));
+    }
+    let listed = alpha.trust.current();
+    let entry = listed.member("mallory").expect("mallory is listed");
+    assert_eq!(entry.cert_log_index.len(), 1);
+
+    // A member in the log is let in: its entry and proof from the tiles.
+    bravo
+        .node
+        .connect("alpha")
+        .await
+        .expect("bravo is in the log");
+    alpha
+        .node
+        .connect("bravo")
+        .await
+        .expect("and so alpha dials it");
+    assert!(mon.stats().certs_included.load(Ordering::Relaxed) >= 1);
+    // The relay is not: the entry the directory names for it is the
+    // public log's baseline change.
+    // Its own connections are closed …
+    assert!(
+        mallory.node.connect("alpha").await.is_err(),
+        "the relay's connection is closed"
+    );
+    // … and it is never dialed.
+    let err = alpha
+        .node
+        .connect("mallory")
+        .await
+        .expect_err("a label outside the log");
+    assert!(err.to_string().contains("membership log"), "{err}");
+    assert!(
+        err.to_string().contains("baseline"),
+        "the entry found at its index is named: {err}"
+    );
+    assert!(mon.stats().certs_not_included.load(Ordering::Relaxed) >= 2);
+    assert!(
+        alpha
+            .node
+            .stats()
+            .refused_not_logged
+            .load(Ordering::Relaxed)
+            >= 2
+    );
+    assert!(!alpha.node.is_connected("mallory"));
+
+    token.cancel();
+    for f in followers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
+    }
+    for m in [&alpha, &bravo, &mallory] {
+        m.node.shutdown().await;
+    }
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), svc).await;
 }

@@ -478,6 +478,24 @@ pub fn render(s: &MetricsSources) -> String {
             "Split views found here or shown by a peer.",
             &[("kind", "split_view", l(&st.split_views))],
         );
+        c(
+            &mut out,
+            "caliopen_membership_log_peer_certificates_total",
+            "Peers' certificates checked against the membership log, by outcome \
+             (not_included: a label outside the log, the alarm).",
+            &[
+                ("outcome", "included", l(&st.certs_included)),
+                ("outcome", "not_included", l(&st.certs_not_included)),
+                ("outcome", "unchecked", l(&st.certs_unchecked)),
+            ],
+        );
+        g(
+            &mut out,
+            "caliopen_membership_log_checkpoint_age_seconds",
+            "Seconds since the log key dated the checkpoint held (re-signed every minute; \
+             the alarm is raised past 600).",
+            log.checkpoint_age(crate::delivery::now_unix()).unwrap_or(0),
+        );
     }
     if let Some(j) = s.outbox.as_ref().map(Outbox::journal) {
         g(

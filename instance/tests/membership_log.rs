@@ -3,7 +3,8 @@
 //! association's log key; the daemon verifies the association's
 //! checkpoints (signature, consistency proofs from its tiles over HTTPS),
 //! holds the newest on disk, shows it in `caliopen log` and the metrics,
-//! and follows a revocation into a larger verified tree.
+//! follows a revocation into a larger verified tree, and lets a peer in
+//! over the mesh once its certificate is shown in the log.
 
 mod common;
 mod reliab;
@@ -67,6 +68,7 @@ fn a_member_verifies_the_log_and_follows_it_through_a_revocation() {
     assert!(!ok && err.contains("not labelled"), "{err}");
 
     alpha.join_with(&assoc, "alpha", &["--log-key", log_pub]);
+    alpha.add_user("alice", "alice password");
     alpha.start();
     let t0 = Instant::now();
     while held_size(&alpha) == 0 {
@@ -122,4 +124,67 @@ fn a_member_verifies_the_log_and_follows_it_through_a_revocation() {
         m.contains("caliopen_membership_log_checkpoints_total{outcome=\"refused_signature\"} 0"),
         "{m}"
     );
+
+    // A member that also checks the log: mail between the two goes over
+    // the mesh once each has found the other's certificate in the log.
+    let mut gamma = Instance::init(
+        tmp.path(),
+        "gamma",
+        "gamma.test",
+        Some(format!("127.0.0.1:{}", free_udp_port())),
+        None,
+        None,
+    );
+    gamma.join_with(&assoc, "gamma", &["--log-key", log_pub]);
+    gamma.add_user("carol", "carol password");
+    gamma.start();
+    let (ok, out) = reliab::submit(
+        &alpha,
+        "alice@alpha.test",
+        "alice password",
+        "PLAIN",
+        &[(vec!["carol@gamma.test".into()], "over the mesh".into())],
+    );
+    assert!(ok, "{out}");
+    let got = gamma.wait_for("carol", 1, Duration::from_secs(60));
+    assert_eq!(got[0]["via"], "mesh", "{}", got[0]);
+    for (inst, peer) in [(&alpha, "gamma"), (&gamma, "alpha")] {
+        let t0 = Instant::now();
+        loop {
+            let v = log_json(inst);
+            let found = v["certificates"].as_array().into_iter().flatten().any(|c| {
+                c["member_id"] == peer && c["included"] == true && c["index"].as_u64().is_some()
+            });
+            if found {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(45),
+                "{peer}'s certificate not shown in the log: {v}; log:\n{}",
+                inst.last_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let text = common::caliopen_ok(&["log", "--config", inst.c()], None);
+        assert!(
+            text.contains("peers' certificates shown in the log: ") && text.contains(peer),
+            "{text}"
+        );
+        assert!(!text.contains("ALARM"), "{text}");
+        let m = metrics_text(inst);
+        assert!(
+            m.contains(
+                "caliopen_membership_log_peer_certificates_total{outcome=\"not_included\"} 0"
+            ),
+            "{m}"
+        );
+        assert!(
+            !m.contains("caliopen_membership_log_peer_certificates_total{outcome=\"included\"} 0"),
+            "{m}"
+        );
+        assert!(
+            m.contains("caliopen_membership_log_checkpoint_age_seconds "),
+            "{m}"
+        );
+    }
 }

@@ -17,10 +17,12 @@
 //! key's word, and the log exists to check that word.
 
 pub mod evidence;
+pub mod inclusion;
 pub mod tiles;
 pub mod view;
 
 pub use evidence::{EvidenceError, SplitView};
+pub use inclusion::InclusionError;
 pub use tiles::HttpsTiles;
 pub use view::{Held, LogError, LogKey, LogView, Offer};
 
@@ -33,6 +35,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// A log entry's bytes and its inclusion proof.
+pub type Leaf = (Vec<u8>, Vec<Hash>);
+
 /// Where consistency proofs come from: the association's tiles
 /// ([`HttpsTiles`]), or a test's tree.
 pub trait ProofSource: Send + Sync + std::fmt::Debug + 'static {
@@ -40,6 +45,9 @@ pub trait ProofSource: Send + Sync + std::fmt::Debug + 'static {
     /// association's tree: the RFC 9162 consistency proof, with the subtree
     /// `[0, old)` first when `old` is a power of two.
     fn prefix_path(&self, old: u64, new: u64) -> BoxFuture<Result<Vec<Hash>, String>>;
+    /// Entry `index` of the tree of `size` leaves (`index < size`) and its
+    /// RFC 9162 inclusion proof in that tree.
+    fn leaf(&self, index: u64, size: u64) -> BoxFuture<Result<Leaf, String>>;
     /// The association's current checkpoint note (the poll fallback).
     fn checkpoint(&self) -> BoxFuture<Result<String, String>>;
 }
@@ -63,7 +71,112 @@ pub struct LogStats {
     pub split_views: AtomicU64,
     /// Split-view proofs pushed by peers that did not hold.
     pub refused_evidence: AtomicU64,
+    /// Peers' certificates shown to be in the log (each counted once).
+    pub certs_included: AtomicU64,
+    /// Peers' certificates the log shows are not where the directory says
+    /// (a label issued outside the log): refused.
+    pub certs_not_included: AtomicU64,
+    /// Peers' certificates that could not be checked (no index, entry not
+    /// covered by a checkpoint yet, tiles unreachable): refused for now.
+    pub certs_unchecked: AtomicU64,
 }
+
+/// Certificates remembered, at most (the oldest verdicts go first; a
+/// certificate forgotten is checked again, from cached tiles).
+const MAX_CERT_CHECKS: usize = 20_000;
+
+/// The file where the verdicts on peers' certificates are kept.
+pub const CERTIFICATES_FILE: &str = "certificates.json";
+
+/// What this member found about a peer's certificate: shown in the log at
+/// `index`, or shown *not* to be there (a label issued outside the log —
+/// the certificate, the index and the tree size are the evidence, which
+/// anyone can check against the association's tiles).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CertCheck {
+    /// The member the certificate's label names.
+    pub member_id: String,
+    /// SHA-256 of the certificate DER, hex.
+    pub sha256: String,
+    /// The entry the directory named for it.
+    pub index: u64,
+    /// The size of the verified tree it was checked against.
+    pub tree_size: u64,
+    /// Shown in the log (else shown not to be).
+    pub included: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// When (Unix seconds).
+    pub at: i64,
+}
+
+#[derive(Debug, Default)]
+struct CertChecks {
+    by_sha: std::collections::HashMap<Vec<u8>, CertCheck>,
+    dirty: bool,
+    saved_at: Option<std::time::Instant>,
+}
+
+impl CertChecks {
+    /// The verdicts kept in `dir`; a missing or unreadable file is an empty
+    /// start (they are a cache and a report: every one can be found again).
+    fn load(dir: &Path) -> Self {
+        let path = dir.join(CERTIFICATES_FILE);
+        let list: Vec<CertCheck> = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e,
+                    "membership log: unreadable certificate verdicts; checking again");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        let by_sha = list
+            .into_iter()
+            .filter_map(|c| Some((hex::decode(&c.sha256).ok()?, c)))
+            .collect();
+        Self {
+            by_sha,
+            ..Self::default()
+        }
+    }
+
+    fn record(&mut self, sha: &[u8], c: CertCheck) {
+        if self.by_sha.get(sha) == Some(&c) {
+            return;
+        }
+        if self.by_sha.len() >= MAX_CERT_CHECKS && !self.by_sha.contains_key(sha) {
+            if let Some(old) = self
+                .by_sha
+                .iter()
+                .min_by_key(|(_, c)| c.at)
+                .map(|(k, _)| k.clone())
+            {
+                self.by_sha.remove(&old);
+            }
+        }
+        self.by_sha.insert(sha.to_vec(), c);
+        self.dirty = true;
+    }
+
+    fn list(&self) -> Vec<CertCheck> {
+        let mut v: Vec<CertCheck> = self.by_sha.values().cloned().collect();
+        v.sort_by(|a, b| a.member_id.cmp(&b.member_id).then(a.at.cmp(&b.at)));
+        v
+    }
+}
+
+/// Age of the checkpoint held past which the member raises the staleness
+/// alarm: ten association heartbeats missed.
+pub const STALE_AFTER: Duration = Duration::from_secs(600);
+
+/// Least time between two writes of `certificates.json` from checks (the
+/// rest is written by [`LogMonitor::save_certificates`]).
+const SAVE_EVERY: Duration = Duration::from_secs(2);
+
+/// Least time between two polls of the association's checkpoint made
+/// because a peer's certificate lies beyond the checkpoint held.
+const INCLUSION_POLL_EVERY: Duration = Duration::from_secs(2);
 
 /// A change worth telling others about (heartbeats are not).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,6 +203,12 @@ pub struct LogMonitor {
     trust: Option<Arc<TrustStore>>,
     stats: LogStats,
     changes: watch::Sender<LogChange>,
+    /// What was found about peers' certificates, by DER SHA-256 (kept in
+    /// `certificates.json`).
+    certs: Mutex<CertChecks>,
+    dir: std::path::PathBuf,
+    /// When a certificate beyond the checkpoint held last made us poll.
+    last_poll: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// Deadline of one consistency proof.
     pub proof_timeout: Duration,
 }
@@ -142,6 +261,9 @@ impl LogMonitor {
             trust,
             stats: LogStats::default(),
             changes,
+            certs: Mutex::new(CertChecks::load(dir)),
+            dir: dir.to_owned(),
+            last_poll: tokio::sync::Mutex::new(None),
             proof_timeout: Duration::from_secs(15),
         }))
     }
@@ -167,6 +289,15 @@ impl LogMonitor {
         self.lock()
             .held()
             .map(|h| (h.checkpoint.size, h.checkpoint.root))
+    }
+
+    /// Seconds since the log key dated the checkpoint held (`None`: none
+    /// held). The association re-signs it every minute when nothing
+    /// changes, so a large age means its heartbeats do not reach us.
+    pub fn checkpoint_age(&self, now: i64) -> Option<u64> {
+        self.lock()
+            .held()
+            .map(|h| u64::try_from(now).unwrap_or(0).saturating_sub(h.timestamp))
     }
 
     /// The split-view proof held, if any.
@@ -205,6 +336,152 @@ impl LogMonitor {
         };
         self.account(&r, source);
         r
+    }
+
+    /// Checks that the certificate of DER SHA-256 `sha256`, whose label
+    /// names `member_id`, is in the log at `index` (the directory's
+    /// `cert_log_index`; `None` when it names none) — see [`inclusion`]. A
+    /// certificate beyond the checkpoint held makes the monitor ask the
+    /// association for a fresher one first (at most every two seconds).
+    /// Verdicts the log proves are kept ([`Self::certificates`]).
+    pub async fn check_certificate(
+        &self,
+        member_id: &str,
+        sha256: &[u8],
+        index: Option<u64>,
+    ) -> Result<(), InclusionError> {
+        if self.is_included(sha256) {
+            return Ok(());
+        }
+        let r = self.check_uncached(sha256, index).await;
+        let verdict = |included: bool, detail: String| CertCheck {
+            member_id: member_id.to_owned(),
+            sha256: hex::encode(sha256),
+            index: index.unwrap_or_default(),
+            tree_size: self.head().map_or(0, |h| h.0),
+            included,
+            detail,
+            at: now_unix(),
+        };
+        match &r {
+            Ok(()) => {
+                self.lock_certs()
+                    .record(sha256, verdict(true, String::new()));
+                self.stats.certs_included.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    peer = member_id,
+                    index = index.unwrap_or_default(),
+                    "membership log: peer's certificate shown in the log"
+                );
+            }
+            Err(e) if e.is_proven() => {
+                self.lock_certs()
+                    .record(sha256, verdict(false, e.to_string()));
+                self.stats
+                    .certs_not_included
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(peer = member_id, cert = %hex::encode(sha256), error = %e,
+                    "ALARM membership log: a labelled certificate is not in the log; peer refused");
+            }
+            Err(e) => {
+                self.stats.certs_unchecked.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = member_id, cert = %hex::encode(sha256), error = %e,
+                    "membership log: a peer's certificate could not be shown in the log; refused for now");
+            }
+        }
+        let due = self
+            .lock_certs()
+            .saved_at
+            .is_none_or(|t| t.elapsed() >= SAVE_EVERY);
+        if due {
+            self.save_certificates();
+        }
+        r
+    }
+
+    fn lock_certs(&self) -> std::sync::MutexGuard<'_, CertChecks> {
+        self.certs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the certificate of DER SHA-256 `sha256` was shown in the log.
+    pub fn is_included(&self, sha256: &[u8]) -> bool {
+        self.lock_certs()
+            .by_sha
+            .get(sha256)
+            .is_some_and(|c| c.included)
+    }
+
+    /// The verdicts on peers' certificates, by member.
+    pub fn certificates(&self) -> Vec<CertCheck> {
+        self.lock_certs().list()
+    }
+
+    /// Writes the verdicts to `certificates.json` if any changed since the
+    /// last write (call it now and then, and at shutdown). A write error is
+    /// logged: the verdicts are a cache and a report, found again if lost.
+    pub fn save_certificates(&self) {
+        let list = {
+            let mut c = self.lock_certs();
+            if !c.dirty {
+                return;
+            }
+            c.dirty = false;
+            c.saved_at = Some(std::time::Instant::now());
+            c.list()
+        };
+        let bytes = match serde_json::to_vec_pretty(&list) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "membership log: certificate verdicts not encoded");
+                return;
+            }
+        };
+        if let Err(e) = view::write_atomic(&self.dir, CERTIFICATES_FILE, &bytes) {
+            self.lock_certs().dirty = true;
+            tracing::error!(error = %e, "membership log: certificate verdicts not written");
+        }
+    }
+
+    async fn check_uncached(
+        &self,
+        sha256: &[u8],
+        index: Option<u64>,
+    ) -> Result<(), InclusionError> {
+        let index = index.ok_or(InclusionError::NoIndex)?;
+        let covered = |h: Option<(u64, Hash)>| h.filter(|(size, _)| index < *size);
+        let mut head = covered(self.head());
+        if head.is_none() {
+            let mut last = self.last_poll.lock().await;
+            // Another check may have polled while we waited for the lock.
+            head = covered(self.head());
+            if head.is_none() && last.is_none_or(|t| t.elapsed() >= INCLUSION_POLL_EVERY) {
+                *last = Some(std::time::Instant::now());
+                if let Err(e) = self.poll().await {
+                    tracing::debug!(error = %e, "membership log: poll for a fresher checkpoint");
+                }
+                head = covered(self.head());
+            }
+        }
+        let Some((size, root)) = head else {
+            return Err(match self.head() {
+                None => InclusionError::NoCheckpoint,
+                Some((size, _)) => InclusionError::NotCovered { index, size },
+            });
+        };
+        let (entry, proof) =
+            match tokio::time::timeout(self.proof_timeout, self.proofs.leaf(index, size)).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(why)) => return Err(InclusionError::Unverifiable { index, why }),
+                Err(_) => {
+                    return Err(InclusionError::Unverifiable {
+                        index,
+                        why: "timed out".into(),
+                    })
+                }
+            };
+        inclusion::judge(sha256, index, size, &root, &entry, &proof)
     }
 
     /// Fetches the association's current checkpoint and offers it (the

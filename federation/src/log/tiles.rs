@@ -4,12 +4,17 @@
 //! tree. Nothing fetched is trusted: the path it yields is judged against
 //! the signed checkpoints ([`super::evidence::judge`]).
 
-use super::ProofSource;
+use super::{Leaf, ProofSource};
 use crate::association::AssociationLink;
 use crate::node::BoxFuture;
-use caliopen_ca::tlog::tiles::{TileSetError, TILE_HEIGHT, TILE_WIDTH};
-use caliopen_ca::tlog::{consistency_proof, root, Hash, ProveError, Tile, TileKind, TileSet};
-use std::sync::Arc;
+use caliopen_ca::tlog::tiles::{
+    decode_bundle, TileSetError, MAX_BUNDLE_ENTRY_LEN, TILE_HEIGHT, TILE_WIDTH,
+};
+use caliopen_ca::tlog::{
+    consistency_proof, inclusion_proof, root, Hash, ProveError, Tile, TileKind, TileSet,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tonic::codegen::http;
 use tonic::transport::Channel;
 
@@ -20,12 +25,50 @@ const MAX_CHECKPOINT_BODY: usize = 64 * 1024;
 /// all a proof needs; this bounds a misbehaving server.
 const MAX_TILES_PER_PROOF: usize = 64;
 
+/// Bytes of full tiles kept in memory. Full tiles never change, so a
+/// member that checks many peers' certificates fetches each once: the
+/// level-0 hash tiles and entry bundles of a log of 10,000 entries are
+/// about 40 × (8 KiB + ~300 KiB).
+const TILE_CACHE_BYTES: usize = 16 << 20;
+
+/// Full tiles already fetched (immutable, so never stale). Emptied when it
+/// outgrows [`TILE_CACHE_BYTES`].
+#[derive(Debug, Default)]
+struct TileCache {
+    tiles: HashMap<Tile, Arc<Vec<u8>>>,
+    bytes: usize,
+}
+
 /// The association's log over HTTPS, through the link's TLS settings (the
 /// service certificate must chain to the association root).
 #[derive(Debug, Clone)]
 pub struct HttpsTiles {
     link: AssociationLink,
     channel: Arc<tokio::sync::Mutex<Option<Channel>>>,
+    cache: Arc<Mutex<TileCache>>,
+}
+
+/// The entry bundle of a tree of `size` leaves that holds entry `index`.
+pub fn bundle_for(index: u64, size: u64) -> Tile {
+    let n = index / TILE_WIDTH;
+    Tile {
+        kind: TileKind::Entries,
+        index: n,
+        width: (size - n * TILE_WIDTH).min(TILE_WIDTH) as u16,
+    }
+}
+
+/// The inclusion proof of `index` in the tree of `size` leaves from the
+/// tiles in `set`, or the node a tile is missing for.
+fn inclusion_path_from(
+    set: &TileSet,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, Option<(u8, u64)>> {
+    inclusion_proof(set, index, size).map_err(|e| match e {
+        ProveError::Source(TileSetError::Missing(l, i)) => Some((l, i)),
+        _ => None,
+    })
 }
 
 /// The hash tile of a tree of `size` leaves that holds complete subtree
@@ -66,7 +109,77 @@ impl HttpsTiles {
         Self {
             link: link.clone(),
             channel: Arc::default(),
+            cache: Arc::default(),
         }
+    }
+
+    fn cached(&self, tile: &Tile) -> Option<Arc<Vec<u8>>> {
+        let c = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.tiles.get(tile).cloned()
+    }
+
+    /// `tile`'s bytes: from the cache when it is full and was fetched
+    /// before, else from the association (at most `limit` bytes).
+    async fn tile(&self, tile: &Tile, limit: usize) -> Result<Arc<Vec<u8>>, String> {
+        if let Some(b) = self.cached(tile) {
+            return Ok(b);
+        }
+        let path = format!("{}tile/{}", caliopen_ca::LOG_PREFIX, tile.path());
+        let bytes = Arc::new(self.get(&path, limit).await?);
+        if tile.is_full() {
+            let mut c = self
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if c.bytes + bytes.len() > TILE_CACHE_BYTES {
+                c.tiles.clear();
+                c.bytes = 0;
+            }
+            c.bytes += bytes.len();
+            c.tiles.insert(*tile, bytes.clone());
+        }
+        Ok(bytes)
+    }
+
+    /// Entry `index` of the tree of `size` leaves and its inclusion proof,
+    /// from that tree's entry bundle and hash tiles. Nothing is trusted:
+    /// [`super::inclusion::judge`] checks both against a verified root.
+    pub async fn fetch_leaf(&self, index: u64, size: u64) -> Result<Leaf, String> {
+        if index >= size {
+            return Err(format!("entry {index} is not below the tree size {size}"));
+        }
+        let bundle = bundle_for(index, size);
+        let limit = usize::from(bundle.width) * (2 + MAX_BUNDLE_ENTRY_LEN);
+        let bytes = self.tile(&bundle, limit).await?;
+        let entries = decode_bundle(&bytes).map_err(|e| format!("{}: {e}", bundle.path()))?;
+        if entries.len() != usize::from(bundle.width) {
+            return Err(format!(
+                "{}: {} entries, not {}",
+                bundle.path(),
+                entries.len(),
+                bundle.width
+            ));
+        }
+        let entry = entries[(index % TILE_WIDTH) as usize].clone();
+        let mut set = TileSet::new();
+        for _ in 0..MAX_TILES_PER_PROOF {
+            match inclusion_path_from(&set, index, size) {
+                Ok(p) => return Ok((entry, p)),
+                Err(None) => return Err(format!("no inclusion proof of {index} in {size}")),
+                Err(Some((level, i))) => {
+                    let tile = tile_for(level, i, size);
+                    let bytes = self.tile(&tile, usize::from(tile.width) * 32).await?;
+                    set.insert(&tile, &bytes)
+                        .map_err(|e| format!("{}: {e}", tile.path()))?;
+                }
+            }
+        }
+        Err(format!(
+            "inclusion proof of {index} in {size} needs more than {MAX_TILES_PER_PROOF} tiles"
+        ))
     }
 
     async fn channel(&self) -> Result<Channel, String> {
@@ -132,10 +245,9 @@ impl HttpsTiles {
                 Err(None) => return Err(format!("no proof from {old} to {new}")),
                 Err(Some((level, index))) => {
                     let tile = tile_for(level, index, new);
-                    let path = format!("{}tile/{}", caliopen_ca::LOG_PREFIX, tile.path());
-                    let bytes = self.get(&path, usize::from(tile.width) * 32).await?;
+                    let bytes = self.tile(&tile, usize::from(tile.width) * 32).await?;
                     set.insert(&tile, &bytes)
-                        .map_err(|e| format!("GET {path}: {e}"))?;
+                        .map_err(|e| format!("{}: {e}", tile.path()))?;
                 }
             }
         }
@@ -149,6 +261,11 @@ impl ProofSource for HttpsTiles {
     fn prefix_path(&self, old: u64, new: u64) -> BoxFuture<Result<Vec<Hash>, String>> {
         let me = self.clone();
         Box::pin(async move { me.fetch_prefix_path(old, new).await })
+    }
+
+    fn leaf(&self, index: u64, size: u64) -> BoxFuture<Result<Leaf, String>> {
+        let me = self.clone();
+        Box::pin(async move { me.fetch_leaf(index, size).await })
     }
 
     fn checkpoint(&self) -> BoxFuture<Result<String, String>> {

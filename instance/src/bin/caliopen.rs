@@ -1353,6 +1353,7 @@ fn log_show(config: &Path, json: bool) -> anyhow::Result<()> {
         .context("no membership-log key")?;
     let held = mon.held();
     let split = mon.split_view();
+    let certs = mon.certificates();
     let v = serde_json::json!({
         "origin": mon.key().origin(),
         "checkpoint": held.as_ref().map(|h| serde_json::json!({
@@ -1368,6 +1369,7 @@ fn log_show(config: &Path, json: bool) -> anyhow::Result<()> {
             "first": s.first,
             "second": s.second,
         })),
+        "certificates": certs,
     });
     if json {
         out!("{}", serde_json::to_string_pretty(&v)?);
@@ -1397,6 +1399,28 @@ fn log_show(config: &Path, json: bool) -> anyhow::Result<()> {
                 .display()
         ),
         None => out!("split view: none"),
+    }
+    let (ok, bad): (Vec<_>, Vec<_>) = certs.iter().partition(|c| c.included);
+    let mut members: Vec<&str> = ok.iter().map(|c| c.member_id.as_str()).collect();
+    members.dedup();
+    out!(
+        "peers' certificates shown in the log: {}{}",
+        ok.len(),
+        if members.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", members.join(", "))
+        }
+    );
+    for c in &bad {
+        out!(
+            "ALARM: {}'s certificate {} is not in the log (checked against {} entries at {}): {}",
+            c.member_id,
+            c.sha256,
+            c.tree_size,
+            c.at,
+            c.detail
+        );
     }
     Ok(())
 }

@@ -100,6 +100,7 @@ pub async fn start(
                 size = mon.head().map_or(0, |h| h.0),
                 "membership log checked against the pinned key"
             );
+            tracker.spawn(watch_log(mon.clone(), token.clone()));
             Some(mon)
         }
         None => None,
@@ -350,6 +351,36 @@ pub fn open_log(
     )
     .map(Some)
     .map_err(|e| format!("membership log: {e}"))
+}
+
+/// Keeps the verdicts on peers' certificates on disk, and raises the
+/// staleness alarm when the checkpoint held stops being re-signed (the
+/// association's heartbeats no longer reach this member: it may be cut off,
+/// or shown a frozen log).
+async fn watch_log(mon: Arc<LogMonitor>, token: tokio_util::sync::CancellationToken) {
+    let mut stale = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            _ = token.cancelled() => break,
+        }
+        mon.save_certificates();
+        let age = mon.checkpoint_age(crate::delivery::now_unix());
+        let now_stale = age.is_none_or(|a| a > caliopen_federation::log::STALE_AFTER.as_secs());
+        if now_stale && !stale {
+            match age {
+                Some(a) => tracing::error!(age_seconds = a,
+                    "ALARM membership log: the checkpoint held has not been re-signed for {a} s \
+                     (the association re-signs it every minute); is the association reachable?"),
+                None => tracing::error!(
+                    "ALARM membership log: no checkpoint verified yet; is the association reachable?"),
+            }
+        } else if stale && !now_stale {
+            tracing::info!("membership log: a fresh checkpoint is held again");
+        }
+        stale = now_stale;
+    }
+    mon.save_certificates();
 }
 
 /// Delivers a DSN to the sender when the sender is a local user.
