@@ -16,6 +16,7 @@ pub mod report;
 pub mod smtp;
 pub mod storage;
 pub mod sys;
+pub mod tlog_bench;
 pub mod transfer;
 pub mod web;
 

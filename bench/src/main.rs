@@ -19,7 +19,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "sys,smtp,outbound,imap,relay,handover,privacy,scale,storage,mailbox,login,web,transfer"
+        default_value = "sys,smtp,outbound,imap,relay,handover,privacy,scale,tlog,storage,mailbox,login,web,transfer"
     )]
     only: Vec<String>,
     /// Where results are written.
@@ -340,10 +340,19 @@ fn main() -> Result<()> {
                 (sub, res)
             });
             report.rows.extend(r.0.rows);
+            report.skipped.extend(r.0.skipped);
             if let Err(e) = r.1 {
                 eprintln!("scale {n} failed: {e:#}");
                 report.skipped.push(format!("mesh scale {n}: {e:#}"));
             }
+        }
+    }
+
+    if on("tlog") {
+        eprintln!("== membership log: witness cosignatures, log and proof sizes");
+        if let Err(e) = caliopen_bench::tlog_bench::sizes_and_costs(&mut report, q) {
+            eprintln!("membership log section failed: {e:#}");
+            report.skipped.push(format!("tlog: {e:#}"));
         }
     }
 

@@ -998,6 +998,13 @@ pub async fn scale(work: &std::path::Path, n: usize, report: &mut Report) -> Res
             ms(closed)
         ),
     );
+    // The membership log on the same mesh (the revoked member left).
+    let rest: Vec<&Member> = members.iter().take(n - 1).collect();
+    if let Err(e) = crate::tlog_bench::at_scale(work, &fed, &rest, report).await {
+        report
+            .skipped
+            .push(format!("membership log at {n} members: {e:#}"));
+    }
     for m in &members {
         m.node.shutdown().await;
     }
