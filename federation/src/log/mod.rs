@@ -9,6 +9,9 @@
 //! - [`evidence`]: the split-view proof and the path evaluation.
 //! - [`tiles`]: consistency proofs from the association's tiles over HTTPS
 //!   ([`HttpsTiles`]).
+//! - [`witness`]: a witness of the log (C2SP `tlog-witness`): cosigns a
+//!   checkpoint only with a valid consistency proof from the last one it
+//!   cosigned ([`Witness`]).
 //! - [`LogMonitor`]: the shared, async front of all three: what the
 //!   association link and the mesh node feed, what the instance reads.
 //!
@@ -19,10 +22,12 @@
 pub mod evidence;
 pub mod tiles;
 pub mod view;
+pub mod witness;
 
 pub use evidence::{EvidenceError, SplitView};
 pub use tiles::HttpsTiles;
 pub use view::{Held, LogError, LogKey, LogView, Offer};
+pub use witness::{Witness, WitnessRefusal};
 
 use crate::node::BoxFuture;
 use crate::trust::TrustStore;

@@ -425,7 +425,7 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
 
 /// Writes `dir/name` so that a crash leaves the old or the new content:
 /// a temporary file, synced, renamed over, the directory synced.
-fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), LogError> {
+pub(super) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), LogError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = File::create(&tmp).map_err(|e| state_err(&tmp, e))?;
     f.write_all(data)
