@@ -14,28 +14,22 @@
 //! describes).
 
 use super::view::{write_atomic, LogKey};
-use caliopen_ca::tlog::base64;
 use caliopen_ca::tlog::cosignature::{cosign, CosignatureVerifier};
+pub use caliopen_ca::tlog::witness::{request_body, Request, SIZE_CONTENT_TYPE};
+use caliopen_ca::tlog::{self, base64};
 use caliopen_ca::tlog::{verify_consistency, Checkpoint, Hash, Note, NoteError, Signer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// Largest `add-checkpoint` body accepted (bytes): an old-size line, at
-/// most [`MAX_PROOF_LINES`] hashes (45 bytes each) and a checkpoint note,
+/// most 63 hashes (45 bytes each) and a checkpoint note,
 /// which is ~100 bytes of text and a few signature lines. Far above what a
 /// log sends, far below what could cost the witness anything.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Most consistency proof lines (tlog-witness: "The client MUST NOT send
-/// more than 63 consistency proof lines").
-pub const MAX_PROOF_LINES: usize = 63;
-
 /// The witness state file, in the witness's directory.
 pub const STATE_FILE: &str = "state.json";
-
-/// Content type of a 409 answer's body (tlog-witness §add-checkpoint).
-pub const SIZE_CONTENT_TYPE: &str = "text/x.tlog.size";
 
 /// Why a checkpoint is not cosigned, with the HTTP status tlog-witness
 /// gives each case ([`WitnessRefusal::status`]).
@@ -117,71 +111,13 @@ struct State {
     logs: BTreeMap<String, Witnessed>,
 }
 
-/// A parsed add-checkpoint request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request<'a> {
-    /// The old size line's value.
-    pub old: u64,
-    /// The consistency proof.
-    pub proof: Vec<Hash>,
-    /// The checkpoint note (everything after the empty line).
-    pub note: &'a [u8],
-}
-
-/// Parses an add-checkpoint body (tlog-witness §add-checkpoint): `old N`,
-/// zero to 63 base64 hashes, an empty line, a checkpoint note. Every line
-/// ends in a newline; sizes are canonical decimals.
+/// Parses an add-checkpoint body ([`tlog::witness::parse_request`]), at
+/// most [`MAX_BODY`] bytes.
 pub fn parse_request(body: &[u8]) -> Result<Request<'_>, WitnessRefusal> {
-    let bad = |s: &str| WitnessRefusal::Malformed(s.to_owned());
     if body.len() > MAX_BODY {
-        return Err(bad("body too large"));
+        return Err(WitnessRefusal::Malformed("body too large".into()));
     }
-    let mut rest = body;
-    let mut line = || -> Result<&[u8], WitnessRefusal> {
-        let i = rest
-            .iter()
-            .position(|b| *b == b'\n')
-            .ok_or_else(|| bad("line without a newline"))?;
-        let (l, r) = rest.split_at(i);
-        rest = &r[1..];
-        Ok(l)
-    };
-    let first = line()?;
-    let old = first
-        .strip_prefix(b"old ")
-        .and_then(|n| std::str::from_utf8(n).ok())
-        .and_then(parse_decimal)
-        .ok_or_else(|| bad("first line is not `old <size>`"))?;
-    let mut proof = Vec::new();
-    loop {
-        let l = line()?;
-        if l.is_empty() {
-            break;
-        }
-        if proof.len() == MAX_PROOF_LINES {
-            return Err(bad("more than 63 consistency proof lines"));
-        }
-        let h: Hash = std::str::from_utf8(l)
-            .ok()
-            .and_then(base64::decode)
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| bad("proof line is not base64 of a 32-byte hash"))?;
-        proof.push(h);
-    }
-    Ok(Request {
-        old,
-        proof,
-        note: rest,
-    })
-}
-
-/// A canonical ASCII decimal (no sign, no leading zero but `0`).
-fn parse_decimal(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
-    {
-        return None;
-    }
-    s.parse().ok()
+    tlog::witness::parse_request(body).map_err(|e| WitnessRefusal::Malformed(e.to_owned()))
 }
 
 /// A witness: its key, the logs it knows, what it cosigned last for each.
@@ -362,19 +298,6 @@ fn write_key(path: &Path, der: &[u8]) -> Result<(), WitnessRefusal> {
 
 fn state_err(path: &Path, e: std::io::Error) -> WitnessRefusal {
     WitnessRefusal::State(format!("{}: {e}", path.display()))
-}
-
-/// An add-checkpoint body (what a log sends): `old`, the proof, an empty
-/// line, the note.
-pub fn request_body(old: u64, proof: &[Hash], note: &str) -> String {
-    let mut s = format!("old {old}\n");
-    for h in proof {
-        s.push_str(&base64::encode(h));
-        s.push('\n');
-    }
-    s.push('\n');
-    s.push_str(note);
-    s
 }
 
 #[cfg(test)]
