@@ -26,7 +26,7 @@ pub mod witness;
 
 pub use evidence::{EvidenceError, SplitView};
 pub use tiles::HttpsTiles;
-pub use view::{Held, LogError, LogKey, LogView, Offer};
+pub use view::{Held, LogError, LogKey, LogView, Offer, WitnessPolicy};
 pub use witness::{Witness, WitnessRefusal};
 
 use crate::node::BoxFuture;
@@ -68,6 +68,8 @@ pub struct LogStats {
     pub split_views: AtomicU64,
     /// Split-view proofs pushed by peers that did not hold.
     pub refused_evidence: AtomicU64,
+    /// Refused: a grown tree without the witness quorum of the directory.
+    pub refused_quorum: AtomicU64,
 }
 
 /// A change worth telling others about (heartbeats are not).
@@ -194,6 +196,8 @@ impl LogMonitor {
     pub async fn offer(&self, note: &str, source: Option<&str>) -> Result<Offer, LogError> {
         let _one = self.offers.lock().await;
         let now = now_unix();
+        let policy = self.witness_policy();
+        self.with_view(|v| v.set_witness_policy(policy));
         let first = self.with_view(|v| v.offer(note, source, None, now));
         let r = match first {
             Ok(Offer::NeedProof { old, new }) => {
@@ -260,6 +264,21 @@ impl LogMonitor {
         );
         self.notify(None);
         Ok(had)
+    }
+
+    /// The witness policy of the directory held (none without a trust
+    /// store or a directory).
+    fn witness_policy(&self) -> WitnessPolicy {
+        let key = self.key();
+        self.trust
+            .as_ref()
+            .map(|t| t.current())
+            .and_then(|st| {
+                st.directory
+                    .as_ref()
+                    .map(|d| WitnessPolicy::from_directory(&d.directory, &key))
+            })
+            .unwrap_or_default()
     }
 
     fn notify(&self, source: Option<&str>) {
@@ -341,6 +360,7 @@ impl LogMonitor {
                     LogError::BadProof { .. } => &self.stats.refused_proof,
                     LogError::Unverifiable { .. } => &self.stats.unverifiable,
                     LogError::BadEvidence(_) => &self.stats.refused_evidence,
+                    LogError::Quorum { .. } => &self.stats.refused_quorum,
                     LogError::State(_) => {
                         tracing::error!(error = %e, "membership log: state not written");
                         return;

@@ -62,6 +62,84 @@ pub enum LogError {
     /// The state on disk cannot be read, written or trusted.
     #[error("membership log state: {0}")]
     State(String),
+    /// A checkpoint that grows the tree lacks the witness cosignatures the
+    /// directory requires ([`WitnessPolicy`]).
+    #[error(
+        "checkpoint refused: {have} valid witness cosignature(s), the directory requires {need}"
+    )]
+    Quorum {
+        /// Distinct listed witnesses whose cosignature verifies.
+        have: usize,
+        /// The quorum.
+        need: usize,
+    },
+}
+
+/// The witnesses whose cosignatures a checkpoint that grows the tree must
+/// carry, from the directory held (`witnesses`, `witness_quorum`): at least
+/// `quorum` distinct ones of them, each a `cosignature/v1` line that
+/// verifies (C2SP tlog-cosignature).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WitnessPolicy {
+    /// The listed witnesses' keys.
+    pub witnesses: Vec<CosignatureVerifier>,
+    /// How many of them must have cosigned (0: none).
+    pub quorum: usize,
+}
+
+impl WitnessPolicy {
+    /// The policy a directory states. A listed key that does not parse is
+    /// left out (it can give no valid cosignature), so is one that is the
+    /// log's own key (`log`): the log cannot witness itself.
+    pub fn from_directory(d: &caliopen_proto::pb::directory::Directory, log: &LogKey) -> Self {
+        let mut witnesses: Vec<CosignatureVerifier> = Vec::new();
+        for w in &d.witnesses {
+            match CosignatureVerifier::parse(&w.vkey) {
+                Ok(k) if k.public_key() == log.verifier().public_key() => {
+                    tracing::warn!(witness = %w.name, "membership log: the directory lists the log's own key as a witness; ignored");
+                }
+                Ok(k) if !witnesses.contains(&k) => witnesses.push(k),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(witness = %w.name, error = %e, "membership log: a witness key in the directory does not parse");
+                }
+            }
+        }
+        Self {
+            witnesses,
+            quorum: d.witness_quorum as usize,
+        }
+    }
+
+    /// Distinct listed witnesses (by public key) with a valid cosignature
+    /// on `note`.
+    pub fn cosigned_by(&self, note: &str) -> usize {
+        let Ok(n) = caliopen_ca::tlog::Note::parse(note.as_bytes()) else {
+            return 0;
+        };
+        let mut keys: Vec<&[u8; 32]> = Vec::new();
+        for w in &self.witnesses {
+            if matches!(w.timestamp(&n), Ok(Some(_))) && !keys.contains(&w.public_key()) {
+                keys.push(w.public_key());
+            }
+        }
+        keys.len()
+    }
+
+    /// Whether `note` meets the quorum.
+    pub fn check(&self, note: &str) -> Result<(), LogError> {
+        if self.quorum == 0 {
+            return Ok(());
+        }
+        let have = self.cosigned_by(note);
+        if have < self.quorum {
+            return Err(LogError::Quorum {
+                have,
+                need: self.quorum,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The checkpoint held, as verified.
@@ -168,6 +246,8 @@ pub struct LogView {
     split: Option<SplitView>,
     /// Heads proven to be prefixes of the held one (or to have been held).
     known: std::collections::HashSet<(u64, Hash)>,
+    /// What a checkpoint that grows the tree must be cosigned by.
+    witnesses: WitnessPolicy,
 }
 
 impl LogView {
@@ -182,6 +262,7 @@ impl LogView {
             held: None,
             split: None,
             known: std::collections::HashSet::new(),
+            witnesses: WitnessPolicy::default(),
         };
         let path = dir.join(CHECKPOINT_FILE);
         match std::fs::read(&path) {
@@ -248,8 +329,7 @@ impl LogView {
             // The first checkpoint has nothing to be consistent with: it is
             // taken on the key's signature (trust on first use of the log,
             // the key itself being pinned at join).
-            self.take(note, cp, ts, source, now)?;
-            return Ok(Offer::Taken { grew: true });
+            return self.take_grown(note, cp, ts, source, now);
         };
         let (h, rh) = (held.checkpoint.size, held.checkpoint.root);
         if cp.size == h {
@@ -287,10 +367,7 @@ impl LogView {
             judge(cp.size, &cp.root, h, &rh, path)
         };
         match verdict {
-            PathVerdict::Consistent if cp.size > h => {
-                self.take(note, cp, ts, source, now)?;
-                Ok(Offer::Taken { grew: true })
-            }
+            PathVerdict::Consistent if cp.size > h => self.take_grown(note, cp, ts, source, now),
             PathVerdict::Consistent => {
                 self.remember(cp.size, cp.root);
                 Ok(Offer::Unchanged)
@@ -341,6 +418,32 @@ impl LogView {
             sync_dir(&self.dir)?;
         }
         Ok(had)
+    }
+
+    /// Sets what a checkpoint that grows the tree must be cosigned by
+    /// (from the directory held; see [`super::LogMonitor::offer`]).
+    pub fn set_witness_policy(&mut self, policy: WitnessPolicy) {
+        self.witnesses = policy;
+    }
+
+    /// The witness policy in force.
+    pub fn witness_policy(&self) -> &WitnessPolicy {
+        &self.witnesses
+    }
+
+    /// Takes a checkpoint that grows the tree (or is the first), once it
+    /// carries the witness cosignatures required.
+    fn take_grown(
+        &mut self,
+        note: &str,
+        checkpoint: Checkpoint,
+        timestamp: u64,
+        source: Option<&str>,
+        now: i64,
+    ) -> Result<Offer, LogError> {
+        self.witnesses.check(note)?;
+        self.take(note, checkpoint, timestamp, source, now)?;
+        Ok(Offer::Taken { grew: true })
     }
 
     fn remember(&mut self, size: u64, root: Hash) {

@@ -533,4 +533,123 @@ mod tests {
         }
         assert!(w.add_checkpoint(good.as_bytes(), 1).is_ok());
     }
+
+    /// The note of `body` with the cosignatures of `who` appended.
+    fn cosigned(ws: &mut [Witness], body: &str, who: &[usize], at: u64) -> String {
+        let mut out = std::str::from_utf8(parse_request(body.as_bytes()).unwrap().note)
+            .unwrap()
+            .to_owned();
+        for &i in who {
+            out.push_str(&ws[i].add_checkpoint(body.as_bytes(), at).unwrap());
+        }
+        out
+    }
+
+    /// The member side: a checkpoint that grows the tree is taken only
+    /// with the directory's quorum of distinct listed witnesses.
+    #[test]
+    fn a_member_takes_a_grown_tree_only_with_the_quorum() {
+        use super::super::view::{LogView, Offer, WitnessPolicy};
+        use super::super::LogError;
+        use caliopen_proto::pb::directory::{Directory, DirectoryWitness};
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = Log::new();
+        log.grow(8);
+        let mut ws: Vec<Witness> = (0..3u8)
+            .map(|i| {
+                let s = Signer::from_seed(&format!("w{i}.test/witness"), &[20 + i; 32]).unwrap();
+                Witness::open(&tmp.path().join(format!("w{i}")), s, vec![log.key()]).unwrap()
+            })
+            .collect();
+        let listed = |ws: &[Witness]| Directory {
+            witnesses: ws
+                .iter()
+                .enumerate()
+                .map(|(i, w)| DirectoryWitness {
+                    name: format!("w{i}"),
+                    vkey: w.verifier_key().to_string(),
+                    url: "https://w.test/witness".into(),
+                })
+                .collect(),
+            witness_quorum: 2,
+            ..Default::default()
+        };
+        // w2 is not listed: its cosignature does not count.
+        let policy = WitnessPolicy::from_directory(&listed(&ws[..2]), &log.key());
+        assert_eq!(policy.witnesses.len(), 2);
+        let mut view = LogView::open(&tmp.path().join("view"), log.key()).unwrap();
+        view.set_witness_policy(policy);
+        let quorum = |have| Err(LogError::Quorum { have, need: 2 });
+
+        // The first checkpoint: the log's signature alone, or one listed
+        // witness and an unlisted one, is not enough.
+        let body = log.body(0, 8);
+        let plain = cosigned(&mut ws, &body, &[], 10);
+        assert_eq!(view.offer(&plain, None, None, 1), quorum(0));
+        let one = cosigned(&mut ws, &body, &[0, 2], 10);
+        assert_eq!(view.offer(&one, None, None, 1), quorum(1));
+        // The same witness's line twice counts once.
+        let line0 = one.lines().rev().nth(1).unwrap();
+        assert!(line0.starts_with("\u{2014} w0.test/witness "), "{one}");
+        let twice = format!("{one}{line0}\n");
+        assert_eq!(view.offer(&twice, None, None, 1), quorum(1));
+        // A forged line of the other listed witness does not count.
+        let w1 = ws[1].add_checkpoint(log.body(0, 8).as_bytes(), 11).unwrap();
+        let mut raw = base64::decode(w1.trim_end().rsplit(' ').next().unwrap()).unwrap();
+        raw[20] ^= 1;
+        let forged = format!("\u{2014} w1.test/witness {}\n", base64::encode(&raw));
+        assert_eq!(
+            view.offer(&format!("{one}{forged}"), None, None, 1),
+            quorum(1)
+        );
+        let both = format!("{one}{w1}");
+        assert_eq!(
+            view.offer(&both, None, None, 1),
+            Ok(Offer::Taken { grew: true })
+        );
+
+        // A grown tree needs the quorum too.
+        log.grow(4);
+        let mut path = consistency_proof(&log.tree, 8, 12).unwrap();
+        path.insert(0, log.tree.root_at(8));
+        let body = log.body(8, 12);
+        let plain = cosigned(&mut ws, &body, &[], 20);
+        assert_eq!(view.offer(&plain, None, Some(&path), 2), quorum(0));
+        let full = cosigned(&mut ws, &body, &[0, 1], 20);
+        assert_eq!(
+            view.offer(&full, None, Some(&path), 2),
+            Ok(Offer::Taken { grew: true })
+        );
+        // A heartbeat of the same tree grows nothing: the log's signature
+        // suffices.
+        let heartbeat = log.note_at(12, 9999);
+        assert_eq!(
+            view.offer(&heartbeat, None, None, 3),
+            Ok(Offer::Taken { grew: false })
+        );
+
+        // The log's own key listed as a witness is ignored; without a
+        // quorum in the directory, the log's signature suffices.
+        let mut d = listed(&ws[..2]);
+        d.witnesses.push(DirectoryWitness {
+            name: "log".into(),
+            vkey: CosignatureVerifier::for_log(log.key().verifier()).to_string(),
+            url: String::new(),
+        });
+        assert_eq!(
+            WitnessPolicy::from_directory(&d, &log.key())
+                .witnesses
+                .len(),
+            2
+        );
+        d.witness_quorum = 0;
+        view.set_witness_policy(WitnessPolicy::from_directory(&d, &log.key()));
+        log.grow(1);
+        let path = consistency_proof(&log.tree, 12, 13).unwrap();
+        let plain = log.note_at(13, 10_000);
+        assert_eq!(
+            view.offer(&plain, None, Some(&path), 4),
+            Ok(Offer::Taken { grew: true })
+        );
+    }
 }

@@ -178,6 +178,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DkimCmd,
     },
+    /// The membership log's witness (`[witness] enabled`).
+    Witness {
+        #[command(subcommand)]
+        cmd: WitnessCmd,
+    },
     /// Manage aliases (an address for one or more accounts; @domain: catch-all).
     Alias {
         #[command(subcommand)]
@@ -1334,6 +1339,31 @@ fn limits_text(q: &serde_json::Value) -> String {
 }
 
 /// `caliopen log`: reads the view the daemon keeps (read-only; it may run).
+#[derive(Subcommand)]
+enum WitnessCmd {
+    /// Print the witness's cosignature/v1 verifier key, for the association
+    /// (`caliopen-ca log witness add --vkey`); makes the key on first use.
+    Key {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn witness_key(config: &Path) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let path = cfg
+        .data_dir()
+        .join(caliopen_instance::web::witness::KEY_FILE);
+    let signer = caliopen_federation::log::witness::load_or_create_key(&path, &cfg.witness_name())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        caliopen_federation::log::witness::verifier_key_of(&signer)
+    )?;
+    Ok(())
+}
+
 fn log_show(config: &Path, json: bool) -> anyhow::Result<()> {
     let cfg = Config::load(config)?;
     let Some(assoc) = &cfg.association else {
@@ -2107,6 +2137,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dkim {
             cmd: DkimCmd::List { config, json },
         } => dkim_list(&config, json),
+        Cmd::Witness {
+            cmd: WitnessCmd::Key { config },
+        } => witness_key(&config),
         Cmd::Dkim {
             cmd:
                 DkimCmd::Rotate {
