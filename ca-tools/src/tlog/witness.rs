@@ -121,6 +121,18 @@ mod tests {
         let note = std::str::from_utf8(r.note).unwrap();
         assert!(note.starts_with("example.com/behind-the-sofa\n20852163\n"));
         assert_eq!(request_body(r.old, &r.proof, note), body);
+        // What the fuzz target checks, on every prefix: a body that parses
+        // writes back to the same bytes; a cut one needs its newline.
+        for i in 0..=body.len() {
+            let part = &body.as_bytes()[..i];
+            if let Ok(r) = parse_request(part) {
+                // (A cut inside the em dash leaves no UTF-8 note.)
+                if let Ok(note) = std::str::from_utf8(r.note) {
+                    assert_eq!(request_body(r.old, &r.proof, note).as_bytes(), part);
+                }
+            }
+        }
+        assert!(parse_request(b"old 1\nAAAA\n\n").is_err());
         assert_eq!(parse_size_body(b"20852014\n"), Some(20852014));
         for bad in [&b"01\n"[..], b"1", b"-1\n", b"\n", b"1 \n"] {
             assert_eq!(parse_size_body(bad), None);
