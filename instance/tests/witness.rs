@@ -152,6 +152,27 @@ fn two_member_witnesses_cosign_and_members_require_the_quorum() {
             || held_size(m) >= size1,
             || m.last_log(),
         );
+        // `caliopen log` names the witnesses that cosigned the checkpoint held.
+        let v: serde_json::Value = serde_json::from_str(&common::caliopen_ok(
+            &["log", "--config", m.c(), "--json"],
+            None,
+        ))
+        .expect("json");
+        assert_eq!(v["witnesses"]["quorum"], 2, "{v}");
+        let names: Vec<&str> = v["witnesses"]["cosigned_held"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["alpha", "beta"], "{v}");
+        let text = common::caliopen_ok(&["log", "--config", m.c()], None);
+        assert!(
+            text.contains(
+                "witnesses: 2 of 2 listed cosigned the checkpoint held (quorum 2): alpha, beta"
+            ),
+            "{text}"
+        );
         let metrics = metrics_text(m);
         assert!(
             counter(

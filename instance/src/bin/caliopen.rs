@@ -1383,8 +1383,36 @@ fn log_show(config: &Path, json: bool) -> anyhow::Result<()> {
         .context("no membership-log key")?;
     let held = mon.held();
     let split = mon.split_view();
+    // The witnesses the directory held lists, and which cosigned the
+    // checkpoint held (verified here).
+    let trust = caliopen_federation::TrustStore::new(
+        &std::fs::read_to_string(cfg.in_data(&assoc.ca))?,
+        caliopen_federation::trust::default_accepted_charters(),
+    )?;
+    let _ = trust.load(&cfg.data_dir().join("trust"), now_unix());
+    let directory = trust.current().directory.clone();
+    let (quorum, listed) = directory
+        .as_ref()
+        .map(|d| (d.directory.witness_quorum, d.directory.witnesses.clone()))
+        .unwrap_or_default();
+    let held_note = held
+        .as_ref()
+        .and_then(|h| caliopen_ca::tlog::Note::parse(h.note.as_bytes()).ok());
+    let cosigners: Vec<serde_json::Value> = listed
+        .iter()
+        .filter_map(|w| {
+            let k = caliopen_ca::tlog::CosignatureVerifier::parse(&w.vkey).ok()?;
+            let ts = k.timestamp(held_note.as_ref()?).ok()??;
+            Some(serde_json::json!({"name": w.name, "vkey": w.vkey, "timestamp": ts}))
+        })
+        .collect();
     let v = serde_json::json!({
         "origin": mon.key().origin(),
+        "witnesses": {
+            "quorum": quorum,
+            "listed": listed.iter().map(|w| serde_json::json!({"name": w.name, "vkey": w.vkey, "url": w.url})).collect::<Vec<_>>(),
+            "cosigned_held": cosigners,
+        },
         "checkpoint": held.as_ref().map(|h| serde_json::json!({
             "size": h.checkpoint.size,
             "root": hex::encode(h.checkpoint.root),
@@ -1414,6 +1442,22 @@ fn log_show(config: &Path, json: bool) -> anyhow::Result<()> {
             h.verified_at
         ),
         None => out!("checkpoint: none verified yet"),
+    }
+    if listed.is_empty() {
+        out!("witnesses: none listed in the directory");
+    } else {
+        out!(
+            "witnesses: {} of {} listed cosigned the checkpoint held (quorum {}){}{}",
+            cosigners.len(),
+            listed.len(),
+            quorum,
+            if cosigners.is_empty() { "" } else { ": " },
+            cosigners
+                .iter()
+                .filter_map(|c| c["name"].as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     match &split {
         Some(s) => out!(
