@@ -943,6 +943,12 @@ impl Config {
                 return Err(format!("key `domains`: invalid domain {d:?}"));
             }
         }
+        if !caliopen_ca::tlog::note::valid_key_name(&self.witness_name()) {
+            return Err(format!(
+                "key `witness.name`: {:?} is not a key name (no spaces, no '+')",
+                self.witness_name()
+            ));
+        }
         for z in &self.dns.blocklists {
             let z = z.trim_end_matches('.');
             // Room for the reversed address in front of the zone.
@@ -1089,6 +1095,8 @@ mod tests {
         let text = include_str!("../../deploy/caliopen.example.toml");
         let c = Config::parse(text).expect("example parses");
         assert_eq!(c.domains[0], "alpha.example");
+        assert!(!c.witness.enabled);
+        assert_eq!(c.witness_name(), "alpha.example/witness");
     }
 
     #[test]
@@ -1097,6 +1105,14 @@ mod tests {
             ("domains = []", "domains"),
             ("domains = ['a..b']", "domains"),
             ("domains = ['a.test']\nfrobnicate = 1", "frobnicate"),
+            (
+                "domains = ['a.test']\n[witness]\nname = 'a b'",
+                "witness.name",
+            ),
+            (
+                "domains = ['a.test']\n[witness]\nenabled = 'yes'",
+                "enabled",
+            ),
             ("domains = ['a.test']\n[smtp]\nlisten = 'nope'", "listen"),
             (
                 "domains = ['a.test']\n[smtp]\nmax_recipients = 0",
