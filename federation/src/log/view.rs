@@ -336,7 +336,7 @@ impl LogView {
             if cp.root != rh {
                 return self.split(note, Vec::new(), source, now);
             }
-            if ts > held.timestamp {
+            if ts > held.timestamp || self.more_cosigned(note, ts) {
                 self.take(note, cp, ts, source, now)?;
                 return Ok(Offer::Taken { grew: false });
             }
@@ -429,6 +429,17 @@ impl LogView {
     /// The witness policy in force.
     pub fn witness_policy(&self) -> &WitnessPolicy {
         &self.witnesses
+    }
+
+    /// Whether `note`, dated `ts`, is the held checkpoint (same tree, same
+    /// time) with more valid cosignatures of listed witnesses: the
+    /// association publishes a checkpoint at once and again once its
+    /// witnesses cosigned it.
+    fn more_cosigned(&self, note: &str, ts: u64) -> bool {
+        self.held.as_ref().is_some_and(|h| {
+            ts == h.timestamp
+                && self.witnesses.cosigned_by(note) > self.witnesses.cosigned_by(&h.note)
+        })
     }
 
     /// Takes a checkpoint that grows the tree (or is the first), once it

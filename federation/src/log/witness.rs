@@ -620,6 +620,13 @@ mod tests {
             view.offer(&full, None, Some(&path), 2),
             Ok(Offer::Taken { grew: true })
         );
+        // The same note with as many listed cosignatures, or fewer,
+        // changes nothing (with more it replaces the held one: below).
+        let more = cosigned(&mut ws, &log.body(12, 12), &[0, 1], 20);
+        assert_eq!(view.offer(&more, None, None, 2), Ok(Offer::Unchanged));
+        let held_before = view.held().unwrap().note.clone();
+        assert_eq!(view.offer(&plain, None, None, 2), Ok(Offer::Unchanged));
+        assert_eq!(view.held().unwrap().note, held_before);
         // A heartbeat of the same tree grows nothing: the log's signature
         // suffices.
         let heartbeat = log.note_at(12, 9999);
@@ -627,6 +634,14 @@ mod tests {
             view.offer(&heartbeat, None, None, 3),
             Ok(Offer::Taken { grew: false })
         );
+        // Then the same heartbeat cosigned: taken for its cosignature.
+        let hb = cosigned(&mut ws, &request_body(12, &[], &heartbeat), &[0], 30);
+        assert_eq!(
+            view.offer(&hb, None, None, 3),
+            Ok(Offer::Taken { grew: false })
+        );
+        assert_eq!(view.held().unwrap().note, hb);
+        assert_eq!(view.offer(&heartbeat, None, None, 3), Ok(Offer::Unchanged));
 
         // The log's own key listed as a witness is ignored; without a
         // quorum in the directory, the log's signature suffices.
