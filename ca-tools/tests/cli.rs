@@ -795,6 +795,16 @@ fn log_witness_commands_register_witnesses_and_the_directory_lists_them() {
     assert_eq!(names, ["w1", "w2"]);
     assert_eq!(d.witnesses[1].vkey, k2);
     assert_eq!(d.witnesses[0].url, "https://w1.test/witness");
+    let shown: serde_json::Value = serde_json::from_str(&ok(&[
+        "verify-directory",
+        "--ca",
+        p(&a.ca_pem()),
+        "--in",
+        p(&out),
+    ]))
+    .expect("json");
+    assert_eq!(shown["witness_quorum"], 2);
+    assert_eq!(shown["witnesses"][1]["vkey"], k2.as_str());
 
     ok(&["log", "witness", "quorum", "--dir", a.d(), "1"]);
     ok(&["log", "witness", "remove", "--dir", a.d(), "w1"]);

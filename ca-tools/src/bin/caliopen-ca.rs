@@ -707,7 +707,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let v = serde_json::json!({
                 "association": d.association, "serial": d.serial, "issued_at": d.issued_at,
                 "valid_until": d.valid_until, "min_software_version": d.min_software_version,
-                "members": members,
+                "members": members, "log_size": d.log_size,
+                "witnesses": d.witnesses.iter().map(|w| serde_json::json!({
+                    "name": w.name, "vkey": w.vkey, "url": w.url,
+                })).collect::<Vec<_>>(),
+                "witness_quorum": d.witness_quorum,
             });
             out!("{}", serde_json::to_string_pretty(&v)?);
         }
