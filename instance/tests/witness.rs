@@ -49,6 +49,37 @@ fn wait(what: &str, limit: Duration, mut ok: impl FnMut() -> bool, log: impl Fn(
     }
 }
 
+/// `POST url` with `body` by curl (an independent client), trusting `ca`:
+/// status, content type, body.
+fn post(url: &str, ca: &std::path::Path, body: &[u8]) -> (u16, String, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (req, resp) = (dir.path().join("req"), dir.path().join("resp"));
+    std::fs::write(&req, body).expect("write");
+    let o = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: text/plain",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", req.display()))
+        .arg("-o")
+        .arg(&resp)
+        .args(["-w", "%{http_code} %{content_type}", url])
+        .output()
+        .expect("curl must be installed");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (code, ctype) = out.split_once(' ').unwrap_or((&out, ""));
+    (
+        code.parse().unwrap_or(0),
+        ctype.to_owned(),
+        std::fs::read_to_string(&resp).unwrap_or_default(),
+    )
+}
+
 fn counter(m: &str, name: &str) -> u64 {
     m.lines()
         .find(|l| l.starts_with(name))
@@ -129,6 +160,42 @@ fn two_member_witnesses_cosign_and_members_require_the_quorum() {
         || published(&assoc, &keys).1 == [true, true],
         || members.iter().map(Instance::last_log).collect(),
     );
+
+    // The witness's refusals over HTTP, as C2SP tlog-witness words them.
+    let alpha_url = format!(
+        "https://localhost:{}/witness/add-checkpoint",
+        members[0].bound.and_then(|b| b.web).expect("web").port()
+    );
+    let alpha_ca = members[0].data.join("tls.pem");
+    let plain = assoc.ca.log_checkpoint().expect("stored");
+    let held = published(&assoc, &keys).0;
+    let (code, ctype, body) = post(
+        &alpha_url,
+        &alpha_ca,
+        format!("old 0\n\n{plain}").as_bytes(),
+    );
+    assert_eq!((code, ctype.as_str()), (409, "text/x.tlog.size"), "{body}");
+    assert_eq!(body, format!("{held}\n"));
+    assert_eq!(post(&alpha_url, &alpha_ca, b"old 0\n").0, 400);
+    let other = caliopen_ca::tlog::Signer::from_seed("other.test/log", &[9; 32]).expect("key");
+    let cp = caliopen_ca::tlog::Checkpoint {
+        origin: "other.test/log".into(),
+        size: 1,
+        root: [1; 32],
+        extensions: vec![],
+    };
+    let note = cp.sign(&other).expect("sign");
+    assert_eq!(
+        post(&alpha_url, &alpha_ca, format!("old 0\n\n{note}").as_bytes()).0,
+        404
+    );
+    let origin = assoc.ca.log_verifier().name().to_owned();
+    let forger = caliopen_ca::tlog::Signer::from_seed(&origin, &[9; 32]).expect("key");
+    let forged = caliopen_ca::tlog::Checkpoint { origin, ..cp }
+        .sign(&forger)
+        .expect("sign");
+    let forged_body = format!("old {held}\n\n{forged}");
+    assert_eq!(post(&alpha_url, &alpha_ca, forged_body.as_bytes()).0, 403);
 
     // A membership change: the new checkpoint is cosigned by both and the
     // members, whose directory requires 2 cosignatures, take it.
@@ -222,6 +289,27 @@ fn two_member_witnesses_cosign_and_members_require_the_quorum() {
         Duration::from_secs(30),
         || held_size(&members[0]) == size1 + 1,
         || members[0].last_log(),
+    );
+    // Each source address has a bounded rate: a burst from here is cut off.
+    let codes: Vec<u16> = (0..25)
+        .map(|_| post(&alpha_url, &alpha_ca, b"old 0\n").0)
+        .collect();
+    assert!(codes.contains(&429), "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 400 || *c == 429), "{codes:?}");
+    let m = metrics_text(&members[0]);
+    assert!(
+        counter(
+            &m,
+            "caliopen_witness_checkpoints_total{outcome=\"rate_limited\"}"
+        ) >= 1,
+        "{m}"
+    );
+    assert!(
+        counter(
+            &m,
+            "caliopen_witness_checkpoints_total{outcome=\"refused\"}"
+        ) >= 4,
+        "{m}"
     );
     members[0].stop();
 }
