@@ -26,8 +26,8 @@ pub mod witness;
 
 pub use evidence::{EvidenceError, SplitView};
 pub use tiles::HttpsTiles;
-pub use view::{Held, LogError, LogKey, LogView, Offer, WitnessPolicy};
-pub use witness::{Witness, WitnessRefusal};
+pub use view::{Held, LogError, LogKey, LogView, Offer};
+pub use witness::{Witness, WitnessPolicy, WitnessRefusal};
 
 use crate::node::BoxFuture;
 use crate::trust::TrustStore;

@@ -252,6 +252,73 @@ impl Witness {
     }
 }
 
+/// The witnesses whose cosignatures a checkpoint that grows the tree must
+/// carry, from the directory held (`witnesses`, `witness_quorum`): at least
+/// `quorum` distinct ones of them, each a `cosignature/v1` line that
+/// verifies (C2SP tlog-cosignature).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WitnessPolicy {
+    /// The listed witnesses' keys.
+    pub witnesses: Vec<CosignatureVerifier>,
+    /// How many of them must have cosigned (0: none).
+    pub quorum: usize,
+}
+
+impl WitnessPolicy {
+    /// The policy a directory states. A listed key that does not parse is
+    /// left out (it can give no valid cosignature), so is one that is the
+    /// log's own key (`log`): the log cannot witness itself.
+    pub fn from_directory(d: &caliopen_proto::pb::directory::Directory, log: &LogKey) -> Self {
+        let mut witnesses: Vec<CosignatureVerifier> = Vec::new();
+        for w in &d.witnesses {
+            match CosignatureVerifier::parse(&w.vkey) {
+                Ok(k) if k.public_key() == log.verifier().public_key() => {
+                    tracing::warn!(witness = %w.name, "membership log: the directory lists the log's own key as a witness; ignored");
+                }
+                Ok(k) if !witnesses.contains(&k) => witnesses.push(k),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(witness = %w.name, error = %e, "membership log: a witness key in the directory does not parse");
+                }
+            }
+        }
+        Self {
+            witnesses,
+            quorum: d.witness_quorum as usize,
+        }
+    }
+
+    /// Distinct listed witnesses (by public key) with a valid cosignature
+    /// on `note`.
+    pub fn cosigned_by(&self, note: &str) -> usize {
+        let Ok(n) = caliopen_ca::tlog::Note::parse(note.as_bytes()) else {
+            return 0;
+        };
+        let mut keys: Vec<&[u8; 32]> = Vec::new();
+        for w in &self.witnesses {
+            if matches!(w.timestamp(&n), Ok(Some(_))) && !keys.contains(&w.public_key()) {
+                keys.push(w.public_key());
+            }
+        }
+        keys.len()
+    }
+
+    /// Whether `note` meets the quorum.
+    pub fn check(&self, note: &str) -> Result<(), super::LogError> {
+        if self.quorum == 0 {
+            return Ok(());
+        }
+        let have = self.cosigned_by(note);
+        if have < self.quorum {
+            return Err(super::LogError::Quorum {
+                have,
+                need: self.quorum,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The cosignature/v1 verifier key of a witness key.
 pub fn verifier_key_of(signer: &Signer) -> CosignatureVerifier {
     CosignatureVerifier::new(signer.verifier().name(), *signer.verifier().public_key())
@@ -549,7 +616,7 @@ mod tests {
     /// with the directory's quorum of distinct listed witnesses.
     #[test]
     fn a_member_takes_a_grown_tree_only_with_the_quorum() {
-        use super::super::view::{LogView, Offer, WitnessPolicy};
+        use super::super::view::{LogView, Offer};
         use super::super::LogError;
         use caliopen_proto::pb::directory::{Directory, DirectoryWitness};
         let tmp = tempfile::tempdir().unwrap();
