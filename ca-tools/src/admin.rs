@@ -7,7 +7,7 @@ use crate::authority::{files, Authority, RevokeTarget, SignRequest};
 use crate::error::{CaError, Result};
 use caliopen_proto::pb::ca_admin::ca_admin_client::CaAdminClient;
 use caliopen_proto::pb::ca_admin::ca_admin_server::CaAdmin;
-use caliopen_proto::pb::ca_admin::{self as pb, revoke_request};
+use caliopen_proto::pb::ca_admin::{self as pb, revoke_request, witness_request};
 use hyper_util::rt::TokioIo;
 use std::path::Path;
 use std::sync::Arc;
@@ -147,6 +147,56 @@ impl CaAdmin for AdminService {
             at: h.at,
         }))
     }
+
+    async fn witness(
+        &self,
+        r: Request<pb::WitnessRequest>,
+    ) -> Result<Response<pb::WitnessResponse>, Status> {
+        let op = r
+            .into_inner()
+            .op
+            .ok_or_else(|| Status::invalid_argument("no witness operation"))?;
+        let out = self
+            .blocking("witness", move |ca| witness_op(ca, op))
+            .await?;
+        Ok(Response::new(out))
+    }
+}
+
+/// What `log witness` answers: the witnesses (JSON, the CA PEM left out),
+/// the quorum, the directory issued (0: none).
+pub fn witness_response(ca: &Authority, directory_serial: u64) -> Result<pb::WitnessResponse> {
+    let (ws, quorum) = ca.witnesses()?;
+    let list: Vec<serde_json::Value> = ws
+        .iter()
+        .map(|w| {
+            serde_json::json!({
+                "name": w.name, "vkey": w.vkey, "url": w.url,
+                "ca": w.ca_pem.is_some(), "added_at": w.added_at,
+            })
+        })
+        .collect();
+    Ok(pb::WitnessResponse {
+        witnesses_json: serde_json::to_string(&list).map_err(|e| CaError::State(e.to_string()))?,
+        quorum,
+        directory_serial,
+    })
+}
+
+/// Runs one `log witness` operation on `ca`.
+pub fn witness_op(ca: &Authority, op: witness_request::Op) -> Result<pb::WitnessResponse> {
+    let serial = match op {
+        witness_request::Op::Add(a) => ca.add_witness(
+            &a.name,
+            &a.vkey,
+            &a.url,
+            Some(a.ca_pem.as_str()).filter(|p| !p.is_empty()),
+        )?,
+        witness_request::Op::Remove(name) => ca.remove_witness(&name)?,
+        witness_request::Op::Quorum(n) => ca.set_witness_quorum(n)?,
+        witness_request::Op::List(_) => 0,
+    };
+    witness_response(ca, serial)
 }
 
 /// Connects to the admin socket of a service running on `dir`, if one answers.

@@ -5,12 +5,16 @@ use crate::csr::{normalize_domain, parse_csr};
 use crate::error::{CaError, Result};
 use crate::keyfile::{read_private, write_file_atomic, write_private_new};
 use crate::member_cert::{assemble_certificate, tbs_certificate, MemberCertSpec};
-use crate::store::{CertRecord, Change, Handover, Revocation, Status, Store, Supersession};
+use crate::store::{
+    CertRecord, Change, Handover, Revocation, Status, Store, Supersession, WitnessRecord,
+};
 use crate::tlog::{self, Checkpoint, Entry, EntryKind, Signer};
 use caliopen_charter::Charter;
 use caliopen_proto::directory::{DIRECTORY_ALGORITHM, DIRECTORY_PURPOSE};
 use caliopen_proto::label::{Label, LABEL_VERSION};
-use caliopen_proto::pb::directory::{Directory, DirectoryMember, SignedDirectory};
+use caliopen_proto::pb::directory::{
+    Directory, DirectoryMember, DirectoryWitness, SignedDirectory,
+};
 use prost::Message;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
@@ -114,8 +118,14 @@ pub struct Published {
     pub directory_valid_until: i64,
     /// Number of entries in the membership log.
     pub log_size: u64,
-    /// The latest signed checkpoint of the log.
+    /// The checkpoint to publish (`/log/checkpoint`, `Watch`): the latest
+    /// signed one with the witness cosignatures collected for it, or, when
+    /// a quorum is set and it has not reached it yet, the latest one that
+    /// did (see [`Authority::add_cosignatures`]).
     pub checkpoint: Arc<String>,
+    /// The latest signed checkpoint as stored, without witness
+    /// cosignatures: what the witnesses are asked to cosign.
+    pub log_note: Arc<String>,
 }
 
 /// A request to issue a member certificate.
@@ -192,6 +202,19 @@ pub struct Authority {
     next_prune: AtomicI64,
     /// When the published checkpoint was signed (Unix seconds; 0: undated).
     checkpoint_time: AtomicI64,
+    /// Witness cosignatures collected (in memory: collected again after a
+    /// restart).
+    cosigned: Mutex<Cosigned>,
+}
+
+/// The witness cosignatures collected for checkpoints.
+#[derive(Debug, Default)]
+struct Cosigned {
+    /// The latest stored note asked for, the note with the cosignatures
+    /// that verified, and how many distinct witnesses gave one.
+    latest: Option<(String, String, usize)>,
+    /// The latest note that reached the quorum in force then.
+    witnessed: Option<String>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -631,6 +654,7 @@ impl Authority {
             directory_valid_until: 0,
             log_size: 0,
             checkpoint: Arc::new(String::new()),
+            log_note: Arc::new(String::new()),
         };
         let log_key = open_log_key(dir, &store, &name, &root_key_id)?;
         let (published, _) = watch::channel(placeholder);
@@ -650,6 +674,7 @@ impl Authority {
             published,
             next_prune: AtomicI64::new(NO_PRUNE),
             checkpoint_time: AtomicI64::new(0),
+            cosigned: Mutex::new(Cosigned::default()),
         };
         ca.load_published()?;
         Ok(ca)
@@ -844,7 +869,19 @@ impl Authority {
         self.log_key.verifier()
     }
 
-    /// The latest signed checkpoint.
+    /// The checkpoint published (`/log/checkpoint`, `Watch`): the latest
+    /// signed one with the witness cosignatures collected for it (see
+    /// [`Authority::add_cosignatures`]).
+    pub fn published_checkpoint(&self) -> Result<String> {
+        let p = self.published.borrow().checkpoint.clone();
+        if p.is_empty() {
+            return self.log_checkpoint();
+        }
+        Ok(p.as_ref().clone())
+    }
+
+    /// The latest signed checkpoint, as stored (without witness
+    /// cosignatures).
     pub fn log_checkpoint(&self) -> Result<String> {
         self.store
             .log_checkpoint()?
@@ -1054,6 +1091,7 @@ impl Authority {
             .and_then(|s| Directory::decode(s.directory.as_slice()).ok())
             .map(|d| d.valid_until)
             .unwrap_or(0);
+        let log_note = self.store.log_checkpoint()?.unwrap_or_default();
         self.published.send_replace(Published {
             crl_number: self.store.crl_number()?,
             crl_der: Arc::new(crl_der),
@@ -1062,7 +1100,8 @@ impl Authority {
             directory: Arc::new(directory),
             directory_valid_until,
             log_size: self.store.log_size()?,
-            checkpoint: Arc::new(self.store.log_checkpoint()?.unwrap_or_default()),
+            checkpoint: Arc::new(self.checkpoint_to_publish(&log_note)?),
+            log_note: Arc::new(log_note),
         });
         Ok(())
     }
@@ -1701,6 +1740,17 @@ impl Authority {
             association: self.name.clone(),
             members: members.into_values().collect(),
             log_size: self.store.log_size()?,
+            witnesses: self
+                .store
+                .witnesses()?
+                .into_iter()
+                .map(|w| DirectoryWitness {
+                    name: w.name,
+                    vkey: w.vkey,
+                    url: w.url,
+                })
+                .collect(),
+            witness_quorum: self.store.witness_quorum()?,
         };
         let bytes = dir.encode_to_vec();
         let signature = self.key.sign(&bytes)?;
@@ -1908,6 +1958,184 @@ impl Authority {
             did = true;
         }
         Ok(did)
+    }
+}
+
+/// Longest witness name accepted (bytes).
+pub const MAX_WITNESS_NAME_LEN: usize = 64;
+
+/// Most witnesses an association registers: each is asked on every
+/// checkpoint and heartbeat, and each is listed in every directory.
+pub const MAX_WITNESSES: usize = 32;
+
+/// The witnesses of the membership log (C2SP tlog-witness) and the
+/// cosignatures they give.
+impl Authority {
+    /// The registered witnesses (by name) and the quorum.
+    pub fn witnesses(&self) -> Result<(Vec<WitnessRecord>, u32)> {
+        Ok((self.store.witnesses()?, self.store.witness_quorum()?))
+    }
+
+    /// Registers witness `name` with its `cosignature/v1` verifier key
+    /// `vkey` and submission prefix `url` (`https://`), whose certificate
+    /// must chain to `ca_pem` when given; issues a directory listing it.
+    /// Returns the directory serial.
+    pub fn add_witness(
+        &self,
+        name: &str,
+        vkey: &str,
+        url: &str,
+        ca_pem: Option<&str>,
+    ) -> Result<u64> {
+        let name = name.trim();
+        let ok_name = !name.is_empty()
+            && name.len() <= MAX_WITNESS_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok_name {
+            return Err(CaError::BadInput(format!(
+                "invalid witness name {name:?}: letters, digits, '-', '_' and '.', at most {MAX_WITNESS_NAME_LEN}"
+            )));
+        }
+        let vkey = vkey.trim();
+        let key = tlog::CosignatureVerifier::parse(vkey)
+            .map_err(|e| CaError::BadInput(format!("witness key {vkey:?}: {e}")))?;
+        let url = url.trim().trim_end_matches('/');
+        crate::witnessing::parse_url(url).map_err(CaError::BadInput)?;
+        if let Some(pem) = ca_pem {
+            crate::witnessing::roots_from_pem(pem).map_err(CaError::BadInput)?;
+        }
+        let _g = self.lock();
+        let existing = self.store.witnesses()?;
+        if existing
+            .iter()
+            .any(|w| w.name != name && w.vkey == key.to_string())
+        {
+            return Err(CaError::BadInput(format!(
+                "witness key {vkey} is already registered under another name"
+            )));
+        }
+        if existing.len() >= MAX_WITNESSES && !existing.iter().any(|w| w.name == name) {
+            return Err(CaError::BadInput(format!(
+                "at most {MAX_WITNESSES} witnesses"
+            )));
+        }
+        self.store.put_witness(&WitnessRecord {
+            name: name.to_owned(),
+            vkey: key.to_string(),
+            url: url.to_owned(),
+            ca_pem: ca_pem.map(str::to_owned),
+            added_at: now().unix_timestamp(),
+        })?;
+        self.audit(&serde_json::json!({"event": "witness_added", "name": name, "vkey": key.to_string(), "url": url}))?;
+        self.witnesses_changed_locked()
+    }
+
+    /// Removes witness `name`; refused while the quorum needs it. Issues a
+    /// directory without it and returns its serial.
+    pub fn remove_witness(&self, name: &str) -> Result<u64> {
+        let _g = self.lock();
+        let n = self.store.witnesses()?.len();
+        let q = self.store.witness_quorum()?;
+        if !self.store.witnesses()?.iter().any(|w| w.name == name) {
+            return Err(CaError::NotFound(format!("no witness named {name:?}")));
+        }
+        if (n - 1) < q as usize {
+            return Err(CaError::BadInput(format!(
+                "the quorum is {q}: lower it before removing a witness (`log witness quorum`)"
+            )));
+        }
+        self.store.remove_witness(name)?;
+        self.audit(&serde_json::json!({"event": "witness_removed", "name": name}))?;
+        self.witnesses_changed_locked()
+    }
+
+    /// Sets how many distinct registered witnesses must cosign a checkpoint
+    /// that grows the tree before members take it (at most the number
+    /// registered). Issues a directory carrying it and returns its serial.
+    pub fn set_witness_quorum(&self, n: u32) -> Result<u64> {
+        let _g = self.lock();
+        let have = self.store.witnesses()?.len();
+        if n as usize > have {
+            return Err(CaError::BadInput(format!(
+                "quorum {n} is more than the {have} witnesses registered"
+            )));
+        }
+        self.store.set_witness_quorum(n)?;
+        self.audit(&serde_json::json!({"event": "witness_quorum", "quorum": n}))?;
+        self.witnesses_changed_locked()
+    }
+
+    fn witnesses_changed_locked(&self) -> Result<u64> {
+        let (serial, _) = self.issue_directory_locked(now())?;
+        self.store.flush()?;
+        self.republish()?;
+        Ok(serial)
+    }
+
+    /// The RFC 9162 §2.1.4.1 consistency proof from the tree of `old`
+    /// leaves to the tree of `new` leaves (`0 < old <= new <= size`).
+    pub fn log_consistency_proof(&self, old: u64, new: u64) -> Result<Vec<tlog::Hash>> {
+        if new > self.store.log_size()? {
+            return Err(CaError::BadInput(format!(
+                "no consistency proof to {new}: the log is smaller"
+            )));
+        }
+        tlog::consistency_proof(&self.store, old, new).map_err(|e| match e {
+            tlog::ProveError::Source(e) => e,
+            tlog::ProveError::Invalid(why) => CaError::BadInput(why.to_owned()),
+        })
+    }
+
+    /// Records the witness cosignature lines collected for `note` (the
+    /// stored checkpoint they were asked about; each line verified, one per
+    /// distinct witness) and publishes the checkpoint with them, unless a
+    /// newer checkpoint was signed meanwhile. Returns whether they were
+    /// taken.
+    pub fn add_cosignatures(&self, note: &str, lines: &[String]) -> Result<bool> {
+        let _g = self.lock();
+        if self.store.log_checkpoint()?.as_deref() != Some(note) {
+            return Ok(false);
+        }
+        let quorum = self.store.witness_quorum()? as usize;
+        {
+            let mut c = self
+                .cosigned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let full: String = std::iter::once(note)
+                .chain(lines.iter().map(String::as_str))
+                .collect();
+            if lines.len() >= quorum {
+                c.witnessed = Some(full.clone());
+            }
+            c.latest = Some((note.to_owned(), full, lines.len()));
+        }
+        self.republish()?;
+        Ok(true)
+    }
+
+    /// What to publish for the stored note `stored`: it with its
+    /// cosignatures; with a quorum, the latest note that reached it when
+    /// `stored` has not (members would refuse a grown tree without it).
+    fn checkpoint_to_publish(&self, stored: &str) -> Result<String> {
+        let quorum = self.store.witness_quorum()? as usize;
+        let c = self
+            .cosigned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((base, full, n)) = &c.latest {
+            if base == stored && *n >= quorum {
+                return Ok(full.clone());
+            }
+        }
+        if quorum > 0 {
+            if let Some(w) = &c.witnessed {
+                return Ok(w.clone());
+            }
+        }
+        Ok(stored.to_owned())
     }
 }
 

@@ -26,12 +26,15 @@ mod member_cert;
 mod service;
 mod store;
 pub mod tlog;
+pub mod witnessing;
 
-pub use admin::{connect as connect_admin, status_to_error, AdminService};
+pub use admin::{
+    connect as connect_admin, status_to_error, witness_op, witness_response, AdminService,
+};
 pub use authority::{
     default_log_origin, files, parse_serial, Authority, Issued, ListEntry, LogEntryInfo,
     LogVerified, Published, RevokeOutcome, RevokeTarget, Settings, SignRequest,
-    DEFAULT_CHECKPOINT_INTERVAL_SECS, MAX_LISTED_PER_MEMBER,
+    DEFAULT_CHECKPOINT_INTERVAL_SECS, MAX_LISTED_PER_MEMBER, MAX_WITNESSES, MAX_WITNESS_NAME_LEN,
 };
 pub use csr::{normalize_domain, parse_csr, CsrInfo, MAX_CSR_LEN};
 pub use error::{CaError, Result};
@@ -41,4 +44,4 @@ pub use service::{
     service_identity, AssociationService, BoundService, ServiceConfig, MAX_WATCHERS,
     REFRESH_INTERVAL,
 };
-pub use store::{CertRecord, Handover, Revocation, Status, Supersession};
+pub use store::{CertRecord, Handover, Revocation, Status, Supersession, WitnessRecord};

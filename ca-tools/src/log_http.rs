@@ -57,7 +57,8 @@ pub fn respond(ca: &Authority, path: &str) -> Answer {
         return text(StatusCode::NOT_FOUND, "not found");
     };
     if rest == "checkpoint" {
-        return match ca.log_checkpoint() {
+        // With the witnesses' cosignatures collected for it.
+        return match ca.published_checkpoint() {
             Ok(cp) => Answer {
                 status: StatusCode::OK,
                 content_type: "text/plain; charset=utf-8",

@@ -510,6 +510,11 @@ impl BoundService {
             })
         };
 
+        // The witnesses' cosignatures, collected beside everything else:
+        // a witness that is down never holds up a membership operation.
+        let witnessing =
+            tokio::spawn(crate::witnessing::Witnessing::new(self.ca.clone()).run(token.clone()));
+
         let (incoming, acceptor) = tls_incoming(self.listener, self.tls, token.clone());
         // One listener: gRPC (h2) and the log's tiles under /log/ (h2 or
         // HTTP/1.1, for CDNs and plain clients).
@@ -551,6 +556,7 @@ impl BoundService {
         };
         token.cancel();
         let _ = refresh.await;
+        let _ = witnessing.await;
         let _ = acceptor.await;
         let _ = std::fs::remove_file(&sock);
         a.map_err(|e| CaError::State(format!("association service: {e}")))?;

@@ -11,7 +11,10 @@
 //!   big-endian), `log_checkpoint` (the latest signed checkpoint, UTF-8, dated
 //!   by the log's `cosignature/v1` and replaced by each heartbeat) and
 //!   `log_origin` (UTF-8); `handover/<member id>` → [`Handover`] (JSON) for
-//!   each member that closed and handed over to its successor.
+//!   each member that closed and handed over to its successor;
+//!   `witness/<name>` → [`WitnessRecord`] (JSON) for each witness of the log
+//!   and `witness_quorum` (u64 big-endian) the number of their cosignatures
+//!   a member needs on a checkpoint that grows the tree.
 //! - `log_entries`: index (u64 big-endian) → entry bytes ([`crate::tlog::Entry`]).
 //! - `log_nodes`: level (u8) ‖ index (u64 big-endian) → the 32-byte hash of
 //!   that complete subtree (level 0: leaf hashes), so that tree heads and
@@ -161,6 +164,29 @@ pub struct Handover {
     /// When it was recorded (Unix seconds).
     pub at: i64,
 }
+
+/// A witness of the membership log (C2SP tlog-witness) registered by the
+/// operator, published in the directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WitnessRecord {
+    /// The association's name for it (unique).
+    pub name: String,
+    /// Its cosignature/v1 verifier key.
+    pub vkey: String,
+    /// Its submission prefix (`POST <url>/add-checkpoint`).
+    pub url: String,
+    /// PEM roots its HTTPS certificate must chain to (`None`: the public
+    /// web roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// When it was registered (Unix seconds).
+    pub added_at: i64,
+}
+
+/// `meta` key prefix of witness records (then the witness name).
+const K_WITNESS: &[u8] = b"witness/";
+/// `meta` key of the witness quorum.
+const K_WITNESS_QUORUM: &[u8] = b"witness_quorum";
 
 /// `meta` key prefix of handover records (then the member id).
 const K_HANDOVER: &[u8] = b"handover/";
@@ -589,6 +615,49 @@ impl Store {
             .collect()
     }
 
+    /// Every registered witness, by name.
+    pub fn witnesses(&self) -> Result<Vec<WitnessRecord>> {
+        self.meta
+            .scan_prefix(K_WITNESS)
+            .map(|kv| {
+                let (_, v) = kv?;
+                serde_json::from_slice(&v)
+                    .map_err(|e| CaError::State(format!("corrupt witness record: {e}")))
+            })
+            .collect()
+    }
+
+    /// Registers (or replaces) a witness. Not flushed: the caller issues a
+    /// directory and flushes.
+    pub fn put_witness(&self, w: &WitnessRecord) -> Result<()> {
+        let v = serde_json::to_vec(w).map_err(|e| CaError::State(e.to_string()))?;
+        self.meta
+            .insert([K_WITNESS, w.name.as_bytes()].concat(), v)?;
+        Ok(())
+    }
+
+    /// Removes a witness; whether it was registered. Not flushed.
+    pub fn remove_witness(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .meta
+            .remove([K_WITNESS, name.as_bytes()].concat())?
+            .is_some())
+    }
+
+    /// How many witness cosignatures a checkpoint that grows the tree needs
+    /// (0: none).
+    pub fn witness_quorum(&self) -> Result<u32> {
+        Ok(u32::try_from(self.get_u64(K_WITNESS_QUORUM)?).unwrap_or(u32::MAX))
+    }
+
+    /// Sets the witness quorum. Not flushed.
+    pub fn set_witness_quorum(&self, n: u32) -> Result<()> {
+        self.meta
+            .insert(K_WITNESS_QUORUM, &u64::from(n).to_be_bytes())?;
+        Ok(())
+    }
+
+    /// The security baseline ("" when unset).
     pub fn min_software_version(&self) -> Result<String> {
         Ok(self
             .meta

@@ -701,3 +701,116 @@ fn log_commands() {
     refused(&["log", "verify", "--dir", p(&a.path("nowhere"))]);
     refused(&["log", "entries"]);
 }
+
+#[test]
+fn log_witness_commands_register_witnesses_and_the_directory_lists_them() {
+    use caliopen_ca::tlog::{CosignatureVerifier, Signer};
+    let a = Assoc::new();
+    let vkey = |seed: u8, name: &str| {
+        let s = Signer::from_seed(name, &[seed; 32]).expect("key");
+        CosignatureVerifier::new(name, *s.verifier().public_key()).to_string()
+    };
+    let (k1, k2) = (vkey(1, "w1.test/witness"), vkey(2, "w2.test/witness"));
+    let add = |name: &str, k: &str, url: &str, extra: &[&str]| {
+        let mut args = vec![
+            "log",
+            "witness",
+            "add",
+            "--dir",
+            a.d(),
+            "--name",
+            name,
+            "--vkey",
+            k,
+            "--url",
+            url,
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |v: Vec<String>| ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let bad = |v: Vec<String>| refused(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(add("w1", &k1, "https://w1.test/witness", &[]));
+    assert!(out.contains("1 witness(es), quorum 0"), "{out}");
+    let ca_pem = a.ca_pem();
+    run(add(
+        "w2",
+        &k2,
+        "https://127.0.0.1:8443/witness/",
+        &["--ca", p(&ca_pem)],
+    ));
+
+    // Refused: a signed-note key (type 0x01) for a cosignature key, a bad
+    // URL, a bad name, the same key twice, a quorum above the count, a CA
+    // file without a certificate.
+    let note_key = Signer::from_seed("w3.test", &[3; 32])
+        .expect("key")
+        .verifier()
+        .to_string();
+    let e = bad(add("w3", &note_key, "https://w3.test", &[]));
+    assert!(e.contains("witness key"), "{e}");
+    bad(add("w3", &vkey(3, "w3.test"), "http://w3.test", &[]));
+    bad(add("w 3", &vkey(3, "w3.test"), "https://w3.test", &[]));
+    bad(add("w3", &k1, "https://w3.test", &[]));
+    let junk = a.path("junk.pem");
+    std::fs::write(&junk, "nothing\n").expect("write");
+    bad(add(
+        "w3",
+        &vkey(3, "w3.test"),
+        "https://w3.test",
+        &["--ca", p(&junk)],
+    ));
+    let e = refused(&["log", "witness", "quorum", "--dir", a.d(), "3"]);
+    assert!(e.contains("more than the 2"), "{e}");
+    ok(&["log", "witness", "quorum", "--dir", a.d(), "2"]);
+    let e = refused(&["log", "witness", "remove", "--dir", a.d(), "w1"]);
+    assert!(e.contains("quorum"), "{e}");
+    refused(&["log", "witness", "remove", "--dir", a.d(), "nobody"]);
+
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&["log", "witness", "list", "--dir", a.d(), "--json"]))
+            .expect("json");
+    assert_eq!(list["quorum"], 2);
+    let ws = list["witnesses"].as_array().expect("array");
+    assert_eq!(ws.len(), 2);
+    assert_eq!(ws[0]["name"], "w1");
+    assert_eq!(ws[0]["vkey"], k1.as_str());
+    assert_eq!(ws[1]["url"], "https://127.0.0.1:8443/witness");
+    assert_eq!(ws[1]["ca"], true);
+    let text = ok(&["log", "witness", "list", "--dir", a.d()]);
+    assert!(
+        text.starts_with("quorum: 2\n") && text.contains(&k2),
+        "{text}"
+    );
+
+    // The directory publishes them (name, key, URL) and the quorum.
+    let out = a.path("dir.bin");
+    ok(&["directory", "--dir", a.d(), "--out", p(&out)]);
+    let signed =
+        SignedDirectory::decode(std::fs::read(&out).expect("read").as_slice()).expect("signed");
+    let d = caliopen_proto::pb::directory::Directory::decode(signed.directory.as_slice())
+        .expect("directory");
+    assert_eq!(d.witness_quorum, 2);
+    let names: Vec<_> = d.witnesses.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["w1", "w2"]);
+    assert_eq!(d.witnesses[1].vkey, k2);
+    assert_eq!(d.witnesses[0].url, "https://w1.test/witness");
+    let shown: serde_json::Value = serde_json::from_str(&ok(&[
+        "verify-directory",
+        "--ca",
+        p(&a.ca_pem()),
+        "--in",
+        p(&out),
+    ]))
+    .expect("json");
+    assert_eq!(shown["witness_quorum"], 2);
+    assert_eq!(shown["witnesses"][1]["vkey"], k2.as_str());
+
+    ok(&["log", "witness", "quorum", "--dir", a.d(), "1"]);
+    ok(&["log", "witness", "remove", "--dir", a.d(), "w1"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&["log", "witness", "list", "--dir", a.d(), "--json"]))
+            .expect("json");
+    assert_eq!(list["quorum"], 1);
+    assert_eq!(list["witnesses"].as_array().expect("array").len(), 1);
+}

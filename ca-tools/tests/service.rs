@@ -616,6 +616,37 @@ async fn commands_reach_a_running_service_and_changes_are_pushed() {
     assert_eq!(published.serial, serial_d);
     assert_eq!(published.min_software_version, "0.1.0");
     assert_eq!(published.members.len(), 2);
+    // Witnesses are registered through the socket as well, and published.
+    let wname = "w.test/witness";
+    let wsigner = caliopen_ca::tlog::Signer::from_seed(wname, &[5; 32]).expect("key");
+    let wkey = caliopen_ca::tlog::CosignatureVerifier::new(wname, *wsigner.verifier().public_key())
+        .to_string();
+    let out = run(&[
+        "log",
+        "witness",
+        "add",
+        "--dir",
+        d,
+        "--name",
+        "w",
+        "--vkey",
+        &wkey,
+        "--url",
+        "https://127.0.0.1:9/witness",
+    ]);
+    assert!(out.contains("1 witness(es), quorum 0"), "{out}");
+    assert!(run(&["log", "witness", "list", "--dir", d]).contains(&wkey));
+    let published = verify_signed_directory(
+        &c.get_directory(GetDirectoryRequest {})
+            .await
+            .expect("dir")
+            .into_inner(),
+        &[RootKey::from_cert_der(&root_der).expect("root")],
+    )
+    .expect("verify");
+    assert_eq!(published.witnesses.len(), 1);
+    assert_eq!(published.witnesses[0].vkey, wkey);
+    assert_eq!(published.witness_quorum, 0);
     let mut stream = c
         .watch(WatchRequest {
             known_crl_number: known,

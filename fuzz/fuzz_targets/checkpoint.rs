@@ -1,7 +1,7 @@
 //! The membership log's decoders and verifiers on untrusted bytes: signed
 //! notes, checkpoints, verifier keys, log entries, inclusion/consistency
-//! proofs, tile paths (as the HTTPS front end receives them) and entry
-//! bundles. Errors only, never a panic.
+//! proofs, tile paths (as the HTTPS front end receives them), entry
+//! bundles and witness add-checkpoint requests. Errors only, never a panic.
 #![no_main]
 use caliopen_ca::tlog::{
     verify_consistency, verify_inclusion, Checkpoint, Entry, Hash, Note, Tile, Verifier,
@@ -26,6 +26,15 @@ fuzz_target!(|data: &[u8]| {
         let _ = Checkpoint::parse_text(s);
     }
     let _ = Entry::decode(data);
+    // tlog-witness add-checkpoint bodies (what a witness reads): one that
+    // parses writes back to the same bytes (sizes and base64 are strict).
+    if let Ok(r) = caliopen_ca::tlog::witness::parse_request(data) {
+        if let Ok(note) = std::str::from_utf8(r.note) {
+            let again = caliopen_ca::tlog::witness::request_body(r.old, &r.proof, note);
+            assert!(again.as_bytes() == data, "witness request does not round-trip");
+        }
+    }
+    let _ = caliopen_ca::tlog::witness::parse_size_body(data);
     if let Ok(s) = std::str::from_utf8(data) {
         // A path accepted is spelled canonically: it reads back to itself.
         if let Ok(t) = Tile::parse(s) {

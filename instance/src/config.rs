@@ -595,6 +595,33 @@ impl Default for WebSection {
     }
 }
 
+/// A witness of the association's membership log (C2SP tlog-witness),
+/// served on the web listener at `POST /witness/add-checkpoint`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSection {
+    /// Cosign the association's checkpoints (needs `[web] listen` and the
+    /// log key pinned by `caliopen join --log-key`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The witness key's name (default: `<first domain>/witness`): part of
+    /// the verifier key given to the association, so keep it once given.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl Config {
+    /// The witness key's name.
+    pub fn witness_name(&self) -> String {
+        self.witness.name.clone().unwrap_or_else(|| {
+            format!(
+                "{}/witness",
+                self.domains.first().map_or("localhost", String::as_str)
+            )
+        })
+    }
+}
+
 /// DNS: sender checks (DKIM, SPF, DMARC) of inbound mail and MX lookups
 /// for direct delivery.
 #[derive(Debug, Clone, Deserialize)]
@@ -770,6 +797,9 @@ pub struct Config {
     /// ACME certificates (absent: the certificate files are kept by hand).
     #[serde(default)]
     pub acme: Option<AcmeSection>,
+    /// Witness of the association's membership log.
+    #[serde(default)]
+    pub witness: WitnessSection,
     /// Where the configuration was read from (not in the file).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -806,6 +836,7 @@ impl Config {
             dkim: DkimSection::default(),
             association: None,
             acme: None,
+            witness: WitnessSection::default(),
             source: None,
         }
     }
@@ -911,6 +942,12 @@ impl Config {
             if !is_dns_name(d) {
                 return Err(format!("key `domains`: invalid domain {d:?}"));
             }
+        }
+        if !caliopen_ca::tlog::note::valid_key_name(&self.witness_name()) {
+            return Err(format!(
+                "key `witness.name`: {:?} is not a key name (no spaces, no '+')",
+                self.witness_name()
+            ));
         }
         for z in &self.dns.blocklists {
             let z = z.trim_end_matches('.');
@@ -1058,6 +1095,8 @@ mod tests {
         let text = include_str!("../../deploy/caliopen.example.toml");
         let c = Config::parse(text).expect("example parses");
         assert_eq!(c.domains[0], "alpha.example");
+        assert!(!c.witness.enabled);
+        assert_eq!(c.witness_name(), "alpha.example/witness");
     }
 
     #[test]
@@ -1066,6 +1105,14 @@ mod tests {
             ("domains = []", "domains"),
             ("domains = ['a..b']", "domains"),
             ("domains = ['a.test']\nfrobnicate = 1", "frobnicate"),
+            (
+                "domains = ['a.test']\n[witness]\nname = 'a b'",
+                "witness.name",
+            ),
+            (
+                "domains = ['a.test']\n[witness]\nenabled = 'yes'",
+                "enabled",
+            ),
             ("domains = ['a.test']\n[smtp]\nlisten = 'nope'", "listen"),
             (
                 "domains = ['a.test']\n[smtp]\nmax_recipients = 0",

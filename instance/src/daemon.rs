@@ -105,6 +105,35 @@ fn load_tls(config: &Config) -> Result<Arc<crate::certs::CertStore>, String> {
     }
 }
 
+/// The membership log's witness when `[witness] enabled`: it needs the
+/// association's log key pinned (the log it witnesses) and the web listener
+/// (where it is served).
+fn open_witness(
+    config: &Config,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Result<Option<Arc<crate::web::witness::WitnessEndpoint>>, String> {
+    if !config.witness.enabled {
+        return Ok(None);
+    }
+    let Some(key) = config.association.as_ref().and_then(|a| a.log_key.as_ref()) else {
+        return Err(
+            "[witness] enabled needs the association's log key pinned (caliopen join --log-key)"
+                .into(),
+        );
+    };
+    if config.web.listen.is_none() {
+        return Err("[witness] enabled needs [web] listen: the witness is served there".into());
+    }
+    crate::web::witness::open(
+        &config.data_dir(),
+        &config.witness_name(),
+        &config.in_data(key),
+        metrics.clone(),
+    )
+    .map(Some)
+    .map_err(|e| format!("witness: {e}"))
+}
+
 fn admin_token(dir: &Path) -> Result<String, String> {
     let path = dir.join(ADMIN_TOKEN);
     if let Ok(t) = std::fs::read_to_string(&path) {
@@ -392,6 +421,7 @@ pub async fn run(
         None => None,
     };
 
+    let witness = open_witness(&config, svc.metrics())?;
     let web_addr = match config.web.listen {
         Some(addr) => {
             let l = crate::web::WebListener::bind(
@@ -409,6 +439,7 @@ pub async fn run(
                         idle_timeout: Duration::from_secs(config.web.idle_timeout_seconds.max(1)),
                     },
                     well_known: Some(Arc::new(crate::publish::WellKnown::new(&config))),
+                    witness: witness.clone(),
                 },
             )
             .await

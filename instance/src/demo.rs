@@ -330,6 +330,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             dkim: Default::default(),
             association,
             acme: None,
+            witness: Default::default(),
             source: None,
         });
     }

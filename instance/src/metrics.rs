@@ -105,6 +105,12 @@ pub struct Metrics {
     pub web_csrf_refused: AtomicU64,
     /// Remote resources (images, style sheets) blocked in displayed mail.
     pub web_remote_blocked: AtomicU64,
+    /// Membership-log checkpoints this instance's witness cosigned.
+    pub witness_cosigned: AtomicU64,
+    /// Checkpoints the witness refused (any tlog-witness refusal).
+    pub witness_refused: AtomicU64,
+    /// Witness requests refused for their source's rate.
+    pub witness_rate_limited: AtomicU64,
 }
 
 /// What the metrics page reads besides the counters.
@@ -374,6 +380,16 @@ pub fn render(s: &MetricsSources) -> String {
     );
     c(
         &mut out,
+        "caliopen_witness_checkpoints_total",
+        "Membership-log checkpoints submitted to this instance's witness, by outcome.",
+        &[
+            ("outcome", "cosigned", l(&m.witness_cosigned)),
+            ("outcome", "refused", l(&m.witness_refused)),
+            ("outcome", "rate_limited", l(&m.witness_rate_limited)),
+        ],
+    );
+    c(
+        &mut out,
         "caliopen_web_remote_blocked_total",
         "Remote resources (trackers, images, style sheets) blocked in mail shown by the web client.",
         &[("kind", "remote", l(&m.web_remote_blocked))],
@@ -458,6 +474,7 @@ pub fn render(s: &MetricsSources) -> String {
                 ("outcome", "refused_proof", l(&st.refused_proof)),
                 ("outcome", "unverifiable", l(&st.unverifiable)),
                 ("outcome", "refused_evidence", l(&st.refused_evidence)),
+                ("outcome", "refused_quorum", l(&st.refused_quorum)),
             ],
         );
         g(

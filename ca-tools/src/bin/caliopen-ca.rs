@@ -9,7 +9,7 @@ use caliopen_ca::{
     connect_admin, status_to_error, Authority, BoundService, ListEntry, RevokeTarget, Settings,
     SignRequest,
 };
-use caliopen_proto::pb::ca_admin::{self as pb, revoke_request};
+use caliopen_proto::pb::ca_admin::{self as pb, revoke_request, witness_request};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -192,6 +192,123 @@ enum LogCmd {
         #[command(flatten)]
         dir: DirArg,
     },
+    /// The log's witnesses (C2SP tlog-witness) and their quorum, published
+    /// in the directory.
+    Witness {
+        #[command(subcommand)]
+        cmd: WitnessCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum WitnessCmd {
+    /// Register a witness (or replace one of that name); issues a directory.
+    Add {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The association's name for it.
+        #[arg(long)]
+        name: String,
+        /// Its cosignature/v1 verifier key (`caliopen witness key` prints it).
+        #[arg(long, value_name = "VKEY")]
+        vkey: String,
+        /// Its submission prefix: https://HOST[:PORT]/PREFIX (POST
+        /// PREFIX/add-checkpoint; a Caliopen instance serves /witness).
+        #[arg(long)]
+        url: String,
+        /// PEM certificate(s) its HTTPS certificate must chain to (default:
+        /// the public web roots).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+    },
+    /// Remove a witness; issues a directory.
+    Remove {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Its name.
+        name: String,
+    },
+    /// Set how many distinct witnesses must cosign a checkpoint that grows
+    /// the log before members take it (0: none); issues a directory.
+    Quorum {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The quorum.
+        n: u32,
+    },
+    /// List the witnesses and the quorum.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn run_witness(cmd: WitnessCmd) -> anyhow::Result<()> {
+    let (dir, op, json) = match cmd {
+        WitnessCmd::Add {
+            dir,
+            name,
+            vkey,
+            url,
+            ca,
+        } => {
+            let ca_pem = match ca {
+                Some(f) => {
+                    std::fs::read_to_string(&f).with_context(|| format!("read {}", f.display()))?
+                }
+                None => String::new(),
+            };
+            let add = pb::WitnessAdd {
+                name,
+                vkey,
+                url,
+                ca_pem,
+            };
+            (dir, witness_request::Op::Add(add), false)
+        }
+        WitnessCmd::Remove { dir, name } => (dir, witness_request::Op::Remove(name), false),
+        WitnessCmd::Quorum { dir, n } => (dir, witness_request::Op::Quorum(n), false),
+        WitnessCmd::List { dir, json } => (dir, witness_request::Op::List(true), json),
+    };
+    let listing = matches!(op, witness_request::Op::List(_));
+    let r = match backend(&dir.dir).await? {
+        Backend::Remote(mut c) => c
+            .witness(pb::WitnessRequest { op: Some(op) })
+            .await
+            .map_err(status_to_error)?
+            .into_inner(),
+        Backend::Local(ca) => {
+            tokio::task::spawn_blocking(move || caliopen_ca::witness_op(&ca, op)).await??
+        }
+    };
+    let list: Vec<serde_json::Value> = serde_json::from_str(&r.witnesses_json)?;
+    if json {
+        let v = serde_json::json!({"quorum": r.quorum, "witnesses": list});
+        out!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if !listing {
+        out!(
+            "{} witness(es), quorum {}; directory serial {}",
+            list.len(),
+            r.quorum,
+            r.directory_serial
+        );
+        return Ok(());
+    }
+    out!("quorum: {}", r.quorum);
+    for w in &list {
+        out!(
+            "{}  {}  {}",
+            w["name"].as_str().unwrap_or(""),
+            w["vkey"].as_str().unwrap_or(""),
+            w["url"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
 }
 
 /// Opens the directory itself for a `log` command (these read the state
@@ -210,6 +327,7 @@ async fn open_local(dir: &Path, what: &str) -> anyhow::Result<Authority> {
 
 async fn run_log(cmd: LogCmd) -> anyhow::Result<()> {
     match cmd {
+        LogCmd::Witness { cmd } => run_witness(cmd).await?,
         LogCmd::Key { dir } => {
             // log.pub is public and kept by every open: no need for the state.
             let path = dir.dir.join(caliopen_ca::files::LOG_PUB);
@@ -589,7 +707,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let v = serde_json::json!({
                 "association": d.association, "serial": d.serial, "issued_at": d.issued_at,
                 "valid_until": d.valid_until, "min_software_version": d.min_software_version,
-                "members": members,
+                "members": members, "log_size": d.log_size,
+                "witnesses": d.witnesses.iter().map(|w| serde_json::json!({
+                    "name": w.name, "vkey": w.vkey, "url": w.url,
+                })).collect::<Vec<_>>(),
+                "witness_quorum": d.witness_quorum,
             });
             out!("{}", serde_json::to_string_pretty(&v)?);
         }

@@ -129,6 +129,11 @@ impl CosignatureVerifier {
         self.key_id
     }
 
+    /// The Ed25519 public key.
+    pub fn public_key(&self) -> &[u8; 32] {
+        &self.public_key
+    }
+
     /// The timestamp of this key's `cosignature/v1` on `note`, which must
     /// be a checkpoint: `Ok(None)` when the note carries no line of this
     /// key, an error when one does not verify (signed-note: a known key's

@@ -16,6 +16,7 @@
 //! - [`tiles`]: the log as C2SP tlog-tiles (paths, hash tiles, entry
 //!   bundles) and a client-side tile set to compute heads and proofs from.
 //! - [`entry`]: what one log entry records and its encoding.
+//! - [`witness`]: the `add-checkpoint` request of c2sp.org/tlog-witness.
 
 pub mod base64;
 pub mod checkpoint;
@@ -24,6 +25,7 @@ pub mod entry;
 pub mod merkle;
 pub mod note;
 pub mod tiles;
+pub mod witness;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use cosignature::{open_timestamped, sign_timestamped, CosignatureVerifier};

@@ -9,6 +9,9 @@
 //! - [`evidence`]: the split-view proof and the path evaluation.
 //! - [`tiles`]: consistency proofs from the association's tiles over HTTPS
 //!   ([`HttpsTiles`]).
+//! - [`witness`]: a witness of the log (C2SP `tlog-witness`): cosigns a
+//!   checkpoint only with a valid consistency proof from the last one it
+//!   cosigned ([`Witness`]).
 //! - [`LogMonitor`]: the shared, async front of all three: what the
 //!   association link and the mesh node feed, what the instance reads.
 //!
@@ -20,11 +23,13 @@ pub mod evidence;
 pub mod inclusion;
 pub mod tiles;
 pub mod view;
+pub mod witness;
 
 pub use evidence::{EvidenceError, SplitView};
 pub use inclusion::InclusionError;
 pub use tiles::HttpsTiles;
 pub use view::{Held, LogError, LogKey, LogView, Offer};
+pub use witness::{Witness, WitnessPolicy, WitnessRefusal};
 
 use crate::node::BoxFuture;
 use crate::trust::TrustStore;
@@ -79,6 +84,8 @@ pub struct LogStats {
     /// Peers' certificates that could not be checked (no index, entry not
     /// covered by a checkpoint yet, tiles unreachable): refused for now.
     pub certs_unchecked: AtomicU64,
+    /// Refused: a grown tree without the witness quorum of the directory.
+    pub refused_quorum: AtomicU64,
 }
 
 /// Certificates remembered, at most (the oldest verdicts go first; a
@@ -320,6 +327,8 @@ impl LogMonitor {
     pub async fn offer(&self, note: &str, source: Option<&str>) -> Result<Offer, LogError> {
         let _one = self.offers.lock().await;
         let now = now_unix();
+        let policy = self.witness_policy();
+        self.with_view(|v| v.set_witness_policy(policy));
         let first = self.with_view(|v| v.offer(note, source, None, now));
         let r = match first {
             Ok(Offer::NeedProof { old, new }) => {
@@ -534,6 +543,21 @@ impl LogMonitor {
         Ok(had)
     }
 
+    /// The witness policy of the directory held (none without a trust
+    /// store or a directory).
+    fn witness_policy(&self) -> WitnessPolicy {
+        let key = self.key();
+        self.trust
+            .as_ref()
+            .map(|t| t.current())
+            .and_then(|st| {
+                st.directory
+                    .as_ref()
+                    .map(|d| WitnessPolicy::from_directory(&d.directory, &key))
+            })
+            .unwrap_or_default()
+    }
+
     fn notify(&self, source: Option<&str>) {
         let (size, root, split) = {
             let v = self.lock();
@@ -613,6 +637,7 @@ impl LogMonitor {
                     LogError::BadProof { .. } => &self.stats.refused_proof,
                     LogError::Unverifiable { .. } => &self.stats.unverifiable,
                     LogError::BadEvidence(_) => &self.stats.refused_evidence,
+                    LogError::Quorum { .. } => &self.stats.refused_quorum,
                     LogError::State(_) => {
                         tracing::error!(error = %e, "membership log: state not written");
                         return;

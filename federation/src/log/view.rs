@@ -4,6 +4,7 @@
 //! [`super::LogMonitor`] fetches the proofs these decisions ask for.
 
 use super::evidence::{judge, PathVerdict, SplitView};
+use super::witness::WitnessPolicy;
 use caliopen_ca::tlog::{open_timestamped, Checkpoint, CosignatureVerifier, Hash, Verifier};
 use std::fs::File;
 use std::io::Write;
@@ -62,6 +63,17 @@ pub enum LogError {
     /// The state on disk cannot be read, written or trusted.
     #[error("membership log state: {0}")]
     State(String),
+    /// A checkpoint that grows the tree lacks the witness cosignatures the
+    /// directory requires ([`WitnessPolicy`]).
+    #[error(
+        "checkpoint refused: {have} valid witness cosignature(s), the directory requires {need}"
+    )]
+    Quorum {
+        /// Distinct listed witnesses whose cosignature verifies.
+        have: usize,
+        /// The quorum.
+        need: usize,
+    },
 }
 
 /// The checkpoint held, as verified.
@@ -168,6 +180,8 @@ pub struct LogView {
     split: Option<SplitView>,
     /// Heads proven to be prefixes of the held one (or to have been held).
     known: std::collections::HashSet<(u64, Hash)>,
+    /// What a checkpoint that grows the tree must be cosigned by.
+    witnesses: WitnessPolicy,
 }
 
 impl LogView {
@@ -182,6 +196,7 @@ impl LogView {
             held: None,
             split: None,
             known: std::collections::HashSet::new(),
+            witnesses: WitnessPolicy::default(),
         };
         let path = dir.join(CHECKPOINT_FILE);
         match std::fs::read(&path) {
@@ -248,15 +263,14 @@ impl LogView {
             // The first checkpoint has nothing to be consistent with: it is
             // taken on the key's signature (trust on first use of the log,
             // the key itself being pinned at join).
-            self.take(note, cp, ts, source, now)?;
-            return Ok(Offer::Taken { grew: true });
+            return self.take_grown(note, cp, ts, source, now);
         };
         let (h, rh) = (held.checkpoint.size, held.checkpoint.root);
         if cp.size == h {
             if cp.root != rh {
                 return self.split(note, Vec::new(), source, now);
             }
-            if ts > held.timestamp {
+            if ts > held.timestamp || self.more_cosigned(note, ts) {
                 self.take(note, cp, ts, source, now)?;
                 return Ok(Offer::Taken { grew: false });
             }
@@ -287,10 +301,7 @@ impl LogView {
             judge(cp.size, &cp.root, h, &rh, path)
         };
         match verdict {
-            PathVerdict::Consistent if cp.size > h => {
-                self.take(note, cp, ts, source, now)?;
-                Ok(Offer::Taken { grew: true })
-            }
+            PathVerdict::Consistent if cp.size > h => self.take_grown(note, cp, ts, source, now),
             PathVerdict::Consistent => {
                 self.remember(cp.size, cp.root);
                 Ok(Offer::Unchanged)
@@ -341,6 +352,43 @@ impl LogView {
             sync_dir(&self.dir)?;
         }
         Ok(had)
+    }
+
+    /// Sets what a checkpoint that grows the tree must be cosigned by
+    /// (from the directory held; see [`super::LogMonitor::offer`]).
+    pub fn set_witness_policy(&mut self, policy: WitnessPolicy) {
+        self.witnesses = policy;
+    }
+
+    /// The witness policy in force.
+    pub fn witness_policy(&self) -> &WitnessPolicy {
+        &self.witnesses
+    }
+
+    /// Whether `note`, dated `ts`, is the held checkpoint (same tree, same
+    /// time) with more valid cosignatures of listed witnesses: the
+    /// association publishes a checkpoint at once and again once its
+    /// witnesses cosigned it.
+    fn more_cosigned(&self, note: &str, ts: u64) -> bool {
+        self.held.as_ref().is_some_and(|h| {
+            ts == h.timestamp
+                && self.witnesses.cosigned_by(note) > self.witnesses.cosigned_by(&h.note)
+        })
+    }
+
+    /// Takes a checkpoint that grows the tree (or is the first), once it
+    /// carries the witness cosignatures required.
+    fn take_grown(
+        &mut self,
+        note: &str,
+        checkpoint: Checkpoint,
+        timestamp: u64,
+        source: Option<&str>,
+        now: i64,
+    ) -> Result<Offer, LogError> {
+        self.witnesses.check(note)?;
+        self.take(note, checkpoint, timestamp, source, now)?;
+        Ok(Offer::Taken { grew: true })
     }
 
     fn remember(&mut self, size: u64, root: Hash) {

@@ -178,6 +178,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DkimCmd,
     },
+    /// The membership log's witness (`[witness] enabled`).
+    Witness {
+        #[command(subcommand)]
+        cmd: WitnessCmd,
+    },
     /// Manage aliases (an address for one or more accounts; @domain: catch-all).
     Alias {
         #[command(subcommand)]
@@ -1334,6 +1339,31 @@ fn limits_text(q: &serde_json::Value) -> String {
 }
 
 /// `caliopen log`: reads the view the daemon keeps (read-only; it may run).
+#[derive(Subcommand)]
+enum WitnessCmd {
+    /// Print the witness's cosignature/v1 verifier key, for the association
+    /// (`caliopen-ca log witness add --vkey`); makes the key on first use.
+    Key {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn witness_key(config: &Path) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    let path = cfg
+        .data_dir()
+        .join(caliopen_instance::web::witness::KEY_FILE);
+    let signer = caliopen_federation::log::witness::load_or_create_key(&path, &cfg.witness_name())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        caliopen_federation::log::witness::verifier_key_of(&signer)
+    )?;
+    Ok(())
+}
+
 fn log_show(config: &Path, json: bool) -> anyhow::Result<()> {
     let cfg = Config::load(config)?;
     let Some(assoc) = &cfg.association else {
@@ -1354,8 +1384,36 @@ fn log_show(config: &Path, json: bool) -> anyhow::Result<()> {
     let held = mon.held();
     let split = mon.split_view();
     let certs = mon.certificates();
+    // The witnesses the directory held lists, and which cosigned the
+    // checkpoint held (verified here).
+    let trust = caliopen_federation::TrustStore::new(
+        &std::fs::read_to_string(cfg.in_data(&assoc.ca))?,
+        caliopen_federation::trust::default_accepted_charters(),
+    )?;
+    let _ = trust.load(&cfg.data_dir().join("trust"), now_unix());
+    let directory = trust.current().directory.clone();
+    let (quorum, listed) = directory
+        .as_ref()
+        .map(|d| (d.directory.witness_quorum, d.directory.witnesses.clone()))
+        .unwrap_or_default();
+    let held_note = held
+        .as_ref()
+        .and_then(|h| caliopen_ca::tlog::Note::parse(h.note.as_bytes()).ok());
+    let cosigners: Vec<serde_json::Value> = listed
+        .iter()
+        .filter_map(|w| {
+            let k = caliopen_ca::tlog::CosignatureVerifier::parse(&w.vkey).ok()?;
+            let ts = k.timestamp(held_note.as_ref()?).ok()??;
+            Some(serde_json::json!({"name": w.name, "vkey": w.vkey, "timestamp": ts}))
+        })
+        .collect();
     let v = serde_json::json!({
         "origin": mon.key().origin(),
+        "witnesses": {
+            "quorum": quorum,
+            "listed": listed.iter().map(|w| serde_json::json!({"name": w.name, "vkey": w.vkey, "url": w.url})).collect::<Vec<_>>(),
+            "cosigned_held": cosigners,
+        },
         "checkpoint": held.as_ref().map(|h| serde_json::json!({
             "size": h.checkpoint.size,
             "root": hex::encode(h.checkpoint.root),
@@ -1386,6 +1444,22 @@ fn log_show(config: &Path, json: bool) -> anyhow::Result<()> {
             h.verified_at
         ),
         None => out!("checkpoint: none verified yet"),
+    }
+    if listed.is_empty() {
+        out!("witnesses: none listed in the directory");
+    } else {
+        out!(
+            "witnesses: {} of {} listed cosigned the checkpoint held (quorum {}){}{}",
+            cosigners.len(),
+            listed.len(),
+            quorum,
+            if cosigners.is_empty() { "" } else { ": " },
+            cosigners
+                .iter()
+                .filter_map(|c| c["name"].as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     match &split {
         Some(s) => out!(
@@ -2131,6 +2205,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dkim {
             cmd: DkimCmd::List { config, json },
         } => dkim_list(&config, json),
+        Cmd::Witness {
+            cmd: WitnessCmd::Key { config },
+        } => witness_key(&config),
         Cmd::Dkim {
             cmd:
                 DkimCmd::Rotate {

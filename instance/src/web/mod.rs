@@ -24,6 +24,7 @@ pub mod session;
 #[cfg(test)]
 mod tests;
 pub mod view;
+pub mod witness;
 
 use crate::delivery::MailService;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -54,6 +55,9 @@ pub struct WebConfig {
     pub limits: crate::limits::ConnLimits,
     /// The MTA-STS policy and client autoconfiguration it serves.
     pub well_known: Option<Arc<crate::publish::WellKnown>>,
+    /// The membership log's witness (`[witness] enabled`), served under
+    /// [`witness::PREFIX`].
+    pub witness: Option<Arc<witness::WitnessEndpoint>>,
 }
 
 /// What every handler shares.
@@ -342,7 +346,10 @@ impl WebListener {
         if let Some(w) = &self.config.well_known {
             web.set_well_known(w.clone());
         }
-        let app = router(web);
+        let app = match &self.config.witness {
+            Some(w) => router(web).merge(witness::routes(w.clone())),
+            None => router(web),
+        };
         let mut tls = (*self.config.tls).clone();
         // `acme-tls/1` last: only an ACME server validating TLS-ALPN-01
         // offers it (and nothing else); its connection ends after the
