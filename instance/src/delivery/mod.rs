@@ -193,6 +193,9 @@ pub enum SenderVerdict {
     Reject,
 }
 
+/// A DKIM signature being made ([`MailService::start_signing`]).
+type Signing = tokio::task::JoinHandle<Result<Option<Vec<u8>>, crate::dkim::DkimError>>;
+
 /// Local mail service: who exists, password checks, durable storage, and
 /// the routes to other members and to the outside.
 #[derive(Debug, Clone)]
@@ -409,13 +412,26 @@ impl MailService {
     /// `data` with its DKIM signatures, when a key signs for its From:
     /// domain; otherwise (or when signing fails, logged and counted) the
     /// bytes as they are — mail is never refused for its signature.
-    /// RSA signing takes about a millisecond: off the async workers.
     async fn signed(&self, data: &[u8]) -> Option<Vec<u8>> {
-        use std::sync::atomic::Ordering::Relaxed;
+        self.signed_by(self.start_signing(data)?).await
+    }
+
+    /// Starts signing `data` on a blocking thread (RSA signing takes about
+    /// half a millisecond: off the async workers, and in parallel with the
+    /// durable writes the caller does meanwhile). `None` when no DKIM keys
+    /// are set.
+    fn start_signing(&self, data: &[u8]) -> Option<Signing> {
         let keys = self.dkim.get()?.clone();
         let bytes = data.to_vec();
-        let r = tokio::task::spawn_blocking(move || keys.sign(&bytes, now_unix())).await;
-        match r {
+        Some(tokio::task::spawn_blocking(move || {
+            keys.sign(&bytes, now_unix())
+        }))
+    }
+
+    /// The outcome of [`Self::start_signing`], counted and logged.
+    async fn signed_by(&self, task: Signing) -> Option<Vec<u8>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match task.await {
             Ok(Ok(Some(signed))) => {
                 self.metrics.dkim_signed.fetch_add(1, Relaxed);
                 Some(signed)
@@ -820,6 +836,18 @@ impl MailService {
             .auth_user
             .as_deref()
             .and_then(|u| self.local_user(u));
+        // What leaves the instance is signed once for all its routes (the
+        // local copies, the sent one included, keep the submitted bytes).
+        // The signature is made while the contact book and the local copies
+        // are written, and awaited before the queues take the message.
+        let leaving = sender.is_some()
+            && ((!by_member.is_empty() && self.mesh.get().is_some())
+                || (!outside.is_empty() && self.queue.get().is_some()));
+        let signing = if leaving {
+            self.start_signing(data)
+        } else {
+            None
+        };
         if let Some(owner) = &sender {
             if let Err(e) = self.store.record_sent(owner, &paths, data, now).await {
                 // The contact book is derived data: never refuse mail for it.
@@ -874,15 +902,9 @@ impl MailService {
                 counter.fetch_add(received as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        // What leaves the instance is signed once for all its routes (the
-        // local copies, the sent one included, keep the submitted bytes).
-        let leaving = sender.is_some()
-            && ((!by_member.is_empty() && self.mesh.get().is_some())
-                || (!outside.is_empty() && self.queue.get().is_some()));
-        let signed = if leaving {
-            self.signed(data).await
-        } else {
-            None
+        let signed = match signing {
+            Some(task) => self.signed_by(task).await,
+            None => None,
         };
         let out_data = signed.as_deref().unwrap_or(data);
         if let Some(mesh) = self.mesh.get() {
