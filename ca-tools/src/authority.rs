@@ -2008,13 +2008,22 @@ impl Authority {
         }
         let _g = self.lock();
         let existing = self.store.witnesses()?;
-        if existing
-            .iter()
-            .any(|w| w.name != name && w.vkey == key.to_string())
-        {
+        // One public key, one cosigner (tlog-cosignature: "the same public
+        // key can't be used across multiple cosigners"); members count
+        // distinct keys, and never the log's own.
+        let same_key = |w: &WitnessRecord| {
+            tlog::CosignatureVerifier::parse(&w.vkey)
+                .is_ok_and(|k| k.public_key() == key.public_key())
+        };
+        if existing.iter().any(|w| w.name != name && same_key(w)) {
             return Err(CaError::BadInput(format!(
                 "witness key {vkey} is already registered under another name"
             )));
+        }
+        if key.public_key() == self.log_verifier().public_key() {
+            return Err(CaError::BadInput(
+                "the log's own key cannot witness the log".into(),
+            ));
         }
         if existing.len() >= MAX_WITNESSES && !existing.iter().any(|w| w.name == name) {
             return Err(CaError::BadInput(format!(

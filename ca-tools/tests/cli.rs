@@ -752,6 +752,20 @@ fn log_witness_commands_register_witnesses_and_the_directory_lists_them() {
     bad(add("w3", &vkey(3, "w3.test"), "http://w3.test", &[]));
     bad(add("w 3", &vkey(3, "w3.test"), "https://w3.test", &[]));
     bad(add("w3", &k1, "https://w3.test", &[]));
+    // … the same public key under another name, and the log's own key.
+    let e = bad(add(
+        "w3",
+        &vkey(1, "w3.test/witness"),
+        "https://w3.test",
+        &[],
+    ));
+    assert!(e.contains("already registered"), "{e}");
+    let log_pub =
+        std::fs::read_to_string(std::path::Path::new(a.d()).join("log.pub")).expect("log.pub");
+    let log_key = caliopen_ca::tlog::Verifier::parse(log_pub.trim()).expect("log key");
+    let own = CosignatureVerifier::for_log(&log_key).to_string();
+    let e = bad(add("w3", &own, "https://w3.test", &[]));
+    assert!(e.contains("log's own key"), "{e}");
     let junk = a.path("junk.pem");
     std::fs::write(&junk, "nothing\n").expect("write");
     bad(add(

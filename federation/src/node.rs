@@ -520,6 +520,17 @@ impl MeshNode {
                     conn.close(CLOSE_REVOKED.into(), b"not in the membership log");
                     return;
                 }
+                // The log check may have taken a while (a poll, tiles): a
+                // CRL or directory taken meanwhile closed only the pooled
+                // connections, so this one is checked again before it joins.
+                if !still_member(&node.inner.trust.current(), &identity) {
+                    node.inner
+                        .stats
+                        .closed_revoked
+                        .fetch_add(1, Ordering::Relaxed);
+                    conn.close(CLOSE_REVOKED.into(), b"revoked");
+                    return;
+                }
                 tracing::debug!(%remote, peer = %identity.member_id, "mesh connection accepted");
                 node.register(conn, identity, false);
             });

@@ -63,9 +63,10 @@ pub enum InclusionError {
 
 impl InclusionError {
     /// True when the log shows the certificate is not where the directory
-    /// says (as opposed to: it could not be checked now).
+    /// says: the entry at that index is proven in the tree and is something
+    /// else. (A bad proof proves nothing: tiles are not signed.)
     pub fn is_proven(&self) -> bool {
-        matches!(self, Self::BadProof { .. } | Self::OtherEntry { .. })
+        matches!(self, Self::OtherEntry { .. })
     }
 }
 

@@ -55,6 +55,10 @@ pub trait ProofSource: Send + Sync + std::fmt::Debug + 'static {
     fn leaf(&self, index: u64, size: u64) -> BoxFuture<Result<Leaf, String>>;
     /// The association's current checkpoint note (the poll fallback).
     fn checkpoint(&self) -> BoxFuture<Result<String, String>>;
+    /// Forgets anything kept from earlier answers (cached tiles): called
+    /// when what they gave did not lead to a signed root, before asking
+    /// once more. Sources that keep nothing have nothing to do.
+    fn invalidate(&self) {}
 }
 
 /// Counters of the membership log view (for metrics).
@@ -336,9 +340,26 @@ impl LogMonitor {
                     tokio::time::timeout(self.proof_timeout, self.proofs.prefix_path(old, new))
                         .await
                         .unwrap_or_else(|_| Err("timed out".into()));
-                match fetched {
+                let r = match fetched {
                     Ok(path) => self.with_view(|v| v.offer(note, source, Some(&path), now)),
                     Err(why) => Err(LogError::Unverifiable { old, new, why }),
+                };
+                if matches!(r, Err(LogError::BadProof { .. })) {
+                    // Tiles are not signed: a bad one (kept in a cache, say)
+                    // is dropped and the proof asked for once more.
+                    self.proofs.invalidate();
+                    match tokio::time::timeout(
+                        self.proof_timeout,
+                        self.proofs.prefix_path(old, new),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into()))
+                    {
+                        Ok(path) => self.with_view(|v| v.offer(note, source, Some(&path), now)),
+                        Err(why) => Err(LogError::Unverifiable { old, new, why }),
+                    }
+                } else {
+                    r
                 }
             }
             other => other,
@@ -362,12 +383,13 @@ impl LogMonitor {
         if self.is_included(sha256) {
             return Ok(());
         }
-        let r = self.check_uncached(sha256, index).await;
+        let mut checked = 0;
+        let r = self.check_uncached(sha256, index, &mut checked).await;
         let verdict = |included: bool, detail: String| CertCheck {
             member_id: member_id.to_owned(),
             sha256: hex::encode(sha256),
             index: index.unwrap_or_default(),
-            tree_size: self.head().map_or(0, |h| h.0),
+            tree_size: checked,
             included,
             detail,
             at: now_unix(),
@@ -453,10 +475,12 @@ impl LogMonitor {
         }
     }
 
+    /// Sets `checked` to the size of the tree the check is made against.
     async fn check_uncached(
         &self,
         sha256: &[u8],
         index: Option<u64>,
+        checked: &mut u64,
     ) -> Result<(), InclusionError> {
         let index = index.ok_or(InclusionError::NoIndex)?;
         let covered = |h: Option<(u64, Hash)>| h.filter(|(size, _)| index < *size);
@@ -479,18 +503,42 @@ impl LogMonitor {
                 Some((size, _)) => InclusionError::NotCovered { index, size },
             });
         };
-        let (entry, proof) =
-            match tokio::time::timeout(self.proof_timeout, self.proofs.leaf(index, size)).await {
-                Ok(Ok(v)) => v,
-                Ok(Err(why)) => return Err(InclusionError::Unverifiable { index, why }),
-                Err(_) => {
-                    return Err(InclusionError::Unverifiable {
-                        index,
-                        why: "timed out".into(),
-                    })
-                }
-            };
-        inclusion::judge(sha256, index, size, &root, &entry, &proof)
+        *checked = size;
+        let mut verdict = Err(InclusionError::NoIndex);
+        for attempt in 0..2 {
+            if attempt > 0 {
+                // Tiles are not signed: a bad one (kept in a cache, say)
+                // is dropped and the entry asked for once more.
+                self.proofs.invalidate();
+            }
+            let (entry, proof) =
+                match tokio::time::timeout(self.proof_timeout, self.proofs.leaf(index, size)).await
+                {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(why)) => return Err(InclusionError::Unverifiable { index, why }),
+                    Err(_) => {
+                        return Err(InclusionError::Unverifiable {
+                            index,
+                            why: "timed out".into(),
+                        })
+                    }
+                };
+            verdict = inclusion::judge(sha256, index, size, &root, &entry, &proof);
+            if !matches!(verdict, Err(InclusionError::BadProof { .. })) {
+                break;
+            }
+        }
+        verdict.map_err(|e| match e {
+            // Twice a path that leads nowhere: the association's tiles do
+            // not match its own checkpoint. No evidence about the
+            // certificate either way.
+            InclusionError::BadProof { index } => InclusionError::Unverifiable {
+                index,
+                why: "the association's tiles give no inclusion proof to the checkpoint held"
+                    .into(),
+            },
+            other => other,
+        })
     }
 
     /// Fetches the association's current checkpoint and offers it (the
@@ -532,6 +580,13 @@ impl LogMonitor {
     pub async fn clear_split_view(&self, forget_head: bool) -> Result<bool, LogError> {
         let _one = self.offers.lock().await;
         let had = self.lock().clear_split_view(forget_head, now_unix())?;
+        if forget_head {
+            // Verdicts were made against the head dropped: the next head
+            // is not checked against it, so they prove nothing any more.
+            let mut c = self.lock_certs();
+            c.by_sha.clear();
+            c.dirty = true;
+        }
         if let Some(t) = &self.trust {
             t.release_directories();
         }

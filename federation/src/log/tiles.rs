@@ -7,9 +7,7 @@
 use super::{Leaf, ProofSource};
 use crate::association::AssociationLink;
 use crate::node::BoxFuture;
-use caliopen_ca::tlog::tiles::{
-    decode_bundle, TileSetError, MAX_BUNDLE_ENTRY_LEN, TILE_HEIGHT, TILE_WIDTH,
-};
+use caliopen_ca::tlog::tiles::{decode_bundle, TileSetError, TILE_HEIGHT, TILE_WIDTH};
 use caliopen_ca::tlog::{
     consistency_proof, inclusion_proof, root, Hash, ProveError, Tile, TileKind, TileSet,
 };
@@ -30,6 +28,10 @@ const MAX_TILES_PER_PROOF: usize = 64;
 /// level-0 hash tiles and entry bundles of a log of 10,000 entries are
 /// about 40 × (8 KiB + ~300 KiB).
 const TILE_CACHE_BYTES: usize = 16 << 20;
+
+/// Largest log entry a member reads in an entry bundle: a member
+/// certificate is under 2 KiB, and this bounds a full bundle to 4 MiB.
+const MAX_ENTRY_LEN: usize = 16 * 1024;
 
 /// Full tiles already fetched (immutable, so never stale). Emptied when it
 /// outgrows [`TILE_CACHE_BYTES`].
@@ -152,7 +154,7 @@ impl HttpsTiles {
             return Err(format!("entry {index} is not below the tree size {size}"));
         }
         let bundle = bundle_for(index, size);
-        let limit = usize::from(bundle.width) * (2 + MAX_BUNDLE_ENTRY_LEN);
+        let limit = usize::from(bundle.width) * (2 + MAX_ENTRY_LEN);
         let bytes = self.tile(&bundle, limit).await?;
         let entries = decode_bundle(&bytes).map_err(|e| format!("{}: {e}", bundle.path()))?;
         if entries.len() != usize::from(bundle.width) {
@@ -258,6 +260,15 @@ impl HttpsTiles {
 }
 
 impl ProofSource for HttpsTiles {
+    fn invalidate(&self) {
+        let mut c = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.tiles.clear();
+        c.bytes = 0;
+    }
+
     fn prefix_path(&self, old: u64, new: u64) -> BoxFuture<Result<Vec<Hash>, String>> {
         let me = self.clone();
         Box::pin(async move { me.fetch_prefix_path(old, new).await })

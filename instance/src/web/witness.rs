@@ -7,7 +7,9 @@
 use axum::body::Bytes;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use caliopen_federation::log::witness::{load_or_create_key, MAX_BODY, SIZE_CONTENT_TYPE};
+use caliopen_federation::log::witness::{
+    load_or_create_key, signed_by_known_log, MAX_BODY, SIZE_CONTENT_TYPE,
+};
 use caliopen_federation::log::{LogKey, Witness};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -90,9 +92,17 @@ impl PerSource {
 #[derive(Debug)]
 pub struct WitnessEndpoint {
     witness: Arc<Mutex<Witness>>,
+    /// The logs witnessed (to tell their requests from others' cheaply).
+    logs: Vec<LogKey>,
     limits: Mutex<PerSource>,
+    /// Requests being handled (bounded by [`MAX_IN_FLIGHT`]).
+    in_flight: std::sync::atomic::AtomicUsize,
     metrics: Arc<crate::metrics::Metrics>,
 }
+
+/// Requests handled at once, at most; more are answered 503 at once rather
+/// than queued on the blocking threads the whole instance shares.
+const MAX_IN_FLIGHT: usize = 4;
 
 /// Opens the witness of the configuration: its key `DATA/witness.key`
 /// (made on first use) named `name`, its state `DATA/witness/`, and the log
@@ -107,11 +117,14 @@ pub fn open(
         std::fs::read_to_string(log_key).map_err(|e| format!("{}: {e}", log_key.display()))?;
     let key = LogKey::parse(text.trim()).map_err(|e| format!("{}: {e}", log_key.display()))?;
     let signer = load_or_create_key(&data.join(KEY_FILE), name).map_err(|e| e.to_string())?;
-    let w = Witness::open(&data.join(STATE_DIR), signer, vec![key]).map_err(|e| e.to_string())?;
+    let w = Witness::open(&data.join(STATE_DIR), signer, vec![key.clone()])
+        .map_err(|e| e.to_string())?;
     tracing::info!(vkey = %w.verifier_key(), "membership log witness enabled");
     Ok(Arc::new(WitnessEndpoint {
         witness: Arc::new(Mutex::new(w)),
+        logs: vec![key],
         limits: Mutex::new(PerSource::default()),
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
         metrics,
     }))
 }
@@ -142,7 +155,11 @@ async fn add_checkpoint(
     body: Bytes,
 ) -> Response {
     let m = &w.metrics;
-    if let Some(ip) = peer.and_then(|p| p.0 .0) {
+    // Requests signed by the log (the association's, or a replay of one)
+    // are not counted against their source: a flood from many addresses
+    // must not lock the log out. They are bounded with the rest below.
+    let from_log = signed_by_known_log(&body, &w.logs);
+    if let Some(ip) = peer.and_then(|p| p.0 .0).filter(|_| !from_log) {
         let allowed = w
             .limits
             .lock()
@@ -160,6 +177,24 @@ async fn add_checkpoint(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    // Released when the request ends, however it ends (a client that
+    // goes away drops this future).
+    struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Slot<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let taken = w.in_flight.fetch_add(1, Ordering::AcqRel);
+    let _slot = Slot(&w.in_flight);
+    if taken >= MAX_IN_FLIGHT {
+        m.witness_rate_limited.fetch_add(1, Ordering::Relaxed);
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "busy: try again\n".into(),
+        );
+    }
     let witness = w.witness.clone();
     // The check and the durable write (fsync) under one lock, off the
     // async threads.
