@@ -2313,6 +2313,21 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
         let mut hits = Vec::new();
         let mut highest = 0;
         let largest_uid = sel.uids.last().copied().unwrap_or(0);
+        // A search on subjects alone (the common client search) reads the
+        // subject of each record, not the whole record nor the message.
+        if let Some(q) = SubjectQuery::of(key) {
+            for (i, (&u, &id)) in sel.uids.iter().zip(&sel.ids).enumerate() {
+                let Some((subject, modseq)) = store.subject_of(id).map_err(|e| store_no(&e))?
+                else {
+                    continue;
+                };
+                if q.matches(&subject.to_lowercase()) {
+                    hits.push(if uid { u } else { i as u32 + 1 });
+                    highest = highest.max(modseq);
+                }
+            }
+            return Ok((hits, highest));
+        }
         for (i, (&u, &id)) in sel.uids.iter().zip(&sel.ids).enumerate() {
             let Some(m) = store.meta(id).map_err(|e| store_no(&e))? else {
                 continue;
@@ -2394,6 +2409,50 @@ impl Ctx<'_> {
             );
         }
         self.raw.as_deref().unwrap_or_default()
+    }
+}
+
+/// A search key made only of subject tests (`SUBJECT`, `HEADER Subject`
+/// with a value) joined by AND, OR and NOT, with its needles lowercased
+/// once.
+#[derive(Debug, PartialEq, Eq)]
+enum SubjectQuery {
+    Contains(String),
+    And(Vec<SubjectQuery>),
+    Or(Box<SubjectQuery>, Box<SubjectQuery>),
+    Not(Box<SubjectQuery>),
+}
+
+impl SubjectQuery {
+    fn of(k: &SearchKey<'_>) -> Option<Self> {
+        let needle = |v: &[u8]| Self::Contains(String::from_utf8_lossy(v).to_lowercase());
+        Some(match k {
+            SearchKey::Subject(s) => needle(s.as_ref()),
+            SearchKey::Header(h, v)
+                if h.as_ref().eq_ignore_ascii_case(b"subject") && !v.as_ref().is_empty() =>
+            {
+                needle(v.as_ref())
+            }
+            SearchKey::And(v) => Self::And(
+                v.as_ref()
+                    .iter()
+                    .map(Self::of)
+                    .collect::<Option<Vec<_>>>()?,
+            ),
+            SearchKey::Or(a, b) => Self::Or(Box::new(Self::of(a)?), Box::new(Self::of(b)?)),
+            SearchKey::Not(a) => Self::Not(Box::new(Self::of(a)?)),
+            _ => return None,
+        })
+    }
+
+    /// Whether `subject` (lowercased) matches.
+    fn matches(&self, subject: &str) -> bool {
+        match self {
+            Self::Contains(n) => subject.contains(n.as_str()),
+            Self::And(v) => v.iter().all(|q| q.matches(subject)),
+            Self::Or(a, b) => a.matches(subject) || b.matches(subject),
+            Self::Not(a) => !a.matches(subject),
+        }
     }
 }
 

@@ -446,6 +446,42 @@ fn copy_then_expunge_keeps_the_copy_unmarked() {
 }
 
 #[test]
+fn subject_searches_read_only_subjects_and_agree_with_the_full_search() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let svc = service(dir.path()).await;
+        let mut a = Client::login(&svc, "alice").await;
+        a.send("s SELECT INBOX\r\n").await;
+        // `… ALL` is not a subject-only key: the general path answers it.
+        let hits = |out: &str| {
+            out.lines()
+                .find(|l| l.starts_with("* SEARCH"))
+                .map(str::to_owned)
+                .unwrap_or_default()
+        };
+        let mut nonempty = 0;
+        for q in [
+            "SUBJECT re",
+            "SUBJECT E",
+            "HEADER Subject test",
+            "HEADER SUBJECT \"the \"",
+            "OR SUBJECT re NOT HEADER Subject e",
+            "NOT SUBJECT a",
+            "SUBJECT nothing-has-this-subject",
+        ] {
+            let fast = hits(&a.send(&format!("f SEARCH {q}\r\n")).await);
+            let full = hits(&a.send(&format!("g SEARCH {q} ALL\r\n")).await);
+            assert!(fast.starts_with("* SEARCH"), "{q}: {fast}");
+            assert_eq!(fast, full, "{q}");
+            if fast.len() > "* SEARCH".len() {
+                nonempty += 1;
+            }
+        }
+        assert!(nonempty >= 3, "the corpus has subjects that match");
+    });
+}
+
+#[test]
 fn esearch_answers_min_max_count_and_all() {
     let dir = tempfile::tempdir().expect("tempdir");
     runtime().block_on(async {

@@ -316,6 +316,12 @@ pub trait MailStore: Send + Sync + std::fmt::Debug {
     }
     /// A message's record.
     fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError>;
+    /// A message's decoded subject and modification sequence: what a
+    /// subject search reads of each message, without decoding the rest of
+    /// its record.
+    fn subject_of(&self, id: u64) -> Result<Option<(String, u64)>, StoreError> {
+        Ok(self.meta(id)?.map(|m| (m.subject, m.modseq)))
+    }
     /// A message's bytes, exactly as received.
     fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError>;
     /// The bytes of a blob ([`MessageMeta::blob_id`]): what [`MailStore::raw`]
@@ -563,6 +569,9 @@ impl MailStore for Store {
     }
     fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
         Store::meta(self, id)
+    }
+    fn subject_of(&self, id: u64) -> Result<Option<(String, u64)>, StoreError> {
+        Store::subject_of(self, id)
     }
     fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Store::raw(self, id)

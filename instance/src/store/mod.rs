@@ -887,6 +887,26 @@ impl Store {
             .transpose()
     }
 
+    /// A message's decoded subject and modification sequence, read from
+    /// its record without building the rest (serde skips the other
+    /// fields): a subject search over a large mailbox reads only this.
+    pub fn subject_of(&self, id: u64) -> Result<Option<(String, u64)>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Brief {
+            subject: String,
+            #[serde(default)]
+            modseq: u64,
+        }
+        self.messages
+            .get(id.to_be_bytes())?
+            .map(|v| {
+                serde_json::from_slice::<Brief>(&v)
+                    .map(|b| (b.subject, b.modseq))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .transpose()
+    }
+
     /// A message's bytes, exactly as received.
     pub fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(meta) = self.meta(id)? else {
