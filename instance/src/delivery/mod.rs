@@ -212,6 +212,8 @@ pub struct MailService {
     srs: Arc<OnceLock<crate::srs::Srs>>,
     /// Rendered IMAP envelopes, shared by the IMAP sessions.
     envelopes: Arc<crate::imap::cache::Envelopes>,
+    /// Mailboxes' UID lists, shared by the IMAP sessions.
+    uid_lists: Arc<crate::imap::cache::UidLists>,
     metrics: Arc<crate::metrics::Metrics>,
     credentials: crate::login::Credentials,
     from_check: FromCheck,
@@ -304,6 +306,7 @@ impl MailService {
             tls_reporter: Arc::new(OnceLock::new()),
             srs: Arc::new(OnceLock::new()),
             envelopes: Arc::new(crate::imap::cache::Envelopes::new(envelope_budget)),
+            uid_lists: Arc::default(),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             credentials: crate::login::Credentials::new(crate::login::CredentialsConfig::default()),
             from_check: FromCheck::Enforce,
@@ -391,6 +394,11 @@ impl MailService {
     /// Rendered IMAP envelopes of recently fetched messages.
     pub fn envelopes(&self) -> &crate::imap::cache::Envelopes {
         &self.envelopes
+    }
+
+    /// UID lists of recently selected mailboxes.
+    pub fn uid_lists(&self) -> &crate::imap::cache::UidLists {
+        &self.uid_lists
     }
 
     /// Sets the key of rewritten senders (once): aliases may then forward

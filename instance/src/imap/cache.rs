@@ -74,6 +74,66 @@ impl Envelopes {
     }
 }
 
+/// Mailboxes' UID lists kept at most (entries of all lists together).
+const MAX_LISTED: usize = 1 << 21;
+
+/// The UID → message id lists of recently selected mailboxes, shared by
+/// every IMAP session: a client that selects a mailbox again (clients do,
+/// at every folder switch or sync) gets the list read before when nothing
+/// changed in the account since. An entry is keyed by the account's
+/// modification sequence — bumped by every delivery, expunge and move —
+/// and the mailbox's UIDVALIDITY and UIDNEXT, so a list read at another
+/// state is never served; it only leaves when newer ones need the room.
+#[derive(Debug, Default)]
+pub struct UidLists {
+    inner: Mutex<ListsInner>,
+}
+
+/// (account, mailbox) → the key the list was read at, and the list.
+type ListMap = HashMap<(String, u32), (ListKey, Arc<Vec<(u32, u64)>>)>;
+
+/// What a list is valid for: account modseq, UIDVALIDITY, UIDNEXT.
+pub type ListKey = (u64, u32, u32);
+
+#[derive(Debug, Default)]
+struct ListsInner {
+    map: ListMap,
+    entries: usize,
+}
+
+impl UidLists {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ListsInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The list of `mailbox` of `owner` read at `key`, when kept.
+    pub fn get(&self, owner: &str, mailbox: u32, key: ListKey) -> Option<Arc<Vec<(u32, u64)>>> {
+        let g = self.lock();
+        let (k, list) = g.map.get(&(owner.to_owned(), mailbox))?;
+        (*k == key).then(|| list.clone())
+    }
+
+    /// Keeps `list`, read at `key` (the account's state read *before* the
+    /// list, so that the list is at least as new as its key says).
+    pub fn put(&self, owner: &str, mailbox: u32, key: ListKey, list: Arc<Vec<(u32, u64)>>) {
+        if list.len() > MAX_LISTED {
+            return;
+        }
+        let mut g = self.lock();
+        if g.entries + list.len() > MAX_LISTED {
+            g.map.clear();
+            g.entries = 0;
+        }
+        let n = list.len();
+        if let Some((_, old)) = g.map.insert((owner.to_owned(), mailbox), (key, list)) {
+            g.entries -= old.len();
+        }
+        g.entries += n;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +154,39 @@ mod tests {
         // Larger than the whole budget: not kept.
         c.put(99, &[b'x'; 2000]);
         assert!(c.get(99).is_none());
+    }
+
+    #[test]
+    fn a_uid_list_is_served_only_at_the_state_it_was_read_at() {
+        let c = UidLists::default();
+        let l = Arc::new(vec![(1, 10), (2, 11)]);
+        c.put("alice", 1, (5, 7, 3), l.clone());
+        assert_eq!(c.get("alice", 1, (5, 7, 3)).as_deref(), Some(&*l));
+        // Another account state, UIDVALIDITY or UIDNEXT, another mailbox or
+        // account: not served.
+        for (o, m, k) in [
+            ("alice", 1, (6, 7, 3)),
+            ("alice", 1, (5, 8, 3)),
+            ("alice", 1, (5, 7, 4)),
+            ("alice", 2, (5, 7, 3)),
+            ("bob", 1, (5, 7, 3)),
+        ] {
+            assert!(c.get(o, m, k).is_none(), "{o} {m} {k:?}");
+        }
+        // A newer read replaces it.
+        c.put(
+            "alice",
+            1,
+            (6, 7, 4),
+            Arc::new(vec![(1, 10), (2, 11), (3, 12)]),
+        );
+        assert!(c.get("alice", 1, (5, 7, 3)).is_none());
+        assert_eq!(c.get("alice", 1, (6, 7, 4)).map(|l| l.len()), Some(3));
+        // Bounded: past the total, older lists go.
+        let big = Arc::new(vec![(1u32, 1u64); MAX_LISTED / 2 + 1]);
+        c.put("carol", 1, (1, 1, 1), big.clone());
+        c.put("dave", 1, (1, 1, 1), big);
+        assert!(c.get("carol", 1, (1, 1, 1)).is_none());
+        assert!(c.get("dave", 1, (1, 1, 1)).is_some());
     }
 }

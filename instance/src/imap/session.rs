@@ -1482,14 +1482,25 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
                 return Action::Continue;
             }
         };
-        let list = match self.svc.store().uids(self.owner(), b.id) {
-            Ok(l) => l,
-            Err(e) => {
-                line(out, &format!("{tag} NO {}", store_no(&e)));
-                return Action::Continue;
-            }
+        // The state was read first: a list read after it is at least as
+        // new as its key says (see `UidLists`).
+        let key = (state, b.uid_validity, b.uid_next);
+        let lists = self.svc.uid_lists();
+        let list = match lists.get(self.owner(), b.id, key) {
+            Some(l) => l,
+            None => match self.svc.store().uids(self.owner(), b.id) {
+                Ok(l) => {
+                    let l = std::sync::Arc::new(l);
+                    lists.put(self.owner(), b.id, key, l.clone());
+                    l
+                }
+                Err(e) => {
+                    line(out, &format!("{tag} NO {}", store_no(&e)));
+                    return Action::Continue;
+                }
+            },
         };
-        let (uids, ids): (Vec<u32>, Vec<u64>) = list.into_iter().unzip();
+        let (uids, ids): (Vec<u32>, Vec<u64>) = list.iter().copied().unzip();
         line(out, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded $Junk $NotJunk $CaliopenMesh $CaliopenTls $CaliopenPlain $CaliopenLocal)");
         line(
             out,
