@@ -214,6 +214,9 @@ pub struct MailService {
     envelopes: Arc<crate::imap::cache::Envelopes>,
     /// Mailboxes' UID lists, shared by the IMAP sessions.
     uid_lists: Arc<crate::imap::cache::UidLists>,
+    /// The privacy headers of IMAP views, by message id, shared by the
+    /// sessions.
+    privacy_headers: Arc<crate::imap::cache::Envelopes>,
     metrics: Arc<crate::metrics::Metrics>,
     credentials: crate::login::Credentials,
     from_check: FromCheck,
@@ -307,6 +310,7 @@ impl MailService {
             srs: Arc::new(OnceLock::new()),
             envelopes: Arc::new(crate::imap::cache::Envelopes::new(envelope_budget)),
             uid_lists: Arc::default(),
+            privacy_headers: Arc::new(crate::imap::cache::Envelopes::new(envelope_budget / 4)),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             credentials: crate::login::Credentials::new(crate::login::CredentialsConfig::default()),
             from_check: FromCheck::Enforce,
@@ -399,6 +403,11 @@ impl MailService {
     /// UID lists of recently selected mailboxes.
     pub fn uid_lists(&self) -> &crate::imap::cache::UidLists {
         &self.uid_lists
+    }
+
+    /// Privacy headers (`X-Caliopen-Privacy`) of IMAP views, by message id.
+    pub fn privacy_headers(&self) -> &crate::imap::cache::Envelopes {
+        &self.privacy_headers
     }
 
     /// Sets the key of rewritten senders (once): aliases may then forward

@@ -1922,9 +1922,32 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
                     .body(m.blob_id())
                     .map_err(|e| store_no(&e))?
                     .unwrap_or_default();
-                let header = imap_header(&m, &raw);
+                // The privacy header of a message never changes (its
+                // view is immutable: the index from its own facts, fixed at
+                // delivery): made once, from a parse of the message, then
+                // kept by message id (never reused).
+                let header = match self.svc.privacy_headers().get(m.id) {
+                    Some(h) => String::from_utf8_lossy(&h).into_owned(),
+                    None => {
+                        let h = imap_header(&m, &raw);
+                        self.svc.privacy_headers().put(m.id, h.as_bytes());
+                        h
+                    }
+                };
                 let view = render::view(&header, &raw);
-                let parsed = render::parse(&view);
+                // Whole messages (BODY[], RFC822, partial or not) are the
+                // view's bytes: no parse for them.
+                let whole = |s: &Section| matches!(s, Section::Part(p) if p.is_empty());
+                let needs_parse = want.envelope
+                    || want.body
+                    || want.structure
+                    || want.rfc822.iter().any(|(_, s, _)| !whole(s))
+                    || want.sections.iter().any(|w| !whole(&w.1));
+                let parsed = if needs_parse {
+                    render::parse(&view)
+                } else {
+                    None
+                };
                 if let Some(msg) = &parsed {
                     if want.envelope {
                         sep(&mut r);
