@@ -129,6 +129,30 @@ fn root_pem() -> String {
 }
 
 #[tokio::test]
+async fn a_pinned_witness_quorum_holds_whatever_the_directory_says() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let log = TestLog::new(4);
+    log.grow_to(20, 0);
+    // No directory (so no witnesses listed, quorum 0), but the member pins
+    // one cosignature: no grown tree is taken, heartbeats of none either.
+    let m = LogMonitor::open(&tmp.path().join("log"), log.key(), log.proofs(), None).expect("open");
+    m.set_min_witness_quorum(1);
+    let r = m.offer(&log.note(3, 100), None).await;
+    assert!(
+        matches!(r, Err(LogError::Quorum { have: 0, need: 1 })),
+        "{r:?}"
+    );
+    assert!(m.held().is_none());
+    assert_eq!(m.stats().refused_quorum.load(Ordering::Relaxed), 1);
+    // Unpinned again: the same checkpoint is taken.
+    m.set_min_witness_quorum(0);
+    assert_eq!(
+        m.offer(&log.note(3, 100), None).await,
+        Ok(Offer::Taken { grew: true })
+    );
+}
+
+#[tokio::test]
 async fn checkpoints_are_verified_kept_and_refused_when_they_roll_back_or_are_badly_signed() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("log");

@@ -418,6 +418,14 @@ pub struct AssociationConfig {
     /// split view. Absent: the log is not checked.
     #[serde(default)]
     pub log_key: Option<PathBuf>,
+    /// Fewest witness cosignatures a checkpoint that grows the membership
+    /// log must carry, whatever the directory says (default 0: the
+    /// directory's quorum). The directory is signed by the CA key: pinning
+    /// a minimum here keeps whoever holds that key from lowering the
+    /// quorum for this member. Above the number of witnesses the directory
+    /// lists, no grown tree is taken (and each refusal is logged).
+    #[serde(default)]
+    pub min_witness_quorum: usize,
 }
 
 fn default_assoc_ca() -> PathBuf {

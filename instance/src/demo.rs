@@ -300,6 +300,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
                 cert: "member.pem".into(),
                 key: "member.key.pem".into(),
                 log_key: Some("association-log.pub".into()),
+                min_witness_quorum: 0,
             });
             ok(
                 &format!(

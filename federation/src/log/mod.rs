@@ -220,6 +220,8 @@ pub struct LogMonitor {
     dir: std::path::PathBuf,
     /// When a certificate beyond the checkpoint held last made us poll.
     last_poll: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// Witness quorum pinned by the member ([`Self::set_min_witness_quorum`]).
+    min_quorum: std::sync::atomic::AtomicUsize,
     /// Deadline of one consistency proof.
     pub proof_timeout: Duration,
 }
@@ -275,6 +277,7 @@ impl LogMonitor {
             certs: Mutex::new(CertChecks::load(dir)),
             dir: dir.to_owned(),
             last_poll: tokio::sync::Mutex::new(None),
+            min_quorum: std::sync::atomic::AtomicUsize::new(0),
             proof_timeout: Duration::from_secs(15),
         }))
     }
@@ -602,7 +605,8 @@ impl LogMonitor {
     /// store or a directory).
     fn witness_policy(&self) -> WitnessPolicy {
         let key = self.key();
-        self.trust
+        let mut p = self
+            .trust
             .as_ref()
             .map(|t| t.current())
             .and_then(|st| {
@@ -610,7 +614,16 @@ impl LogMonitor {
                     .as_ref()
                     .map(|d| WitnessPolicy::from_directory(&d.directory, &key))
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        p.quorum = p.quorum.max(self.min_quorum.load(Ordering::Relaxed));
+        p
+    }
+
+    /// Pins the fewest witness cosignatures a grown tree must carry,
+    /// whatever the directory says (the directory is the CA key's word; a
+    /// member that pins a minimum cannot have it lowered by that key).
+    pub fn set_min_witness_quorum(&self, n: usize) {
+        self.min_quorum.store(n, Ordering::Relaxed);
     }
 
     fn notify(&self, source: Option<&str>) {

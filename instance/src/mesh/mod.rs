@@ -343,14 +343,19 @@ pub fn open_log(
     let p = config.in_data(p);
     let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
     let key = LogKey::parse(text.trim()).map_err(|e| format!("{}: {e}", p.display()))?;
-    LogMonitor::open(
+    let mon = LogMonitor::open(
         &config.data_dir().join(LOG_DIR),
         key,
         Arc::new(HttpsTiles::new(link)),
         trust,
     )
-    .map(Some)
-    .map_err(|e| format!("membership log: {e}"))
+    .map_err(|e| format!("membership log: {e}"))?;
+    let min = config
+        .association
+        .as_ref()
+        .map_or(0, |a| a.min_witness_quorum);
+    mon.set_min_witness_quorum(min);
+    Ok(Some(mon))
 }
 
 /// Keeps the verdicts on peers' certificates on disk, and raises the
