@@ -358,19 +358,32 @@ pub fn load_or_create_key(path: &Path, name: &str) -> Result<Signer, WitnessRefu
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (signer, pkcs8) = Signer::generate(name)
                 .map_err(|e| WitnessRefusal::State(format!("witness key: {e}")))?;
-            write_key(path, &pkcs8)?;
-            Ok(signer)
+            if write_key(path, &pkcs8)? {
+                Ok(signer)
+            } else {
+                // Another process (`caliopen witness key` while the daemon
+                // starts) made it first: its key is the one.
+                let der = std::fs::read(path).map_err(|e| state_err(path, e))?;
+                Signer::from_pkcs8(name, &der)
+                    .map_err(|e| WitnessRefusal::State(format!("{}: {e}", path.display())))
+            }
         }
         Err(e) => Err(state_err(path, e)),
     }
 }
 
-fn write_key(path: &Path, der: &[u8]) -> Result<(), WitnessRefusal> {
+/// Writes a new key at `path` unless one is there: a temporary file of
+/// this process, synced, then linked to `path` (which fails when `path`
+/// exists, so two processes never replace each other's key). Returns
+/// false when another key was there first.
+fn write_key(path: &Path, der: &[u8]) -> Result<bool, WitnessRefusal> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| state_err(dir, e))?;
-    let tmp = path.with_extension("tmp");
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -382,10 +395,17 @@ fn write_key(path: &Path, der: &[u8]) -> Result<(), WitnessRefusal> {
         .and_then(|_| f.sync_all())
         .map_err(|e| state_err(&tmp, e))?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| state_err(path, e))?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(state_err(path, e)),
+    }
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| state_err(dir, e))
+        .map_err(|e| state_err(dir, e))?;
+    Ok(true)
 }
 
 fn state_err(path: &Path, e: std::io::Error) -> WitnessRefusal {
@@ -500,6 +520,20 @@ mod tests {
         );
         let vk = verifier_key_of(&a);
         assert_eq!(CosignatureVerifier::parse(&vk.to_string()).unwrap(), vk);
+        // Made at once by several (threads here, processes in life): all
+        // end with the one key on disk.
+        let k2 = tmp.path().join("raced.key");
+        let keys: Vec<_> = (0..8)
+            .map(|_| {
+                let k2 = k2.clone();
+                std::thread::spawn(move || load_or_create_key(&k2, "alpha.test/witness"))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap().verifier().clone())
+            .collect();
+        let on_disk = load_or_create_key(&k2, "alpha.test/witness").unwrap();
+        assert!(keys.iter().all(|v| v == on_disk.verifier()));
     }
 
     #[test]
