@@ -482,6 +482,27 @@ struct Member {
     trust: Arc<TrustStore>,
 }
 
+/// Has `ca` label member `id` (domain `ID.test`, its node's address) and
+/// gives the node its certificate.
+fn label(ca: &Authority, id: &str, m: &Member, slot: &IdentitySlot) {
+    let key = KeyPair::generate().expect("key");
+    let issued = ca
+        .sign(&SignRequest {
+            csr: csr(&key, &format!("{id}.test")),
+            member_id: id.into(),
+            charter_version: "1.0".into(),
+            endpoints: vec![m.node.local_addr().expect("addr").to_string()],
+            ..Default::default()
+        })
+        .expect("sign");
+    slot.set_pem(
+        &issued.record.certificate_pem,
+        &key.serialize_pem(),
+        m.trust.provider(),
+    )
+    .expect("identity");
+}
+
 async fn start_member(id: &str, root_pem: &str) -> (Member, Arc<IdentitySlot>) {
     let trust = Arc::new(TrustStore::new(root_pem, vec!["1.0".into()]).expect("trust"));
     let identity = IdentitySlot::new();
@@ -511,22 +532,7 @@ async fn a_hostile_association_showing_two_members_different_logs_is_caught_by_b
     let (alpha, alpha_id) = start_member("alpha", &root_pem).await;
     let (bravo, bravo_id) = start_member("bravo", &root_pem).await;
     for (id, m, slot) in [("alpha", &alpha, &alpha_id), ("bravo", &bravo, &bravo_id)] {
-        let key = KeyPair::generate().expect("key");
-        let issued = ca
-            .sign(&SignRequest {
-                csr: csr(&key, &format!("{id}.test")),
-                member_id: id.into(),
-                charter_version: "1.0".into(),
-                endpoints: vec![m.node.local_addr().expect("addr").to_string()],
-                ..Default::default()
-            })
-            .expect("sign");
-        slot.set_pem(
-            &issued.record.certificate_pem,
-            &key.serialize_pem(),
-            alpha.trust.provider(),
-        )
-        .expect("identity");
+        label(&ca, id, m, slot);
     }
     // The hostile association forks its state: the same CA key and log key
     // behind two services, one shown to alpha, the other to bravo.
@@ -661,24 +667,6 @@ async fn a_label_issued_outside_the_log_members_see_is_refused_on_the_mesh() {
     let (alpha, alpha_id) = start_member("alpha", &root_pem).await;
     let (bravo, bravo_id) = start_member("bravo", &root_pem).await;
     let (mallory, mallory_id) = start_member("mallory", &root_pem).await;
-    let label = |ca: &Authority, id: &str, m: &Member, slot: &IdentitySlot| {
-        let key = KeyPair::generate().expect("key");
-        let issued = ca
-            .sign(&SignRequest {
-                csr: csr(&key, &format!("{id}.test")),
-                member_id: id.into(),
-                charter_version: "1.0".into(),
-                endpoints: vec![m.node.local_addr().expect("addr").to_string()],
-                ..Default::default()
-            })
-            .expect("sign");
-        slot.set_pem(
-            &issued.record.certificate_pem,
-            &key.serialize_pem(),
-            m.trust.provider(),
-        )
-        .expect("identity");
-    };
     label(&ca, "alpha", &alpha, &alpha_id);
     label(&ca, "bravo", &bravo, &bravo_id);
     // Whoever holds the CA key keeps a second copy of the state and labels

@@ -339,31 +339,30 @@ impl LogMonitor {
         let first = self.with_view(|v| v.offer(note, source, None, now));
         let r = match first {
             Ok(Offer::NeedProof { old, new }) => {
-                let fetched =
-                    tokio::time::timeout(self.proof_timeout, self.proofs.prefix_path(old, new))
-                        .await
-                        .unwrap_or_else(|_| Err("timed out".into()));
-                let r = match fetched {
-                    Ok(path) => self.with_view(|v| v.offer(note, source, Some(&path), now)),
-                    Err(why) => Err(LogError::Unverifiable { old, new, why }),
-                };
-                if matches!(r, Err(LogError::BadProof { .. })) {
-                    // Tiles are not signed: a bad one (kept in a cache, say)
-                    // is dropped and the proof asked for once more.
-                    self.proofs.invalidate();
-                    match tokio::time::timeout(
-                        self.proof_timeout,
-                        self.proofs.prefix_path(old, new),
-                    )
-                    .await
-                    .unwrap_or_else(|_| Err("timed out".into()))
-                    {
+                let mut r = Err(LogError::Unverifiable {
+                    old,
+                    new,
+                    why: String::new(),
+                });
+                for attempt in 0..2 {
+                    if attempt > 0 {
+                        // Tiles are not signed: a bad one (kept in a cache,
+                        // say) is dropped and the proof asked for once more.
+                        self.proofs.invalidate();
+                    }
+                    let fetched =
+                        tokio::time::timeout(self.proof_timeout, self.proofs.prefix_path(old, new))
+                            .await
+                            .unwrap_or_else(|_| Err("timed out".into()));
+                    r = match fetched {
                         Ok(path) => self.with_view(|v| v.offer(note, source, Some(&path), now)),
                         Err(why) => Err(LogError::Unverifiable { old, new, why }),
+                    };
+                    if !matches!(r, Err(LogError::BadProof { .. })) {
+                        break;
                     }
-                } else {
-                    r
                 }
+                r
             }
             other => other,
         };
