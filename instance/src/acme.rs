@@ -456,8 +456,7 @@ impl Acme {
         })
         .map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        crate::limits::write_private_file(&path, &stored)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::files::write_private(&path, &stored).map_err(|e| e.to_string())?;
         tracing::info!(id = acct.id(), "ACME: account created");
         Ok(acct)
     }

@@ -149,16 +149,22 @@ impl std::fmt::Debug for SenderAuth {
     }
 }
 
+/// The resolver could not be set up (a local failure: its configuration
+/// or the system's `/etc/resolv.conf`).
+#[derive(Debug, thiserror::Error)]
+#[error("resolver: {0}")]
+pub struct ResolverError(#[source] mail_auth::hickory_resolver::net::NetError);
+
 impl SenderAuth {
     /// A resolver that never sends a query: checks report "temperror"
     /// unless the TXT cache already holds the answer (pinned keys).
-    pub fn offline() -> Result<Self, String> {
+    pub fn offline() -> Result<Self, ResolverError> {
         Ok(Self {
             resolver: MessageAuthenticator::new(
                 ResolverConfig::from_name_servers(Vec::new()),
                 ResolverOpts::default(),
             )
-            .map_err(|e| format!("resolver: {e}"))?,
+            .map_err(ResolverError)?,
             enabled: false,
             timeout: Duration::from_secs(1),
             txt: Arc::new(TxtCache::default()),
@@ -166,7 +172,7 @@ impl SenderAuth {
     }
 
     /// The system resolver (`/etc/resolv.conf`), or the given name servers.
-    pub fn new(servers: &[SocketAddr], timeout: Duration) -> Result<Self, String> {
+    pub fn new(servers: &[SocketAddr], timeout: Duration) -> Result<Self, ResolverError> {
         let resolver = if servers.is_empty() {
             MessageAuthenticator::new_system_conf()
         } else {
@@ -185,7 +191,7 @@ impl SenderAuth {
             opts.attempts = 2;
             MessageAuthenticator::new(ResolverConfig::from_name_servers(ns), opts)
         }
-        .map_err(|e| format!("resolver: {e}"))?;
+        .map_err(ResolverError)?;
         Ok(Self {
             resolver,
             enabled: true,

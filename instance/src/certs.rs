@@ -167,10 +167,8 @@ impl CertStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ck = pair_from_pem(chain_pem, key_pem, &self.provider)?;
-        crate::limits::write_private_file(&self.key_path, key_pem)
-            .map_err(|e| format!("{}: {e}", self.key_path.display()))?;
-        crate::limits::write_replace_file(&self.cert_path, chain_pem, 0o644)
-            .map_err(|e| format!("{}: {e}", self.cert_path.display()))?;
+        crate::files::write_private(&self.key_path, key_pem).map_err(|e| e.to_string())?;
+        crate::files::write_atomic(&self.cert_path, chain_pem, 0o644).map_err(|e| e.to_string())?;
         *self
             .current
             .write()

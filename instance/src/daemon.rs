@@ -11,14 +11,93 @@ use crate::store::Store;
 use caliopen_proto::pb::client::client_server::ClientServer;
 use caliopen_proto::pb::instance_admin::instance_admin_server::InstanceAdminServer;
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Why the daemon could not start (or stopped): the operator's
+/// configuration, a listener that could not be bound, or a local failure —
+/// each with its cause kept.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration asks for something that cannot be (the operator's
+    /// to fix).
+    #[error("{0}")]
+    Config(String),
+    /// Another daemon holds this data directory's admin socket.
+    #[error("another daemon answers on {}", .0.display())]
+    AlreadyRunning(PathBuf),
+    /// A listener could not be bound or read (address taken, not ours).
+    #[error("{what} {addr}: {source}")]
+    Listen {
+        /// Which listener.
+        what: &'static str,
+        /// The address asked for.
+        addr: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file or directory of the data directory.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file could not be written whole.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The DKIM keys could not be read or made.
+    #[error(transparent)]
+    Dkim(#[from] crate::dkim::DkimError),
+    /// A certificate could not be made.
+    #[error("TLS certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// The resolver could not be set up.
+    #[error(transparent)]
+    Resolver(#[from] crate::auth::ResolverError),
+    /// Another part of the daemon failed to start (TLS material, the mesh,
+    /// the witness, …), as it said.
+    #[error("{0}")]
+    Start(String),
+}
+
+impl From<String> for DaemonError {
+    fn from(message: String) -> Self {
+        DaemonError::Start(message)
+    }
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
+    move |source| DaemonError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn listen_err(
+    what: &'static str,
+    addr: impl std::fmt::Display,
+) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let addr = addr.to_string();
+    move |source| DaemonError::Listen { what, addr, source }
+}
 
 /// How long open sessions get to finish after shutdown is requested.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,26 +121,25 @@ pub struct Bound {
     pub acme_http: Option<SocketAddr>,
 }
 
-/// Writes `data` to a new or replaced file with `mode`, fsynced.
-pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
-    let r = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(path)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-    })();
-    r.map_err(|e| format!("write {}: {e}", path.display()))
+/// Writes a TLS key (0600) and then its certificate, each whole.
+fn write_tls_pair(
+    key_path: &Path,
+    key: &str,
+    cert_path: &Path,
+    cert: &str,
+) -> Result<(), DaemonError> {
+    crate::files::write_private(key_path, key.as_bytes())?;
+    Ok(crate::files::write_atomic(
+        cert_path,
+        cert.as_bytes(),
+        0o644,
+    )?)
 }
 
 /// A self-signed certificate and key (PEM) for STARTTLS, for `names`.
-pub fn self_signed_tls(names: &[String]) -> Result<(String, String), String> {
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut p = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
+pub fn self_signed_tls(names: &[String]) -> Result<(String, String), rcgen::Error> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut p = rcgen::CertificateParams::new(names.to_vec())?;
     p.distinguished_name.push(
         rcgen::DnType::CommonName,
         names.first().cloned().unwrap_or_default(),
@@ -69,19 +147,18 @@ pub fn self_signed_tls(names: &[String]) -> Result<(String, String), String> {
     let now = time::OffsetDateTime::now_utc();
     p.not_before = now - time::Duration::hours(1);
     p.not_after = now + time::Duration::days(825);
-    let cert = p.self_signed(&key).map_err(|e| e.to_string())?;
+    let cert = p.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-fn load_tls(config: &Config) -> Result<Arc<crate::certs::CertStore>, String> {
+fn load_tls(config: &Config) -> Result<Arc<crate::certs::CertStore>, DaemonError> {
     let cert_path = config.in_data(&config.smtp.tls_cert);
     let key_path = config.in_data(&config.smtp.tls_key);
     if !cert_path.exists() && !key_path.exists() {
         let mut names = vec![config.hostname.clone()];
         names.extend(config.domains.iter().cloned());
         let (c, k) = self_signed_tls(&names)?;
-        write_file(&key_path, k.as_bytes(), 0o600)?;
-        write_file(&cert_path, c.as_bytes(), 0o644)?;
+        write_tls_pair(&key_path, &k, &cert_path, &c)?;
         tracing::warn!(cert = %cert_path.display(), "no STARTTLS certificate: generated a self-signed one");
     }
     match crate::certs::CertStore::load(&cert_path, &key_path) {
@@ -94,14 +171,11 @@ fn load_tls(config: &Config) -> Result<Arc<crate::certs::CertStore>, String> {
             let mut names = vec![config.hostname.clone()];
             names.extend(config.domains.iter().cloned());
             let (c, k) = self_signed_tls(&names)?;
-            crate::limits::write_private_file(&key_path, k.as_bytes())
-                .map_err(|e| format!("{}: {e}", key_path.display()))?;
-            crate::limits::write_replace_file(&cert_path, c.as_bytes(), 0o644)
-                .map_err(|e| format!("{}: {e}", cert_path.display()))?;
+            write_tls_pair(&key_path, &k, &cert_path, &c)?;
             crate::certs::CertStore::load(&cert_path, &key_path)
-                .map_err(|e| format!("STARTTLS certificate: {e}"))
+                .map_err(|e| DaemonError::Start(format!("STARTTLS certificate: {e}")))
         }
-        Err(e) => Err(format!("STARTTLS certificate: {e}")),
+        Err(e) => Err(DaemonError::Start(format!("STARTTLS certificate: {e}"))),
     }
 }
 
@@ -111,18 +185,20 @@ fn load_tls(config: &Config) -> Result<Arc<crate::certs::CertStore>, String> {
 fn open_witness(
     config: &Config,
     metrics: &Arc<crate::metrics::Metrics>,
-) -> Result<Option<Arc<crate::web::witness::WitnessEndpoint>>, String> {
+) -> Result<Option<Arc<crate::web::witness::WitnessEndpoint>>, DaemonError> {
     if !config.witness.enabled {
         return Ok(None);
     }
     let Some(key) = config.association.as_ref().and_then(|a| a.log_key.as_ref()) else {
-        return Err(
+        return Err(DaemonError::Config(
             "[witness] enabled needs the association's log key pinned (caliopen join --log-key)"
                 .into(),
-        );
+        ));
     };
     if config.web.listen.is_none() {
-        return Err("[witness] enabled needs [web] listen: the witness is served there".into());
+        return Err(DaemonError::Config(
+            "[witness] enabled needs [web] listen: the witness is served there".into(),
+        ));
     }
     crate::web::witness::open(
         &config.data_dir(),
@@ -131,28 +207,29 @@ fn open_witness(
         metrics.clone(),
     )
     .map(Some)
-    .map_err(|e| format!("witness: {e}"))
+    .map_err(|e| DaemonError::Start(format!("witness: {e}")))
 }
 
-fn admin_token(dir: &Path) -> Result<String, String> {
+fn admin_token(dir: &Path) -> Result<String, DaemonError> {
     let path = dir.join(ADMIN_TOKEN);
     if let Ok(t) = std::fs::read_to_string(&path) {
         let mode = std::fs::metadata(&path)
-            .map_err(|e| e.to_string())?
+            .map_err(io_err("read", &path))?
             .permissions()
             .mode();
         if mode & 0o077 != 0 {
-            return Err(format!(
+            return Err(DaemonError::Config(format!(
                 "{} is readable beyond its owner (chmod 600 it)",
                 path.display()
-            ));
+            )));
         }
         return Ok(t.trim().to_owned());
     }
     let mut b = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut b).map_err(|_| "random generator failed".to_owned())?;
+    aws_lc_rs::rand::fill(&mut b)
+        .map_err(|_| DaemonError::Start("random generator failed".into()))?;
     let t = hex::encode(b);
-    write_file(&path, t.as_bytes(), 0o600)?;
+    crate::files::write_private(&path, t.as_bytes())?;
     Ok(t)
 }
 
@@ -162,7 +239,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound) + Send,
-) -> Result<(), String> {
+) -> Result<(), DaemonError> {
     let dir = config.data_dir();
     // Whatever the daemon writes (database, keys, queue) is its own alone.
     crate::limits::restrict_umask();
@@ -170,7 +247,7 @@ pub async fn run(
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .map_err(|e| format!("create {}: {e}", dir.display()))?;
+        .map_err(io_err("create", &dir))?;
     // A token others could read may have been read: refused before anything
     // else is made private (the operator replaces it).
     let admin_tok = admin_token(&dir)?;
@@ -181,7 +258,7 @@ pub async fn run(
             changed = n,
             "files in the data directory were readable by others: made them the owner's only"
         ),
-        Err(e) => return Err(format!("check permissions under {}: {e}", dir.display())),
+        Err(e) => return Err(io_err("check permissions under", &dir)(e)),
     }
     let mut config = config;
     let nofile = crate::limits::raise_nofile();
@@ -219,8 +296,7 @@ pub async fn run(
             config.web.max_connections = web.max(1);
         }
     }
-    let store =
-        Store::open_with(&dir.join("db"), &config.store.options()).map_err(|e| e.to_string())?;
+    let store = Store::open_with(&dir.join("db"), &config.store.options())?;
     store.set_quota_default(config.accounts.limits());
     let certs = load_tls(&config)?;
     let tls = certs.server_config()?;
@@ -241,11 +317,8 @@ pub async fn run(
     crate::handover::load_forwarding(&svc);
     crate::handover::load_moved(&svc);
     if config.dkim.sign {
-        let keys = crate::dkim::DkimKeys::open(&dir).map_err(|e| e.to_string())?;
-        for d in keys
-            .ensure(&config.domains, crate::store::now_unix())
-            .map_err(|e| e.to_string())?
-        {
+        let keys = crate::dkim::DkimKeys::open(&dir)?;
+        for d in keys.ensure(&config.domains, crate::store::now_unix())? {
             tracing::warn!(
                 domain = %d,
                 "DKIM keys made for this domain: publish the records `caliopen dns` prints"
@@ -274,29 +347,29 @@ pub async fn run(
     let direct = resolver.filter(|_| config.smtp.relay.is_none());
     if config.smtp.relay.is_some() || !config.smtp.routes.is_empty() || direct.is_some() {
         let relay = match &config.smtp.relay {
-            Some(r) => Some(
-                crate::config::parse_host_port(r)
-                    .ok_or_else(|| format!("smtp.relay: expected HOST:PORT, got {r:?}"))?,
-            ),
+            Some(r) => Some(crate::config::parse_host_port(r).ok_or_else(|| {
+                DaemonError::Config(format!("smtp.relay: expected HOST:PORT, got {r:?}"))
+            })?),
             None => None,
         };
         let mut routes = Vec::new();
         for (d, r) in &config.smtp.routes {
-            let (h, p) = crate::config::parse_host_port(r)
-                .ok_or_else(|| format!("smtp.routes.{d}: expected HOST:PORT, got {r:?}"))?;
+            let (h, p) = crate::config::parse_host_port(r).ok_or_else(|| {
+                DaemonError::Config(format!("smtp.routes.{d}: expected HOST:PORT, got {r:?}"))
+            })?;
             routes.push((d.to_ascii_lowercase(), h, p));
         }
         let ca_pem = match &config.smtp.relay_ca {
             Some(p) => {
                 let p = config.in_data(p);
-                Some(std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?)
+                Some(std::fs::read(&p).map_err(io_err("read", &p))?)
             }
             None => None,
         };
         let mx_ca_pem = match &config.smtp.mta_sts_ca {
             Some(p) => {
                 let p = config.in_data(p);
-                Some(std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?)
+                Some(std::fs::read(&p).map_err(io_err("read", &p))?)
             }
             None => None,
         };
@@ -389,8 +462,8 @@ pub async fn run(
         lc.tls = Some(tls.clone());
         let l = SmtpListener::bind(addr, lc)
             .await
-            .map_err(|e| format!("listen on {addr}: {e}"))?;
-        let a = l.local_addr().map_err(|e| e.to_string())?;
+            .map_err(listen_err("listen on", addr))?;
+        let a = l.local_addr().map_err(listen_err("address of", addr))?;
         tracing::info!(kind = ?kind, addr = %a, "SMTP listener up");
         bound.push(a);
         tracker.spawn(l.run(svc.clone(), token.clone(), tracker.clone()));
@@ -412,8 +485,8 @@ pub async fn run(
                 },
             )
             .await
-            .map_err(|e| format!("IMAP listener {addr}: {e}"))?;
-            let a = l.local_addr().map_err(|e| e.to_string())?;
+            .map_err(listen_err("IMAP listener", addr))?;
+            let a = l.local_addr().map_err(listen_err("IMAP listener", addr))?;
             tracing::info!(addr = %a, implicit_tls = config.imap.implicit_tls, "IMAP listener up");
             tracker.spawn(l.run(svc.clone(), token.clone(), tracker.clone()));
             Some(a)
@@ -443,8 +516,8 @@ pub async fn run(
                 },
             )
             .await
-            .map_err(|e| format!("web listener {addr}: {e}"))?;
-            let a = l.local_addr().map_err(|e| e.to_string())?;
+            .map_err(listen_err("web listener", addr))?;
+            let a = l.local_addr().map_err(listen_err("web listener", addr))?;
             tracing::info!(addr = %a, "web client up (HTTPS)");
             tracker.spawn(l.run(svc.clone(), token.clone(), tracker.clone()));
             Some(a)
@@ -462,8 +535,10 @@ pub async fn run(
                 Some(addr) => {
                     let l = tokio::net::TcpListener::bind(addr)
                         .await
-                        .map_err(|e| format!("ACME HTTP listener {addr}: {e}"))?;
-                    let a = l.local_addr().map_err(|e| e.to_string())?;
+                        .map_err(listen_err("ACME HTTP listener", addr))?;
+                    let a = l
+                        .local_addr()
+                        .map_err(listen_err("ACME HTTP listener", addr))?;
                     tracing::info!(addr = %a, "ACME HTTP-01 listener up (plain HTTP; redirects the rest to HTTPS)");
                     tracker.spawn(crate::acme::serve_http(
                         l,
@@ -487,14 +562,13 @@ pub async fn run(
     let sock = dir.join(ADMIN_SOCKET);
     if sock.exists() {
         if tokio::net::UnixStream::connect(&sock).await.is_ok() {
-            return Err(format!("another daemon answers on {}", sock.display()));
+            return Err(DaemonError::AlreadyRunning(sock.clone()));
         }
-        std::fs::remove_file(&sock).map_err(|e| format!("remove stale {}: {e}", sock.display()))?;
+        std::fs::remove_file(&sock).map_err(io_err("remove stale", &sock))?;
     }
-    let admin_listener = tokio::net::UnixListener::bind(&sock)
-        .map_err(|e| format!("bind {}: {e}", sock.display()))?;
+    let admin_listener = tokio::net::UnixListener::bind(&sock).map_err(io_err("bind", &sock))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("chmod {}: {e}", sock.display()))?;
+        .map_err(io_err("chmod", &sock))?;
     let sessions = Arc::new(crate::api::Sessions::default());
     let client = crate::api::ClientService::new(
         svc.clone(),
@@ -522,8 +596,10 @@ pub async fn run(
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("metrics listener {addr}: {e}"))?;
-            let a = l.local_addr().map_err(|e| e.to_string())?;
+                .map_err(listen_err("metrics listener", addr))?;
+            let a = l
+                .local_addr()
+                .map_err(listen_err("metrics listener", addr))?;
             let sources = crate::metrics::MetricsSources {
                 metrics: svc.metrics().clone(),
                 credentials: svc.credentials().clone(),
@@ -546,8 +622,8 @@ pub async fn run(
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("api listener {addr}: {e}"))?;
-            let a = l.local_addr().map_err(|e| e.to_string())?;
+                .map_err(listen_err("api listener", addr))?;
+            let a = l.local_addr().map_err(listen_err("api listener", addr))?;
             let mut api_tls = (*tls).clone();
             api_tls.alpn_protocols = vec![b"h2".to_vec()];
             let limits = crate::limits::ConnLimits {

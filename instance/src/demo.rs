@@ -5,7 +5,7 @@
 
 use crate::admin::{connect, with_token};
 use crate::config::{AssociationConfig, Config, MeshSection, MetricsSection, SmtpConfig};
-use crate::daemon::{self, self_signed_tls, write_file};
+use crate::daemon::{self, self_signed_tls};
 use crate::smtp::server::hash_password;
 use caliopen_ca::{Authority, BoundService, RevokeTarget, Settings, SignRequest};
 use caliopen_proto::pb::client::client_client::ClientClient;
@@ -31,7 +31,7 @@ struct Node {
     submission: u16,
     web: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), daemon::DaemonError>>>,
 }
 
 fn free_port(udp: bool) -> Result<u16, String> {
@@ -210,7 +210,8 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let domain = format!("{name}.test");
-        let (cert, key) = self_signed_tls(&["localhost".to_owned(), domain.clone()])?;
+        let (cert, key) = self_signed_tls(&["localhost".to_owned(), domain.clone()])
+            .map_err(|e| e.to_string())?;
         write_file(&dir.join("tls.key"), key.as_bytes(), 0o600)?;
         write_file(&dir.join("tls.pem"), cert.as_bytes(), 0o644)?;
         nodes.push(Node {
@@ -615,4 +616,9 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
     let _ = assoc_stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), assoc).await;
     Ok(())
+}
+
+/// Writes one of a demo member's files whole.
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+    crate::files::write_atomic(path, data, mode).map_err(|e| e.to_string())
 }

@@ -79,6 +79,9 @@ pub enum DkimError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A key or the schedule could not be written.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     /// The schedule or a key file is not what this version writes.
     #[error("{path}: {message}")]
     Corrupt {
@@ -249,7 +252,7 @@ fn pair_name(now: i64, serial: u64) -> String {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), DkimError> {
-    crate::limits::write_private_file(path, data).map_err(io("write", path))
+    Ok(crate::files::write_private(path, data)?)
 }
 
 /// Makes a pair's keys: (Ed25519 PKCS#8, RSA-2048 PKCS#8).

@@ -65,8 +65,8 @@ fn io(what: &Path, e: std::io::Error) -> OpError {
 }
 
 /// Writes `data` to `path` durably, for the owner only.
-fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    crate::limits::write_private_file(path, data)
+fn write_durable(path: &Path, data: &[u8]) -> Result<(), OpError> {
+    crate::files::write_private(path, data).map_err(|e| OpError::Internal(e.to_string()))
 }
 
 /// Loads the forwarding state the last `caliopen handover` left.
@@ -113,7 +113,7 @@ pub fn set_forwarding(svc: &MailService, on: bool) -> Result<serde_json::Value, 
     let path = dir.join(FORWARDING);
     if on {
         let succ = successor_of(svc)?;
-        write_durable(&path, succ.as_bytes()).map_err(|e| io(&path, e))?;
+        write_durable(&path, succ.as_bytes())?;
         svc.set_forwarding(Some(succ.clone()));
         tracing::warn!(successor = %succ, "forwarding every served domain to the successor");
     } else {
@@ -184,7 +184,7 @@ async fn send_archive(
             .map_err(|e| OpError::Internal(format!("exporting {user}: {e}")))?;
             std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
             let b = serde_json::to_vec(&end).map_err(|e| OpError::Internal(e.to_string()))?;
-            write_durable(&end_path, &b).map_err(|e| io(&end_path, e))?;
+            write_durable(&end_path, &b)?;
             end
         }
     };
@@ -386,7 +386,7 @@ pub fn accept_move(
         expires,
     };
     let b = serde_json::to_vec(&a).map_err(|e| OpError::Internal(e.to_string()))?;
-    write_durable(&path, &b).map_err(|e| io(&path, e))?;
+    write_durable(&path, &b)?;
     Ok(
         json!({"member": member, "account": account, "as": as_name, "code": code, "expires": expires}),
     )
@@ -464,7 +464,7 @@ pub async fn move_account(
         until,
     })
     .map_err(|e| OpError::Internal(e.to_string()))?;
-    write_durable(&path, &b).map_err(|e| io(&path, e))?;
+    write_durable(&path, &b)?;
     svc.set_moved(&user, &to, until);
     tracing::warn!(account = %user, to = %to, member, "account moved");
     // Contact books across the mesh follow (the notice goes over each

@@ -24,6 +24,7 @@ pub mod delivery;
 pub mod demo;
 pub mod dkim;
 pub mod dsn;
+pub mod files;
 pub mod handover;
 pub mod imap;
 pub mod limits;

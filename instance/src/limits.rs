@@ -91,52 +91,6 @@ pub fn tighten_permissions(dir: &Path) -> std::io::Result<usize> {
     Ok(changed)
 }
 
-/// Replaces `path` with `data` durably and for the owner only (0600): a
-/// temporary file, synced, renamed over it, then the directory synced — a
-/// crash leaves the old content or the new, never a part.
-pub fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    write_replace_file(path, data, 0o600)
-}
-
-/// Replaces `path` with `data` durably, with `mode`, as
-/// [`write_private_file`] does (`PATH.tmp` beside it, synced, renamed,
-/// the directory synced).
-pub fn write_replace_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Refuses a data directory that others may enter.
-pub fn check_private_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} is accessible to other users (mode {mode:o}); the data directory holds password hashes and keys: chmod 700 it",
-            dir.display()
-        ));
-    }
-    Ok(())
-}
-
 /// Connections counted per client address.
 #[derive(Debug, Clone, Default)]
 pub struct PerIp {
@@ -445,6 +399,7 @@ pub fn guarded_tls_incoming(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::check_private_dir;
 
     #[test]
     fn caps_are_scaled_into_the_budget() {

@@ -11,7 +11,10 @@
 //! Trees: `smtp_queue` (sequence u64 BE → entry JSON), `smtp_queue_raw`
 //! (sequence → message bytes).
 
-use crate::delivery::{MailService, OutletFuture, SmtpOutlet};
+use crate::delivery::{MailService, OutletFuture, QueueError, SmtpOutlet};
+
+/// The name the SMTP queue's failures carry.
+const QUEUE: &str = "SMTP queue";
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::client::TlsParameters;
@@ -230,17 +233,18 @@ impl SmtpQueue {
     }
 
     /// Returns once every write so far is durable.
-    async fn persist(&self) -> Result<(), String> {
+    async fn persist(&self) -> Result<(), QueueError> {
+        let failed = |e| QueueError::failed(QUEUE, e);
         if let Some(d) = &self.durability {
-            return d.sync().await;
+            return d.sync().await.map_err(failed);
         }
         // Not `flush_async`: concurrent callers can hang in sled 0.34 (spacejam/sled#1308).
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| QueueError::failed(QUEUE, e))?
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| QueueError::failed(QUEUE, e))
     }
 
     /// Messages waiting.
@@ -272,7 +276,7 @@ impl SmtpQueue {
         mail_from: &str,
         rcpt_to: Vec<String>,
         data: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), QueueError> {
         let mut by_dest: Vec<(Destination, Vec<String>)> = Vec::new();
         for r in rcpt_to {
             let domain = r
@@ -281,7 +285,7 @@ impl SmtpQueue {
                 .unwrap_or_default();
             let dest = self
                 .destination(&domain)
-                .ok_or_else(|| format!("no route or relay for {r}"))?;
+                .ok_or_else(|| QueueError::NoRoute(r.clone()))?;
             match by_dest.iter_mut().find(|(d, _)| *d == dest) {
                 Some((_, v)) => v.push(r),
                 None => by_dest.push((dest, vec![r])),
@@ -299,12 +303,9 @@ impl SmtpQueue {
         mail_from: &str,
         rcpt_to: Vec<String>,
         data: &[u8],
-    ) -> Result<(), String> {
-        let seq = self
-            .db
-            .generate_id()
-            .map_err(|e| e.to_string())?
-            .to_be_bytes();
+    ) -> Result<(), QueueError> {
+        let failed = |e: sled::Error| QueueError::failed(QUEUE, e);
+        let seq = self.db.generate_id().map_err(failed)?.to_be_bytes();
         let (dest_host, dest_port, direct_domain) = match dest {
             Destination::Host(h, p) => (h, p, None),
             Destination::Mx(d) => (String::new(), self.cfg.mx_port, Some(d)),
@@ -320,14 +321,19 @@ impl SmtpQueue {
             expires_at: now_ms() / 1000 + self.cfg.lifetime.as_secs() as i64,
             last_error: String::new(),
         };
-        let v = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
+        let v = serde_json::to_vec(&e).map_err(|e| QueueError::failed(QUEUE, e))?;
         (&self.meta, &self.raw)
             .transaction(|(m, r)| {
                 r.insert(&seq, data)?;
                 m.insert(&seq, v.as_slice())?;
                 Ok(())
             })
-            .map_err(|e: sled::transaction::TransactionError<()>| format!("{e:?}"))?;
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => failed(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    QueueError::failed(QUEUE, "transaction aborted")
+                }
+            })?;
         self.persist().await?;
         self.wake.notify_one();
         Ok(())

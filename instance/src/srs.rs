@@ -61,8 +61,7 @@ impl Srs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut b = vec![0u8; 32];
                 aws_lc_rs::rand::fill(&mut b).map_err(|_| "random generator failed".to_owned())?;
-                crate::limits::write_private_file(&path, &b)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                crate::files::write_private(&path, &b).map_err(|e| e.to_string())?;
                 b
             }
             Err(e) => return Err(format!("{}: {e}", path.display())),

@@ -7,8 +7,9 @@
 use anyhow::{bail, Context};
 use caliopen_instance::admin::{connect, valid_localpart, with_token, Op, OpOutput, Runner};
 use caliopen_instance::config::{Config, LogFormat};
-use caliopen_instance::daemon::{self, self_signed_tls, write_file};
+use caliopen_instance::daemon::{self, self_signed_tls};
 use caliopen_instance::delivery::MailService;
+use caliopen_instance::files::write_atomic as write_file;
 use caliopen_instance::smtp::server::hash_password;
 use caliopen_instance::store::Store;
 use caliopen_instance::transfer;
@@ -572,7 +573,7 @@ fn init(
     }
     if data.exists() {
         // An existing directory others can enter would expose the hashes and keys.
-        caliopen_instance::limits::check_private_dir(data).map_err(anyhow::Error::msg)?;
+        caliopen_instance::files::check_private_dir(data)?;
     }
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -21,7 +21,43 @@ use std::sync::{Arc, OnceLock};
 pub use crate::config::FromCheck;
 
 /// A pending outlet operation.
-pub type OutletFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+pub type OutletFuture<'a> = Pin<Box<dyn Future<Output = Result<(), QueueError>> + Send + 'a>>;
+
+/// A queue (the mesh outbox or the SMTP queue) could not take a message:
+/// a local failure, or a recipient nothing here can route.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// No route, relay or direct delivery reaches this recipient (the
+    /// configuration's; permanent for that recipient).
+    #[error("no route or relay for {0}")]
+    NoRoute(String),
+    /// No SMTP relay or direct delivery is configured.
+    #[error("no SMTP relay is configured")]
+    NoRelay,
+    /// The queue failed to write the message or make it durable (local;
+    /// the sender tries again).
+    #[error("{queue}: {source}")]
+    Failed {
+        /// Which queue.
+        queue: &'static str,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl QueueError {
+    /// A failure of `queue`.
+    pub fn failed(
+        queue: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        QueueError::Failed {
+            queue,
+            source: source.into(),
+        }
+    }
+}
 
 /// What sending a handover piece gives: the member's answer, or why not
 /// and whether sending it again may help.
@@ -131,7 +167,7 @@ pub enum DeliveryError {
     MailboxFull(String),
     /// A queue could not take it (local failure; temporary).
     #[error("queueing failed: {0}")]
-    Queue(String),
+    Queue(#[from] QueueError),
     /// The store could not keep it (local failure; temporary).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -982,7 +1018,7 @@ impl MailService {
         let q = self
             .queue
             .get()
-            .ok_or_else(|| DeliveryError::Queue("no SMTP relay is configured".into()))?;
+            .ok_or(DeliveryError::Queue(QueueError::NoRelay))?;
         q.enqueue(mail_from, rcpt_to, data)
             .await
             .map_err(DeliveryError::Queue)

@@ -2,7 +2,7 @@
 //! directory), the durable outbox that carries mail to them, and public
 //! level queries across the mesh. It is the router's [`MeshOutlet`].
 
-use crate::delivery::{split_address, LevelAnswer, MeshOutlet, OutletFuture};
+use crate::delivery::{split_address, LevelAnswer, MeshOutlet, OutletFuture, QueueError};
 use crate::privacy::public::{
     address_hash, in_bucket, normalise_address, prefix_of, AnswerCache, DEFAULT_PREFIX_BITS,
     MAX_PREFIX_BITS,
@@ -248,7 +248,7 @@ impl MeshOutlet for MeshRoute {
             self.outbox
                 .enqueue(member, deliver)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| QueueError::failed("mesh outbox", e))
         })
     }
 }
