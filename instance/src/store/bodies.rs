@@ -40,7 +40,7 @@
 //! `452 4.3.1`) and nothing is half-stored; deliveries succeed again as
 //! soon as space returns.
 
-use super::StoreError;
+use super::{FlushError, StoreError};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -371,7 +371,7 @@ struct Writer {
     dirty: Vec<Arc<File>>,
     /// After a failed sync nothing more is written: the page cache can no
     /// longer be trusted.
-    failed: Option<String>,
+    failed: Option<Arc<std::io::Error>>,
 }
 
 #[derive(Debug, Default)]
@@ -401,7 +401,10 @@ fn io(path: &Path, e: std::io::Error) -> StoreError {
     if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull {
         return StoreError::Full(format!("{}: {e}", path.display()));
     }
-    StoreError::Io(format!("{}: {e}", path.display()))
+    StoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -493,7 +496,7 @@ impl Bodies {
         let thread = std::thread::Builder::new()
             .name("store-bodies".into())
             .spawn(move || prepare_loop(&dir2, &chores))
-            .map_err(|e| StoreError::Io(format!("cannot start the body preparer: {e}")))?;
+            .map_err(|e| io(dir, e))?;
         *lock(&inner.chore_thread) = Some(thread);
         let b = Self { inner };
         b.ask_prepare();
@@ -559,9 +562,7 @@ impl Bodies {
         let loc = {
             let mut w = lock(&self.inner.writer);
             if let Some(f) = &w.failed {
-                return Err(StoreError::Flush(format!(
-                    "an earlier body sync failed ({f}): restart the instance"
-                )));
+                return Err(StoreError::Flush(FlushError::EarlierBodySync(f.clone())));
             }
             if w.off + rec_len > w.capacity {
                 asked = self.roll(&mut w, rec_len)?;
@@ -670,14 +671,14 @@ impl Bodies {
     }
 
     /// Makes every record written so far durable.
-    pub fn sync(&self) -> Result<(), StoreError> {
+    pub fn sync(&self) -> Result<(), FlushError> {
         let dirty = std::mem::take(&mut lock(&self.inner.writer).dirty);
         for f in &dirty {
             self.inner.stats.syncs.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = f.sync_data() {
-                let msg = e.to_string();
-                lock(&self.inner.writer).failed = Some(msg.clone());
-                return Err(io(&self.inner.dir, e));
+                let e = Arc::new(e);
+                lock(&self.inner.writer).failed = Some(e.clone());
+                return Err(FlushError::BodySync(e));
             }
         }
         Ok(())

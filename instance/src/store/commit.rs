@@ -19,6 +19,35 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// A flush that failed: nothing it covered may be acknowledged. Every
+/// writer the flush covered gets the same error (hence `Clone`, the causes
+/// shared).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FlushError {
+    /// sled could not write its log.
+    #[error("{0}")]
+    Db(Arc<sled::Error>),
+    /// The database files could not be synced.
+    #[error("fsync: {0}")]
+    Sync(Arc<std::io::Error>),
+    /// A body segment could not be synced.
+    #[error("body segment sync: {0}")]
+    BodySync(Arc<std::io::Error>),
+    /// A body segment sync failed before: what it covered may be lost from
+    /// the page cache, so nothing more is written until a restart.
+    #[error("an earlier body sync failed ({0}): restart the instance")]
+    EarlierBodySync(Arc<std::io::Error>),
+    /// The commit thread could not be started.
+    #[error("no commit thread: {0}")]
+    NoThread(Arc<std::io::Error>),
+    /// The commit thread has stopped (the store is closing).
+    #[error("storage committer stopped")]
+    Stopped,
+    /// The store is closing.
+    #[error("the store is closing")]
+    Closing,
+}
+
 /// The group committer of one sled database. Dropping it stops and joins
 /// its thread (after the commits asked for), so that the database is closed
 /// when the last handle on it is gone, not some time later.
@@ -65,7 +94,7 @@ impl Drop for GroupCommit {
 pub struct CommitState {
     db: sled::Db,
     requested: AtomicU64,
-    done: watch::Sender<(u64, Option<String>)>,
+    done: watch::Sender<(u64, Option<FlushError>)>,
     /// Wakes the committer thread (the mutex orders a request against the
     /// thread's check, so no wake-up is lost).
     wake: (Mutex<()>, Condvar),
@@ -112,7 +141,7 @@ impl GroupCommit {
                 tracing::error!(error = %e, "the store's commit thread could not start");
                 state
                     .done
-                    .send_replace((u64::MAX, Some(format!("no commit thread: {e}"))));
+                    .send_replace((u64::MAX, Some(FlushError::NoThread(Arc::new(e)))));
                 None
             }
         };
@@ -142,10 +171,10 @@ impl CommitState {
                 continue;
             }
             let t0 = Instant::now();
-            let flushed = self.db.flush().map_err(|e| e.to_string());
+            let flushed = self.db.flush().map_err(|e| FlushError::Db(Arc::new(e)));
             let t1 = Instant::now();
             let r = flushed.and_then(|_| match &mut files {
-                Some(f) => f.sync().map_err(|e| format!("fsync: {e}")),
+                Some(f) => f.sync().map_err(|e| FlushError::Sync(Arc::new(e))),
                 None => Ok(()),
             });
             let us = |d: Duration| d.as_micros() as u64;
@@ -189,7 +218,7 @@ impl CommitState {
     }
 
     /// Returns once everything written before the call is on disk.
-    pub async fn sync(&self) -> Result<(), String> {
+    pub async fn sync(&self) -> Result<(), FlushError> {
         let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
         let mut rx = self.done.subscribe();
         {
@@ -211,7 +240,7 @@ impl CommitState {
                 }
             }
             if rx.changed().await.is_err() {
-                return Err("storage committer stopped".into());
+                return Err(FlushError::Stopped);
             }
         }
     }

@@ -213,7 +213,7 @@ impl Store {
                     }
                 }
             }
-            let synced = self.bodies.sync();
+            let synced = self.bodies.sync().map_err(StoreError::Flush);
             let renamed = synced.and_then(|()| {
                 self.body_index
                     .transaction(|t| {

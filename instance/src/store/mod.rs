@@ -42,7 +42,7 @@ pub use crate::mail::{
 };
 pub use bodies::{Codec, StoreOptions};
 pub use check::CheckReport;
-pub use commit::GroupCommit;
+pub use commit::{FlushError, GroupCommit};
 pub use engine::{KeywordChange, MailStore, Recipients, StoreFuture};
 pub use ops::{ImportMark, MAX_IDS_PER_CHANGE};
 
@@ -60,8 +60,11 @@ pub enum StoreError {
     Db(#[from] sled::Error),
     /// The flush failed: nothing may be acknowledged.
     #[error("storage flush failed: {0}")]
-    Flush(String),
-    /// A record did not decode.
+    Flush(#[from] FlushError),
+    /// A record did not decode (or, never in practice, encode).
+    #[error("corrupt record: {0}")]
+    Record(#[from] serde_json::Error),
+    /// A record or index entry is not what this version writes.
     #[error("corrupt record: {0}")]
     Corrupt(String),
     /// The database is held by another process.
@@ -78,8 +81,14 @@ pub enum StoreError {
     #[error("insufficient storage: {0}")]
     Full(String),
     /// A file of the body store failed.
-    #[error("body store: {0}")]
-    Io(String),
+    #[error("body store: {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A deduplicated body went away before the delivery naming it was
     /// written (the writer stores the bytes and tries again).
     #[error("shared body {0:016x} went away")]
@@ -326,7 +335,7 @@ impl Store {
             password_hash: password_hash.to_owned(),
             created_at: now_unix(),
         };
-        let v = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let v = serde_json::to_vec(&rec).map_err(StoreError::Record)?;
         let now = now_unix();
         (&self.users, &self.mail)
             .transaction(|(u, m)| {
@@ -361,7 +370,7 @@ impl Store {
     pub fn user(&self, localpart: &str) -> Result<Option<UserRecord>, StoreError> {
         self.users
             .get(localpart.as_bytes())?
-            .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .map(|v| serde_json::from_slice(&v).map_err(StoreError::Record))
             .transpose()
     }
 
@@ -403,10 +412,10 @@ impl Store {
         self.batcher
             .send((job, tx))
             .await
-            .map_err(|_| StoreError::Flush("the store is closing".into()))?;
+            .map_err(|_| StoreError::Flush(FlushError::Closing))?;
         let r = rx
             .await
-            .map_err(|_| StoreError::Flush("the store is closing".into()))?;
+            .map_err(|_| StoreError::Flush(FlushError::Closing))?;
         if r.as_ref().is_ok_and(|(_, seen)| !seen) {
             for d in deliveries {
                 self.signals.notify(&d.owner);
@@ -652,7 +661,7 @@ impl Store {
     pub fn user_stats(&self, localpart: &str) -> Result<UserStats, StoreError> {
         match self.stats.get(localpart.as_bytes())? {
             None => Ok(UserStats::default()),
-            Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())),
+            Some(v) => serde_json::from_slice(&v).map_err(StoreError::Record),
         }
     }
 
@@ -686,7 +695,7 @@ impl Store {
         if !self.user_exists(localpart) {
             return Err(crate::mail::ModelError::NoAccount(localpart.to_owned()).into());
         }
-        let v = serde_json::to_vec(prefs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let v = serde_json::to_vec(prefs).map_err(StoreError::Record)?;
         self.prefs.insert(localpart.as_bytes(), v)?;
         self.commit.sync().await.map_err(StoreError::Flush)
     }
@@ -776,7 +785,7 @@ impl Store {
             .scan_prefix(&prefix)
             .map(|kv| {
                 let (_, v) = kv?;
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))
+                serde_json::from_slice(&v).map_err(StoreError::Record)
             })
             .collect()
     }
@@ -785,7 +794,7 @@ impl Store {
     pub fn contact(&self, owner: &str, address: &str) -> Result<Option<ContactRecord>, StoreError> {
         self.contacts
             .get(contact_key(owner, address))?
-            .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .map(|v| serde_json::from_slice(&v).map_err(StoreError::Record))
             .transpose()
     }
 
@@ -883,7 +892,7 @@ impl Store {
     pub fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
         self.messages
             .get(id.to_be_bytes())?
-            .map(|v| serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .map(|v| serde_json::from_slice(&v).map_err(StoreError::Record))
             .transpose()
     }
 
@@ -902,7 +911,7 @@ impl Store {
             .map(|v| {
                 serde_json::from_slice::<Brief>(&v)
                     .map(|b| (b.subject, b.modseq))
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+                    .map_err(StoreError::Record)
             })
             .transpose()
     }
@@ -1008,10 +1017,9 @@ impl Store {
             out.push(r);
         }
         if let Err(e) = self.bodies.sync() {
-            let msg = e.to_string();
             return out
                 .into_iter()
-                .map(|_| Err(StoreError::Flush(msg.clone())))
+                .map(|_| Err(StoreError::Flush(e.clone())))
                 .collect();
         }
         out
@@ -1022,7 +1030,7 @@ impl Store {
         job.unshare();
         self.bodies.check_space(job.body.payload.len() as u64)?;
         job.loc = Some(self.bodies.append(job.blob, &job.body)?);
-        self.bodies.sync()
+        Ok(self.bodies.sync()?)
     }
 
     /// Flushes everything to disk.
@@ -1193,13 +1201,12 @@ fn tx_json<T: serde::de::DeserializeOwned + Default>(v: Option<sled::IVec>) -> T
     match v {
         None => Ok(T::default()),
         Some(v) => serde_json::from_slice(&v)
-            .map_err(|e| ConflictableTransactionError::Abort(StoreError::Corrupt(e.to_string()))),
+            .map_err(|e| ConflictableTransactionError::Abort(StoreError::Record(e))),
     }
 }
 
 fn tx_bytes<T: Serialize>(v: &T) -> TxResult<Vec<u8>> {
-    serde_json::to_vec(v)
-        .map_err(|e| ConflictableTransactionError::Abort(StoreError::Corrupt(e.to_string())))
+    serde_json::to_vec(v).map_err(|e| ConflictableTransactionError::Abort(StoreError::Record(e)))
 }
 
 fn tx_error(e: TransactionError<StoreError>) -> StoreError {

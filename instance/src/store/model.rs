@@ -729,7 +729,7 @@ pub(super) fn changes_since(
     limit: usize,
 ) -> Result<Changes, StoreError> {
     let acct: Account = match mail.get(ukey(TAG_ACCOUNT, owner, &[]))? {
-        Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        Some(v) => serde_json::from_slice(&v).map_err(StoreError::Record)?,
         None => return Err(ModelError::NoAccount(owner.to_owned()).into()),
     };
     if since < acct.floor {
@@ -773,10 +773,9 @@ pub(super) fn changes_since(
     for (_, tomb, id, v) in entries {
         if tomb {
             out.removed
-                .push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+                .push(serde_json::from_slice(&v).map_err(StoreError::Record)?);
         } else if let Some(m) = messages.get(id.to_be_bytes())? {
-            let m: MessageMeta =
-                serde_json::from_slice(&m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let m: MessageMeta = serde_json::from_slice(&m).map_err(StoreError::Record)?;
             if m.created_modseq > since {
                 out.created.push(m);
             } else {
@@ -821,8 +820,7 @@ pub(super) fn prune_tombstones(
     let mut floor = 0;
     for kv in mail.scan_prefix(&prefix) {
         let (k, v) = kv?;
-        let t: Tombstone =
-            serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let t: Tombstone = serde_json::from_slice(&v).map_err(StoreError::Record)?;
         let old = now.saturating_sub(t.at) > TOMBSTONE_DAYS * 86_400;
         if !old && total - drop.len() <= MAX_TOMBSTONES {
             break;

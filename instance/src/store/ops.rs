@@ -18,15 +18,14 @@ pub(super) fn load_aliases(mail: &sled::Tree) -> Result<HashMap<String, Vec<Stri
     for kv in mail.scan_prefix([model::TAG_ALIAS]) {
         let (k, v) = kv?;
         let alias = String::from_utf8_lossy(&k[1..]).into_owned();
-        let targets: Vec<String> =
-            serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let targets: Vec<String> = serde_json::from_slice(&v).map_err(StoreError::Record)?;
         out.insert(alias, targets);
     }
     Ok(out)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_json::from_slice(v).map_err(StoreError::Record)
 }
 
 impl Store {
@@ -545,7 +544,7 @@ impl Store {
     /// Makes or replaces an alias (`local@domain`, or `@domain` for a
     /// catch-all) for one or more accounts; durable.
     pub async fn put_alias(&self, key: &str, targets: &[String]) -> Result<(), StoreError> {
-        let v = serde_json::to_vec(targets).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let v = serde_json::to_vec(targets).map_err(StoreError::Record)?;
         self.mail.insert(model::alias_db_key(key), v)?;
         self.commit.sync().await.map_err(StoreError::Flush)?;
         self.alias_cache
@@ -617,8 +616,7 @@ impl Store {
         for kv in self.mail.scan_prefix(&prefix) {
             let (k, v) = kv?;
             let folder = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let mark: ImportMark =
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let mark: ImportMark = serde_json::from_slice(&v).map_err(StoreError::Record)?;
             out.push((folder, mark));
         }
         Ok(out)
@@ -634,7 +632,7 @@ impl Store {
         mark: ImportMark,
     ) -> Result<(), StoreError> {
         let key = import_key(owner, source, folder)?;
-        let v = serde_json::to_vec(&mark).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let v = serde_json::to_vec(&mark).map_err(StoreError::Record)?;
         self.mail.insert(key, v)?;
         self.commit.sync().await.map_err(StoreError::Flush)
     }

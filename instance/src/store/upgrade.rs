@@ -121,9 +121,7 @@ fn from_flat(store: &Store) -> Result<Report, StoreError> {
         let mut work = Vec::with_capacity(batch.len());
         for (key, owner, id) in batch {
             let meta: Option<MessageMeta> = match store.messages.get(id.to_be_bytes())? {
-                Some(v) => Some(
-                    serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                ),
+                Some(v) => Some(serde_json::from_slice(&v).map_err(StoreError::Record)?),
                 None => None,
             };
             let facts = match store.legacy_raw.get(id.to_be_bytes())? {
