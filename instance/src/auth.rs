@@ -4,6 +4,7 @@
 //! failing resolver is never an error — the results are then "temperror"
 //! or absent, and the privacy index reads them as "not checked".
 
+pub use crate::mail::Verdict;
 use crate::privacy::AuthResult;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::hickory_resolver::config::{
@@ -20,16 +21,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// What the checks found, as recorded with the message ("pass", "fail",
-/// "softfail", "neutral", "none", "temperror", "permerror").
+/// What the checks found, as recorded with the message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verdicts {
     /// DKIM (the best of the signatures).
-    pub dkim: Option<String>,
+    pub dkim: Option<Verdict>,
     /// SPF of the MAIL FROM identity.
-    pub spf: Option<String>,
+    pub spf: Option<Verdict>,
     /// DMARC of the From: domain.
-    pub dmarc: Option<String>,
+    pub dmarc: Option<Verdict>,
     /// The From: domain's DMARC policy, when DMARC failed.
     pub dmarc_policy: Option<DmarcPolicy>,
 }
@@ -46,12 +46,12 @@ pub enum DmarcPolicy {
 }
 
 /// Reads a recorded verdict for the privacy index.
-pub fn auth_result(v: Option<&str>) -> Option<AuthResult> {
+pub fn auth_result(v: Option<Verdict>) -> Option<AuthResult> {
     v.map(|v| match v {
-        "pass" => AuthResult::Pass,
-        "fail" | "softfail" | "permerror" => AuthResult::Fail,
-        "none" => AuthResult::None,
-        _ => AuthResult::Unchecked,
+        Verdict::Pass => AuthResult::Pass,
+        Verdict::Fail | Verdict::SoftFail | Verdict::PermError => AuthResult::Fail,
+        Verdict::None => AuthResult::None,
+        Verdict::Neutral | Verdict::TempError => AuthResult::Unchecked,
     })
 }
 
@@ -211,10 +211,10 @@ impl SenderAuth {
     }
 
     /// DKIM only, against the cache first (no other check).
-    pub async fn dkim(&self, raw: &[u8]) -> Option<String> {
+    pub async fn dkim(&self, raw: &[u8]) -> Option<Verdict> {
         let msg = parse_authenticated(raw)?;
         if msg.dkim_headers.is_empty() {
-            return Some("none".into());
+            return Some(Verdict::None);
         }
         let out = tokio::time::timeout(
             self.timeout,
@@ -223,12 +223,12 @@ impl SenderAuth {
         )
         .await
         .ok()?;
-        Some(best_dkim(out.iter().map(|o| o.result())).into())
+        Some(best_dkim(out.iter().map(|o| o.result())))
     }
 
     /// Each DKIM signature's result in the order of the message's
-    /// `DKIM-Signature` fields ("pass", "fail", …), against the cache first.
-    pub async fn dkim_each(&self, raw: &[u8]) -> Vec<String> {
+    /// `DKIM-Signature` fields, against the cache first.
+    pub async fn dkim_each(&self, raw: &[u8]) -> Vec<Verdict> {
         let Some(msg) = parse_authenticated(raw) else {
             return Vec::new();
         };
@@ -240,10 +240,10 @@ impl SenderAuth {
         .await
         {
             Ok(out) => out,
-            Err(_) => return vec!["temperror".into(); msg.dkim_headers.len()],
+            Err(_) => return vec![Verdict::TempError; msg.dkim_headers.len()],
         };
         out.iter()
-            .map(|o| best_dkim(std::iter::once(o.result())).to_owned())
+            .map(|o| best_dkim(std::iter::once(o.result())))
             .collect()
     }
 
@@ -262,7 +262,10 @@ impl SenderAuth {
                 return Verdicts::default();
             }
             return Verdicts {
-                dkim: self.dkim(raw).await.filter(|d| d == "pass" || d == "fail"),
+                dkim: self
+                    .dkim(raw)
+                    .await
+                    .filter(|d| matches!(d, Verdict::Pass | Verdict::Fail)),
                 ..Default::default()
             };
         }
@@ -300,35 +303,40 @@ impl SenderAuth {
                 )
                 .await;
             let dkim_v = if msg.dkim_headers.is_empty() {
-                "none"
+                Verdict::None
             } else {
                 best_dkim(dkim.iter().map(|o| o.result()))
             };
             let spf_v = match spf.result() {
-                SpfResult::Pass => "pass",
-                SpfResult::Fail => "fail",
-                SpfResult::SoftFail => "softfail",
-                SpfResult::Neutral => "neutral",
-                SpfResult::TempError => "temperror",
-                SpfResult::PermError => "permerror",
-                SpfResult::None => "none",
+                SpfResult::Pass => Verdict::Pass,
+                SpfResult::Fail => Verdict::Fail,
+                SpfResult::SoftFail => Verdict::SoftFail,
+                SpfResult::Neutral => Verdict::Neutral,
+                SpfResult::TempError => Verdict::TempError,
+                SpfResult::PermError => Verdict::PermError,
+                SpfResult::None => Verdict::None,
             };
             let dmarc_v = match (dmarc.dkim_result(), dmarc.spf_result()) {
-                (DmarcResult::Pass, _) | (_, DmarcResult::Pass) => "pass",
-                (DmarcResult::None, DmarcResult::None) => "none",
-                (DmarcResult::TempError(_), _) | (_, DmarcResult::TempError(_)) => "temperror",
-                (DmarcResult::PermError(_), _) | (_, DmarcResult::PermError(_)) => "permerror",
-                _ => "fail",
+                // RFC 7489 §4.2: a pass of either aligned identifier passes.
+                (DmarcResult::Pass, _) | (_, DmarcResult::Pass) => Verdict::Pass,
+                (DmarcResult::None, DmarcResult::None) => Verdict::None,
+                (DmarcResult::TempError(_), _) | (_, DmarcResult::TempError(_)) => {
+                    Verdict::TempError
+                }
+                (DmarcResult::PermError(_), _) | (_, DmarcResult::PermError(_)) => {
+                    Verdict::PermError
+                }
+                _ => Verdict::Fail,
             };
-            let dmarc_policy = (dmarc_v == "fail").then(|| match dmarc.policy() {
+            let dmarc_policy = (dmarc_v == Verdict::Fail).then(|| match dmarc.policy() {
                 mail_auth::dmarc::Policy::Reject => DmarcPolicy::Reject,
                 mail_auth::dmarc::Policy::Quarantine => DmarcPolicy::Quarantine,
                 _ => DmarcPolicy::None,
             });
             Verdicts {
-                dkim: Some(dkim_v.into()),
-                spf: Some(spf_v.into()),
-                dmarc: Some(dmarc_v.into()),
+                dkim: Some(dkim_v),
+                spf: Some(spf_v),
+                dmarc: Some(dmarc_v),
                 dmarc_policy,
             }
         };
@@ -337,9 +345,9 @@ impl SenderAuth {
             Err(_) => {
                 tracing::info!("sender checks timed out: recorded as temperror");
                 Verdicts {
-                    dkim: Some("temperror".into()),
-                    spf: Some("temperror".into()),
-                    dmarc: Some("temperror".into()),
+                    dkim: Some(Verdict::TempError),
+                    spf: Some(Verdict::TempError),
+                    dmarc: Some(Verdict::TempError),
                     dmarc_policy: None,
                 }
             }
@@ -544,27 +552,26 @@ fn parse_authenticated(raw: &[u8]) -> Option<AuthenticatedMessage<'_>> {
     })
 }
 
-fn best_dkim<'a>(results: impl Iterator<Item = &'a DkimResult>) -> &'static str {
-    let mut best = "none";
+fn best_dkim<'a>(results: impl Iterator<Item = &'a DkimResult>) -> Verdict {
+    let mut best = Verdict::None;
     for r in results {
         let v = match r {
-            DkimResult::Pass => return "pass",
-            DkimResult::Fail(_) => "fail",
+            DkimResult::Pass => return Verdict::Pass,
+            DkimResult::Fail(_) => Verdict::Fail,
             // A body that no longer matches its hash was altered (RFC 6376 §6.3).
             DkimResult::Neutral(mail_auth::Error::Dkim(
                 mail_auth::dkim::DkimError::FailedBodyHashMatch,
-            )) => "fail",
-            DkimResult::Neutral(_) => "neutral",
-            DkimResult::PermError(_) => "permerror",
-            DkimResult::TempError(_) => "temperror",
-            DkimResult::None => "none",
+            )) => Verdict::Fail,
+            DkimResult::Neutral(_) => Verdict::Neutral,
+            DkimResult::PermError(_) => Verdict::PermError,
+            DkimResult::TempError(_) => Verdict::TempError,
+            DkimResult::None => Verdict::None,
         };
         // Prefer a definite failure over errors, errors over nothing.
-        let rank = |s: &str| match s {
-            "fail" => 3,
-            "permerror" => 2,
-            "neutral" => 2,
-            "temperror" => 1,
+        let rank = |v: Verdict| match v {
+            Verdict::Fail => 3,
+            Verdict::PermError | Verdict::Neutral => 2,
+            Verdict::TempError => 1,
             _ => 0,
         };
         if rank(v) > rank(best) {

@@ -791,6 +791,9 @@ mod tests {
             .build()
             .expect("rt");
         rt.block_on(auth.dkim_each(signed))
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]

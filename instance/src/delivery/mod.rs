@@ -720,8 +720,8 @@ impl MailService {
         let v = a
             .check(data, ip, helo, mail_from, self.primary_domain())
             .await;
-        let spf_failed = v.spf.as_deref() == Some("fail");
-        let dkim_passed = v.dkim.as_deref() == Some("pass");
+        let spf_failed = v.spf == Some(crate::auth::Verdict::Fail);
+        let dkim_passed = v.dkim == Some(crate::auth::Verdict::Pass);
         t.dkim = v.dkim;
         t.spf = v.spf;
         t.dmarc = v.dmarc;

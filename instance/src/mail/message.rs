@@ -19,6 +19,48 @@ pub enum Via {
     Local,
 }
 
+/// The result of one sender check (DKIM RFC 6376 §3.9, SPF RFC 7208 §2.6,
+/// DMARC RFC 7489 §11.2), recorded with the message under these names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Verified.
+    Pass,
+    /// Checked and wrong (a bad signature, an unauthorised host).
+    Fail,
+    /// SPF: probably not authorised.
+    SoftFail,
+    /// Nothing asserted (SPF `?all`, a DKIM signature that could not be judged).
+    Neutral,
+    /// Nothing to check (no signature, no record).
+    None,
+    /// A temporary failure (DNS timeout): not judged.
+    TempError,
+    /// A permanent error in the published record or signature.
+    PermError,
+}
+
+impl Verdict {
+    /// Its recorded name ("pass", "softfail", …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::SoftFail => "softfail",
+            Verdict::Neutral => "neutral",
+            Verdict::None => "none",
+            Verdict::TempError => "temperror",
+            Verdict::PermError => "permerror",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Facts about the transport a message came over (inputs of the privacy index).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transport {
@@ -34,15 +76,15 @@ pub struct Transport {
     pub auth_user: Option<String>,
     /// The mesh member it came from.
     pub peer_member: Option<String>,
-    /// DKIM verdict ("pass", "fail", "none", "temperror"…), when checked.
+    /// DKIM verdict, when checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dkim: Option<String>,
+    pub dkim: Option<Verdict>,
     /// SPF verdict of the MAIL FROM (or HELO) identity, when checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spf: Option<String>,
+    pub spf: Option<Verdict>,
     /// DMARC verdict of the From: domain, when checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dmarc: Option<String>,
+    pub dmarc: Option<Verdict>,
     /// Why it was filed as junk on arrival (DMARC quarantine, SPF failure,
     /// a blocklist), when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,5 +164,36 @@ impl MessageMeta {
             .iter()
             .find(|p| p.mailbox == mailbox)
             .map(|p| p.uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_keep_the_names_records_were_written_with() {
+        // As releases before the enum wrote them (strings).
+        let old = r#"{"helo":"h","client":"c","tls_version":null,"tls_cipher":null,
+            "auth_user":null,"peer_member":null,"dkim":"softfail","spf":"temperror",
+            "dmarc":"permerror"}"#;
+        let t: Transport = serde_json::from_str(old).expect("old record");
+        assert_eq!(t.dkim, Some(Verdict::SoftFail));
+        assert_eq!(t.spf, Some(Verdict::TempError));
+        assert_eq!(t.dmarc, Some(Verdict::PermError));
+        for v in [
+            Verdict::Pass,
+            Verdict::Fail,
+            Verdict::SoftFail,
+            Verdict::Neutral,
+            Verdict::None,
+            Verdict::TempError,
+            Verdict::PermError,
+        ] {
+            let json = serde_json::to_string(&v).expect("encode");
+            assert_eq!(json, format!("\"{}\"", v.as_str()));
+            assert_eq!(serde_json::from_str::<Verdict>(&json).expect("decode"), v);
+        }
+        assert!(serde_json::from_str::<Verdict>("\"maybe\"").is_err());
     }
 }

@@ -23,7 +23,7 @@ pub use book::{
     contact_key, AutocryptKey, ContactRecord, Counters, PathClass, SeenLevel, UserStats,
 };
 pub use mailbox::{Mailbox, MailboxId, Role};
-pub use message::{MessageMeta, Placement, Transport, Via};
+pub use message::{MessageMeta, Placement, Transport, Verdict, Via};
 
 use serde::{Deserialize, Serialize};
 
