@@ -67,7 +67,7 @@ pub enum DaemonError {
     Certificate(#[from] rcgen::Error),
     /// The resolver could not be set up.
     #[error(transparent)]
-    Resolver(#[from] crate::auth::ResolverError),
+    Resolver(#[from] crate::sender_auth::ResolverError),
     /// Another part of the daemon failed to start (TLS material, the mesh,
     /// the witness, …), as it said.
     #[error("{0}")]
@@ -331,13 +331,16 @@ pub async fn run(
     let timeout = Duration::from_secs(config.dns.timeout_seconds);
     let resolver = if config.dns.enabled {
         tracing::info!(servers = ?config.dns.servers, "DNS on: DKIM, SPF and DMARC are checked on inbound mail");
-        Some(crate::auth::SenderAuth::new(&config.dns.servers, timeout)?)
+        Some(crate::sender_auth::SenderAuth::new(
+            &config.dns.servers,
+            timeout,
+        )?)
     } else {
         None
     };
     svc.set_auth(match &resolver {
         Some(r) => r.clone(),
-        None => crate::auth::SenderAuth::offline()?,
+        None => crate::sender_auth::SenderAuth::offline()?,
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();

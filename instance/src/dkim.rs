@@ -780,7 +780,7 @@ mod tests {
     const MSG: &[u8] = b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: hello\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\nHi Bob,\r\n\r\nsee you.\r\n";
 
     fn verify(signed: &[u8], records: &[KeyRecord]) -> Vec<String> {
-        let auth = crate::auth::SenderAuth::offline().expect("resolver");
+        let auth = crate::sender_auth::SenderAuth::offline().expect("resolver");
         for r in records {
             auth.txt_cache()
                 .add_dkim_key(&r.name, &r.value)

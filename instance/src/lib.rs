@@ -5,7 +5,7 @@
 //! (`delivery`), the front ends — SMTP (`smtp`), IMAP (`imap`), the web
 //! client (`web`), the client API (`api`) — the mesh side when the instance
 //! holds a label (`mesh`), outbound SMTP through a relay or MX with MTA-STS
-//! (`outbound`, `mta_sts`), sender checks and the resolver (`auth`), DKIM
+//! (`outbound`, `mta_sts`), sender checks and the resolver (`sender_auth`), files written whole (`files`), DKIM
 //! signing (`dkim`), what the operator publishes (`publish`), the TLS
 //! certificate of every listener (`certs`), passwords (`login`), the
 //! privacy index (`privacy`), bounces (`dsn`), the admin API (`admin`),
@@ -16,7 +16,6 @@
 pub mod acme;
 pub mod admin;
 pub mod api;
-pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod daemon;
@@ -36,6 +35,7 @@ pub mod mta_sts;
 pub mod outbound;
 pub mod privacy;
 pub mod publish;
+pub mod sender_auth;
 pub mod smtp;
 pub mod srs;
 pub mod store;

@@ -11,7 +11,7 @@
 //! delivery goes on as before and what enforcement would have refused is
 //! logged and counted.
 
-use crate::auth::{LookupType, SenderAuth};
+use crate::sender_auth::{LookupType, SenderAuth};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;

@@ -158,7 +158,7 @@ pub struct RelayConfig {
     /// How long a message may wait before it bounces.
     pub lifetime: Duration,
     /// Direct delivery to MX hosts (the resolver), used when no route or relay applies.
-    pub direct: Option<crate::auth::SenderAuth>,
+    pub direct: Option<crate::sender_auth::SenderAuth>,
     /// Port of direct delivery (25).
     pub mx_port: u16,
     /// MTA-STS policies of recipient domains, for direct delivery.

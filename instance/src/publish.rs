@@ -5,9 +5,9 @@
 //! `config-v1.1.xml`, Microsoft's `autodiscover.xml`), which the web
 //! listener serves.
 
-use crate::auth::{LookupType, SenderAuth};
 use crate::config::{Config, MtaStsMode};
 use crate::dkim::DkimKeys;
+use crate::sender_auth::{LookupType, SenderAuth};
 use serde::Serialize;
 
 /// One DNS record to publish.

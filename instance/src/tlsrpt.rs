@@ -23,7 +23,7 @@
 //!   reports were handed over (or when its domains publish no address);
 //!   records older than [`KEEP_DAYS`] go whatever happened.
 
-use crate::auth::{LookupType, SenderAuth};
+use crate::sender_auth::{LookupType, SenderAuth};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;

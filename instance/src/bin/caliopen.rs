@@ -1021,7 +1021,7 @@ async fn dns_check(config: &Path, json: bool) -> anyhow::Result<()> {
     let cfg = Config::load(config)?;
     let keys = dkim_keys(&cfg)?;
     let records = caliopen_instance::publish::records(&cfg, keys.as_ref(), now_unix());
-    let resolver = caliopen_instance::auth::SenderAuth::new(
+    let resolver = caliopen_instance::sender_auth::SenderAuth::new(
         &cfg.dns.servers,
         std::time::Duration::from_secs(cfg.dns.timeout_seconds),
     )

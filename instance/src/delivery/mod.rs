@@ -240,7 +240,7 @@ pub struct MailService {
     domains: Arc<Vec<String>>,
     mesh: Arc<OnceLock<Arc<dyn MeshOutlet>>>,
     queue: Arc<OnceLock<Arc<dyn SmtpOutlet>>>,
-    auth: Arc<OnceLock<crate::auth::SenderAuth>>,
+    auth: Arc<OnceLock<crate::sender_auth::SenderAuth>>,
     dkim: Arc<OnceLock<Arc<crate::dkim::DkimKeys>>>,
     /// Sends SMTP TLS reports (direct delivery only).
     tls_reporter: Arc<OnceLock<Arc<crate::tlsrpt::Reporter>>>,
@@ -530,12 +530,12 @@ impl MailService {
     }
 
     /// Sets the resolver and sender checks.
-    pub fn set_auth(&self, a: crate::auth::SenderAuth) {
+    pub fn set_auth(&self, a: crate::sender_auth::SenderAuth) {
         let _ = self.auth.set(a);
     }
 
     /// The resolver and sender checks, when set.
-    pub fn auth(&self) -> Option<&crate::auth::SenderAuth> {
+    pub fn auth(&self) -> Option<&crate::sender_auth::SenderAuth> {
         self.auth.get()
     }
 
@@ -707,7 +707,7 @@ impl MailService {
         mail_from: &str,
         t: &mut Transport,
     ) -> SenderVerdict {
-        use crate::auth::DmarcPolicy;
+        use crate::sender_auth::DmarcPolicy;
         use std::sync::atomic::Ordering::Relaxed;
         let Some(a) = self.auth.get() else {
             return SenderVerdict::Accept;
@@ -720,8 +720,8 @@ impl MailService {
         let v = a
             .check(data, ip, helo, mail_from, self.primary_domain())
             .await;
-        let spf_failed = v.spf == Some(crate::auth::Verdict::Fail);
-        let dkim_passed = v.dkim == Some(crate::auth::Verdict::Pass);
+        let spf_failed = v.spf == Some(crate::sender_auth::Verdict::Fail);
+        let dkim_passed = v.dkim == Some(crate::sender_auth::Verdict::Pass);
         t.dkim = v.dkim;
         t.spf = v.spf;
         t.dmarc = v.dmarc;

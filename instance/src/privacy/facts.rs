@@ -235,15 +235,15 @@ pub fn facts_of(meta: &MessageMeta, raw: &[u8]) -> MessageFacts {
     f.signed = sig;
     // Verdicts recorded at reception replace "present, not checked".
     let t = &meta.transport;
-    if let Some(r) = crate::auth::auth_result(t.dkim) {
+    if let Some(r) = crate::sender_auth::auth_result(t.dkim) {
         if r != AuthResult::None || f.dkim == AuthResult::None {
             f.dkim = r;
         }
     }
-    if let Some(r) = crate::auth::auth_result(t.spf) {
+    if let Some(r) = crate::sender_auth::auth_result(t.spf) {
         f.spf = r;
     }
-    if let Some(r) = crate::auth::auth_result(t.dmarc) {
+    if let Some(r) = crate::sender_auth::auth_result(t.dmarc) {
         f.dmarc = r;
     }
     f
