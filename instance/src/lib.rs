@@ -36,6 +36,7 @@ pub mod outbound;
 pub mod privacy;
 pub mod publish;
 pub mod sender_auth;
+pub mod setup;
 pub mod smtp;
 pub mod srs;
 pub mod store;

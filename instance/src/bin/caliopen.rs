@@ -7,9 +7,9 @@
 use anyhow::{bail, Context};
 use caliopen_instance::admin::{connect, valid_localpart, with_token, Op, OpOutput, Runner};
 use caliopen_instance::config::{Config, LogFormat};
-use caliopen_instance::daemon::{self, self_signed_tls};
+use caliopen_instance::daemon;
 use caliopen_instance::delivery::MailService;
-use caliopen_instance::files::write_atomic as write_file;
+use caliopen_instance::setup;
 use caliopen_instance::smtp::server::hash_password;
 use caliopen_instance::store::Store;
 use caliopen_instance::transfer;
@@ -18,7 +18,6 @@ use caliopen_proto::pb::instance_admin::PutUserRequest;
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -549,109 +548,14 @@ fn init_logging(format: LogFormat, filter: Option<&str>, default: &str) {
     }
 }
 
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn init(
-    data: &Path,
-    domain: &str,
-    smtp: Option<SocketAddr>,
-    submission: Option<SocketAddr>,
-    mesh: Option<SocketAddr>,
-    metrics: Option<SocketAddr>,
-    api: Option<SocketAddr>,
-    imap: Option<SocketAddr>,
-    web: Option<SocketAddr>,
-    relay: Option<String>,
-) -> anyhow::Result<()> {
-    let domain = domain.to_ascii_lowercase();
-    let cfg_path = data.join("caliopen.toml");
-    if cfg_path.exists() {
-        bail!("{} already exists", cfg_path.display());
-    }
-    if data.exists() {
-        // An existing directory others can enter would expose the hashes and keys.
-        caliopen_instance::files::check_private_dir(data)?;
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data)
-        .with_context(|| format!("create {}", data.display()))?;
-    let mut text = format!(
-        "# Caliopen instance configuration; every key is explained in deploy/caliopen.example.toml.\n\
-         data_dir = \".\"\ndomains = [{}]\nhostname = {}\n\n[smtp]\n",
-        toml_str(&domain),
-        toml_str(&format!("mx.{domain}"))
-    );
-    if let Some(a) = smtp {
-        text.push_str(&format!("listen = {}\n", toml_str(&a.to_string())));
-    }
-    if let Some(a) = submission {
-        text.push_str(&format!("submission = {}\n", toml_str(&a.to_string())));
-    }
-    if let Some(r) = relay {
-        text.push_str(&format!("relay = {}\n", toml_str(&r)));
-    }
-    text.push_str("\n[mesh]\n");
-    if let Some(a) = mesh {
-        text.push_str(&format!("listen = {}\n", toml_str(&a.to_string())));
-    }
-    let metrics = metrics.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9925)));
-    text.push_str(&format!(
-        "\n[metrics]\nlisten = {}\n",
-        toml_str(&metrics.to_string())
-    ));
-    if let Some(a) = api {
-        text.push_str(&format!("\n[api]\nlisten = {}\n", toml_str(&a.to_string())));
-    }
-    if let Some(a) = imap {
-        text.push_str(&format!(
-            "\n[imap]\nlisten = {}\n",
-            toml_str(&a.to_string())
-        ));
-    }
-    if let Some(a) = web {
-        text.push_str(&format!("\n[web]\nlisten = {}\n", toml_str(&a.to_string())));
-    }
-    // Refuse to write what we would refuse to read.
-    Config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
-
-    // The member key never leaves the instance; the CSR goes to the association.
-    let key = rcgen::KeyPair::generate()?;
-    let csr = rcgen::CertificateParams::new(vec![domain.clone()])?.serialize_request(&key)?;
-    write_file(
-        &data.join("member.key.pem"),
-        key.serialize_pem().as_bytes(),
-        0o600,
-    )
-    .map_err(anyhow::Error::msg)?;
-    write_file(&data.join("member.csr.pem"), csr.pem()?.as_bytes(), 0o644)
-        .map_err(anyhow::Error::msg)?;
-    let (cert, tkey) = self_signed_tls(&[
-        format!("mx.{domain}"),
-        domain.clone(),
-        format!("mta-sts.{domain}"),
-        format!("autoconfig.{domain}"),
-        format!("autodiscover.{domain}"),
-        "localhost".into(),
-    ])
-    .map_err(anyhow::Error::msg)?;
-    write_file(&data.join("tls.key"), tkey.as_bytes(), 0o600).map_err(anyhow::Error::msg)?;
-    write_file(&data.join("tls.pem"), cert.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
-    caliopen_instance::dkim::DkimKeys::open(data)?
-        .ensure(std::slice::from_ref(&domain), now_unix())?;
-    write_file(&cfg_path, text.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
-    out!("instance for {domain} created in {}", data.display());
-    out!("configuration: {}", cfg_path.display());
-    out!(
-        "member CSR for the association: {}",
-        data.join("member.csr.pem").display()
-    );
-    out!("DKIM keys for {domain}: {}", data.join("dkim").display());
-    let cfg = cfg_path.display();
+fn init(o: &setup::InitOptions) -> anyhow::Result<()> {
+    let made = setup::init(o)?;
+    let domain = &made.domain;
+    out!("instance for {domain} created in {}", o.data.display());
+    out!("configuration: {}", made.config.display());
+    out!("member CSR for the association: {}", made.csr.display());
+    out!("DKIM keys for {domain}: {}", made.dkim.display());
+    let cfg = made.config.display();
     out!("next:");
     out!("  1. join the association: send member.csr.pem, then `caliopen join --config {cfg} --ca CA.pem --cert MEMBER.pem --association URL`");
     out!("  2. publish the DNS records `caliopen dns --config {cfg}` prints, and check them with `caliopen dns check --config {cfg}`");
@@ -659,80 +563,13 @@ fn init(
     Ok(())
 }
 
-async fn join(
-    config: &Path,
-    ca: &Path,
-    cert: &Path,
-    url: &str,
-    log_key: Option<&Path>,
-) -> anyhow::Result<()> {
-    let cfg = Config::load(config)?;
-    if cfg.association.is_some() {
-        bail!("{} already names an association", config.display());
-    }
-    let log_key_text = match log_key {
-        Some(p) => {
-            let t = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
-            caliopen_federation::LogKey::parse(t.trim())
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            Some(format!("{}\n", t.trim()))
-        }
-        None => None,
-    };
-    let dir = cfg.data_dir();
-    let ca_pem = std::fs::read_to_string(ca).with_context(|| format!("read {}", ca.display()))?;
-    let cert_pem =
-        std::fs::read_to_string(cert).with_context(|| format!("read {}", cert.display()))?;
-    let key_pem = std::fs::read_to_string(dir.join("member.key.pem"))
-        .context("read the member key (run `caliopen init` first)")?;
-    // The certificate must carry a label, chain to the given root, and match our key.
-    let member = caliopen_instance::mesh::member_id_of(&cert_pem)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    caliopen_federation::IdentitySlot::new()
-        .set_pem(&cert_pem, &key_pem, &provider)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
-    {
-        use x509_parser::prelude::{FromDer, X509Certificate};
-        let root_der = pem::parse(&ca_pem)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?
-            .into_contents();
-        let leaf_der = pem::parse(&cert_pem)?.into_contents();
-        let (_, root) = X509Certificate::from_der(&root_der)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
-        let (_, leaf) = X509Certificate::from_der(&leaf_der)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
-        leaf.verify_signature(Some(root.public_key()))
-            .map_err(|_| {
-                anyhow::anyhow!("{} was not issued by {}", cert.display(), ca.display())
-            })?;
-    }
-    // The association must answer: fetch its CRL and directory now.
-    let trust = caliopen_federation::TrustStore::new(
-        &ca_pem,
-        caliopen_federation::trust::default_accepted_charters(),
-    )?;
-    let link = caliopen_federation::AssociationLink::new(url, ca_pem.clone());
-    link.poll_once(&trust)
-        .await
-        .map_err(|e| anyhow::anyhow!("association {url}: {e}"))?;
-    trust.save(&dir.join("trust"))?;
-    write_file(&dir.join("association-ca.pem"), ca_pem.as_bytes(), 0o644)
-        .map_err(anyhow::Error::msg)?;
-    write_file(&dir.join("member.pem"), cert_pem.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
-    let mut text = std::fs::read_to_string(config)?;
-    text.push_str(&format!("\n[association]\nurl = {}\n", toml_str(url)));
-    if let Some(k) = &log_key_text {
-        write_file(&dir.join("association-log.pub"), k.as_bytes(), 0o644)
-            .map_err(anyhow::Error::msg)?;
-        text.push_str("log_key = \"association-log.pub\"\n");
-    }
-    Config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    write_file(config, text.as_bytes(), 0o644).map_err(anyhow::Error::msg)?;
+async fn join(o: setup::JoinOptions<'_>) -> anyhow::Result<()> {
+    let j = setup::join(o).await?;
     out!(
-        "joined as member {member}; directory serial {}, CRL number {}",
-        trust.current().directory_serial(),
-        trust.current().crl_number()
+        "joined as member {}; directory serial {}, CRL number {}",
+        j.member,
+        j.directory_serial,
+        j.crl_number
     );
     Ok(())
 }
@@ -1879,16 +1716,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             imap,
             web,
             relay,
-        } => init(
-            &data, &domain, smtp, submission, mesh, metrics, api, imap, web, relay,
-        ),
+        } => init(&setup::InitOptions {
+            data,
+            domain,
+            smtp,
+            submission,
+            mesh,
+            metrics,
+            api,
+            imap,
+            web,
+            relay,
+        }),
         Cmd::Join {
             config,
             ca,
             cert,
             association,
             log_key,
-        } => join(&config, &ca, &cert, &association, log_key.as_deref()).await,
+        } => {
+            join(setup::JoinOptions {
+                config: &config,
+                ca: &ca,
+                cert: &cert,
+                url: &association,
+                log_key: log_key.as_deref(),
+            })
+            .await
+        }
         Cmd::Log { config, json } => log_show(&config, json),
         Cmd::Demo { keep } => {
             init_logging(LogFormat::Human, None, "warn");
