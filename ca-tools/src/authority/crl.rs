@@ -1,0 +1,61 @@
+//! Making and signing the CRL (RFC 5280 §5) from the revoked records.
+
+use super::revoke::parse_reason;
+use super::{now, Authority};
+use crate::error::{CaError, Result};
+use rcgen::{
+    CertificateRevocationListParams, Issuer, RevocationReason, RevokedCertParams, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+fn reason_from_name(name: &str) -> RevocationReason {
+    parse_reason(name)
+        .map(|(r, _)| r)
+        .unwrap_or(RevocationReason::Unspecified)
+}
+
+impl Authority {
+    /// Issues a new CRL (number + 1) and makes it current.
+    pub fn issue_crl(&self) -> Result<(u64, Vec<u8>)> {
+        let _g = self.lock();
+        let r = self.issue_crl_locked()?;
+        self.store.flush()?;
+        self.republish()?;
+        Ok(r)
+    }
+
+    pub(super) fn issue_crl_locked(&self) -> Result<(u64, Vec<u8>)> {
+        let number = self.store.crl_number()? + 1;
+        let mut revoked_certs = Vec::new();
+        for rec in self.store.all_certs()? {
+            if let Some(rv) = &rec.revoked {
+                let serial = hex::decode(&rec.serial)
+                    .map_err(|_| CaError::State(format!("corrupt serial {}", rec.serial)))?;
+                revoked_certs.push(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&serial),
+                    revocation_time: OffsetDateTime::from_unix_timestamp(rv.at)
+                        .map_err(|e| CaError::State(e.to_string()))?,
+                    reason_code: Some(reason_from_name(&rv.reason)),
+                    invalidity_date: None,
+                });
+            }
+        }
+        let t = now();
+        let params = CertificateRevocationListParams {
+            this_update: t,
+            next_update: t + self.settings.crl_validity,
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::PreSpecified(self.root_key_id.clone()),
+        };
+        let issuer =
+            Issuer::from_ca_cert_der(&CertificateDer::from(self.root_der.as_slice()), &self.key)?;
+        let crl = params.signed_by(&issuer)?;
+        let der = crl.der().to_vec();
+        self.store.set_crl(number, &der)?;
+        self.audit(&serde_json::json!({"event": "crl", "crl_number": number}))?;
+        Ok((number, der))
+    }
+}
