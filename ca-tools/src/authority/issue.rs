@@ -88,6 +88,10 @@ impl Authority {
 
     /// [`Authority::sign`] with an explicit clock: the certificate's validity
     /// starts at `at` and the domain check considers members active at `at`.
+    ///
+    /// Not part of the API: public only because tests outside this crate
+    /// call it; use [`crate::internal::sign_at`].
+    #[doc(hidden)]
     pub fn sign_at(&self, req: &SignRequest, at: OffsetDateTime) -> Result<Issued> {
         check_member_id(&req.member_id)?;
         if !self.charter.accepts(&req.charter_version) {

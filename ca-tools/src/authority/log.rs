@@ -243,8 +243,9 @@ impl Authority {
     }
 
     /// [`Authority::heartbeat_if_due`] with an explicit clock. A clock that
-    /// went back signs nothing: timestamps never decrease.
-    pub fn heartbeat_if_due_at(&self, at: OffsetDateTime) -> Result<bool> {
+    /// went back signs nothing: timestamps never decrease. (Tests reach it
+    /// through [`crate::internal`].)
+    pub(crate) fn heartbeat_if_due_at(&self, at: OffsetDateTime) -> Result<bool> {
         let _g = self.lock();
         let old = self.log_checkpoint()?;
         let (c, n) = Checkpoint::open(old.as_bytes(), self.log_key.verifier())
@@ -283,17 +284,15 @@ impl Authority {
     }
 
     /// Removes the membership log from the state (tests: make a state as
-    /// an association older than the log left it).
-    #[doc(hidden)]
-    pub fn wipe_log_for_tests(&self) -> Result<()> {
+    /// an association older than the log left it; [`crate::internal`]).
+    pub(crate) fn wipe_log_for_tests(&self) -> Result<()> {
         self.store.wipe_log()?;
         self.store.flush()
     }
 
     /// Stores `note` as the latest checkpoint as it is (tests: a checkpoint
-    /// written by an older version).
-    #[doc(hidden)]
-    pub fn replace_checkpoint_for_tests(&self, note: &str) -> Result<()> {
+    /// written by an older version; [`crate::internal`]).
+    pub(crate) fn replace_checkpoint_for_tests(&self, note: &str) -> Result<()> {
         let old = self.log_checkpoint()?;
         self.store.replace_checkpoint(&old, note)?;
         Ok(())

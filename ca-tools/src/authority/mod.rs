@@ -224,6 +224,10 @@ impl Authority {
     }
 
     /// The root's key pair (for the service's own TLS certificate).
+    ///
+    /// Not part of the API: public only because tests outside this crate
+    /// sign with it; use [`crate::internal::root_key`].
+    #[doc(hidden)]
     pub fn key(&self) -> &KeyPair {
         &self.key
     }

@@ -115,8 +115,9 @@ impl Authority {
         self.refresh_if_due_at(now())
     }
 
-    /// [`Authority::refresh_if_due`] with an explicit clock.
-    pub fn refresh_if_due_at(&self, at: OffsetDateTime) -> Result<bool> {
+    /// [`Authority::refresh_if_due`] with an explicit clock. (Tests reach it
+    /// through [`crate::internal`].)
+    pub(crate) fn refresh_if_due_at(&self, at: OffsetDateTime) -> Result<bool> {
         let p = self.published();
         let t = at.unix_timestamp();
         let crl_half = self.settings.crl_validity.whole_seconds() / 2;

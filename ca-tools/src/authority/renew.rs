@@ -62,7 +62,8 @@ impl Authority {
 
     /// [`Authority::renew`] with an explicit clock: validity, standing and the
     /// overlap are reckoned from `at`, and the directory is issued at `at`.
-    pub fn renew_at(
+    /// (Tests reach it through [`crate::internal`].)
+    pub(crate) fn renew_at(
         &self,
         client_cert_der: &[u8],
         csr_pem: &[u8],
