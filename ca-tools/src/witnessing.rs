@@ -102,6 +102,8 @@ async fn post(w: &WitnessRecord, body: String) -> Result<(u16, String, Vec<u8>),
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // RFC 7301 §3.1: offer the one protocol this client speaks (hyper's
+    // HTTP/1.1 below).
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = rustls_pki_types::ServerName::try_from(host.clone())
         .map_err(|e| format!("witness host {host:?}: {e}"))?;

@@ -9,6 +9,7 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
+/// The CRLReason (RFC 5280 §5.3.1) of a reason name stored in a record.
 fn reason_from_name(name: &str) -> RevocationReason {
     parse_reason(name)
         .map(|(r, _)| r)
@@ -25,13 +26,19 @@ impl Authority {
         Ok(r)
     }
 
+    /// A complete v2 CRL (RFC 5280 §5.1.2.1; rcgen writes the version),
+    /// signed by the root and stored as current.
     pub(super) fn issue_crl_locked(&self) -> Result<(u64, Vec<u8>)> {
+        // RFC 5280 §5.2.3: the CRL number grows with each CRL the issuer
+        // makes, so members can tell the latest.
         let number = self.store.crl_number()? + 1;
         let mut revoked_certs = Vec::new();
         for rec in self.store.all_certs()? {
             if let Some(rv) = &rec.revoked {
                 let serial = hex::decode(&rec.serial)
                     .map_err(|_| CaError::State(format!("corrupt serial {}", rec.serial)))?;
+                // §5.1.2.6: each revoked certificate by serial, with its
+                // revocation date and a reasonCode entry extension (§5.3.1).
                 revoked_certs.push(RevokedCertParams {
                     serial_number: SerialNumber::from_slice(&serial),
                     revocation_time: OffsetDateTime::from_unix_timestamp(rv.at)
@@ -42,6 +49,10 @@ impl Authority {
             }
         }
         let t = now();
+        // §5.1.2.4 thisUpdate now, §5.1.2.5 nextUpdate (which conforming
+        // issuers MUST include) one `crl_validity` later; no issuing
+        // distribution point: a full CRL (§5.2.5); the authorityKeyIdentifier
+        // is the root's SKI (§5.2.1).
         let params = CertificateRevocationListParams {
             this_update: t,
             next_update: t + self.settings.crl_validity,
@@ -50,6 +61,8 @@ impl Authority {
             revoked_certs,
             key_identifier_method: rcgen::KeyIdMethod::PreSpecified(self.root_key_id.clone()),
         };
+        // §5.1.2.3: the CRL's issuer is the root's subject, taken from the
+        // root certificate so the two encode the same.
         let issuer =
             Issuer::from_ca_cert_der(&CertificateDer::from(self.root_der.as_slice()), &self.key)?;
         let crl = params.signed_by(&issuer)?;

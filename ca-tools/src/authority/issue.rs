@@ -38,6 +38,9 @@ pub struct Issued {
 pub(super) fn random_serial() -> Result<[u8; 16]> {
     let mut b = [0u8; 16];
     aws_lc_rs::rand::fill(&mut b).map_err(|_| CaError::Crypto("random generator failed".into()))?;
+    // RFC 5280 §4.1.2.2: a positive INTEGER of at most 20 octets, unique
+    // per issuer (126 random bits). Top bit clear: positive without a 0x00
+    // in front (X.690 §8.3.3); next bit set: always 16 octets.
     b[0] &= 0x7f; // positive
     b[0] |= 0x40; // and always 16 bytes long
     Ok(b)

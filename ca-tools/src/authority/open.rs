@@ -56,6 +56,9 @@ impl Authority {
         params
             .distinguished_name
             .push(DnType::OrganizationName, name);
+        // RFC 5280 §4.2.1.9: a CA whose pathLenConstraint 0 lets it sign end
+        // entities only. §4.2.1.3: keyCertSign (which needs cA, as set
+        // above) and cRLSign, since the root signs the CRL itself (§5).
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,

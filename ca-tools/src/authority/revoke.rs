@@ -46,6 +46,10 @@ pub fn parse_serial(s: &str) -> Result<Vec<u8>> {
     Ok(bytes[skip..].to_vec())
 }
 
+/// The CRLReason an operator names (RFC 5280 §5.3.1), case and punctuation
+/// aside, with its RFC spelling. certificateHold and removeFromCRL are left
+/// out (the association never suspends a certificate), and so is
+/// aACompromise (no attribute certificates).
 pub(super) fn parse_reason(r: &str) -> Result<(RevocationReason, &'static str)> {
     let norm: String = r
         .chars()
