@@ -58,9 +58,10 @@ impl Authority {
         let key = tlog::CosignatureVerifier::parse(vkey)
             .map_err(|e| CaError::BadInput(format!("witness key {vkey:?}: {e}")))?;
         let url = url.trim().trim_end_matches('/');
-        crate::witnessing::parse_url(url).map_err(CaError::BadInput)?;
+        // The operator's input: a `WitnessError::Config`, with its message.
+        crate::witnessing::parse_url(url).map_err(|e| CaError::BadInput(e.to_string()))?;
         if let Some(pem) = ca_pem {
-            crate::witnessing::roots_from_pem(pem).map_err(CaError::BadInput)?;
+            crate::witnessing::roots_from_pem(pem).map_err(|e| CaError::BadInput(e.to_string()))?;
         }
         let _g = self.lock();
         let existing = self.store.witnesses()?;
