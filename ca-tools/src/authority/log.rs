@@ -238,6 +238,8 @@ impl Authority {
     /// Re-signs the unchanged checkpoint with a fresh timestamp once
     /// [`Settings::checkpoint_interval`] passed since it was last signed (the
     /// heartbeat), durably, and publishes it. Returns true when it did.
+    ///
+    /// [`Settings::checkpoint_interval`]: super::Settings::checkpoint_interval
     pub fn heartbeat_if_due(&self) -> Result<bool> {
         self.heartbeat_if_due_at(now())
     }
@@ -275,6 +277,8 @@ impl Authority {
     /// When the next heartbeat is due (Unix seconds): the published
     /// checkpoint's timestamp plus [`Settings::checkpoint_interval`]; now
     /// for an undated checkpoint.
+    ///
+    /// [`Settings::checkpoint_interval`]: super::Settings::checkpoint_interval
     pub fn next_heartbeat_at(&self) -> i64 {
         let last = self.checkpoint_time.load(Ordering::Relaxed);
         if last == 0 {

@@ -56,6 +56,8 @@ impl Authority {
     /// The new certificate supersedes the member's earlier ones: the one
     /// presented stays listed for [`Settings::superseded_overlap`], any other
     /// leaves the directory at once.
+    ///
+    /// [`Settings::superseded_overlap`]: super::Settings::superseded_overlap
     pub fn renew(&self, client_cert_der: &[u8], csr_pem: &[u8]) -> Result<Issued> {
         self.renew_at(client_cert_der, csr_pem, now())
     }
