@@ -45,6 +45,8 @@ pub fn parse_csr(input: &[u8]) -> Result<CsrInfo> {
             }
         }
     };
+    // RFC 2986 §4.2: CertificationRequest ::= SEQUENCE {
+    // certificationRequestInfo, signatureAlgorithm, signature }.
     let (rest, csr) = X509CertificationRequest::from_der(&der)
         .map_err(|e| bad(&format!("malformed DER ({e})")))?;
     if !rest.is_empty() {
@@ -53,13 +55,21 @@ pub fn parse_csr(input: &[u8]) -> Result<CsrInfo> {
             rest.len()
         )));
     }
+    // RFC 2986 §3: the subject signs its CertificationRequestInfo with the
+    // private key of the public key it asks to have certified, so a valid
+    // signature is its proof of possession.
     csr.verify_signature()
         .map_err(|e| bad(&format!("signature does not verify ({e})")))?;
 
+    // The extensions asked for: the extensionRequest attribute (PKCS #9,
+    // RFC 2985 §5.4.2) among RFC 2986 §4.1's attributes. Only the DNS names
+    // are taken; the certificate's other extensions are the association's
+    // profile (`member_cert.rs`), whatever the request says.
     let mut dns_names: Vec<String> = Vec::new();
     if let Some(exts) = csr.requested_extensions() {
         for ext in exts {
             match ext {
+                // A member is an end entity (RFC 5280 §4.2.1.9, §4.2.1.3).
                 ParsedExtension::BasicConstraints(bc) if bc.ca => {
                     return Err(CaError::Refused(
                         "CSR refused: it asks for a CA certificate (basicConstraints CA:TRUE)"
@@ -100,6 +110,8 @@ pub fn parse_csr(input: &[u8]) -> Result<CsrInfo> {
             "no DNS subjectAltName: the request must name the mail domains the instance serves",
         ));
     }
+    // RFC 2986 §4.1 subjectPKInfo, copied as is into the certificate
+    // (RFC 5280 §4.1.2.7).
     let spki = &csr.certification_request_info.subject_pki;
     Ok(CsrInfo {
         spki_der: spki.raw.to_vec(),
@@ -140,7 +152,9 @@ fn single_pem_block(text: &str) -> Result<pem::Pem> {
 }
 
 /// Lowercases and checks a mail domain: LDH labels of 1–63 bytes, at least two
-/// labels, 253 bytes at most, no wildcard, no trailing dot.
+/// labels, 253 bytes at most, no wildcard, no trailing dot (RFC 1035 §2.3.1
+/// as relaxed by RFC 1123 §2.1 to allow a leading digit; §2.3.4 limits a
+/// name to 255 octets on the wire, 253 characters written out).
 pub fn normalize_domain(d: &str) -> Result<String> {
     let bad = || CaError::BadInput(format!("invalid domain name {d:?}"));
     let d = d.to_ascii_lowercase();

@@ -19,6 +19,8 @@ mod admin;
 mod authority;
 mod csr;
 mod error;
+#[doc(hidden)]
+pub mod internal;
 mod keyfile;
 mod limits;
 mod log_http;

@@ -55,8 +55,12 @@ fn seq(parts: &[&[u8]]) -> Vec<u8> {
     tlv(der::TAG_SEQUENCE, &parts.concat())
 }
 
+/// RFC 5280 §4.1 Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT
+/// FALSE, extnValue OCTET STRING }.
 fn extension(id: &[u8], critical: bool, value: &[u8]) -> Vec<u8> {
     let mut body = oid(id);
+    // DER leaves out a DEFAULT value (X.690 §11.5), so `critical` is only
+    // written when true, and TRUE is 0xFF (§11.1).
     if critical {
         body.extend_from_slice(&[der::TAG_BOOLEAN, 0x01, 0xff]);
     }
@@ -64,7 +68,9 @@ fn extension(id: &[u8], critical: bool, value: &[u8]) -> Vec<u8> {
     tlv(der::TAG_SEQUENCE, &body)
 }
 
-/// RFC 5280 Time: UTCTime through 2049, GeneralizedTime from 2050.
+/// RFC 5280 Time: UTCTime through 2049, GeneralizedTime from 2050
+/// (§4.1.2.5), both in UTC ("Z") with seconds and no fraction (§4.1.2.5.1,
+/// §4.1.2.5.2).
 fn x509_time(t: OffsetDateTime) -> Vec<u8> {
     let t = t.to_offset(time::UtcOffset::UTC);
     let (y, mo, d, h, mi, s) = (
@@ -102,9 +108,15 @@ pub fn tbs_certificate(spec: &MemberCertSpec<'_>) -> Result<Vec<u8>> {
         .to_der()
         .map_err(|e| CaError::BadInput(e.to_string()))?;
 
+    // RFC 5280 §4.1.2.1: v3 (extensions follow) is 2, in [0] EXPLICIT.
     let version = tlv(0xa0, &der::integer_u64(2));
+    // §4.1.2.2: positive, at most 20 octets.
     let serial = der::integer_from_magnitude(spec.serial);
+    // §4.1.2.3: the same algorithm as the outer signatureAlgorithm
+    // (§4.1.1.2); ecdsa-with-SHA256 has no parameters (RFC 5758 §3.2).
     let sig_alg = seq(&[&oid(OID_ECDSA_WITH_SHA256)]);
+    // One attribute per RelativeDistinguishedName, a SET OF one element,
+    // so DER's ordering of SET OF (X.690 §11.6) holds by itself.
     let rdn = |id: &[u8], value: &str| {
         tlv(
             der::TAG_SET,
@@ -114,6 +126,7 @@ pub fn tbs_certificate(spec: &MemberCertSpec<'_>) -> Result<Vec<u8>> {
     let subject = seq(&[&rdn(OID_CN, first), &rdn(OID_O, &spec.label.member_id)]);
     let validity = seq(&[&x509_time(spec.not_before), &x509_time(spec.not_after)]);
 
+    // §4.2.1.6: each domain a dNSName, [2] IMPLICIT IA5String.
     let san: Vec<u8> = spec
         .domains
         .iter()
@@ -122,22 +135,31 @@ pub fn tbs_certificate(spec: &MemberCertSpec<'_>) -> Result<Vec<u8>> {
     let eku = seq(&[&oid(OID_KP_SERVER_AUTH), &oid(OID_KP_CLIENT_AUTH)]);
     let ski = key_identifier(spec.public_key_bits);
     let exts = [
+        // §4.2.1.9: cA DEFAULT FALSE, so an empty SEQUENCE: not a CA.
         extension(OID_BASIC_CONSTRAINTS, true, &seq(&[])),
-        // BIT STRING, 7 unused bits, digitalSignature
+        // §4.2.1.3 (critical, as it SHOULD be): BIT STRING, 7 unused bits,
+        // digitalSignature (bit 0); DER drops the trailing zero bits of a
+        // named bit list (X.690 §11.2.2).
         extension(
             OID_KEY_USAGE,
             true,
             &[der::TAG_BIT_STRING, 0x02, 0x07, 0x80],
         ),
+        // §4.2.1.12: the mesh's TLS is mutual, so both purposes.
         extension(OID_EXT_KEY_USAGE, false, &eku),
         extension(OID_SAN, false, &tlv(der::TAG_SEQUENCE, &san)),
+        // §4.2.1.2: see `key_identifier`.
         extension(OID_SKI, false, &tlv(der::TAG_OCTET_STRING, &ski)),
+        // §4.2.1.1: keyIdentifier [0] IMPLICIT, the root's SKI.
         extension(OID_AKI, false, &seq(&[&tlv(0x80, spec.issuer_key_id)])),
         extension(LABEL_OID_DER, false, &label_der),
     ]
     .concat();
+    // §4.1.2.9: [3] EXPLICIT Extensions, each at most once (§4.2).
     let extensions = tlv(0xa3, &tlv(der::TAG_SEQUENCE, &exts));
 
+    // §4.1.2.4: the issuer is the root's subject as the root encodes it,
+    // so name chaining (§6.1.3 (a)(4)) compares equal bytes.
     Ok(seq(&[
         &version,
         &serial,
@@ -152,6 +174,8 @@ pub fn tbs_certificate(spec: &MemberCertSpec<'_>) -> Result<Vec<u8>> {
 
 /// Wraps a TBSCertificate and its ECDSA-with-SHA256 signature (DER) into a Certificate.
 pub fn assemble_certificate(tbs: &[u8], signature: &[u8]) -> Vec<u8> {
+    // RFC 5280 §4.1.1.3: the signature value is a BIT STRING (X.690 §8.6.2:
+    // its first octet counts the unused bits).
     let mut bits = Vec::with_capacity(signature.len() + 1);
     bits.push(0); // no unused bits
     bits.extend_from_slice(signature);

@@ -353,6 +353,7 @@ pub fn service_identity(
     params.use_authority_key_identifier_extension = true;
     let mut serial = [0u8; 16];
     aws_lc_rs::rand::fill(&mut serial).map_err(|_| CaError::Crypto("rng".into()))?;
+    // RFC 5280 §4.1.2.2: positive, 16 octets (as the authority's serials).
     serial[0] = (serial[0] & 0x7f) | 0x40;
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     let t = time::OffsetDateTime::now_utc();
@@ -595,6 +596,11 @@ fn tls_config(ca: &Authority, cert_pem: &str, key_pem: &str) -> Result<Arc<rustl
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(|e| tls_err(e.to_string()))?;
+    // RFC 7301 §3.2: the server picks one of the protocols the client
+    // offers (rustls: the first of these the client offers) and answers a
+    // client offering none of them with a no_application_protocol alert.
+    // "h2" (HTTP/2 over TLS, RFC 9113) is gRPC's; "http/1.1" serves the
+    // log's tiles to plain HTTP clients.
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

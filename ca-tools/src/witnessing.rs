@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 /// Deadline of one request to a witness (connection, TLS, answer).
@@ -27,6 +28,29 @@ pub const WITNESS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest answer read from a witness: a few signature lines (~130 bytes
 /// each for Ed25519).
 pub const MAX_ANSWER: usize = 16 * 1024;
+
+/// Why a witness could not be registered or gave no cosignature, split by
+/// whose fault it is. The message is the same whatever the kind.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WitnessError {
+    /// The witness as registered is unusable (URL, CA certificates, key,
+    /// host name): the operator's input.
+    #[error("{0}")]
+    Config(String),
+    /// The witness could not be reached: connection, TLS, the HTTP
+    /// exchange, or no answer within [`WITNESS_TIMEOUT`].
+    #[error("{0}")]
+    Unreachable(String),
+    /// The witness answered, but not as tlog-witness says: an HTTP error,
+    /// an answer too large or that is no valid cosignature by its key, a
+    /// 409 without a size or with one the log does not have.
+    #[error("{0}")]
+    Misbehaved(String),
+    /// This association failed (its checkpoint, a consistency proof, a
+    /// task, the TLS or HTTP request set-up).
+    #[error("{0}")]
+    Local(String),
+}
 
 /// Counters of the witness requests (logged with each failure).
 #[derive(Debug, Default)]
@@ -50,8 +74,12 @@ pub struct Witnessing {
 
 /// Checks a witness URL: `https://HOST[:PORT][/PREFIX]`, no query.
 /// Returns host, port and path prefix (without a trailing `/`).
-pub fn parse_url(url: &str) -> Result<(String, u16, String), String> {
-    let bad = || format!("witness URL {url:?}: expected https://HOST[:PORT][/PREFIX]");
+pub fn parse_url(url: &str) -> Result<(String, u16, String), WitnessError> {
+    let bad = || {
+        WitnessError::Config(format!(
+            "witness URL {url:?}: expected https://HOST[:PORT][/PREFIX]"
+        ))
+    };
     let rest = url.strip_prefix("https://").ok_or_else(bad)?;
     if rest.contains(['?', '#', ' ', '@']) {
         return Err(bad());
@@ -73,24 +101,26 @@ pub fn parse_url(url: &str) -> Result<(String, u16, String), String> {
 }
 
 /// The roots in `pem` (certificates), for a witness's HTTPS.
-pub fn roots_from_pem(pem: &str) -> Result<rustls::RootCertStore, String> {
+pub fn roots_from_pem(pem: &str) -> Result<rustls::RootCertStore, WitnessError> {
+    let bad = |e: &dyn std::fmt::Display| WitnessError::Config(format!("witness CA: {e}"));
     let mut roots = rustls::RootCertStore::empty();
-    let certs = pem::parse_many(pem).map_err(|e| format!("witness CA: {e}"))?;
+    let certs = pem::parse_many(pem).map_err(|e| bad(&e))?;
     for p in certs.iter().filter(|p| p.tag() == "CERTIFICATE") {
         roots
             .add(rustls_pki_types::CertificateDer::from(
                 p.contents().to_vec(),
             ))
-            .map_err(|e| format!("witness CA: {e}"))?;
+            .map_err(|e| bad(&e))?;
     }
     if roots.is_empty() {
-        return Err("witness CA: no certificate in the PEM".into());
+        return Err(bad(&"no certificate in the PEM"));
     }
     Ok(roots)
 }
 
 /// `POST url/add-checkpoint` with `body`: status, content type, body.
-async fn post(w: &WitnessRecord, body: String) -> Result<(u16, String, Vec<u8>), String> {
+async fn post(w: &WitnessRecord, body: String) -> Result<(u16, String, Vec<u8>), WitnessError> {
+    use WitnessError::{Config, Local, Misbehaved, Unreachable};
     let (host, port, prefix) = parse_url(&w.url)?;
     let roots = match &w.ca_pem {
         Some(pem) => roots_from_pem(pem)?,
@@ -99,23 +129,25 @@ async fn post(w: &WitnessRecord, body: String) -> Result<(u16, String, Vec<u8>),
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Local(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // RFC 7301 §3.1: offer the one protocol this client speaks (hyper's
+    // HTTP/1.1 below).
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = rustls_pki_types::ServerName::try_from(host.clone())
-        .map_err(|e| format!("witness host {host:?}: {e}"))?;
+        .map_err(|e| Config(format!("witness host {host:?}: {e}")))?;
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+        .map_err(|e| Unreachable(format!("connect {host}:{port}: {e}")))?;
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+        .map_err(|e| Unreachable(format!("TLS with {host}:{port}: {e}")))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .map_err(|e| format!("HTTP with {host}:{port}: {e}"))?;
+            .map_err(|e| Unreachable(format!("HTTP with {host}:{port}: {e}")))?;
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -130,12 +162,12 @@ async fn post(w: &WitnessRecord, body: String) -> Result<(u16, String, Vec<u8>),
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Local(e.to_string()))?;
     let r = async {
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| format!("POST {}{ADD_CHECKPOINT}: {e}", w.url))?;
+            .map_err(|e| Unreachable(format!("POST {}{ADD_CHECKPOINT}: {e}", w.url)))?;
         let status = resp.status().as_u16();
         let ctype = resp
             .headers()
@@ -146,7 +178,14 @@ async fn post(w: &WitnessRecord, body: String) -> Result<(u16, String, Vec<u8>),
         let body = Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
-            .map_err(|e| format!("reading the answer of {}: {e}", w.url))?
+            .map_err(|e| {
+                let why = format!("reading the answer of {}: {e}", w.url);
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Misbehaved(why)
+                } else {
+                    Unreachable(why)
+                }
+            })?
             .to_bytes()
             .to_vec();
         Ok((status, ctype, body))
@@ -164,25 +203,26 @@ pub fn cosignature_from(
     note: &str,
     answer: &[u8],
     key: &CosignatureVerifier,
-) -> Result<String, String> {
-    let answer = std::str::from_utf8(answer).map_err(|_| "answer is not UTF-8".to_owned())?;
+) -> Result<String, WitnessError> {
+    let bad = |why: String| WitnessError::Misbehaved(why);
+    let answer = std::str::from_utf8(answer).map_err(|_| bad("answer is not UTF-8".into()))?;
     if answer.is_empty() || !answer.ends_with('\n') {
-        return Err("answer is not signature lines".into());
+        return Err(bad("answer is not signature lines".into()));
     }
     // Appended to the note, the lines must parse as its signatures.
     let full = format!("{note}{answer}");
-    let n = Note::parse(full.as_bytes()).map_err(|e| format!("answer: {e}"))?;
+    let n = Note::parse(full.as_bytes()).map_err(|e| bad(format!("answer: {e}")))?;
     let mine: Vec<_> = n
         .signatures()
         .iter()
         .filter(|s| s.name == key.name() && s.key_id == key.key_id())
         .collect();
     let Some(first) = mine.first() else {
-        return Err("no cosignature by the registered key".into());
+        return Err(bad("no cosignature by the registered key".into()));
     };
     key.timestamp(&n)
-        .map_err(|e| format!("cosignature: {e}"))?
-        .ok_or_else(|| "no cosignature by the registered key".to_owned())?;
+        .map_err(|e| bad(format!("cosignature: {e}")))?
+        .ok_or_else(|| bad("no cosignature by the registered key".into()))?;
     Ok(first.line())
 }
 
@@ -272,11 +312,13 @@ impl Witnessing {
         futures_join_all(asks).await.into_iter().flatten().collect()
     }
 
-    async fn ask(&self, w: &WitnessRecord, note: &str) -> Result<String, String> {
-        let key = CosignatureVerifier::parse(&w.vkey).map_err(|e| format!("witness key: {e}"))?;
-        let n = Note::parse(note.as_bytes()).map_err(|e| format!("checkpoint: {e}"))?;
+    async fn ask(&self, w: &WitnessRecord, note: &str) -> Result<String, WitnessError> {
+        use WitnessError::{Config, Local, Misbehaved, Unreachable};
+        let key =
+            CosignatureVerifier::parse(&w.vkey).map_err(|e| Config(format!("witness key: {e}")))?;
+        let n = Note::parse(note.as_bytes()).map_err(|e| Local(format!("checkpoint: {e}")))?;
         let size = Checkpoint::parse_text(n.text())
-            .map_err(|e| format!("checkpoint: {e}"))?
+            .map_err(|e| Local(format!("checkpoint: {e}")))?
             .size;
         let known = || {
             self.known
@@ -293,13 +335,13 @@ impl Witnessing {
                 let ca = self.ca.clone();
                 tokio::task::spawn_blocking(move || ca.log_consistency_proof(old, size))
                     .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("consistency proof from {old} to {size}: {e}"))?
+                    .map_err(|e| Local(e.to_string()))?
+                    .map_err(|e| Local(format!("consistency proof from {old} to {size}: {e}")))?
             };
             let body = request_body(old, &proof, note);
             let (status, ctype, answer) = tokio::time::timeout(WITNESS_TIMEOUT, post(w, body))
                 .await
-                .map_err(|_| format!("no answer within {WITNESS_TIMEOUT:?}"))??;
+                .map_err(|_| Unreachable(format!("no answer within {WITNESS_TIMEOUT:?}")))??;
             match status {
                 200 => {
                     let line = cosignature_from(note, &answer, &key)?;
@@ -310,33 +352,33 @@ impl Witnessing {
                     return Ok(line);
                 }
                 409 if ctype.starts_with(SIZE_CONTENT_TYPE) => {
-                    let theirs =
-                        parse_size_body(&answer).ok_or_else(|| "409 without a size".to_owned())?;
+                    let theirs = parse_size_body(&answer)
+                        .ok_or_else(|| Misbehaved("409 without a size".into()))?;
                     self.known
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .insert(w.vkey.clone(), theirs);
                     if theirs > size {
-                        return Err(format!(
+                        return Err(Misbehaved(format!(
                             "the witness holds a larger tree ({theirs}) than the log ({size})"
-                        ));
+                        )));
                     }
                     if attempt == 0 && theirs != old {
                         old = theirs;
                         continue;
                     }
-                    return Err(format!(
+                    return Err(Misbehaved(format!(
                         "409: the witness holds size {theirs} (another root for this size?)"
-                    ));
+                    )));
                 }
                 s => {
                     let why = String::from_utf8_lossy(&answer);
                     let why = why.lines().next().unwrap_or("").chars().take(200);
-                    return Err(format!("HTTP {s}: {}", why.collect::<String>()));
+                    return Err(Misbehaved(format!("HTTP {s}: {}", why.collect::<String>())));
                 }
             }
         }
-        Err("no cosignature after the retry".into())
+        Err(Misbehaved("no cosignature after the retry".into()))
     }
 }
 
@@ -426,5 +468,23 @@ mod tests {
         assert!(cosignature_from(&note, wrong.as_bytes(), &key).is_err());
         assert!(cosignature_from(&note, b"", &key).is_err());
         assert!(cosignature_from(&note, b"garbage\n", &key).is_err());
+    }
+
+    #[test]
+    fn errors_say_whose_fault_with_the_same_message() {
+        let e = parse_url("http://w.example").unwrap_err();
+        assert!(matches!(e, WitnessError::Config(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "witness URL \"http://w.example\": expected https://HOST[:PORT][/PREFIX]"
+        );
+        let e = roots_from_pem("").unwrap_err();
+        assert!(matches!(e, WitnessError::Config(_)), "{e:?}");
+        assert_eq!(e.to_string(), "witness CA: no certificate in the PEM");
+        let w = Signer::from_seed("w.test/witness", &[2; 32]).unwrap();
+        let key = CosignatureVerifier::new("w.test/witness", *w.verifier().public_key());
+        let e = cosignature_from("n\n\n", b"", &key).unwrap_err();
+        assert!(matches!(e, WitnessError::Misbehaved(_)), "{e:?}");
+        assert_eq!(e.to_string(), "answer is not signature lines");
     }
 }

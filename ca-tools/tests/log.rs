@@ -4,7 +4,7 @@
 //! made before the log get their records as its first entries.
 
 use caliopen_ca::tlog::{self, Checkpoint, Entry, EntryKind, MemoryTree, Verifier};
-use caliopen_ca::{files, Authority, RevokeTarget, Settings, SignRequest};
+use caliopen_ca::{files, internal, Authority, RevokeTarget, Settings, SignRequest};
 use caliopen_proto::pb::directory::{Directory, SignedDirectory};
 use prost::Message;
 use rcgen::{CertificateParams, KeyPair};
@@ -26,7 +26,8 @@ fn sign(
     key: &KeyPair,
     at: time::OffsetDateTime,
 ) -> caliopen_ca::Issued {
-    ca.sign_at(
+    internal::sign_at(
+        ca,
         &SignRequest {
             csr: csr(key, &format!("{member}.test")),
             member_id: member.into(),
@@ -84,13 +85,13 @@ fn populated(dir: &Path) -> (Authority, Vec<String>) {
         serials.push(issued.record.serial.clone());
         pems.push(issued.record.certificate_pem);
     }
-    let renewed = ca
-        .renew_at(
-            &der(&pems[0]),
-            &csr(&keys[0], "m0.test"),
-            t0 + time::Duration::seconds(10),
-        )
-        .expect("renew");
+    let renewed = internal::renew_at(
+        &ca,
+        &der(&pems[0]),
+        &csr(&keys[0], "m0.test"),
+        t0 + time::Duration::seconds(10),
+    )
+    .expect("renew");
     serials.push(renewed.record.serial.clone());
     ca.revoke(&RevokeTarget::Serial(serials[1].clone()), "keyCompromise")
         .expect("revoke");
@@ -201,7 +202,7 @@ fn an_association_older_than_the_log_is_migrated_at_open() {
     let (ca, serials) = populated(&dir);
     // Make the state an association older than the log left: no log trees,
     // no log key.
-    ca.wipe_log_for_tests().expect("wipe");
+    internal::wipe_log(&ca).expect("wipe");
     drop(ca);
     std::fs::remove_file(dir.join(files::LOG_KEY)).expect("rm key");
     std::fs::remove_file(dir.join(files::LOG_PUB)).expect("rm pub");
@@ -361,14 +362,14 @@ fn an_unchanged_checkpoint_is_re_signed_after_the_interval() {
 
     // Before the interval: nothing; a clock before the last signature:
     // nothing.
-    assert!(!ca.heartbeat_if_due_at(at(t0 + 29)).expect("heartbeat"));
-    assert!(!ca.heartbeat_if_due_at(at(t0 - 3600)).expect("heartbeat"));
+    assert!(!internal::heartbeat_if_due_at(&ca, at(t0 + 29)).expect("heartbeat"));
+    assert!(!internal::heartbeat_if_due_at(&ca, at(t0 - 3600)).expect("heartbeat"));
     assert_eq!(ca.log_checkpoint().expect("checkpoint"), cp0);
 
     // After it: the same head, dated later, published.
     let mut rx = ca.subscribe();
     rx.borrow_and_update();
-    assert!(ca.heartbeat_if_due_at(at(t0 + 30)).expect("heartbeat"));
+    assert!(internal::heartbeat_if_due_at(&ca, at(t0 + 30)).expect("heartbeat"));
     let cp1 = ca.log_checkpoint().expect("checkpoint");
     assert_ne!(cp1, cp0);
     let (c1, t1) = tlog::open_timestamped(cp1.as_bytes(), &v).expect("dated checkpoint");
@@ -382,7 +383,7 @@ fn an_unchanged_checkpoint_is_re_signed_after_the_interval() {
     assert_eq!(n0.signatures()[0], n1.signatures()[0]);
     assert_ne!(n0.signatures()[1], n1.signatures()[1]);
     assert_eq!(ca.verify_log().expect("verify").signed_at, Some(t0 + 30));
-    assert!(!ca.heartbeat_if_due_at(at(t0 + 59)).expect("heartbeat"));
+    assert!(!internal::heartbeat_if_due_at(&ca, at(t0 + 59)).expect("heartbeat"));
 
     // Durable: a reopened association serves the re-signed checkpoint and
     // counts from its timestamp.
@@ -413,7 +414,7 @@ fn an_undated_checkpoint_is_dated_by_the_first_heartbeat() {
     let undated = format!("{}\n{}", n.text(), n.signatures()[0].line());
     assert!(tlog::open_timestamped(undated.as_bytes(), &v).is_err());
     Checkpoint::open(undated.as_bytes(), &v).expect("still a valid checkpoint");
-    ca.replace_checkpoint_for_tests(&undated).expect("replace");
+    internal::replace_checkpoint(&ca, &undated).expect("replace");
     drop(ca);
     let ca = Authority::open(&dir, Settings::default()).expect("reopen");
     assert_eq!(ca.verify_log().expect("verify").signed_at, None);
@@ -448,7 +449,8 @@ fn a_handover_goes_to_the_named_successor_only_and_is_logged() {
         KeyPair::generate().expect("k"),
     );
     let issue = |member: &str, key: &KeyPair, successor: Option<&str>| {
-        ca.sign_at(
+        internal::sign_at(
+            &ca,
             &SignRequest {
                 csr: csr(key, &format!("{member}.test")),
                 member_id: member.into(),
@@ -514,20 +516,20 @@ fn a_handover_goes_to_the_named_successor_only_and_is_logged() {
     assert!(err.contains("closed itself"), "{err}");
 
     // The successor renews with the old domain added; nobody else may.
-    let renewed = ca
-        .renew_at(
-            &der(&succ.record.certificate_pem),
-            &csr_for(&ks, &["succ.test", "old.test"]),
-            t0 + time::Duration::seconds(5),
-        )
-        .expect("renew with the inherited domain");
+    let renewed = internal::renew_at(
+        &ca,
+        &der(&succ.record.certificate_pem),
+        &csr_for(&ks, &["succ.test", "old.test"]),
+        t0 + time::Duration::seconds(5),
+    )
+    .expect("renew with the inherited domain");
     assert_eq!(renewed.record.domains, vec!["succ.test", "old.test"]);
-    let err = ca
-        .renew_at(
-            &der(&renewed.record.certificate_pem),
-            &csr_for(&ks, &["succ.test", "old.test", "other.test"]),
-            t0 + time::Duration::seconds(6),
-        )
-        .expect_err("a domain not handed over");
+    let err = internal::renew_at(
+        &ca,
+        &der(&renewed.record.certificate_pem),
+        &csr_for(&ks, &["succ.test", "old.test", "other.test"]),
+        t0 + time::Duration::seconds(6),
+    )
+    .expect_err("a domain not handed over");
     assert!(err.to_string().contains("current domains"), "{err}");
 }

@@ -3,7 +3,9 @@
 //! pushing every change at once — also when the change comes from the
 //! command-line tool through the admin socket.
 
-use caliopen_ca::{Authority, BoundService, RevokeTarget, ServiceConfig, Settings, SignRequest};
+use caliopen_ca::{
+    internal, Authority, BoundService, RevokeTarget, ServiceConfig, Settings, SignRequest,
+};
 use caliopen_proto::label::{Label, LABEL_OID_DER};
 use caliopen_proto::pb::association::association_client::AssociationClient;
 use caliopen_proto::pb::association::{
@@ -315,18 +317,18 @@ async fn expired_and_foreign_certificates_cannot_renew() {
     let s = Running::start().await;
     // Issued 40 days ago for one day.
     let key = KeyPair::generate().expect("key");
-    let old =
-        s.ca.sign_at(
-            &SignRequest {
-                csr: csr_for(&key, &["old.test"]).into_bytes(),
-                member_id: "old".into(),
-                charter_version: "1.0".into(),
-                days: Some(1),
-                ..Default::default()
-            },
-            time::OffsetDateTime::now_utc() - time::Duration::days(40),
-        )
-        .expect("sign in the past");
+    let old = internal::sign_at(
+        &s.ca,
+        &SignRequest {
+            csr: csr_for(&key, &["old.test"]).into_bytes(),
+            member_id: "old".into(),
+            charter_version: "1.0".into(),
+            days: Some(1),
+            ..Default::default()
+        },
+        time::OffsetDateTime::now_utc() - time::Duration::days(40),
+    )
+    .expect("sign in the past");
     let key_pem = key.serialize_pem();
     let listed = s.ca.list().expect("list");
     assert_eq!(listed[0].status, caliopen_ca::Status::Expired);
@@ -1010,7 +1012,7 @@ fn supersession_is_bounded_and_durable() {
     let csr = || csr_for(&KeyPair::generate().expect("key"), &["alpha.test"]);
     let t0 = time::OffsetDateTime::now_utc();
 
-    let b = ca.renew_at(&a_der, csr().as_bytes(), t0).expect("renew");
+    let b = internal::renew_at(&ca, &a_der, csr().as_bytes(), t0).expect("renew");
     let listed = |ca: &Authority| published_member_certs(ca).1;
     assert_eq!(
         listed(&ca),
@@ -1028,9 +1030,13 @@ fn supersession_is_bounded_and_durable() {
 
     // Renewing again with A: B (never used) leaves at once; A keeps its
     // original deadline, not a fresh one.
-    let c = ca
-        .renew_at(&a_der, csr().as_bytes(), t0 + time::Duration::seconds(10))
-        .expect("renew again");
+    let c = internal::renew_at(
+        &ca,
+        &a_der,
+        csr().as_bytes(),
+        t0 + time::Duration::seconds(10),
+    )
+    .expect("renew again");
     assert_eq!(
         listed(&ca),
         sorted(vec![
@@ -1041,16 +1047,15 @@ fn supersession_is_bounded_and_durable() {
     assert_eq!(ca.next_prune_at(), Some(end));
 
     let before_end = t0 + overlap - time::Duration::seconds(1);
-    assert!(!ca.refresh_if_due_at(before_end).expect("refresh"));
+    assert!(!internal::refresh_if_due_at(&ca, before_end).expect("refresh"));
     assert_eq!(listed(&ca).len(), 2);
     let serial = ca.published().directory_serial;
-    assert!(ca.refresh_if_due_at(t0 + overlap).expect("refresh"));
+    assert!(internal::refresh_if_due_at(&ca, t0 + overlap).expect("refresh"));
     assert_eq!(ca.published().directory_serial, serial + 1);
     assert_eq!(listed(&ca), vec![sha256_of(&c.record.certificate_pem)]);
     assert_eq!(ca.next_prune_at(), None);
-    let err = ca
-        .renew_at(&a_der, csr().as_bytes(), t0 + overlap)
-        .expect_err("A is out");
+    let err =
+        internal::renew_at(&ca, &a_der, csr().as_bytes(), t0 + overlap).expect_err("A is out");
     assert!(err.to_string().contains("superseded"), "{err}");
 
     // Durable: reopened, nothing comes back and nothing more is due.
@@ -1059,9 +1064,10 @@ fn supersession_is_bounded_and_durable() {
     assert_eq!(listed(&ca), vec![sha256_of(&c.record.certificate_pem)]);
     assert_eq!(ca.next_prune_at(), None);
     let serial = ca.published().directory_serial;
-    assert!(!ca
-        .refresh_if_due_at(t0 + overlap + time::Duration::seconds(60))
-        .expect("refresh"));
+    assert!(
+        !internal::refresh_if_due_at(&ca, t0 + overlap + time::Duration::seconds(60))
+            .expect("refresh")
+    );
     assert_eq!(ca.published().directory_serial, serial);
     let at = (t0 + overlap).unix_timestamp();
     let st: Vec<_> = ca

@@ -1,9 +1,12 @@
 //! A minimal, strict DER writer and reader for the few ASN.1 shapes Caliopen
 //! encodes itself (the label extension, member certificates' TBS).
 //!
-//! The reader accepts DER only: definite lengths in their shortest form,
-//! low-tag-number identifiers, and lengths that fit the input. Anything else
-//! is [`DerError`], never a panic.
+//! The reader accepts DER only: definite lengths in their shortest form
+//! (X.690 §10.1), low-tag-number identifiers (X.690 §8.1.2.2), and lengths
+//! that fit the input. Anything else is [`DerError`], never a panic.
+//!
+//! Section numbers are those of ITU-T X.690 (02/2021): §8 the basic
+//! encoding rules, §10 and §11 the restrictions DER adds.
 
 use thiserror::Error;
 
@@ -19,7 +22,9 @@ pub const TAG_NULL: u8 = 0x05;
 pub const TAG_OID: u8 = 0x06;
 /// Universal tag: UTF8String.
 pub const TAG_UTF8_STRING: u8 = 0x0c;
-/// Universal tag: BOOLEAN.
+/// Universal tag: BOOLEAN. In DER, TRUE is the single octet 0xFF
+/// (X.690 §11.1; BER allows any non-zero octet, §8.2.2), and a field whose
+/// DEFAULT is FALSE is left out when false (§11.5).
 pub const TAG_BOOLEAN: u8 = 0x01;
 /// Universal tag: UTCTime.
 pub const TAG_UTC_TIME: u8 = 0x17;
@@ -27,7 +32,9 @@ pub const TAG_UTC_TIME: u8 = 0x17;
 pub const TAG_GENERALIZED_TIME: u8 = 0x18;
 /// Universal constructed tag: SEQUENCE.
 pub const TAG_SEQUENCE: u8 = 0x30;
-/// Universal constructed tag: SET.
+/// Universal constructed tag: SET. DER orders a SET OF's elements by their
+/// encodings (X.690 §11.6); every SET Caliopen writes (a name's RDN) holds
+/// one element, so no sorting is needed.
 pub const TAG_SET: u8 = 0x31;
 
 /// Why a DER input was refused.
@@ -61,11 +68,14 @@ pub enum DerError {
     BadUtf8,
 }
 
-/// Appends a DER length to `out`.
+/// Appends a DER length to `out`: definite, in the fewest octets (X.690 §10.1).
 pub fn write_len(out: &mut Vec<u8>, len: usize) {
     if len < 0x80 {
+        // X.690 §8.1.3.4: the short form, one octet, for 0..=127.
         out.push(len as u8);
     } else {
+        // X.690 §8.1.3.5: the long form, 0x80 | number of length octets, then
+        // the length big-endian without leading zero octets (§10.1: minimum).
         let bytes = len.to_be_bytes();
         let skip = bytes.iter().take_while(|b| **b == 0).count();
         out.push(0x80 | (bytes.len() - skip) as u8);
@@ -93,6 +103,10 @@ pub fn integer_from_magnitude(magnitude: &[u8]) -> Vec<u8> {
     let skip = magnitude.iter().take_while(|b| **b == 0).count();
     let mag = &magnitude[skip..];
     let mut content = Vec::with_capacity(mag.len() + 1);
+    // X.690 §8.3.3: two's complement, so a magnitude whose top bit is set
+    // takes a 0x00 in front to stay positive; §8.3.1: zero is one 0x00
+    // octet. With the leading zeros stripped above, this is also the
+    // minimal encoding §8.3.2 requires.
     if mag.is_empty() || mag[0] & 0x80 != 0 {
         content.push(0);
     }
@@ -139,6 +153,8 @@ impl<'a> Reader<'a> {
     /// Reads the next element of any tag: `(tag, content)`.
     pub fn read_any(&mut self) -> Result<(u8, &'a [u8]), DerError> {
         let (&tag, rest) = self.input.split_first().ok_or(DerError::Truncated)?;
+        // X.690 §8.1.2.4: tag number bits 11111 announce the high-tag-number
+        // form (tag numbers of 31 and more), which no Caliopen structure uses.
         if tag & 0x1f == 0x1f {
             return Err(DerError::BadTag);
         }
@@ -147,7 +163,9 @@ impl<'a> Reader<'a> {
             first as usize
         } else {
             let n = (first & 0x7f) as usize;
-            // 0x80 is BER's indefinite form; more than 4 length bytes is never needed here.
+            // 0x80 is BER's indefinite form (X.690 §8.1.3.6), which DER
+            // forbids (§10.1: definite form only); more than 4 length bytes
+            // is never needed here.
             if n == 0 || n > 4 {
                 return Err(DerError::BadLength);
             }
@@ -155,12 +173,15 @@ impl<'a> Reader<'a> {
                 return Err(DerError::Truncated);
             }
             let (len_bytes, after) = rest.split_at(n);
+            // X.690 §10.1: the minimum number of octets, so no leading zero
+            // octet...
             if len_bytes[0] == 0 {
                 return Err(DerError::BadLength);
             }
             let len = len_bytes
                 .iter()
                 .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+            // ...and no long form for a length the short form holds.
             if len < 0x80 {
                 return Err(DerError::BadLength);
             }
@@ -200,8 +221,12 @@ impl<'a> Reader<'a> {
     pub fn read_u64(&mut self) -> Result<u64, DerError> {
         let c = self.read(TAG_INTEGER)?;
         match c {
+            // X.690 §8.3.1: one or more contents octets.
             [] => Err(DerError::BadInteger),
+            // §8.3.3: two's complement; a set top bit is a negative value.
             [b, ..] if b & 0x80 != 0 => Err(DerError::BadInteger),
+            // §8.3.2 b): a leading 0x00 is only there to clear the sign of
+            // the next octet; otherwise the encoding is not minimal.
             [0, next, ..] if next & 0x80 == 0 => Err(DerError::BadInteger),
             _ => {
                 let mag = if c[0] == 0 { &c[1..] } else { c };

@@ -22,8 +22,9 @@ use thiserror::Error;
 pub const LABEL_OID: &str = "2.25.116668997575035149051309086194491928148.1";
 
 /// DER content octets of the label extension's OID (without tag and length).
-/// The second arc does not fit in 64 bits, which is why Caliopen encodes it
-/// itself instead of going through libraries that model arcs as `u64`.
+/// The third arc (a UUID as an integer, under `2.25`, ITU-T X.667) does not
+/// fit in 64 bits, which is why Caliopen encodes it itself instead of going
+/// through libraries that model arcs as `u64`.
 pub const LABEL_OID_DER: &[u8] = &[
     0x69, 0x81, 0xaf, 0xc5, 0xd0, 0xec, 0x93, 0xcc, 0x8a, 0x99, 0xc9, 0x95, 0x9b, 0xb8, 0xc4, 0xbe,
     0x95, 0xdc, 0xdc, 0x54, 0x01,
@@ -128,12 +129,17 @@ pub fn encode_oid(dotted: &str) -> Option<Vec<u8>> {
         .split('.')
         .map(|a| a.parse::<u128>().ok())
         .collect::<Option<_>>()?;
+    // X.690 §8.19.4: the first arc is 0, 1 or 2, and under 0 and 1 the
+    // second is below 40 (so that X * 40 + Y can be split again).
     if arcs.len() < 2 || arcs[0] > 2 || (arcs[0] < 2 && arcs[1] >= 40) {
         return None;
     }
     let mut out = Vec::new();
+    // X.690 §8.19.4: the first two arcs make one subidentifier, X * 40 + Y.
     let first = arcs[0].checked_mul(40)?.checked_add(arcs[1])?;
     for arc in std::iter::once(first).chain(arcs[2..].iter().copied()) {
+        // X.690 §8.19.2: base 128, big-endian, bit 8 set on every octet but
+        // the last, in the fewest octets (never a leading 0x80).
         let mut groups = vec![(arc & 0x7f) as u8];
         let mut rest = arc >> 7;
         while rest != 0 {

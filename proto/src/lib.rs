@@ -11,7 +11,9 @@ pub mod label;
 pub use directory::{decode_and_verify, verify_signed_directory, DirectoryError, RootKey};
 pub use label::{Label, LabelError, LABEL_OID, LABEL_OID_DER};
 
-/// ALPN protocol id of the mesh.
+/// ALPN protocol id of the mesh (RFC 7301 §3.1: an opaque, non-empty byte
+/// string both sides must offer; not in the IANA registry of §6, since only
+/// Caliopen members speak it).
 pub const MESH_ALPN: &[u8] = b"caliopen/1";
 
 /// Version of the mesh protocol spoken by this build.

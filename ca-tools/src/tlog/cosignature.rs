@@ -47,7 +47,7 @@ pub fn signed_message(checkpoint_text: &str, timestamp: u64) -> String {
     format!("{COSIGNATURE_V1_HEADER}\ntime {timestamp}\n{checkpoint_text}")
 }
 
-/// The Ed25519 cosigner key ID: SHA-256(name || 0x0A || 0x04 || key)[:4].
+/// The Ed25519 cosigner key ID: `SHA-256(name || 0x0A || 0x04 || key)[:4]`.
 pub fn cosigner_key_id(name: &str, public_key: &[u8; 32]) -> u32 {
     let mut c = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     c.update(name.as_bytes());

@@ -122,7 +122,7 @@ pub fn append_nodes<S: NodeSource>(
 }
 
 /// The inclusion proof of leaf `index` in the tree of `size` leaves
-/// (PATH(m, D[n]), RFC 9162 §2.1.3.1).
+/// (`PATH(m, D[n])`, RFC 9162 §2.1.3.1).
 pub fn inclusion_proof<S: NodeSource>(
     src: &S,
     index: u64,
@@ -159,7 +159,7 @@ fn path<S: NodeSource>(
 }
 
 /// The consistency proof from the tree of `old` leaves to the tree of `new`
-/// leaves (PROOF(m, D[n]), RFC 9162 §2.1.4.1). Empty when the sizes are
+/// leaves (`PROOF(m, D[n])`, RFC 9162 §2.1.4.1). Empty when the sizes are
 /// equal; refused for `old == 0` (nothing to prove) or `old > new`.
 pub fn consistency_proof<S: NodeSource>(
     src: &S,

@@ -4,7 +4,7 @@
 //! Everything here is plain functions over bytes: no storage, no clock. The
 //! association keeps the entries and the hashes of complete subtrees in its
 //! state database (`store.rs`) and signs a checkpoint after every change
-//! (`authority.rs`); members and witnesses will verify with the same code.
+//! (`authority/log.rs`); members and witnesses will verify with the same code.
 //!
 //! - [`merkle`]: leaf and node hashing, tree heads, inclusion and
 //!   consistency proofs from stored hashes, and their verification

@@ -191,7 +191,7 @@ impl Note {
     }
 }
 
-/// The Ed25519 key ID: SHA-256(name || 0x0A || 0x01 || public key)[:4].
+/// The Ed25519 key ID: `SHA-256(name || 0x0A || 0x01 || public key)[:4]`.
 pub fn ed25519_key_id(name: &str, public_key: &[u8; 32]) -> u32 {
     let mut c = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     c.update(name.as_bytes());

@@ -77,7 +77,8 @@ pub struct CrlInfo {
     pub der: Vec<u8>,
     /// Revoked serials (raw big-endian bytes as in the certificate).
     pub revoked: HashSet<Vec<u8>>,
-    /// `nextUpdate` (Unix seconds; 0 when absent).
+    /// `nextUpdate` (Unix seconds; 0 when absent). Recorded, not enforced:
+    /// see [`TrustStore::offer_crl`].
     pub next_update: i64,
 }
 
@@ -209,6 +210,9 @@ pub struct TrustStore {
     directory_hold: std::sync::Mutex<Option<String>>,
 }
 
+/// RFC 5280 §5.2.3: the cRLNumber extension, a non-negative INTEGER of up to
+/// 20 octets that grows with each CRL. One past 64 bits reads as `u64::MAX`;
+/// a CRL without one (§5.2.3: conforming issuers MUST include it) reads as 0.
 fn crl_number_of(crl: &CertificateRevocationList<'_>) -> u64 {
     crl.crl_number()
         .map(|n| {
@@ -295,12 +299,18 @@ impl TrustStore {
                 what: "CRL",
                 detail: e.to_string(),
             })?;
+        // One DER CertificateList (RFC 5280 §5.1), nothing after it.
         if !rest.is_empty() {
             return Err(TrustError::Malformed {
                 what: "CRL",
                 detail: "trailing bytes".into(),
             });
         }
+        // RFC 5280 §6.3.3 (f)-(g): the CRL is signed by a root whose subject
+        // is the CRL's issuer name (§5.1.2.3, compared as encoded). The
+        // root's cRLSign key usage (§4.2.1.3) is not looked at, here or by
+        // webpki (which tracks no key usage for trust anchors); the
+        // association's root carries it.
         let signed = st.roots.iter().any(|r| {
             X509Certificate::from_der(r).is_ok_and(|(_, root)| {
                 root.subject().as_raw() == crl.issuer().as_raw()
@@ -310,9 +320,13 @@ impl TrustStore {
         if !signed {
             return Err(TrustError::BadSignature("CRL"));
         }
+        // thisUpdate (§5.1.2.4) is not compared with anything: the CRL
+        // number alone orders CRLs (`offer_crl`).
         Ok(CrlInfo {
             number: crl_number_of(&crl),
             der: der.to_vec(),
+            // §5.1.2.6: revoked certificates are named by serial number,
+            // kept as the raw bytes the certificates carry.
             revoked: crl
                 .iter_revoked_certificates()
                 .map(|r| r.raw_serial().to_vec())
@@ -334,6 +348,14 @@ impl TrustStore {
                 .map_err(|e| TrustError::Verifier(e.to_string()))?;
         }
         let store = Arc::new(store);
+        // webpki does RFC 5280's path validation (§6.1): signatures up to a
+        // root, validity of each certificate in the path but the root
+        // itself (§4.1.2.5), basicConstraints (§4.2.1.9: no CA as an end
+        // entity), EKU (§4.2.1.12), refusal of unknown critical extensions
+        // (§4.2), and revocation against this CRL (§6.3). It ignores
+        // keyUsage (§4.2.1.3) but for cRLSign of an intermediate CRL issuer
+        // (none here), and with rustls's defaults takes a CRL past its
+        // nextUpdate (§5.1.2.5) rather than refusing it.
         let crls = vec![CertificateRevocationListDer::from(crl.der.clone())];
         st.client_verifier = Some(
             WebPkiClientVerifier::builder_with_provider(store.clone(), self.provider.clone())
@@ -377,11 +399,14 @@ impl TrustStore {
 
     /// Offers a CRL (DER). Takes it when it is signed by a root and newer
     /// than the one held: returns `Ok(true)`. An equal number is `Ok(false)`;
-    /// an older one is [`TrustError::NotNewer`].
+    /// an older one is [`TrustError::NotNewer`]. Its `nextUpdate` is not
+    /// checked: a CRL past it is still taken (and kept) until a newer one
+    /// comes.
     pub fn offer_crl(&self, der: &[u8], source: Option<&str>) -> Result<bool, TrustError> {
         self.swap(
             |st| {
                 let info = self.verify_crl(st, der)?;
+                // RFC 5280 §5.2.3: a larger CRL number is a later CRL.
                 let held = st.crl_number();
                 if info.number == held {
                     return Ok(None);

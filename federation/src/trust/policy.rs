@@ -1,6 +1,8 @@
 //! The one verification policy for peer certificates, on both sides of every
-//! connection: webpki (chain to an association root, validity, EKU, CRL) then
-//! the Caliopen checks (label, charter, directory membership, SANs).
+//! connection: webpki (RFC 5280 path validation: chain to an association
+//! root, validity, basicConstraints, EKU, critical extensions, CRL; see
+//! `TrustStore::rebuild`) then the Caliopen checks (label, charter, directory
+//! membership, SANs).
 
 use super::{TrustState, TrustStore};
 use caliopen_proto::label::{Label, LABEL_OID_DER, LABEL_VERSION};
@@ -105,6 +107,9 @@ pub struct PeerIdentity {
     pub label: Label,
 }
 
+/// Sorts webpki's refusal by the RFC 5280 rule it broke: the chain
+/// (§6.1.3 (a)(1), (a)(4)), validity (§4.1.2.5), revocation (§6.3), EKU
+/// (§4.2.1.12).
 fn refusal_of(e: &rustls::Error) -> Refusal {
     match e {
         rustls::Error::InvalidCertificate(c) => match c {
@@ -129,6 +134,8 @@ fn refusal_of(e: &rustls::Error) -> Refusal {
 pub fn check_member(end_entity: &[u8], st: &TrustState) -> Result<PeerIdentity, (Refusal, String)> {
     let (_, cert) = X509Certificate::from_der(end_entity)
         .map_err(|e| (Refusal::Invalid, format!("unparsable certificate: {e}")))?;
+    // The label is a non-critical extension (RFC 5280 §4.2: others may
+    // ignore it); here it is required.
     let ext = cert
         .extensions()
         .iter()
@@ -168,6 +175,8 @@ pub fn check_member(end_entity: &[u8], st: &TrustState) -> Result<PeerIdentity, 
             ),
         ));
     }
+    // RFC 5280 §4.2.1.6: the dNSNames of subjectAltName, compared without
+    // regard to case (RFC 4343).
     let mut domains = Vec::new();
     for ext in cert.extensions() {
         if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
@@ -193,7 +202,8 @@ pub fn check_member(end_entity: &[u8], st: &TrustState) -> Result<PeerIdentity, 
     })
 }
 
-/// The mesh is QUIC, hence TLS 1.3 only: a TLS 1.2 signature is never acceptable.
+/// The mesh is QUIC, hence TLS 1.3 only (RFC 9001 §4.2): a TLS 1.2 signature
+/// is never acceptable.
 fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
     Err(rustls::Error::PeerIncompatible(
         rustls::PeerIncompatible::Tls13RequiredForQuic,
