@@ -35,6 +35,7 @@ pub mod mta_sts;
 pub mod outbound;
 pub mod privacy;
 pub mod publish;
+pub mod report;
 pub mod sender_auth;
 pub mod setup;
 pub mod smtp;

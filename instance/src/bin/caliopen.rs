@@ -8,12 +8,11 @@ use anyhow::{bail, Context};
 use caliopen_instance::admin::{connect, valid_localpart, with_token, Op, OpOutput, Runner};
 use caliopen_instance::config::{Config, LogFormat};
 use caliopen_instance::daemon;
-use caliopen_instance::delivery::MailService;
+use caliopen_instance::report;
 use caliopen_instance::setup;
 use caliopen_instance::smtp::server::hash_password;
 use caliopen_instance::store::Store;
 use caliopen_instance::transfer;
-use caliopen_proto::pb::client as pbc;
 use caliopen_proto::pb::instance_admin::PutUserRequest;
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
@@ -1202,141 +1201,6 @@ fn witness_key(config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn log_show(config: &Path, json: bool) -> anyhow::Result<()> {
-    let cfg = Config::load(config)?;
-    let Some(assoc) = &cfg.association else {
-        bail!(
-            "{}: no [association]: this instance is not labelled",
-            config.display()
-        );
-    };
-    if assoc.log_key.is_none() {
-        bail!("no membership-log key is pinned: join with --log-key, or set [association] log_key");
-    }
-    let ca_pem = std::fs::read_to_string(cfg.in_data(&assoc.ca))
-        .with_context(|| format!("read {}", cfg.in_data(&assoc.ca).display()))?;
-    let link = caliopen_federation::AssociationLink::new(assoc.url.clone(), ca_pem);
-    let mon = caliopen_instance::mesh::open_log(&cfg, &link, None)
-        .map_err(anyhow::Error::msg)?
-        .context("no membership-log key")?;
-    let held = mon.held();
-    let split = mon.split_view();
-    let certs = mon.certificates();
-    // The witnesses the directory held lists, and which cosigned the
-    // checkpoint held (verified here).
-    let trust = caliopen_federation::TrustStore::new(
-        &std::fs::read_to_string(cfg.in_data(&assoc.ca))?,
-        caliopen_federation::trust::default_accepted_charters(),
-    )?;
-    let _ = trust.load(&cfg.data_dir().join("trust"), now_unix());
-    let directory = trust.current().directory.clone();
-    let (quorum, listed) = directory
-        .as_ref()
-        .map(|d| (d.directory.witness_quorum, d.directory.witnesses.clone()))
-        .unwrap_or_default();
-    let held_note = held
-        .as_ref()
-        .and_then(|h| caliopen_ca::tlog::Note::parse(h.note.as_bytes()).ok());
-    let cosigners: Vec<serde_json::Value> = listed
-        .iter()
-        .filter_map(|w| {
-            let k = caliopen_ca::tlog::CosignatureVerifier::parse(&w.vkey).ok()?;
-            let ts = k.timestamp(held_note.as_ref()?).ok()??;
-            Some(serde_json::json!({"name": w.name, "vkey": w.vkey, "timestamp": ts}))
-        })
-        .collect();
-    let v = serde_json::json!({
-        "origin": mon.key().origin(),
-        "witnesses": {
-            "quorum": quorum,
-            "listed": listed.iter().map(|w| serde_json::json!({"name": w.name, "vkey": w.vkey, "url": w.url})).collect::<Vec<_>>(),
-            "cosigned_held": cosigners,
-        },
-        "checkpoint": held.as_ref().map(|h| serde_json::json!({
-            "size": h.checkpoint.size,
-            "root": hex::encode(h.checkpoint.root),
-            "timestamp": h.timestamp,
-            "source": h.source.clone().unwrap_or_else(|| "association".into()),
-            "verified_at": h.verified_at,
-        })),
-        "split_view": split.as_ref().map(|s| serde_json::json!({
-            "detected_at": s.detected_at,
-            "source": s.source.clone().unwrap_or_else(|| "association".into()),
-            "first": s.first,
-            "second": s.second,
-        })),
-        "certificates": certs,
-    });
-    if json {
-        out!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    out!("log {}", mon.key().origin());
-    match &held {
-        Some(h) => out!(
-            "checkpoint: {} entries, root {}, signed at {}, from {}, verified at {}",
-            h.checkpoint.size,
-            hex::encode(h.checkpoint.root),
-            h.timestamp,
-            h.source.as_deref().unwrap_or("the association"),
-            h.verified_at
-        ),
-        None => out!("checkpoint: none verified yet"),
-    }
-    if listed.is_empty() {
-        out!("witnesses: none listed in the directory");
-    } else {
-        out!(
-            "witnesses: {} of {} listed cosigned the checkpoint held (quorum {}){}{}",
-            cosigners.len(),
-            listed.len(),
-            quorum,
-            if cosigners.is_empty() { "" } else { ": " },
-            cosigners
-                .iter()
-                .filter_map(|c| c["name"].as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    match &split {
-        Some(s) => out!(
-            "ALARM: split view found at {} (shown by {}): directory updates are suspended; \
-             the proof is in {}",
-            s.detected_at,
-            s.source.as_deref().unwrap_or("the association"),
-            cfg.data_dir()
-                .join(caliopen_instance::mesh::LOG_DIR)
-                .join("split-view.json")
-                .display()
-        ),
-        None => out!("split view: none"),
-    }
-    let (ok, bad): (Vec<_>, Vec<_>) = certs.iter().partition(|c| c.included);
-    let mut members: Vec<&str> = ok.iter().map(|c| c.member_id.as_str()).collect();
-    members.dedup();
-    out!(
-        "peers' certificates shown in the log: {}{}",
-        ok.len(),
-        if members.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", members.join(", "))
-        }
-    );
-    for c in &bad {
-        out!(
-            "ALARM: {}'s certificate {} is not in the log (checked against {} entries at {}): {}",
-            c.member_id,
-            c.sha256,
-            c.tree_size,
-            c.at,
-            c.detail
-        );
-    }
-    Ok(())
-}
-
 /// `caliopen handover`: every account (or the ones named) to the successor,
 /// two passes around the start of forwarding.
 async fn handover(config: &Path, only: Vec<String>, json: bool) -> anyhow::Result<()> {
@@ -1513,178 +1377,12 @@ async fn mail_list(
     Ok(())
 }
 
-fn index_json(i: Option<&pbc::PrivacyIndex>) -> serde_json::Value {
-    let Some(i) = i else {
-        return serde_json::Value::Null;
-    };
-    serde_json::json!({
-        "version": i.version,
-        "total": i.total,
-        "technic": i.technic,
-        "context": i.context,
-        "comportment": i.comportment,
-        "explanation": i.explanation.iter().map(|e| serde_json::json!({
-            "feature": e.feature,
-            "dimension": e.dimension,
-            "effect": e.effect,
-            "text": e.text,
-        })).collect::<Vec<_>>(),
-        "hints": i.hints,
-    })
-}
-
-async fn privacy(config: &Path, user: &str, contact: &str, json: bool) -> anyhow::Result<()> {
-    use caliopen_proto::pb::client::client_client::ClientClient;
-    use caliopen_proto::pb::instance_admin::instance_admin_client::InstanceAdminClient;
-    use caliopen_proto::pb::instance_admin::IssueUserTokenRequest;
-    let cfg = Config::load(config)?;
-    let dir = cfg.data_dir();
-    let address = format!("{user}@{}", cfg.domains[0]);
-    let (c, me, live) =
-        if let Some((ch, admin_token)) = caliopen_instance::admin::channel(&dir).await {
-            let t = InstanceAdminClient::new(ch.clone())
-                .issue_user_token(with_token(
-                    IssueUserTokenRequest {
-                        localpart: user.to_owned(),
-                    },
-                    &admin_token,
-                ))
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner()
-                .token;
-            let mut client = ClientClient::new(ch);
-            let c = client
-                .get_contact(with_token(
-                    pbc::GetContactRequest {
-                        address: contact.to_owned(),
-                        refresh_public_level: true,
-                    },
-                    &t,
-                ))
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner();
-            let me = client
-                .me(with_token(pbc::MeRequest {}, &t))
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner();
-            (c, me, true)
-        } else {
-            let store = Store::open_with(&dir.join("db"), &cfg.store.options())?;
-            if !store.user_exists(user) {
-                bail!("no user {user:?}");
-            }
-            let svc = MailService::new(store, cfg.domains.clone());
-            let c = caliopen_instance::api::get_contact(&svc, user, contact, false)
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-            let me = caliopen_instance::api::me_view(&svc, user, &address)
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-            (c, me, false)
-        };
+/// Prints a report as JSON or as text.
+fn show(r: report::Report, json: bool) -> anyhow::Result<()> {
     if json {
-        let v = serde_json::json!({
-            "contact": {
-                "address": c.address,
-                "name": c.name,
-                "known": c.known,
-                "received": c.received,
-                "sent": c.sent,
-                "has_key": c.has_key,
-                "labelled_member": (!c.labelled_member.is_empty()).then_some(&c.labelled_member),
-                "public_level": c.public_level.as_ref().map(|l| serde_json::json!({
-                    "level": l.level, "member": l.member, "fetched_at": l.fetched_at,
-                })),
-                "lookup": c.lookup.as_ref().map(|l| serde_json::json!({
-                    "member": l.member, "found": l.found, "prefix_bits": l.prefix_bits,
-                    "bucket_size": l.bucket_size, "cached": l.cached,
-                    "error": (!l.error.is_empty()).then_some(&l.error),
-                })),
-                "privacy": index_json(c.privacy.as_ref()),
-            },
-            "me": {
-                "address": me.address,
-                "public_level": me.public_level,
-                "published": me.published,
-                "privacy": index_json(me.privacy.as_ref()),
-                "hints": me.hints,
-                "achievements": me.achievements.iter().map(|a| serde_json::json!({
-                    "id": a.id, "title": a.title, "earned": a.earned,
-                })).collect::<Vec<_>>(),
-            },
-            "daemon_running": live,
-        });
-        out!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    let show = |i: Option<&pbc::PrivacyIndex>| -> anyhow::Result<()> {
-        let Some(i) = i else { return Ok(()) };
-        out!(
-            "  privacy {}/100 (technic {}, context {}, comportment {})",
-            i.total,
-            i.technic,
-            i.context,
-            i.comportment
-        );
-        for e in &i.explanation {
-            out!("    {:+4} {:<11} {}", e.effect, e.dimension, e.text);
-        }
-        Ok(())
-    };
-    out!(
-        "contact {}{}",
-        c.address,
-        if c.known {
-            ""
-        } else {
-            " (not in the contact book)"
-        }
-    );
-    match (&c.public_level, &c.lookup) {
-        (_, Some(l)) if !l.error.is_empty() => out!("  public level: lookup failed: {}", l.error),
-        (Some(p), Some(l)) => out!(
-            "  public level {} (asked {} with a {}-bit hash prefix; bucket of {}{})",
-            p.level,
-            l.member,
-            l.prefix_bits,
-            l.bucket_size,
-            if l.cached { ", cached" } else { "" }
-        ),
-        (None, Some(l)) => out!(
-            "  no public level: {} publishes none for this address (bucket of {})",
-            l.member,
-            l.bucket_size
-        ),
-        (Some(p), None) => out!(
-            "  public level {} (from {}, not refreshed)",
-            p.level,
-            p.member
-        ),
-        (None, None) if !live => out!("  public level not asked: the daemon is not running"),
-        (None, None) => out!("  public level: not on a labelled member"),
-    }
-    show(c.privacy.as_ref())?;
-    for h in c.privacy.iter().flat_map(|i| i.hints.iter()) {
-        out!("  hint: {h}");
-    }
-    out!(
-        "you ({}): level {}{}",
-        me.address,
-        me.public_level,
-        if me.published {
-            ", published"
-        } else {
-            ", not published"
-        }
-    );
-    show(me.privacy.as_ref())?;
-    for h in &me.hints {
-        out!("  hint: {h}");
-    }
-    for a in &me.achievements {
-        out!("  [{}] {}", if a.earned { "x" } else { " " }, a.title);
+        out!("{}", serde_json::to_string_pretty(&r.json)?);
+    } else {
+        std::io::stdout().write_all(r.text.as_bytes())?;
     }
     Ok(())
 }
@@ -1744,7 +1442,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
-        Cmd::Log { config, json } => log_show(&config, json),
+        Cmd::Log { config, json } => show(report::membership_log(&Config::load(&config)?)?, json),
         Cmd::Demo { keep } => {
             init_logging(LogFormat::Human, None, "warn");
             caliopen_instance::demo::run(keep)
@@ -2179,7 +1877,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             user,
             contact,
             json,
-        } => privacy(&config, &user, &contact, json).await,
+        } => show(
+            report::privacy(&Config::load(&config)?, &user, &contact).await?,
+            json,
+        ),
     }
 }
 
