@@ -20,7 +20,6 @@ pub mod certs;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
-pub mod demo;
 pub mod dkim;
 pub mod dsn;
 pub mod files;

@@ -4,6 +4,8 @@
 //! that touch the database go through the running daemon's admin socket, or
 //! open the database themselves when no daemon runs.
 
+mod demo;
+
 use anyhow::{bail, Context};
 use caliopen_instance::admin::{connect, valid_localpart, with_token, Op, OpOutput, Runner};
 use caliopen_instance::config::{Config, LogFormat};
@@ -1445,9 +1447,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Log { config, json } => show(report::membership_log(&Config::load(&config)?)?, json),
         Cmd::Demo { keep } => {
             init_logging(LogFormat::Human, None, "warn");
-            caliopen_instance::demo::run(keep)
-                .await
-                .map_err(anyhow::Error::msg)
+            demo::run(keep).await.map_err(anyhow::Error::msg)
         }
         Cmd::Run { config } => {
             let cfg = match &config {

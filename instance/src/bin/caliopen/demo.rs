@@ -3,11 +3,13 @@
 //! unlabelled instance standing for the rest of the world (outside.test).
 //! Every claim printed is checked; a failed check fails the demo.
 
-use crate::admin::{connect, with_token};
-use crate::config::{AssociationConfig, Config, MeshSection, MetricsSection, SmtpConfig};
-use crate::daemon::{self, self_signed_tls};
-use crate::smtp::server::hash_password;
 use caliopen_ca::{Authority, BoundService, RevokeTarget, Settings, SignRequest};
+use caliopen_instance::admin::{connect, with_token};
+use caliopen_instance::config::{
+    AssociationConfig, Config, MeshSection, MetricsSection, SmtpConfig,
+};
+use caliopen_instance::daemon::{self, self_signed_tls};
+use caliopen_instance::smtp::server::hash_password;
 use caliopen_proto::pb::client::client_client::ClientClient;
 use caliopen_proto::pb::client::{GetContactRequest, MeRequest};
 use caliopen_proto::pb::instance_admin::{ListMailRequest, PutUserRequest};
@@ -157,7 +159,7 @@ async fn client_session(
 ) -> Result<(ClientClient<tonic::transport::Channel>, String), String> {
     use caliopen_proto::pb::instance_admin::instance_admin_client::InstanceAdminClient;
     use caliopen_proto::pb::instance_admin::IssueUserTokenRequest;
-    let (ch, admin) = crate::admin::channel(&node.dir)
+    let (ch, admin) = caliopen_instance::admin::channel(&node.dir)
         .await
         .ok_or("admin socket")?;
     let token = InstanceAdminClient::new(ch.clone())
@@ -321,7 +323,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             metrics: MetricsSection::default(),
             api: Default::default(),
             imap: Default::default(),
-            web: crate::config::WebSection {
+            web: caliopen_instance::config::WebSection {
                 listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
                 ..Default::default()
             },
@@ -620,5 +622,5 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
 
 /// Writes one of a demo member's files whole.
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
-    crate::files::write_atomic(path, data, mode).map_err(|e| e.to_string())
+    caliopen_instance::files::write_atomic(path, data, mode).map_err(|e| e.to_string())
 }
