@@ -736,15 +736,15 @@ impl Credentials {
     }
 }
 
-/// Hashes a password for storage (argon2id, default cost, random salt, PHC string).
-pub fn hash_password(password: &str) -> Result<String, String> {
+/// Hashes a password for storage (argon2id, default cost, random salt, PHC
+/// string). Fails only on a local fault (no random source).
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     use argon2::password_hash::{rand_core::OsRng, SaltString};
     use argon2::PasswordHasher;
     let salt = SaltString::generate(&mut OsRng);
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

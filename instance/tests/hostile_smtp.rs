@@ -4,7 +4,8 @@
 //! checks in `smtp.rs`.)
 
 use caliopen_instance::delivery::MailService;
-use caliopen_instance::smtp::server::{hash_password, ListenerConfig, SmtpListener};
+use caliopen_instance::login::hash_password;
+use caliopen_instance::smtp::server::{ListenerConfig, SmtpListener};
 use caliopen_instance::smtp::session::Kind;
 use caliopen_instance::store::Store;
 use std::io::{BufRead, BufReader, Read, Write};

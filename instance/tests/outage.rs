@@ -4,8 +4,9 @@
 //! makes the message bounce with an RFC 3464 DSN at expiry, once.
 
 use caliopen_instance::delivery::MailService;
+use caliopen_instance::login::hash_password;
 use caliopen_instance::outbound::{RelayConfig, SmtpQueue};
-use caliopen_instance::smtp::server::{hash_password, ListenerConfig, SmtpListener};
+use caliopen_instance::smtp::server::{ListenerConfig, SmtpListener};
 use caliopen_instance::smtp::session::Kind;
 use caliopen_instance::store::{Store, Transport, Via};
 use std::net::SocketAddr;

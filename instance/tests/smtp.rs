@@ -2,7 +2,8 @@
 //! swaks, and a raw socket for the corpus and for hostile input.
 
 use caliopen_instance::delivery::MailService;
-use caliopen_instance::smtp::server::{hash_password, ListenerConfig, SmtpListener};
+use caliopen_instance::login::hash_password;
+use caliopen_instance::smtp::server::{ListenerConfig, SmtpListener};
 use caliopen_instance::smtp::session::Kind;
 use caliopen_instance::store::{Store, Via};
 use std::io::{BufRead, BufReader, Read, Write};

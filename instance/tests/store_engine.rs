@@ -4,10 +4,11 @@
 //! book — the SMTP and routing code unchanged.
 
 use caliopen_instance::delivery::MailService;
+use caliopen_instance::login::hash_password;
 use caliopen_instance::mail::{Placement, Role};
 use caliopen_instance::privacy::correspondence_of;
 use caliopen_instance::privacy::public::LevelEntry;
-use caliopen_instance::smtp::server::{hash_password, ListenerConfig, SmtpListener};
+use caliopen_instance::smtp::server::{ListenerConfig, SmtpListener};
 use caliopen_instance::smtp::session::Kind;
 use caliopen_instance::store::{
     contact_key, path_class, ContactRecord, Delivery, MailStore, MessageMeta, PathClass,

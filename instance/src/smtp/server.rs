@@ -346,11 +346,6 @@ async fn send_replies<S: AsyncWrite + Unpin>(
     })?
 }
 
-/// Hashes a password for storage (argon2id, random salt, PHC string).
-pub fn hash_password(password: &str) -> Result<String, String> {
-    crate::login::hash_password(password)
-}
-
 /// A fresh opaque queue id (12 random bytes, hex) for a `250` reply.
 fn queue_id() -> String {
     let mut b = [0u8; 12];

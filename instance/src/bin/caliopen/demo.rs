@@ -9,7 +9,7 @@ use caliopen_instance::config::{
     AssociationConfig, Config, MeshSection, MetricsSection, SmtpConfig,
 };
 use caliopen_instance::daemon::{self, self_signed_tls};
-use caliopen_instance::smtp::server::hash_password;
+use caliopen_instance::login::hash_password;
 use caliopen_proto::pb::client::client_client::ClientClient;
 use caliopen_proto::pb::client::{GetContactRequest, MeRequest};
 use caliopen_proto::pb::instance_admin::{ListMailRequest, PutUserRequest};
@@ -358,7 +358,7 @@ async fn scenario(root: &Path, keep: bool, started: Instant) -> Result<(), Strin
             .map_err(|_| format!("{} did not start", n.name))?
             .map_err(|_| format!("{} failed to start", n.name))?;
         n.web = bound.web;
-        let hash = hash_password(&n.password)?;
+        let hash = hash_password(&n.password).map_err(|e| e.to_string())?;
         let (mut c, token) = connect(&n.dir).await.ok_or("admin socket")?;
         c.put_user(with_token(
             PutUserRequest {
