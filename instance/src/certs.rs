@@ -44,16 +44,79 @@ pub struct CertStore {
     challenges: Arc<crate::acme::Challenges>,
 }
 
+/// Why a certificate and key pair is not served.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// A file could not be read (a local failure).
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The files do not hold a usable pair (bad input: the operator's or
+    /// the ACME server's).
+    #[error("{} and {}: {problem}", cert.display(), key.display())]
+    Files {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// The key file.
+        key: std::path::PathBuf,
+        /// What is wrong with them.
+        problem: PairProblem,
+    },
+    /// A pair handed over (by ACME) is not usable.
+    #[error(transparent)]
+    Pair(#[from] PairProblem),
+    /// The new pair could not be written.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// What is wrong with a PEM certificate chain and key.
+#[derive(Debug, thiserror::Error)]
+pub enum PairProblem {
+    /// The certificate PEM does not parse.
+    #[error("certificate: {0}")]
+    CertificatePem(pem::PemError),
+    /// No `CERTIFICATE` block.
+    #[error("no certificate in it")]
+    NoCertificate,
+    /// The key PEM does not parse.
+    #[error("key: {0}")]
+    KeyPem(pem::PemError),
+    /// A key type rustls does not take.
+    #[error("unsupported key type {0}")]
+    KeyType(String),
+    /// The key does not match the certificate, or is unusable.
+    #[error("{0}")]
+    Mismatch(rustls::Error),
+}
+
 /// Reads a PEM certificate chain and its key.
 fn read_pair(
     cert_path: &Path,
     key_path: &Path,
     provider: &CryptoProvider,
-) -> Result<CertifiedKey, String> {
-    let cert_pem = std::fs::read(cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?;
-    let key_pem = std::fs::read(key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
-    pair_from_pem(&cert_pem, &key_pem, provider)
-        .map_err(|e| format!("{} and {}: {e}", cert_path.display(), key_path.display()))
+) -> Result<CertifiedKey, CertError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| CertError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let cert_pem = read(cert_path)?;
+    let key_pem = read(key_path)?;
+    pair_from_pem(&cert_pem, &key_pem, provider).map_err(|problem| CertError::Files {
+        cert: cert_path.to_owned(),
+        key: key_path.to_owned(),
+        problem,
+    })
 }
 
 /// A PEM certificate chain and its key, checked to match.
@@ -61,29 +124,29 @@ fn pair_from_pem(
     cert_pem: &[u8],
     key_pem: &[u8],
     provider: &CryptoProvider,
-) -> Result<CertifiedKey, String> {
+) -> Result<CertifiedKey, PairProblem> {
     let certs: Vec<rustls_pki_types::CertificateDer<'static>> = pem::parse_many(cert_pem)
-        .map_err(|e| format!("certificate: {e}"))?
+        .map_err(PairProblem::CertificatePem)?
         .into_iter()
         .filter(|p| p.tag() == "CERTIFICATE")
         .map(|p| p.into_contents().into())
         .collect();
     if certs.is_empty() {
-        return Err("no certificate in it".into());
+        return Err(PairProblem::NoCertificate);
     }
-    let key = pem::parse(key_pem).map_err(|e| format!("key: {e}"))?;
+    let key = pem::parse(key_pem).map_err(PairProblem::KeyPem)?;
     let key: rustls_pki_types::PrivateKeyDer<'static> = match key.tag() {
         "PRIVATE KEY" => rustls_pki_types::PrivatePkcs8KeyDer::from(key.into_contents()).into(),
         "EC PRIVATE KEY" => rustls_pki_types::PrivateSec1KeyDer::from(key.into_contents()).into(),
         "RSA PRIVATE KEY" => rustls_pki_types::PrivatePkcs1KeyDer::from(key.into_contents()).into(),
-        t => return Err(format!("unsupported key type {t}")),
+        t => return Err(PairProblem::KeyType(t.to_owned())),
     };
-    CertifiedKey::from_der(certs, key, provider).map_err(|e| e.to_string())
+    CertifiedKey::from_der(certs, key, provider).map_err(PairProblem::Mismatch)
 }
 
 impl CertStore {
     /// Reads the pair (an error names the file).
-    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, String> {
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, CertError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let stamps = (stamp(cert_path), stamp(key_path));
         let ck = read_pair(cert_path, key_path, &provider)?;
@@ -101,10 +164,9 @@ impl CertStore {
 
     /// A server configuration (aws-lc-rs, safe defaults, no client
     /// certificates) that always serves the current certificate.
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, String> {
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, CertError> {
         let cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         Ok(Arc::new(cfg))
@@ -128,7 +190,7 @@ impl CertStore {
     /// Reads the files again when either changed; `Ok(true)` when a new
     /// certificate is now served. The files are read under the lock that
     /// [`CertStore::install_pair`] writes them under: never half a pair.
-    pub fn reload_if_changed(&self) -> Result<bool, String> {
+    pub fn reload_if_changed(&self) -> Result<bool, CertError> {
         use std::sync::atomic::Ordering::Relaxed;
         let mut last = self
             .stamps
@@ -160,15 +222,15 @@ impl CertStore {
     /// Replaces the pair on disk (the key first, each file whole: 0600 and
     /// 0644) and serves it at once — for the ACME task. The new pair must
     /// parse and match before anything is written.
-    pub fn install_pair(&self, key_pem: &[u8], chain_pem: &[u8]) -> Result<(), String> {
+    pub fn install_pair(&self, key_pem: &[u8], chain_pem: &[u8]) -> Result<(), CertError> {
         use std::sync::atomic::Ordering::Relaxed;
         let mut last = self
             .stamps
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ck = pair_from_pem(chain_pem, key_pem, &self.provider)?;
-        crate::files::write_private(&self.key_path, key_pem).map_err(|e| e.to_string())?;
-        crate::files::write_atomic(&self.cert_path, chain_pem, 0o644).map_err(|e| e.to_string())?;
+        crate::files::write_private(&self.key_path, key_pem)?;
+        crate::files::write_atomic(&self.cert_path, chain_pem, 0o644)?;
         *self
             .current
             .write()
@@ -417,7 +479,7 @@ mod tests {
         std::fs::write(tmp.path().join("tls.pem"), c3).expect("write");
         bump(&tmp.path().join("tls.pem"));
         let e = s.reload_if_changed().expect_err("mismatch");
-        assert!(e.contains("tls.pem"), "{e}");
+        assert!(e.to_string().contains("tls.pem"), "{e}");
         assert_eq!(s.current_der(), second);
         // Reported once per change.
         assert!(!s.reload_if_changed().expect("same change"));

@@ -62,6 +62,9 @@ pub enum DaemonError {
     /// The DKIM keys could not be read or made.
     #[error(transparent)]
     Dkim(#[from] crate::dkim::DkimError),
+    /// The TLS certificate could not be served.
+    #[error("STARTTLS certificate: {0}")]
+    Tls(#[from] crate::certs::CertError),
     /// A certificate could not be made.
     #[error("TLS certificate: {0}")]
     Certificate(#[from] rcgen::Error),
@@ -172,10 +175,9 @@ fn load_tls(config: &Config) -> Result<Arc<crate::certs::CertStore>, DaemonError
             names.extend(config.domains.iter().cloned());
             let (c, k) = self_signed_tls(&names)?;
             write_tls_pair(&key_path, &k, &cert_path, &c)?;
-            crate::certs::CertStore::load(&cert_path, &key_path)
-                .map_err(|e| DaemonError::Start(format!("STARTTLS certificate: {e}")))
+            Ok(crate::certs::CertStore::load(&cert_path, &key_path)?)
         }
-        Err(e) => Err(DaemonError::Start(format!("STARTTLS certificate: {e}"))),
+        Err(e) => Err(DaemonError::Tls(e)),
     }
 }
 
