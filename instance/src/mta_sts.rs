@@ -49,11 +49,105 @@ pub struct Policy {
     pub fetched_at: i64,
 }
 
+/// A policy document that does not follow RFC 8461 §3.2 (the recipient
+/// domain's fault: the previous policy, if any, holds).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// A line without `key: value`.
+    #[error("not a `key: value` line: {0:?}")]
+    NotKeyValue(String),
+    /// A mode other than enforce, testing, none.
+    #[error("unknown mode {0:?}")]
+    UnknownMode(String),
+    /// `max_age` is not a number.
+    #[error("max_age is not a number: {0:?}")]
+    MaxAge(String),
+    /// An `mx` line that is not a host name pattern.
+    #[error("invalid mx pattern {0:?}")]
+    MxPattern(String),
+    /// Not `version: STSv1`.
+    #[error("version is not STSv1")]
+    Version,
+    /// A required field is missing (`mode`, `max_age`, or `mx` unless the
+    /// mode is none).
+    #[error("no {0}")]
+    Missing(&'static str),
+}
+
+/// An HTTPS exchange with a policy or report host failed. `BadUri` is bad
+/// input (a report address we will not post to); `Timeout`, `Connect`,
+/// `Tls`, `Http`, `Status`, `NotText`, `Body` are the peer's (unreachable,
+/// an unverified certificate, a wrong answer); `Resolve` is our resolver's.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpsError {
+    /// The URI is not one we post to.
+    #[error("{uri}: {why}")]
+    BadUri {
+        /// The URI.
+        uri: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// The whole exchange took too long.
+    #[error("{0} timed out")]
+    Timeout(String),
+    /// The host's addresses could not be had.
+    #[error("{0}")]
+    Resolve(String),
+    /// No connection to any of the host's addresses.
+    #[error("{0}")]
+    Connect(String),
+    /// TLS failed (the certificate did not verify for the name, …).
+    #[error("TLS with {host}: {source}")]
+    Tls {
+        /// The host.
+        host: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// HTTP failed.
+    #[error("{what} {host}: {source}")]
+    Http {
+        /// Which step.
+        what: &'static str,
+        /// The host.
+        host: String,
+        /// The cause.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The host answered with another status than asked.
+    #[error("{host} answered {status}")]
+    Status {
+        /// The host.
+        host: String,
+        /// Its answer.
+        status: hyper::StatusCode,
+    },
+    /// A policy not served as text/plain (RFC 8461 §3.3).
+    #[error("{host} sent {content_type:?}, not text/plain")]
+    NotText {
+        /// The host.
+        host: String,
+        /// What it said it sent.
+        content_type: String,
+    },
+    /// The policy's body was too long, cut, or not UTF-8.
+    #[error("policy from {host}: {problem}")]
+    Body {
+        /// The host.
+        host: String,
+        /// What was wrong.
+        problem: String,
+    },
+}
+
 impl Policy {
     /// Parses a policy document (RFC 8461 §3.2): `key: value` lines, CRLF
     /// or LF; `version: STSv1`, `mode`, `max_age` and (but for `none`) at
     /// least one `mx` are required; unknown keys are ignored.
-    pub fn parse(text: &str, id: &str, fetched_at: i64) -> Result<Self, String> {
+    pub fn parse(text: &str, id: &str, fetched_at: i64) -> Result<Self, PolicyError> {
         let (mut version, mut mode, mut max_age, mut mx) = (None, None, None, Vec::new());
         for line in text.lines() {
             let line = line.trim_end_matches('\r');
@@ -62,7 +156,7 @@ impl Policy {
             }
             let (k, v) = line
                 .split_once(':')
-                .ok_or_else(|| format!("not a `key: value` line: {line:?}"))?;
+                .ok_or_else(|| PolicyError::NotKeyValue(line.to_owned()))?;
             let v = v.trim();
             match k.trim() {
                 "version" => version = Some(v.to_owned()),
@@ -71,20 +165,18 @@ impl Policy {
                         "enforce" => Mode::Enforce,
                         "testing" => Mode::Testing,
                         "none" => Mode::None,
-                        other => return Err(format!("unknown mode {other:?}")),
+                        other => return Err(PolicyError::UnknownMode(other.to_owned())),
                     })
                 }
                 "max_age" => {
-                    let n: u64 = v
-                        .parse()
-                        .map_err(|_| format!("max_age is not a number: {v:?}"))?;
+                    let n: u64 = v.parse().map_err(|_| PolicyError::MaxAge(v.to_owned()))?;
                     max_age = Some(n.min(MAX_AGE_LIMIT));
                 }
                 "mx" => {
                     let p = v.trim_end_matches('.').to_ascii_lowercase();
                     let host = p.strip_prefix("*.").unwrap_or(&p);
                     if !crate::config::is_dns_name(host) {
-                        return Err(format!("invalid mx pattern {v:?}"));
+                        return Err(PolicyError::MxPattern(v.to_owned()));
                     }
                     mx.push(p);
                 }
@@ -92,12 +184,12 @@ impl Policy {
             }
         }
         if version.as_deref() != Some("STSv1") {
-            return Err("version is not STSv1".into());
+            return Err(PolicyError::Version);
         }
-        let mode = mode.ok_or("no mode")?;
-        let max_age = max_age.ok_or("no max_age")?;
+        let mode = mode.ok_or(PolicyError::Missing("mode"))?;
+        let max_age = max_age.ok_or(PolicyError::Missing("max_age"))?;
         if mx.is_empty() && mode != Mode::None {
-            return Err("no mx".into());
+            return Err(PolicyError::Missing("mx"));
         }
         Ok(Self {
             id: id.to_owned(),
@@ -278,10 +370,10 @@ impl MtaSts {
     /// GET `https://mta-sts.<domain>/.well-known/mta-sts.txt`: a verified
     /// certificate for that name, status 200, `text/plain`, no redirect,
     /// at most [`MAX_POLICY_BYTES`].
-    pub async fn fetch(&self, domain: &str) -> Result<String, String> {
+    pub async fn fetch(&self, domain: &str) -> Result<String, HttpsError> {
         tokio::time::timeout(FETCH_TIMEOUT, self.fetch_inner(domain))
             .await
-            .map_err(|_| format!("fetching the policy of {domain} timed out"))?
+            .map_err(|_| HttpsError::Timeout(format!("fetching the policy of {domain}")))?
     }
 
     /// A verified TLS connection to `host:port` (addresses from our
@@ -290,9 +382,15 @@ impl MtaSts {
         &self,
         host: &str,
         port: u16,
-    ) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>, String>
-    {
-        let ips = self.resolver.addresses(host).await?;
+    ) -> Result<
+        hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+        HttpsError,
+    > {
+        let ips = self
+            .resolver
+            .addresses(host)
+            .await
+            .map_err(HttpsError::Resolve)?;
         let mut tcp = None;
         let mut last = format!("{host}: no address");
         for ip in &ips {
@@ -310,17 +408,28 @@ impl MtaSts {
                 Err(_) => last = format!("connect to {host} ({ip}:{port}) timed out"),
             }
         }
-        let tcp = tcp.ok_or(last)?;
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|e| format!("{host}: {e}"))?;
+        let tcp = tcp.ok_or(HttpsError::Connect(last))?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|_| {
+            HttpsError::BadUri {
+                uri: host.to_owned(),
+                why: "not a DNS name",
+            }
+        })?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS with {host}: {e}"))?;
+            .map_err(|source| HttpsError::Tls {
+                host: host.to_owned(),
+                source,
+            })?;
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
-                .map_err(|e| format!("HTTP with {host}: {e}"))?;
+                .map_err(|source| HttpsError::Http {
+                    what: "HTTP with",
+                    host: host.to_owned(),
+                    source,
+                })?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -329,17 +438,21 @@ impl MtaSts {
 
     /// POSTs a gzipped TLS report (RFC 8460 §5.3.1) to an `https://` URI
     /// over verified TLS; any 2xx answer is success.
-    pub async fn post_report(&self, uri: &str, gz: &[u8]) -> Result<(), String> {
+    pub async fn post_report(&self, uri: &str, gz: &[u8]) -> Result<(), HttpsError> {
+        let bad = |why| HttpsError::BadUri {
+            uri: uri.to_owned(),
+            why,
+        };
         let rest = uri
             .get(8..)
             .filter(|_| uri[..8].eq_ignore_ascii_case("https://"))
-            .ok_or_else(|| format!("{uri}: not an https URI"))?;
+            .ok_or_else(|| bad("not an https URI"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{uri}: bad port"))?),
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
             None => (authority, 443),
         };
         // A name (resolved by our resolver, certificate verified for it),
@@ -349,7 +462,7 @@ impl MtaSts {
             .next()
             .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
         if !crate::config::is_dns_name(host) || top_is_numeric {
-            return Err(format!("{uri}: the host is not a DNS name"));
+            return Err(bad("the host is not a DNS name"));
         }
         let mut sender = self.connect(host, port).await?;
         let req = hyper::Request::post(path)
@@ -357,18 +470,25 @@ impl MtaSts {
             .header(hyper::header::USER_AGENT, "caliopen")
             .header(hyper::header::CONTENT_TYPE, "application/tlsrpt+gzip")
             .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(gz)))
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| bad("not a valid request target"))?;
         let res = sender
             .send_request(req)
             .await
-            .map_err(|e| format!("POST to {host}: {e}"))?;
+            .map_err(|source| HttpsError::Http {
+                what: "POST to",
+                host: host.to_owned(),
+                source,
+            })?;
         if !res.status().is_success() {
-            return Err(format!("{host} answered {}", res.status()));
+            return Err(HttpsError::Status {
+                host: host.to_owned(),
+                status: res.status(),
+            });
         }
         Ok(())
     }
 
-    async fn fetch_inner(&self, domain: &str) -> Result<String, String> {
+    async fn fetch_inner(&self, domain: &str) -> Result<String, HttpsError> {
         use http_body_util::BodyExt;
         let host = format!("mta-sts.{domain}");
         let mut sender = self.connect(&host, self.port).await?;
@@ -376,13 +496,23 @@ impl MtaSts {
             .header(hyper::header::HOST, &host)
             .header(hyper::header::USER_AGENT, "caliopen")
             .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| HttpsError::BadUri {
+                uri: host.clone(),
+                why: "not a valid host",
+            })?;
         let res = sender
             .send_request(req)
             .await
-            .map_err(|e| format!("GET from {host}: {e}"))?;
+            .map_err(|source| HttpsError::Http {
+                what: "GET from",
+                host: host.clone(),
+                source,
+            })?;
         if res.status() != hyper::StatusCode::OK {
-            return Err(format!("{host} answered {}", res.status()));
+            return Err(HttpsError::Status {
+                host,
+                status: res.status(),
+            });
         }
         let ct = res
             .headers()
@@ -394,14 +524,23 @@ impl MtaSts {
             .to_ascii_lowercase()
             .starts_with("text/plain")
         {
-            return Err(format!("{host} sent {ct:?}, not text/plain"));
+            return Err(HttpsError::NotText {
+                host,
+                content_type: ct.to_owned(),
+            });
         }
         let body = http_body_util::Limited::new(res.into_body(), MAX_POLICY_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("policy from {host}: {e}"))?
+            .map_err(|e| HttpsError::Body {
+                host: host.clone(),
+                problem: e.to_string(),
+            })?
             .to_bytes();
-        String::from_utf8(body.to_vec()).map_err(|_| format!("policy from {host} is not UTF-8"))
+        String::from_utf8(body.to_vec()).map_err(|_| HttpsError::Body {
+            host,
+            problem: "not UTF-8".into(),
+        })
     }
 }
 
@@ -452,7 +591,7 @@ mod tests {
             ),
             ("<html>", "key: value"),
         ] {
-            let e = Policy::parse(text, "x", 0).expect_err(text);
+            let e = Policy::parse(text, "x", 0).expect_err(text).to_string();
             assert!(e.contains(why), "{text:?}: {e}");
         }
         assert!(Policy::parse("version: STSv1\nmode: none\nmax_age: 1\n", "x", 0).is_ok());

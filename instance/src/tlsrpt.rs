@@ -23,6 +23,7 @@
 //!   reports were handed over (or when its domains publish no address);
 //!   records older than [`KEEP_DAYS`] go whatever happened.
 
+use crate::mta_sts::HttpsError;
 use crate::sender_auth::{LookupType, SenderAuth};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -571,8 +572,9 @@ impl Reporter {
             let r = if uri.to_ascii_lowercase().starts_with("https://") {
                 tokio::time::timeout(POST_TIMEOUT, self.https.post_report(&uri, &gz))
                     .await
-                    .unwrap_or_else(|_| Err("timed out".into()))
+                    .unwrap_or_else(|_| Err(HttpsError::Timeout(format!("posting to {uri}"))))
                     .map(|_| "sent".to_owned())
+                    .map_err(|e| e.to_string())
             } else {
                 self.mail(svc, &uri[7..], domain, &report_id, day, &gz)
                     .await

@@ -894,7 +894,7 @@ async fn dns_check(config: &Path, json: bool) -> anyhow::Result<()> {
             let (found, published) = match client.fetch(d).await {
                 Ok(text) if text == want => (Found::Ok, Vec::new()),
                 Ok(text) => (Found::Different, vec![text.replace("\r\n", "; ")]),
-                Err(e) => (Found::Error, vec![e]),
+                Err(e) => (Found::Error, vec![e.to_string()]),
             };
             lines.push(caliopen_instance::publish::CheckLine {
                 record,
