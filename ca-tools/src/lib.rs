@@ -27,8 +27,11 @@ mod log_http;
 mod member_cert;
 mod service;
 mod store;
-pub mod tlog;
 pub mod witnessing;
+
+/// The membership log's formats and proofs: the `caliopen-tlog` crate,
+/// shared with the member side, under its old path.
+pub use caliopen_tlog as tlog;
 
 pub use admin::{
     connect as connect_admin, status_to_error, witness_op, witness_response, AdminService,

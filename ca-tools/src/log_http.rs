@@ -11,8 +11,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, Request, Response, StatusCode};
 use std::sync::Arc;
 
-/// Path prefix of the log's resources (tlog-tiles `<prefix>`).
-pub const LOG_PREFIX: &str = "/log/";
+pub use crate::tlog::tiles::LOG_PREFIX;
 
 /// `Cache-Control` of full tiles and full entry bundles: their content can
 /// never change (tlog-tiles: "immutable, caching headers SHOULD be

@@ -6,15 +6,15 @@
 //! signed outside the log members see is refused on the mesh.
 
 mod common;
-use caliopen_ca::tlog::{
-    consistency_proof, root, sign_timestamped, Checkpoint, Hash, MemoryTree, Signer,
-};
 use caliopen_ca::{Authority, BoundService, Settings, SignRequest};
 use caliopen_federation::log::{Leaf, LogChange, ProofSource};
 use caliopen_federation::node::BoxFuture;
 use caliopen_federation::{
     AssociationLink, HttpsTiles, IdentitySlot, LogError, LogKey, LogMonitor, MeshConfig, MeshNode,
     Offer, TrustError, TrustStore,
+};
+use caliopen_tlog::{
+    consistency_proof, root, sign_timestamped, Checkpoint, Hash, MemoryTree, Signer,
 };
 use common::{csr, Refusing};
 use rcgen::{CertificateParams, KeyPair};
@@ -434,8 +434,8 @@ async fn a_member_follows_a_real_association_log_with_proofs_from_its_tiles() {
     })
     .await
     .expect("join");
-    let end = caliopen_ca::tlog::Checkpoint::parse_text(
-        caliopen_ca::tlog::Note::parse(ca.log_checkpoint().expect("cp").as_bytes())
+    let end = caliopen_tlog::Checkpoint::parse_text(
+        caliopen_tlog::Note::parse(ca.log_checkpoint().expect("cp").as_bytes())
             .expect("note")
             .text(),
     )

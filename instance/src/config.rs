@@ -951,7 +951,7 @@ impl Config {
                 return Err(format!("key `domains`: invalid domain {d:?}"));
             }
         }
-        if !caliopen_ca::tlog::note::valid_key_name(&self.witness_name()) {
+        if !caliopen_tlog::note::valid_key_name(&self.witness_name()) {
             return Err(format!(
                 "key `witness.name`: {:?} is not a key name (no spaces, no '+')",
                 self.witness_name()

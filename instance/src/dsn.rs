@@ -1,4 +1,13 @@
 //! Delivery status notifications (RFC 3464) for mail that cannot be delivered.
+//!
+//! The report is a `multipart/report` (RFC 6522) whose
+//! `message/delivery-status` part carries the per-message fields
+//! `Reporting-MTA` and `Arrival-Date` (RFC 3464 §2.2.2, §2.2.5) and, per
+//! recipient, `Final-Recipient`, `Action`, `Status` and `Diagnostic-Code`
+//! (§2.3.2–§2.3.4, §2.3.6), the status an enhanced code (RFC 3463). The
+//! SMTP server does not offer the DSN extension (RFC 3461: NOTIFY, RET,
+//! ENVID), so failures are always reported, with the original headers only,
+//! and no `Original-Envelope-Id` or `Original-Recipient` is written.
 
 /// Why a message bounces.
 #[derive(Debug, Clone)]
@@ -40,6 +49,7 @@ pub fn build(
     text.push_str(&format!("To: <{sender}>\r\n"));
     text.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
     text.push_str(&format!("Date: {date}\r\n"));
+    // RFC 3834 §5: an automatic response, which must not be answered automatically.
     text.push_str("Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
     text.push_str(&format!(
         "Content-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\r\n\r\n"
@@ -58,6 +68,8 @@ pub fn build(
         "Reporting-MTA: dns; {reporting_domain}\r\nArrival-Date: {date}\r\n"
     ));
     for f in failures {
+        // RFC 3464 §2.3.3: "failed" for a permanent failure and for the
+        // end of the queue lifetime (4.4.7), "delayed" otherwise.
         let action = if f.status.starts_with('5') || f.status == "4.4.7" {
             "failed"
         } else {

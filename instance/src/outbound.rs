@@ -2,11 +2,19 @@
 //! labelled network, delivered with lettre through a per-domain route, the
 //! configured relay, or — when DNS is on and no relay is set — directly to
 //! the domain's MX hosts (looked up at each attempt, best preference first,
-//! the domain itself when it has no MX record, a null MX refused).
-//! STARTTLS is tried first and its outcome recorded; a relay that does not
-//! offer it (or fails it) gets the message in clear, logged as such.
+//! the domain itself when it has no MX record — the implicit MX — RFC 5321
+//! §5.1; a null MX refused, RFC 7505).
+//! STARTTLS (RFC 3207) is tried first and its outcome recorded; a relay
+//! that does not offer it (or fails it) gets the message in clear, logged
+//! as such; under an MTA-STS policy in force it is required (RFC 8461 §5).
 //! Transient failures are retried with capped exponential backoff; a
-//! permanent failure or the end of the lifetime bounces with a DSN.
+//! permanent failure or the end of the lifetime bounces with a DSN
+//! (RFC 3464, `dsn.rs`). RFC 5321 §4.5.4.1 asks for retry intervals of "in
+//! general" at least 30 minutes, allowing "more sophisticated and
+//! variable strategies", and a give-up time of at least 4–5 days: the
+//! defaults (`[smtp]`, config.rs) retry after 60 s, doubling up to 1 h, so
+//! the first retries come sooner than 30 minutes, and give up after 120 h
+//! (5 days).
 //!
 //! Trees: `smtp_queue` (sequence u64 BE → entry JSON), `smtp_queue_raw`
 //! (sequence → message bytes).
@@ -112,6 +120,10 @@ impl Attempt {
             let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello)
                 .await
                 .map_err(AttemptError::Smtp)?;
+            // RFC 3207 §4: STARTTLS only when the EHLO reply offers it; an
+            // attempt that asks for TLS stops here without it (the caller
+            // decides whether a clear-text attempt follows). lettre sends
+            // EHLO again after the handshake (RFC 3207 §4.2).
             if let Some(p) = &self.tls {
                 if !conn.can_starttls() {
                     conn.abort().await;
@@ -380,7 +392,9 @@ impl SmtpQueue {
         })
     }
 
-    /// Direct delivery: each MX host in turn until one answers for good.
+    /// Direct delivery: each MX host in turn until one answers for good
+    /// (RFC 5321 §5.1: in preference order, each of a host's addresses;
+    /// the list, with the implicit MX, comes from `SenderAuth::mx`).
     async fn send_direct(
         &self,
         e: &Entry,
@@ -392,6 +406,7 @@ impl SmtpQueue {
         };
         let mut hosts = match resolver.mx(domain).await {
             Ok(h) => h,
+            // RFC 7505: a null MX means the domain accepts no mail: bounce now.
             Err(err) if err.contains("null MX") => return Err(SendError::Permanent(err)),
             Err(err) => return Err(SendError::Transient(err)),
         };
@@ -679,6 +694,9 @@ impl SmtpQueue {
                 }
                 continue;
             };
+            // Give-up time (RFC 5321 §4.5.4.1: at least 4–5 days; the
+            // default lifetime is 120 h): bounce with 4.4.7, "delivery time
+            // expired" (RFC 3463 §3.5).
             let outcome = if e.expires_at * 1000 <= now {
                 Err((
                     "4.4.7",
@@ -699,6 +717,9 @@ impl SmtpQueue {
                     }
                     Err(SendError::Permanent(why)) => Err(("5.0.0", why)),
                     Err(SendError::Transient(err)) => {
+                        // Retry interval (RFC 5321 §4.5.4.1): `retry_base`
+                        // doubled per attempt, capped at `retry_max` (see
+                        // the module comment for how the defaults compare).
                         let delay = self
                             .cfg
                             .retry_base

@@ -9,7 +9,7 @@
 mod common;
 mod reliab;
 
-use caliopen_ca::tlog::{CosignatureVerifier, Note};
+use caliopen_tlog::{CosignatureVerifier, Note};
 use reliab::{free_udp_port, metrics_text, Assoc, Instance};
 use std::time::{Duration, Instant};
 
@@ -177,8 +177,8 @@ fn two_member_witnesses_cosign_and_members_require_the_quorum() {
     assert_eq!((code, ctype.as_str()), (409, "text/x.tlog.size"), "{body}");
     assert_eq!(body, format!("{held}\n"));
     assert_eq!(post(&alpha_url, &alpha_ca, b"old 0\n").0, 400);
-    let other = caliopen_ca::tlog::Signer::from_seed("other.test/log", &[9; 32]).expect("key");
-    let cp = caliopen_ca::tlog::Checkpoint {
+    let other = caliopen_tlog::Signer::from_seed("other.test/log", &[9; 32]).expect("key");
+    let cp = caliopen_tlog::Checkpoint {
         origin: "other.test/log".into(),
         size: 1,
         root: [1; 32],
@@ -190,8 +190,8 @@ fn two_member_witnesses_cosign_and_members_require_the_quorum() {
         404
     );
     let origin = assoc.ca.log_verifier().name().to_owned();
-    let forger = caliopen_ca::tlog::Signer::from_seed(&origin, &[9; 32]).expect("key");
-    let forged = caliopen_ca::tlog::Checkpoint { origin, ..cp }
+    let forger = caliopen_tlog::Signer::from_seed(&origin, &[9; 32]).expect("key");
+    let forged = caliopen_tlog::Checkpoint { origin, ..cp }
         .sign(&forger)
         .expect("sign");
     let forged_body = format!("old {held}\n\n{forged}");

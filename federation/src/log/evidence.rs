@@ -14,8 +14,8 @@
 //!   that differs from the smaller checkpoint's root, the log signed two
 //!   inconsistent heads.
 
-use caliopen_ca::tlog::merkle::MAX_PROOF_LEN;
-use caliopen_ca::tlog::{empty_root, Checkpoint, Hash, Verifier};
+use caliopen_tlog::merkle::MAX_PROOF_LEN;
+use caliopen_tlog::{empty_root, Checkpoint, Hash, Verifier};
 use thiserror::Error;
 
 /// Why a split-view proof does not hold.
@@ -39,7 +39,7 @@ pub fn evaluate_prefix_path(m: u64, n: u64, path: &[Hash]) -> Result<(Hash, Hash
     if m == 0 || m >= n {
         return Err("a prefix path needs 0 < m < n");
     }
-    if n > caliopen_ca::tlog::merkle::MAX_TREE_SIZE {
+    if n > caliopen_tlog::merkle::MAX_TREE_SIZE {
         return Err("tree size too large");
     }
     if path.is_empty() {
@@ -48,7 +48,7 @@ pub fn evaluate_prefix_path(m: u64, n: u64, path: &[Hash]) -> Result<(Hash, Hash
     if path.len() > MAX_PROOF_LEN + 1 {
         return Err("path too long");
     }
-    caliopen_ca::tlog::merkle::prefix_path_roots(m, n, path)
+    caliopen_tlog::merkle::prefix_path_roots(m, n, path)
         .map_err(|_| "path length does not fit the sizes")
 }
 
@@ -136,7 +136,7 @@ impl SplitView {
 }
 
 mod hex_hashes {
-    use caliopen_ca::tlog::Hash;
+    use caliopen_tlog::Hash;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[Hash], s: S) -> Result<S::Ok, S::Error> {
@@ -159,7 +159,7 @@ mod hex_hashes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use caliopen_ca::tlog::{consistency_proof, root, verify_consistency, MemoryTree};
+    use caliopen_tlog::{consistency_proof, root, verify_consistency, MemoryTree};
 
     /// The prefix path of the tree: the RFC 9162 proof, with the subtree
     /// `[0, m)` first when `m` is a power of two.

@@ -15,7 +15,7 @@
 //! included in a tree this member verified, a certificate stays included
 //! in every later tree, since every later tree is checked to extend it).
 
-use caliopen_ca::tlog::{leaf_hash, verify_inclusion, Entry, EntryKind, Hash};
+use caliopen_tlog::{leaf_hash, verify_inclusion, Entry, EntryKind, Hash};
 use thiserror::Error;
 
 /// Why a certificate is not shown to be in the log.
@@ -108,7 +108,7 @@ pub fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use caliopen_ca::tlog::{inclusion_proof, MemoryTree};
+    use caliopen_tlog::{inclusion_proof, MemoryTree};
 
     fn issuance(der: &[u8]) -> Vec<u8> {
         Entry {

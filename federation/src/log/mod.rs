@@ -33,7 +33,7 @@ pub use witness::{Witness, WitnessPolicy, WitnessRefusal};
 
 use crate::node::BoxFuture;
 use crate::trust::TrustStore;
-use caliopen_ca::tlog::Hash;
+use caliopen_tlog::Hash;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -7,8 +7,8 @@
 use super::{Leaf, ProofSource};
 use crate::association::AssociationLink;
 use crate::node::BoxFuture;
-use caliopen_ca::tlog::tiles::{decode_bundle, TileSetError, TILE_HEIGHT, TILE_WIDTH};
-use caliopen_ca::tlog::{
+use caliopen_tlog::tiles::{decode_bundle, TileSetError, TILE_HEIGHT, TILE_WIDTH};
+use caliopen_tlog::{
     consistency_proof, inclusion_proof, root, Hash, ProveError, Tile, TileKind, TileSet,
 };
 use std::collections::HashMap;
@@ -129,7 +129,7 @@ impl HttpsTiles {
         if let Some(b) = self.cached(tile) {
             return Ok(b);
         }
-        let path = format!("{}tile/{}", caliopen_ca::LOG_PREFIX, tile.path());
+        let path = format!("{}tile/{}", caliopen_tlog::tiles::LOG_PREFIX, tile.path());
         let bytes = Arc::new(self.get(&path, limit).await?);
         if tile.is_full() {
             let mut c = self
@@ -282,7 +282,7 @@ impl ProofSource for HttpsTiles {
     fn checkpoint(&self) -> BoxFuture<Result<String, String>> {
         let me = self.clone();
         Box::pin(async move {
-            let path = format!("{}checkpoint", caliopen_ca::LOG_PREFIX);
+            let path = format!("{}checkpoint", caliopen_tlog::tiles::LOG_PREFIX);
             let body = me.get(&path, MAX_CHECKPOINT_BODY).await?;
             String::from_utf8(body).map_err(|_| format!("GET {path}: not UTF-8"))
         })
@@ -292,7 +292,7 @@ impl ProofSource for HttpsTiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use caliopen_ca::tlog::MemoryTree;
+    use caliopen_tlog::MemoryTree;
 
     #[test]
     fn the_tiles_a_proof_asks_for_are_enough() {

@@ -5,7 +5,7 @@
 
 use super::evidence::{judge, PathVerdict, SplitView};
 use super::witness::WitnessPolicy;
-use caliopen_ca::tlog::{open_timestamped, Checkpoint, CosignatureVerifier, Hash, Verifier};
+use caliopen_tlog::{open_timestamped, Checkpoint, CosignatureVerifier, Hash, Verifier};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -14,10 +14,10 @@
 //! describes).
 
 use super::view::{write_atomic, LogKey};
-use caliopen_ca::tlog::cosignature::{cosign, CosignatureVerifier};
-pub use caliopen_ca::tlog::witness::{request_body, Request, SIZE_CONTENT_TYPE};
-use caliopen_ca::tlog::{self, base64};
-use caliopen_ca::tlog::{verify_consistency, Checkpoint, Hash, Note, NoteError, Signer};
+use caliopen_tlog::cosignature::{cosign, CosignatureVerifier};
+pub use caliopen_tlog::witness::{request_body, Request, SIZE_CONTENT_TYPE};
+use caliopen_tlog::{self as tlog, base64};
+use caliopen_tlog::{verify_consistency, Checkpoint, Hash, Note, NoteError, Signer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -316,7 +316,7 @@ impl WitnessPolicy {
     /// Distinct listed witnesses (by public key) with a valid cosignature
     /// on `note`.
     pub fn cosigned_by(&self, note: &str) -> usize {
-        let Ok(n) = caliopen_ca::tlog::Note::parse(note.as_bytes()) else {
+        let Ok(n) = caliopen_tlog::Note::parse(note.as_bytes()) else {
             return 0;
         };
         let mut keys: Vec<&[u8; 32]> = Vec::new();
@@ -415,7 +415,7 @@ fn state_err(path: &Path, e: std::io::Error) -> WitnessRefusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use caliopen_ca::tlog::{consistency_proof, sign_timestamped, MemoryTree};
+    use caliopen_tlog::{consistency_proof, sign_timestamped, MemoryTree};
 
     const ORIGIN: &str = "caliopen.invalid/test/00000000";
 

@@ -239,6 +239,8 @@ impl SenderAuth {
             Err(_) => Err(format!("MX lookup for {domain} timed out")),
             Ok(Ok(set)) => {
                 let mut mx: Vec<_> = set.rrset.iter().cloned().collect();
+                // RFC 5321 §5.1: lowest preference value first (equal ones
+                // keep the resolver's order, not shuffled).
                 mx.sort_by_key(|m| m.preference);
                 let hosts: Vec<String> = mx
                     .iter()
@@ -255,6 +257,8 @@ impl SenderAuth {
                     hosts
                 })
             }
+            // RFC 5321 §5.1, the implicit MX: a name with no MX record (but
+            // not a name that does not exist) is its own mail exchanger.
             Ok(Err(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(code))))
                 if code != mail_auth::hickory_resolver::proto::op::ResponseCode::NXDomain =>
             {

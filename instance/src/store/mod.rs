@@ -1,6 +1,8 @@
 //! The instance's storage: one sled database, owned by one process.
 //!
-//! Trees (the list is kept here and nowhere else):
+//! Trees (the list is kept here and nowhere else: every tree any module
+//! opens in this database, `grep -rn 'open_tree(' instance/src`). Owned by
+//! the store:
 //! - `users`: local part → user record (JSON: password hash, created_at).
 //! - `messages`: message id (u64 BE) → [`MessageMeta`] (JSON).
 //! - `bodies`: the index of message bytes, which are kept in segment files
@@ -19,7 +21,24 @@
 //! - `user_stats`: local part → [`UserStats`] (JSON: counters, firsts, opt-out).
 //! - `public_levels`: SHA-256 of a user's normalised address → level (1 byte);
 //!   only opted-in users; what mesh peers may ask for by hash prefix.
-//! - `mesh_outbox`: owned by `caliopen_federation::Outbox` (mail waiting for a member).
+//! - `web_prefs`: local part → the web client's settings of that account
+//!   ([`crate::mail::prefs::Prefs`], JSON).
+//!
+//! Owned by other modules, opened on [`Store::db`]:
+//! - `smtp_queue`: sequence (u64 BE) → an outgoing message's envelope,
+//!   destination and retry state (JSON); `smtp_queue_raw`: sequence → its
+//!   bytes. Both `crate::outbound` (the SMTP queue).
+//! - `tlsrpt`: UTC day (u32 BE) and recipient domain → the TLS outcomes of
+//!   direct deliveries that day (JSON), until reported; `crate::tlsrpt`
+//!   (RFC 8460).
+//! - `mta_sts`: recipient domain → its cached MTA-STS policy (JSON, used
+//!   while fresh: the policy's `max_age`); `crate::mta_sts` (RFC 8461).
+//! - `mesh_outbox`: what releases before the federation journal kept of
+//!   mail waiting for a member (protobuf `OutboxRecord`s). The mesh outbox
+//!   (`caliopen_federation::Outbox`) is now its own append-only journal,
+//!   files under `DATA/mesh-outbox/`, not a tree: at start the daemon
+//!   opens this tree only to move what is left into the journal and clear
+//!   it (`Outbox::import_sled`, called by `crate::mesh`).
 //!
 //! Writes are made durable by group commit ([`GroupCommit`]): a message is
 //! acknowledged only after the flush that covers it.

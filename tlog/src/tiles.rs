@@ -14,6 +14,12 @@ use super::merkle::{node_hash, Hash, NodeSource, MAX_TREE_SIZE};
 use std::collections::HashMap;
 use thiserror::Error;
 
+/// Path prefix under which the association serves the log's resources
+/// (tlog-tiles `<prefix>`): `<prefix>checkpoint`, `<prefix>tile/...`.
+/// Here because both sides use it: the association serves there, members
+/// fetch from there.
+pub const LOG_PREFIX: &str = "/log/";
+
 /// Tree levels per tile (tlog-tiles: tiles of height 8).
 pub const TILE_HEIGHT: u8 = 8;
 

@@ -1,10 +1,16 @@
-//! The membership transparency log: RFC 6962 Merkle tree, C2SP signed notes
-//! and checkpoints, and the log's entries (issue 18).
+//! The Caliopen membership transparency log (`caliopen-tlog`): RFC 6962
+//! Merkle tree, C2SP signed notes and checkpoints, cosignatures, tiles, and
+//! the log's entries (issue 18).
 //!
-//! Everything here is plain functions over bytes: no storage, no clock. The
-//! association keeps the entries and the hashes of complete subtrees in its
-//! state database (`store.rs`) and signs a checkpoint after every change
-//! (`authority/log.rs`); members and witnesses will verify with the same code.
+//! Everything here is plain functions over bytes: no storage, no clock, no
+//! network. It is its own crate so that both sides share one code without
+//! the member side depending on the association's: the association
+//! (`caliopen-ca`, which re-exports this crate as `caliopen_ca::tlog`) keeps
+//! the entries and the hashes of complete subtrees in its state database
+//! (`ca-tools/src/store.rs`) and signs a checkpoint after every change
+//! (`ca-tools/src/authority/log.rs`); members and witnesses
+//! (`caliopen-federation`'s `log` module, the instance) verify with the
+//! same code.
 //!
 //! - [`merkle`]: leaf and node hashing, tree heads, inclusion and
 //!   consistency proofs from stored hashes, and their verification
@@ -17,6 +23,8 @@
 //!   bundles) and a client-side tile set to compute heads and proofs from.
 //! - [`entry`]: what one log entry records and its encoding.
 //! - [`witness`]: the `add-checkpoint` request of c2sp.org/tlog-witness.
+
+#![forbid(unsafe_code)]
 
 pub mod base64;
 pub mod checkpoint;

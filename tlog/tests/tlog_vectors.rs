@@ -2,7 +2,7 @@
 //! transparency-dev/merkle proof corpus and the RFC 6962 reference roots
 //! (`tests/data/tlog/README.md` says where each came from).
 
-use caliopen_ca::tlog::{
+use caliopen_tlog::{
     base64, consistency_proof, inclusion_proof, verify_consistency, verify_inclusion, Hash,
     MemoryTree,
 };
@@ -90,7 +90,7 @@ fn transparency_dev_consistency_vectors() {
         let root = |r: &serde_json::Value| {
             hash(r).or_else(|| {
                 let raw = base64::decode(r.as_str()?)?;
-                Some(caliopen_ca::tlog::leaf_hash(&raw))
+                Some(caliopen_tlog::leaf_hash(&raw))
             })
         };
         let got = match (root(&v["root1"]), root(&v["root2"]), hashes(&v["proof"])) {
