@@ -56,11 +56,11 @@ pub fn membership_log(cfg: &Config) -> Result<Report, ReportError> {
         .unwrap_or_default();
     let held_note = held
         .as_ref()
-        .and_then(|h| caliopen_ca::tlog::Note::parse(h.note.as_bytes()).ok());
+        .and_then(|h| caliopen_tlog::Note::parse(h.note.as_bytes()).ok());
     let cosigners: Vec<serde_json::Value> = listed
         .iter()
         .filter_map(|w| {
-            let k = caliopen_ca::tlog::CosignatureVerifier::parse(&w.vkey).ok()?;
+            let k = caliopen_tlog::CosignatureVerifier::parse(&w.vkey).ok()?;
             let ts = k.timestamp(held_note.as_ref()?).ok()??;
             Some(serde_json::json!({"name": w.name, "vkey": w.vkey, "timestamp": ts}))
         })
