@@ -6,7 +6,7 @@ use crate::report::{ms, percentile, Report};
 use crate::smtp;
 use anyhow::{bail, Context, Result};
 use caliopen_ca::{Authority, RevokeTarget, Settings, SignRequest};
-use caliopen_federation::node::BoxFuture;
+use caliopen_federation::BoxFuture;
 use caliopen_federation::{
     HandlerError, IdentitySlot, MeshConfig, MeshHandler, MeshNode, Outbox, OutboxEvent,
     PeerIdentity, RetryPolicy, TrustStore,

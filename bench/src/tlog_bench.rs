@@ -18,9 +18,9 @@ use caliopen_ca::tlog::{
     Hash, MemoryTree, Note, Signer,
 };
 use caliopen_ca::RevokeTarget;
-use caliopen_federation::log::{Leaf, LogKey, ProofSource};
-use caliopen_federation::node::BoxFuture;
+use caliopen_federation::BoxFuture;
 use caliopen_federation::LogMonitor;
+use caliopen_federation::{Leaf, LogKey, ProofSource};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Creates `path` with mode 0600 and writes `data`, fsyncing it. Fails if it exists.
-pub fn write_private_new(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_private_new(path: &Path, data: &[u8]) -> Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -20,7 +20,7 @@ pub fn write_private_new(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Writes a public file atomically (temporary file, fsync, rename) with `mode`.
-pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp~");
     let res = (|| {
         let mut f = OpenOptions::new()
@@ -38,7 +38,7 @@ pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 
 /// Reads a private file after checking that neither group nor others can
 /// read or write it.
-pub fn read_private(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_private(path: &Path) -> Result<Vec<u8>> {
     let meta =
         fs::metadata(path).map_err(|e| CaError::io(format!("read {}", path.display()), e))?;
     let mode = meta.permissions().mode() & 0o777;

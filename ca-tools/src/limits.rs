@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// A member's renewal budget: a token bucket of `burst` renewals, one token
 /// back every `interval`.
 #[derive(Debug)]
-pub struct RenewLimiter {
+pub(crate) struct RenewLimiter {
     interval: Duration,
     burst: u32,
     buckets: Mutex<HashMap<String, Bucket>>,
@@ -32,11 +32,11 @@ const SWEEP_AT: usize = 1024;
 
 /// A renewal refused by [`RenewLimiter::try_take`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryAfter(pub Duration);
+pub(crate) struct RetryAfter(pub Duration);
 
 impl RenewLimiter {
     /// `burst` renewals at once (at least 1), then one per `interval`.
-    pub fn new(interval: Duration, burst: u32) -> Self {
+    pub(crate) fn new(interval: Duration, burst: u32) -> Self {
         Self {
             interval,
             burst: burst.max(1),
@@ -61,7 +61,7 @@ impl RenewLimiter {
 
     /// Takes one renewal from `member`'s budget, or says how long until one
     /// is available.
-    pub fn try_take(&self, member: &str, now: Instant) -> Result<(), RetryAfter> {
+    pub(crate) fn try_take(&self, member: &str, now: Instant) -> Result<(), RetryAfter> {
         let mut map = self.lock();
         if map.len() >= SWEEP_AT {
             let burst = f64::from(self.burst);
@@ -87,7 +87,7 @@ impl RenewLimiter {
 
     /// Returns a renewal taken by [`RenewLimiter::try_take`] that failed
     /// through no fault of the member (storage, signing).
-    pub fn give_back(&self, member: &str, now: Instant) {
+    pub(crate) fn give_back(&self, member: &str, now: Instant) {
         let mut map = self.lock();
         if let Some(b) = map.get(member).copied() {
             let tokens = (self.refilled(b, now) + 1.0).min(f64::from(self.burst));
@@ -97,14 +97,14 @@ impl RenewLimiter {
 
     /// Members currently tracked (for tests and the bound).
     #[cfg(test)]
-    pub fn tracked(&self) -> usize {
+    pub(crate) fn tracked(&self) -> usize {
         self.lock().len()
     }
 }
 
 /// The `Watch` limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WatchLimits {
+pub(crate) struct WatchLimits {
     /// Watch streams in all.
     pub total: usize,
     /// Of which at most this many without a member certificate: the rest is
@@ -118,7 +118,7 @@ pub struct WatchLimits {
 
 /// Who asks for a `Watch` slot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Watcher {
+pub(crate) enum Watcher {
     /// A client that presented a certificate of an active member.
     Member(String),
     /// Anyone else, by source (`None`: address unknown; those share a cap).
@@ -129,7 +129,7 @@ pub enum Watcher {
 /// the /64 prefix of an IPv6 one (a single host usually holds a whole /64,
 /// RFC 4291 §2.5.1, so counting single IPv6 addresses would cap nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SourceKey {
+pub(crate) enum SourceKey {
     /// IPv4 (also an IPv4-mapped IPv6 address).
     V4([u8; 4]),
     /// The first 64 bits of an IPv6 address.
@@ -138,7 +138,7 @@ pub enum SourceKey {
 
 impl SourceKey {
     /// The key for a peer address.
-    pub fn of(ip: IpAddr) -> Self {
+    pub(crate) fn of(ip: IpAddr) -> Self {
         match ip {
             IpAddr::V4(v4) => SourceKey::V4(v4.octets()),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -169,7 +169,7 @@ impl std::fmt::Display for SourceKey {
 /// Why a `Watch` slot was refused; the `Display` form is the one-line message
 /// the client receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchRefusal {
+pub(crate) enum WatchRefusal {
     /// Every slot is taken.
     Full(usize),
     /// The anonymous share is taken.
@@ -219,21 +219,21 @@ struct SlotCounts {
 
 /// The `Watch` slots in use.
 #[derive(Debug)]
-pub struct WatchSlots {
+pub(crate) struct WatchSlots {
     limits: WatchLimits,
     counts: Mutex<SlotCounts>,
 }
 
 /// A held `Watch` slot; dropping it frees the slot.
 #[derive(Debug)]
-pub struct WatchSlot {
+pub(crate) struct WatchSlot {
     slots: Arc<WatchSlots>,
     who: Watcher,
 }
 
 impl WatchSlots {
     /// Empty slots under `limits`.
-    pub fn new(limits: WatchLimits) -> Arc<Self> {
+    pub(crate) fn new(limits: WatchLimits) -> Arc<Self> {
         Arc::new(Self {
             limits,
             counts: Mutex::new(SlotCounts::default()),
@@ -247,7 +247,7 @@ impl WatchSlots {
     /// Takes a slot for `who`, or says why not. Members are counted against
     /// the total and their own cap only: anonymous watchers can never take
     /// the `total - anonymous` slots reserved for them.
-    pub fn admit(self: &Arc<Self>, who: Watcher) -> Result<WatchSlot, WatchRefusal> {
+    pub(crate) fn admit(self: &Arc<Self>, who: Watcher) -> Result<WatchSlot, WatchRefusal> {
         let l = self.limits;
         let mut c = self.lock();
         if c.total >= l.total {
@@ -282,7 +282,7 @@ impl WatchSlots {
 
     /// (all, anonymous) slots in use.
     #[cfg(test)]
-    pub fn in_use(&self) -> (usize, usize) {
+    pub(crate) fn in_use(&self) -> (usize, usize) {
         let c = self.lock();
         (c.total, c.anonymous)
     }
@@ -313,7 +313,7 @@ impl Drop for WatchSlot {
 
 impl WatchSlot {
     /// Who holds this slot.
-    pub fn watcher(&self) -> &Watcher {
+    pub(crate) fn watcher(&self) -> &Watcher {
         &self.who
     }
 }

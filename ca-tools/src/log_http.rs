@@ -30,7 +30,7 @@ pub const CACHE_CHECKPOINT: &str = "public, max-age=2";
 
 /// One answer: status, content type, cache policy, body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// HTTP status.
     pub status: StatusCode,
     /// `Content-Type`.
@@ -51,7 +51,7 @@ fn text(status: StatusCode, msg: &str) -> Answer {
 }
 
 /// What `GET <path>` answers. Blocking (reads the state database).
-pub fn respond(ca: &Authority, path: &str) -> Answer {
+pub(crate) fn respond(ca: &Authority, path: &str) -> Answer {
     let Some(rest) = path.strip_prefix(LOG_PREFIX) else {
         return text(StatusCode::NOT_FOUND, "not found");
     };
@@ -118,7 +118,7 @@ fn into_response(a: Answer) -> Response<Body> {
 
 /// The `/log/` routes, to merge with the gRPC service's router. Every
 /// other path that is not gRPC answers 404 (see [`fallback`]).
-pub fn router(ca: Arc<Authority>) -> axum::Router {
+pub(crate) fn router(ca: Arc<Authority>) -> axum::Router {
     axum::Router::new().route(
         "/log/{*rest}",
         axum::routing::get(move |req: Request<Body>| {
@@ -136,7 +136,7 @@ pub fn router(ca: Arc<Authority>) -> axum::Router {
 
 /// Unknown paths: a gRPC call of an unknown method gets gRPC's
 /// UNIMPLEMENTED (as tonic answers), anything else a plain 404.
-pub async fn fallback(req: Request<Body>) -> Response<Body> {
+pub(crate) async fn fallback(req: Request<Body>) -> Response<Body> {
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)

@@ -26,7 +26,7 @@ const OID_KP_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x
 
 /// Everything that goes into one member certificate.
 #[derive(Debug, Clone)]
-pub struct MemberCertSpec<'a> {
+pub(crate) struct MemberCertSpec<'a> {
     /// Serial number magnitude (big-endian, positive).
     pub serial: &'a [u8],
     /// DER of the issuer's subject Name (copied from the root certificate).
@@ -98,7 +98,7 @@ pub fn key_identifier(public_key_bits: &[u8]) -> Vec<u8> {
 }
 
 /// Builds the DER TBSCertificate of a member certificate.
-pub fn tbs_certificate(spec: &MemberCertSpec<'_>) -> Result<Vec<u8>> {
+pub(crate) fn tbs_certificate(spec: &MemberCertSpec<'_>) -> Result<Vec<u8>> {
     let first = spec
         .domains
         .first()
@@ -173,7 +173,7 @@ pub fn tbs_certificate(spec: &MemberCertSpec<'_>) -> Result<Vec<u8>> {
 }
 
 /// Wraps a TBSCertificate and its ECDSA-with-SHA256 signature (DER) into a Certificate.
-pub fn assemble_certificate(tbs: &[u8], signature: &[u8]) -> Vec<u8> {
+pub(crate) fn assemble_certificate(tbs: &[u8], signature: &[u8]) -> Vec<u8> {
     // RFC 5280 §4.1.1.3: the signature value is a BIT STRING (X.690 §8.6.2:
     // its first octet counts the unused bits).
     let mut bits = Vec::with_capacity(signature.len() + 1);
@@ -187,7 +187,7 @@ pub fn assemble_certificate(tbs: &[u8], signature: &[u8]) -> Vec<u8> {
 }
 
 /// The Caliopen label a certificate carries, if it carries a readable one.
-pub fn label_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Label> {
+pub(crate) fn label_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Label> {
     cert.extensions()
         .iter()
         .find(|e| e.oid.as_bytes() == LABEL_OID_DER)

@@ -38,14 +38,14 @@ pub const MAX_WATCHERS: usize = 10_000;
 /// (default of [`ServiceConfig::refresh_interval`]).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a stopping service waits for open requests to finish.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to complete its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshakes in progress at once; a connection past it is closed at
 /// once (bounds the memory and tasks unauthenticated peers can hold).
-pub const MAX_HANDSHAKES: usize = 1024;
+pub(crate) const MAX_HANDSHAKES: usize = 1024;
 /// Lifetime of the service's own TLS certificate (reissued at each start).
-pub const SERVICE_CERT_DAYS: i64 = 90;
+pub(crate) const SERVICE_CERT_DAYS: i64 = 90;
 
 /// Limits of the association service. The defaults are what
 /// `caliopen-ca serve` uses; how long a superseded certificate stays listed

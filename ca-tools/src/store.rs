@@ -133,7 +133,7 @@ impl CertRecord {
 
 /// Typed access to the sled trees.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(crate) struct Store {
     db: sled::Db,
     certs: sled::Tree,
     meta: sled::Tree,
@@ -144,7 +144,7 @@ pub struct Store {
 
 /// What one logged commit changes besides the log itself.
 #[derive(Debug, Default)]
-pub struct Change<'a> {
+pub(crate) struct Change<'a> {
     /// Certificate records to insert or update (serial, record).
     pub certs: Vec<(Vec<u8>, &'a CertRecord)>,
     /// A new security baseline.
@@ -275,7 +275,7 @@ const K_LOG_ORIGIN: &[u8] = b"log_origin";
 impl Store {
     /// Opens (or creates) the state database. Fails clearly when another
     /// process holds it.
-    pub fn open(path: &Path) -> Result<Self> {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
         let db = sled::Config::new().path(path).open().map_err(|e| match e {
             sled::Error::Io(io)
                 if io.kind() == std::io::ErrorKind::WouldBlock
@@ -328,7 +328,7 @@ impl Store {
 
     /// Index of the log entry that issued the certificate of DER SHA-256
     /// `sha256`, if the log has one.
-    pub fn log_index_of_cert(&self, sha256: &[u8]) -> Result<Option<u64>> {
+    pub(crate) fn log_index_of_cert(&self, sha256: &[u8]) -> Result<Option<u64>> {
         self.log_certs
             .get(sha256)?
             .map(|v| as_u64(&v, "log index of a certificate"))
@@ -339,7 +339,7 @@ impl Store {
     /// transaction that also stores the new hashes, the new size and the
     /// checkpoint `sign(size, root)` returns for the new tree head. Returns
     /// the new size and checkpoint. Nothing is written when anything fails.
-    pub fn commit_logged(
+    pub(crate) fn commit_logged(
         &self,
         change: &Change<'_>,
         entries: &[Vec<u8>],
@@ -422,12 +422,12 @@ impl Store {
     }
 
     /// Number of log entries.
-    pub fn log_size(&self) -> Result<u64> {
+    pub(crate) fn log_size(&self) -> Result<u64> {
         self.get_u64(K_LOG_SIZE)
     }
 
     /// The latest signed checkpoint, if one was ever signed.
-    pub fn log_checkpoint(&self) -> Result<Option<String>> {
+    pub(crate) fn log_checkpoint(&self) -> Result<Option<String>> {
         self.meta
             .get(K_LOG_CHECKPOINT)?
             .map(|v| {
@@ -440,7 +440,7 @@ impl Store {
     /// Replaces the latest checkpoint by `new` (a re-signed one for the same
     /// tree head: the heartbeat) if it is still `old`, and flushes. Returns
     /// false, writing nothing, when a commit changed it meanwhile.
-    pub fn replace_checkpoint(&self, old: &str, new: &str) -> Result<bool> {
+    pub(crate) fn replace_checkpoint(&self, old: &str, new: &str) -> Result<bool> {
         let swapped = self
             .meta
             .compare_and_swap(K_LOG_CHECKPOINT, Some(old.as_bytes()), Some(new.as_bytes()))?
@@ -452,7 +452,7 @@ impl Store {
     }
 
     /// The log's origin, once chosen.
-    pub fn log_origin(&self) -> Result<Option<String>> {
+    pub(crate) fn log_origin(&self) -> Result<Option<String>> {
         Ok(self
             .meta
             .get(K_LOG_ORIGIN)?
@@ -460,13 +460,13 @@ impl Store {
     }
 
     /// Records the log's origin (once, when its key is made).
-    pub fn set_log_origin(&self, origin: &str) -> Result<()> {
+    pub(crate) fn set_log_origin(&self, origin: &str) -> Result<()> {
         self.meta.insert(K_LOG_ORIGIN, origin.as_bytes())?;
         Ok(())
     }
 
     /// Every stored log entry as (index, bytes), in order.
-    pub fn log_entries(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+    pub(crate) fn log_entries(&self) -> Result<Vec<(u64, Vec<u8>)>> {
         self.log_entries
             .iter()
             .map(|kv| {
@@ -477,7 +477,7 @@ impl Store {
     }
 
     /// The stored entries `range` (all must exist).
-    pub fn log_entry_range(&self, range: std::ops::Range<u64>) -> Result<Vec<Vec<u8>>> {
+    pub(crate) fn log_entry_range(&self, range: std::ops::Range<u64>) -> Result<Vec<Vec<u8>>> {
         let (start, end) = (range.start, range.end);
         let out: Vec<Vec<u8>> = self
             .log_entries
@@ -494,7 +494,7 @@ impl Store {
     }
 
     /// Every stored log hash as ((level, index), hash).
-    pub fn log_nodes(&self) -> Result<Vec<((u8, u64), Hash)>> {
+    pub(crate) fn log_nodes(&self) -> Result<Vec<((u8, u64), Hash)>> {
         self.log_nodes
             .iter()
             .map(|kv| {
@@ -510,7 +510,7 @@ impl Store {
     /// Removes the whole log (tests: a state as written before the log
     /// existed).
     #[doc(hidden)]
-    pub fn wipe_log(&self) -> Result<()> {
+    pub(crate) fn wipe_log(&self) -> Result<()> {
         self.log_entries.clear()?;
         self.log_nodes.clear()?;
         self.log_certs.clear()?;
@@ -521,20 +521,20 @@ impl Store {
     }
 
     /// Makes every change so far durable.
-    pub fn flush(&self) -> Result<()> {
+    pub(crate) fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
     }
 
     /// Stores a certificate record (insert or update).
-    pub fn put_cert(&self, serial: &[u8], rec: &CertRecord) -> Result<()> {
+    pub(crate) fn put_cert(&self, serial: &[u8], rec: &CertRecord) -> Result<()> {
         let v = serde_json::to_vec(rec).map_err(|e| CaError::State(e.to_string()))?;
         self.certs.insert(serial, v)?;
         Ok(())
     }
 
     /// Looks a certificate up by serial.
-    pub fn get_cert(&self, serial: &[u8]) -> Result<Option<CertRecord>> {
+    pub(crate) fn get_cert(&self, serial: &[u8]) -> Result<Option<CertRecord>> {
         self.certs
             .get(serial)?
             .map(|v| decode_record(&v))
@@ -542,7 +542,7 @@ impl Store {
     }
 
     /// Every certificate record, in serial order.
-    pub fn all_certs(&self) -> Result<Vec<CertRecord>> {
+    pub(crate) fn all_certs(&self) -> Result<Vec<CertRecord>> {
         self.certs
             .iter()
             .map(|kv| {
@@ -566,29 +566,29 @@ impl Store {
     }
 
     /// Last CRL number issued (0: none).
-    pub fn crl_number(&self) -> Result<u64> {
+    pub(crate) fn crl_number(&self) -> Result<u64> {
         self.get_u64(K_CRL_NUMBER)
     }
 
     /// Last directory serial issued (0: none).
-    pub fn directory_serial(&self) -> Result<u64> {
+    pub(crate) fn directory_serial(&self) -> Result<u64> {
         self.get_u64(K_DIRECTORY_SERIAL)
     }
 
     /// Records a newly issued CRL as current.
-    pub fn set_crl(&self, number: u64, der: &[u8]) -> Result<()> {
+    pub(crate) fn set_crl(&self, number: u64, der: &[u8]) -> Result<()> {
         self.meta.insert(K_CRL_NUMBER, &number.to_be_bytes())?;
         self.meta.insert(K_CURRENT_CRL, der)?;
         Ok(())
     }
 
     /// The current CRL (DER), if any.
-    pub fn current_crl(&self) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn current_crl(&self) -> Result<Option<Vec<u8>>> {
         Ok(self.meta.get(K_CURRENT_CRL)?.map(|v| v.to_vec()))
     }
 
     /// Records a newly issued directory as current.
-    pub fn set_directory(&self, serial: u64, signed: &[u8]) -> Result<()> {
+    pub(crate) fn set_directory(&self, serial: u64, signed: &[u8]) -> Result<()> {
         self.meta
             .insert(K_DIRECTORY_SERIAL, &serial.to_be_bytes())?;
         self.meta.insert(K_CURRENT_DIRECTORY, signed)?;
@@ -596,13 +596,13 @@ impl Store {
     }
 
     /// The current signed directory (encoded), if any.
-    pub fn current_directory(&self) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn current_directory(&self) -> Result<Option<Vec<u8>>> {
         Ok(self.meta.get(K_CURRENT_DIRECTORY)?.map(|v| v.to_vec()))
     }
 
     /// The security baseline ("" when unset).
     /// Every recorded handover: the member that closed, and to whom.
-    pub fn handovers(&self) -> Result<Vec<(String, Handover)>> {
+    pub(crate) fn handovers(&self) -> Result<Vec<(String, Handover)>> {
         self.meta
             .scan_prefix(K_HANDOVER)
             .map(|kv| {
@@ -616,7 +616,7 @@ impl Store {
     }
 
     /// Every registered witness, by name.
-    pub fn witnesses(&self) -> Result<Vec<WitnessRecord>> {
+    pub(crate) fn witnesses(&self) -> Result<Vec<WitnessRecord>> {
         self.meta
             .scan_prefix(K_WITNESS)
             .map(|kv| {
@@ -629,7 +629,7 @@ impl Store {
 
     /// Registers (or replaces) a witness. Not flushed: the caller issues a
     /// directory and flushes.
-    pub fn put_witness(&self, w: &WitnessRecord) -> Result<()> {
+    pub(crate) fn put_witness(&self, w: &WitnessRecord) -> Result<()> {
         let v = serde_json::to_vec(w).map_err(|e| CaError::State(e.to_string()))?;
         self.meta
             .insert([K_WITNESS, w.name.as_bytes()].concat(), v)?;
@@ -637,7 +637,7 @@ impl Store {
     }
 
     /// Removes a witness; whether it was registered. Not flushed.
-    pub fn remove_witness(&self, name: &str) -> Result<bool> {
+    pub(crate) fn remove_witness(&self, name: &str) -> Result<bool> {
         Ok(self
             .meta
             .remove([K_WITNESS, name.as_bytes()].concat())?
@@ -646,19 +646,19 @@ impl Store {
 
     /// How many witness cosignatures a checkpoint that grows the tree needs
     /// (0: none).
-    pub fn witness_quorum(&self) -> Result<u32> {
+    pub(crate) fn witness_quorum(&self) -> Result<u32> {
         Ok(u32::try_from(self.get_u64(K_WITNESS_QUORUM)?).unwrap_or(u32::MAX))
     }
 
     /// Sets the witness quorum. Not flushed.
-    pub fn set_witness_quorum(&self, n: u32) -> Result<()> {
+    pub(crate) fn set_witness_quorum(&self, n: u32) -> Result<()> {
         self.meta
             .insert(K_WITNESS_QUORUM, &u64::from(n).to_be_bytes())?;
         Ok(())
     }
 
     /// The security baseline ("" when unset).
-    pub fn min_software_version(&self) -> Result<String> {
+    pub(crate) fn min_software_version(&self) -> Result<String> {
         Ok(self
             .meta
             .get(K_MIN_VERSION)?

@@ -130,7 +130,7 @@ pub trait Durability: Send + Sync + std::fmt::Debug + 'static {
 /// Concurrent streams the outbox uses towards one connected peer (the mesh
 /// allows 256 per connection). Mail carries no ordering guarantee; a peer's
 /// lanes take its entries from one queue, oldest first.
-pub const LANES_PER_PEER: usize = 64;
+pub(crate) const LANES_PER_PEER: usize = 64;
 
 /// The outbox.
 ///

@@ -67,7 +67,7 @@ fn now_unix() -> i64 {
 }
 
 /// The moment renewal is due: two thirds into the validity period.
-pub fn renewal_due(not_before: i64, not_after: i64) -> i64 {
+pub(crate) fn renewal_due(not_before: i64, not_after: i64) -> i64 {
     not_before + (not_after - not_before) * 2 / 3
 }
 

@@ -108,7 +108,7 @@ impl ResolvesClientCert for IdentitySlot {
 }
 
 /// The rustls server configuration of a mesh endpoint.
-pub fn server_config(
+pub(crate) fn server_config(
     trust: &Arc<TrustStore>,
     identity: &Arc<IdentitySlot>,
 ) -> Result<rustls::ServerConfig, TlsError> {
@@ -122,7 +122,7 @@ pub fn server_config(
 }
 
 /// The rustls client configuration of a mesh endpoint.
-pub fn client_config(
+pub(crate) fn client_config(
     trust: &Arc<TrustStore>,
     identity: &Arc<IdentitySlot>,
 ) -> Result<rustls::ClientConfig, TlsError> {

@@ -3,7 +3,7 @@
 //! Likewise the journal record corpus (`fuzz/corpus/journal_record`): read
 //! as the `journal_record` target reads it, seeds as they were made.
 
-use caliopen_federation::journal::internal::{
+use caliopen_federation::internal::journal::{
     decode_record, encode_record, Decoded, HEADER, KIND_END, KIND_PUT, KIND_REMOVE,
 };
 use caliopen_federation::wire::{decode_single, encode_frame, FrameDecoder};

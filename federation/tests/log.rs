@@ -7,12 +7,12 @@
 
 mod common;
 use caliopen_ca::{Authority, BoundService, Settings, SignRequest};
-use caliopen_federation::log::{Leaf, LogChange, ProofSource};
-use caliopen_federation::node::BoxFuture;
+use caliopen_federation::BoxFuture;
 use caliopen_federation::{
     AssociationLink, HttpsTiles, IdentitySlot, LogError, LogKey, LogMonitor, MeshConfig, MeshNode,
     Offer, TrustError, TrustStore,
 };
+use caliopen_federation::{Leaf, LogChange, ProofSource};
 use caliopen_tlog::{
     consistency_proof, root, sign_timestamped, Checkpoint, Hash, MemoryTree, Signer,
 };

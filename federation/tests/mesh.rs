@@ -4,7 +4,7 @@
 mod common;
 
 use caliopen_ca::{Authority, RevokeTarget, Settings, SignRequest};
-use caliopen_federation::node::{request_on, BoxFuture};
+use caliopen_federation::{request_on, BoxFuture};
 use caliopen_federation::{
     HandlerError, IdentitySlot, MeshConfig, MeshError, MeshHandler, MeshNode, Outbox, OutboxEvent,
     PeerIdentity, Refusal, RetryPolicy, TrustStore,

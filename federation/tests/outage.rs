@@ -6,7 +6,7 @@
 mod common;
 
 use caliopen_ca::{Authority, Settings, SignRequest};
-use caliopen_federation::node::BoxFuture;
+use caliopen_federation::BoxFuture;
 use caliopen_federation::{
     HandlerError, IdentitySlot, MeshConfig, MeshHandler, MeshNode, Outbox, OutboxEvent,
     PeerIdentity, RetryPolicy, TrustStore,

@@ -4,7 +4,7 @@
 //! accepted lies within the bytes, and encodes back to exactly the bytes it
 //! was read from (the format is canonical: nothing else decodes).
 #![no_main]
-use caliopen_federation::journal::internal::{decode_record, encode_record, Decoded, HEADER};
+use caliopen_federation::internal::journal::{decode_record, encode_record, Decoded, HEADER};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -48,7 +48,7 @@ pub mod web;
 #[cfg(test)]
 mod test_util {
     /// A two-worker runtime for a test's async part.
-    pub fn runtime() -> tokio::runtime::Runtime {
+    pub(crate) fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

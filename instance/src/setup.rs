@@ -320,7 +320,7 @@ pub async fn join(o: JoinOptions<'_>) -> Result<Joined, SetupError> {
     };
     let trust = caliopen_federation::TrustStore::new(
         &ca_pem,
-        caliopen_federation::trust::default_accepted_charters(),
+        caliopen_federation::default_accepted_charters(),
     )
     .map_err(|e| SetupError::Input(format!("{}: {e}", o.ca.display())))?;
     let link = caliopen_federation::AssociationLink::new(o.url, ca_pem.clone());

@@ -92,10 +92,10 @@ const GENTLE_CHUNK: u64 = 128 << 10;
 /// Zero-filling writes this much at a time; the first segment has this size.
 const ZERO_CHUNK: u64 = 1 << 20;
 /// The largest value a record may carry.
-pub const MAX_VALUE: usize = 256 << 20;
+pub(crate) const MAX_VALUE: usize = 256 << 20;
 /// Default segment size: a segment is closed once a record would take it
 /// past this (one larger record may still go alone into a segment).
-pub const SEGMENT_SIZE: u64 = 8 << 20;
+pub(crate) const SEGMENT_SIZE: u64 = 8 << 20;
 
 /// Why the journal failed.
 #[derive(Debug, thiserror::Error)]

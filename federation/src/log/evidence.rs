@@ -35,7 +35,11 @@ pub enum EvidenceError {
 /// Evaluates a prefix path from `m` to `n` leaves (`0 < m < n`): returns
 /// (root of the first `m` leaves, root of the `n` leaves) that the path
 /// implies. RFC 9162 §2.1.4.2 steps 3 to 7, with `path[0]` as seed.
-pub fn evaluate_prefix_path(m: u64, n: u64, path: &[Hash]) -> Result<(Hash, Hash), &'static str> {
+pub(crate) fn evaluate_prefix_path(
+    m: u64,
+    n: u64,
+    path: &[Hash],
+) -> Result<(Hash, Hash), &'static str> {
     if m == 0 || m >= n {
         return Err("a prefix path needs 0 < m < n");
     }
@@ -54,7 +58,7 @@ pub fn evaluate_prefix_path(m: u64, n: u64, path: &[Hash]) -> Result<(Hash, Hash
 
 /// What a prefix path says about two tree heads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathVerdict {
+pub(crate) enum PathVerdict {
     /// The smaller head is a prefix of the larger: consistent.
     Consistent,
     /// The path is the larger tree's and shows another prefix head: a
@@ -67,7 +71,7 @@ pub enum PathVerdict {
 
 /// Judges heads `(m, root_m)` and `(n, root_n)`, `m < n`, by `path`. An
 /// empty smaller tree needs no path (its head is the empty root or a lie).
-pub fn judge(m: u64, root_m: &Hash, n: u64, root_n: &Hash, path: &[Hash]) -> PathVerdict {
+pub(crate) fn judge(m: u64, root_m: &Hash, n: u64, root_n: &Hash, path: &[Hash]) -> PathVerdict {
     if m == 0 {
         return if *root_m == empty_root() {
             PathVerdict::Consistent
@@ -139,11 +143,11 @@ mod hex_hashes {
     use caliopen_tlog::Hash;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &[Hash], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &[Hash], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(v.iter().map(hex::encode))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Hash>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Hash>, D::Error> {
         let v: Vec<String> = Vec::deserialize(d)?;
         v.iter()
             .map(|h| {

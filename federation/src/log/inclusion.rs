@@ -72,7 +72,7 @@ impl InclusionError {
 
 /// Judges entry `index` (its bytes `entry` and inclusion proof `proof`) of
 /// the tree `(size, root)` against the certificate of DER SHA-256 `sha256`.
-pub fn judge(
+pub(crate) fn judge(
     sha256: &[u8],
     index: u64,
     size: u64,

@@ -19,17 +19,18 @@
 //! with `ca.pem` at join): a key learnt from the directory would be the CA
 //! key's word, and the log exists to check that word.
 
-pub mod evidence;
-pub mod inclusion;
-pub mod tiles;
-pub mod view;
-pub mod witness;
+mod evidence;
+mod inclusion;
+mod tiles;
+mod view;
+pub(crate) mod witness;
 
 pub use evidence::{EvidenceError, SplitView};
 pub use inclusion::InclusionError;
 pub use tiles::HttpsTiles;
-pub use view::{Held, LogError, LogKey, LogView, Offer};
-pub use witness::{Witness, WitnessPolicy, WitnessRefusal};
+pub(crate) use view::{Held, LogView};
+pub use view::{LogError, LogKey, Offer};
+pub(crate) use witness::WitnessPolicy;
 
 use crate::node::BoxFuture;
 use crate::trust::TrustStore;
@@ -97,7 +98,7 @@ pub struct LogStats {
 const MAX_CERT_CHECKS: usize = 20_000;
 
 /// The file where the verdicts on peers' certificates are kept.
-pub const CERTIFICATES_FILE: &str = "certificates.json";
+pub(crate) const CERTIFICATES_FILE: &str = "certificates.json";
 
 /// What this member found about a peer's certificate: shown in the log at
 /// `index`, or shown *not* to be there (a label issued outside the log —

@@ -51,7 +51,7 @@ pub struct HttpsTiles {
 }
 
 /// The entry bundle of a tree of `size` leaves that holds entry `index`.
-pub fn bundle_for(index: u64, size: u64) -> Tile {
+pub(crate) fn bundle_for(index: u64, size: u64) -> Tile {
     let n = index / TILE_WIDTH;
     Tile {
         kind: TileKind::Entries,
@@ -75,7 +75,7 @@ fn inclusion_path_from(
 
 /// The hash tile of a tree of `size` leaves that holds complete subtree
 /// `(level, index)` (which lies within that tree).
-pub fn tile_for(level: u8, index: u64, size: u64) -> Tile {
+pub(crate) fn tile_for(level: u8, index: u64, size: u64) -> Tile {
     let tile_level = level / TILE_HEIGHT;
     let start = index << (level % TILE_HEIGHT);
     let n = start / TILE_WIDTH;

@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// File of the held checkpoint in the view's directory.
-pub const CHECKPOINT_FILE: &str = "checkpoint.json";
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint.json";
 /// File of the split-view proof, while one is held.
-pub const SPLIT_VIEW_FILE: &str = "split-view.json";
+pub(crate) const SPLIT_VIEW_FILE: &str = "split-view.json";
 
 /// Older heads remembered as proven consistent with the held one, so that
 /// a peer replaying old checkpoints costs no proof fetch (in memory only).
-pub const KNOWN_HEADS: usize = 1024;
+pub(crate) const KNOWN_HEADS: usize = 1024;
 
 /// Why a checkpoint, a proof or the view's state is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -173,7 +173,7 @@ impl LogKey {
 /// The member's view of the log. Not synchronised: the monitor serialises
 /// offers.
 #[derive(Debug)]
-pub struct LogView {
+pub(crate) struct LogView {
     dir: PathBuf,
     key: LogKey,
     held: Option<Held>,
@@ -188,7 +188,7 @@ impl LogView {
     /// Opens (creating) the view kept in `dir`. A held checkpoint or
     /// split-view proof that does not verify with `key` (a changed key, a
     /// damaged file) is an error: the operator decides, nothing is dropped.
-    pub fn open(dir: &Path, key: LogKey) -> Result<Self, LogError> {
+    pub(crate) fn open(dir: &Path, key: LogKey) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(|e| state_err(dir, e))?;
         let mut view = Self {
             dir: dir.to_owned(),
@@ -234,24 +234,24 @@ impl LogView {
     }
 
     /// The pinned key.
-    pub fn key(&self) -> &LogKey {
+    pub(crate) fn key(&self) -> &LogKey {
         &self.key
     }
 
     /// The checkpoint held.
-    pub fn held(&self) -> Option<&Held> {
+    pub(crate) fn held(&self) -> Option<&Held> {
         self.held.as_ref()
     }
 
     /// The split-view proof held, if any.
-    pub fn split_view(&self) -> Option<&SplitView> {
+    pub(crate) fn split_view(&self) -> Option<&SplitView> {
         self.split.as_ref()
     }
 
     /// Decides on `note` from `source` (`None`: the association). `path`
     /// is the prefix path a previous call asked for ([`Offer::NeedProof`]),
     /// or `None`. Takes, and writes durably, what it accepts.
-    pub fn offer(
+    pub(crate) fn offer(
         &mut self,
         note: &str,
         source: Option<&str>,
@@ -317,7 +317,7 @@ impl LogView {
 
     /// Takes a split-view proof shown by a peer, once verified, when none is
     /// held. Returns whether it was taken.
-    pub fn adopt_split_view(&mut self, sv: SplitView) -> Result<bool, LogError> {
+    pub(crate) fn adopt_split_view(&mut self, sv: SplitView) -> Result<bool, LogError> {
         sv.verify(self.key.verifier())
             .map_err(|e| LogError::BadEvidence(e.to_string()))?;
         if self.split.is_some() {
@@ -337,7 +337,11 @@ impl LogView {
     /// checkpoint is dropped too, so that the next one is taken afresh (after
     /// the association rebuilt its log, say). Returns whether a proof was
     /// held.
-    pub fn clear_split_view(&mut self, forget_head: bool, now: i64) -> Result<bool, LogError> {
+    pub(crate) fn clear_split_view(
+        &mut self,
+        forget_head: bool,
+        now: i64,
+    ) -> Result<bool, LogError> {
         let had = self.split.take().is_some();
         if had {
             let from = self.dir.join(SPLIT_VIEW_FILE);
@@ -356,13 +360,8 @@ impl LogView {
 
     /// Sets what a checkpoint that grows the tree must be cosigned by
     /// (from the directory held; see [`super::LogMonitor::offer`]).
-    pub fn set_witness_policy(&mut self, policy: WitnessPolicy) {
+    pub(crate) fn set_witness_policy(&mut self, policy: WitnessPolicy) {
         self.witnesses = policy;
-    }
-
-    /// The witness policy in force.
-    pub fn witness_policy(&self) -> &WitnessPolicy {
-        &self.witnesses
     }
 
     /// Whether `note`, dated `ts`, is the held checkpoint (same tree, same

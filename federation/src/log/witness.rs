@@ -15,7 +15,10 @@
 
 use super::view::{write_atomic, LogKey};
 use caliopen_tlog::cosignature::{cosign, CosignatureVerifier};
-pub use caliopen_tlog::witness::{request_body, Request, SIZE_CONTENT_TYPE};
+#[cfg(test)]
+use caliopen_tlog::witness::request_body;
+pub(crate) use caliopen_tlog::witness::Request;
+pub use caliopen_tlog::witness::SIZE_CONTENT_TYPE;
 use caliopen_tlog::{self as tlog, base64};
 use caliopen_tlog::{verify_consistency, Checkpoint, Hash, Note, NoteError, Signer};
 use std::collections::BTreeMap;
@@ -29,7 +32,7 @@ use thiserror::Error;
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// The witness state file, in the witness's directory.
-pub const STATE_FILE: &str = "state.json";
+pub(crate) const STATE_FILE: &str = "state.json";
 
 /// Why a checkpoint is not cosigned, with the HTTP status tlog-witness
 /// gives each case ([`WitnessRefusal::status`]).
@@ -113,7 +116,7 @@ struct State {
 
 /// Parses an add-checkpoint body ([`tlog::witness::parse_request`]), at
 /// most [`MAX_BODY`] bytes.
-pub fn parse_request(body: &[u8]) -> Result<Request<'_>, WitnessRefusal> {
+pub(crate) fn parse_request(body: &[u8]) -> Result<Request<'_>, WitnessRefusal> {
     if body.len() > MAX_BODY {
         return Err(WitnessRefusal::Malformed("body too large".into()));
     }

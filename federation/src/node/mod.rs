@@ -51,13 +51,13 @@ use tokio_util::task::TaskTracker;
 // protocol's own.
 
 /// QUIC application close code: the peer lost its label (revoked or delisted).
-pub const CLOSE_REVOKED: u32 = 0x10;
+pub(crate) const CLOSE_REVOKED: u32 = 0x10;
 /// QUIC application close code: the peer runs software below the baseline.
-pub const CLOSE_BELOW_BASELINE: u32 = 0x11;
+pub(crate) const CLOSE_BELOW_BASELINE: u32 = 0x11;
 /// QUIC application close code: this member is shutting down.
-pub const CLOSE_SHUTDOWN: u32 = 0x12;
+pub(crate) const CLOSE_SHUTDOWN: u32 = 0x12;
 /// Stream error code: the request frame was malformed or oversize.
-pub const STREAM_MALFORMED: u32 = 0x20;
+pub(crate) const STREAM_MALFORMED: u32 = 0x20;
 
 /// Longest wait, after dialing a peer that announced fresher trust data,
 /// for that data to arrive.

@@ -5,11 +5,12 @@
 
 mod policy;
 
-pub use policy::{check_member, PeerIdentity, Refusal, RefusalCounters};
+pub(crate) use policy::{check_member, RefusalCounters};
+pub use policy::{PeerIdentity, Refusal};
 
 /// The rustls verifiers wrapping the policy (used by [`crate::tls`]).
-pub mod policy_verifiers {
-    pub use super::policy::{MeshClientVerifier, MeshServerVerifier};
+pub(crate) mod policy_verifiers {
+    pub(crate) use super::policy::{MeshClientVerifier, MeshServerVerifier};
 }
 
 use caliopen_proto::pb::directory::{Directory, SignedDirectory};

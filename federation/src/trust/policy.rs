@@ -131,7 +131,10 @@ fn refusal_of(e: &rustls::Error) -> Refusal {
 }
 
 /// The Caliopen part of the policy, after webpki accepted the chain.
-pub fn check_member(end_entity: &[u8], st: &TrustState) -> Result<PeerIdentity, (Refusal, String)> {
+pub(crate) fn check_member(
+    end_entity: &[u8],
+    st: &TrustState,
+) -> Result<PeerIdentity, (Refusal, String)> {
     let (_, cert) = X509Certificate::from_der(end_entity)
         .map_err(|e| (Refusal::Invalid, format!("unparsable certificate: {e}")))?;
     // The label is a non-critical extension (RFC 5280 §4.2: others may
@@ -278,7 +281,7 @@ impl TrustStore {
 
 /// Verifies client certificates of incoming mesh connections.
 #[derive(Debug)]
-pub struct MeshClientVerifier(pub Arc<TrustStore>);
+pub(crate) struct MeshClientVerifier(pub Arc<TrustStore>);
 
 impl ClientCertVerifier for MeshClientVerifier {
     fn offer_client_auth(&self) -> bool {
@@ -343,7 +346,7 @@ impl ClientCertVerifier for MeshClientVerifier {
 
 /// Verifies the server certificate of outgoing mesh connections.
 #[derive(Debug)]
-pub struct MeshServerVerifier(pub Arc<TrustStore>);
+pub(crate) struct MeshServerVerifier(pub Arc<TrustStore>);
 
 impl ServerCertVerifier for MeshServerVerifier {
     fn verify_server_cert(

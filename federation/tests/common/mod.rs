@@ -1,14 +1,14 @@
 //! Helpers shared by the federation's integration tests.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use caliopen_federation::node::BoxFuture;
+use caliopen_federation::BoxFuture;
 use caliopen_federation::{HandlerError, MeshHandler, PeerIdentity};
 use caliopen_proto::pb::mesh::{Deliver, DeliverReply, PrivacyQuery, PrivacyReply};
 use prost::Message;
 
 /// A mesh handler for tests that carry no mail: it refuses every delivery
 /// and every privacy query.
-pub struct Refusing;
+pub(crate) struct Refusing;
 
 impl MeshHandler for Refusing {
     fn deliver(
@@ -28,7 +28,7 @@ impl MeshHandler for Refusing {
 }
 
 /// A PEM CSR for `domain` made with `key`.
-pub fn csr(key: &rcgen::KeyPair, domain: &str) -> Vec<u8> {
+pub(crate) fn csr(key: &rcgen::KeyPair, domain: &str) -> Vec<u8> {
     rcgen::CertificateParams::new(vec![domain.to_owned()])
         .expect("params")
         .serialize_request(key)
@@ -42,7 +42,7 @@ pub fn csr(key: &rcgen::KeyPair, domain: &str) -> Vec<u8> {
 /// flushes. Returns true when the transaction is new. Not sled's
 /// `flush_async`: concurrent callers can wait forever in sled 0.34
 /// (spacejam/sled#1308), and the hostile tests replay deliveries at once.
-pub async fn store_once(
+pub(crate) async fn store_once(
     tree: &sled::Tree,
     db: &sled::Db,
     d: &Deliver,

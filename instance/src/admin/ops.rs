@@ -256,7 +256,7 @@ pub(crate) fn user_of(svc: &MailService, l: &str) -> Result<String, OpError> {
 }
 
 /// The mailbox a name or role names.
-pub fn find_mailbox(svc: &MailService, user: &str, name: &str) -> Result<Mailbox, OpError> {
+pub(super) fn find_mailbox(svc: &MailService, user: &str, name: &str) -> Result<Mailbox, OpError> {
     let boxes = svc.store().mailboxes(user)?;
     let by_role = Role::parse(name).map(Role::id);
     boxes

@@ -88,7 +88,7 @@ pub(super) async fn mailbox_ensure(
 }
 
 /// Most messages in one `mail_index` answer (a page).
-pub const MAX_INDEX_PAGE: usize = 4096;
+pub(super) const MAX_INDEX_PAGE: usize = 4096;
 
 /// The messages of one mailbox with a UID above `after_uid`, in UID
 /// order, without their bytes: a page of at most [`MAX_INDEX_PAGE`]

@@ -18,7 +18,7 @@ const CHANGES_MAX: usize = 5_000;
 const CHANGES_DEFAULT: usize = 500;
 
 /// The gRPC status of a store error: refusals say why, failures are logged.
-pub fn status(e: &StoreError) -> Status {
+pub(super) fn status(e: &StoreError) -> Status {
     match e {
         StoreError::Model(m) => match m {
             ModelError::NoAccount(_) | ModelError::NoMailbox | ModelError::NoMessage(_) => {
@@ -38,7 +38,7 @@ pub fn status(e: &StoreError) -> Status {
 }
 
 /// A mailbox for the wire.
-pub fn mailbox(b: &Mailbox) -> pb::Mailbox {
+pub(super) fn mailbox(b: &Mailbox) -> pb::Mailbox {
     pb::Mailbox {
         id: b.id,
         name: b.name.clone(),
@@ -66,7 +66,10 @@ fn ids(v: &[String]) -> Result<Vec<u64>, Status> {
         .collect()
 }
 
-pub fn list_mailboxes(svc: &MailService, user: &str) -> Result<pb::ListMailboxesResponse, Status> {
+pub(super) fn list_mailboxes(
+    svc: &MailService,
+    user: &str,
+) -> Result<pb::ListMailboxesResponse, Status> {
     let store = svc.store();
     let boxes = store.mailboxes(user).map_err(|e| status(&e))?;
     Ok(pb::ListMailboxesResponse {
@@ -84,7 +87,7 @@ fn find(svc: &MailService, user: &str, id: MailboxId) -> Result<Mailbox, Status>
         .ok_or_else(|| Status::not_found(format!("no mailbox {id}")))
 }
 
-pub async fn rename_mailbox(
+pub(super) async fn rename_mailbox(
     svc: &MailService,
     user: &str,
     id: MailboxId,
@@ -97,7 +100,7 @@ pub async fn rename_mailbox(
     find(svc, user, id).map(|b| mailbox(&b))
 }
 
-pub async fn delete_mailbox(
+pub(super) async fn delete_mailbox(
     svc: &MailService,
     user: &str,
     id: MailboxId,
@@ -113,7 +116,7 @@ pub async fn delete_mailbox(
     })
 }
 
-pub async fn set_keywords(
+pub(super) async fn set_keywords(
     svc: &MailService,
     user: &str,
     q: pb::SetKeywordsRequest,
@@ -153,7 +156,7 @@ pub async fn set_keywords(
     })
 }
 
-pub async fn relocate(
+pub(super) async fn relocate(
     svc: &MailService,
     user: &str,
     ids_in: &[String],
@@ -179,7 +182,7 @@ pub async fn relocate(
     })
 }
 
-pub async fn remove(
+pub(super) async fn remove(
     svc: &MailService,
     user: &str,
     ids_in: &[String],
@@ -197,7 +200,7 @@ pub async fn remove(
     })
 }
 
-pub fn changes(
+pub(super) fn changes(
     svc: &MailService,
     user: &str,
     since: u64,
@@ -243,7 +246,7 @@ pub fn changes(
     })
 }
 
-pub fn thread(
+pub(super) fn thread(
     svc: &MailService,
     user: &str,
     thread: &str,
@@ -259,7 +262,7 @@ pub fn thread(
     })
 }
 
-pub fn quota(svc: &MailService, user: &str) -> Result<pb::Quota, Status> {
+pub(super) fn quota(svc: &MailService, user: &str) -> Result<pb::Quota, Status> {
     let q = svc.store().quota(user).map_err(|e| status(&e))?;
     Ok(pb::Quota {
         used_bytes: q.used.bytes,

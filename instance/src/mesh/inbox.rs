@@ -6,7 +6,7 @@ use crate::delivery::{MailService, Route};
 use crate::mail::{Transport, Via};
 use crate::privacy::public::{check_query, PeerLimiter, ANSWER_TTL_SECONDS, MAX_BUCKET_ENTRIES};
 use crate::store::MessageMeta;
-use caliopen_federation::node::BoxFuture;
+use caliopen_federation::BoxFuture;
 use caliopen_federation::{HandlerError, MeshHandler, PeerIdentity};
 use caliopen_proto::pb::mesh::{
     recipient_result, Deliver, DeliverReply, PrivacyEntry, PrivacyQuery, PrivacyReply,

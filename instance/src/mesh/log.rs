@@ -49,7 +49,7 @@ pub(super) async fn watch_log(mon: Arc<LogMonitor>, token: tokio_util::sync::Can
         }
         mon.save_certificates();
         let age = mon.checkpoint_age(crate::delivery::now_unix());
-        let now_stale = age.is_none_or(|a| a > caliopen_federation::log::STALE_AFTER.as_secs());
+        let now_stale = age.is_none_or(|a| a > caliopen_federation::STALE_AFTER.as_secs());
         if now_stale && !stale {
             match age {
                 Some(a) => tracing::error!(age_seconds = a,

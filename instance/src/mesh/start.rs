@@ -6,7 +6,7 @@ use super::log::{open_log, watch_log};
 use super::{member_id_of, now_unix, store_handler, MeshRoute};
 use crate::config::Config;
 use crate::delivery::MailService;
-use caliopen_federation::trust::default_accepted_charters;
+use caliopen_federation::default_accepted_charters;
 use caliopen_federation::{
     AssociationLink, IdentityFiles, IdentitySlot, MeshConfig, MeshNode, Outbox, OutboxEvent,
     Renewer, RetryPolicy, TrustStore,

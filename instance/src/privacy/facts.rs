@@ -39,7 +39,7 @@ pub struct Correspondence {
 }
 
 /// Largest Autocrypt `keydata` remembered (base64 characters).
-pub const MAX_KEYDATA: usize = 64 * 1024;
+pub(super) const MAX_KEYDATA: usize = 64 * 1024;
 
 /// Parses an Autocrypt header value (`addr=…; prefer-encrypt=mutual; keydata=…`).
 /// Returns (normalised addr, mutual, keydata without whitespace).

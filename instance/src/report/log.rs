@@ -44,7 +44,7 @@ pub fn membership_log(cfg: &Config) -> Result<Report, ReportError> {
     // checkpoint held (verified here).
     let trust = caliopen_federation::TrustStore::new(
         &ca_pem,
-        caliopen_federation::trust::default_accepted_charters(),
+        caliopen_federation::default_accepted_charters(),
     )
     .map_err(|e| ReportError::Other(format!("{}: {e}", ca_path.display())))?;
     // Without a saved state no witness is listed: the report says so.

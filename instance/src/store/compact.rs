@@ -21,9 +21,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 /// How often the background pass runs.
-pub const INTERVAL: Duration = Duration::from_secs(300);
+pub(super) const INTERVAL: Duration = Duration::from_secs(300);
 /// Most bytes copied forward by one pass.
-pub const MAX_COPY_PER_PASS: u64 = 256 << 20;
+pub(super) const MAX_COPY_PER_PASS: u64 = 256 << 20;
 /// Records renamed per transaction.
 const CHUNK: usize = 256;
 
@@ -42,14 +42,14 @@ pub struct CompactReport {
 
 /// The background compactor, stopped and joined when dropped.
 #[derive(Debug)]
-pub struct CompactorThread {
+pub(super) struct CompactorThread {
     stop: Arc<(Mutex<bool>, Condvar)>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl CompactorThread {
     /// Starts a pass every `every`.
-    pub fn start(store: &Store, every: Duration) -> Self {
+    pub(super) fn start(store: &Store, every: Duration) -> Self {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let (s, flag) = (store.clone(), stop.clone());
         let runtime = tokio::runtime::Handle::current();

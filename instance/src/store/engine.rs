@@ -56,7 +56,7 @@ impl KeywordChange {
 }
 
 /// Keywords to add, to remove, and (for a replacement) the whole new set.
-pub type NormalisedKeywords = (Vec<String>, Vec<String>, Option<Vec<String>>);
+pub(super) type NormalisedKeywords = (Vec<String>, Vec<String>, Option<Vec<String>>);
 
 fn unsupported<T>(op: &'static str) -> Result<T, StoreError> {
     Err(StoreError::Unsupported(op))

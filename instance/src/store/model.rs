@@ -265,7 +265,7 @@ pub(super) struct Tx<'a> {
 impl<'a> Tx<'a> {
     /// Opens `owner`'s account (made, with its six mailboxes, when it has
     /// none yet) for one change.
-    pub fn open(
+    pub(super) fn open(
         mail: &'a TransactionalTree,
         messages: &'a TransactionalTree,
         bodies: &'a TransactionalTree,
@@ -279,7 +279,7 @@ impl<'a> Tx<'a> {
     /// Like [`Tx::open`], with the account already read in this
     /// transaction (a batch of deliveries reads and writes each account
     /// once: [`Tx::keep`]).
-    pub fn with_account(
+    pub(super) fn with_account(
         mail: &'a TransactionalTree,
         messages: &'a TransactionalTree,
         bodies: &'a TransactionalTree,
@@ -302,7 +302,7 @@ impl<'a> Tx<'a> {
 
     /// Ends the change without writing the account record: the caller
     /// writes it ([`put_account`]) once for several changes.
-    pub fn keep(mut self) -> Account {
+    pub(super) fn keep(mut self) -> Account {
         if self.changed {
             self.acct.modseq = self.modseq;
         }
@@ -310,7 +310,7 @@ impl<'a> Tx<'a> {
     }
 
     /// A mailbox of the account (`None`: no such mailbox).
-    pub fn mailbox(&mut self, id: MailboxId) -> TxResult<Option<&mut Mailbox>> {
+    pub(super) fn mailbox(&mut self, id: MailboxId) -> TxResult<Option<&mut Mailbox>> {
         Ok(self.acct.mailboxes.get_mut(&id))
     }
 
@@ -340,7 +340,7 @@ impl<'a> Tx<'a> {
     /// Stores a new message (its bytes are written by the caller): places
     /// it in `mbx` (the inbox when that mailbox is gone), threads it, and
     /// counts it. Returns the record written.
-    pub fn add(
+    pub(super) fn add(
         &mut self,
         mut meta: MessageMeta,
         mbx: MailboxId,
@@ -429,7 +429,7 @@ impl<'a> Tx<'a> {
     }
 
     /// A message of this account.
-    pub fn message(&self, id: u64) -> TxResult<MessageMeta> {
+    pub(super) fn message(&self, id: u64) -> TxResult<MessageMeta> {
         match get_json::<MessageMeta>(self.messages, &id.to_be_bytes())? {
             Some(m) if m.owner == self.owner && !m.placements.is_empty() => Ok(m),
             _ => Err(abort(ModelError::NoMessage(id))),
@@ -442,7 +442,7 @@ impl<'a> Tx<'a> {
     /// account (its bytes go with the last reference to them). Nothing is
     /// written when nothing changed. Returns the record written, or `None`
     /// when the message left the account.
-    pub fn apply(
+    pub(super) fn apply(
         &mut self,
         old: &MessageMeta,
         mut new: MessageMeta,
@@ -542,7 +542,7 @@ impl<'a> Tx<'a> {
     }
 
     /// Makes a mailbox (and its missing parents, as IMAP CREATE does).
-    pub fn create_mailbox(&mut self, name: &str) -> TxResult<Mailbox> {
+    pub(super) fn create_mailbox(&mut self, name: &str) -> TxResult<Mailbox> {
         let name = mailbox::check_name(name).map_err(|e| abort(e.into()))?;
         if self.acct.named(&name).is_some() {
             return Err(abort(ModelError::NameTaken(name)));
@@ -583,7 +583,7 @@ impl<'a> Tx<'a> {
 
     /// Renames a mailbox and its children (`a` → `b` takes `a/x` to `b/x`).
     /// The inbox keeps its name.
-    pub fn rename_mailbox(&mut self, id: MailboxId, to: &str) -> TxResult<()> {
+    pub(super) fn rename_mailbox(&mut self, id: MailboxId, to: &str) -> TxResult<()> {
         let to = mailbox::check_name(to).map_err(|e| abort(e.into()))?;
         if id == Role::Inbox.id() {
             return Err(abort(ModelError::RoleMailbox("inbox")));
@@ -617,7 +617,7 @@ impl<'a> Tx<'a> {
 
     /// Takes every message out of a mailbox, then deletes it. Refused for
     /// the six role mailboxes and for a mailbox with children.
-    pub fn delete_mailbox(&mut self, id: MailboxId, uids: &[u64]) -> TxResult<()> {
+    pub(super) fn delete_mailbox(&mut self, id: MailboxId, uids: &[u64]) -> TxResult<()> {
         if let Some(r) = Role::of_id(id) {
             return Err(abort(ModelError::RoleMailbox(r.as_str())));
         }
@@ -654,13 +654,13 @@ impl<'a> Tx<'a> {
     }
 
     /// Marks the account changed (for a change of the account record alone).
-    pub fn touch(&mut self) {
+    pub(super) fn touch(&mut self) {
         self.changed = true;
     }
 
     /// Writes the account and the mailboxes touched; returns the modseq
     /// of the change (the account's state), unchanged when nothing changed.
-    pub fn finish(mut self) -> TxResult<u64> {
+    pub(super) fn finish(mut self) -> TxResult<u64> {
         if !self.changed {
             return Ok(self.acct.modseq);
         }

@@ -1,16 +1,16 @@
 //! The membership log's witness on the web listener (`[witness] enabled`):
 //! `POST /witness/add-checkpoint` (C2SP tlog-witness, submission prefix
 //! `https://HOST:PORT/witness`). The decisions are
-//! [`caliopen_federation::log::Witness`]'s; this file moves the request and
+//! [`caliopen_federation::witness::Witness`]'s; this file moves the request and
 //! the answer, limits each source address, and counts.
 
 use axum::body::Bytes;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use caliopen_federation::log::witness::{
+use caliopen_federation::witness::{
     load_or_create_key, signed_by_known_log, MAX_BODY, SIZE_CONTENT_TYPE,
 };
-use caliopen_federation::log::{LogKey, Witness};
+use caliopen_federation::{witness::Witness, LogKey};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;

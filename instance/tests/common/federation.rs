@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// A free UDP port on loopback (for a mesh endpoint).
-pub fn free_udp_port() -> u16 {
+pub(crate) fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -17,7 +17,7 @@ pub fn free_udp_port() -> u16 {
 }
 
 /// A free TCP port on loopback.
-pub fn free_tcp_port() -> u16 {
+pub(crate) fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -26,7 +26,7 @@ pub fn free_tcp_port() -> u16 {
 }
 
 /// One labelled instance; its daemon is killed on drop.
-pub struct Member {
+pub(crate) struct Member {
     pub id: String,
     pub data: PathBuf,
     pub config: PathBuf,
@@ -38,12 +38,12 @@ pub struct Member {
 
 impl Member {
     /// The configuration file, as a string.
-    pub fn c(&self) -> &str {
+    pub(crate) fn c(&self) -> &str {
         self.config.to_str().expect("utf-8")
     }
 
     /// Starts the daemon (its log in DATA/daemon.log).
-    pub fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let stderr = Stdio::from(std::fs::File::create(self.data.join("daemon.log")).expect("log"));
         let (child, b) = super::spawn_daemon(&self.config, stderr, &[("RUST_LOG", "info")]);
         self.smtp = Some(b.smtp);
@@ -52,7 +52,7 @@ impl Member {
     }
 
     /// Stops the daemon with SIGTERM and checks that it exited cleanly.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             Command::new("kill")
                 .args(["-TERM", &c.id().to_string()])
@@ -67,12 +67,12 @@ impl Member {
     }
 
     /// The daemon's log so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.data.join("daemon.log")).unwrap_or_default()
     }
 
     /// Adds a user with a password.
-    pub fn add_user(&self, localpart: &str, password: &str) {
+    pub(crate) fn add_user(&self, localpart: &str, password: &str) {
         caliopen(
             &[
                 "user",
@@ -99,7 +99,7 @@ impl Drop for Member {
 /// Makes a member `id` serving `domain` (with an IMAP listener), labelled
 /// by `ca` (naming `successor` in its label) and joined to the association
 /// at `url`.
-pub fn make_member(
+pub(crate) fn make_member(
     root: &Path,
     ca: &Authority,
     url: &str,
@@ -176,7 +176,7 @@ pub fn make_member(
 
 impl Member {
     /// A member known by its configuration file only (for CLI calls).
-    pub fn config_only(config: &str) -> Member {
+    pub(crate) fn config_only(config: &str) -> Member {
         let config = PathBuf::from(config);
         Member {
             id: String::new(),
@@ -191,7 +191,7 @@ impl Member {
 }
 
 /// An association (in process) with its service on loopback.
-pub struct Association {
+pub(crate) struct Association {
     pub ca: std::sync::Arc<Authority>,
     pub url: String,
     stop: tokio_util::sync::CancellationToken,
@@ -200,7 +200,7 @@ pub struct Association {
 
 impl Association {
     /// Makes one in `dir` and serves it.
-    pub async fn start(dir: &Path, name: &str) -> Association {
+    pub(crate) async fn start(dir: &Path, name: &str) -> Association {
         let ca = std::sync::Arc::new(
             Authority::init(dir, name, 3650, caliopen_ca::Settings::default()).expect("init"),
         );
@@ -221,7 +221,7 @@ impl Association {
     }
 
     /// Stops the service.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.cancel();
         let _ = self.service.await;
     }

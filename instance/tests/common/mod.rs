@@ -1,7 +1,7 @@
 //! Helpers shared by the tests that drive the `caliopen` binary.
 #![allow(dead_code)] // each test binary uses its own subset
 
-pub mod federation;
+pub(crate) mod federation;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 
 /// A loopback port free a moment ago (for configurations written before
 /// the listener starts).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -18,10 +18,10 @@ pub fn free_port() -> u16 {
 }
 
 /// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_caliopen");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_caliopen");
 
 /// Runs `caliopen ARGS` with `stdin`; returns (success, stdout, stderr).
-pub fn run_caliopen(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+pub(crate) fn run_caliopen(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut c = Command::new(BIN)
         .args(args)
         .stdin(Stdio::piped())
@@ -46,7 +46,7 @@ pub fn run_caliopen(args: &[&str], stdin: Option<&str>) -> (bool, String, String
 }
 
 /// Runs `caliopen ARGS`, which must succeed; returns stdout.
-pub fn caliopen_ok(args: &[&str], stdin: Option<&str>) -> String {
+pub(crate) fn caliopen_ok(args: &[&str], stdin: Option<&str>) -> String {
     let (ok, out, err) = run_caliopen(args, stdin);
     assert!(ok, "caliopen {args:?}: {err}");
     out
@@ -54,7 +54,7 @@ pub fn caliopen_ok(args: &[&str], stdin: Option<&str>) -> String {
 
 /// The addresses a daemon printed once bound.
 #[derive(Debug, Clone, Copy)]
-pub struct Bound {
+pub(crate) struct Bound {
     /// MX listener.
     pub smtp: SocketAddr,
     /// Submission listener.
@@ -72,7 +72,7 @@ pub struct Bound {
 
 /// Starts `caliopen run --config CONFIG` (stderr to `stderr`) and waits for
 /// its "smtp A submission B metrics C api D" line.
-pub fn spawn_daemon(config: &Path, stderr: Stdio, envs: &[(&str, &str)]) -> (Child, Bound) {
+pub(crate) fn spawn_daemon(config: &Path, stderr: Stdio, envs: &[(&str, &str)]) -> (Child, Bound) {
     let mut child = Command::new(BIN)
         .args(["run", "--config", config.to_str().expect("utf-8")])
         .envs(envs.iter().copied())
@@ -105,7 +105,7 @@ pub fn spawn_daemon(config: &Path, stderr: Stdio, envs: &[(&str, &str)]) -> (Chi
 
 /// A helper process of a test (a server we did not write), killed and
 /// reaped when dropped.
-pub struct Killed(pub Child);
+pub(crate) struct Killed(pub Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -115,7 +115,7 @@ impl Drop for Killed {
 }
 
 /// A running daemon, stopped with SIGTERM (and reaped) when dropped.
-pub struct Daemon(pub Child);
+pub(crate) struct Daemon(pub Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -127,7 +127,7 @@ impl Drop for Daemon {
 }
 
 /// Runs a Python script, which must succeed; returns its standard output.
-pub fn python(script: &str) -> String {
+pub(crate) fn python(script: &str) -> String {
     let o = Command::new("python3")
         .arg("-c")
         .arg(script)
@@ -144,7 +144,7 @@ pub fn python(script: &str) -> String {
 
 /// One sample (its name with labels, exactly) of a daemon's Prometheus
 /// endpoint; 0 when absent.
-pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+pub(crate) fn metric(addr: SocketAddr, name: &str) -> u64 {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).expect("metrics");
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")

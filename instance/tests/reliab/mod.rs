@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::common;
 
 /// A free UDP port on loopback (for a mesh endpoint named before it binds).
-pub fn free_udp_port() -> u16 {
+pub(crate) fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -23,7 +23,7 @@ pub fn free_udp_port() -> u16 {
 
 /// The association: a CA and its TLS service on a runtime of its own, so
 /// that tests driving binaries can stay synchronous.
-pub struct Assoc {
+pub(crate) struct Assoc {
     /// The authority (sign, revoke, publish).
     pub ca: Arc<Authority>,
     /// `https://127.0.0.1:PORT`.
@@ -38,7 +38,7 @@ pub struct Assoc {
 
 impl Assoc {
     /// Creates the association under `root/assoc` and starts its service on `listen`.
-    pub fn start(root: &Path, listen: SocketAddr) -> Self {
+    pub(crate) fn start(root: &Path, listen: SocketAddr) -> Self {
         let dir = root.join("assoc");
         let ca = Arc::new(
             Authority::init(&dir, "Reliability Test", 3650, Settings::default()).expect("init"),
@@ -92,7 +92,7 @@ impl Drop for Assoc {
 }
 
 /// One instance, driven through the binary.
-pub struct Instance {
+pub(crate) struct Instance {
     /// Data directory.
     pub data: PathBuf,
     /// `DATA/caliopen.toml`.
@@ -119,7 +119,7 @@ impl Instance {
     /// `caliopen init` under `root/id` for `domain`, with an optional mesh
     /// endpoint and relay. Listeners on port 0 unless `fixed` gives MX and
     /// submission addresses.
-    pub fn init(
+    pub(crate) fn init(
         root: &Path,
         id: &str,
         domain: &str,
@@ -170,17 +170,17 @@ impl Instance {
     }
 
     /// The configuration path as a string.
-    pub fn c(&self) -> &str {
+    pub(crate) fn c(&self) -> &str {
         self.config.to_str().expect("utf-8")
     }
 
     /// Has the association sign this instance's CSR, then `caliopen join`.
-    pub fn join(&self, assoc: &Assoc, id: &str) -> String {
+    pub(crate) fn join(&self, assoc: &Assoc, id: &str) -> String {
         self.join_with(assoc, id, &[])
     }
 
     /// [`Instance::join`] with more arguments to `caliopen join`.
-    pub fn join_with(&self, assoc: &Assoc, id: &str, extra: &[&str]) -> String {
+    pub(crate) fn join_with(&self, assoc: &Assoc, id: &str, extra: &[&str]) -> String {
         let csr = std::fs::read(self.data.join("member.csr.pem")).expect("csr");
         let issued = assoc
             .ca
@@ -217,7 +217,7 @@ impl Instance {
 
     /// Sets `line` (`key = value`) in `[section]` of the configuration:
     /// replaces the key when present, else adds it (and the section).
-    pub fn set(&self, section: &str, line: &str) {
+    pub(crate) fn set(&self, section: &str, line: &str) {
         let text = std::fs::read_to_string(&self.config).expect("read");
         let key = line.split('=').next().unwrap_or("").trim();
         let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
@@ -247,7 +247,7 @@ impl Instance {
     }
 
     /// `caliopen user add` with `password`.
-    pub fn add_user(&self, local: &str, password: &str) -> (String, String) {
+    pub(crate) fn add_user(&self, local: &str, password: &str) -> (String, String) {
         let (ok, out, err) = common::run_caliopen(
             &[
                 "user",
@@ -264,7 +264,7 @@ impl Instance {
     }
 
     /// Starts the daemon; its stderr goes to a fresh log file.
-    pub fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let log = self.data.join(format!("daemon.{}.log", self.logs.len()));
         let stderr = Stdio::from(std::fs::File::create(&log).expect("log"));
         let envs: Vec<(&str, &str)> = self
@@ -280,7 +280,7 @@ impl Instance {
     }
 
     /// SIGTERM and wait; asserts a clean exit.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         // The daemon installs its SIGTERM handler only once it has started
         // everything (after printing its addresses): give it that moment.
         if let Some(t) = self.started {
@@ -300,7 +300,7 @@ impl Instance {
     }
 
     /// SIGKILL and wait.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -308,7 +308,7 @@ impl Instance {
     }
 
     /// The text of the current (last) log.
-    pub fn last_log(&self) -> String {
+    pub(crate) fn last_log(&self) -> String {
         self.logs
             .last()
             .map(|l| std::fs::read_to_string(l).unwrap_or_default())
@@ -316,17 +316,17 @@ impl Instance {
     }
 
     /// MX address.
-    pub fn smtp(&self) -> SocketAddr {
+    pub(crate) fn smtp(&self) -> SocketAddr {
         self.bound.expect("running").smtp
     }
 
     /// Submission address.
-    pub fn submission(&self) -> SocketAddr {
+    pub(crate) fn submission(&self) -> SocketAddr {
         self.bound.expect("running").submission
     }
 
     /// `caliopen mail list --json` for `user`.
-    pub fn list(&self, user: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn list(&self, user: &str) -> Vec<serde_json::Value> {
         let out = common::caliopen_ok(
             &[
                 "mail",
@@ -347,7 +347,7 @@ impl Instance {
     }
 
     /// Waits until `user` holds at least `n` messages; returns them.
-    pub fn wait_for(&self, user: &str, n: usize, limit: Duration) -> Vec<serde_json::Value> {
+    pub(crate) fn wait_for(&self, user: &str, n: usize, limit: Duration) -> Vec<serde_json::Value> {
         let t0 = Instant::now();
         loop {
             let l = self.list(user);
@@ -426,7 +426,7 @@ fn spawn_wrapped(
 /// Submits messages with Python's smtplib over STARTTLS and AUTH
 /// (`method`: "PLAIN" or "LOGIN"). Each message is (recipients, subject).
 /// Returns (success, output).
-pub fn submit(
+pub(crate) fn submit(
     inst: &Instance,
     user: &str,
     password: &str,
@@ -464,7 +464,7 @@ print("sent")
 }
 
 /// Runs a Python script (`python3 -c`); returns (success, stdout then stderr).
-pub fn python(script: &str) -> (bool, String) {
+pub(crate) fn python(script: &str) -> (bool, String) {
     let o = Command::new("python3")
         .arg("-c")
         .arg(script)
@@ -481,7 +481,7 @@ pub fn python(script: &str) -> (bool, String) {
 }
 
 /// A raw MX delivery; true when the final dot got 250.
-pub fn send_mx(addr: SocketAddr, from: &str, rcpt: &str, subject: &str) -> bool {
+pub(crate) fn send_mx(addr: SocketAddr, from: &str, rcpt: &str, subject: &str) -> bool {
     use std::io::{BufRead, BufReader, Write};
     let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
         return false;
@@ -525,7 +525,7 @@ pub fn send_mx(addr: SocketAddr, from: &str, rcpt: &str, subject: &str) -> bool 
 
 /// A channel to `inst`'s client API over TLS (its own certificate as the
 /// root, `domain` as the name to check), with connect and request timeouts.
-pub async fn api_channel(inst: &Instance, domain: &str) -> tonic::transport::Channel {
+pub(crate) async fn api_channel(inst: &Instance, domain: &str) -> tonic::transport::Channel {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
     let pem = std::fs::read(inst.data.join("tls.pem")).expect("tls.pem");
     Endpoint::from_shared(format!(
@@ -549,7 +549,7 @@ pub async fn api_channel(inst: &Instance, domain: &str) -> tonic::transport::Cha
 }
 
 /// The text of `inst`'s `GET /metrics`.
-pub fn metrics_text(inst: &Instance) -> String {
+pub(crate) fn metrics_text(inst: &Instance) -> String {
     use std::io::{Read, Write};
     let addr = inst.bound.and_then(|b| b.metrics).expect("metrics");
     let mut s =

@@ -141,7 +141,7 @@ async fn submit(node: &Node, to: &str, subject: &str) -> Result<(), String> {
 }
 
 /// Runs the demo. With `keep`, the federation stays up until Ctrl-C.
-pub async fn run(keep: bool) -> Result<(), String> {
+pub(crate) async fn run(keep: bool) -> Result<(), String> {
     let started = Instant::now();
     let root = std::env::temp_dir().join(format!("caliopen-demo-{}", std::process::id()));
     std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;

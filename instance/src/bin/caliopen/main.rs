@@ -1193,12 +1193,12 @@ fn witness_key(config: &Path) -> anyhow::Result<()> {
     let path = cfg
         .data_dir()
         .join(caliopen_instance::web::witness::KEY_FILE);
-    let signer = caliopen_federation::log::witness::load_or_create_key(&path, &cfg.witness_name())
+    let signer = caliopen_federation::witness::load_or_create_key(&path, &cfg.witness_name())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     writeln!(
         std::io::stdout(),
         "{}",
-        caliopen_federation::log::witness::verifier_key_of(&signer)
+        caliopen_federation::witness::verifier_key_of(&signer)
     )?;
     Ok(())
 }
