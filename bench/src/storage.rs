@@ -311,7 +311,7 @@ pub fn text_message(i: usize, user: &str, size: usize) -> Vec<u8> {
 /// Compression of message bodies: zstd at levels 1 and 3 and lz4, on the
 /// mail corpus (real-world and RFC messages) and on the generated text.
 pub fn codecs(report: &mut Report) -> Result<()> {
-    use caliopen_instance::store::bodies::{encode, Codec};
+    use caliopen_instance::store::{encode_body as encode, Codec};
     let corpus =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../instance/tests/corpus/eml");
     let mut real = Vec::new();

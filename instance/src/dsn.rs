@@ -11,7 +11,7 @@
 
 /// Why a message bounces.
 #[derive(Debug, Clone)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The recipient that failed.
     pub recipient: String,
     /// Enhanced status code (`5.0.0`, `4.4.7` for expiry…).
@@ -22,7 +22,7 @@ pub struct Failure {
 
 /// Builds a `multipart/report; report-type=delivery-status` message from
 /// `MAILER-DAEMON@reporting_domain` to `sender`, quoting the original headers.
-pub fn build(
+pub(crate) fn build(
     reporting_domain: &str,
     sender: &str,
     original: &[u8],

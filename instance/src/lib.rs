@@ -15,13 +15,13 @@
 
 pub mod acme;
 pub mod admin;
-pub mod api;
-pub mod certs;
+mod api;
+mod certs;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod dkim;
-pub mod dsn;
+mod dsn;
 pub mod files;
 pub mod handover;
 pub mod imap;
@@ -29,7 +29,7 @@ pub mod limits;
 pub mod login;
 pub mod mail;
 pub mod mesh;
-pub mod metrics;
+mod metrics;
 pub mod mta_sts;
 pub mod outbound;
 pub mod privacy;
@@ -38,9 +38,9 @@ pub mod report;
 pub mod sender_auth;
 pub mod setup;
 pub mod smtp;
-pub mod srs;
+mod srs;
 pub mod store;
-pub mod tlsrpt;
+mod tlsrpt;
 pub mod transfer;
 pub mod web;
 

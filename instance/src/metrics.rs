@@ -115,7 +115,7 @@ pub struct Metrics {
 
 /// What the metrics page reads besides the counters.
 #[derive(Clone)]
-pub struct MetricsSources {
+pub(crate) struct MetricsSources {
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// The credential service (its counters).
@@ -147,7 +147,7 @@ fn g(out: &mut String, name: &str, help: &str, value: u64) {
 }
 
 /// The Prometheus text exposition.
-pub fn render(s: &MetricsSources) -> String {
+pub(crate) fn render(s: &MetricsSources) -> String {
     let m = &s.metrics;
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::new();
@@ -597,7 +597,11 @@ pub fn render(s: &MetricsSources) -> String {
 }
 
 /// Serves `/health` and `/metrics` until `token` is cancelled.
-pub async fn serve(listener: TcpListener, sources: MetricsSources, token: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    sources: MetricsSources,
+    token: CancellationToken,
+) {
     loop {
         let (mut sock, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },

@@ -436,7 +436,7 @@ impl SmtpQueue {
                     tracing::warn!(%domain, refused = ?refused, "MTA-STS: MX hosts the policy does not name are skipped");
                     for h in &refused {
                         report(crate::tlsrpt::Outcome::Failure {
-                            result: crate::tlsrpt::Failure::ValidationFailure,
+                            result: crate::tlsrpt::Failure::Validation,
                             mx: h.clone(),
                             ip: None,
                             info: Some("MX host not listed in the MTA-STS policy".into()),
@@ -506,7 +506,7 @@ impl SmtpQueue {
                 let listed = policy.as_ref().is_none_or(|p| p.matches(host));
                 match (&r, &tls_error) {
                     (Ok("starttls"), _) if !listed => report(crate::tlsrpt::Outcome::Failure {
-                        result: crate::tlsrpt::Failure::ValidationFailure,
+                        result: crate::tlsrpt::Failure::Validation,
                         mx: host.clone(),
                         ip: Some(ip),
                         info: Some("MX host not listed in the MTA-STS policy".into()),

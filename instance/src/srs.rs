@@ -16,10 +16,10 @@
 use std::path::Path;
 
 /// How long a rewritten address is honoured, days.
-pub const VALID_DAYS: u32 = 21;
+pub(crate) const VALID_DAYS: u32 = 21;
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 /// The file of the key, in the data directory.
-pub const KEY_FILE: &str = "srs.key";
+pub(crate) const KEY_FILE: &str = "srs.key";
 
 /// The key of this instance's rewritten addresses.
 #[derive(Clone)]

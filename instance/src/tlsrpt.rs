@@ -32,12 +32,12 @@ use std::time::Duration;
 
 /// The local part reports are mailed from (`tlsrpt-noreply@` the primary
 /// domain): such mail is delivered whatever TLS allows and not counted.
-pub const SENDER_LOCAL: &str = "tlsrpt-noreply@";
+pub(crate) const SENDER_LOCAL: &str = "tlsrpt-noreply@";
 
 /// Distinct failure details kept per day, domain and policy.
-pub const MAX_FAILURE_DETAILS: usize = 100;
+pub(crate) const MAX_FAILURE_DETAILS: usize = 100;
 /// Records older than this many days are dropped unreported.
-pub const KEEP_DAYS: u32 = 7;
+pub(crate) const KEEP_DAYS: u32 = 7;
 /// Report URIs used per domain at most.
 const MAX_RUA: usize = 5;
 /// One HTTPS report upload may take this long.
@@ -60,7 +60,7 @@ pub enum Failure {
     NotTrusted,
     /// Any other validation failure (an MX host the policy does not list).
     #[serde(rename = "validation-failure")]
-    ValidationFailure,
+    Validation,
 }
 
 impl Failure {
@@ -75,7 +75,7 @@ impl Failure {
         } else if lower.contains("unknownissuer") || lower.contains("badsignature") {
             Failure::NotTrusted
         } else if lower.contains("certificate") {
-            Failure::ValidationFailure
+            Failure::Validation
         } else {
             Failure::StarttlsNotSupported
         }
@@ -160,7 +160,7 @@ pub enum Outcome {
 }
 
 /// The UTC day of a Unix time.
-pub fn day_of(unix: i64) -> u32 {
+pub(crate) fn day_of(unix: i64) -> u32 {
     u32::try_from(unix.max(0) / 86_400).unwrap_or(u32::MAX)
 }
 
@@ -284,7 +284,7 @@ impl TlsReports {
 /// Sends the reports of finished days soon after each UTC midnight (at a
 /// random minute of the first hour, so that senders do not all post at
 /// once) and once at start, until `token` is cancelled.
-pub async fn run_daily(
+pub(crate) async fn run_daily(
     reporter: std::sync::Arc<Reporter>,
     svc: crate::delivery::MailService,
     token: tokio_util::sync::CancellationToken,
@@ -324,7 +324,7 @@ pub async fn run_daily(
 }
 
 /// The report of one day for one domain (RFC 8460 §4.4).
-pub fn report_json(
+pub(crate) fn report_json(
     day: u32,
     domain: &str,
     organization: &str,
@@ -403,7 +403,7 @@ pub fn report_json(
 
 /// The report URIs a `_smtp._tls` TXT record names (RFC 8460 §3): `None`
 /// when it is not a TLSRPTv1 record.
-pub fn parse_record(txt: &str) -> Option<Vec<String>> {
+pub(crate) fn parse_record(txt: &str) -> Option<Vec<String>> {
     let mut parts = txt.split(';').map(str::trim);
     if !parts.next()?.eq_ignore_ascii_case("v=TLSRPTv1") {
         return None;
@@ -427,7 +427,7 @@ pub fn parse_record(txt: &str) -> Option<Vec<String>> {
 }
 
 /// Gzip of `data`.
-pub fn gzip(data: &[u8]) -> Vec<u8> {
+pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let _ = e.write_all(data);

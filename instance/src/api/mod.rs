@@ -84,7 +84,7 @@ impl Sessions {
 }
 
 /// The index of a stored message, with what the contact book knows of its author.
-pub fn message_index(svc: &MailService, m: &MessageMeta) -> PrivacyIndex {
+pub(crate) fn message_index(svc: &MailService, m: &MessageMeta) -> PrivacyIndex {
     let raw = svc.store().raw(m.id).ok().flatten().unwrap_or_default();
     let facts = privacy::facts_of(m, &raw);
     let author = privacy::correspondence_of(&raw, &m.from, m.received_at).author;
@@ -165,7 +165,7 @@ fn whereabouts(svc: &MailService, address: &str) -> (Option<String>, bool) {
 }
 
 /// A contact with its index.
-pub fn contact_view(svc: &MailService, rec: &ContactRecord, known: bool) -> pb::Contact {
+pub(crate) fn contact_view(svc: &MailService, rec: &ContactRecord, known: bool) -> pb::Contact {
     let (member, same) = whereabouts(svc, &rec.address);
     let index = privacy::score_contact(&privacy::ContactFacts {
         record: rec,
@@ -198,7 +198,7 @@ pub fn contact_view(svc: &MailService, rec: &ContactRecord, known: bool) -> pb::
 }
 
 /// The user's own view: index, level, hints (theirs and their contacts'), achievements.
-pub fn me_view(
+pub(crate) fn me_view(
     svc: &MailService,
     localpart: &str,
     address: &str,
@@ -249,7 +249,7 @@ pub fn me_view(
 }
 
 /// Looks a contact up (asking the mesh first when `refresh`).
-pub async fn get_contact(
+pub(crate) async fn get_contact(
     svc: &MailService,
     localpart: &str,
     address: &str,
@@ -313,7 +313,7 @@ pub async fn get_contact(
 
 /// The client API handlers.
 #[derive(Debug, Clone)]
-pub struct ClientService {
+pub(crate) struct ClientService {
     svc: MailService,
     sessions: std::sync::Arc<Sessions>,
     lifetime: Duration,
@@ -321,7 +321,11 @@ pub struct ClientService {
 
 impl ClientService {
     /// Serves `svc`, with tokens valid `lifetime`.
-    pub fn new(svc: MailService, sessions: std::sync::Arc<Sessions>, lifetime: Duration) -> Self {
+    pub(crate) fn new(
+        svc: MailService,
+        sessions: std::sync::Arc<Sessions>,
+        lifetime: Duration,
+    ) -> Self {
         Self {
             svc,
             sessions,
@@ -663,7 +667,7 @@ impl Client for ClientService {
 }
 
 /// The reflection service for every Caliopen schema.
-pub fn reflection() -> Result<
+pub(crate) fn reflection() -> Result<
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 /// Bytes of rendered envelopes kept at most: a sixteenth of the store's
 /// cache budget, at least 1 MiB.
-pub fn budget(cache_bytes: u64) -> usize {
+pub(crate) fn budget(cache_bytes: u64) -> usize {
     usize::try_from(cache_bytes / 16)
         .unwrap_or(usize::MAX)
         .max(1 << 20)
@@ -93,7 +93,7 @@ pub struct UidLists {
 type ListMap = HashMap<(String, u32), (ListKey, Arc<Vec<(u32, u64)>>)>;
 
 /// What a list is valid for: account modseq, UIDVALIDITY, UIDNEXT.
-pub type ListKey = (u64, u32, u32);
+pub(crate) type ListKey = (u64, u32, u32);
 
 #[derive(Debug, Default)]
 struct ListsInner {

@@ -104,7 +104,7 @@ fn write(out: &mut Vec<u8>, t: &Tok) {
 
 /// When `message` is an extended LIST, the plain LIST to decode instead
 /// and its options; `None` for anything else (decoded as it is).
-pub fn rewrite(message: &[u8]) -> Option<(Vec<u8>, ListOptions)> {
+pub(crate) fn rewrite(message: &[u8]) -> Option<(Vec<u8>, ListOptions)> {
     let line = message
         .strip_suffix(b"\r\n")
         .or_else(|| message.strip_suffix(b"\n"))?;
@@ -175,7 +175,7 @@ pub fn rewrite(message: &[u8]) -> Option<(Vec<u8>, ListOptions)> {
 /// When `message` is a SEARCH with ESEARCH return options (RFC 4731:
 /// `[UID] SEARCH RETURN (MIN MAX COUNT ALL) criteria`), the plain SEARCH
 /// to decode instead and the options, uppercase (empty: `ALL`).
-pub fn rewrite_search(message: &[u8]) -> Option<(Vec<u8>, Vec<String>)> {
+pub(crate) fn rewrite_search(message: &[u8]) -> Option<(Vec<u8>, Vec<String>)> {
     let mut words = Vec::new();
     let mut i = 0;
     // tag, [UID], SEARCH, RETURN: atoms separated by one space.

@@ -9,10 +9,10 @@
 //!   BODYSTRUCTURE, sections) from the stored bytes;
 //! - [`server`]: the listener, TLS, IDLE wake-ups and timeouts.
 
-pub mod cache;
-pub mod listext;
-pub mod render;
-pub mod server;
+pub(crate) mod cache;
+pub(crate) mod listext;
+pub(crate) mod render;
+pub(crate) mod server;
 pub mod session;
 pub mod wire;
 

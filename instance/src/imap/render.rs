@@ -14,7 +14,7 @@ use mail_parser::{Address, Message, MessageParser, MimeHeaders, PartType};
 const MAX_QUOTED: usize = 1024;
 
 /// Writes `s` as an IMAP string: quoted when it can be, else a literal.
-pub fn string(out: &mut Vec<u8>, s: &[u8]) {
+pub(crate) fn string(out: &mut Vec<u8>, s: &[u8]) {
     let quotable = s.len() <= MAX_QUOTED
         && s.iter()
             .all(|&b| (0x01..0x80).contains(&b) && b != b'\r' && b != b'\n');
@@ -33,13 +33,13 @@ pub fn string(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// Writes `s` as a literal.
-pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
+pub(crate) fn literal(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
     out.extend_from_slice(s);
 }
 
 /// Writes `s` as an nstring (`NIL` when absent).
-pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
+pub(crate) fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
     match s {
         Some(s) => string(out, s),
         None => out.extend_from_slice(b"NIL"),
@@ -47,7 +47,7 @@ pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
 }
 
 /// Writes an astring: an atom when it is one, else a string.
-pub fn astring(out: &mut Vec<u8>, s: &[u8]) {
+pub(crate) fn astring(out: &mut Vec<u8>, s: &[u8]) {
     let atom = !s.is_empty()
         && s.iter()
             .all(|&b| (0x21..0x7f).contains(&b) && !b"(){ %*\"\\]".contains(&b));
@@ -62,11 +62,11 @@ pub fn astring(out: &mut Vec<u8>, s: &[u8]) {
 /// figures are padded with trailing spaces, which a header value ignores),
 /// so that `RFC822.SIZE` is the stored size plus this, without reading
 /// or scoring the message.
-pub const PRIVACY_HEADER_LEN: usize =
+pub(crate) const PRIVACY_HEADER_LEN: usize =
     "X-Caliopen-Privacy: 100; technic=100; context=100; comportment=100\r\n".len();
 
 /// The trace header that starts the IMAP view of a message, CRLF included.
-pub fn privacy_header(i: &PrivacyIndex) -> String {
+pub(crate) fn privacy_header(i: &PrivacyIndex) -> String {
     let mut h = format!(
         "X-Caliopen-Privacy: {}; technic={}; context={}; comportment={}",
         i.total.min(100),
@@ -82,7 +82,7 @@ pub fn privacy_header(i: &PrivacyIndex) -> String {
 }
 
 /// The IMAP view: the trace header then the bytes exactly as received.
-pub fn view(header: &str, raw: &[u8]) -> Vec<u8> {
+pub(crate) fn view(header: &str, raw: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(header.len() + raw.len());
     v.extend_from_slice(header.as_bytes());
     v.extend_from_slice(raw);
@@ -90,12 +90,12 @@ pub fn view(header: &str, raw: &[u8]) -> Vec<u8> {
 }
 
 /// Parses a view (bounded like every parse of stored mail).
-pub fn parse(view: &[u8]) -> Option<Message<'_>> {
+pub(crate) fn parse(view: &[u8]) -> Option<Message<'_>> {
     MessageParser::default().parse(view)
 }
 
 /// `dd-Mon-yyyy hh:mm:ss +0000` (INTERNALDATE) of Unix seconds.
-pub fn internal_date(unix: i64) -> String {
+pub(crate) fn internal_date(unix: i64) -> String {
     let t =
         time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     const MONTHS: [&str; 12] = [
@@ -202,7 +202,7 @@ fn address_list(out: &mut Vec<u8>, a: Option<&Address<'_>>) {
 }
 
 /// ENVELOPE (RFC 3501 §7.4.2) of a parsed message.
-pub fn envelope(out: &mut Vec<u8>, msg: &Message<'_>) {
+pub(crate) fn envelope(out: &mut Vec<u8>, msg: &Message<'_>) {
     out.push(b'(');
     text_or_nil(out, raw_header(msg, "Date"));
     out.push(b' ');
@@ -326,7 +326,7 @@ fn slice(view: &[u8], (a, b): (usize, usize)) -> &[u8] {
 
 /// What a body section names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Section {
+pub(crate) enum Section {
     /// `BODY[]` or `BODY[<part>]`.
     Part(Vec<u32>),
     /// `[<part>.]HEADER`.
@@ -341,7 +341,7 @@ pub enum Section {
 
 /// The bytes of a section of a view. An absent part gives empty bytes
 /// (RFC 9051 §6.4.5 lets a server return an empty string).
-pub fn section(view: &[u8], msg: &Message<'_>, s: &Section) -> Vec<u8> {
+pub(crate) fn section(view: &[u8], msg: &Message<'_>, s: &Section) -> Vec<u8> {
     // The header and text of a part that is a message are those of the
     // message it carries; of the top, those of the message itself.
     let message_node = |path: &[u32]| -> Option<(usize, usize, usize)> {
@@ -434,7 +434,7 @@ fn params(
 }
 
 /// BODYSTRUCTURE (with extension data) or BODY (without) of a message.
-pub fn body_structure(out: &mut Vec<u8>, view: &[u8], msg: &Message<'_>, extended: bool) {
+pub(crate) fn body_structure(out: &mut Vec<u8>, view: &[u8], msg: &Message<'_>, extended: bool) {
     if msg.parts.is_empty() {
         out.extend_from_slice(b"(\"text\" \"plain\" NIL NIL NIL \"7bit\" 0 0)");
         return;
@@ -537,7 +537,7 @@ fn disposition(out: &mut Vec<u8>, p: &mail_parser::MessagePart<'_>) {
 }
 
 /// Modified UTF-7 (RFC 3501 §5.1.3) of a mailbox name.
-pub fn utf7_encode(s: &str) -> String {
+pub(crate) fn utf7_encode(s: &str) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
     let mut out = String::new();
@@ -570,7 +570,7 @@ pub fn utf7_encode(s: &str) -> String {
 }
 
 /// The UTF-8 name of a modified UTF-7 mailbox name (`None`: not valid).
-pub fn utf7_decode(s: &str) -> Option<String> {
+pub(crate) fn utf7_decode(s: &str) -> Option<String> {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
     let mut out = String::new();

@@ -3,7 +3,7 @@
 //! and a per-domain catch-all (an alias for `@domain`, off until made).
 
 /// Largest number of accounts one alias may reach.
-pub const MAX_ALIAS_TARGETS: usize = 100;
+pub(crate) const MAX_ALIAS_TARGETS: usize = 100;
 
 /// One account an address reaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +16,7 @@ pub struct Target {
 
 /// Where an address leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resolution {
+pub(crate) enum Resolution {
     /// Accounts of this instance (at least one; no account twice).
     Local(Vec<Target>),
     /// An alias that also (or only) forwards to addresses of other
@@ -29,7 +29,7 @@ pub enum Resolution {
 }
 
 /// The key of an alias: `local@domain` lowercased, or `@domain` for a catch-all.
-pub fn alias_key(address: &str) -> Option<String> {
+pub(crate) fn alias_key(address: &str) -> Option<String> {
     let (l, d) = address.rsplit_once('@')?;
     if d.is_empty() || d.contains('@') {
         return None;
@@ -47,7 +47,7 @@ pub fn alias_key(address: &str) -> Option<String> {
 /// account, the same two for the address without its plus detail, the
 /// domain's catch-all. Alias targets that are no (longer an) account are
 /// left out; targets with an `@` are addresses elsewhere (forwarding).
-pub fn resolve(
+pub(crate) fn resolve(
     address: &str,
     domains: &[String],
     exists: impl Fn(&str) -> bool,

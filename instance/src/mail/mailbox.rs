@@ -12,19 +12,19 @@ use serde::{Deserialize, Serialize};
 pub type MailboxId = u32;
 
 /// The first id of a user-created mailbox.
-pub const FIRST_USER_MAILBOX: MailboxId = 16;
+pub(crate) const FIRST_USER_MAILBOX: MailboxId = 16;
 
 /// Longest mailbox name, in bytes (the whole `/`-separated path).
-pub const MAX_MAILBOX_NAME: usize = 255;
+pub(crate) const MAX_MAILBOX_NAME: usize = 255;
 
 /// Most mailboxes in one account.
-pub const MAX_MAILBOXES: usize = 1_000;
+pub(crate) const MAX_MAILBOXES: usize = 1_000;
 
 /// Longest keyword, in bytes.
-pub const MAX_KEYWORD: usize = 64;
+pub(crate) const MAX_KEYWORD: usize = 64;
 
 /// Most keywords on one message.
-pub const MAX_KEYWORDS: usize = 64;
+pub(crate) const MAX_KEYWORDS: usize = 64;
 
 /// A special-use role (RFC 8621 §2, RFC 6154).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -144,7 +144,7 @@ pub enum NameError {
 
 /// Checks and normalises a mailbox name: NFC is left to the client;
 /// `INBOX` is refused in any case (it names the inbox, RFC 9051 §5.1).
-pub fn check_name(name: &str) -> Result<String, NameError> {
+pub(crate) fn check_name(name: &str) -> Result<String, NameError> {
     if name.len() > MAX_MAILBOX_NAME {
         return Err(NameError::TooLong);
     }
@@ -162,7 +162,7 @@ pub fn check_name(name: &str) -> Result<String, NameError> {
 
 /// The key under which a mailbox name is unique in an account: the inbox's
 /// name is case-insensitive (`INBOX`, `inbox`), every other one exact.
-pub fn name_key(name: &str) -> String {
+pub(crate) fn name_key(name: &str) -> String {
     if name.eq_ignore_ascii_case("inbox") {
         "INBOX".to_owned()
     } else {
@@ -179,7 +179,7 @@ pub struct KeywordError(pub String);
 /// to their JMAP names (`\Seen` → `$seen`, `\Flagged` → `$flagged`,
 /// `\Answered` → `$answered`, `\Draft` → `$draft`); `\Deleted` and
 /// `\Recent` are session state in IMAP, not keywords, and are refused here.
-pub fn normalise_keyword(k: &str) -> Result<String, KeywordError> {
+pub(crate) fn normalise_keyword(k: &str) -> Result<String, KeywordError> {
     let lower = k.to_ascii_lowercase();
     let mapped = match lower.as_str() {
         "\\seen" => "$seen",
@@ -201,7 +201,7 @@ pub fn normalise_keyword(k: &str) -> Result<String, KeywordError> {
 }
 
 /// The keyword of a read message.
-pub const SEEN: &str = "$seen";
+pub(crate) const SEEN: &str = "$seen";
 
 #[cfg(test)]
 mod tests {

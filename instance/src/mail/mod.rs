@@ -12,12 +12,12 @@
 //! modseq of its last change, so that "what changed since S" is a range
 //! read. A message removed from the account leaves a [`Tombstone`].
 
-pub mod address;
-pub mod book;
-pub mod mailbox;
-pub mod message;
-pub mod prefs;
-pub mod thread;
+pub(crate) mod address;
+pub(crate) mod book;
+pub(crate) mod mailbox;
+pub(crate) mod message;
+pub(crate) mod prefs;
+pub(crate) mod thread;
 
 pub use book::{
     contact_key, AutocryptKey, ContactRecord, Counters, PathClass, SeenLevel, UserStats,

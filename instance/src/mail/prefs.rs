@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Most senders on one allow list.
-pub const MAX_ALLOWED_SENDERS: usize = 500;
+pub(crate) const MAX_ALLOWED_SENDERS: usize = 500;
 /// Days of level history kept.
-pub const HISTORY_DAYS: usize = 365;
+pub(crate) const HISTORY_DAYS: usize = 365;
 
 /// What a message's remote content (images, style sheets) does by default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,11 +5,11 @@
 //! otherwise it starts one, whose id is its own message id.
 
 /// How far back a reply is matched to its thread by subject alone.
-pub const SUBJECT_WINDOW: i64 = 30 * 24 * 3600;
+pub(crate) const SUBJECT_WINDOW: i64 = 30 * 24 * 3600;
 
 /// Most message-ids of one message taken into account (a long References
 /// chain keeps its last ones: the closest ancestors).
-pub const MAX_REFERENCES: usize = 32;
+pub(crate) const MAX_REFERENCES: usize = 32;
 
 /// What threading reads from a message's headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub struct ThreadFacts {
 }
 
 /// Reads the threading facts of a message's headers.
-pub fn facts(raw: &[u8]) -> ThreadFacts {
+pub(crate) fn facts(raw: &[u8]) -> ThreadFacts {
     match super::parse_headers_guarded(raw) {
         Some(msg) => facts_of(&msg),
         None => ThreadFacts::default(),
@@ -34,7 +34,7 @@ pub fn facts(raw: &[u8]) -> ThreadFacts {
 }
 
 /// The threading facts of a parsed message.
-pub fn facts_of(msg: &mail_parser::Message<'_>) -> ThreadFacts {
+pub(crate) fn facts_of(msg: &mail_parser::Message<'_>) -> ThreadFacts {
     let clean = |s: &str| {
         let s = s
             .trim()
@@ -69,7 +69,7 @@ pub fn facts_of(msg: &mail_parser::Message<'_>) -> ThreadFacts {
 
 /// A 64-bit key of a Message-ID or base subject inside an account's index
 /// (SHA-256, truncated: collisions at 2^32 ids per account).
-pub fn key_of(s: &str) -> [u8; 8] {
+pub(crate) fn key_of(s: &str) -> [u8; 8] {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes());
     let mut k = [0u8; 8];
     k.copy_from_slice(&d.as_ref()[..8]);

@@ -50,18 +50,18 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 
 const MAGIC: u32 = 0xCA11_B0D1;
 /// Bytes of a record before its payload.
-pub const HEADER: usize = 4 + 4 + 8 + 8 + 1 + 4 + 4 + 32;
+pub(crate) const HEADER: usize = 4 + 4 + 8 + 8 + 1 + 4 + 4 + 32;
 /// The first segment of a run; each next one twice as large, up to
 /// [`SEGMENT_MAX`].
 const SEGMENT_FIRST: u64 = 1 << 20;
 /// The largest prepared segment.
-pub const SEGMENT_MAX: u64 = 64 << 20;
+pub(crate) const SEGMENT_MAX: u64 = 64 << 20;
 /// Zero-filling writes this much at a time (and yields between).
 const ZERO_CHUNK: usize = 1 << 20;
 /// A body is stored compressed only when that saves at least 1/8 of it.
 const MIN_SAVING_DIV: usize = 8;
 /// Segments whose live records fill less than this fraction are compacted.
-pub const COMPACT_BELOW: f64 = 0.5;
+pub(crate) const COMPACT_BELOW: f64 = 0.5;
 
 /// How a payload holds the message's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,7 +160,7 @@ pub struct Loc {
 }
 
 /// Bytes of an encoded [`Loc`].
-pub const LOC_LEN: usize = 8 + 8 + 4 + 4 + 1 + 32;
+pub(crate) const LOC_LEN: usize = 8 + 8 + 4 + 4 + 1 + 32;
 
 impl Loc {
     /// Its sled value.
@@ -441,7 +441,7 @@ fn make_segment(dir: &Path, id: u64, capacity: u64, zero_fill: bool) -> Result<F
 }
 
 /// Free bytes for unprivileged writers on the filesystem holding `dir`.
-pub fn free_bytes(dir: &Path) -> Option<u64> {
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     let s = rustix::fs::statvfs(dir).ok()?;
     Some(s.f_bavail.saturating_mul(s.f_frsize))
 }

@@ -43,14 +43,14 @@
 //! Writes are made durable by group commit ([`GroupCommit`]): a message is
 //! acknowledged only after the flush that covers it.
 
-pub mod bodies;
+pub(crate) mod bodies;
 mod check;
 mod commit;
 mod compact;
 mod engine;
-pub mod model;
+pub(crate) mod model;
 mod ops;
-pub mod upgrade;
+pub(crate) mod upgrade;
 
 #[cfg(test)]
 mod body_tests;
@@ -59,7 +59,7 @@ pub use crate::mail::{
     contact_key, AutocryptKey, ContactRecord, Counters, Delivery, MessageMeta, PathClass,
     SeenLevel, Transport, UserStats, Via,
 };
-pub use bodies::{Codec, StoreOptions};
+pub use bodies::{encode as encode_body, Codec, Encoded, StoreOptions};
 pub use check::CheckReport;
 pub use commit::{FlushError, GroupCommit};
 pub use engine::{KeywordChange, MailStore, Recipients, StoreFuture};

@@ -48,10 +48,10 @@ pub(super) const SCHEMA_VERSION: u32 = 2;
 
 /// How long tombstones are kept (QRESYNC and JMAP clients older than this
 /// resynchronise from scratch).
-pub const TOMBSTONE_DAYS: i64 = 30;
+pub(crate) const TOMBSTONE_DAYS: i64 = 30;
 
 /// Most tombstones kept per account.
-pub const MAX_TOMBSTONES: usize = 100_000;
+pub(crate) const MAX_TOMBSTONES: usize = 100_000;
 
 pub(super) const TAG_ACCOUNT: u8 = b'A';
 const TAG_UID: u8 = b'U';
@@ -81,7 +81,7 @@ pub(super) const ACCOUNT_TAGS: [u8; 9] = [
 
 /// An account's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Account {
+pub(crate) struct Account {
     /// The account's modification sequence (JMAP `state`).
     pub modseq: u64,
     /// The id the next user mailbox gets.
@@ -104,7 +104,7 @@ pub struct Account {
 
 impl Account {
     /// The mailbox named `name` (the inbox's name in any case).
-    pub fn named(&self, name: &str) -> Option<&Mailbox> {
+    pub(crate) fn named(&self, name: &str) -> Option<&Mailbox> {
         let key = mailbox::name_key(name);
         self.mailboxes.values().find(|b| b.name == key)
     }

@@ -21,7 +21,7 @@ const BATCH: usize = 256;
 
 /// What an upgrade did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     /// Accounts made for users that had none.
     pub accounts: usize,
     /// Messages moved from the flat index into inboxes.
@@ -33,7 +33,7 @@ pub struct Report {
 }
 
 /// Runs what the data directory needs; returns what it did.
-pub fn run(store: &Store) -> Result<Report, StoreError> {
+pub(crate) fn run(store: &Store) -> Result<Report, StoreError> {
     let mut report = Report::default();
     let version = store
         .mail
@@ -173,7 +173,7 @@ const BODY_BATCH_BYTES: usize = 16 << 20;
 /// `raw` (its copy in a segment, if written, is dead space that compaction
 /// reclaims) or moved, never neither; the next open goes on from there.
 /// Returns the bodies moved.
-pub fn bodies_out_of_sled(store: &Store) -> Result<u64, StoreError> {
+pub(crate) fn bodies_out_of_sled(store: &Store) -> Result<u64, StoreError> {
     let total = store.legacy_raw.len();
     if total == 0 {
         return Ok(0);

@@ -6,7 +6,7 @@
 
 /// The Maildir info letters (in the ASCII order the format asks for) and
 /// the keyword of each.
-pub const MAILDIR_LETTERS: [(char, &str); 6] = [
+pub(crate) const MAILDIR_LETTERS: [(char, &str); 6] = [
     ('D', "$draft"),
     ('F', "$flagged"),
     ('P', "$forwarded"),
@@ -16,12 +16,12 @@ pub const MAILDIR_LETTERS: [(char, &str); 6] = [
 ];
 
 /// How many user keywords a Maildir folder can carry (letters a–z).
-pub const MAILDIR_USER_KEYWORDS: usize = 26;
+pub(crate) const MAILDIR_USER_KEYWORDS: usize = 26;
 
 /// The keyword of an IMAP flag (`\Seen` → `$seen`, `$Forwarded` →
 /// `$forwarded`, `\Deleted` → `$deleted`); `None` for `\Recent` and for the
 /// privacy class keywords, which the store computes.
-pub fn from_imap(flag: &str) -> Option<String> {
+pub(crate) fn from_imap(flag: &str) -> Option<String> {
     let lower = flag.to_ascii_lowercase();
     match lower.as_str() {
         "\\recent" => None,
@@ -39,7 +39,7 @@ pub fn from_imap(flag: &str) -> Option<String> {
 
 /// The keywords of a Maildir file name's info (`…:2,FRS` and lowercase
 /// letters named by `user` — the folder's `dovecot-keywords`).
-pub fn from_maildir(info: &str, user: &[String]) -> Vec<String> {
+pub(crate) fn from_maildir(info: &str, user: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for c in info.chars() {
         if let Some((_, k)) = MAILDIR_LETTERS.iter().find(|(l, _)| *l == c) {
@@ -60,7 +60,7 @@ pub fn from_maildir(info: &str, user: &[String]) -> Vec<String> {
 /// The Maildir info letters of `keywords`, user keywords given letters
 /// from `user` (the folder's keyword list, extended as new ones come, up
 /// to 26; those past it are left out and counted in the return value).
-pub fn to_maildir(keywords: &[String], user: &mut Vec<String>) -> (String, usize) {
+pub(crate) fn to_maildir(keywords: &[String], user: &mut Vec<String>) -> (String, usize) {
     let mut letters: Vec<char> = Vec::new();
     let mut lost = 0;
     for k in keywords {
@@ -92,7 +92,7 @@ pub fn to_maildir(keywords: &[String], user: &mut Vec<String>) -> (String, usize
 /// The mbox `Status` and `X-Status` values of `keywords` (as mutt,
 /// Python's `mailbox` and Dovecot write them), and the user keywords for
 /// `X-Keywords`.
-pub fn to_mbox(keywords: &[String]) -> (String, String, Vec<String>) {
+pub(crate) fn to_mbox(keywords: &[String]) -> (String, String, Vec<String>) {
     let has = |k: &str| keywords.iter().any(|x| x == k);
     let mut status = String::new();
     if has("$seen") {
@@ -122,7 +122,7 @@ pub fn to_mbox(keywords: &[String]) -> (String, String, Vec<String>) {
 }
 
 /// The keywords of mbox `Status`, `X-Status` and `X-Keywords` values.
-pub fn from_mbox(status: &str, x_status: &str, x_keywords: &str) -> Vec<String> {
+pub(crate) fn from_mbox(status: &str, x_status: &str, x_keywords: &str) -> Vec<String> {
     let mut out = Vec::new();
     if status.contains('R') {
         out.push("$seen".to_owned());

@@ -15,7 +15,7 @@
 //! highest UID copied, so that the next run asks only for what is new.
 
 pub mod account;
-pub mod flags;
+pub(crate) mod flags;
 pub mod imap;
 pub mod maildir;
 pub mod mbox;

@@ -6,7 +6,7 @@ use crate::mail::prefs::Lang;
 /// Every string a page shows (templates read the fields).
 #[allow(missing_docs)]
 #[derive(Debug)]
-pub struct Txt {
+pub(crate) struct Txt {
     pub code: &'static str,
     pub login_title: &'static str,
     pub address: &'static str,
@@ -32,7 +32,6 @@ pub struct Txt {
     pub subject: &'static str,
     pub date: &'static str,
     pub no_subject: &'static str,
-    pub mark_read: &'static str,
     pub mark_unread: &'static str,
     pub flag: &'static str,
     pub unflag: &'static str,
@@ -43,7 +42,6 @@ pub struct Txt {
     pub reply: &'static str,
     pub forward: &'static str,
     pub attachments: &'static str,
-    pub download: &'static str,
     pub privacy: &'static str,
     pub why: &'static str,
     pub how_raise: &'static str,
@@ -127,7 +125,6 @@ pub struct Txt {
     pub back: &'static str,
     pub quota: &'static str,
     pub not_found: &'static str,
-    pub session_expired: &'static str,
     pub bad_request: &'static str,
     pub forbidden: &'static str,
     pub too_many: &'static str,
@@ -139,7 +136,7 @@ pub struct Txt {
 }
 
 /// English.
-pub static EN: Txt = Txt {
+pub(crate) static EN: Txt = Txt {
     code: "en",
     login_title: "Log in to your mail",
     address: "Address",
@@ -165,7 +162,6 @@ pub static EN: Txt = Txt {
     subject: "Subject",
     date: "Date",
     no_subject: "(no subject)",
-    mark_read: "Mark read",
     mark_unread: "Mark unread",
     flag: "Flag",
     unflag: "Unflag",
@@ -176,7 +172,6 @@ pub static EN: Txt = Txt {
     reply: "Reply",
     forward: "Forward",
     attachments: "Attachments",
-    download: "Download",
     privacy: "Privacy",
     why: "Why this level?",
     how_raise: "How to raise it",
@@ -260,7 +255,6 @@ pub static EN: Txt = Txt {
     back: "Back",
     quota: "Storage",
     not_found: "Nothing here.",
-    session_expired: "Your session has ended: log in again.",
     bad_request: "This request is not valid.",
     forbidden: "This form has expired or did not come from this site: go back, reload the page and try again.",
     too_many: "Too many attempts: wait a moment and try again.",
@@ -272,7 +266,7 @@ pub static EN: Txt = Txt {
 };
 
 /// French.
-pub static FR: Txt = Txt {
+pub(crate) static FR: Txt = Txt {
     code: "fr",
     login_title: "Connexion à votre courrier",
     address: "Adresse",
@@ -298,7 +292,6 @@ pub static FR: Txt = Txt {
     subject: "Objet",
     date: "Date",
     no_subject: "(sans objet)",
-    mark_read: "Marquer comme lu",
     mark_unread: "Marquer comme non lu",
     flag: "Suivre",
     unflag: "Ne plus suivre",
@@ -309,7 +302,6 @@ pub static FR: Txt = Txt {
     reply: "Répondre",
     forward: "Transférer",
     attachments: "Pièces jointes",
-    download: "Télécharger",
     privacy: "Confidentialité",
     why: "Pourquoi ce niveau ?",
     how_raise: "Pour l'améliorer",
@@ -393,7 +385,6 @@ pub static FR: Txt = Txt {
     back: "Retour",
     quota: "Espace",
     not_found: "Rien ici.",
-    session_expired: "Votre session est terminée : reconnectez-vous.",
     bad_request: "Cette demande n'est pas valide.",
     forbidden: "Ce formulaire a expiré ou ne vient pas de ce site : revenez en arrière, rechargez la page et réessayez.",
     too_many: "Trop de tentatives : patientez un moment puis réessayez.",
@@ -405,7 +396,7 @@ pub static FR: Txt = Txt {
 };
 
 /// The words for `lang`, `Auto` reading `accept_language`.
-pub fn pick(lang: Lang, accept_language: Option<&str>) -> &'static Txt {
+pub(crate) fn pick(lang: Lang, accept_language: Option<&str>) -> &'static Txt {
     match lang {
         Lang::En => &EN,
         Lang::Fr => &FR,

@@ -16,14 +16,14 @@
 //! message's HTML is served on its own URL under a policy that forbids
 //! scripts and remote loads and a CSP sandbox, inside a sandboxed frame.
 
-pub mod i18n;
+pub(crate) mod i18n;
 mod pages;
 pub mod prepared;
 pub mod sanitize;
-pub mod session;
+pub(crate) mod session;
 #[cfg(test)]
 mod tests;
-pub mod view;
+pub(crate) mod view;
 pub mod witness;
 
 use crate::delivery::MailService;

@@ -9,16 +9,16 @@ use std::time::Duration;
 
 /// The session cookie's name (the `__Host-` prefix makes browsers refuse
 /// it unless it is `Secure`, for `/`, without a `Domain`).
-pub const COOKIE: &str = "__Host-caliopen";
+pub(crate) const COOKIE: &str = "__Host-caliopen";
 /// Most sessions of one user (the oldest goes first).
-pub const MAX_PER_USER: usize = 16;
+pub(crate) const MAX_PER_USER: usize = 16;
 /// Most sessions in all (expired ones are pruned first; then a new login
 /// is refused until some expire).
-pub const MAX_SESSIONS: usize = 100_000;
+pub(crate) const MAX_SESSIONS: usize = 100_000;
 
 /// One logged-in browser.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
+pub(crate) struct Session {
     /// The account's local part.
     pub user: String,
     /// The user's address (`local@primary-domain`).
@@ -33,7 +33,7 @@ pub struct Session {
 
 /// Sessions in memory (a restart logs everyone out).
 #[derive(Debug)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     map: Mutex<HashMap<[u8; 32], Session>>,
     lifetime: Duration,
 }
@@ -43,14 +43,14 @@ fn key(token: &str) -> [u8; 32] {
 }
 
 /// 32 random bytes, hex (`None`: the system gave no randomness).
-pub fn random_token() -> Option<String> {
+pub(crate) fn random_token() -> Option<String> {
     let mut raw = [0u8; 32];
     aws_lc_rs::rand::fill(&mut raw).ok()?;
     Some(hex::encode(raw))
 }
 
 /// Compares two tokens in time that does not depend on where they differ.
-pub fn same_token(a: &str, b: &str) -> bool {
+pub(crate) fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -60,7 +60,7 @@ pub fn same_token(a: &str, b: &str) -> bool {
 
 impl Sessions {
     /// Sessions valid `lifetime` from login.
-    pub fn new(lifetime: Duration) -> Self {
+    pub(crate) fn new(lifetime: Duration) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
             lifetime,
@@ -68,7 +68,7 @@ impl Sessions {
     }
 
     /// Sessions held (expired ones included until they are next pruned).
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.lock().len() as u64
     }
 
@@ -79,7 +79,7 @@ impl Sessions {
     }
 
     /// How long a session lasts.
-    pub fn lifetime(&self) -> Duration {
+    pub(crate) fn lifetime(&self) -> Duration {
         self.lifetime
     }
 
@@ -87,7 +87,7 @@ impl Sessions {
     /// cookie the browser came with, if any: a login never keeps a token
     /// from before it). Returns the cookie token, or `None` when the
     /// instance holds [`MAX_SESSIONS`] live ones or has no randomness.
-    pub fn open(
+    pub(crate) fn open(
         &self,
         user: &str,
         address: &str,
@@ -126,7 +126,7 @@ impl Sessions {
     }
 
     /// The live session a cookie token stands for.
-    pub fn get(&self, token: &str, now: i64) -> Option<Session> {
+    pub(crate) fn get(&self, token: &str, now: i64) -> Option<Session> {
         let mut m = self.lock();
         let k = key(token);
         match m.get(&k) {
@@ -140,13 +140,13 @@ impl Sessions {
     }
 
     /// Ends a session.
-    pub fn close(&self, token: &str) -> bool {
+    pub(crate) fn close(&self, token: &str) -> bool {
         let mut m = self.lock();
         m.remove(&key(token)).is_some()
     }
 
     /// Ends every session of `user` but the one `keep` (after a password change).
-    pub fn close_others(&self, user: &str, keep: &str) -> usize {
+    pub(crate) fn close_others(&self, user: &str, keep: &str) -> usize {
         let keep = key(keep);
         let mut m = self.lock();
         let before = m.len();
@@ -156,7 +156,7 @@ impl Sessions {
 }
 
 /// The session token of a `Cookie` header.
-pub fn token_of(cookie_header: &str) -> Option<&str> {
+pub(crate) fn token_of(cookie_header: &str) -> Option<&str> {
     cookie_header
         .split(';')
         .filter_map(|c| c.trim().split_once('='))
@@ -166,7 +166,7 @@ pub fn token_of(cookie_header: &str) -> Option<&str> {
 }
 
 /// The `Set-Cookie` value for a new session.
-pub fn set_cookie(token: &str, lifetime: Duration) -> String {
+pub(crate) fn set_cookie(token: &str, lifetime: Duration) -> String {
     format!(
         "{COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
         lifetime.as_secs()
@@ -174,7 +174,7 @@ pub fn set_cookie(token: &str, lifetime: Duration) -> String {
 }
 
 /// The `Set-Cookie` value that removes the session cookie.
-pub fn clear_cookie() -> String {
+pub(crate) fn clear_cookie() -> String {
     format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 

@@ -8,7 +8,7 @@ use crate::mail::{MailboxId, MessageMeta, Role, Via};
 use crate::privacy::{self, PrivacyIndex};
 
 /// A grade A–E from a 0–100 total, with its CSS class.
-pub fn grade(total: u8) -> (&'static str, &'static str) {
+pub(crate) fn grade(total: u8) -> (&'static str, &'static str) {
     match total {
         80.. => ("A", "grade-a"),
         60..=79 => ("B", "grade-b"),
@@ -19,7 +19,7 @@ pub fn grade(total: u8) -> (&'static str, &'static str) {
 }
 
 /// The picture of how a message travelled: (icon id, words).
-pub fn picture(m: &MessageMeta, t: &'static Txt) -> (&'static str, &'static str) {
+pub(crate) fn picture(m: &MessageMeta, t: &'static Txt) -> (&'static str, &'static str) {
     match m.via {
         Via::Mesh => ("seal", t.img_mesh),
         Via::Local => ("hand", t.img_local),
@@ -30,7 +30,7 @@ pub fn picture(m: &MessageMeta, t: &'static Txt) -> (&'static str, &'static str)
 
 /// The privacy summary a row or a message shows.
 #[derive(Debug, Clone)]
-pub struct Badge {
+pub(crate) struct Badge {
     /// 0–100.
     pub total: u8,
     /// A–E.
@@ -44,7 +44,7 @@ pub struct Badge {
 }
 
 /// The badge of a message with its index.
-pub fn badge(m: &MessageMeta, index: &PrivacyIndex, t: &'static Txt) -> Badge {
+pub(crate) fn badge(m: &MessageMeta, index: &PrivacyIndex, t: &'static Txt) -> Badge {
     let (grade, class) = grade(index.total);
     let (icon, words) = picture(m, t);
     Badge {
@@ -57,7 +57,7 @@ pub fn badge(m: &MessageMeta, index: &PrivacyIndex, t: &'static Txt) -> Badge {
 }
 
 /// A mailbox's shown name.
-pub fn mailbox_name(b: &crate::mail::Mailbox, t: &'static Txt) -> String {
+pub(crate) fn mailbox_name(b: &crate::mail::Mailbox, t: &'static Txt) -> String {
     match b.role {
         Some(Role::Inbox) => t.inbox.into(),
         Some(Role::Sent) => t.sent_box.into(),
@@ -72,7 +72,7 @@ pub fn mailbox_name(b: &crate::mail::Mailbox, t: &'static Txt) -> String {
 /// One row of the discussion list: a thread, by its newest message in the
 /// mailbox.
 #[derive(Debug, Clone)]
-pub struct ThreadRow {
+pub(crate) struct ThreadRow {
     /// The newest message of the thread in this mailbox.
     pub latest: MessageMeta,
     /// Messages in the thread (every mailbox).
@@ -89,7 +89,7 @@ pub struct ThreadRow {
 
 /// A page of the discussion list.
 #[derive(Debug, Clone, Default)]
-pub struct ThreadPage {
+pub(crate) struct ThreadPage {
     /// Rows, newest first.
     pub rows: Vec<ThreadRow>,
     /// The UID to continue below, when older messages remain.
@@ -102,7 +102,7 @@ const SCAN_BATCH: usize = 200;
 const SCAN_MAX: usize = 2000;
 
 /// The author of a message for display.
-pub fn author_of(raw: &[u8], m: &MessageMeta) -> String {
+pub(crate) fn author_of(raw: &[u8], m: &MessageMeta) -> String {
     crate::mail::parse_headers_guarded(raw)
         .and_then(|p| {
             p.from()
@@ -118,7 +118,7 @@ pub fn author_of(raw: &[u8], m: &MessageMeta) -> String {
 }
 
 /// The author's address alone (lowercase), from the headers only.
-pub fn from_address(raw: &[u8]) -> String {
+pub(crate) fn from_address(raw: &[u8]) -> String {
     crate::mail::parse_headers_guarded(raw)
         .and_then(|p| {
             p.from()
@@ -132,11 +132,11 @@ pub fn from_address(raw: &[u8]) -> String {
 /// How much of a message the discussion list reads for its privacy index
 /// (headers and the start of the body, where every fact the index uses
 /// is; the message page reads it whole).
-pub const LIST_PREFIX: usize = 64 * 1024;
+pub(crate) const LIST_PREFIX: usize = 64 * 1024;
 
 /// `limit` threads of `mbx` whose newest message is below `before`, newest
 /// first. A thread shows once, on the page of its newest message here.
-pub fn threads(
+pub(crate) fn threads(
     svc: &MailService,
     user: &str,
     mbx: MailboxId,
@@ -201,7 +201,7 @@ pub fn threads(
 }
 
 /// A message's privacy index (what the client API and IMAP give it too).
-pub fn index_of(svc: &MailService, m: &MessageMeta, raw: &[u8]) -> PrivacyIndex {
+pub(crate) fn index_of(svc: &MailService, m: &MessageMeta, raw: &[u8]) -> PrivacyIndex {
     let facts = privacy::facts_of(m, raw);
     let author = privacy::correspondence_of(raw, &m.from, m.received_at).author;
     let contact = author.and_then(|a| svc.store().contact(&m.owner, &a).ok().flatten());
@@ -210,7 +210,7 @@ pub fn index_of(svc: &MailService, m: &MessageMeta, raw: &[u8]) -> PrivacyIndex 
 
 /// One attachment of a message.
 #[derive(Debug, Clone)]
-pub struct Attachment {
+pub(crate) struct Attachment {
     /// Its index among the message's attachments (the download URL's).
     pub n: usize,
     /// File name (sanitised for display and for the download).
@@ -223,7 +223,7 @@ pub struct Attachment {
 
 /// A message ready to show.
 #[derive(Debug, Clone, Default)]
-pub struct Shown {
+pub(crate) struct Shown {
     /// Decoded Subject.
     pub subject: String,
     /// From, To, Cc as shown.
@@ -265,7 +265,7 @@ fn addr_list(a: Option<&mail_parser::Address<'_>>) -> String {
 }
 
 /// A file name that is safe in a page and in a Content-Disposition header.
-pub fn safe_file_name(name: &str) -> String {
+pub(crate) fn safe_file_name(name: &str) -> String {
     let cleaned: String = name
         .chars()
         .filter(|c| {
@@ -282,7 +282,7 @@ pub fn safe_file_name(name: &str) -> String {
 }
 
 /// The parts of a stored message for display.
-pub fn show(raw: &[u8]) -> Shown {
+pub(crate) fn show(raw: &[u8]) -> Shown {
     let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
         return Shown {
             text: String::from_utf8_lossy(raw).into_owned(),
@@ -337,7 +337,8 @@ pub fn show(raw: &[u8]) -> Shown {
 }
 
 /// The HTML body of a stored message, when it has one.
-pub fn html_body(raw: &[u8]) -> Option<String> {
+#[cfg(test)]
+pub(crate) fn html_body(raw: &[u8]) -> Option<String> {
     html_of(&mail_parser::MessageParser::default().parse(raw)?)
 }
 
@@ -354,7 +355,7 @@ fn html_of(msg: &mail_parser::Message<'_>) -> Option<String> {
 }
 
 /// Attachment `n` of a stored message: (file name, bytes).
-pub fn attachment(raw: &[u8], n: usize) -> Option<(String, Vec<u8>)> {
+pub(crate) fn attachment(raw: &[u8], n: usize) -> Option<(String, Vec<u8>)> {
     let msg = mail_parser::MessageParser::default().parse(raw)?;
     let p = msg.attachments().nth(n)?;
     use mail_parser::MimeHeaders;
@@ -367,7 +368,9 @@ pub fn attachment(raw: &[u8], n: usize) -> Option<(String, Vec<u8>)> {
 /// The HTML body of a stored message, when it has one, and its inline
 /// images (Content-ID → `data:` URL) for PNG, JPEG, GIF and WebP parts
 /// (never SVG, which can carry script), at most 8 MiB of them.
-pub fn html_and_inline(raw: &[u8]) -> Option<(String, std::collections::HashMap<String, String>)> {
+pub(crate) fn html_and_inline(
+    raw: &[u8],
+) -> Option<(String, std::collections::HashMap<String, String>)> {
     use base64::Engine;
     use mail_parser::MimeHeaders;
     let msg = mail_parser::MessageParser::default().parse(raw)?;
@@ -413,7 +416,7 @@ pub fn html_and_inline(raw: &[u8]) -> Option<(String, std::collections::HashMap<
 
 /// Every attachment of a stored message: (file name, declared type, bytes)
 /// — what a forward carries along.
-pub fn attachments_of(raw: &[u8]) -> Vec<(String, String, Vec<u8>)> {
+pub(crate) fn attachments_of(raw: &[u8]) -> Vec<(String, String, Vec<u8>)> {
     use mail_parser::MimeHeaders;
     let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
         return Vec::new();
@@ -432,7 +435,7 @@ pub fn attachments_of(raw: &[u8]) -> Vec<(String, String, Vec<u8>)> {
 
 /// One recipient's route, in words.
 #[derive(Debug, Clone)]
-pub struct RouteView {
+pub(crate) struct RouteView {
     /// The address as typed.
     pub address: String,
     /// Icon id (`seal`, `hand`, `envelope`, `none`).
@@ -447,7 +450,7 @@ pub struct RouteView {
 
 /// The routes a draft's recipients take, and better paths the contact
 /// book knows of.
-pub fn routes(
+pub(crate) fn routes(
     svc: &MailService,
     user: &str,
     recipients: &[String],
@@ -505,7 +508,7 @@ pub fn routes(
 }
 
 /// The addresses of a comma- or semicolon-separated field (at most `max`).
-pub fn split_recipients(field: &str, max: usize) -> Vec<String> {
+pub(crate) fn split_recipients(field: &str, max: usize) -> Vec<String> {
     field
         .split([',', ';', '\n'])
         .map(|s| {
@@ -524,7 +527,7 @@ pub fn split_recipients(field: &str, max: usize) -> Vec<String> {
 /// Search terms: `from:`, `to:`, `subject:` and words (matched in the
 /// headers and the text body), case-insensitive, every one must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Query {
+pub(crate) struct Query {
     /// `from:` terms.
     pub from: Vec<String>,
     /// `to:` terms.
@@ -537,7 +540,7 @@ pub struct Query {
 
 impl Query {
     /// Parses a query (at most 16 terms of 200 characters).
-    pub fn parse(q: &str) -> Query {
+    pub(crate) fn parse(q: &str) -> Query {
         let mut out = Query::default();
         for term in q.split_whitespace().take(16) {
             let term: String = term.chars().take(200).collect::<String>().to_lowercase();
@@ -555,7 +558,7 @@ impl Query {
     }
 
     /// True when there is nothing to search for.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.from.is_empty()
             && self.to.is_empty()
             && self.subject.is_empty()
@@ -563,7 +566,7 @@ impl Query {
     }
 
     /// True when the message matches every term.
-    pub fn matches(&self, m: &MessageMeta, raw: &[u8]) -> bool {
+    pub(crate) fn matches(&self, m: &MessageMeta, raw: &[u8]) -> bool {
         let shown = show(raw);
         let from = format!("{} {}", m.from, shown.from).to_lowercase();
         let to = format!("{} {} {}", m.to.join(" "), shown.to, shown.cc).to_lowercase();
@@ -584,11 +587,11 @@ impl Query {
 }
 
 /// Messages a search reads at most, newest first (said on the page when reached).
-pub const SEARCH_SCAN_MAX: usize = 20_000;
+pub(crate) const SEARCH_SCAN_MAX: usize = 20_000;
 
 /// Searches `mbx` newest first: at most `limit` hits, and whether the scan
 /// stopped at [`SEARCH_SCAN_MAX`] before the oldest message.
-pub fn search(
+pub(crate) fn search(
     svc: &MailService,
     user: &str,
     mbx: MailboxId,
