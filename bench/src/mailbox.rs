@@ -6,7 +6,8 @@
 use crate::report::Report;
 use anyhow::Result;
 use caliopen_instance::mail::Role;
-use caliopen_instance::store::{Delivery, KeywordChange, MessageMeta, Store, Via};
+use caliopen_instance::mail::{Delivery, MessageMeta, Via};
+use caliopen_instance::store::{KeywordChange, Store};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,8 @@
 use crate::report::{ms, percentile, Report};
 use crate::sys::{dir_size, rss_bytes};
 use anyhow::Result;
-use caliopen_instance::store::{Delivery, MessageMeta, Store, Transport, Via};
+use caliopen_instance::mail::{Delivery, MessageMeta, Transport, Via};
+use caliopen_instance::store::Store;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

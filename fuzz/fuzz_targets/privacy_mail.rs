@@ -5,7 +5,7 @@
 //! TLS > plain SMTP.
 #![no_main]
 use caliopen_instance::privacy::{facts_of, score_message};
-use caliopen_instance::store::{MessageMeta, Transport, Via};
+use caliopen_instance::mail::{MessageMeta, Transport, Via};
 use libfuzzer_sys::fuzz_target;
 
 fn meta(via: Via, tls: Option<&str>) -> MessageMeta {

@@ -448,7 +448,8 @@ fn sigterm_right_after_start_is_a_clean_shutdown() {
 /// accepts answers up to 1 GiB).
 #[test]
 fn mail_list_of_a_large_mailbox_through_the_admin_api() {
-    use caliopen_instance::store::{Delivery, MessageMeta, Store, Transport, Via};
+    use caliopen_instance::mail::{Delivery, MessageMeta, Transport, Via};
+    use caliopen_instance::store::Store;
     let tmp = tempfile::tempdir().expect("tmp");
     let mut a = Instance::init(tmp.path(), "alpha", "alpha.test", None, None, None);
     a.add_user("alice", "alice password");

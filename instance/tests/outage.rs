@@ -5,10 +5,11 @@
 
 use caliopen_instance::delivery::MailService;
 use caliopen_instance::login::hash_password;
+use caliopen_instance::mail::{Transport, Via};
 use caliopen_instance::outbound::{RelayConfig, SmtpQueue};
 use caliopen_instance::smtp::server::{ListenerConfig, SmtpListener};
 use caliopen_instance::smtp::session::Kind;
-use caliopen_instance::store::{Store, Transport, Via};
+use caliopen_instance::store::Store;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;

@@ -8,9 +8,9 @@
 //! (DESIGN.md §6) and are locked here so that a rule change shows up as a
 //! reviewed diff of this table.
 
+use caliopen_instance::mail::{MessageMeta, Transport, Via};
 use caliopen_instance::privacy::{facts_of, score_message, PrivacyIndex, ENGINE_VERSION};
 use caliopen_instance::sender_auth::SenderAuth;
-use caliopen_instance::store::{MessageMeta, Transport, Via};
 
 struct Row {
     file: &'static str,

@@ -5,8 +5,8 @@
 //! that made mail-parser 0.11.9 panic inside `facts_of` (found by the target,
 //! fixed on main by guarding the parse).
 
+use caliopen_instance::mail::{MessageMeta, Transport, Via};
 use caliopen_instance::privacy::{facts_of, score_message};
-use caliopen_instance::store::{MessageMeta, Transport, Via};
 use std::path::Path;
 
 fn meta(via: Via, tls: Option<&str>) -> MessageMeta {

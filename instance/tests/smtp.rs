@@ -3,9 +3,10 @@
 
 use caliopen_instance::delivery::MailService;
 use caliopen_instance::login::hash_password;
+use caliopen_instance::mail::Via;
 use caliopen_instance::smtp::server::{ListenerConfig, SmtpListener};
 use caliopen_instance::smtp::session::Kind;
-use caliopen_instance::store::{Store, Via};
+use caliopen_instance::store::Store;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -131,7 +131,8 @@ fn normalise(b: &[u8]) -> Vec<u8> {
 /// of kills, every message reads back byte for byte, none twice.
 #[test]
 fn crash_kill_9_during_the_body_migration_loses_nothing() {
-    use caliopen_instance::store::{Delivery, MessageMeta, Store, Via};
+    use caliopen_instance::mail::{Delivery, MessageMeta, Via};
+    use caliopen_instance::store::Store;
     let root = tempfile::tempdir().expect("tmp");
     let inst = Instance::init(root.path(), "alpha", "alpha.test", None, None, None);
     inst.add_user("alice", "alice password");

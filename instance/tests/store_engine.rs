@@ -5,14 +5,16 @@
 
 use caliopen_instance::delivery::MailService;
 use caliopen_instance::login::hash_password;
+use caliopen_instance::mail::{
+    contact_key, ContactRecord, Delivery, MessageMeta, PathClass, SeenLevel, UserStats, Via,
+};
 use caliopen_instance::mail::{Placement, Role};
 use caliopen_instance::privacy::correspondence_of;
 use caliopen_instance::privacy::public::LevelEntry;
 use caliopen_instance::smtp::server::{ListenerConfig, SmtpListener};
 use caliopen_instance::smtp::session::Kind;
 use caliopen_instance::store::{
-    contact_key, path_class, ContactRecord, Delivery, MailStore, MessageMeta, PathClass,
-    Recipients, SeenLevel, StoreError, StoreFuture, UserRecord, UserStats, Via,
+    path_class, MailStore, Recipients, StoreError, StoreFuture, UserRecord,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
-pub use crate::config::FromCheck;
+pub(crate) use crate::config::FromCheck;
 
 /// A pending outlet operation.
 pub type OutletFuture<'a> = Pin<Box<dyn Future<Output = Result<(), QueueError>> + Send + 'a>>;

@@ -15,7 +15,7 @@ pub mod public;
 
 pub use facts::{
     correspondence_and_thread, correspondence_of, facts_of, parse_autocrypt, parse_guarded,
-    parse_headers_guarded, Correspondence,
+    Correspondence,
 };
 pub use people::{achievements, score_contact, score_user, user_level, Achievement, ContactFacts};
 

@@ -8,7 +8,7 @@
 
 mod dns;
 
-pub use crate::mail::Verdict;
+pub(crate) use crate::mail::Verdict;
 pub use dns::{LookupType, ResolverError, TxtCache};
 
 use crate::privacy::AuthResult;

@@ -55,9 +55,9 @@ pub(crate) mod upgrade;
 #[cfg(test)]
 mod body_tests;
 
-pub use crate::mail::{
-    contact_key, AutocryptKey, ContactRecord, Counters, Delivery, MessageMeta, PathClass,
-    SeenLevel, Transport, UserStats, Via,
+pub(crate) use crate::mail::{
+    contact_key, ContactRecord, Delivery, MessageMeta, PathClass, SeenLevel, Transport, UserStats,
+    Via,
 };
 pub use bodies::{encode as encode_body, Codec, Encoded, StoreOptions};
 pub use check::CheckReport;
