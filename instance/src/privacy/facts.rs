@@ -21,7 +21,6 @@ pub fn parse_guarded(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
     })
 }
 
-
 /// What one message tells about its author, for the contact book.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Correspondence {

@@ -3,9 +3,15 @@
 //! `--json`) and the text a person reads. The binary only prints one of
 //! the two.
 
+mod certificate;
+mod dkim;
+mod dns;
 mod log;
 mod privacy;
 
+pub use certificate::{certificate, rfc3339};
+pub use dkim::dkim_list;
+pub use dns::{dkim_keys, dns, dns_check};
 pub use log::membership_log;
 pub use privacy::{index_json, privacy};
 

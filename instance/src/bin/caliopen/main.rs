@@ -805,254 +805,7 @@ fn now_unix() -> i64 {
 }
 
 fn dkim_keys(cfg: &Config) -> anyhow::Result<Option<caliopen_instance::dkim::DkimKeys>> {
-    if !cfg.dkim.sign {
-        return Ok(None);
-    }
-    Ok(Some(caliopen_instance::dkim::DkimKeys::open(
-        &cfg.data_dir(),
-    )?))
-}
-
-fn dns_show(config: &Path, json: bool) -> anyhow::Result<()> {
-    let cfg = Config::load(config)?;
-    let keys = dkim_keys(&cfg)?;
-    let records = caliopen_instance::publish::records(&cfg, keys.as_ref(), now_unix());
-    if json {
-        out!("{}", serde_json::to_string_pretty(&records)?);
-        return Ok(());
-    }
-    let host = cfg.hostname.trim_end_matches('.');
-    out!(
-        "; DNS records for {} (zone-file form; --json for a list)",
-        cfg.domains.join(", ")
-    );
-    out!("; also needed: A/AAAA records of {host} naming this server's public addresses, and a PTR record of each naming {host}");
-    if keys.is_none() {
-        out!("; DKIM signing is off ([dkim] sign = false): no DKIM records");
-    }
-    let mut why = "";
-    for r in &records {
-        if r.why != why {
-            out!("; {}", r.why);
-            why = r.why;
-        }
-        let value = if r.rtype == "TXT" {
-            caliopen_instance::publish::zone_txt(&r.value)
-        } else {
-            r.value.clone()
-        };
-        out!("{}.\tIN {}\t{value}", r.name, r.rtype);
-    }
-    if let Some(p) =
-        caliopen_instance::publish::mta_sts_policy(&cfg).filter(|_| cfg.web.listen.is_some())
-    {
-        out!("; the MTA-STS policy the web listener serves at https://mta-sts.<domain>/.well-known/mta-sts.txt:");
-        for l in p.lines() {
-            out!(";   {l}");
-        }
-    }
-    Ok(())
-}
-
-async fn dns_check(config: &Path, json: bool) -> anyhow::Result<()> {
-    use caliopen_instance::publish::Found;
-    let cfg = Config::load(config)?;
-    let keys = dkim_keys(&cfg)?;
-    let records = caliopen_instance::publish::records(&cfg, keys.as_ref(), now_unix());
-    let resolver = caliopen_instance::sender_auth::SenderAuth::new(
-        &cfg.dns.servers,
-        std::time::Duration::from_secs(cfg.dns.timeout_seconds),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let mut lines = caliopen_instance::publish::check(&records, &resolver).await;
-    // The MTA-STS policy as senders fetch it: over HTTPS, from mta-sts.DOMAIN.
-    if let (Some(want), true) = (
-        caliopen_instance::publish::mta_sts_policy(&cfg),
-        cfg.web.listen.is_some(),
-    ) {
-        let roots = match &cfg.smtp.mta_sts_ca {
-            Some(p) => {
-                let p = cfg.in_data(p);
-                Some(std::fs::read(&p).with_context(|| format!("read {}", p.display()))?)
-            }
-            None => None,
-        };
-        let client = caliopen_instance::mta_sts::MtaSts::new(
-            resolver.clone(),
-            roots.as_deref(),
-            cfg.smtp.mta_sts_port,
-            None,
-        )
-        .map_err(anyhow::Error::msg)?;
-        for d in &cfg.domains {
-            let record = caliopen_instance::publish::Record {
-                name: format!("https://mta-sts.{d}/.well-known/mta-sts.txt"),
-                rtype: "HTTPS",
-                value: want.replace("\r\n", "; ").trim_end_matches("; ").to_owned(),
-                why: "the MTA-STS policy as senders fetch it",
-            };
-            let (found, published) = match client.fetch(d).await {
-                Ok(text) if text == want => (Found::Ok, Vec::new()),
-                Ok(text) => (Found::Different, vec![text.replace("\r\n", "; ")]),
-                Err(e) => (Found::Error, vec![e.to_string()]),
-            };
-            lines.push(caliopen_instance::publish::CheckLine {
-                record,
-                found,
-                published,
-            });
-        }
-    }
-    let bad = lines.iter().filter(|l| l.found != Found::Ok).count();
-    if json {
-        out!("{}", serde_json::to_string_pretty(&lines)?);
-    } else {
-        for l in &lines {
-            let verdict = match l.found {
-                Found::Ok => "ok",
-                Found::Missing => "MISSING",
-                Found::Different => "DIFFERENT",
-                Found::Error => "ERROR",
-            };
-            out!(
-                "{verdict:<9} {:<5} {} {}",
-                l.record.rtype,
-                l.record.name,
-                l.record.value
-            );
-            if l.found != Found::Ok && !l.published.is_empty() {
-                for p in &l.published {
-                    out!("          published: {p}");
-                }
-            }
-        }
-        out!(
-            "{} records: {} as expected, {bad} to fix",
-            lines.len(),
-            lines.len() - bad
-        );
-    }
-    if bad > 0 {
-        std::process::exit(1);
-    }
-    Ok(())
-}
-
-/// A Unix time as RFC 3339 (the number itself when out of range).
-fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.to_string())
-}
-
-fn certificate_show(config: &Path, json: bool) -> anyhow::Result<()> {
-    use caliopen_instance::acme;
-    let cfg = Config::load(config)?;
-    let path = cfg.in_data(&cfg.smtp.tls_cert);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-    let leaf = pem::parse_many(&text)
-        .with_context(|| format!("{}", path.display()))?
-        .into_iter()
-        .find(|p| p.tag() == "CERTIFICATE")
-        .with_context(|| format!("{}: no certificate in it", path.display()))?;
-    let f = acme::cert_facts(leaf.contents())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let issuer = x509_parser::parse_x509_certificate(leaf.contents())
-        .map(|(_, c)| c.issuer().to_string())
-        .unwrap_or_default();
-    let now = now_unix();
-    let settings = cfg.acme_settings();
-    let renewal = settings.as_ref().map(|s| match acme::due(&f, &s.names, now) {
-        Ok(at) => serde_json::json!({"at": at, "reason": "two thirds of its lifetime (earlier if the CA's renewal information says so)"}),
-        Err(why) => serde_json::json!({"at": now, "reason": why}),
-    });
-    let v = serde_json::json!({
-        "file": path.display().to_string(),
-        "names": f.names,
-        "issuer": issuer,
-        "self_signed": f.self_signed,
-        "not_before": f.not_before,
-        "not_after": f.not_after,
-        "seconds_left": f.not_after - now,
-        "acme": settings.as_ref().map(|s| serde_json::json!({
-            "directory": s.directory,
-            "names": s.names,
-            "challenge": format!("{:?}", s.challenge),
-            "account": cfg.data_dir().join("acme/account.json").exists(),
-            "renewal": renewal,
-        })),
-    });
-    if json {
-        out!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    let when = rfc3339;
-    out!("certificate {}", path.display());
-    out!("  names:  {}", f.names.join(", "));
-    out!(
-        "  issuer: {issuer}{}",
-        if f.self_signed { " (self-signed)" } else { "" }
-    );
-    out!(
-        "  valid:  {} to {} ({})",
-        when(f.not_before),
-        when(f.not_after),
-        if f.not_after <= now {
-            "EXPIRED".to_owned()
-        } else {
-            format!("{} days left", (f.not_after - now) / 86_400)
-        }
-    );
-    match &settings {
-        None => out!("  ACME:   off (the files are kept by hand; see [acme] in deploy/caliopen.example.toml)"),
-        Some(s) => {
-            out!("  ACME:   {} ({:?}) for {}", s.directory, s.challenge, s.names.join(", "));
-            match acme::due(&f, &s.names, now) {
-                Ok(at) => out!("  renewal: at {} at the latest", when(at)),
-                Err(why) => out!("  renewal: due now: {why} (the running daemon asks at once)"),
-            }
-        }
-    }
-    Ok(())
-}
-
-fn dkim_list(config: &Path, json: bool) -> anyhow::Result<()> {
-    let cfg = Config::load(config)?;
-    let Some(keys) = dkim_keys(&cfg)? else {
-        bail!(
-            "DKIM signing is off in {} ([dkim] sign = false)",
-            config.display()
-        );
-    };
-    let list = keys.list(now_unix());
-    if json {
-        out!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
-    }
-    if list.is_empty() {
-        out!("no DKIM keys yet: `caliopen run` makes them at start, or run `caliopen dkim rotate`");
-    }
-    let when = rfc3339;
-    for p in &list {
-        out!(
-            "{} {} {:?}: selectors {} and {}, signs from {}{}",
-            p.domain,
-            p.pair.name,
-            p.state,
-            p.ed25519_selector,
-            p.rsa_selector,
-            when(p.pair.sign_from),
-            p.pair
-                .retire_at
-                .map(|r| format!(", retired at {}", when(r)))
-                .unwrap_or_default()
-        );
-    }
-    Ok(())
+    Ok(report::dkim_keys(cfg)?)
 }
 
 fn dkim_rotate(
@@ -1717,14 +1470,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dns {
             cmd: Some(DnsCmd::Check { config, json }),
             ..
-        } => dns_check(&config, json).await,
+        } => {
+            let (r, bad) = report::dns_check(&Config::load(&config)?).await?;
+            show(r, json)?;
+            if bad > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Dns {
             config: Some(config),
             json,
             cmd: None,
-        } => dns_show(&config, json),
+        } => show(report::dns(&Config::load(&config)?)?, json),
         Cmd::Dns { .. } => bail!("caliopen dns: --config FILE is required"),
-        Cmd::Certificate { config, json } => certificate_show(&config, json),
+        Cmd::Certificate { config, json } => {
+            show(report::certificate(&Config::load(&config)?)?, json)
+        }
         Cmd::Tlsrpt {
             cmd:
                 TlsrptCmd::Send {
@@ -1758,7 +1520,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Dkim {
             cmd: DkimCmd::List { config, json },
-        } => dkim_list(&config, json),
+        } => show(report::dkim_list(&Config::load(&config)?)?, json),
         Cmd::Witness {
             cmd: WitnessCmd::Key { config },
         } => witness_key(&config),
