@@ -170,18 +170,18 @@ async fn a_member_renews_by_itself_at_two_thirds_of_its_lifetime() {
         .pem()
         .expect("pem");
     // One day of validity, 20 hours gone: past two thirds.
-    let issued = ca
-        .sign_at(
-            &SignRequest {
-                csr: csr.into_bytes(),
-                member_id: "alpha".into(),
-                charter_version: "1.0".into(),
-                days: Some(1),
-                ..Default::default()
-            },
-            time::OffsetDateTime::now_utc() - time::Duration::hours(20),
-        )
-        .expect("sign");
+    let issued = caliopen_ca::internal::sign_at(
+        &ca,
+        &SignRequest {
+            csr: csr.into_bytes(),
+            member_id: "alpha".into(),
+            charter_version: "1.0".into(),
+            days: Some(1),
+            ..Default::default()
+        },
+        time::OffsetDateTime::now_utc() - time::Duration::hours(20),
+    )
+    .expect("sign");
     let bound = BoundService::bind(ca.clone(), "127.0.0.1:0".parse().expect("addr"), &[])
         .await
         .expect("bind");

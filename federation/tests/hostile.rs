@@ -346,7 +346,9 @@ async fn a_hostile_labelled_peer_is_refused_and_counted_while_others_are_served(
     expired.valid_until = now() - 3600;
     let bytes = expired.encode_to_vec();
     let expired_signed = SignedDirectory {
-        signature: ca.key().sign(&bytes).expect("sign"),
+        signature: caliopen_ca::internal::root_key(&ca)
+            .sign(&bytes)
+            .expect("sign"),
         directory: bytes,
         ..old_dir.clone()
     };
@@ -371,7 +373,9 @@ async fn a_hostile_labelled_peer_is_refused_and_counted_while_others_are_served(
     forged.serial = held.1 + 200;
     forged.members.retain(|m| m.member_id == "mallory");
     let bytes = forged.encode_to_vec();
-    let mut sig = ca.key().sign(&bytes).expect("sign");
+    let mut sig = caliopen_ca::internal::root_key(&ca)
+        .sign(&bytes)
+        .expect("sign");
     let last = sig.len() - 3;
     sig[last] ^= 0x55;
     let other_key = KeyPair::generate().expect("key");

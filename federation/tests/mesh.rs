@@ -397,19 +397,18 @@ async fn revoked_expired_foreign_and_label_less_peers_are_refused() {
 
     // Expired: issued 40 days ago for one day.
     let key = KeyPair::generate().expect("key");
-    let expired = fed
-        .ca
-        .sign_at(
-            &SignRequest {
-                csr: csr(&key, "expired.test"),
-                member_id: "expired".into(),
-                charter_version: "1.0".into(),
-                days: Some(1),
-                ..Default::default()
-            },
-            time::OffsetDateTime::now_utc() - time::Duration::days(40),
-        )
-        .expect("sign");
+    let expired = caliopen_ca::internal::sign_at(
+        &fed.ca,
+        &SignRequest {
+            csr: csr(&key, "expired.test"),
+            member_id: "expired".into(),
+            charter_version: "1.0".into(),
+            days: Some(1),
+            ..Default::default()
+        },
+        time::OffsetDateTime::now_utc() - time::Duration::days(40),
+    )
+    .expect("sign");
     let expired_key = key.serialize_pem();
 
     // Foreign CA: a member of another association.
@@ -442,8 +441,11 @@ async fn revoked_expired_foreign_and_label_less_peers_are_refused() {
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x42; 16]));
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
     params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
-    let issuer = rcgen::Issuer::from_ca_cert_der(&fed.ca.root_der().to_vec().into(), fed.ca.key())
-        .expect("issuer");
+    let issuer = rcgen::Issuer::from_ca_cert_der(
+        &fed.ca.root_der().to_vec().into(),
+        caliopen_ca::internal::root_key(&fed.ca),
+    )
+    .expect("issuer");
     let nolabel = params.signed_by(&key, &issuer).expect("sign").pem();
     let nolabel_key = key.serialize_pem();
 

@@ -92,10 +92,9 @@ impl Authority {
     /// [`Authority::sign`] with an explicit clock: the certificate's validity
     /// starts at `at` and the domain check considers members active at `at`.
     ///
-    /// Not part of the API: public only because tests outside this crate
-    /// call it; use [`crate::internal::sign_at`].
-    #[doc(hidden)]
-    pub fn sign_at(&self, req: &SignRequest, at: OffsetDateTime) -> Result<Issued> {
+    /// Tests outside this crate reach it through
+    /// [`crate::internal::sign_at`].
+    pub(crate) fn sign_at(&self, req: &SignRequest, at: OffsetDateTime) -> Result<Issued> {
         check_member_id(&req.member_id)?;
         if !self.charter.accepts(&req.charter_version) {
             return Err(CaError::BadInput(format!(

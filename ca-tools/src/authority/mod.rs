@@ -225,10 +225,9 @@ impl Authority {
 
     /// The root's key pair (for the service's own TLS certificate).
     ///
-    /// Not part of the API: public only because tests outside this crate
-    /// sign with it; use [`crate::internal::root_key`].
-    #[doc(hidden)]
-    pub fn key(&self) -> &KeyPair {
+    /// Tests outside this crate reach it through
+    /// [`crate::internal::root_key`].
+    pub(crate) fn key(&self) -> &KeyPair {
         &self.key
     }
 
