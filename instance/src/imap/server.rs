@@ -170,101 +170,35 @@ async fn serve(
     };
     let mut tcp = tcp;
     if !cfg.implicit_tls {
-        // Before TLS every reply is written before the next input is read:
-        // RFC 3501 §6.2.1 / RFC 9051 §6.2.1, the server's OK to STARTTLS is
-        // the last plain byte, and the handshake starts right after it.
-        let (mut rd, mut wr) = tcp.split();
-        let mut out = Out::Direct(&mut wr);
-        match drive(&mut rd, &mut out, &mut session, cfg, token, true).await? {
+        match drive(&mut tcp, &mut session, cfg, token, true).await? {
             Outcome::Closed => return Ok(()),
             Outcome::StartTls => {}
         }
     }
-    let tls = accept(tcp).await?;
+    let mut tls = accept(tcp).await?;
     session.tls_started();
-    // After TLS, a task of its own encrypts and writes: one part of a large
-    // FETCH is on its way (on another core) while the next is read and
-    // rendered. At most PIPELINE parts wait: memory stays bounded and a
-    // client that stops reading stops the session.
-    let (mut rd, wr) = tokio::io::split(tls);
-    let (tx, rx) = tokio::sync::mpsc::channel(PIPELINE);
-    let writer = tokio::spawn(write_loop(wr, rx));
-    let mut out: Out<'_, tokio::io::Sink> = Out::Pipe(tx);
     let greet = cfg.implicit_tls;
-    let r = drive(&mut rd, &mut out, &mut session, cfg, token, greet).await;
-    // Closing the channel lets the writer send what is queued, then close
-    // the TLS session.
-    drop(out);
-    let _ = writer.await;
-    r.map(|_| ())
+    let _ = drive(&mut tls, &mut session, cfg, token, greet).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.shutdown()).await;
+    Ok(())
 }
 
-/// Parts of output queued for the writer task at most.
-const PIPELINE: usize = 2;
-
-/// Where a session's output goes: written before the next input is read
-/// (before TLS), or queued for the connection's writer task (after TLS).
-enum Out<'a, W> {
-    Direct(&'a mut W),
-    Pipe(tokio::sync::mpsc::Sender<Vec<u8>>),
-}
-
-impl<W: AsyncWrite + Unpin> Out<'_, W> {
-    /// Sends (or queues) `out` and leaves it empty.
-    async fn send(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
-        if out.is_empty() {
-            return Ok(());
-        }
-        match self {
-            Out::Direct(w) => {
-                tokio::time::timeout(WRITE_TIMEOUT, async {
-                    w.write_all(out).await?;
-                    w.flush().await
-                })
-                .await
-                .map_err(|_| std::io::Error::other("client stopped reading"))??;
-                out.clear();
-                Ok(())
-            }
-            Out::Pipe(tx) => {
-                let cap = out.capacity().min(SPILL + SPILL / 4);
-                let part = std::mem::replace(out, Vec::with_capacity(cap));
-                tx.send(part)
-                    .await
-                    .map_err(|_| std::io::Error::other("connection closed while writing"))
-            }
-        }
+async fn send<S: AsyncWrite + Unpin>(s: &mut S, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
     }
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        s.write_all(out).await?;
+        s.flush().await
+    })
+    .await
+    .map_err(|_| std::io::Error::other("client stopped reading"))??;
+    out.clear();
+    Ok(())
 }
 
-/// Writes what the session queues, in order; a write that fails or takes
-/// longer than [`WRITE_TIMEOUT`] ends the task (and with it the channel,
-/// so the session's next send fails). At the end, closes the TLS session.
-async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>) {
-    while let Some(part) = rx.recv().await {
-        let r = tokio::time::timeout(WRITE_TIMEOUT, async {
-            w.write_all(&part).await?;
-            w.flush().await
-        })
-        .await;
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "IMAP write failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("IMAP client stopped reading");
-                return;
-            }
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), w.shutdown()).await;
-}
-
-async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    stream: &mut R,
-    w: &mut Out<'_, W>,
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     session: &mut Session,
     cfg: &ImapConfig,
     token: &CancellationToken,
@@ -281,27 +215,27 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 Action::Continue => {
                     // A big FETCH goes out in parts: memory stays bounded.
                     while session.busy() {
-                        w.send(&mut out).await?;
+                        send(stream, &mut out).await?;
                         session.resume(&mut out).await;
                     }
                 }
                 Action::Close => {
-                    w.send(&mut out).await?;
+                    send(stream, &mut out).await?;
                     return Ok(Outcome::Closed);
                 }
                 Action::StartTls => {
-                    w.send(&mut out).await?;
+                    send(stream, &mut out).await?;
                     return Ok(Outcome::StartTls);
                 }
                 Action::Idle => {
-                    w.send(&mut out).await?;
-                    if !idle(stream, w, session, cfg, token, &mut buf, &mut out).await? {
+                    send(stream, &mut out).await?;
+                    if !idle(stream, session, cfg, token, &mut buf, &mut out).await? {
                         return Ok(Outcome::Closed);
                     }
                 }
             }
         }
-        w.send(&mut out).await?;
+        send(stream, &mut out).await?;
         let limit = if session.authenticated() {
             cfg.idle_timeout
         } else {
@@ -312,13 +246,13 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 Ok(r) => r?,
                 Err(_) => {
                     out.extend_from_slice(b"* BYE autologout: idle for too long\r\n");
-                    w.send(&mut out).await?;
+                    send(stream, &mut out).await?;
                     return Ok(Outcome::Closed);
                 }
             },
             _ = token.cancelled() => {
                 out.extend_from_slice(b"* BYE server shutting down\r\n");
-                w.send(&mut out).await?;
+                send(stream, &mut out).await?;
                 return Ok(Outcome::Closed);
             }
         };
@@ -331,9 +265,8 @@ async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 
 /// Waits in IDLE: reports changes of the account until the client sends
 /// `DONE`. False when the connection is over.
-async fn idle<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    stream: &mut R,
-    w: &mut Out<'_, W>,
+async fn idle<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     session: &mut Session,
     cfg: &ImapConfig,
     token: &CancellationToken,
@@ -346,7 +279,7 @@ async fn idle<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     // A change between the command's refresh and the subscription above
     // would otherwise wait for the next one.
     session.idle_update(out).await;
-    w.send(out).await?;
+    send(stream, out).await?;
     let deadline = tokio::time::Instant::now() + cfg.idle_timeout;
     let mut keepalive = tokio::time::interval(IDLE_KEEPALIVE);
     keepalive.tick().await;
@@ -368,7 +301,7 @@ async fn idle<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     rx = None;
                 }
                 session.idle_update(out).await;
-                w.send(out).await?;
+                send(stream, out).await?;
             }
             r = stream.read(buf) => {
                 let n = r?;
@@ -379,27 +312,27 @@ async fn idle<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 while session.reader.expecting() == Expect::IdleDone {
                     let Some(i) = session.reader.next() else { break };
                     if session.input(i, Instant::now(), out).await == Action::Close {
-                        w.send(out).await?;
+                        send(stream, out).await?;
                         return Ok(false);
                     }
                 }
-                w.send(out).await?;
+                send(stream, out).await?;
                 if session.reader.expecting() != Expect::IdleDone {
                     return Ok(true);
                 }
             }
             _ = keepalive.tick() => {
                 out.extend_from_slice(b"* OK still here\r\n");
-                w.send(out).await?;
+                send(stream, out).await?;
             }
             _ = tokio::time::sleep_until(deadline) => {
                 out.extend_from_slice(b"* BYE autologout: idle for too long\r\n");
-                w.send(out).await?;
+                send(stream, out).await?;
                 return Ok(false);
             }
             _ = token.cancelled() => {
                 out.extend_from_slice(b"* BYE server shutting down\r\n");
-                w.send(out).await?;
+                send(stream, out).await?;
                 return Ok(false);
             }
         }
