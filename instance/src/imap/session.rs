@@ -1965,23 +1965,32 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
                         render::body_structure(&mut r, &view, msg, true);
                     }
                 }
+                // A section is made (a copy) only when it is a part of the
+                // view; the whole view is written from where it is.
+                let mut made: Vec<u8>;
                 for (name, s, _) in &want.rfc822 {
                     sep(&mut r);
                     r.extend_from_slice(name.as_bytes());
                     r.push(b' ');
-                    let bytes = match &parsed {
-                        Some(msg) => render::section(&view, msg, s),
-                        None if matches!(s, Section::Part(_)) => view.clone(),
-                        None => Vec::new(),
+                    let bytes: &[u8] = match &parsed {
+                        Some(msg) => {
+                            made = render::section(&view, msg, s);
+                            &made
+                        }
+                        None if matches!(s, Section::Part(_)) => &view,
+                        None => &[],
                     };
-                    render::literal(&mut r, &bytes);
+                    render::literal(&mut r, bytes);
                 }
                 for BodyWant(text, s, partial, _) in &want.sections {
                     sep(&mut r);
-                    let bytes = match &parsed {
-                        Some(msg) => render::section(&view, msg, s),
-                        None if matches!(s, Section::Part(p) if p.is_empty()) => view.clone(),
-                        None => Vec::new(),
+                    let bytes: &[u8] = match &parsed {
+                        Some(msg) => {
+                            made = render::section(&view, msg, s);
+                            &made
+                        }
+                        None if matches!(s, Section::Part(p) if p.is_empty()) => &view,
+                        None => &[],
                     };
                     match partial {
                         Some((start, len)) => {
@@ -1992,7 +2001,7 @@ SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH",
                         }
                         None => {
                             r.extend_from_slice(format!("BODY[{text}] ").as_bytes());
-                            render::literal(&mut r, &bytes);
+                            render::literal(&mut r, bytes);
                         }
                     }
                 }
