@@ -52,13 +52,16 @@ impl ConnState {
         }
     }
 
-    /// Records an accepted Hello.
+    /// Records an accepted Hello: what it announced first, then that it
+    /// was accepted (Release), so that a request on another stream that
+    /// sees the connection greeted (Acquire) also sees what to catch up
+    /// with — never a greeted connection with nothing announced.
     fn greet(&self, announced: (u64, u64)) {
-        self.greeted.store(true, Ordering::Release);
         *self
             .announced
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = announced;
+        self.greeted.store(true, Ordering::Release);
     }
 }
 
