@@ -38,9 +38,9 @@ pub enum SetupError {
     /// The data directory is open to other users.
     #[error(transparent)]
     PrivateDir(#[from] PrivateDirError),
-    /// A file could not be read.
+    /// A file or directory could not be read or made.
     #[error("{what} {}: {source}", path.display())]
-    Read {
+    Io {
         /// What the file is.
         what: &'static str,
         /// The file.
@@ -69,7 +69,7 @@ pub enum SetupError {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<String, SetupError> {
-    std::fs::read_to_string(path).map_err(|source| SetupError::Read {
+    std::fs::read_to_string(path).map_err(|source| SetupError::Io {
         what,
         path: path.to_path_buf(),
         source,
@@ -188,7 +188,7 @@ pub fn init(o: &InitOptions) -> Result<Initialised, SetupError> {
         .recursive(true)
         .mode(0o700)
         .create(data)
-        .map_err(|source| SetupError::Read {
+        .map_err(|source| SetupError::Io {
             what: "create",
             path: data.clone(),
             source,

@@ -345,13 +345,7 @@ impl MeshNode {
                     )),
                     // Not the pusher's fault: the proof could not be had here.
                     Err(e @ LogError::Unverifiable { .. }) => push_reply(Err(e.to_string())),
-                    Err(e) => {
-                        self.inner
-                            .stats
-                            .pushes_refused
-                            .fetch_add(1, Ordering::Relaxed);
-                        push_reply(Err(e.to_string()))
-                    }
+                    Err(e) => self.refused_push(e),
                 }
             }
             Push::SplitView {
@@ -371,16 +365,19 @@ impl MeshNode {
                 };
                 match log.offer_split_view(sv).await {
                     Ok(new) => push_reply(Ok(new)),
-                    Err(e) => {
-                        self.inner
-                            .stats
-                            .pushes_refused
-                            .fetch_add(1, Ordering::Relaxed);
-                        push_reply(Err(e.to_string()))
-                    }
+                    Err(e) => self.refused_push(e),
                 }
             }
         }
+    }
+
+    /// Counts a refused push and answers it with the reason.
+    fn refused_push(&self, reason: impl std::fmt::Display) -> Response {
+        self.inner
+            .stats
+            .pushes_refused
+            .fetch_add(1, Ordering::Relaxed);
+        push_reply(Err(reason.to_string()))
     }
 
     /// Counts and logs a refused push, then answers it.
@@ -390,13 +387,12 @@ impl MeshNode {
         what: &str,
         r: Result<bool, crate::trust::TrustError>,
     ) -> Response {
-        if let Err(e) = &r {
-            self.inner
-                .stats
-                .pushes_refused
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(peer = %peer.member_id, what, error = %e, "pushed trust data refused");
+        match r {
+            Ok(taken) => push_reply(Ok(taken)),
+            Err(e) => {
+                tracing::warn!(peer = %peer.member_id, what, error = %e, "pushed trust data refused");
+                self.refused_push(e)
+            }
         }
-        push_reply(r.map_err(|e| e.to_string()))
     }
 }

@@ -4,13 +4,6 @@ use super::{Report, ReportError};
 use crate::config::Config;
 use std::fmt::Write as _;
 
-/// Writes a line of a text report (writing to a `String` cannot fail).
-macro_rules! w {
-    ($o:expr, $($t:tt)*) => {{
-        let _ = writeln!($o, $($t)*);
-    }};
-}
-
 /// A Unix time as RFC 3339 (the number itself when out of range).
 pub fn rfc3339(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)

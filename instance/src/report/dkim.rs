@@ -4,13 +4,6 @@ use super::{Report, ReportError};
 use crate::config::Config;
 use std::fmt::Write as _;
 
-/// Writes a line of a text report (writing to a `String` cannot fail).
-macro_rules! w {
-    ($o:expr, $($t:tt)*) => {{
-        let _ = writeln!($o, $($t)*);
-    }};
-}
-
 /// `caliopen dkim list`: every key pair and where it stands.
 pub fn dkim_list(cfg: &Config) -> Result<Report, ReportError> {
     let Some(keys) = super::dns::dkim_keys(cfg)? else {

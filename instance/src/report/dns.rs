@@ -5,13 +5,6 @@ use super::{Report, ReportError};
 use crate::config::Config;
 use std::fmt::Write as _;
 
-/// Writes a line of a text report (writing to a `String` cannot fail).
-macro_rules! w {
-    ($o:expr, $($t:tt)*) => {{
-        let _ = writeln!($o, $($t)*);
-    }};
-}
-
 /// The instance's DKIM keys, when it signs.
 pub fn dkim_keys(cfg: &Config) -> Result<Option<crate::dkim::DkimKeys>, ReportError> {
     if !cfg.dkim.sign {

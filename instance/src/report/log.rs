@@ -6,13 +6,6 @@ use super::{Report, ReportError};
 use crate::config::Config;
 use std::fmt::Write as _;
 
-/// Writes a line of a text report (writing to a `String` cannot fail).
-macro_rules! w {
-    ($o:expr, $($t:tt)*) => {{
-        let _ = writeln!($o, $($t)*);
-    }};
-}
-
 /// The membership-log report of a labelled instance.
 pub fn membership_log(cfg: &Config) -> Result<Report, ReportError> {
     let config = cfg.source.clone().unwrap_or_default();

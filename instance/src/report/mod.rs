@@ -3,6 +3,13 @@
 //! `--json`) and the text a person reads. The binary only prints one of
 //! the two.
 
+/// Writes a line of a text report (writing to a `String` cannot fail).
+macro_rules! w {
+    ($o:expr, $($t:tt)*) => {{
+        let _ = writeln!($o, $($t)*);
+    }};
+}
+
 mod certificate;
 mod dkim;
 mod dns;

@@ -11,13 +11,6 @@ use crate::store::Store;
 use caliopen_proto::pb::client as pbc;
 use std::fmt::Write as _;
 
-/// Writes a line of a text report (writing to a `String` cannot fail).
-macro_rules! w {
-    ($o:expr, $($t:tt)*) => {{
-        let _ = writeln!($o, $($t)*);
-    }};
-}
-
 /// A privacy index as JSON (`null` when absent).
 pub fn index_json(i: Option<&pbc::PrivacyIndex>) -> serde_json::Value {
     let Some(i) = i else {
