@@ -122,6 +122,37 @@ pub async fn run(work: &std::path::Path, p: &StorageParams, report: &mut Report)
     store.flush().await?;
     let rss_loaded = rss_bytes();
     let disk = dir_size(&path);
+    let bodies_disk = dir_size(&path.join("bodies"));
+    // Where the index bytes go: the logical contents of each sled tree
+    // against what sled's files take (a full scan, so only when asked).
+    if std::env::var_os("CALIOPEN_BENCH_TREES").is_some() {
+        let mut logical = 0;
+        for t in store.tree_stats()? {
+            logical += t.key_bytes + t.value_bytes;
+            eprintln!(
+                "tree {:<16} {:>10} entries {:>8.1} MiB keys {:>8.1} MiB values",
+                t.name,
+                t.entries,
+                t.key_bytes as f64 / 1048576.0,
+                t.value_bytes as f64 / 1048576.0
+            );
+        }
+        for e in std::fs::read_dir(&path)?.flatten() {
+            let m = e.metadata()?;
+            eprintln!(
+                "file {:?} {:.1} MiB{}",
+                e.file_name(),
+                dir_size_or_len(&e.path(), &m) as f64 / 1048576.0,
+                if m.is_dir() { " (dir)" } else { "" }
+            );
+        }
+        eprintln!(
+            "sled files {:.1} MiB for {:.1} MiB of keys and values; bodies {:.1} MiB",
+            (disk - bodies_disk) as f64 / 1048576.0,
+            logical as f64 / 1048576.0,
+            bodies_disk as f64 / 1048576.0
+        );
+    }
 
     // Latency: list a mailbox, get one message's bytes, each on random keys.
     let mut rand = xorshift();
@@ -193,6 +224,33 @@ pub async fn run(work: &std::path::Path, p: &StorageParams, report: &mut Report)
         &format!("one message's bytes ({} B avg)", got / probes.max(1)),
     );
     drop(store);
+    if std::env::var_os("CALIOPEN_BENCH_TREES").is_some() {
+        // The same keys and values written once into a fresh sled, in key
+        // order: what the index would take without the garbage of updates.
+        let old = sled::open(&path)?;
+        let fresh_path = tmp.path().join("fresh");
+        let fresh = sled::open(&fresh_path)?;
+        for name in old.tree_names() {
+            let (a, b) = (old.open_tree(&name)?, fresh.open_tree(&name)?);
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for kv in a.iter() {
+                let (k, v) = kv?;
+                batch.insert(k, v);
+                n += 1;
+                if n % 10_000 == 0 {
+                    b.apply_batch(std::mem::take(&mut batch))?;
+                }
+            }
+            b.apply_batch(batch)?;
+        }
+        fresh.flush()?;
+        drop(fresh);
+        eprintln!(
+            "fresh copy of the index: {:.1} MiB",
+            dir_size(&fresh_path) as f64 / 1048576.0
+        );
+    }
     Ok(())
 }
 
@@ -390,4 +448,12 @@ pub fn add_latency(
     let p99 = percentile(lat, 99.0).map_or(f64::NAN, us);
     report.add(section, case, &format!("{what} p50 µs"), p50, None, note);
     report.add(section, case, &format!("{what} p99 µs"), p99, target, "");
+}
+
+fn dir_size_or_len(p: &std::path::Path, m: &std::fs::Metadata) -> u64 {
+    if m.is_dir() {
+        dir_size(p)
+    } else {
+        m.len()
+    }
 }

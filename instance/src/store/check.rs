@@ -127,7 +127,7 @@ impl Store {
         let mut refs: HashMap<u64, u32> = HashMap::new();
         for kv in self.messages.iter() {
             let (_, v) = kv?;
-            let m: MessageMeta = match serde_json::from_slice(&v) {
+            let m: MessageMeta = match super::record::decode(&v) {
                 Ok(m) => m,
                 Err(e) => {
                     r.problem(format!("a message record does not decode: {e}"));

@@ -4,7 +4,7 @@
 //! opens in this database, `grep -rn 'open_tree(' instance/src`). Owned by
 //! the store:
 //! - `users`: local part → user record (JSON: password hash, created_at).
-//! - `messages`: message id (u64 BE) → [`MessageMeta`] (JSON).
+//! - `messages`: message id (u64 BE) → [`MessageMeta`] (binary, [`record`]).
 //! - `bodies`: the index of message bytes, which are kept in segment files
 //!   of their own ([`bodies`]): `B` blob id → location, `#` SHA-256 → blob
 //!   id (the content address: the same bytes are kept once, whoever they
@@ -17,8 +17,8 @@
 //! - `mailbox`: the flat per-user index of releases before the mail core;
 //!   emptied into `mail` by the upgrade at open ([`upgrade`]).
 //! - `mesh_txns`: mesh `txn_id` → the message ids it produced (idempotence).
-//! - `contacts`: local part, 0x00, normalised address → [`ContactRecord`] (JSON).
-//! - `user_stats`: local part → [`UserStats`] (JSON: counters, firsts, opt-out).
+//! - `contacts`: local part, 0x00, normalised address → [`ContactRecord`] (postcard, [`record`]).
+//! - `user_stats`: local part → [`UserStats`] (postcard, [`record`]: counters, firsts, opt-out).
 //! - `public_levels`: SHA-256 of a user's normalised address → level (1 byte);
 //!   only opted-in users; what mesh peers may ask for by hash prefix.
 //! - `web_prefs`: local part → the web client's settings of that account
@@ -50,6 +50,7 @@ mod compact;
 mod engine;
 pub(crate) mod model;
 mod ops;
+pub mod record;
 pub(crate) mod upgrade;
 
 #[cfg(test)]
@@ -83,6 +84,17 @@ pub enum StoreError {
     /// A record did not decode (or, never in practice, encode).
     #[error("corrupt record: {0}")]
     Record(#[from] serde_json::Error),
+    /// A record does not decode.
+    #[error("corrupt record: {0}")]
+    Decode(#[from] record::RecordError),
+    /// The data directory was written by a newer release.
+    #[error("the data directory is at schema {found}, newer than this release's {known}: run the release that wrote it (or a newer one)")]
+    Newer {
+        /// The schema version found.
+        found: u32,
+        /// The newest this release knows.
+        known: u32,
+    },
     /// A record or index entry is not what this version writes.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -680,7 +692,7 @@ impl Store {
     pub fn user_stats(&self, localpart: &str) -> Result<UserStats, StoreError> {
         match self.stats.get(localpart.as_bytes())? {
             None => Ok(UserStats::default()),
-            Some(v) => serde_json::from_slice(&v).map_err(StoreError::Record),
+            Some(v) => Ok(record::from_slice(&v)?),
         }
     }
 
@@ -728,7 +740,7 @@ impl Store {
         let domains = self.served_domains();
         (&self.stats, &self.levels)
             .transaction(|(st, lv)| {
-                let mut stats: UserStats = tx_json(st.get(localpart.as_bytes())?)?;
+                let mut stats: UserStats = tx_record(st.get(localpart.as_bytes())?)?;
                 let before = UserStats {
                     public_opt_out: !opt_out,
                     ..stats.clone()
@@ -760,7 +772,7 @@ impl Store {
             .collect();
         (&self.contacts, &self.stats, &self.levels)
             .transaction(|(c, st, lv)| {
-                let mut stats: UserStats = tx_json(st.get(owner.as_bytes())?)?;
+                let mut stats: UserStats = tx_record(st.get(owner.as_bytes())?)?;
                 let before = stats.clone();
                 let best = rcpts
                     .iter()
@@ -777,7 +789,7 @@ impl Store {
                 for (addr, path) in &rcpts {
                     let key = contact_key(owner, addr);
                     let old: Option<ContactRecord> =
-                        c.get(&key)?.map(|v| tx_json(Some(v))).transpose()?;
+                        c.get(&key)?.map(|v| tx_record(Some(v))).transpose()?;
                     let mut rec = old.clone().unwrap_or_else(|| ContactRecord {
                         address: addr.clone(),
                         first_seen: now,
@@ -804,7 +816,7 @@ impl Store {
             .scan_prefix(&prefix)
             .map(|kv| {
                 let (_, v) = kv?;
-                serde_json::from_slice(&v).map_err(StoreError::Record)
+                Ok(record::from_slice(&v)?)
             })
             .collect()
     }
@@ -813,7 +825,7 @@ impl Store {
     pub fn contact(&self, owner: &str, address: &str) -> Result<Option<ContactRecord>, StoreError> {
         self.contacts
             .get(contact_key(owner, address))?
-            .map(|v| serde_json::from_slice(&v).map_err(StoreError::Record))
+            .map(|v| record::from_slice(&v).map_err(StoreError::Decode))
             .transpose()
     }
 
@@ -836,7 +848,7 @@ impl Store {
                 if c.get(&kn)?.is_some() {
                     return Ok(false);
                 }
-                let mut rec: ContactRecord = tx_json(Some(v))?;
+                let mut rec: ContactRecord = tx_record(Some(v))?;
                 rec.address = new.to_owned();
                 c.remove(ko.as_slice())?;
                 c.insert(kn.as_slice(), tx_bytes(&rec)?)?;
@@ -862,9 +874,9 @@ impl Store {
         (&self.contacts, &self.stats)
             .transaction(|(c, st)| {
                 let old: Option<ContactRecord> =
-                    c.get(&key)?.map(|v| tx_json(Some(v))).transpose()?;
+                    c.get(&key)?.map(|v| tx_record(Some(v))).transpose()?;
                 if old.is_none() {
-                    let mut stats: UserStats = tx_json(st.get(owner.as_bytes())?)?;
+                    let mut stats: UserStats = tx_record(st.get(owner.as_bytes())?)?;
                     stats.contacts += 1;
                     st.insert(owner.as_bytes(), tx_bytes(&stats)?)?;
                 }
@@ -911,28 +923,14 @@ impl Store {
     pub fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
         self.messages
             .get(id.to_be_bytes())?
-            .map(|v| serde_json::from_slice(&v).map_err(StoreError::Record))
+            .map(|v| record::decode(&v).map_err(StoreError::Decode))
             .transpose()
     }
 
-    /// A message's decoded subject and modification sequence, read from
-    /// its record without building the rest (serde skips the other
-    /// fields): a subject search over a large mailbox reads only this.
+    /// A message's decoded subject and modification sequence (a subject
+    /// search over a large mailbox reads only these).
     pub fn subject_of(&self, id: u64) -> Result<Option<(String, u64)>, StoreError> {
-        #[derive(serde::Deserialize)]
-        struct Brief {
-            subject: String,
-            #[serde(default)]
-            modseq: u64,
-        }
-        self.messages
-            .get(id.to_be_bytes())?
-            .map(|v| {
-                serde_json::from_slice::<Brief>(&v)
-                    .map(|b| (b.subject, b.modseq))
-                    .map_err(StoreError::Record)
-            })
-            .transpose()
+        Ok(self.meta(id)?.map(|m| (m.subject, m.modseq)))
     }
 
     /// A message's bytes, exactly as received.
@@ -1061,6 +1059,41 @@ impl Store {
     pub fn message_count(&self) -> usize {
         self.messages.len()
     }
+
+    /// What each sled tree holds: its name, entries, and the bytes of its
+    /// keys and values (a full scan: for benchmarks and `store check`, not
+    /// for a hot path).
+    pub fn tree_stats(&self) -> Result<Vec<TreeStats>, StoreError> {
+        let mut out = Vec::new();
+        for name in self.db.tree_names() {
+            let tree = self.db.open_tree(&name)?;
+            let mut st = TreeStats {
+                name: String::from_utf8_lossy(&name).into_owned(),
+                ..TreeStats::default()
+            };
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                st.entries += 1;
+                st.key_bytes += k.len() as u64;
+                st.value_bytes += v.len() as u64;
+            }
+            out.push(st);
+        }
+        Ok(out)
+    }
+}
+
+/// The contents of one sled tree ([`Store::tree_stats`]).
+#[derive(Debug, Clone, Default)]
+pub struct TreeStats {
+    /// The tree's name.
+    pub name: String,
+    /// Its entries.
+    pub entries: u64,
+    /// The bytes of their keys.
+    pub key_bytes: u64,
+    /// The bytes of their values.
+    pub value_bytes: u64,
 }
 
 use sled::transaction::{
@@ -1179,13 +1212,14 @@ fn write_job(
         }
     }
     for owner in owners {
-        let mut stats: UserStats = tx_json(st.get(owner.as_bytes())?)?;
+        let mut stats: UserStats = tx_record(st.get(owner.as_bytes())?)?;
         let before = stats.clone();
         stats.received.count(job.class, corr.encrypted, corr.signed);
         stats.mark(job.class, corr.encrypted, job.received_at);
         if let Some(author) = corr.author.as_ref().filter(|a| !is_own(owner, a, domains)) {
             let key = contact_key(owner, author);
-            let old: Option<ContactRecord> = c.get(&key)?.map(|v| tx_json(Some(v))).transpose()?;
+            let old: Option<ContactRecord> =
+                c.get(&key)?.map(|v| tx_record(Some(v))).transpose()?;
             let mut rec = old.clone().unwrap_or_else(|| ContactRecord {
                 address: author.clone(),
                 first_seen: job.received_at,
@@ -1216,16 +1250,18 @@ fn write_job(
     Ok(())
 }
 
-fn tx_json<T: serde::de::DeserializeOwned + Default>(v: Option<sled::IVec>) -> TxResult<T> {
+/// Decodes a record read in a transaction (the default when absent).
+fn tx_record<T: serde::de::DeserializeOwned + Default>(v: Option<sled::IVec>) -> TxResult<T> {
     match v {
         None => Ok(T::default()),
-        Some(v) => serde_json::from_slice(&v)
-            .map_err(|e| ConflictableTransactionError::Abort(StoreError::Record(e))),
+        Some(v) => record::from_slice(&v)
+            .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e))),
     }
 }
 
+/// Encodes a record written in a transaction.
 fn tx_bytes<T: Serialize>(v: &T) -> TxResult<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| ConflictableTransactionError::Abort(StoreError::Record(e)))
+    record::to_vec(v).map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))
 }
 
 fn tx_error(e: TransactionError<StoreError>) -> StoreError {

@@ -4,11 +4,11 @@
 //!
 //! | tag | key after the tag              | value                                   |
 //! |-----|--------------------------------|-----------------------------------------|
-//! | `A` | owner                          | [`Account`]: modseq, usage, limits, and |
-//! |     |                                | every [`Mailbox`] with its counters     |
+//! | `A` | owner                          | [`Account`] (postcard): modseq, usage,  |
+//! |     |                                | limits, every [`Mailbox`] and counters  |
 //! | `U` | owner 0 mailbox(4) uid(4)      | message id(8): a mailbox in UID order   |
 //! | `C` | owner 0 modseq(8) id(8)        | empty: each live message at its modseq  |
-//! | `X` | owner 0 modseq(8) id(8)        | [`Tombstone`] (JSON)                    |
+//! | `X` | owner 0 modseq(8) id(8)        | [`Tombstone`] (postcard)                |
 //! | `Y` | owner 0 modseq(8) mailbox(4)   | empty: a mailbox deleted at modseq      |
 //! | `T` | owner 0 hash(Message-ID)(8)    | thread(8)                               |
 //! | `S` | owner 0 hash(base subject)(8)  | thread(8) received_at(8)                |
@@ -43,8 +43,13 @@ use std::collections::BTreeMap;
 /// A result inside a transaction.
 pub(super) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
-/// The current schema version of the `mail` tree.
-pub(super) const SCHEMA_VERSION: u32 = 2;
+/// The current schema version of the `mail` tree: 2 is the mail core, 3
+/// adds the binary message records ([`super::record`]; JSON records of
+/// version 2 still read, so going from 2 to 3 rewrites nothing).
+pub(super) const SCHEMA_VERSION: u32 = 3;
+
+/// The schema version of the mail core's first release.
+pub(super) const MAIL_CORE_VERSION: u32 = 2;
 
 /// How long tombstones are kept (QRESYNC and JMAP clients older than this
 /// resynchronise from scratch).
@@ -217,18 +222,21 @@ fn abort(e: ModelError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(StoreError::Model(e))
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(
+fn get_record<T: serde::de::DeserializeOwned>(
     t: &TransactionalTree,
     k: &[u8],
 ) -> TxResult<Option<T>> {
     match t.get(k)? {
         None => Ok(None),
-        Some(v) => serde_json::from_slice(&v).map(Some).map_err(corrupt),
+        Some(v) => super::record::from_slice(&v)
+            .map(Some)
+            .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e))),
     }
 }
 
-fn put_json<T: Serialize>(t: &TransactionalTree, k: &[u8], v: &T) -> TxResult<()> {
-    let bytes = serde_json::to_vec(v).map_err(corrupt)?;
+fn put_record<T: Serialize>(t: &TransactionalTree, k: &[u8], v: &T) -> TxResult<()> {
+    let bytes = super::record::to_vec(v)
+        .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?;
     t.insert(k, bytes)?;
     Ok(())
 }
@@ -375,7 +383,8 @@ impl<'a> Tx<'a> {
             self.mail
                 .insert(thread_member_key(self.owner, meta.thread, meta.id), &[])?;
         }
-        put_json(self.messages, &meta.id.to_be_bytes(), &meta)?;
+        self.messages
+            .insert(&meta.id.to_be_bytes(), super::record::encode(&meta))?;
         self.acct.used.bytes += meta.size as u64;
         self.acct.used.messages += 1;
         self.changed = true;
@@ -430,7 +439,14 @@ impl<'a> Tx<'a> {
 
     /// A message of this account.
     pub(super) fn message(&self, id: u64) -> TxResult<MessageMeta> {
-        match get_json::<MessageMeta>(self.messages, &id.to_be_bytes())? {
+        let m = match self.messages.get(id.to_be_bytes())? {
+            Some(v) => Some(
+                super::record::decode(&v)
+                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::Decode(e)))?,
+            ),
+            None => None,
+        };
+        match m {
             Some(m) if m.owner == self.owner && !m.placements.is_empty() => Ok(m),
             _ => Err(abort(ModelError::NoMessage(id))),
         }
@@ -503,7 +519,7 @@ impl<'a> Tx<'a> {
                 modseq,
                 at: self.now,
             };
-            put_json(
+            put_record(
                 self.mail,
                 &change_key(TAG_TOMBSTONE, self.owner, modseq, old.id),
                 &t,
@@ -522,7 +538,8 @@ impl<'a> Tx<'a> {
         new.modseq = modseq;
         self.mail
             .insert(change_key(TAG_CHANGE, self.owner, modseq, old.id), &[])?;
-        put_json(self.messages, &old.id.to_be_bytes(), &new)?;
+        self.messages
+            .insert(&old.id.to_be_bytes(), super::record::encode(&new))?;
         Ok(Some(new))
     }
 
@@ -665,7 +682,7 @@ impl<'a> Tx<'a> {
             return Ok(self.acct.modseq);
         }
         self.acct.modseq = self.modseq;
-        put_json(self.mail, &ukey(TAG_ACCOUNT, self.owner, &[]), &self.acct)?;
+        put_record(self.mail, &ukey(TAG_ACCOUNT, self.owner, &[]), &self.acct)?;
         Ok(self.modseq)
     }
 }
@@ -673,7 +690,7 @@ impl<'a> Tx<'a> {
 /// Reads `owner`'s account in a transaction (made, with its six
 /// mailboxes, when it has none yet).
 pub(super) fn load_account(mail: &TransactionalTree, owner: &str, now: i64) -> TxResult<Account> {
-    match get_json::<Account>(mail, &ukey(TAG_ACCOUNT, owner, &[]))? {
+    match get_record::<Account>(mail, &ukey(TAG_ACCOUNT, owner, &[]))? {
         Some(a) => Ok(a),
         None => new_account(mail, owner, now),
     }
@@ -681,7 +698,7 @@ pub(super) fn load_account(mail: &TransactionalTree, owner: &str, now: i64) -> T
 
 /// Writes an account record in a transaction.
 pub(super) fn put_account(mail: &TransactionalTree, owner: &str, acct: &Account) -> TxResult<()> {
-    put_json(mail, &ukey(TAG_ACCOUNT, owner, &[]), acct)
+    put_record(mail, &ukey(TAG_ACCOUNT, owner, &[]), acct)
 }
 
 /// Makes an account and its six role mailboxes (inside a transaction).
@@ -716,7 +733,7 @@ pub(super) fn new_account(mail: &TransactionalTree, owner: &str, now: i64) -> Tx
         };
         acct.mailboxes.insert(r.id(), b);
     }
-    put_json(mail, &ukey(TAG_ACCOUNT, owner, &[]), &acct)?;
+    put_record(mail, &ukey(TAG_ACCOUNT, owner, &[]), &acct)?;
     Ok(acct)
 }
 
@@ -729,7 +746,7 @@ pub(super) fn changes_since(
     limit: usize,
 ) -> Result<Changes, StoreError> {
     let acct: Account = match mail.get(ukey(TAG_ACCOUNT, owner, &[]))? {
-        Some(v) => serde_json::from_slice(&v).map_err(StoreError::Record)?,
+        Some(v) => super::record::from_slice(&v)?,
         None => return Err(ModelError::NoAccount(owner.to_owned()).into()),
     };
     if since < acct.floor {
@@ -772,10 +789,9 @@ pub(super) fn changes_since(
     }
     for (_, tomb, id, v) in entries {
         if tomb {
-            out.removed
-                .push(serde_json::from_slice(&v).map_err(StoreError::Record)?);
+            out.removed.push(super::record::from_slice(&v)?);
         } else if let Some(m) = messages.get(id.to_be_bytes())? {
-            let m: MessageMeta = serde_json::from_slice(&m).map_err(StoreError::Record)?;
+            let m = super::record::decode(&m)?;
             if m.created_modseq > since {
                 out.created.push(m);
             } else {
@@ -820,7 +836,7 @@ pub(super) fn prune_tombstones(
     let mut floor = 0;
     for kv in mail.scan_prefix(&prefix) {
         let (k, v) = kv?;
-        let t: Tombstone = serde_json::from_slice(&v).map_err(StoreError::Record)?;
+        let t: Tombstone = super::record::from_slice(&v)?;
         let old = now.saturating_sub(t.at) > TOMBSTONE_DAYS * 86_400;
         if !old && total - drop.len() <= MAX_TOMBSTONES {
             break;
@@ -834,9 +850,9 @@ pub(super) fn prune_tombstones(
     let n = drop.len();
     mail.transaction(|m| {
         let key = ukey(TAG_ACCOUNT, owner, &[]);
-        let mut acct: Account = get_json(m, &key)?.unwrap_or_default();
+        let mut acct: Account = get_record(m, &key)?.unwrap_or_default();
         acct.floor = acct.floor.max(floor);
-        put_json(m, &key, &acct)?;
+        put_record(m, &key, &acct)?;
         for k in &drop {
             m.remove(k)?;
         }

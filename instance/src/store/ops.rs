@@ -25,7 +25,7 @@ pub(super) fn load_aliases(mail: &sled::Tree) -> Result<HashMap<String, Vec<Stri
 }
 
 fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(v).map_err(StoreError::Record)
+    Ok(super::record::from_slice(v)?)
 }
 
 impl Store {
@@ -157,7 +157,7 @@ impl Store {
                 return Ok((out, true));
             }
             if let Some(m) = self.messages.get(&v)? {
-                out.push(decode(&m)?);
+                out.push(super::record::decode(&m)?);
             }
         }
         Ok((out, false))
@@ -220,7 +220,7 @@ impl Store {
         for kv in self.mail.scan_prefix(&prefix) {
             let (k, _) = kv?;
             if let Some(m) = self.messages.get(&k[prefix.len()..])? {
-                out.push(decode(&m)?);
+                out.push(super::record::decode(&m)?);
             }
         }
         Ok(out)
@@ -386,18 +386,9 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
     }
 
-    /// An account's quota (read on every RCPT: decodes only the account's
-    /// use and limits, not its mailboxes).
+    /// An account's quota (read on every RCPT).
     pub fn quota(&self, owner: &str) -> Result<Quota, StoreError> {
-        #[derive(serde::Deserialize)]
-        struct QuotaView {
-            used: crate::mail::Usage,
-            limits: Option<QuotaLimits>,
-        }
-        let acct: QuotaView = match self.mail.get(model::ukey(model::TAG_ACCOUNT, owner, &[]))? {
-            Some(v) => decode(&v)?,
-            None => return Err(ModelError::NoAccount(owner.to_owned()).into()),
-        };
+        let acct = self.account(owner)?;
         let default = *self
             .quota_default
             .read()
@@ -594,15 +585,7 @@ impl Store {
     /// The account's incarnation (random, made with it; see
     /// `Account::incarnation`).
     pub fn incarnation(&self, owner: &str) -> Result<u64, StoreError> {
-        #[derive(serde::Deserialize)]
-        struct View {
-            #[serde(default)]
-            incarnation: u64,
-        }
-        match self.mail.get(model::ukey(model::TAG_ACCOUNT, owner, &[]))? {
-            Some(v) => Ok(decode::<View>(&v)?.incarnation),
-            None => Err(ModelError::NoAccount(owner.to_owned()).into()),
-        }
+        Ok(self.account(owner)?.incarnation)
     }
 
     /// Every folder mark of one import source of an account.

@@ -619,3 +619,54 @@ fn changes_of_one_account_never_show_in_another() {
         }
     });
 }
+
+#[test]
+fn json_records_read_and_are_rewritten_binary_at_their_next_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let store = store_with(dir.path(), &["alice"]).await;
+        let id = deliver(&store, "alice", "Subject: old\r\n\r\nbody\r\n").await;
+        let key = id.to_be_bytes();
+        let stored = store.messages.get(key).expect("get").expect("record");
+        assert_eq!(stored[0], 1, "new records are binary");
+        // As a schema 2 release wrote it.
+        let meta = store.meta(id).expect("meta").expect("some");
+        let json = serde_json::to_vec(&meta).expect("json");
+        store.messages.insert(key, json).expect("insert");
+        assert_eq!(store.meta(id).expect("meta").expect("some"), meta);
+        assert_eq!(store.list("alice").expect("list"), vec![meta.clone()]);
+        let change = KeywordChange::Add(vec!["$seen".into()]);
+        store
+            .set_keywords("alice", &[id], &change)
+            .await
+            .expect("keywords");
+        let stored = store.messages.get(key).expect("get").expect("record");
+        assert_eq!(stored[0], 1, "rewritten binary");
+        let now = store.meta(id).expect("meta").expect("some");
+        assert_eq!(now.keywords, vec!["$seen".to_owned()]);
+        assert_eq!((now.subject.as_str(), now.size), ("page", meta.size));
+    });
+}
+
+#[test]
+fn a_data_directory_of_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let store = store_with(dir.path(), &["alice"]).await;
+        store
+            .mail
+            .insert(
+                model::KEY_VERSION,
+                &(model::SCHEMA_VERSION + 1).to_be_bytes(),
+            )
+            .expect("version");
+        store.flush().await.expect("flush");
+        drop(store);
+        let err = Store::open(&dir.path().join("db")).expect_err("newer");
+        assert!(
+            matches!(err, StoreError::Newer { found, known } if found == known + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer than this release"), "{err}");
+    });
+}

@@ -11,7 +11,7 @@
 //! At every open, an account whose user was removed (a removal cut short by
 //! a crash) is finished off.
 
-use super::model::{self, Tx, KEY_VERSION, SCHEMA_VERSION};
+use super::model::{self, Tx, KEY_VERSION, MAIL_CORE_VERSION, SCHEMA_VERSION};
 use super::{now_unix, tx_error, MessageMeta, Store, StoreError};
 use crate::mail::Role;
 use sled::Transactional;
@@ -44,18 +44,29 @@ pub(crate) fn run(store: &Store) -> Result<Report, StoreError> {
                 .map(u32::from_be_bytes)
         })
         .unwrap_or(1);
-    if version < SCHEMA_VERSION {
+    if version > SCHEMA_VERSION {
+        // Records this release cannot read may be there: refuse rather
+        // than misread or rewrite them.
+        return Err(StoreError::Newer {
+            found: version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if version < MAIL_CORE_VERSION {
         report = from_flat(store)?;
-        store
-            .mail
-            .insert(KEY_VERSION, &SCHEMA_VERSION.to_be_bytes())?;
-        store.db.flush()?;
         tracing::info!(
             accounts = report.accounts,
             messages = report.messages,
             dangling = report.dangling,
-            "data directory upgraded to the mail core (schema {SCHEMA_VERSION})"
+            "data directory upgraded to the mail core"
         );
+    }
+    if version < SCHEMA_VERSION {
+        store
+            .mail
+            .insert(KEY_VERSION, &SCHEMA_VERSION.to_be_bytes())?;
+        store.db.flush()?;
+        tracing::info!("data directory at schema {SCHEMA_VERSION} (was {version})");
     }
     let mut orphans = Vec::new();
     for k in store.mail.scan_prefix([model::TAG_ACCOUNT]).keys() {
@@ -121,7 +132,7 @@ fn from_flat(store: &Store) -> Result<Report, StoreError> {
         let mut work = Vec::with_capacity(batch.len());
         for (key, owner, id) in batch {
             let meta: Option<MessageMeta> = match store.messages.get(id.to_be_bytes())? {
-                Some(v) => Some(serde_json::from_slice(&v).map_err(StoreError::Record)?),
+                Some(v) => Some(super::record::decode(&v)?),
                 None => None,
             };
             let facts = match store.legacy_raw.get(id.to_be_bytes())? {
