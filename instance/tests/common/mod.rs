@@ -84,6 +84,12 @@ pub(crate) fn spawn_daemon(config: &Path, stderr: Stdio, envs: &[(&str, &str)]) 
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("read");
+    if line.is_empty() {
+        // Closed stdout: it stopped before listening (its log, the
+        // caller's `stderr`, says why: a port taken meanwhile, a bad file).
+        let status = child.wait().expect("wait");
+        panic!("`caliopen run` exited before printing its addresses ({status}); see its log");
+    }
     let words: Vec<&str> = line.split_whitespace().collect();
     let addr = |i: usize| -> SocketAddr {
         words
