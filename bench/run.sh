@@ -23,7 +23,8 @@ if [ "$(id -u)" = 0 ]; then
   PF=(--postfix "$PF_ADDR" --postfix-maildir "$PF_MAILDIR" --postfix-rcpt "$PF_RCPT")
   read -r DC_ADDR DC_USER DC_PASS < <(bench/dovecot.sh setup)
   trap 'bench/postfix.sh stop; bench/dovecot.sh stop' EXIT
-  DC=(--dovecot "$DC_ADDR" --dovecot-user "$DC_USER" --dovecot-password "$DC_PASS")
+  DC=(--dovecot "$DC_ADDR" --dovecot-user "$DC_USER" --dovecot-password "$DC_PASS"
+      --dovecot-maildir "${CALIOPEN_BENCH_DOVECOT_DIR:-/var/tmp/caliopen-bench/dovecot}/home/$DC_USER/Maildir")
 else
   echo "not root: Postfix and Dovecot are not set up, the SMTP and IMAP ratios are skipped" >&2
 fi

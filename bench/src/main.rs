@@ -51,6 +51,11 @@ struct Args {
     /// Its password.
     #[arg(long, default_value = "bench-password")]
     dovecot_password: String,
+    /// The Dovecot account's Maildir (`bench/dovecot.sh` makes
+    /// /var/tmp/caliopen-bench/dovecot/home/bench/Maildir): with `--imap-big`,
+    /// its large folder is written as files instead of APPENDed.
+    #[arg(long)]
+    dovecot_maildir: Option<PathBuf>,
     /// Messages imported into each server's INBOX (default 10000, quick 1000).
     #[arg(long)]
     imap_messages: Option<usize>,
@@ -203,6 +208,7 @@ fn main() -> Result<()> {
             addr,
             user: a.dovecot_user.clone(),
             password: a.dovecot_password.clone(),
+            maildir: a.dovecot_maildir.clone(),
         });
         let r = rt.block_on(async {
             let mut sub = Report::default();
