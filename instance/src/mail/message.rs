@@ -41,6 +41,18 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Every verdict, in the order of their codes in binary message
+    /// records (`store::record`): append, never reorder.
+    pub const ALL: [Verdict; 7] = [
+        Verdict::Pass,
+        Verdict::Fail,
+        Verdict::SoftFail,
+        Verdict::Neutral,
+        Verdict::None,
+        Verdict::TempError,
+        Verdict::PermError,
+    ];
+
     /// Its recorded name ("pass", "softfail", …).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -181,15 +193,7 @@ mod tests {
         assert_eq!(t.dkim, Some(Verdict::SoftFail));
         assert_eq!(t.spf, Some(Verdict::TempError));
         assert_eq!(t.dmarc, Some(Verdict::PermError));
-        for v in [
-            Verdict::Pass,
-            Verdict::Fail,
-            Verdict::SoftFail,
-            Verdict::Neutral,
-            Verdict::None,
-            Verdict::TempError,
-            Verdict::PermError,
-        ] {
+        for v in Verdict::ALL {
             let json = serde_json::to_string(&v).expect("encode");
             assert_eq!(json, format!("\"{}\"", v.as_str()));
             assert_eq!(serde_json::from_str::<Verdict>(&json).expect("decode"), v);

@@ -230,18 +230,8 @@ pub fn decode(v: &[u8]) -> Result<MessageMeta, RecordError> {
     })
 }
 
-const VERDICTS: [Verdict; 7] = [
-    Verdict::Pass,
-    Verdict::Fail,
-    Verdict::SoftFail,
-    Verdict::Neutral,
-    Verdict::None,
-    Verdict::TempError,
-    Verdict::PermError,
-];
-
 fn verdict_code(v: Verdict) -> u8 {
-    VERDICTS.iter().position(|x| *x == v).unwrap_or(0) as u8
+    Verdict::ALL.iter().position(|x| *x == v).unwrap_or(0) as u8
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -356,7 +346,7 @@ impl Reader<'_> {
     fn verdict(&mut self, what: &'static str) -> Result<Option<Verdict>, RecordError> {
         match self.byte(what)? {
             0 => Ok(None),
-            c => VERDICTS
+            c => Verdict::ALL
                 .get(usize::from(c) - 1)
                 .copied()
                 .map(Some)
